@@ -1,0 +1,1 @@
+//! Model-checking suite for tokencache; see tests/.

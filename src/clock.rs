@@ -1,0 +1,123 @@
+//! Time, injectable: every timestamp the store records and every persister deadline come
+//! from a [`Clock`], so tests drive "one snapshot per 60 s" with a [`ManualClock`] in
+//! microseconds of real time and exact counts.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::persist::Timer;
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
+
+/// A source of wall-clock time in Unix milliseconds.
+///
+/// The store reads it on every validation (to stamp `last_used` and check expiry) and the
+/// persister reads it to decide when a snapshot is due. Implementations must be cheap and
+/// must not block.
+pub trait Clock: Send + Sync + fmt::Debug + 'static {
+    /// The current time in milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+
+    /// Called once by each store that uses this clock, with a handle that wakes the store's
+    /// persister. A clock that jumps (like [`ManualClock`]) keeps the handle and fires it
+    /// after each jump so that a due snapshot is written at once; a real clock ignores it,
+    /// since the persister also wakes on its own deadline.
+    fn attach(&self, timer: Timer) {
+        let _ = timer;
+    }
+}
+
+/// The operating system's real-time clock (`SystemTime`). The default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        // A clock set before 1970 reads as the epoch rather than panicking.
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+/// A clock that moves only when told to, for tests and simulations.
+///
+/// Cloning shares the same time. [`advance`](Self::advance) and [`set`](Self::set) return
+/// only after every attached store's persister has handled the new time, so after
+/// `clock.advance(interval)` a due snapshot is already on disk.
+///
+/// ```
+/// use std::time::Duration;
+/// use tokencache::{Clock, ManualClock};
+/// let clock = ManualClock::new(1_000);
+/// clock.advance(Duration::from_secs(60));
+/// assert_eq!(clock.now_ms(), 61_000);
+/// ```
+#[derive(Clone)]
+pub struct ManualClock {
+    inner: Arc<ManualInner>,
+}
+
+struct ManualInner {
+    now_ms: AtomicU64,
+    timers: Mutex<Vec<Timer>>,
+}
+
+impl ManualClock {
+    /// 2026-01-01T00:00:00Z, a round start time for tests.
+    pub const DEFAULT_START_MS: u64 = 1_767_225_600_000;
+
+    /// A clock that reads `start_ms` until moved.
+    pub fn new(start_ms: u64) -> Self {
+        ManualClock {
+            inner: Arc::new(ManualInner {
+                now_ms: AtomicU64::new(start_ms),
+                timers: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Moves the clock forward by `by` and waits until attached persisters have seen it.
+    pub fn advance(&self, by: Duration) {
+        let by_ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        // Relaxed: the value is published to the persister by the tick message below.
+        self.inner.now_ms.fetch_add(by_ms, Ordering::Relaxed);
+        self.fire_timers();
+    }
+
+    /// Sets the clock to `now_ms` (which may go backwards) and waits like `advance`.
+    pub fn set(&self, now_ms: u64) {
+        self.inner.now_ms.store(now_ms, Ordering::Relaxed);
+        self.fire_timers();
+    }
+
+    fn fire_timers(&self) {
+        // Persisters that have shut down report `false` and are forgotten.
+        let mut timers = self.inner.timers.lock().unwrap_or_else(|e| e.into_inner());
+        timers.retain(Timer::fire);
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        ManualClock::new(Self::DEFAULT_START_MS)
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.inner.now_ms.load(Ordering::Relaxed)
+    }
+
+    fn attach(&self, timer: Timer) {
+        let mut timers = self.inner.timers.lock().unwrap_or_else(|e| e.into_inner());
+        timers.push(timer);
+    }
+}
+
+impl fmt::Debug for ManualClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManualClock")
+            .field("now_ms", &self.now_ms())
+            .finish()
+    }
+}

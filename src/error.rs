@@ -1,0 +1,135 @@
+//! What can go wrong: [`Error`] for store operations, [`Rejection`] for a refused token.
+//!
+//! Messages name the file or token id involved and say what to do next. No message ever
+//! contains a token secret.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::token::TokenId;
+
+/// The error of a store operation (`open`, `issue`, `revoke`, `flush`, `close`...).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system error on a file the store uses.
+    #[error("could not {action} {}: {source}", path.display())]
+    Io {
+        /// What the store was doing, e.g. "write a snapshot to".
+        action: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The OS error (shared: one failed write can fail many waiting callers).
+        #[source]
+        source: Arc<io::Error>,
+    },
+
+    /// The store file exists but is damaged or is not a tokencache store. It was not changed.
+    #[error("store file {} cannot be used: {problem}. It was left untouched; restore it from a backup or move it aside to start an empty store", path.display())]
+    Corrupt {
+        /// The store file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// The store file was written by a newer tokencache. It was not changed.
+    #[error("store file {} has format version {found}, but this build reads up to version {supported}; upgrade tokencache to open it (the file was left untouched)", path.display())]
+    FutureVersion {
+        /// The store file.
+        path: PathBuf,
+        /// The version in the file.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+
+    /// Another store handle, in this process or another, has the store open.
+    #[error("store {} is already open in another process or handle (lock {} is held); close it first, or use the same TokenStore handle (it is cheap to clone)", path.display(), lock.display())]
+    Locked {
+        /// The store file.
+        path: PathBuf,
+        /// The lock file that is held.
+        lock: PathBuf,
+    },
+
+    /// The given path cannot hold a store file.
+    #[error("cannot use {} as a store file: {reason}", path.display())]
+    BadPath {
+        /// The path given to `open`.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: &'static str,
+    },
+
+    /// No token has this id.
+    #[error("no token has id {0}; `list` shows the ids this store holds")]
+    UnknownId(TokenId),
+
+    /// A `NewToken` was refused before anything was written.
+    #[error("invalid token request: {0}")]
+    InvalidRequest(String),
+
+    /// The OS random number generator failed, so no secret could be made.
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(String),
+
+    /// The store was closed; its persister no longer accepts changes.
+    #[error("the token store {} is closed; open it again to make changes", path.display())]
+    Closed {
+        /// The store file.
+        path: PathBuf,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io {
+            action,
+            path: path.into(),
+            source: Arc::new(source),
+        }
+    }
+}
+
+/// Why `validate` refused a token. Cheap to copy; the hot path never allocates one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The string is not shaped like a tokencache token, or its checksum is wrong.
+    #[error("malformed token")]
+    Malformed,
+    /// No token matches (unknown id and wrong secret look the same, on purpose).
+    #[error("unknown token")]
+    Unknown,
+    /// The token was revoked.
+    #[error("token revoked")]
+    Revoked,
+    /// The token's expiry time has passed.
+    #[error("token expired")]
+    Expired,
+    /// The token is over its rate limit; try again after `retry_after`.
+    #[error("rate limited: retry after {} ms", retry_after.as_millis())]
+    RateLimited {
+        /// How long until a request would be admitted.
+        retry_after: Duration,
+    },
+    /// The token is valid but lacks the required scope.
+    #[error("token lacks the required scope")]
+    MissingScope,
+}
+
+impl Rejection {
+    /// A short stable name for logs, metrics and the CLI (`"malformed"`, `"revoked"`...).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Rejection::Malformed => "malformed",
+            Rejection::Unknown => "unknown",
+            Rejection::Revoked => "revoked",
+            Rejection::Expired => "expired",
+            Rejection::RateLimited { .. } => "rate_limited",
+            Rejection::MissingScope => "missing_scope",
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! # tokencache
+//!
+//! An embeddable API-token store. Tokens live in memory and are validated on every request
+//! with no lock, no allocation and no I/O; everything persists with write-behind to one
+//! snapshot file:
+//!
+//! - `last_used` times reach disk in periodic atomic snapshots (at most one per
+//!   [`flush_interval`](Builder::flush_interval), none while idle), written by one
+//!   persister thread fed by a `crossbeam-channel`;
+//! - [`issue`](TokenStore::issue) and [`revoke`](TokenStore::revoke) are durable before
+//!   they return (concurrent callers share one write: group commit).
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! use tokencache::{NewToken, Rejection, TokenStore};
+//!
+//! let store = TokenStore::open(dir.path().join("tokens.snap"))?;
+//! let issued = store.issue(NewToken::new("ci-bot").scopes(["read", "write"]))?;
+//! let token = store.validate_scope(issued.secret(), "write")?;
+//! assert_eq!(token.name(), "ci-bot");
+//! assert_eq!(store.validate("tc_not_a_token").unwrap_err(), Rejection::Malformed);
+//! store.close()?;
+//! # Ok(()) }
+//! ```
+//!
+//! The design (hot path, dirty protocol, persister, atomic orderings) is in `docs/DESIGN.md`;
+//! the file format in `docs/FORMAT.md`.
+
+mod clock;
+mod entry;
+mod error;
+mod persist;
+mod snapshot;
+mod stats;
+mod store;
+mod sync;
+mod token;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Error, Rejection};
+pub use persist::Timer;
+pub use snapshot::{inspect, SnapshotInfo, FORMAT_VERSION};
+pub use stats::{Rejections, Stats};
+pub use store::{Builder, NewToken, TokenInfo, TokenStore, ValidToken, DEFAULT_FLUSH_INTERVAL};
+pub use token::{IssuedToken, ParseIdError, TokenId, PREFIX, TOKEN_LEN};

@@ -1,0 +1,334 @@
+//! The persister: the one thread that writes snapshots.
+//!
+//! It receives messages on one bounded channel: dirty token ids from validations (write-
+//! behind: a snapshot at most once per `flush_interval`, none while nothing changed), and
+//! commands with a reply channel: `issue`/`revoke` (group commit: every change waiting in
+//! the channel shares one write, and each caller is answered only once it is on disk),
+//! `flush` (a barrier), timer ticks and shutdown. All snapshot writes go through a [`Sink`].
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::entry::Entry;
+use crate::error::Error;
+use crate::snapshot::{self, Body, Record};
+use crate::store::Shared;
+use crate::sync::channel::{self, Receiver, RecvTimeoutError, Sender};
+use crate::sync::{Arc, Ordering};
+use crate::token::TokenId;
+
+/// A caller's reply channel.
+pub(crate) type Reply = Sender<Result<(), Error>>;
+
+/// What the persister receives.
+pub(crate) enum Message {
+    /// A validation made this token dirty.
+    Dirty(TokenId),
+    /// Make this new token durable, then add it to the map and reply.
+    Issue(Arc<Entry>, Reply),
+    /// Revoke this token durably, then reply.
+    Revoke(TokenId, Reply),
+    /// Reply once everything observed before the call is on disk.
+    Flush(Reply),
+    /// The clock jumped: re-check the deadline, then acknowledge.
+    Tick(Sender<()>),
+    /// Write what is pending, reply, and stop.
+    Shutdown(Reply),
+}
+
+/// Where snapshots go. The store file in production; a recorder in model checks; the
+/// file-writing code is the only place a test may inject a fault.
+pub(crate) trait Sink: Send + 'static {
+    /// Writes `body` durably and returns the bytes written.
+    fn write(&mut self, body: &Body) -> io::Result<u64>;
+    /// The path to name in errors.
+    fn path(&self) -> PathBuf;
+}
+
+/// The production sink: atomic replace of the store file.
+pub(crate) struct FileSink {
+    pub(crate) path: PathBuf,
+}
+
+impl Sink for FileSink {
+    fn write(&mut self, body: &Body) -> io::Result<u64> {
+        let image = snapshot::encode(body);
+        snapshot::write_atomic(&self.path, &image)?;
+        Ok(image.len() as u64)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+}
+
+/// A handle that wakes a store's persister after its clock jumps; see
+/// [`Clock::attach`](crate::Clock::attach).
+pub struct Timer {
+    tx: Sender<Message>,
+}
+
+impl Timer {
+    pub(crate) fn new(tx: Sender<Message>) -> Timer {
+        Timer { tx }
+    }
+
+    /// Makes the persister re-check its deadline (writing a due snapshot) and waits until it
+    /// has. Returns `false` once the store is closed: the timer can then be dropped.
+    pub fn fire(&self) -> bool {
+        let (tx, rx) = channel::bounded(1);
+        self.tx.send(Message::Tick(tx)).is_ok() && rx.recv().is_ok()
+    }
+}
+
+impl fmt::Debug for Timer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Timer")
+    }
+}
+
+/// Messages handled together: every reply waits for the one write they share.
+#[derive(Default)]
+struct Batch {
+    dirty: bool,
+    issues: Vec<(Arc<Entry>, Reply)>,
+    revokes: Vec<(TokenId, Reply)>,
+    flushes: Vec<Reply>,
+    ticks: Vec<Sender<()>>,
+    shutdown: Option<Reply>,
+}
+
+impl Batch {
+    fn add(&mut self, message: Message) {
+        match message {
+            Message::Dirty(id) => {
+                tracing::trace!(%id, "token dirty");
+                self.dirty = true;
+            }
+            Message::Issue(entry, reply) => self.issues.push((entry, reply)),
+            Message::Revoke(id, reply) => self.revokes.push((id, reply)),
+            Message::Flush(reply) => self.flushes.push(reply),
+            Message::Tick(ack) => self.ticks.push(ack),
+            Message::Shutdown(reply) => self.shutdown = Some(reply),
+        }
+    }
+}
+
+/// Why a snapshot is being considered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// A definition changed: write even if no `last_used` did.
+    Always,
+    /// Write if any `last_used` differs from the file.
+    IfChanged,
+}
+
+/// The persister's state; [`Persister::run`] is the thread's body.
+pub(crate) struct Persister {
+    shared: Arc<Shared>,
+    rx: Receiver<Message>,
+    sink: Box<dyn Sink>,
+    interval_ms: u64,
+    /// Clock time of the last write attempt (successful or not): the next timed snapshot
+    /// is due `interval_ms` later.
+    last_attempt_ms: u64,
+    /// Some validation dirtied a token since the last successful snapshot.
+    dirty: bool,
+    /// A definition change (revoke) is applied in memory but not yet on disk.
+    definitions_pending: bool,
+}
+
+/// How many messages one batch takes at most, so a flood cannot starve the writes.
+const MAX_BATCH: usize = 65_536;
+
+impl Persister {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rx: Receiver<Message>,
+        sink: Box<dyn Sink>,
+        interval: Duration,
+    ) -> Persister {
+        let now = shared.clock.now_ms();
+        Persister {
+            shared,
+            rx,
+            sink,
+            interval_ms: u64::try_from(interval.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            last_attempt_ms: now,
+            dirty: false,
+            definitions_pending: false,
+        }
+    }
+
+    /// Handles messages until shutdown (or until every sender is gone).
+    pub(crate) fn run(mut self) {
+        loop {
+            let mut batch = Batch::default();
+            match self.rx.recv_timeout(self.wait()) {
+                Ok(message) => batch.add(message),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            for _ in 0..MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(message) => batch.add(message),
+                    Err(_) => break,
+                }
+            }
+            if self.handle(batch) {
+                return;
+            }
+        }
+    }
+
+    /// How long to sleep: until the next snapshot is due if something is waiting for one.
+    fn wait(&self) -> Duration {
+        let interval = Duration::from_millis(self.interval_ms);
+        if !self.dirty && !self.definitions_pending {
+            return interval;
+        }
+        let due = self.last_attempt_ms.saturating_add(self.interval_ms);
+        let now = self.shared.clock.now_ms();
+        Duration::from_millis(due.saturating_sub(now)).min(interval)
+    }
+
+    /// Handles one batch; returns `true` when the persister should stop.
+    fn handle(&mut self, mut batch: Batch) -> bool {
+        let now = self.shared.clock.now_ms();
+        // Relaxed: the flag is a hint that ids were dropped; the snapshot scan below reads
+        // every entry through its own Acquire protocol.
+        let overflowed = self.shared.overflow.swap(false, Ordering::Relaxed);
+        self.dirty |= batch.dirty || overflowed;
+
+        let due = now >= self.last_attempt_ms.saturating_add(self.interval_ms)
+            || now < self.last_attempt_ms;
+        // A revoke whose write failed is retried when the next snapshot is due, not on
+        // every message, so a failing disk is not hammered.
+        let mut changed = self.definitions_pending && due;
+        let mut revoke_replies = Vec::with_capacity(batch.revokes.len());
+        for (id, reply) in batch.revokes.drain(..) {
+            match self.shared.map.get(&id) {
+                Some(entry) => {
+                    entry.revoke(now);
+                    changed = true;
+                    revoke_replies.push(reply);
+                }
+                None => {
+                    let _ = reply.send(Err(Error::UnknownId(id)));
+                }
+            }
+        }
+        let issues = self.refuse_collisions(batch.issues);
+        changed |= !issues.is_empty();
+
+        let need = if changed {
+            Some(Need::Always)
+        } else if !batch.flushes.is_empty() || batch.shutdown.is_some() || (self.dirty && due) {
+            Some(Need::IfChanged)
+        } else {
+            None
+        };
+        let result = match need {
+            Some(need) => self.snapshot(need, &issues, now),
+            None => Ok(()),
+        };
+        if changed && result.is_err() {
+            self.definitions_pending = !revoke_replies.is_empty() || self.definitions_pending;
+        }
+
+        let replies = issues
+            .into_iter()
+            .map(|(_, reply)| reply)
+            .chain(revoke_replies)
+            .chain(batch.flushes)
+            .chain(batch.shutdown.iter().cloned());
+        for reply in replies {
+            let _ = reply.send(result.clone());
+        }
+        for ack in batch.ticks {
+            let _ = ack.send(());
+        }
+        batch.shutdown.is_some()
+    }
+
+    /// Refuses new tokens whose id is already taken (in the map or earlier in the batch).
+    fn refuse_collisions(&self, issues: Vec<(Arc<Entry>, Reply)>) -> Vec<(Arc<Entry>, Reply)> {
+        let mut kept: Vec<(Arc<Entry>, Reply)> = Vec::with_capacity(issues.len());
+        for (entry, reply) in issues {
+            let taken =
+                self.shared.map.contains(&entry.id) || kept.iter().any(|(e, _)| e.id == entry.id);
+            if taken {
+                let _ = reply.send(Err(Error::InvalidRequest(format!(
+                    "token id {} was drawn twice; issue again",
+                    entry.id
+                ))));
+            } else {
+                kept.push((entry, reply));
+            }
+        }
+        kept
+    }
+
+    /// Takes a snapshot of every entry plus the new ones and writes it, unless `need` is
+    /// `IfChanged` and nothing changed. On success the new entries join the map.
+    fn snapshot(
+        &mut self,
+        need: Need,
+        issues: &[(Arc<Entry>, Reply)],
+        now: u64,
+    ) -> Result<(), Error> {
+        let entries = self.shared.map.values();
+        // Protocol: clear each dirty flag, *then* read last_used (see `Entry::touch`).
+        let taken: Vec<u64> = entries.iter().map(|e| e.take_for_snapshot()).collect();
+        let changed = entries
+            .iter()
+            .zip(&taken)
+            .any(|(e, &lu)| lu != e.persisted_last_used());
+        if need == Need::IfChanged && !changed && !self.definitions_pending {
+            self.dirty = false;
+            return Ok(());
+        }
+        let records: Vec<Record> = entries
+            .iter()
+            .zip(&taken)
+            .map(|(e, &lu)| e.to_record(lu))
+            .chain(issues.iter().map(|(e, _)| e.to_record(0)))
+            .collect();
+        let body = Body {
+            written_at: now,
+            records,
+        };
+        self.last_attempt_ms = now;
+        match self.sink.write(&body) {
+            Ok(bytes) => {
+                for (entry, lu) in entries.iter().zip(taken) {
+                    entry.mark_persisted(lu);
+                }
+                for (entry, _) in issues {
+                    self.shared.map.insert(entry.id, entry.clone());
+                }
+                self.dirty = false;
+                self.definitions_pending = false;
+                self.shared.counters.record_write(bytes, now);
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing is lost: every entry whose last_used is not on disk stays dirty,
+                // and the next tick retries.
+                for entry in entries.iter().filter(|e| e.unsaved()) {
+                    entry.mark_dirty();
+                }
+                self.dirty = true;
+                let path = self.sink.path();
+                tracing::error!(file = %path.display(), error = %e, "snapshot write failed; will retry at the next tick");
+                let error = Error::io("write a snapshot to", path, e);
+                self.shared.counters.record_error(error.to_string());
+                Err(error)
+            }
+        }
+    }
+}

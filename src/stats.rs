@@ -1,0 +1,178 @@
+//! Counters a service can export, and the public [`Stats`] reading of them.
+//!
+//! Validation counters are striped: each thread bumps its own cache-padded slot, so two
+//! threads validating at full speed never fight over one cache line. Reading sums the slots.
+//! These are plain `std` atomics on purpose: statistics are not part of the protocol loom
+//! checks, and no ordering between counters is promised.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use crossbeam_utils::CachePadded;
+
+use crate::error::Rejection;
+
+const STRIPES: usize = 16;
+const REASONS: usize = 6;
+
+#[derive(Default)]
+struct Stripe {
+    accepted: AtomicU64,
+    rejected: [AtomicU64; REASONS],
+}
+
+/// The store's live counters (all `Relaxed`: each is an independent tally).
+#[derive(Default)]
+pub(crate) struct Counters {
+    stripes: [CachePadded<Stripe>; STRIPES],
+    pub(crate) dirty_sends: AtomicU64,
+    pub(crate) channel_full: AtomicU64,
+    pub(crate) snapshots_written: AtomicU64,
+    pub(crate) bytes_written: AtomicU64,
+    pub(crate) write_errors: AtomicU64,
+    pub(crate) last_snapshot_at: AtomicU64,
+    pub(crate) last_error: Mutex<Option<String>>,
+}
+
+thread_local! {
+    /// This thread's stripe, assigned round-robin on first use.
+    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+fn stripe_index() -> usize {
+    STRIPE.with(|cell| {
+        let mut index = cell.get();
+        if index == usize::MAX {
+            index = NEXT_STRIPE.fetch_add(1, Relaxed) % STRIPES;
+            cell.set(index);
+        }
+        index
+    })
+}
+
+fn reason_index(rejection: &Rejection) -> usize {
+    match rejection {
+        Rejection::Malformed => 0,
+        Rejection::Unknown => 1,
+        Rejection::Revoked => 2,
+        Rejection::Expired => 3,
+        Rejection::RateLimited { .. } => 4,
+        Rejection::MissingScope => 5,
+    }
+}
+
+impl Counters {
+    #[inline]
+    pub(crate) fn accepted(&self) {
+        self.stripes[stripe_index()].accepted.fetch_add(1, Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn rejected(&self, rejection: &Rejection) {
+        self.stripes[stripe_index()].rejected[reason_index(rejection)].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn record_write(&self, bytes: u64, at_ms: u64) {
+        self.snapshots_written.fetch_add(1, Relaxed);
+        self.bytes_written.fetch_add(bytes, Relaxed);
+        self.last_snapshot_at.store(at_ms, Relaxed);
+    }
+
+    pub(crate) fn record_error(&self, message: String) {
+        self.write_errors.fetch_add(1, Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+    }
+
+    pub(crate) fn read(&self, tokens: usize, dirty: usize) -> Stats {
+        let sum = |f: &dyn Fn(&Stripe) -> u64| self.stripes.iter().map(|s| f(s)).sum::<u64>();
+        let reason = |i: usize| sum(&|s| s.rejected[i].load(Relaxed));
+        let last_snapshot = self.last_snapshot_at.load(Relaxed);
+        Stats {
+            tokens,
+            dirty_tokens: dirty,
+            validations: sum(&|s| s.accepted.load(Relaxed)),
+            rejections: Rejections {
+                malformed: reason(0),
+                unknown: reason(1),
+                revoked: reason(2),
+                expired: reason(3),
+                rate_limited: reason(4),
+                missing_scope: reason(5),
+            },
+            dirty_sends: self.dirty_sends.load(Relaxed),
+            channel_full: self.channel_full.load(Relaxed),
+            snapshots_written: self.snapshots_written.load(Relaxed),
+            bytes_written: self.bytes_written.load(Relaxed),
+            write_errors: self.write_errors.load(Relaxed),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            last_snapshot_at: (last_snapshot != 0)
+                .then(|| DateTime::from_timestamp_millis(last_snapshot as i64))
+                .flatten(),
+        }
+    }
+}
+
+/// A reading of the store's counters, from [`TokenStore::stats`](crate::TokenStore::stats).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Tokens in memory, revoked ones included.
+    pub tokens: usize,
+    /// Tokens whose `last_used` is waiting for the next snapshot.
+    pub dirty_tokens: usize,
+    /// Successful validations.
+    pub validations: u64,
+    /// Refused validations, by reason.
+    pub rejections: Rejections,
+    /// Token ids sent to the persister (one per clean-to-dirty flip).
+    pub dirty_sends: u64,
+    /// Sends that found the channel full and fell back to a full scan.
+    pub channel_full: u64,
+    /// Snapshots written to disk since `open` (the initial one for a new store included).
+    pub snapshots_written: u64,
+    /// Bytes written in those snapshots.
+    pub bytes_written: u64,
+    /// Snapshot writes that failed (each is retried).
+    pub write_errors: u64,
+    /// The most recent write error, if any.
+    pub last_error: Option<String>,
+    /// When the newest snapshot was written by this handle.
+    pub last_snapshot_at: Option<DateTime<Utc>>,
+}
+
+/// Refused validations by [`Rejection`] reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rejections {
+    /// [`Rejection::Malformed`].
+    pub malformed: u64,
+    /// [`Rejection::Unknown`].
+    pub unknown: u64,
+    /// [`Rejection::Revoked`].
+    pub revoked: u64,
+    /// [`Rejection::Expired`].
+    pub expired: u64,
+    /// [`Rejection::RateLimited`].
+    pub rate_limited: u64,
+    /// [`Rejection::MissingScope`].
+    pub missing_scope: u64,
+}
+
+impl Rejections {
+    /// All refusals together.
+    pub fn total(&self) -> u64 {
+        self.malformed
+            + self.unknown
+            + self.revoked
+            + self.expired
+            + self.rate_limited
+            + self.missing_scope
+    }
+}

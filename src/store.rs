@@ -1,0 +1,620 @@
+//! The public store: open, issue, validate (the hot path), revoke, inspect, flush, close.
+//!
+//! Validation touches only the map and the entry's atomics; every file write belongs to the
+//! persister thread (`persist`). Changes to a token's definition go through the persister
+//! and return once they are on disk.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use subtle::ConstantTimeEq;
+
+use crate::clock::{Clock, SystemClock};
+use crate::entry::{Entry, Touch};
+use crate::error::{Error, Rejection};
+use crate::persist::{FileSink, Message, Persister, Reply, Sink, Timer};
+use crate::snapshot::{self, Body, DecodeError, Problem};
+use crate::stats::{Counters, Stats};
+use crate::sync::channel::{self, Sender, TrySendError};
+use crate::sync::map::Map;
+use crate::sync::thread::{self, JoinHandle};
+use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
+use crate::token::{self, IssuedToken, TokenId};
+
+/// The default write-behind period for `last_used`.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
+/// The default capacity of the persister's channel.
+const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
+/// Limits on a token's definition, so a snapshot stays small and a list stays readable.
+const MAX_NAME_LEN: usize = 256;
+const MAX_SCOPES: usize = 64;
+const MAX_SCOPE_LEN: usize = 128;
+
+/// What the validation path and the persister share.
+pub(crate) struct Shared {
+    pub(crate) map: Map<Arc<Entry>>,
+    /// Not part of the loom-checked protocol, and `dyn` needs std's `Arc`.
+    pub(crate) clock: std::sync::Arc<dyn Clock>,
+    pub(crate) tx: Sender<Message>,
+    /// Set when a dirty id could not be sent (channel full): the next snapshot scans all.
+    pub(crate) overflow: AtomicBool,
+    pub(crate) counters: Counters,
+}
+
+impl Shared {
+    /// The hot path. No allocation, no lock but the map's shard read lock, no I/O.
+    #[inline]
+    fn check(&self, token: &str, scope: Option<&str>) -> Result<ValidToken, Rejection> {
+        let id = token::parse(token).ok_or(Rejection::Malformed)?;
+        // Hash before the lookup so a hit and a miss cost the same.
+        let digest = token::digest(token);
+        let entry = self.map.get(&id).ok_or(Rejection::Unknown)?;
+        if !bool::from(entry.digest.ct_eq(&digest)) {
+            return Err(Rejection::Unknown);
+        }
+        if entry.revoked_at().is_some() {
+            return Err(Rejection::Revoked);
+        }
+        let now = self.clock.now_ms();
+        if entry.is_expired(now) {
+            return Err(Rejection::Expired);
+        }
+        if scope.is_some_and(|scope| !entry.has_scope(scope)) {
+            return Err(Rejection::MissingScope);
+        }
+        if entry.touch(now) == Touch::Send {
+            self.send_dirty(id);
+        }
+        Ok(ValidToken { entry })
+    }
+
+    /// Tells the persister a token became dirty, never blocking.
+    #[inline]
+    fn send_dirty(&self, id: TokenId) {
+        match self.tx.try_send(Message::Dirty(id)) {
+            Ok(()) => {
+                self.counters
+                    .dirty_sends
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_)) => {
+                // Relaxed: the persister is busy with a full channel and will read the flag
+                // when it handles that batch; the entry's own flag carries the ordering.
+                self.overflow.store(true, Ordering::Relaxed);
+                self.counters
+                    .channel_full
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            // The store is closed: validation keeps working in memory.
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+/// An in-memory API-token store with write-behind persistence to one snapshot file.
+///
+/// `TokenStore` is `Send + Sync` and cheap to clone (clones share the store). The store
+/// closes when [`close`](Self::close) is called or the last clone is dropped.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("tokens.snap");
+/// use tokencache::{NewToken, TokenStore};
+///
+/// let store = TokenStore::open(&path)?;
+/// let issued = store.issue(NewToken::new("ci-bot").scopes(["read"]))?; // on disk now
+/// let token = store.validate(issued.secret())?;                         // lock-free
+/// assert!(token.has_scope("read"));
+/// store.revoke(&issued.id())?;
+/// assert!(store.validate(issued.secret()).is_err());
+/// store.close()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TokenStore {
+    handle: Arc<Handle>,
+}
+
+/// The owner of the persister thread and the file lock; closing happens when it drops.
+struct Handle {
+    shared: Arc<Shared>,
+    path: PathBuf,
+    persister: Mutex<Option<JoinHandle<()>>>,
+    lock: Mutex<Option<File>>,
+}
+
+impl TokenStore {
+    /// Opens the store at `path` with default settings, creating an empty one if the file
+    /// does not exist. See [`TokenStore::builder`] for the settings.
+    pub fn open(path: impl AsRef<Path>) -> Result<TokenStore, Error> {
+        TokenStore::builder(path).open()
+    }
+
+    /// A builder to open the store at `path` with non-default settings.
+    pub fn builder(path: impl AsRef<Path>) -> Builder {
+        Builder {
+            path: path.as_ref().to_path_buf(),
+            flush_interval: DEFAULT_FLUSH_INTERVAL,
+            clock: std::sync::Arc::new(SystemClock),
+            channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+        }
+    }
+
+    /// Checks a token: shape and checksum, digest, revocation, expiry. On success records
+    /// the use in `last_used` (written to disk by the next snapshot).
+    ///
+    /// This is the hot path: it does not allocate, block or do I/O.
+    #[inline]
+    pub fn validate(&self, token: &str) -> Result<ValidToken, Rejection> {
+        self.counted(self.handle.shared.check(token, None))
+    }
+
+    /// Like [`validate`](Self::validate), and also requires the token to grant `scope`
+    /// (otherwise [`Rejection::MissingScope`], and `last_used` is not updated).
+    #[inline]
+    pub fn validate_scope(&self, token: &str, scope: &str) -> Result<ValidToken, Rejection> {
+        self.counted(self.handle.shared.check(token, Some(scope)))
+    }
+
+    #[inline]
+    fn counted(&self, result: Result<ValidToken, Rejection>) -> Result<ValidToken, Rejection> {
+        let counters = &self.handle.shared.counters;
+        match &result {
+            Ok(_) => counters.accepted(),
+            Err(rejection) => counters.rejected(rejection),
+        }
+        result
+    }
+
+    /// Issues a new token. It is on disk when this returns; the secret is in the returned
+    /// [`IssuedToken`] only and cannot be shown again.
+    pub fn issue(&self, new: NewToken) -> Result<IssuedToken, Error> {
+        new.check()?;
+        let shared = &self.handle.shared;
+        let now = shared.clock.now_ms();
+        let expires_at = new
+            .expires_in
+            .map(|d| now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)));
+        let (secret, id) = loop {
+            let (secret, id) = token::generate().map_err(|e| Error::Random(e.to_string()))?;
+            if !shared.map.contains(&id) {
+                break (secret, id);
+            }
+        };
+        let entry = Entry::new(
+            id,
+            token::digest(&secret),
+            new.name.into_boxed_str(),
+            new.scopes.into_iter().map(String::into_boxed_str).collect(),
+            now,
+            expires_at,
+        );
+        self.request(|reply| Message::Issue(Arc::new(entry), reply))?;
+        Ok(IssuedToken { secret, id })
+    }
+
+    /// Revokes a token. It is on disk when this returns, and every later validation says
+    /// [`Rejection::Revoked`]. Revoking a revoked token keeps its first revocation time.
+    ///
+    /// If the write fails the token is still revoked in memory (the safe side), the error
+    /// is returned, and the next tick retries; calling `revoke` again is harmless.
+    pub fn revoke(&self, id: &TokenId) -> Result<(), Error> {
+        self.request(|reply| Message::Revoke(*id, reply))
+    }
+
+    /// A token's details, without its secret.
+    pub fn get(&self, id: &TokenId) -> Option<TokenInfo> {
+        self.handle
+            .shared
+            .map
+            .get(id)
+            .map(|entry| TokenInfo::of(&entry))
+    }
+
+    /// Every token's details, oldest first (revoked and expired ones included).
+    pub fn list(&self) -> Vec<TokenInfo> {
+        let mut entries = self.handle.shared.map.values();
+        entries.sort_by(|a, b| (a.created_at, a.id).cmp(&(b.created_at, b.id)));
+        entries.iter().map(|e| TokenInfo::of(e)).collect()
+    }
+
+    /// Returns once everything observed before the call (every `last_used` this thread
+    /// could see) is on disk. Writes nothing if nothing changed.
+    pub fn flush(&self) -> Result<(), Error> {
+        self.request(Message::Flush)
+    }
+
+    /// Flushes, stops the persister and releases the file lock, reporting any error.
+    ///
+    /// Other clones of this handle keep validating in memory but can no longer change the
+    /// store. Dropping the last clone closes the store too (logging errors instead).
+    pub fn close(self) -> Result<(), Error> {
+        self.handle.shutdown()
+    }
+
+    /// The store's counters: validations, rejections by reason, snapshots and bytes
+    /// written, write errors. Counts dirty tokens by scanning, so it costs O(tokens).
+    pub fn stats(&self) -> Stats {
+        let shared = &self.handle.shared;
+        let entries = shared.map.values();
+        let dirty = entries.iter().filter(|e| e.is_dirty()).count();
+        shared.counters.read(entries.len(), dirty)
+    }
+
+    /// The store file's path.
+    pub fn path(&self) -> &Path {
+        &self.handle.path
+    }
+
+    /// Sends a command to the persister and waits for its answer.
+    fn request(&self, message: impl FnOnce(Reply) -> Message) -> Result<(), Error> {
+        let closed = || Error::Closed {
+            path: self.handle.path.clone(),
+        };
+        let (reply, answer) = channel::bounded(1);
+        self.handle
+            .shared
+            .tx
+            .send(message(reply))
+            .map_err(|_| closed())?;
+        answer.recv().map_err(|_| closed())?
+    }
+}
+
+impl fmt::Debug for TokenStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenStore")
+            .field("path", &self.handle.path)
+            .field("tokens", &self.handle.shared.map.len())
+            .finish()
+    }
+}
+
+impl Handle {
+    /// Stops the persister (which writes what is pending) and releases the lock. Idempotent.
+    fn shutdown(&self) -> Result<(), Error> {
+        let persister = self
+            .persister
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(persister) = persister else {
+            return Ok(());
+        };
+        let (reply, answer) = channel::bounded(1);
+        let result = match self.shared.tx.send(Message::Shutdown(reply)) {
+            Ok(()) => answer.recv().unwrap_or(Ok(())),
+            Err(_) => Ok(()),
+        };
+        if persister.join().is_err() {
+            tracing::error!(file = %self.path.display(), "the persister thread panicked");
+        }
+        // Dropping the file releases the OS lock.
+        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
+        result
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(file = %self.path.display(), error = %e, "closing the token store on drop failed");
+        }
+    }
+}
+
+/// Settings for opening a [`TokenStore`]; from [`TokenStore::builder`].
+#[must_use]
+pub struct Builder {
+    path: PathBuf,
+    flush_interval: Duration,
+    clock: std::sync::Arc<dyn Clock>,
+    channel_capacity: usize,
+}
+
+impl Builder {
+    /// The write-behind period: `last_used` changes reach disk at most once per interval
+    /// (default 60 s). Issues and revocations are written at once regardless.
+    pub fn flush_interval(mut self, interval: Duration) -> Builder {
+        self.flush_interval = interval;
+        self
+    }
+
+    /// The clock for timestamps and deadlines (default [`SystemClock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Builder {
+        self.clock = std::sync::Arc::new(clock);
+        self
+    }
+
+    /// Capacity of the channel that carries dirty token ids to the persister (default
+    /// 4096). When it is full, validations set a flag instead of blocking, and the next
+    /// snapshot scans every token.
+    pub fn channel_capacity(mut self, capacity: usize) -> Builder {
+        self.channel_capacity = capacity.max(1);
+        self
+    }
+
+    /// Opens the store: takes the lock, reads and checks the file (creating an empty store
+    /// if there is none), and starts the persister.
+    pub fn open(self) -> Result<TokenStore, Error> {
+        let path = self.path.clone();
+        if path.is_dir() {
+            return Err(Error::BadPath {
+                path,
+                reason: "it is a directory; give a file path inside it",
+            });
+        }
+        if path.file_name().is_none() {
+            return Err(Error::BadPath {
+                path,
+                reason: "it does not name a file",
+            });
+        }
+        let lock = lock(&path)?;
+        let removed = snapshot::remove_stale_temps(&path);
+        if removed > 0 {
+            tracing::info!(file = %path.display(), removed, "removed temp files left by a crash");
+        }
+        let existing = snapshot::read(&path)?;
+        let sink = Box::new(FileSink { path: path.clone() });
+        self.start(path, existing.map(|(body, _)| body), sink, Some(lock))
+    }
+
+    /// Builds the in-memory store from `body` (or writes an empty first snapshot) and
+    /// spawns the persister.
+    fn start(
+        self,
+        path: PathBuf,
+        body: Option<Body>,
+        mut sink: Box<dyn Sink>,
+        lock: Option<File>,
+    ) -> Result<TokenStore, Error> {
+        let (tx, rx) = channel::bounded(self.channel_capacity);
+        let records = body.as_ref().map_or(0, |b| b.records.len());
+        let shared = Arc::new(Shared {
+            map: Map::with_capacity(records),
+            clock: self.clock,
+            tx,
+            overflow: AtomicBool::new(false),
+            counters: Counters::default(),
+        });
+        match body {
+            Some(body) => {
+                for record in &body.records {
+                    let corrupt = |problem: Problem| DecodeError::from(problem).at(&path);
+                    let id = TokenId::from_bytes(record.id).ok_or_else(|| {
+                        corrupt(Problem::BadId(String::from_utf8_lossy(&record.id).into()))
+                    })?;
+                    if shared.map.contains(&id) {
+                        return Err(corrupt(Problem::DuplicateId(id.to_string())));
+                    }
+                    shared
+                        .map
+                        .insert(id, Arc::new(Entry::from_record(record, id)));
+                }
+            }
+            None => {
+                let now = shared.clock.now_ms();
+                let bytes = sink
+                    .write(&Body {
+                        written_at: now,
+                        records: Vec::new(),
+                    })
+                    .map_err(|e| Error::io("create the store file", &path, e))?;
+                shared.counters.record_write(bytes, now);
+            }
+        }
+        let persister = Persister::new(shared.clone(), rx, sink, self.flush_interval);
+        let thread = thread::Builder::new()
+            .name("tokencache-persister".into())
+            .spawn(move || persister.run())
+            .map_err(|e| Error::io("start the persister thread for", &path, e))?;
+        shared.clock.attach(Timer::new(shared.tx.clone()));
+        Ok(TokenStore {
+            handle: Arc::new(Handle {
+                shared,
+                path,
+                persister: Mutex::new(Some(thread)),
+                lock: Mutex::new(lock),
+            }),
+        })
+    }
+}
+
+/// Takes the OS lock on the store's sidecar lock file, so a second opener fails cleanly.
+fn lock(path: &Path) -> Result<File, Error> {
+    let lock_path = snapshot::lock_path(path);
+    let mut options = OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(&lock_path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::BadPath {
+            path: path.to_path_buf(),
+            reason: "its directory does not exist; create the directory first",
+        },
+        _ => Error::io("create the lock file", &lock_path, e),
+    })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
+            path: path.to_path_buf(),
+            lock: lock_path,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &lock_path, e)),
+    }
+}
+
+/// A request for a new token, given to [`TokenStore::issue`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tokencache::NewToken;
+/// let request = NewToken::new("ci-bot")
+///     .scopes(["read", "write"])
+///     .expires_in(Duration::from_secs(86_400));
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct NewToken {
+    name: String,
+    scopes: Vec<String>,
+    expires_in: Option<Duration>,
+}
+
+impl NewToken {
+    /// A token called `name` (shown in lists and logs; need not be unique), with no scopes
+    /// and no expiry.
+    pub fn new(name: impl Into<String>) -> NewToken {
+        NewToken {
+            name: name.into(),
+            scopes: Vec::new(),
+            expires_in: None,
+        }
+    }
+
+    /// The scopes the token grants (replacing any set before).
+    pub fn scopes<I, S>(mut self, scopes: I) -> NewToken
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Adds one scope.
+    pub fn scope(mut self, scope: impl Into<String>) -> NewToken {
+        self.scopes.push(scope.into());
+        self
+    }
+
+    /// The token expires this long after it is issued.
+    pub fn expires_in(mut self, lifetime: Duration) -> NewToken {
+        self.expires_in = Some(lifetime);
+        self
+    }
+
+    /// Refuses names and scopes that would make lists unreadable or snapshots huge.
+    fn check(&self) -> Result<(), Error> {
+        let bad = |message: String| Err(Error::InvalidRequest(message));
+        if self.name.trim().is_empty() {
+            return bad("the token name is empty; give a name that says who uses the token".into());
+        }
+        if self.name.len() > MAX_NAME_LEN {
+            return bad(format!(
+                "the token name is {} bytes; the limit is {MAX_NAME_LEN}",
+                self.name.len()
+            ));
+        }
+        if self.name.chars().any(char::is_control) {
+            return bad("the token name contains control characters".into());
+        }
+        if self.scopes.len() > MAX_SCOPES {
+            return bad(format!(
+                "{} scopes given; the limit is {MAX_SCOPES}",
+                self.scopes.len()
+            ));
+        }
+        for scope in &self.scopes {
+            if scope.is_empty() || scope.len() > MAX_SCOPE_LEN {
+                return bad(format!(
+                    "scope {scope:?} must be 1 to {MAX_SCOPE_LEN} bytes"
+                ));
+            }
+            if scope.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return bad(format!(
+                    "scope {scope:?} contains whitespace or control characters"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A token that passed validation. Borrows nothing from the store (it holds a reference
+/// count on the entry), so it may be kept, cloned and sent across threads.
+#[derive(Clone)]
+pub struct ValidToken {
+    entry: Arc<Entry>,
+}
+
+impl ValidToken {
+    /// The token's public id.
+    pub fn id(&self) -> TokenId {
+        self.entry.id
+    }
+
+    /// The token's name.
+    pub fn name(&self) -> &str {
+        &self.entry.name
+    }
+
+    /// Whether the token grants `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.entry.has_scope(scope)
+    }
+
+    /// The token's scopes.
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.entry.scopes.iter().map(|s| &**s)
+    }
+
+    /// When the token expires, if it does.
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.entry.expires_at.and_then(from_ms)
+    }
+}
+
+impl fmt::Debug for ValidToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ValidToken")
+            .field("id", &self.entry.id)
+            .field("name", &self.entry.name)
+            .finish()
+    }
+}
+
+/// A token's details as [`TokenStore::get`] and [`TokenStore::list`] show them. Never
+/// holds the secret or its digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TokenInfo {
+    /// The public id.
+    pub id: TokenId,
+    /// The name given at issue.
+    pub name: String,
+    /// The scopes granted.
+    pub scopes: Vec<String>,
+    /// When it was issued.
+    pub created_at: DateTime<Utc>,
+    /// When it expires, if it does.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Its last successful validation, if any (as of this moment in memory).
+    pub last_used: Option<DateTime<Utc>>,
+}
+
+impl TokenInfo {
+    fn of(entry: &Entry) -> TokenInfo {
+        TokenInfo {
+            id: entry.id,
+            name: entry.name.to_string(),
+            scopes: entry.scopes.iter().map(|s| s.to_string()).collect(),
+            created_at: from_ms(entry.created_at).unwrap_or_default(),
+            expires_at: entry.expires_at.and_then(from_ms),
+            revoked_at: entry.revoked_at().and_then(from_ms),
+            last_used: entry.last_used().and_then(from_ms),
+        }
+    }
+}
+
+fn from_ms(ms: u64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(i64::try_from(ms).ok()?)
+}

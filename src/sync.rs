@@ -1,0 +1,245 @@
+//! The one place the concurrency protocol gets its primitives from.
+//!
+//! Normally this re-exports `std` and `crossbeam-channel`; under `--cfg loom` it hands out
+//! loom's atomics, `Arc`, `Mutex`, `RwLock`, threads and a small loom-built channel with the
+//! same interface, so the model checker explores the production code itself (the pattern of
+//! tokio's `src/loom`). Nothing outside this module may name `std::sync` for the protocol.
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::{
+    atomic::{AtomicBool, AtomicU64, Ordering},
+    Arc, Mutex,
+};
+
+#[cfg(loom)]
+pub(crate) use loom::sync::{
+    atomic::{AtomicBool, AtomicU64, Ordering},
+    Arc, Mutex,
+};
+
+/// Thread spawning for the persister.
+pub(crate) mod thread {
+    #[cfg(loom)]
+    pub(crate) use loom::thread::{Builder, JoinHandle};
+    #[cfg(not(loom))]
+    pub(crate) use std::thread::{Builder, JoinHandle};
+}
+
+/// The channel between the store's callers and its persister.
+///
+/// The interface is the part of crossbeam-channel the protocol uses: `bounded`, `send`,
+/// `try_send`, `recv`, `try_recv` and `recv_timeout` (the persister's timer "tick").
+pub(crate) mod channel {
+    pub(crate) use crossbeam_channel::{RecvTimeoutError, TrySendError};
+
+    #[cfg(not(loom))]
+    pub(crate) use crossbeam_channel::{bounded, Receiver, Sender};
+
+    #[cfg(loom)]
+    pub(crate) use self::model::{bounded, Receiver, Sender};
+
+    /// A bounded MPSC channel made of loom primitives. loom has no time, so `recv_timeout`
+    /// never times out: under loom the persister's timer only fires through explicit ticks.
+    #[cfg(loom)]
+    mod model {
+        use super::{RecvTimeoutError, TrySendError};
+        use crossbeam_channel::TryRecvError;
+        use loom::sync::{Arc, Condvar, Mutex};
+        use std::collections::VecDeque;
+        use std::time::Duration;
+
+        struct State<T> {
+            queue: VecDeque<T>,
+            senders: usize,
+            receiver_alive: bool,
+        }
+
+        struct Chan<T> {
+            state: Mutex<State<T>>,
+            changed: Condvar,
+            capacity: usize,
+        }
+
+        pub(crate) struct Sender<T>(Arc<Chan<T>>);
+        pub(crate) struct Receiver<T>(Arc<Chan<T>>);
+
+        /// The error of a send to a channel whose receiver is gone (as crossbeam's).
+        #[derive(Debug)]
+        pub(crate) struct SendError<T>(#[allow(dead_code)] pub T);
+
+        pub(crate) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+            let chan = Arc::new(Chan {
+                state: Mutex::new(State {
+                    queue: VecDeque::new(),
+                    senders: 1,
+                    receiver_alive: true,
+                }),
+                changed: Condvar::new(),
+                capacity: capacity.max(1),
+            });
+            (Sender(chan.clone()), Receiver(chan))
+        }
+
+        impl<T> Sender<T> {
+            pub(crate) fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
+                let mut state = self.0.state.lock().unwrap();
+                if !state.receiver_alive {
+                    return Err(TrySendError::Disconnected(msg));
+                }
+                if state.queue.len() >= self.0.capacity {
+                    return Err(TrySendError::Full(msg));
+                }
+                state.queue.push_back(msg);
+                self.0.changed.notify_all();
+                Ok(())
+            }
+
+            pub(crate) fn send(&self, msg: T) -> Result<(), SendError<T>> {
+                let mut state = self.0.state.lock().unwrap();
+                loop {
+                    if !state.receiver_alive {
+                        return Err(SendError(msg));
+                    }
+                    if state.queue.len() < self.0.capacity {
+                        state.queue.push_back(msg);
+                        self.0.changed.notify_all();
+                        return Ok(());
+                    }
+                    state = self.0.changed.wait(state).unwrap();
+                }
+            }
+        }
+
+        impl<T> Clone for Sender<T> {
+            fn clone(&self) -> Self {
+                self.0.state.lock().unwrap().senders += 1;
+                Sender(self.0.clone())
+            }
+        }
+
+        impl<T> Drop for Sender<T> {
+            fn drop(&mut self) {
+                self.0.state.lock().unwrap().senders -= 1;
+                self.0.changed.notify_all();
+            }
+        }
+
+        impl<T> Receiver<T> {
+            pub(crate) fn try_recv(&self) -> Result<T, TryRecvError> {
+                let mut state = self.0.state.lock().unwrap();
+                match state.queue.pop_front() {
+                    Some(msg) => {
+                        self.0.changed.notify_all();
+                        Ok(msg)
+                    }
+                    None if state.senders == 0 => Err(TryRecvError::Disconnected),
+                    None => Err(TryRecvError::Empty),
+                }
+            }
+
+            pub(crate) fn recv_timeout(&self, _ignored: Duration) -> Result<T, RecvTimeoutError> {
+                let mut state = self.0.state.lock().unwrap();
+                loop {
+                    if let Some(msg) = state.queue.pop_front() {
+                        self.0.changed.notify_all();
+                        return Ok(msg);
+                    }
+                    if state.senders == 0 {
+                        return Err(RecvTimeoutError::Disconnected);
+                    }
+                    state = self.0.changed.wait(state).unwrap();
+                }
+            }
+
+            pub(crate) fn recv(&self) -> Result<T, RecvTimeoutError> {
+                self.recv_timeout(Duration::MAX)
+            }
+        }
+
+        impl<T> Drop for Receiver<T> {
+            fn drop(&mut self) {
+                let mut state = self.0.state.lock().unwrap();
+                state.receiver_alive = false;
+                state.queue.clear();
+                self.0.changed.notify_all();
+            }
+        }
+    }
+}
+
+/// The map of record from token id to entry: a `DashMap` normally, a loom `RwLock` around a
+/// `HashMap` under loom (DashMap's own locks are invisible to the model checker).
+pub(crate) mod map {
+    use crate::token::TokenId;
+
+    /// A concurrent map whose reads hand out clones and never a guard, so no caller can hold
+    /// a shard lock while the same shard is written (which would deadlock with DashMap).
+    pub(crate) struct Map<V> {
+        #[cfg(not(loom))]
+        inner: dashmap::DashMap<TokenId, V>,
+        #[cfg(loom)]
+        inner: loom::sync::RwLock<std::collections::HashMap<TokenId, V>>,
+    }
+
+    #[cfg(not(loom))]
+    impl<V: Clone> Map<V> {
+        pub(crate) fn with_capacity(capacity: usize) -> Self {
+            Map {
+                inner: dashmap::DashMap::with_capacity(capacity),
+            }
+        }
+
+        /// A clone of the value; the shard's read lock is released before this returns.
+        #[inline]
+        pub(crate) fn get(&self, id: &TokenId) -> Option<V> {
+            self.inner.get(id).map(|r| r.value().clone())
+        }
+
+        pub(crate) fn contains(&self, id: &TokenId) -> bool {
+            self.inner.contains_key(id)
+        }
+
+        pub(crate) fn insert(&self, id: TokenId, value: V) {
+            self.inner.insert(id, value);
+        }
+
+        /// Clones of every value (each shard is read-locked only while it is copied).
+        pub(crate) fn values(&self) -> Vec<V> {
+            self.inner.iter().map(|r| r.value().clone()).collect()
+        }
+
+        pub(crate) fn len(&self) -> usize {
+            self.inner.len()
+        }
+    }
+
+    #[cfg(loom)]
+    impl<V: Clone> Map<V> {
+        pub(crate) fn with_capacity(capacity: usize) -> Self {
+            let map = std::collections::HashMap::with_capacity(capacity);
+            Map {
+                inner: loom::sync::RwLock::new(map),
+            }
+        }
+
+        pub(crate) fn get(&self, id: &TokenId) -> Option<V> {
+            self.inner.read().unwrap().get(id).cloned()
+        }
+
+        pub(crate) fn contains(&self, id: &TokenId) -> bool {
+            self.inner.read().unwrap().contains_key(id)
+        }
+
+        pub(crate) fn insert(&self, id: TokenId, value: V) {
+            self.inner.write().unwrap().insert(id, value);
+        }
+
+        pub(crate) fn values(&self) -> Vec<V> {
+            self.inner.read().unwrap().values().cloned().collect()
+        }
+
+        pub(crate) fn len(&self) -> usize {
+            self.inner.read().unwrap().len()
+        }
+    }
+}

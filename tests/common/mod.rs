@@ -1,0 +1,61 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tokencache::{ManualClock, TokenStore};
+
+/// A temp directory and a store path inside it.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+pub fn scratch() -> Scratch {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tokens.snap");
+    Scratch { dir, path }
+}
+
+pub const INTERVAL: Duration = Duration::from_secs(60);
+
+/// A store on a manual clock with the default 60 s interval.
+pub fn manual_store(path: &std::path::Path) -> (TokenStore, ManualClock) {
+    let clock = ManualClock::default();
+    let store = TokenStore::builder(path)
+        .clock(clock.clone())
+        .flush_interval(INTERVAL)
+        .open()
+        .expect("open store");
+    (store, clock)
+}
+
+/// Runs the ignored test `name` of the current test binary in a child process, with
+/// `env` set, so a test can use real processes (SIGKILL, a second lock holder).
+pub fn child(name: &str, env: &[(&str, &str)]) -> Command {
+    let exe = std::env::current_exe().expect("current test binary");
+    let mut command = Command::new(exe);
+    command
+        .args([
+            "--exact",
+            name,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("TOKENCACHE_CHILD", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+/// Whether this process is a child started by [`child`].
+pub fn in_child() -> bool {
+    std::env::var_os("TOKENCACHE_CHILD").is_some()
+}
