@@ -1,0 +1,101 @@
+//! `validate` allocates nothing: a counting global allocator watches this thread.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use common::{manual_store, scratch};
+use tokencache::{NewToken, Rejection};
+
+/// Counts allocations made by the current thread only, so the persister thread and the
+/// test harness do not disturb the count.
+struct CountingAllocator;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        // SAFETY: forwards the caller's layout to the system allocator unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout (see `alloc`).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        // SAFETY: as in `dealloc`; the system allocator handles the resize.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+fn allocations_during(f: impl FnOnce()) -> u64 {
+    let before = ALLOCATIONS.with(Cell::get);
+    f();
+    ALLOCATIONS.with(Cell::get) - before
+}
+
+#[test]
+fn the_counter_sees_allocations() {
+    // Guard against a broken counter making the real test pass vacuously.
+    let n = allocations_during(|| drop(std::hint::black_box(vec![1u8; 64])));
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn validate_allocates_nothing_on_any_path() {
+    let s = scratch();
+    let (store, clock) = manual_store(&s.path);
+    let good = store.issue(NewToken::new("good").scopes(["read"])).unwrap();
+    let gone = store.issue(NewToken::new("gone")).unwrap();
+    store.revoke(&gone.id()).unwrap();
+    let long = "x".repeat(1 << 20);
+    let mut forged = good.secret().to_string();
+    forged.replace_range(12..13, if &forged[12..13] == "A" { "B" } else { "A" });
+
+    let mut allocations = 0;
+    for round in 0..10_000u64 {
+        // The first validation of each millisecond stamps last_used and, after a snapshot,
+        // sends the token id on the channel: both must be allocation-free. (Moving the
+        // manual clock allocates in the test's clock, so it stays outside the count.)
+        if round % 1000 == 0 {
+            clock.set(clock_now(&clock) + 1);
+            store.flush().unwrap();
+        }
+        allocations += allocations_during(|| {
+            assert!(store.validate(good.secret()).is_ok());
+            assert!(store.validate_scope(good.secret(), "read").is_ok());
+            assert_eq!(
+                store.validate_scope(good.secret(), "admin").unwrap_err(),
+                Rejection::MissingScope
+            );
+            assert_eq!(
+                store.validate(gone.secret()).unwrap_err(),
+                Rejection::Revoked
+            );
+            assert_eq!(store.validate(&forged).unwrap_err(), Rejection::Malformed);
+            assert_eq!(store.validate(&long).unwrap_err(), Rejection::Malformed);
+            assert_eq!(store.validate("").unwrap_err(), Rejection::Malformed);
+        });
+    }
+    assert_eq!(allocations, 0);
+    assert_eq!(
+        store.stats().dirty_sends,
+        10,
+        "each flushed round sent the id once"
+    );
+}
+
+fn clock_now(clock: &tokencache::ManualClock) -> u64 {
+    use tokencache::Clock;
+    clock.now_ms()
+}
