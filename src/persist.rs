@@ -6,6 +6,7 @@
 //! the channel shares one write, and each caller is answered only once it is on disk),
 //! `flush` (a barrier), timer ticks and shutdown. All snapshot writes go through a [`Sink`].
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
@@ -26,8 +27,8 @@ pub(crate) type Reply = Sender<Result<(), Error>>;
 pub(crate) enum Message {
     /// A validation made this token dirty.
     Dirty(TokenId),
-    /// Make this new token durable, then add it to the map and reply.
-    Issue(Arc<Entry>, Reply),
+    /// Make these new tokens durable together (all or none), add them to the map, reply.
+    Issue(Vec<Arc<Entry>>, Reply),
     /// Revoke this token durably, then reply.
     Revoke(TokenId, Reply),
     /// Reply once everything observed before the call is on disk.
@@ -93,7 +94,7 @@ impl fmt::Debug for Timer {
 #[derive(Default)]
 struct Batch {
     dirty: bool,
-    issues: Vec<(Arc<Entry>, Reply)>,
+    issues: Vec<(Vec<Arc<Entry>>, Reply)>,
     revokes: Vec<(TokenId, Reply)>,
     flushes: Vec<Reply>,
     ticks: Vec<Sender<()>>,
@@ -107,7 +108,7 @@ impl Batch {
                 tracing::trace!(%id, "token dirty");
                 self.dirty = true;
             }
-            Message::Issue(entry, reply) => self.issues.push((entry, reply)),
+            Message::Issue(entries, reply) => self.issues.push((entries, reply)),
             Message::Revoke(id, reply) => self.revokes.push((id, reply)),
             Message::Flush(reply) => self.flushes.push(reply),
             Message::Tick(ack) => self.ticks.push(ack),
@@ -255,19 +256,27 @@ impl Persister {
         batch.shutdown.is_some()
     }
 
-    /// Refuses new tokens whose id is already taken (in the map or earlier in the batch).
-    fn refuse_collisions(&self, issues: Vec<(Arc<Entry>, Reply)>) -> Vec<(Arc<Entry>, Reply)> {
-        let mut kept: Vec<(Arc<Entry>, Reply)> = Vec::with_capacity(issues.len());
-        for (entry, reply) in issues {
-            let taken =
-                self.shared.map.contains(&entry.id) || kept.iter().any(|(e, _)| e.id == entry.id);
-            if taken {
+    /// Refuses each request holding an id that is already taken (in the map or earlier in
+    /// the batch). Ids are 47 random bits and `issue` pre-checks the map, so this guards
+    /// against two concurrent requests drawing the same id; it is not a normal path.
+    fn refuse_collisions(
+        &self,
+        issues: Vec<(Vec<Arc<Entry>>, Reply)>,
+    ) -> Vec<(Vec<Arc<Entry>>, Reply)> {
+        let mut taken = HashSet::new();
+        let mut kept = Vec::with_capacity(issues.len());
+        for (entries, reply) in issues {
+            let collision = entries
+                .iter()
+                .find(|e| self.shared.map.contains(&e.id) || taken.contains(&e.id));
+            if let Some(entry) = collision {
                 let _ = reply.send(Err(Error::InvalidRequest(format!(
                     "token id {} was drawn twice; issue again",
                     entry.id
                 ))));
             } else {
-                kept.push((entry, reply));
+                taken.extend(entries.iter().map(|e| e.id));
+                kept.push((entries, reply));
             }
         }
         kept
@@ -278,7 +287,7 @@ impl Persister {
     fn snapshot(
         &mut self,
         need: Need,
-        issues: &[(Arc<Entry>, Reply)],
+        issues: &[(Vec<Arc<Entry>>, Reply)],
         now: u64,
     ) -> Result<(), Error> {
         let entries = self.shared.map.values();
@@ -296,7 +305,11 @@ impl Persister {
             .iter()
             .zip(&taken)
             .map(|(e, &lu)| e.to_record(lu))
-            .chain(issues.iter().map(|(e, _)| e.to_record(0)))
+            .chain(
+                issues
+                    .iter()
+                    .flat_map(|(new, _)| new.iter().map(|e| e.to_record(0))),
+            )
             .collect();
         let body = Body {
             written_at: now,
@@ -308,7 +321,7 @@ impl Persister {
                 for (entry, lu) in entries.iter().zip(taken) {
                     entry.mark_persisted(lu);
                 }
-                for (entry, _) in issues {
+                for entry in issues.iter().flat_map(|(new, _)| new) {
                     self.shared.map.insert(entry.id, entry.clone());
                 }
                 self.dirty = false;

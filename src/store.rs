@@ -4,6 +4,7 @@
 //! persister thread (`persist`). Changes to a token's definition go through the persister
 //! and return once they are on disk.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -173,29 +174,52 @@ impl TokenStore {
 
     /// Issues a new token. It is on disk when this returns; the secret is in the returned
     /// [`IssuedToken`] only and cannot be shown again.
+    ///
+    /// Each write is a full snapshot, so issuing costs O(tokens in the store); concurrent
+    /// callers share one write. To create many tokens at once, use
+    /// [`issue_many`](Self::issue_many).
     pub fn issue(&self, new: NewToken) -> Result<IssuedToken, Error> {
-        new.check()?;
+        let mut issued = self.issue_many([new])?;
+        Ok(issued.remove(0))
+    }
+
+    /// Issues several tokens with one durable write: all of them are on disk when this
+    /// returns, or (on error) none of them exists. Returns them in request order.
+    pub fn issue_many(
+        &self,
+        requests: impl IntoIterator<Item = NewToken>,
+    ) -> Result<Vec<IssuedToken>, Error> {
         let shared = &self.handle.shared;
         let now = shared.clock.now_ms();
-        let expires_at = new
-            .expires_in
-            .map(|d| now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)));
-        let (secret, id) = loop {
-            let (secret, id) = token::generate().map_err(|e| Error::Random(e.to_string()))?;
-            if !shared.map.contains(&id) {
-                break (secret, id);
-            }
-        };
-        let entry = Entry::new(
-            id,
-            token::digest(&secret),
-            new.name.into_boxed_str(),
-            new.scopes.into_iter().map(String::into_boxed_str).collect(),
-            now,
-            expires_at,
-        );
-        self.request(|reply| Message::Issue(Arc::new(entry), reply))?;
-        Ok(IssuedToken { secret, id })
+        let mut issued = Vec::new();
+        let mut entries = Vec::new();
+        let mut drawn = HashSet::new();
+        for new in requests {
+            new.check()?;
+            let (secret, id) = loop {
+                let (secret, id) = token::generate().map_err(|e| Error::Random(e.to_string()))?;
+                if !shared.map.contains(&id) && drawn.insert(id) {
+                    break (secret, id);
+                }
+            };
+            let expires_at = new
+                .expires_in
+                .map(|d| now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)));
+            entries.push(Arc::new(Entry::new(
+                id,
+                token::digest(&secret),
+                new.name.into_boxed_str(),
+                new.scopes.into_iter().map(String::into_boxed_str).collect(),
+                now,
+                expires_at,
+            )));
+            issued.push(IssuedToken { secret, id });
+        }
+        if entries.is_empty() {
+            return Ok(issued);
+        }
+        self.request(|reply| Message::Issue(entries, reply))?;
+        Ok(issued)
     }
 
     /// Revokes a token. It is on disk when this returns, and every later validation says

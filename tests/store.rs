@@ -412,3 +412,27 @@ fn concurrent_issues_share_snapshots_and_all_survive_reopen() {
         assert!(store.validate(token.secret()).is_ok());
     }
 }
+
+#[test]
+fn issue_many_is_one_write_and_all_or_nothing() {
+    let s = scratch();
+    let (store, _) = manual_store(&s.path);
+    let before = store.stats().snapshots_written;
+    let requests = (0..1000).map(|i| NewToken::new(format!("bulk-{i}")).scope("read"));
+    let issued = store.issue_many(requests).unwrap();
+    assert_eq!(store.stats().snapshots_written, before + 1);
+    assert_eq!(issued.len(), 1000);
+    assert_eq!(
+        store.validate(issued[999].secret()).unwrap().name(),
+        "bulk-999"
+    );
+
+    let refused = store.issue_many([NewToken::new("fine"), NewToken::new("")]);
+    assert!(matches!(refused, Err(Error::InvalidRequest(_))));
+    assert_eq!(store.list().len(), 1000, "a refused batch issued nothing");
+    assert!(store.issue_many(Vec::new()).unwrap().is_empty());
+    assert_eq!(store.stats().snapshots_written, before + 1);
+    drop(store);
+    let (store, _) = manual_store(&s.path);
+    assert_eq!(store.list().len(), 1000);
+}
