@@ -1,1 +1,2 @@
+//! The `tokencache` command-line tool (work in progress on main).
 fn main() {}

@@ -243,7 +243,7 @@ impl TokenStore {
     /// Every token's details, oldest first (revoked and expired ones included).
     pub fn list(&self) -> Vec<TokenInfo> {
         let mut entries = self.handle.shared.map.values();
-        entries.sort_by(|a, b| (a.created_at, a.id).cmp(&(b.created_at, b.id)));
+        entries.sort_by_key(|a| (a.created_at, a.id));
         entries.iter().map(|e| TokenInfo::of(e)).collect()
     }
 
