@@ -1,0 +1,364 @@
+//! The command line: parse arguments, run one command against a store, map the outcome to
+//! an exit code (0 success, 1 token rejected, 2 error).
+//!
+//! Secrets are read from stdin, never from argv (argv is visible to every user in `ps`), and
+//! `issue` prints only the token on stdout so that `TOKEN=$(tokencache issue NAME)` works.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use tokencache::{NewToken, Rejection, TokenId, TokenInfo, TokenStore};
+
+/// Exit code of a rejected token (`validate`).
+const EXIT_REJECTED: u8 = 1;
+/// Exit code of an error: bad arguments, a store that cannot be opened, a failed write.
+const EXIT_ERROR: u8 = 2;
+
+/// Manage and check API tokens kept in a tokencache store file.
+#[derive(Debug, Parser)]
+#[command(name = "tokencache", version, about, long_about = None)]
+pub struct Cli {
+    /// The store file.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "TOKENCACHE_STORE",
+        default_value = "tokens.snap"
+    )]
+    store: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// One command.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Issue a new token and print it on stdout (the only time the secret is shown).
+    ///
+    /// Creates the store file if it does not exist.
+    Issue {
+        /// Who or what uses the token, e.g. "ci-bot".
+        name: String,
+        /// A scope the token grants (repeat for several).
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. "30d", "12h", "90min"; no expiry if omitted.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+        /// Print the token and its details as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a token read from stdin: exit 0 if valid, 1 if rejected (reason on stderr).
+    ///
+    /// Records the use in the token's `last_used`, as a service would.
+    Validate {
+        /// Also require this scope.
+        #[arg(long, value_name = "SCOPE")]
+        scope: Option<String>,
+        /// Print the outcome as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every token (without secrets), oldest first.
+    List {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id (durable when the command returns).
+    Revoke {
+        /// The token's id: the 8 characters after `tc_`, as `list` shows them.
+        id: String,
+    },
+    /// Show the store file's header, format version and counts (without locking it).
+    Inspect {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// What a command failed with: a message for stderr.
+type Failure = String;
+
+fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    let path = cli.store.as_path();
+    match cli.command {
+        Command::Issue {
+            name,
+            scopes,
+            expires_in,
+            json,
+        } => issue(path, name, scopes, expires_in, json),
+        Command::Validate { scope, json } => validate(path, scope.as_deref(), json),
+        Command::List { json } => list(path, json),
+        Command::Revoke { id } => revoke(path, &id),
+        Command::Inspect { json } => inspect(path, json),
+    }
+}
+
+fn issue(
+    path: &Path,
+    name: String,
+    scopes: Vec<String>,
+    expires_in: Option<Duration>,
+    json: bool,
+) -> Result<ExitCode, Failure> {
+    let store = TokenStore::open(path).map_err(|e| e.to_string())?;
+    let mut request = NewToken::new(name).scopes(scopes);
+    if let Some(lifetime) = expires_in {
+        request = request.expires_in(lifetime);
+    }
+    let issued = store.issue(request).map_err(|e| e.to_string())?;
+    let info = store.get(&issued.id());
+    store.close().map_err(|e| e.to_string())?;
+    let info = info.ok_or("the issued token vanished before it could be shown")?;
+    if json {
+        let mut object = token_json(&info);
+        object["token"] = Value::from(issued.secret());
+        print_json(&object)?;
+    } else {
+        print_line(issued.secret())?;
+        eprintln!(
+            "issued {} ({}) into {}; the token above is shown only once",
+            info.id,
+            info.name,
+            path.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate(path: &Path, scope: Option<&str>, json: bool) -> Result<ExitCode, Failure> {
+    let token = read_token()?;
+    let store = open_existing(path)?;
+    let outcome = match (&token, scope) {
+        (None, _) => Err(Rejection::Malformed),
+        (Some(token), None) => store.validate(token),
+        (Some(token), Some(scope)) => store.validate_scope(token, scope),
+    };
+    store.close().map_err(|e| e.to_string())?;
+    match outcome {
+        Ok(valid) => {
+            if json {
+                let info = json!({
+                    "valid": true,
+                    "id": valid.id().as_str(),
+                    "name": valid.name(),
+                    "scopes": valid.scopes().collect::<Vec<_>>(),
+                    "expires_at": valid.expires_at().map(timestamp),
+                });
+                print_json(&info)?;
+            } else {
+                print_line(&format!("valid: {} ({})", valid.id(), valid.name()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(rejection) => {
+            if json {
+                let mut info = json!({ "valid": false, "reason": rejection.as_str() });
+                if let Rejection::RateLimited { retry_after } = rejection {
+                    info["retry_after_ms"] = Value::from(retry_after.as_millis() as u64);
+                }
+                print_json(&info)?;
+            }
+            eprintln!("rejected: {}", explain(rejection));
+            Ok(ExitCode::from(EXIT_REJECTED))
+        }
+    }
+}
+
+fn list(path: &Path, json: bool) -> Result<ExitCode, Failure> {
+    let store = open_existing(path)?;
+    let tokens = store.list();
+    store.close().map_err(|e| e.to_string())?;
+    if json {
+        print_json(&Value::Array(tokens.iter().map(token_json).collect()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = String::new();
+    let name_width = tokens
+        .iter()
+        .map(|t| t.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    out.push_str(&format!(
+        "{:<8}  {:<name_width$}  {:<7}  {:<20}  {:<20}  {:<20}  SCOPES\n",
+        "ID", "NAME", "STATUS", "CREATED", "EXPIRES", "LAST USED"
+    ));
+    for token in &tokens {
+        let when = |t: Option<DateTime<Utc>>| t.map_or_else(|| "-".to_string(), timestamp);
+        out.push_str(&format!(
+            "{:<8}  {:<name_width$}  {:<7}  {:<20}  {:<20}  {:<20}  {}\n",
+            token.id,
+            token.name,
+            status(token),
+            timestamp(token.created_at),
+            when(token.expires_at),
+            when(token.last_used),
+            token.scopes.join(",")
+        ));
+    }
+    write_stdout(&out)?;
+    eprintln!("{} token(s) in {}", tokens.len(), path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn revoke(path: &Path, id: &str) -> Result<ExitCode, Failure> {
+    let id: TokenId = id.parse().map_err(|e| format!("{e}"))?;
+    let store = open_existing(path)?;
+    let result = store.revoke(&id);
+    let closed = store.close();
+    result.map_err(|e| e.to_string())?;
+    closed.map_err(|e| e.to_string())?;
+    eprintln!("revoked {id}; every later validation of it is rejected");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect(path: &Path, json: bool) -> Result<ExitCode, Failure> {
+    let info = tokencache::inspect(path).map_err(|e| e.to_string())?;
+    let written_at = i64::try_from(info.written_at_ms)
+        .ok()
+        .and_then(DateTime::from_timestamp_millis)
+        .map(timestamp);
+    if json {
+        print_json(&json!({
+            "path": path.display().to_string(),
+            "format_version": info.version,
+            "file_bytes": info.file_len,
+            "body_bytes": info.body_len,
+            "body_crc32": format!("{:08x}", info.body_crc),
+            "written_at": written_at,
+            "tokens": info.tokens,
+            "revoked": info.revoked,
+        }))?;
+    } else {
+        write_stdout(&format!(
+            "file:           {}\nformat version: {}\nsize:           {} bytes ({} header + {} body)\nbody crc32:     {:08x}\nlast snapshot:  {}\ntokens:         {} ({} revoked)\n",
+            path.display(),
+            info.version,
+            info.file_len,
+            info.file_len - info.body_len,
+            info.body_len,
+            info.body_crc,
+            written_at.as_deref().unwrap_or("never"),
+            info.tokens,
+            info.revoked,
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens a store that must already exist: a mistyped `--store` must not create an empty one.
+fn open_existing(path: &Path) -> Result<TokenStore, Failure> {
+    if !path.exists() {
+        return Err(format!(
+            "store {} does not exist; pass --store PATH, or create it with `tokencache issue NAME`",
+            path.display()
+        ));
+    }
+    TokenStore::open(path).map_err(|e| e.to_string())
+}
+
+/// Reads one token from stdin: surrounding whitespace is ignored; `None` when the bytes are
+/// not UTF-8 (no token is, so that is a malformed token, not an error).
+fn read_token() -> Result<Option<String>, Failure> {
+    let mut bytes = Vec::new();
+    // A token is 40 bytes; read a little more so that trailing garbage is seen and refused,
+    // but never buffer an unbounded stream.
+    io::stdin()
+        .take(64 * 1024)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("could not read the token from stdin: {e}"))?;
+    let Ok(text) = String::from_utf8(bytes) else {
+        return Ok(None);
+    };
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(
+            "no token on stdin; pipe it in, e.g. `printf %s \"$TOKEN\" | tokencache validate`"
+                .into(),
+        );
+    }
+    Ok(Some(token.to_string()))
+}
+
+fn explain(rejection: Rejection) -> String {
+    match rejection {
+        Rejection::Malformed => {
+            "malformed: this is not a tokencache token (wrong shape or checksum; check for a copy-paste error)".into()
+        }
+        Rejection::Unknown => "unknown: no token in this store matches".into(),
+        Rejection::Revoked => "revoked: this token was revoked; issue a new one".into(),
+        Rejection::Expired => "expired: this token's lifetime is over; issue a new one".into(),
+        Rejection::MissingScope => "missing_scope: the token does not grant this scope".into(),
+        Rejection::RateLimited { retry_after } => {
+            format!("rate_limited: retry after {} ms", retry_after.as_millis())
+        }
+        // `Rejection` is matched exhaustively so that a new reason gets a message here.
+    }
+}
+
+fn status(token: &TokenInfo) -> &'static str {
+    if token.revoked_at.is_some() {
+        "revoked"
+    } else if token.expires_at.is_some_and(|at| at <= Utc::now()) {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
+fn token_json(token: &TokenInfo) -> Value {
+    json!({
+        "id": token.id.as_str(),
+        "name": token.name,
+        "status": status(token),
+        "scopes": token.scopes,
+        "created_at": timestamp(token.created_at),
+        "expires_at": token.expires_at.map(timestamp),
+        "revoked_at": token.revoked_at.map(timestamp),
+        "last_used": token.last_used.map(timestamp),
+    })
+}
+
+fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn print_json(value: &Value) -> Result<(), Failure> {
+    print_line(&value.to_string())
+}
+
+fn print_line(line: &str) -> Result<(), Failure> {
+    write_stdout(&format!("{line}\n"))
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is an error message, not a panic.
+fn write_stdout(text: &str) -> Result<(), Failure> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("could not write to stdout: {e}"))
+}

@@ -1,0 +1,208 @@
+//! The `tokencache` binary, run as a real process: exit codes, stdout/stderr, stdin secrets.
+#![cfg(feature = "cli")]
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+/// Runs the CLI on `store` with `args`, feeding `stdin`.
+fn run(store: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tokencache"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env_remove("TOKENCACHE_STORE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tokencache");
+    // The CLI reads at most 64 KiB of stdin, so a longer input may meet a closed pipe.
+    match child.stdin.take().expect("stdin").write_all(stdin) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => panic!("write stdin: {e}"),
+        _ => {}
+    }
+    child.wait_with_output().expect("wait for tokencache")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).expect("stdout is UTF-8")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).expect("stderr is UTF-8")
+}
+
+/// Issues a token and returns it (stdout holds only the token).
+fn issue(store: &Path, args: &[&str]) -> String {
+    let output = run(store, &[&["issue"], args].concat(), b"");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let token = stdout(&output).trim_end().to_string();
+    assert_eq!(
+        stdout(&output),
+        format!("{token}\n"),
+        "stdout is the token alone"
+    );
+    token
+}
+
+#[test]
+fn issue_validate_revoke_round_trip_with_exit_codes() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let token = issue(store, &["ci-bot", "--scope", "read", "--expires-in", "30d"]);
+    let id = &token[3..11];
+
+    let valid = run(store, &["validate"], format!("{token}\n").as_bytes());
+    assert_eq!(valid.status.code(), Some(0), "{}", stderr(&valid));
+    assert!(stdout(&valid).contains(id));
+
+    let scoped = run(store, &["validate", "--scope", "write"], token.as_bytes());
+    assert_eq!(scoped.status.code(), Some(1));
+    assert!(stderr(&scoped).contains("missing_scope"));
+
+    let revoke = run(store, &["revoke", id], b"");
+    assert_eq!(revoke.status.code(), Some(0), "{}", stderr(&revoke));
+
+    let revoked = run(store, &["validate", "--json"], token.as_bytes());
+    assert_eq!(revoked.status.code(), Some(1));
+    let outcome: Value = serde_json::from_str(&stdout(&revoked)).expect("JSON outcome");
+    assert_eq!(outcome["valid"], false);
+    assert_eq!(outcome["reason"], "revoked");
+}
+
+#[test]
+fn list_json_shows_details_without_secrets() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let first = issue(store, &["alpha", "--scope", "read", "--scope", "write"]);
+    let second = issue(store, &["beta"]);
+    // A validation records last_used, which `list` then shows.
+    assert_eq!(
+        run(store, &["validate"], first.as_bytes()).status.code(),
+        Some(0)
+    );
+
+    let output = run(store, &["list", "--json"], b"");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(!text.contains(&first[12..]) && !text.contains(&second[12..]));
+    let tokens: Vec<Value> = serde_json::from_str(&text).expect("JSON array");
+    assert_eq!(tokens.len(), 2);
+    assert_eq!(tokens[0]["id"], &first[3..11]);
+    assert_eq!(tokens[0]["name"], "alpha");
+    assert_eq!(tokens[0]["scopes"], serde_json::json!(["read", "write"]));
+    assert_eq!(tokens[0]["status"], "active");
+    assert!(tokens[0]["last_used"].is_string());
+    assert_eq!(tokens[1]["name"], "beta");
+    assert!(tokens[1]["last_used"].is_null());
+
+    let table = run(store, &["list"], b"");
+    assert_eq!(table.status.code(), Some(0));
+    assert!(stdout(&table).lines().count() == 3, "header + 2 rows");
+}
+
+#[test]
+fn issue_json_includes_a_working_token() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let output = run(store, &["issue", "svc", "--json"], b"");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let issued: Value = serde_json::from_str(&stdout(&output)).expect("JSON object");
+    let token = issued["token"].as_str().expect("token field");
+    assert_eq!(issued["id"], &token[3..11]);
+    assert!(issued["expires_at"].is_null());
+    let valid = run(store, &["validate"], token.as_bytes());
+    assert_eq!(valid.status.code(), Some(0));
+}
+
+#[test]
+fn inspect_reports_counts() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let token = issue(store, &["a"]);
+    issue(store, &["b"]);
+    assert_eq!(
+        run(store, &["revoke", &token[3..11]], b"").status.code(),
+        Some(0)
+    );
+    let output = run(store, &["inspect", "--json"], b"");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let info: Value = serde_json::from_str(&stdout(&output)).expect("JSON object");
+    assert_eq!(info["format_version"], tokencache::FORMAT_VERSION);
+    assert_eq!(info["tokens"], 2);
+    assert_eq!(info["revoked"], 1);
+    let file_len = std::fs::metadata(store).expect("store file").len();
+    assert_eq!(info["file_bytes"], file_len);
+}
+
+#[test]
+fn missing_store_is_an_error_and_is_not_created() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    for args in [&["list"][..], &["revoke", "a1B2c3D4"], &["inspect"]] {
+        let output = run(store, args, b"");
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&output).contains("does not exist") || stderr(&output).contains("could not")
+        );
+    }
+    let output = run(store, &["validate"], b"tc_whatever");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        !store.exists(),
+        "a mistyped --store must not create a store"
+    );
+}
+
+#[test]
+fn bad_stdin_and_bad_ids_fail_cleanly() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    issue(store, &["a"]);
+
+    let binary = run(store, &["validate"], b"\xff\xfe\x00tc_");
+    assert_eq!(
+        binary.status.code(),
+        Some(1),
+        "non-UTF-8 is a malformed token"
+    );
+    assert!(stderr(&binary).contains("malformed"));
+
+    let empty = run(store, &["validate"], b"\n");
+    assert_eq!(empty.status.code(), Some(2));
+    assert!(stderr(&empty).contains("no token on stdin"));
+
+    let huge = run(store, &["validate"], &vec![b'x'; 1 << 20]);
+    assert_eq!(huge.status.code(), Some(1));
+
+    let unknown = run(store, &["revoke", "zzzzzzzz"], b"");
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(stderr(&unknown).contains("no token has id zzzzzzzz"));
+
+    let not_an_id = run(store, &["revoke", "tc_x"], b"");
+    assert_eq!(not_an_id.status.code(), Some(2));
+    assert!(stderr(&not_an_id).contains("not a token id"));
+
+    let bad_duration = run(store, &["issue", "x", "--expires-in", "3 fortnights"], b"");
+    assert_eq!(bad_duration.status.code(), Some(2));
+}
+
+#[test]
+fn a_store_open_elsewhere_is_refused() {
+    let scratch = common::scratch();
+    let store = tokencache::TokenStore::open(&scratch.path).expect("open");
+    let output = run(&scratch.path, &["list"], b"");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("already open"),
+        "{}",
+        stderr(&output)
+    );
+    store.close().expect("close");
+    assert_eq!(run(&scratch.path, &["list"], b"").status.code(), Some(0));
+}
