@@ -295,15 +295,7 @@ fn flush_writes_pending_last_used_and_only_once() {
     assert_eq!(info.written_at_ms, clock.now_ms());
     drop(store);
     let (store, _) = manual_store(&s.path);
-    assert_eq!(
-        store
-            .get(&issued.id())
-            .unwrap()
-            .last_used
-            .unwrap()
-            .timestamp_millis() as u64,
-        clock.now_ms()
-    );
+    assert_eq!(last_used_ms(&store, &issued.id()), clock.now_ms());
 }
 
 #[test]
@@ -317,15 +309,7 @@ fn drop_writes_what_is_pending() {
     drop(store);
     drop(clone);
     let (store, _) = manual_store(&s.path);
-    assert_eq!(
-        store
-            .get(&issued.id())
-            .unwrap()
-            .last_used
-            .unwrap()
-            .timestamp_millis() as u64,
-        clock.now_ms()
-    );
+    assert_eq!(last_used_ms(&store, &issued.id()), clock.now_ms());
 }
 
 #[test]
@@ -435,4 +419,10 @@ fn issue_many_is_one_write_and_all_or_nothing() {
     drop(store);
     let (store, _) = manual_store(&s.path);
     assert_eq!(store.list().len(), 1000);
+}
+
+/// A token's `last_used` as Unix ms (the token must exist and have been used).
+fn last_used_ms(store: &TokenStore, id: &TokenId) -> u64 {
+    let info = store.get(id).expect("token exists");
+    info.last_used.expect("token was used").timestamp_millis() as u64
 }
