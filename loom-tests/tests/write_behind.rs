@@ -68,11 +68,11 @@ fn stored_last_used(recorder: &Recorder, id: TokenId) -> Option<u64> {
 // ---- 1. No lost `last_used` -------------------------------------------------------------
 
 /// A validation racing a snapshot either lands in it or re-dirties the token, so the next
-/// timed snapshot stores the newest `last_used`. Bound 2: the lost update needs one
-/// preemption inside `take_for_snapshot` and one inside `touch`.
+/// timed snapshot stores the newest `last_used`. Bound 3: a lost update needs only two
+/// preemptions (inside `take_for_snapshot`, inside `touch`); the third covers the send.
 #[test]
 fn a_validation_racing_a_snapshot_reaches_the_next_timed_snapshot() {
-    model(2, no_lost_last_used);
+    model(3, no_lost_last_used);
 }
 
 /// Twin: `take_for_snapshot` reads `last_used` before clearing `dirty`; a touch in between
@@ -81,7 +81,7 @@ fn a_validation_racing_a_snapshot_reaches_the_next_timed_snapshot() {
 #[should_panic(expected = "lost last_used")]
 fn twin_reading_before_clearing_dirty_loses_last_used() {
     let _bug = plant(Bug::ReadBeforeClear);
-    model(2, no_lost_last_used);
+    model(3, no_lost_last_used);
 }
 
 fn no_lost_last_used() {
@@ -111,11 +111,11 @@ fn no_lost_last_used() {
 // ---- 2. Coalescing ----------------------------------------------------------------------
 
 /// Three validations of one clean token send its id to the persister exactly once (never
-/// zero, never twice). Bound 2: two validations must both pass the fresh check and meet at
-/// the dirty flag, which takes two preemptions.
+/// zero, never twice). Bound 3: a double send needs two validations to pass the fresh check
+/// and meet at the dirty flag (two preemptions); the third lets the third validation join.
 #[test]
 fn validations_of_a_clean_token_send_exactly_once() {
-    model(2, coalescing);
+    model(3, coalescing);
 }
 
 /// Twin: `touch` tests `dirty` with a load and sets it with a store (check-then-act), so
@@ -124,7 +124,7 @@ fn validations_of_a_clean_token_send_exactly_once() {
 #[should_panic(expected = "coalescing broken")]
 fn twin_check_then_set_dirty_sends_twice() {
     let _bug = plant(Bug::CheckThenSetDirty);
-    model(2, coalescing);
+    model(3, coalescing);
 }
 
 fn coalescing() {
@@ -150,10 +150,11 @@ fn coalescing() {
 
 /// Whatever a thread observed before `flush` (here: its own validation, which may have
 /// found another thread's unsent `last_used` and sent nothing) is in the snapshot `flush`
-/// waited for. Bound 2: the other validation is preempted between its store and its send.
+/// waited for. Bound 3: the miss needs one preemption (the other validation stopped between
+/// its store and its send); two more let that send land before, inside or after the batch.
 #[test]
 fn flush_waits_for_a_snapshot_holding_everything_seen_before_it() {
-    model(2, flush_barrier);
+    model(3, flush_barrier);
 }
 
 /// Twin: the persister writes for a flush only if a `Dirty` message arrived, trusting
@@ -162,7 +163,7 @@ fn flush_waits_for_a_snapshot_holding_everything_seen_before_it() {
 #[should_panic(expected = "flush barrier broken")]
 fn twin_flush_trusting_dirty_messages_misses_an_unsent_update() {
     let _bug = plant(Bug::FlushTrustsMessages);
-    model(2, flush_barrier);
+    model(3, flush_barrier);
 }
 
 fn flush_barrier() {
