@@ -95,6 +95,15 @@ impl Entry {
         }
         // Relaxed: published to the persister by the Release half of the swap below.
         self.last_used.fetch_max(now_ms, Ordering::Relaxed);
+        // Planted bug (loom twin only): check-then-act on `dirty` lets two validations send.
+        #[cfg(loom)]
+        if crate::sync::bug::planted(crate::sync::bug::Bug::CheckThenSetDirty) {
+            if self.dirty.load(Ordering::Acquire) {
+                return Touch::Nothing;
+            }
+            self.dirty.store(true, Ordering::Release);
+            return Touch::Send;
+        }
         // AcqRel: Release publishes the `last_used` write above to the persister's Acquire
         // swap in `take_for_snapshot`. Being a read-modify-write, it is totally ordered with
         // that swap: either the snapshot's swap reads this `true` (and so sees our
@@ -108,6 +117,13 @@ impl Entry {
 
     /// Clears the dirty flag, *then* reads `last_used`: the snapshot half of the protocol.
     pub(crate) fn take_for_snapshot(&self) -> u64 {
+        // Planted bug (loom twin only): reading before clearing loses a racing touch.
+        #[cfg(loom)]
+        if crate::sync::bug::planted(crate::sync::bug::Bug::ReadBeforeClear) {
+            let last_used = self.last_used.load(Ordering::Acquire);
+            self.dirty.swap(false, Ordering::AcqRel);
+            return last_used;
+        }
         // AcqRel: Acquire pairs with the Release of `touch`'s swap (see there).
         self.dirty.swap(false, Ordering::AcqRel);
         // Acquire: sees at least the `last_used` of every touch whose swap we read from.

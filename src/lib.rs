@@ -44,3 +44,12 @@ pub use snapshot::{inspect, SnapshotInfo, FORMAT_VERSION};
 pub use stats::{Rejections, Stats};
 pub use store::{Builder, NewToken, TokenInfo, TokenStore, ValidToken, DEFAULT_FLUSH_INTERVAL};
 pub use token::{IssuedToken, ParseIdError, TokenId, PREFIX, TOKEN_LEN};
+
+/// Model-checking hooks for `loom-tests/` (only under `--cfg loom`; not a public API).
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod __loom {
+    pub use crate::persist::{Recorded, Recorder};
+    pub use crate::store::open_recorded;
+    pub use crate::sync::bug::{plant, Bug, Planted};
+}

@@ -65,6 +65,81 @@ impl Sink for FileSink {
     }
 }
 
+/// Model checks only: a [`Sink`] that keeps what each snapshot held instead of writing a
+/// file, so loom models do no I/O and can assert on every snapshot "written".
+#[cfg(loom)]
+#[derive(Clone)]
+pub struct Recorder {
+    written: Arc<crate::sync::Mutex<Vec<Recorded>>>,
+}
+
+/// Model checks only: one snapshot as the [`Recorder`] saw it.
+#[cfg(loom)]
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    tokens: Vec<(TokenId, Option<u64>, Option<u64>)>,
+}
+
+#[cfg(loom)]
+impl Recorded {
+    /// Whether the snapshot holds the token.
+    pub fn contains(&self, id: TokenId) -> bool {
+        self.tokens.iter().any(|(t, _, _)| *t == id)
+    }
+
+    /// The token's `last_used` in this snapshot (`None`: never used, or not in it).
+    pub fn last_used(&self, id: TokenId) -> Option<u64> {
+        self.tokens
+            .iter()
+            .find(|(t, _, _)| *t == id)
+            .and_then(|t| t.1)
+    }
+
+    /// Whether the snapshot holds the token as revoked.
+    pub fn revoked(&self, id: TokenId) -> bool {
+        self.tokens.iter().any(|(t, _, r)| *t == id && r.is_some())
+    }
+}
+
+#[cfg(loom)]
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            written: Arc::new(crate::sync::Mutex::new(Vec::new())),
+        }
+    }
+}
+
+#[cfg(loom)]
+impl Recorder {
+    /// Every snapshot written so far, oldest first.
+    pub fn snapshots(&self) -> Vec<Recorded> {
+        self.written.lock().unwrap().clone()
+    }
+
+    /// The newest snapshot written so far.
+    pub fn last(&self) -> Option<Recorded> {
+        self.written.lock().unwrap().last().cloned()
+    }
+}
+
+#[cfg(loom)]
+impl Sink for Recorder {
+    fn write(&mut self, body: &Body) -> io::Result<u64> {
+        let tokens = body.records.iter().map(|r| {
+            let id = TokenId::from_bytes(r.id).ok_or(io::ErrorKind::InvalidData)?;
+            Ok((id, r.last_used, r.revoked_at))
+        });
+        let tokens = tokens.collect::<io::Result<Vec<_>>>()?;
+        self.written.lock().unwrap().push(Recorded { tokens });
+        Ok(0)
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from("<loom recorder>")
+    }
+}
+
 /// A handle that wakes a store's persister after its clock jumps; see
 /// [`Clock::attach`](crate::Clock::attach).
 pub struct Timer {
@@ -199,6 +274,14 @@ impl Persister {
 
     /// Handles one batch; returns `true` when the persister should stop.
     fn handle(&mut self, mut batch: Batch) -> bool {
+        // Planted bug (loom twin only): shutting down without writing what is pending.
+        #[cfg(loom)]
+        if crate::sync::bug::planted(crate::sync::bug::Bug::ShutdownSkipsWrite) {
+            if let Some(reply) = batch.shutdown.take() {
+                let _ = reply.send(Ok(()));
+                return true;
+            }
+        }
         let now = self.shared.clock.now_ms();
         // Relaxed: the flag is a hint that ids were dropped; the snapshot scan below reads
         // every entry through its own Acquire protocol.
@@ -226,13 +309,29 @@ impl Persister {
         let issues = self.refuse_collisions(batch.issues);
         changed |= !issues.is_empty();
 
+        let flush_asked = !batch.flushes.is_empty();
+        // Planted bug (loom twin only): a flush that trusts `Dirty` messages over the scan.
+        #[cfg(loom)]
+        let flush_asked = flush_asked
+            && (self.dirty
+                || !crate::sync::bug::planted(crate::sync::bug::Bug::FlushTrustsMessages));
         let need = if changed {
             Some(Need::Always)
-        } else if !batch.flushes.is_empty() || batch.shutdown.is_some() || (self.dirty && due) {
+        } else if flush_asked || batch.shutdown.is_some() || (self.dirty && due) {
             Some(Need::IfChanged)
         } else {
             None
         };
+        // Planted bug (loom twin only): answering callers before their snapshot is written.
+        #[cfg(loom)]
+        let acked_early = crate::sync::bug::planted(crate::sync::bug::Bug::AckBeforeWrite);
+        #[cfg(loom)]
+        if acked_early {
+            let early = issues.iter().map(|(_, reply)| reply);
+            for reply in early.chain(&revoke_replies).chain(&batch.flushes) {
+                let _ = reply.send(Ok(()));
+            }
+        }
         let result = match need {
             Some(need) => self.snapshot(need, &issues, now),
             None => Ok(()),
@@ -248,6 +347,12 @@ impl Persister {
             .chain(batch.flushes)
             .chain(batch.shutdown.iter().cloned());
         for reply in replies {
+            // (Planted bug: those answered early are full or gone, so `try_send` skips them.)
+            #[cfg(loom)]
+            if acked_early {
+                let _ = reply.try_send(result.clone());
+                continue;
+            }
             let _ = reply.send(result.clone());
         }
         for ack in batch.ticks {

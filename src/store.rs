@@ -450,6 +450,41 @@ impl Builder {
     }
 }
 
+/// Model checks only: opens a store with no file, holding `tokens` clean tokens (as if
+/// just loaded from a snapshot), whose snapshots go to `recorder`. Returns the tokens too.
+#[cfg(loom)]
+pub fn open_recorded(
+    builder: Builder,
+    tokens: usize,
+    recorder: crate::persist::Recorder,
+) -> Result<(TokenStore, Vec<IssuedToken>), Error> {
+    let now = builder.clock.now_ms();
+    let mut issued = Vec::with_capacity(tokens);
+    let mut records = Vec::with_capacity(tokens);
+    for n in 0..tokens {
+        let (secret, id) = token::generate().map_err(|e| Error::Random(e.to_string()))?;
+        records.push(snapshot::Record {
+            id: id.to_bytes(),
+            name: format!("loom-{n}"),
+            digest: token::digest(&secret),
+            scopes: Vec::new(),
+            created_at: now,
+            expires_at: None,
+            revoked_at: None,
+            last_used: None,
+            rate_limit: None,
+        });
+        issued.push(IssuedToken { secret, id });
+    }
+    let body = Body {
+        written_at: now,
+        records,
+    };
+    let path = builder.path.clone();
+    let store = builder.start(path, Some(body), Box::new(recorder), None)?;
+    Ok((store, issued))
+}
+
 /// Takes the OS lock on the store's sidecar lock file, so a second opener fails cleanly.
 fn lock(path: &Path) -> Result<File, Error> {
     let lock_path = snapshot::lock_path(path);

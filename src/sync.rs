@@ -168,7 +168,9 @@ pub(crate) mod channel {
 }
 
 /// The map of record from token id to entry: a `DashMap` normally, a loom `RwLock` around a
-/// `HashMap` under loom (DashMap's own locks are invisible to the model checker).
+/// `Vec` in insertion order under loom (DashMap's own locks are invisible to the model
+/// checker, and a `HashMap`'s random iteration order would make runs non-deterministic,
+/// which loom's replay cannot handle; models hold two or three tokens, so a scan is cheap).
 pub(crate) mod map {
     use crate::token::TokenId;
 
@@ -178,7 +180,7 @@ pub(crate) mod map {
         #[cfg(not(loom))]
         inner: dashmap::DashMap<TokenId, V>,
         #[cfg(loom)]
-        inner: loom::sync::RwLock<std::collections::HashMap<TokenId, V>>,
+        inner: loom::sync::RwLock<Vec<(TokenId, V)>>,
     }
 
     #[cfg(not(loom))]
@@ -216,30 +218,95 @@ pub(crate) mod map {
     #[cfg(loom)]
     impl<V: Clone> Map<V> {
         pub(crate) fn with_capacity(capacity: usize) -> Self {
-            let map = std::collections::HashMap::with_capacity(capacity);
             Map {
-                inner: loom::sync::RwLock::new(map),
+                inner: loom::sync::RwLock::new(Vec::with_capacity(capacity)),
             }
         }
 
         pub(crate) fn get(&self, id: &TokenId) -> Option<V> {
-            self.inner.read().unwrap().get(id).cloned()
+            let entries = self.inner.read().unwrap();
+            entries
+                .iter()
+                .find(|(k, _)| k == id)
+                .map(|(_, v)| v.clone())
         }
 
         pub(crate) fn contains(&self, id: &TokenId) -> bool {
-            self.inner.read().unwrap().contains_key(id)
+            self.inner.read().unwrap().iter().any(|(k, _)| k == id)
         }
 
         pub(crate) fn insert(&self, id: TokenId, value: V) {
-            self.inner.write().unwrap().insert(id, value);
+            let mut entries = self.inner.write().unwrap();
+            match entries.iter_mut().find(|(k, _)| *k == id) {
+                Some(slot) => slot.1 = value,
+                None => entries.push((id, value)),
+            }
         }
 
         pub(crate) fn values(&self) -> Vec<V> {
-            self.inner.read().unwrap().values().cloned().collect()
+            self.inner
+                .read()
+                .unwrap()
+                .iter()
+                .map(|(_, v)| v.clone())
+                .collect()
         }
 
         pub(crate) fn len(&self) -> usize {
             self.inner.read().unwrap().len()
+        }
+    }
+}
+
+/// Deliberately planted bugs, so each loom model can show it would catch the mistake it
+/// guards against (a model without teeth proves little). Exists only under `--cfg loom`:
+/// normal builds contain neither the switch nor any of the `planted(..)` branches.
+///
+/// The switch is a `std` thread-local of the test's OS thread: loom runs every modelled
+/// thread on that OS thread, so one model sees it and tests running in parallel do not.
+#[cfg(loom)]
+pub mod bug {
+    use std::cell::Cell;
+
+    /// One planted bug; the comment at each `planted(..)` site says what it breaks.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub enum Bug {
+        /// `take_for_snapshot` reads `last_used` *before* clearing `dirty` (lost update).
+        ReadBeforeClear,
+        /// `touch` tests `dirty` with a load and sets it with a store (check-then-act), so
+        /// two validations can both see it clean and both send.
+        CheckThenSetDirty,
+        /// `flush` writes only if a `Dirty` message arrived, trusting messages over the scan.
+        FlushTrustsMessages,
+        /// The persister answers `issue`/`revoke`/`flush` before the snapshot is written.
+        AckBeforeWrite,
+        /// On shutdown the persister answers and exits without writing what is pending.
+        ShutdownSkipsWrite,
+    }
+
+    std::thread_local! {
+        static PLANTED: Cell<Option<Bug>> = const { Cell::new(None) };
+    }
+
+    /// Plants `bug` until the returned guard drops.
+    pub fn plant(bug: Bug) -> Planted {
+        PLANTED.with(|p| p.set(Some(bug)));
+        Planted(())
+    }
+
+    /// Whether `bug` is planted (the production code asks this at each bug site).
+    pub(crate) fn planted(bug: Bug) -> bool {
+        PLANTED.with(|p| p.get() == Some(bug))
+    }
+
+    /// Removes the planted bug when dropped.
+    #[derive(Debug)]
+    pub struct Planted(());
+
+    impl Drop for Planted {
+        fn drop(&mut self) {
+            PLANTED.with(|p| p.set(None));
         }
     }
 }

@@ -1,0 +1,339 @@
+//! Model checks of the write-behind protocol, run on the production code: `Entry::touch` /
+//! `take_for_snapshot`, the persister and `TokenStore`, with loom's atomics, locks, threads
+//! and channel swapped in by `src/sync.rs`. Snapshots go to a recording sink (no I/O) and
+//! time moves only through `ManualClock`, whose ticks are the persister's only timer.
+//!
+//! Each property has a twin: the same model with one bug planted in the production code
+//! (`tokencache::__loom::Bug`), which loom must find. Run with `scripts/loom.sh`.
+#![cfg(loom)]
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use loom::thread;
+use tokencache::__loom::{open_recorded, plant, Bug, Recorder};
+use tokencache::{Error, ManualClock, NewToken, Rejection, TokenId, TokenStore};
+
+/// The start time of every model (Unix ms).
+const T0: u64 = ManualClock::DEFAULT_START_MS;
+/// The write-behind period; models move the clock by it to make a timed snapshot due.
+const INTERVAL: Duration = Duration::from_secs(60);
+
+/// Runs `f` under loom with at most `bound` preemptions per execution, unless
+/// `LOOM_MAX_PREEMPTIONS` says otherwise, and reports how many executions it explored.
+fn model(bound: usize, f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    let bound = *builder.preemption_bound.get_or_insert(bound);
+    let executions = Arc::new(AtomicUsize::new(0));
+    let counter = executions.clone();
+    builder.check(move || {
+        counter.fetch_add(1, Relaxed);
+        f();
+    });
+    let executions = executions.load(Relaxed);
+    eprintln!("loom: {executions} executions explored, preemption bound {bound}");
+}
+
+/// A model's store: `tokens` clean tokens, a manual clock at `T0`, a recording sink.
+struct Fixture {
+    store: TokenStore,
+    clock: ManualClock,
+    recorder: Recorder,
+    secrets: Vec<String>,
+    ids: Vec<TokenId>,
+}
+
+fn open(tokens: usize) -> Fixture {
+    let clock = ManualClock::new(T0);
+    let recorder = Recorder::default();
+    let builder = TokenStore::builder("loom-model.snap")
+        .clock(clock.clone())
+        .flush_interval(INTERVAL);
+    let (store, issued) = open_recorded(builder, tokens, recorder.clone()).unwrap();
+    Fixture {
+        store,
+        clock,
+        recorder,
+        secrets: issued.iter().map(|t| t.secret().to_owned()).collect(),
+        ids: issued.iter().map(|t| t.id()).collect(),
+    }
+}
+
+/// `last_used` of `id` in the newest snapshot written so far.
+fn stored_last_used(recorder: &Recorder, id: TokenId) -> Option<u64> {
+    recorder.last().and_then(|s| s.last_used(id))
+}
+
+// ---- 1. No lost `last_used` -------------------------------------------------------------
+
+/// A validation racing a snapshot either lands in it or re-dirties the token, so the next
+/// timed snapshot stores the newest `last_used`. Bound 3: a lost update needs only two
+/// preemptions (inside `take_for_snapshot`, inside `touch`); the third covers the send.
+#[test]
+fn a_validation_racing_a_snapshot_reaches_the_next_timed_snapshot() {
+    model(3, no_lost_last_used);
+}
+
+/// Twin: `take_for_snapshot` reads `last_used` before clearing `dirty`; a touch in between
+/// finds the flag still set, sends nothing, and its time never reaches disk.
+#[test]
+#[should_panic(expected = "lost last_used")]
+fn twin_reading_before_clearing_dirty_loses_last_used() {
+    let _bug = plant(Bug::ReadBeforeClear);
+    model(3, no_lost_last_used);
+}
+
+fn no_lost_last_used() {
+    let Fixture {
+        store,
+        clock,
+        recorder,
+        secrets,
+        ids,
+    } = open(1);
+    store.validate(&secrets[0]).unwrap(); // at T0: dirty, id sent
+    clock.advance(Duration::from_millis(1)); // a tick, but no snapshot is due yet
+    let racer = {
+        let (store, secret) = (store.clone(), secrets[0].clone());
+        thread::spawn(move || drop(store.validate(&secret).unwrap())) // at T0 + 1
+    };
+    store.flush().unwrap(); // a snapshot racing the validation
+    racer.join().unwrap();
+    clock.advance(INTERVAL); // the timed snapshot is due if anything is still dirty
+    assert_eq!(
+        stored_last_used(&recorder, ids[0]),
+        Some(T0 + 1),
+        "lost last_used: the newest validation never reached a snapshot"
+    );
+}
+
+// ---- 2. Coalescing ----------------------------------------------------------------------
+
+/// Three validations of one clean token send its id to the persister exactly once (never
+/// zero, never twice). Bound 3: a double send needs two validations to pass the fresh check
+/// and meet at the dirty flag (two preemptions); the third lets the third validation join.
+#[test]
+fn validations_of_a_clean_token_send_exactly_once() {
+    model(3, coalescing);
+}
+
+/// Twin: `touch` tests `dirty` with a load and sets it with a store (check-then-act), so
+/// two validations that both see it clean both send.
+#[test]
+#[should_panic(expected = "coalescing broken")]
+fn twin_check_then_set_dirty_sends_twice() {
+    let _bug = plant(Bug::CheckThenSetDirty);
+    model(3, coalescing);
+}
+
+fn coalescing() {
+    let Fixture { store, secrets, .. } = open(1);
+    let validators: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, secret) = (store.clone(), secrets[0].clone());
+            thread::spawn(move || drop(store.validate(&secret).unwrap()))
+        })
+        .collect();
+    store.validate(&secrets[0]).unwrap();
+    for validator in validators {
+        validator.join().unwrap();
+    }
+    assert_eq!(
+        store.stats().dirty_sends,
+        1,
+        "coalescing broken: one clean token, sends between two snapshots"
+    );
+}
+
+// ---- 3. Flush barrier -------------------------------------------------------------------
+
+/// Whatever a thread observed before `flush` (here: its own validation, which may have
+/// found another thread's unsent `last_used` and sent nothing) is in the snapshot `flush`
+/// waited for. Bound 3: the miss needs one preemption (the other validation stopped between
+/// its store and its send); two more let that send land before, inside or after the batch.
+#[test]
+fn flush_waits_for_a_snapshot_holding_everything_seen_before_it() {
+    model(3, flush_barrier);
+}
+
+/// Twin: the persister writes for a flush only if a `Dirty` message arrived, trusting
+/// messages instead of scanning; the racing validation has not sent yet, so nothing is written.
+#[test]
+#[should_panic(expected = "flush barrier broken")]
+fn twin_flush_trusting_dirty_messages_misses_an_unsent_update() {
+    let _bug = plant(Bug::FlushTrustsMessages);
+    model(3, flush_barrier);
+}
+
+fn flush_barrier() {
+    let Fixture {
+        store,
+        recorder,
+        secrets,
+        ids,
+        ..
+    } = open(1);
+    let other = {
+        let (store, secret) = (store.clone(), secrets[0].clone());
+        thread::spawn(move || drop(store.validate(&secret).unwrap()))
+    };
+    store.validate(&secrets[0]).unwrap();
+    store.flush().unwrap();
+    assert_eq!(
+        stored_last_used(&recorder, ids[0]),
+        Some(T0),
+        "flush barrier broken: flush returned before a snapshot held what this thread saw"
+    );
+    other.join().unwrap();
+}
+
+// ---- 4. Group commit --------------------------------------------------------------------
+
+/// A concurrent `issue` and `revoke` each return only after a snapshot holding their change
+/// was written, and once a snapshot holds the revoke every later one does. Bound 3: the two
+/// requests can meet in one batch or two, in either order, with the write in between.
+#[test]
+fn issue_and_revoke_return_only_after_their_snapshot_and_a_revoke_stays() {
+    model(3, group_commit);
+}
+
+/// Twin: the persister answers `issue`/`revoke`/`flush` before writing the snapshot.
+#[test]
+#[should_panic(expected = "acknowledged before")]
+fn twin_acking_before_the_write_breaks_group_commit() {
+    let _bug = plant(Bug::AckBeforeWrite);
+    model(3, group_commit);
+}
+
+fn group_commit() {
+    let Fixture {
+        store,
+        recorder,
+        secrets,
+        ids,
+        ..
+    } = open(1);
+    let issuer = {
+        let (store, recorder) = (store.clone(), recorder.clone());
+        thread::spawn(move || {
+            let new = store.issue(NewToken::new("new")).unwrap();
+            let written = recorder.snapshots().iter().any(|s| s.contains(new.id()));
+            assert!(written, "issue acknowledged before a snapshot held it");
+            new
+        })
+    };
+    store.revoke(&ids[0]).unwrap();
+    let written = recorder.snapshots().iter().any(|s| s.revoked(ids[0]));
+    assert!(written, "revoke acknowledged before a snapshot held it");
+    assert_eq!(store.validate(&secrets[0]).unwrap_err(), Rejection::Revoked);
+    let new = issuer.join().unwrap();
+    let valid = store.validate(new.secret()).is_ok();
+    assert!(
+        valid,
+        "issue acknowledged before the new token joined the map"
+    );
+
+    let snapshots = recorder.snapshots();
+    let first = snapshots.iter().position(|s| s.revoked(ids[0])).unwrap();
+    assert!(
+        snapshots[first..].iter().all(|s| s.revoked(ids[0])),
+        "a revoke was undone by a later snapshot"
+    );
+}
+
+// ---- 5. Shutdown ------------------------------------------------------------------------
+
+/// `close` racing a validation and an issue neither hangs (loom reports a deadlock), nor
+/// panics, nor loses a change acknowledged before it: the validation made before `close`
+/// and an `issue` that returned `Ok`. Bound 2: each racer is preempted once around the
+/// persister's last batch.
+#[test]
+fn close_racing_validation_and_issue_loses_no_acknowledged_change() {
+    model(2, shutdown_by_close);
+}
+
+/// Twin: on shutdown the persister answers and exits without writing what is pending.
+#[test]
+#[should_panic(expected = "shutdown lost")]
+fn twin_shutdown_without_the_final_write_loses_last_used() {
+    let _bug = plant(Bug::ShutdownSkipsWrite);
+    model(2, shutdown_by_close);
+}
+
+fn shutdown_by_close() {
+    let Fixture {
+        store,
+        recorder,
+        secrets,
+        ids,
+        ..
+    } = open(1);
+    let validator = {
+        let (store, secret) = (store.clone(), secrets[0].clone());
+        thread::spawn(move || drop(store.validate(&secret).unwrap()))
+    };
+    let issuer = {
+        let store = store.clone();
+        thread::spawn(move || store.issue(NewToken::new("late")))
+    };
+    store.validate(&secrets[0]).unwrap();
+    store.close().unwrap();
+    validator.join().unwrap();
+    let issued = issuer.join().unwrap();
+
+    let last = recorder
+        .last()
+        .expect("shutdown lost everything: no snapshot");
+    assert_eq!(last.last_used(ids[0]), Some(T0), "shutdown lost last_used");
+    match issued {
+        Ok(new) => assert!(last.contains(new.id()), "shutdown lost an issued token"),
+        Err(e) => assert!(matches!(e, Error::Closed { .. }), "issue failed: {e}"),
+    }
+}
+
+/// Dropping the last handle (in whichever thread does it last) closes like `close`: the
+/// final snapshot holds every validation and issue made through any handle. Bound 2: as
+/// for `close`.
+#[test]
+fn dropping_the_last_handle_loses_no_change() {
+    model(2, shutdown_by_drop);
+}
+
+/// Twin: the same planted bug, now reached through `Drop` in some thread.
+#[test]
+#[should_panic(expected = "shutdown lost")]
+fn twin_drop_without_the_final_write_loses_last_used() {
+    let _bug = plant(Bug::ShutdownSkipsWrite);
+    model(2, shutdown_by_drop);
+}
+
+fn shutdown_by_drop() {
+    let Fixture {
+        store,
+        clock,
+        recorder,
+        secrets,
+        ids,
+    } = open(1);
+    // The clock holds only a timer, not the store; drop it so the handles decide.
+    drop(clock);
+    let validator = {
+        let (store, secret) = (store.clone(), secrets[0].clone());
+        thread::spawn(move || drop(store.validate(&secret).unwrap()))
+    };
+    let issuer = {
+        let store = store.clone();
+        thread::spawn(move || store.issue(NewToken::new("late")).unwrap().id())
+    };
+    store.validate(&secrets[0]).unwrap();
+    drop(store);
+    validator.join().unwrap();
+    let new = issuer.join().unwrap();
+
+    let last = recorder
+        .last()
+        .expect("shutdown lost everything: no snapshot");
+    assert_eq!(last.last_used(ids[0]), Some(T0), "shutdown lost last_used");
+    assert!(last.contains(new), "shutdown lost an issued token");
+}
