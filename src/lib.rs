@@ -31,6 +31,7 @@ mod clock;
 mod entry;
 mod error;
 mod persist;
+mod rate_limit;
 mod snapshot;
 mod stats;
 mod store;
@@ -40,7 +41,15 @@ mod token;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Rejection};
 pub use persist::Timer;
+pub use rate_limit::{RateLimit, RateLimitError, MAX_BURST};
 pub use snapshot::{inspect, SnapshotInfo, FORMAT_VERSION};
 pub use stats::{Rejections, Stats};
 pub use store::{Builder, NewToken, TokenInfo, TokenStore, ValidToken, DEFAULT_FLUSH_INTERVAL};
 pub use token::{IssuedToken, ParseIdError, TokenId, PREFIX, TOKEN_LEN};
+
+/// Internals exposed to the loom model-checking suite (`loom-tests/`) only.
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod __loom {
+    pub use crate::rate_limit::Gcra;
+}
