@@ -30,6 +30,8 @@
 mod clock;
 mod entry;
 mod error;
+#[cfg(feature = "tower")]
+mod layer;
 mod persist;
 mod rate_limit;
 mod snapshot;
@@ -40,6 +42,10 @@ mod token;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Rejection};
+#[cfg(feature = "axum")]
+pub use layer::MissingTokenLayer;
+#[cfg(feature = "tower")]
+pub use layer::{ResponseFuture, TokenLayer, TokenService};
 pub use persist::Timer;
 pub use rate_limit::{RateLimit, RateLimitError, MAX_BURST};
 pub use snapshot::{inspect, SnapshotInfo, FORMAT_VERSION};

@@ -17,12 +17,7 @@ const NOW_MS: u64 = 1_767_225_600_000;
 
 /// `threads` threads each make `per_thread` requests at the same instant against a limit
 /// with burst `burst`; returns how many were admitted, checked with `check`.
-fn admitted(
-    burst: u32,
-    threads: usize,
-    per_thread: usize,
-    check: fn(&Gcra, u64) -> bool,
-) -> usize {
+fn admitted(burst: u32, threads: usize, per_thread: usize, check: fn(&Gcra, u64) -> bool) -> usize {
     let gcra = Arc::new(Gcra::new(Some(RateLimit::per_second(10).burst(burst))));
     let admitted = Arc::new(AtomicUsize::new(0));
     let handles: Vec<_> = (0..threads)
