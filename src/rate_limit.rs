@@ -454,6 +454,40 @@ mod tests {
     }
 
     #[test]
+    fn a_store_file_with_an_unenforceable_limit_is_refused_untouched() {
+        use crate::snapshot::encode;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.snap");
+        let store = crate::TokenStore::open(&path).unwrap();
+        let issued = store
+            .issue(crate::NewToken::new("bot").rate_limit(RateLimit::per_second(5)))
+            .unwrap();
+        store.close().unwrap();
+        let mut body = crate::snapshot::read(&path).unwrap().unwrap().0;
+        assert_eq!(
+            body.records[0].rate_limit,
+            Some(RateLimitRecord {
+                period_ms: 1_000,
+                count: 5,
+                burst: 5
+            })
+        );
+        body.records[0].rate_limit = Some(RateLimitRecord {
+            period_ms: 1_000,
+            count: 5,
+            burst: 0,
+        });
+        let image = encode(&body);
+        std::fs::write(&path, &image).unwrap();
+        let error = crate::TokenStore::open(&path).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("token {} has a rate limit", issued.id())),
+            "{error}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), image, "left untouched");
+    }
+
+    #[test]
     fn uneven_intervals_round_down_and_never_admit_fewer() {
         // 3/s: T = 333_333_333 ns, so the 4th request at +1 s is admitted.
         let gcra = Gcra::new(Some(RateLimit::per_second(3).burst(1)));
