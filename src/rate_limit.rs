@@ -269,8 +269,9 @@ impl Gcra {
     /// Replaces the limit and forgets the spent quota (a full burst is available again).
     /// The limit must have passed [`RateLimit::check`].
     pub fn set(&self, limit: Option<RateLimit>) {
-        // Relaxed: the limit word below is what readers synchronize on; a check racing this
-        // call may CAS against either TAT, and both outcomes are a valid decision.
+        // Relaxed: published by the Release store of `limit` below, so a check that sees the
+        // new limit also sees this reset (or a later TAT). A check still on the old limit may
+        // CAS against either TAT; each outcome is a decision one of the two limits allows.
         self.tat.store(0, Ordering::Relaxed);
         // Release: pairs with the Acquire load in `check`.
         self.limit
