@@ -182,6 +182,25 @@ fn set_rate_limit_is_durable_and_shown_by_get_and_list() {
 }
 
 #[test]
+fn set_rate_limit_is_on_disk_when_it_returns() {
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    let token = store.issue(NewToken::new("bot")).unwrap();
+    store
+        .set_rate_limit(&token.id(), Some(RateLimit::per_hour(7)))
+        .unwrap();
+    // The store is still open, its persister idle: what is in the file now is what a crash
+    // would leave. Open a copy of it.
+    let copy = scratch();
+    std::fs::copy(&s.path, &copy.path).unwrap();
+    let reopened = TokenStore::open(&copy.path).unwrap();
+    assert_eq!(
+        reopened.get(&token.id()).unwrap().rate_limit,
+        Some(RateLimit::per_hour(7))
+    );
+}
+
+#[test]
 fn a_new_limit_applies_at_once_with_a_full_burst() {
     let s = scratch();
     let (store, _clock) = manual_store(&s.path);
