@@ -278,6 +278,16 @@ impl Gcra {
             .store(limit.map_or(0, |l| l.pack()), Ordering::Release);
     }
 
+    /// A deliberately broken twin of [`set`](Self::set) that publishes the new limit before
+    /// resetting the state, so the loom model can show a check mixing the new limit with the
+    /// old state.
+    #[cfg(loom)]
+    pub fn set_reordered(&self, limit: Option<RateLimit>) {
+        self.limit
+            .store(limit.map_or(0, |l| l.pack()), Ordering::Release);
+        self.tat.store(0, Ordering::Relaxed);
+    }
+
     /// Admits or refuses one request at `now_ms`; on refusal, returns the exact wait until
     /// one would be admitted. A refusal writes nothing. An unlimited token costs one load and
     /// one branch.
