@@ -54,8 +54,7 @@ const MAX_INTERVAL_NS: u64 = (1 << (64 - BURST_BITS)) - 1;
 pub struct RateLimit {
     period_ms: u64,
     count: u32,
-    /// `None`: the burst is the count.
-    burst: Option<u32>,
+    burst: u32,
 }
 
 impl RateLimit {
@@ -78,13 +77,13 @@ impl RateLimit {
         RateLimit {
             period_ms,
             count,
-            burst: None,
+            burst: count,
         }
     }
 
     /// Allows up to `burst` requests at once (default: the count).
     pub const fn burst(mut self, burst: u32) -> RateLimit {
-        self.burst = Some(burst);
+        self.burst = burst;
         self
     }
 
@@ -100,10 +99,7 @@ impl RateLimit {
 
     /// The most requests admitted at once.
     pub const fn burst_size(&self) -> u32 {
-        match self.burst {
-            Some(burst) => burst,
-            None => self.count,
-        }
+        self.burst
     }
 
     /// The steady-state spacing of requests, `period / count`, in whole nanoseconds
@@ -161,7 +157,7 @@ impl RateLimit {
         let limit = RateLimit {
             period_ms: record.period_ms,
             count: record.count,
-            burst: (record.burst != record.count).then_some(record.burst),
+            burst: record.burst,
         };
         limit.check().ok().map(|()| limit)
     }
@@ -409,6 +405,7 @@ mod tests {
 
     #[test]
     fn record_round_trip_keeps_the_default_burst() {
+        assert_eq!(RateLimit::per_second(5).burst(5), RateLimit::per_second(5));
         for limit in [
             RateLimit::per_minute(600),
             RateLimit::per_second(3).burst(7),
