@@ -1,7 +1,9 @@
 //! What `TokenLayer` adds to a request: the same axum router answering an unguarded route
 //! and a guarded one, driven in-process with tower's `oneshot` on a current-thread tokio
 //! runtime (no sockets, so the difference is the layer: header parsing, `validate`,
-//! inserting the `ValidToken`). Both requests carry the same `Authorization` header.
+//! inserting the `ValidToken`). All requests carry the same `Authorization` header. A third
+//! route behind tower's do-nothing `Identity` layer separates what axum's `route_layer`
+//! costs by itself from what `TokenLayer` adds.
 //!
 //! `cargo bench --features axum --bench layer`
 
@@ -26,8 +28,12 @@ fn layer(c: &mut Criterion) {
     let guarded = Router::new()
         .route("/guarded", get(|| async { "ok" }))
         .route_layer(TokenLayer::new(store.clone()).require_scope("read"));
+    let identity = Router::new()
+        .route("/identity", get(|| async { "ok" }))
+        .route_layer(tower::layer::util::Identity::new());
     let app = Router::new()
         .route("/open", get(|| async { "ok" }))
+        .merge(identity)
         .merge(guarded);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -46,6 +52,7 @@ fn layer(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("layer");
     group.bench_function("unguarded_route", |b| b.iter(|| call("/open")));
+    group.bench_function("identity_layer_route", |b| b.iter(|| call("/identity")));
     group.bench_function("guarded_route", |b| b.iter(|| call("/guarded")));
     group.finish();
 }
