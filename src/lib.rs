@@ -10,6 +10,11 @@
 //! - [`issue`](TokenStore::issue) and [`revoke`](TokenStore::revoke) are durable before
 //!   they return (concurrent callers share one write: group commit).
 //!
+//! A token may carry a [`RateLimit`], checked inside `validate` with no lock (GCRA, one
+//! atomic word of state per token). With the `tower` feature, `TokenLayer` checks bearer
+//! tokens on any `http` service; with `axum`, handlers take the accepted `ValidToken` as an
+//! extractor (see `docs/LAYER.md`).
+//!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let dir = tempfile::tempdir()?;
