@@ -5,16 +5,17 @@
 //! A snapshot clears the flag *before* reading `last_used`, so a validation racing it either
 //! lands in this snapshot or re-dirties the entry for the next one: no update is lost.
 
+use crate::rate_limit::{Gcra, RateLimit};
 use crate::snapshot::Record;
-use crate::sync::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, Mutex, Ordering};
 use crate::token::{Digest, TokenId};
 
 /// `0` in `last_used` / `revoked_at` means "never".
 const NEVER: u64 = 0;
 
 /// A token as the store holds it. The definition fields are immutable; what changes after
-/// issue (`last_used`, `revoked_at`) is atomic, so entries are never replaced in the map and
-/// a validation holding an old `Arc` still writes to the live entry.
+/// issue (`last_used`, `revoked_at`, the rate limit) is atomic, so entries are never replaced
+/// in the map and a validation holding an old `Arc` still writes to the live entry.
 pub(crate) struct Entry {
     pub(crate) id: TokenId,
     pub(crate) digest: Digest,
@@ -27,6 +28,11 @@ pub(crate) struct Entry {
     dirty: AtomicBool,
     /// The `last_used` value in the newest snapshot on disk. Only the persister touches it.
     persisted_last_used: AtomicU64,
+    /// The rate-limit check `validate` runs (its state is in memory only).
+    pub(crate) limiter: Gcra,
+    /// The rate limit as set, for `get`, `list` and snapshots; written by the persister only,
+    /// never read on the hot path (which reads `limiter`).
+    rate_limit: Mutex<Option<RateLimit>>,
 }
 
 /// What [`Entry::touch`] asks of the caller.
@@ -46,6 +52,7 @@ impl Entry {
         scopes: Box<[Box<str>]>,
         created_at: u64,
         expires_at: Option<u64>,
+        rate_limit: Option<RateLimit>,
     ) -> Entry {
         Entry {
             id,
@@ -58,11 +65,18 @@ impl Entry {
             last_used: AtomicU64::new(NEVER),
             dirty: AtomicBool::new(false),
             persisted_last_used: AtomicU64::new(NEVER),
+            limiter: Gcra::new(rate_limit),
+            rate_limit: Mutex::new(rate_limit),
         }
     }
 
-    /// An entry as loaded from a snapshot: clean, and in step with the file.
-    pub(crate) fn from_record(record: &Record, id: TokenId) -> Entry {
+    /// An entry as loaded from a snapshot (with its checked rate limit): clean, and in step
+    /// with the file.
+    pub(crate) fn from_record(
+        record: &Record,
+        id: TokenId,
+        rate_limit: Option<RateLimit>,
+    ) -> Entry {
         let entry = Entry::new(
             id,
             record.digest,
@@ -70,6 +84,7 @@ impl Entry {
             record.scopes.iter().map(|s| s.as_str().into()).collect(),
             record.created_at,
             record.expires_at,
+            rate_limit,
         );
         let last_used = record.last_used.unwrap_or(NEVER);
         entry
@@ -182,6 +197,18 @@ impl Entry {
                 .compare_exchange(NEVER, stamp, Ordering::Release, Ordering::Relaxed);
     }
 
+    /// The token's rate limit, as set.
+    pub(crate) fn rate_limit(&self) -> Option<RateLimit> {
+        *self.rate_limit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the token's rate limit (a full burst is available again). Called by the
+    /// persister only, so the two fields below are never written concurrently.
+    pub(crate) fn set_rate_limit(&self, limit: Option<RateLimit>) {
+        *self.rate_limit.lock().unwrap_or_else(|e| e.into_inner()) = limit;
+        self.limiter.set(limit);
+    }
+
     /// Whether the token has expired at `now_ms`.
     #[inline]
     pub(crate) fn is_expired(&self, now_ms: u64) -> bool {
@@ -204,7 +231,7 @@ impl Entry {
             expires_at: self.expires_at,
             revoked_at: self.revoked_at(),
             last_used: nonzero(last_used),
-            rate_limit: None,
+            rate_limit: self.rate_limit().map(RateLimit::to_record),
         }
     }
 }

@@ -72,6 +72,10 @@ pub enum Error {
     #[error("invalid token request: {0}")]
     InvalidRequest(String),
 
+    /// A rate limit that cannot work was refused before anything was written.
+    #[error("invalid rate limit: {0}")]
+    InvalidRateLimit(#[from] crate::rate_limit::RateLimitError),
+
     /// The OS random number generator failed, so no secret could be made.
     #[error("the operating system's random number generator failed: {0}")]
     Random(String),

@@ -10,6 +10,11 @@
 //! - [`issue`](TokenStore::issue) and [`revoke`](TokenStore::revoke) are durable before
 //!   they return (concurrent callers share one write: group commit).
 //!
+//! A token may carry a [`RateLimit`], checked inside `validate` with no lock (GCRA, one
+//! atomic word of state per token). With the `tower` feature, `TokenLayer` checks bearer
+//! tokens on any `http` service; with `axum`, handlers take the accepted `ValidToken` as an
+//! extractor (see `docs/LAYER.md`).
+//!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let dir = tempfile::tempdir()?;
@@ -30,7 +35,10 @@
 mod clock;
 mod entry;
 mod error;
+#[cfg(feature = "tower")]
+mod layer;
 mod persist;
+mod rate_limit;
 mod snapshot;
 mod stats;
 mod store;
@@ -39,7 +47,12 @@ mod token;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Rejection};
+#[cfg(feature = "axum")]
+pub use layer::MissingTokenLayer;
+#[cfg(feature = "tower")]
+pub use layer::{ResponseFuture, TokenLayer, TokenService};
 pub use persist::Timer;
+pub use rate_limit::{RateLimit, RateLimitError, MAX_BURST};
 pub use snapshot::{inspect, SnapshotInfo, FORMAT_VERSION};
 pub use stats::{Rejections, Stats};
 pub use store::{Builder, NewToken, TokenInfo, TokenStore, ValidToken, DEFAULT_FLUSH_INTERVAL};
@@ -50,6 +63,7 @@ pub use token::{IssuedToken, ParseIdError, TokenId, PREFIX, TOKEN_LEN};
 #[doc(hidden)]
 pub mod __loom {
     pub use crate::persist::{Recorded, Recorder};
+    pub use crate::rate_limit::Gcra;
     pub use crate::store::open_recorded;
     pub use crate::sync::bug::{plant, Bug, Planted};
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::entry::Entry;
 use crate::error::Error;
+use crate::rate_limit::RateLimit;
 use crate::snapshot::{self, Body, Record};
 use crate::store::Shared;
 use crate::sync::channel::{self, Receiver, RecvTimeoutError, Sender};
@@ -31,6 +32,8 @@ pub(crate) enum Message {
     Issue(Vec<Arc<Entry>>, Reply),
     /// Revoke this token durably, then reply.
     Revoke(TokenId, Reply),
+    /// Set or remove this token's rate limit durably, then reply.
+    SetRateLimit(TokenId, Option<RateLimit>, Reply),
     /// Reply once everything observed before the call is on disk.
     Flush(Reply),
     /// The clock jumped: re-check the deadline, then acknowledge.
@@ -171,6 +174,7 @@ struct Batch {
     dirty: bool,
     issues: Vec<(Vec<Arc<Entry>>, Reply)>,
     revokes: Vec<(TokenId, Reply)>,
+    rate_limits: Vec<(TokenId, Option<RateLimit>, Reply)>,
     flushes: Vec<Reply>,
     ticks: Vec<Sender<()>>,
     shutdown: Option<Reply>,
@@ -185,6 +189,7 @@ impl Batch {
             }
             Message::Issue(entries, reply) => self.issues.push((entries, reply)),
             Message::Revoke(id, reply) => self.revokes.push((id, reply)),
+            Message::SetRateLimit(id, limit, reply) => self.rate_limits.push((id, limit, reply)),
             Message::Flush(reply) => self.flushes.push(reply),
             Message::Tick(ack) => self.ticks.push(ack),
             Message::Shutdown(reply) => self.shutdown = Some(reply),
@@ -293,13 +298,26 @@ impl Persister {
         // A revoke whose write failed is retried when the next snapshot is due, not on
         // every message, so a failing disk is not hammered.
         let mut changed = self.definitions_pending && due;
-        let mut revoke_replies = Vec::with_capacity(batch.revokes.len());
+        let mut definition_replies = Vec::with_capacity(batch.revokes.len());
         for (id, reply) in batch.revokes.drain(..) {
             match self.shared.map.get(&id) {
                 Some(entry) => {
                     entry.revoke(now);
                     changed = true;
-                    revoke_replies.push(reply);
+                    definition_replies.push(reply);
+                }
+                None => {
+                    let _ = reply.send(Err(Error::UnknownId(id)));
+                }
+            }
+        }
+        // Rate-limit changes are handled like revokes: in memory first, in request order.
+        for (id, limit, reply) in batch.rate_limits.drain(..) {
+            match self.shared.map.get(&id) {
+                Some(entry) => {
+                    entry.set_rate_limit(limit);
+                    changed = true;
+                    definition_replies.push(reply);
                 }
                 None => {
                     let _ = reply.send(Err(Error::UnknownId(id)));
@@ -337,13 +355,13 @@ impl Persister {
             None => Ok(()),
         };
         if changed && result.is_err() {
-            self.definitions_pending = !revoke_replies.is_empty() || self.definitions_pending;
+            self.definitions_pending = !definition_replies.is_empty() || self.definitions_pending;
         }
 
         let replies = issues
             .into_iter()
             .map(|(_, reply)| reply)
-            .chain(revoke_replies)
+            .chain(definition_replies)
             .chain(batch.flushes)
             .chain(batch.shutdown.iter().cloned());
         for reply in replies {

@@ -124,6 +124,8 @@ pub(crate) enum Problem {
     BadId(String),
     #[error("it holds token id {0} twice")]
     DuplicateId(String),
+    #[error("token {0} has a rate limit this version cannot enforce")]
+    BadRateLimit(String),
 }
 
 /// Decodes and checks a file image. Errors say what is wrong; the caller names the file.

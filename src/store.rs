@@ -18,6 +18,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::entry::{Entry, Touch};
 use crate::error::{Error, Rejection};
 use crate::persist::{FileSink, Message, Persister, Reply, Sink, Timer};
+use crate::rate_limit::RateLimit;
 use crate::snapshot::{self, Body, DecodeError, Problem};
 use crate::stats::{Counters, Stats};
 use crate::sync::channel::{self, Sender, TrySendError};
@@ -66,6 +67,11 @@ impl Shared {
         }
         if scope.is_some_and(|scope| !entry.has_scope(scope)) {
             return Err(Rejection::MissingScope);
+        }
+        // Rate limit last: only a request that would otherwise be accepted spends quota, so
+        // a revoked, expired, forged or out-of-scope request never drains a token's budget.
+        if let Err(retry_after) = entry.limiter.check(now) {
+            return Err(Rejection::RateLimited { retry_after });
         }
         if entry.touch(now) == Touch::Send {
             self.send_dirty(id);
@@ -146,8 +152,9 @@ impl TokenStore {
         }
     }
 
-    /// Checks a token: shape and checksum, digest, revocation, expiry. On success records
-    /// the use in `last_used` (written to disk by the next snapshot).
+    /// Checks a token: shape and checksum, digest, revocation, expiry, then its rate limit
+    /// (only a request that passes every other check spends quota). On success records the
+    /// use in `last_used` (written to disk by the next snapshot).
     ///
     /// This is the hot path: it does not allocate, block or do I/O.
     #[inline]
@@ -212,6 +219,7 @@ impl TokenStore {
                 new.scopes.into_iter().map(String::into_boxed_str).collect(),
                 now,
                 expires_at,
+                new.rate_limit,
             )));
             issued.push(IssuedToken { secret, id });
         }
@@ -229,6 +237,21 @@ impl TokenStore {
     /// is returned, and the next tick retries; calling `revoke` again is harmless.
     pub fn revoke(&self, id: &TokenId) -> Result<(), Error> {
         self.request(|reply| Message::Revoke(*id, reply))
+    }
+
+    /// Sets (`Some`) or removes (`None`) a token's rate limit. It is on disk when this
+    /// returns, and validations that start afterwards use it. The new limit starts with a
+    /// full burst: the quota spent under the old one is forgotten.
+    ///
+    /// A limit that cannot work (a count or burst of 0...) is refused with
+    /// [`Error::InvalidRateLimit`] before anything changes; an unknown id with
+    /// [`Error::UnknownId`]. If the write fails the new limit is already in force in memory
+    /// (as with [`revoke`](Self::revoke)), the error is returned, and the next tick retries.
+    pub fn set_rate_limit(&self, id: &TokenId, limit: Option<RateLimit>) -> Result<(), Error> {
+        if let Some(limit) = &limit {
+            limit.check()?;
+        }
+        self.request(|reply| Message::SetRateLimit(*id, limit, reply))
     }
 
     /// A token's details, without its secret.
@@ -417,9 +440,16 @@ impl Builder {
                     if shared.map.contains(&id) {
                         return Err(corrupt(Problem::DuplicateId(id.to_string())));
                     }
+                    let rate_limit = match &record.rate_limit {
+                        None => None,
+                        Some(stored) => Some(
+                            RateLimit::from_record(stored)
+                                .ok_or_else(|| corrupt(Problem::BadRateLimit(id.to_string())))?,
+                        ),
+                    };
                     shared
                         .map
-                        .insert(id, Arc::new(Entry::from_record(record, id)));
+                        .insert(id, Arc::new(Entry::from_record(record, id, rate_limit)));
                 }
             }
             None => {
@@ -524,6 +554,7 @@ pub struct NewToken {
     name: String,
     scopes: Vec<String>,
     expires_in: Option<Duration>,
+    rate_limit: Option<RateLimit>,
 }
 
 impl NewToken {
@@ -534,6 +565,7 @@ impl NewToken {
             name: name.into(),
             scopes: Vec::new(),
             expires_in: None,
+            rate_limit: None,
         }
     }
 
@@ -559,8 +591,19 @@ impl NewToken {
         self
     }
 
-    /// Refuses names and scopes that would make lists unreadable or snapshots huge.
+    /// Limits how often the token is accepted (see [`RateLimit`]); changeable later with
+    /// [`TokenStore::set_rate_limit`].
+    pub fn rate_limit(mut self, limit: RateLimit) -> NewToken {
+        self.rate_limit = Some(limit);
+        self
+    }
+
+    /// Refuses names and scopes that would make lists unreadable or snapshots huge, and rate
+    /// limits that cannot work.
     fn check(&self) -> Result<(), Error> {
+        if let Some(limit) = &self.rate_limit {
+            limit.check()?;
+        }
         let bad = |message: String| Err(Error::InvalidRequest(message));
         if self.name.trim().is_empty() {
             return bad("the token name is empty; give a name that says who uses the token".into());
@@ -658,6 +701,8 @@ pub struct TokenInfo {
     pub revoked_at: Option<DateTime<Utc>>,
     /// Its last successful validation, if any (as of this moment in memory).
     pub last_used: Option<DateTime<Utc>>,
+    /// Its rate limit, if it has one.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl TokenInfo {
@@ -670,6 +715,7 @@ impl TokenInfo {
             expires_at: entry.expires_at.and_then(from_ms),
             revoked_at: entry.revoked_at().and_then(from_ms),
             last_used: entry.last_used().and_then(from_ms),
+            rate_limit: entry.rate_limit(),
         }
     }
 }

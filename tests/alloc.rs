@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use common::{manual_store, scratch};
-use tokencache::{NewToken, Rejection};
+use tokencache::{NewToken, RateLimit, Rejection};
 
 /// Counts allocations made by the current thread only, so the persister thread and the
 /// test harness do not disturb the count.
@@ -57,6 +57,10 @@ fn validate_allocates_nothing_on_any_path() {
     let (store, clock) = manual_store(&s.path);
     let good = store.issue(NewToken::new("good").scopes(["read"])).unwrap();
     let gone = store.issue(NewToken::new("gone")).unwrap();
+    // Each 2 s clock step below refills its burst of 2: admitted twice, then refused.
+    let limited = store
+        .issue(NewToken::new("limited").rate_limit(RateLimit::per_second(1).burst(2)))
+        .unwrap();
     store.revoke(&gone.id()).unwrap();
     let long = "x".repeat(1 << 20);
     let mut forged = good.secret().to_string();
@@ -68,7 +72,7 @@ fn validate_allocates_nothing_on_any_path() {
         // sends the token id on the channel: both must be allocation-free. (Moving the
         // manual clock allocates in the test's clock, so it stays outside the count.)
         if round % 1000 == 0 {
-            clock.set(clock_now(&clock) + 1);
+            clock.set(clock_now(&clock) + 2_000);
             store.flush().unwrap();
         }
         allocations += allocations_during(|| {
@@ -85,14 +89,17 @@ fn validate_allocates_nothing_on_any_path() {
             assert_eq!(store.validate(&forged).unwrap_err(), Rejection::Malformed);
             assert_eq!(store.validate(&long).unwrap_err(), Rejection::Malformed);
             assert_eq!(store.validate("").unwrap_err(), Rejection::Malformed);
+            let admitted = store.validate(limited.secret()).is_ok();
+            assert_eq!(admitted, round % 1000 < 2, "round {round}");
         });
     }
     assert_eq!(allocations, 0);
     assert_eq!(
         store.stats().dirty_sends,
-        10,
-        "each flushed round sent the id once"
+        20,
+        "each flushed round sent each accepted id once"
     );
+    assert_eq!(store.stats().rejections.rate_limited, 10 * 998);
 }
 
 fn clock_now(clock: &tokencache::ManualClock) -> u64 {

@@ -1,0 +1,344 @@
+//! A tower layer that checks each request's bearer token against a [`TokenStore`]
+//! (feature `tower`), and the axum extractor for the [`ValidToken`] it leaves behind
+//! (feature `axum`).
+//!
+//! The answers follow RFC 6750 (bearer tokens): 401 with a `WWW-Authenticate: Bearer`
+//! challenge for a missing or bad token, 403 `insufficient_scope` for a missing scope, and
+//! 429 with `Retry-After` for a rate-limited token. Refusals have an empty body; nothing in
+//! a response ever repeats the token. See `docs/LAYER.md`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Request, Response, StatusCode};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::error::Rejection;
+use crate::store::{TokenStore, ValidToken};
+
+/// A [`Layer`] that admits only requests carrying a valid token from a [`TokenStore`].
+///
+/// For each request it reads `Authorization: Bearer <token>` (or the header set with
+/// [`header`](Self::header)), calls [`TokenStore::validate`] (or
+/// [`validate_scope`](TokenStore::validate_scope) with [`require_scope`](Self::require_scope)),
+/// and on success inserts the [`ValidToken`] into the request's extensions before calling the
+/// inner service. Otherwise it answers without calling the inner service:
+///
+/// | cause | status | headers |
+/// |---|---|---|
+/// | no token (no header, or another scheme) | 401 | `WWW-Authenticate: Bearer realm="…"` |
+/// | malformed, unknown, revoked or expired token | 401 | `… error="invalid_token", error_description="…"` |
+/// | token lacks the required scope | 403 | `… error="insufficient_scope", scope="…"` |
+/// | token over its rate limit | 429 | `Retry-After: <seconds, rounded up>` |
+///
+/// Refusals have an empty body (`ResBody::default()`).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// use tokencache::{TokenLayer, TokenStore};
+///
+/// let store = TokenStore::open(dir.path().join("tokens.snap"))?;
+/// let layer = TokenLayer::new(store).require_scope("write").realm("example");
+/// // router.route_layer(layer) with axum, or ServiceBuilder::new().layer(layer)...
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct TokenLayer {
+    store: TokenStore,
+    config: Arc<Config>,
+}
+
+#[derive(Clone)]
+struct Config {
+    header: Option<HeaderName>,
+    scope: Option<Box<str>>,
+    realm: Box<str>,
+    /// Every refusal's `WWW-Authenticate` value, built once so refusing allocates no header.
+    challenges: Challenges,
+}
+
+#[derive(Clone)]
+struct Challenges {
+    missing: HeaderValue,
+    malformed: HeaderValue,
+    unknown: HeaderValue,
+    revoked: HeaderValue,
+    expired: HeaderValue,
+    insufficient_scope: HeaderValue,
+}
+
+impl Challenges {
+    fn new(realm: &str, scope: Option<&str>) -> Challenges {
+        let realm = quotable(realm);
+        let invalid = |description: &str| {
+            header_value(format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{description}\""
+            ))
+        };
+        Challenges {
+            missing: header_value(format!("Bearer realm=\"{realm}\"")),
+            malformed: invalid("the token is malformed"),
+            unknown: invalid("the token is unknown"),
+            revoked: invalid("the token was revoked"),
+            expired: invalid("the token has expired"),
+            insufficient_scope: header_value(format!(
+                "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{}\"",
+                quotable(scope.unwrap_or_default())
+            )),
+        }
+    }
+}
+
+/// Keeps only the characters RFC 6750 allows inside a quoted attribute (printable ASCII
+/// without `"` and `\`), so no realm or scope can break the header.
+fn quotable(text: &str) -> String {
+    text.chars()
+        .filter(|c| matches!(c, ' ' | '!' | '#'..='[' | ']'..='~'))
+        .collect()
+}
+
+fn header_value(text: String) -> HeaderValue {
+    // Every character was filtered by `quotable` or is a literal above, all visible ASCII.
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
+}
+
+impl TokenLayer {
+    /// A layer checking tokens against `store`, with realm `"api"` and no required scope.
+    pub fn new(store: TokenStore) -> TokenLayer {
+        let realm: Box<str> = "api".into();
+        TokenLayer {
+            store,
+            config: Arc::new(Config {
+                header: None,
+                scope: None,
+                challenges: Challenges::new(&realm, None),
+                realm,
+            }),
+        }
+    }
+
+    /// Also requires the token to grant `scope`; a valid token without it gets 403.
+    pub fn require_scope(mut self, scope: impl Into<String>) -> TokenLayer {
+        let config = Arc::make_mut(&mut self.config);
+        config.scope = Some(scope.into().into_boxed_str());
+        config.challenges = Challenges::new(&config.realm, config.scope.as_deref());
+        self
+    }
+
+    /// The realm named in `WWW-Authenticate` challenges (default `"api"`). Characters that
+    /// cannot appear in a quoted header attribute (`"`, `\`, non-ASCII) are dropped.
+    pub fn realm(mut self, realm: impl Into<String>) -> TokenLayer {
+        let config = Arc::make_mut(&mut self.config);
+        config.realm = realm.into().into_boxed_str();
+        config.challenges = Challenges::new(&config.realm, config.scope.as_deref());
+        self
+    }
+
+    /// Reads the token from `header` instead of `Authorization`: the header's whole value
+    /// is the token, with no `Bearer` prefix (e.g. `X-Api-Key: tc_…`).
+    pub fn header(mut self, header: HeaderName) -> TokenLayer {
+        Arc::make_mut(&mut self.config).header = Some(header);
+        self
+    }
+}
+
+impl<S> Layer<S> for TokenLayer {
+    type Service = TokenService<S>;
+
+    fn layer(&self, inner: S) -> TokenService<S> {
+        TokenService {
+            inner,
+            store: self.store.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The [`Service`] made by [`TokenLayer`]: checks the token, then calls the inner service.
+#[derive(Clone)]
+pub struct TokenService<S> {
+    inner: S,
+    store: TokenStore,
+    config: Arc<Config>,
+}
+
+/// Why a request was refused before reaching the inner service.
+enum Refusal {
+    /// No bearer token at all.
+    Missing,
+    /// `validate` said no.
+    Rejected(Rejection),
+}
+
+impl<S> TokenService<S> {
+    /// The token from the request's headers, then the store's verdict.
+    fn authorize(&self, headers: &http::HeaderMap) -> Result<ValidToken, Refusal> {
+        let token = match &self.config.header {
+            Some(name) => headers.get(name).ok_or(Refusal::Missing)?.as_bytes(),
+            None => bearer(headers.get(AUTHORIZATION).ok_or(Refusal::Missing)?)?,
+        };
+        // A header that is not UTF-8 cannot be a token.
+        let token = std::str::from_utf8(token)
+            .map_err(|_| Refusal::Rejected(Rejection::Malformed))?
+            .trim();
+        let result = match &self.config.scope {
+            Some(scope) => self.store.validate_scope(token, scope),
+            None => self.store.validate(token),
+        };
+        result.map_err(Refusal::Rejected)
+    }
+
+    fn refuse<B: Default>(&self, refusal: Refusal) -> Response<B> {
+        let challenges = &self.config.challenges;
+        let (status, challenge) = match refusal {
+            Refusal::Missing => (StatusCode::UNAUTHORIZED, &challenges.missing),
+            Refusal::Rejected(rejection) => match rejection {
+                Rejection::Malformed => (StatusCode::UNAUTHORIZED, &challenges.malformed),
+                Rejection::Unknown => (StatusCode::UNAUTHORIZED, &challenges.unknown),
+                Rejection::Revoked => (StatusCode::UNAUTHORIZED, &challenges.revoked),
+                Rejection::Expired => (StatusCode::UNAUTHORIZED, &challenges.expired),
+                Rejection::MissingScope => (StatusCode::FORBIDDEN, &challenges.insufficient_scope),
+                Rejection::RateLimited { retry_after } => {
+                    let mut response = Response::new(B::default());
+                    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                    // Whole seconds, rounded up, so a client that waits that long is admitted.
+                    let seconds = retry_after.as_nanos().div_ceil(1_000_000_000);
+                    response
+                        .headers_mut()
+                        .insert(RETRY_AFTER, HeaderValue::from(seconds as u64));
+                    return response;
+                }
+            },
+        };
+        let mut response = Response::new(B::default());
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, challenge.clone());
+        response
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive, as
+/// RFC 7235 says); any other scheme counts as no token.
+fn bearer(value: &HeaderValue) -> Result<&[u8], Refusal> {
+    let bytes = value.as_bytes();
+    const SCHEME: &[u8] = b"bearer ";
+    match bytes.get(..SCHEME.len()) {
+        Some(scheme) if scheme.eq_ignore_ascii_case(SCHEME) => Ok(&bytes[SCHEME.len()..]),
+        _ if bytes.eq_ignore_ascii_case(b"bearer") => Err(Refusal::Rejected(Rejection::Malformed)),
+        _ => Err(Refusal::Missing),
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for TokenService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let kind = match self.authorize(request.headers()) {
+            Ok(token) => {
+                request.extensions_mut().insert(token);
+                Kind::Inner {
+                    future: self.inner.call(request),
+                }
+            }
+            Err(refusal) => Kind::Refused {
+                response: Some(self.refuse(refusal)),
+            },
+        };
+        ResponseFuture { kind }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`TokenService`]: the inner service's, or an immediate refusal.
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        kind: Kind<F, B>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B> {
+        Inner { #[pin] future: F },
+        Refused { response: Option<Response<B>> },
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Inner { future } => future.poll(cx),
+            KindProj::Refused { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                // Polled again after completing: a caller bug; never complete twice.
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+mod axum_extractor {
+    use axum_core::extract::FromRequestParts;
+    use axum_core::response::{IntoResponse, Response};
+    use http::request::Parts;
+    use http::StatusCode;
+
+    use crate::store::ValidToken;
+
+    /// The [`ValidToken`] extractor was used on a route that [`TokenLayer`](crate::TokenLayer)
+    /// does not cover: a server bug, answered with 500.
+    #[derive(Debug, Clone, Copy, thiserror::Error)]
+    #[error("ValidToken extractor used on a route without TokenLayer; add .route_layer(TokenLayer::new(store)) to the router")]
+    pub struct MissingTokenLayer;
+
+    impl IntoResponse for MissingTokenLayer {
+        fn into_response(self) -> Response {
+            tracing::error!("{self}");
+            (StatusCode::INTERNAL_SERVER_ERROR, self.to_string()).into_response()
+        }
+    }
+
+    /// In a handler behind [`TokenLayer`](crate::TokenLayer), `token: ValidToken` is the
+    /// token the layer accepted.
+    impl<S: Send + Sync> FromRequestParts<S> for ValidToken {
+        type Rejection = MissingTokenLayer;
+
+        async fn from_request_parts(
+            parts: &mut Parts,
+            _state: &S,
+        ) -> Result<Self, Self::Rejection> {
+            parts
+                .extensions
+                .get::<ValidToken>()
+                .cloned()
+                .ok_or(MissingTokenLayer)
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+pub use axum_extractor::MissingTokenLayer;

@@ -1,0 +1,506 @@
+//! Per-token rate limits: the [`RateLimit`] a user sets, and the lock-free [`Gcra`] check
+//! that `validate` runs against it.
+//!
+//! The algorithm is GCRA, the Generic Cell Rate Algorithm, as described by Brandur Leach
+//! ("Rate limiting, cells, and GCRA", brandur.org/rate-limiting) and implemented by the
+//! `governor` crate (`src/gcra.rs`). Its whole state is one number, the theoretical arrival
+//! time (TAT) of the next request, kept in one `AtomicU64` and advanced with a
+//! compare-exchange loop; a refused request writes nothing. All arithmetic is in integer
+//! nanoseconds: no floats, no allocation, no lock.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::snapshot::RateLimitRecord;
+use crate::sync::{AtomicU64, Ordering};
+
+const NANOS_PER_MS: u64 = 1_000_000;
+
+/// Bits of the packed limit word that hold the burst; the rest hold the emission interval.
+const BURST_BITS: u32 = 22;
+const BURST_MASK: u64 = (1 << BURST_BITS) - 1;
+
+/// The largest burst a limit may allow (2²² − 1; the burst shares one atomic word with the
+/// emission interval).
+pub const MAX_BURST: u32 = BURST_MASK as u32;
+
+/// The longest emission interval (period ÷ count) a limit may have: 2⁴² − 1 ns, about
+/// 73 minutes (so `per_hour(1)` fits).
+const MAX_INTERVAL_NS: u64 = (1 << (64 - BURST_BITS)) - 1;
+
+/// How many requests a token may make: `count` per period, in bursts of up to `burst`.
+///
+/// Requests are admitted at a steady rate of one per *emission interval* (`period / count`),
+/// and up to `burst` of them may come at once after a quiet spell. Without
+/// [`burst`](Self::burst), the burst equals the count, as in `governor`'s `Quota`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tokencache::RateLimit;
+///
+/// let limit = RateLimit::per_minute(600).burst(20);
+/// assert_eq!(limit.emission_interval(), Duration::from_millis(100));
+/// assert_eq!(limit.burst_size(), 20);
+/// assert_eq!("600/min".parse::<RateLimit>().unwrap(), RateLimit::per_minute(600));
+/// assert_eq!(limit.to_string(), "600/min burst 20");
+/// ```
+///
+/// Constructors never panic; a limit that cannot work (a count or burst of zero, a burst over
+/// [`MAX_BURST`], more than one request per nanosecond) is refused with a
+/// [`RateLimitError`] by [`check`](Self::check), which `issue` and `set_rate_limit` call.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[must_use]
+pub struct RateLimit {
+    period_ms: u64,
+    count: u32,
+    burst: u32,
+}
+
+impl RateLimit {
+    /// `count` requests per second.
+    pub const fn per_second(count: u32) -> RateLimit {
+        RateLimit::per(count, 1_000)
+    }
+
+    /// `count` requests per minute.
+    pub const fn per_minute(count: u32) -> RateLimit {
+        RateLimit::per(count, 60_000)
+    }
+
+    /// `count` requests per hour.
+    pub const fn per_hour(count: u32) -> RateLimit {
+        RateLimit::per(count, 3_600_000)
+    }
+
+    const fn per(count: u32, period_ms: u64) -> RateLimit {
+        RateLimit {
+            period_ms,
+            count,
+            burst: count,
+        }
+    }
+
+    /// Allows up to `burst` requests at once (default: the count).
+    pub const fn burst(mut self, burst: u32) -> RateLimit {
+        self.burst = burst;
+        self
+    }
+
+    /// The number of requests per period.
+    pub const fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The period the count applies to.
+    pub const fn period(&self) -> Duration {
+        Duration::from_millis(self.period_ms)
+    }
+
+    /// The most requests admitted at once.
+    pub const fn burst_size(&self) -> u32 {
+        self.burst
+    }
+
+    /// The steady-state spacing of requests, `period / count`, in whole nanoseconds
+    /// (rounded down, so a limit never admits fewer than it promises). Zero if `count` is 0.
+    pub const fn emission_interval(&self) -> Duration {
+        Duration::from_nanos(self.interval_ns())
+    }
+
+    const fn interval_ns(&self) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        self.period_ms * NANOS_PER_MS / self.count as u64
+    }
+
+    /// Whether this limit can be enforced; `issue` and `set_rate_limit` refuse it otherwise.
+    pub fn check(&self) -> Result<(), RateLimitError> {
+        if self.count == 0 {
+            return Err(RateLimitError::ZeroCount);
+        }
+        let burst = self.burst_size();
+        if burst == 0 {
+            return Err(RateLimitError::ZeroBurst);
+        }
+        if burst > MAX_BURST {
+            return Err(RateLimitError::BurstTooLarge(burst));
+        }
+        let interval = self.interval_ns();
+        if interval == 0 {
+            return Err(RateLimitError::TooFast(*self));
+        }
+        if interval > MAX_INTERVAL_NS {
+            return Err(RateLimitError::TooSlow(*self));
+        }
+        Ok(())
+    }
+
+    /// The limit packed into one word for the hot path: emission interval (ns) in the high
+    /// 42 bits, burst in the low 22. Never 0 for a checked limit; 0 means "unlimited".
+    fn pack(&self) -> u64 {
+        (self.interval_ns() << BURST_BITS) | (u64::from(self.burst_size()) & BURST_MASK)
+    }
+
+    /// The snapshot form.
+    pub(crate) fn to_record(self) -> RateLimitRecord {
+        RateLimitRecord {
+            period_ms: self.period_ms,
+            count: self.count,
+            burst: self.burst_size(),
+        }
+    }
+
+    /// From the snapshot form; `None` if the stored limit is not one this build enforces.
+    pub(crate) fn from_record(record: &RateLimitRecord) -> Option<RateLimit> {
+        let limit = RateLimit {
+            period_ms: record.period_ms,
+            count: record.count,
+            burst: record.burst,
+        };
+        limit.check().ok().map(|()| limit)
+    }
+
+    fn unit(&self) -> Option<&'static str> {
+        match self.period_ms {
+            1_000 => Some("s"),
+            60_000 => Some("min"),
+            3_600_000 => Some("h"),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// `100/s`, `600/min burst 20`, `10/h` (the form [`FromStr`] reads, plus the burst when it
+/// differs from the count).
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.unit() {
+            Some(unit) => write!(f, "{}/{unit}", self.count)?,
+            None => write!(f, "{}/{}ms", self.count, self.period_ms)?,
+        }
+        if self.burst_size() != self.count {
+            write!(f, " burst {}", self.burst_size())?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses `N/s`, `N/sec`, `N/second`, `N/m`, `N/min`, `N/minute`, `N/h`, `N/hour`
+/// (e.g. `100/s`), with the burst equal to `N`; set another with [`RateLimit::burst`].
+/// The result is checked, so `0/s` is an error.
+impl FromStr for RateLimit {
+    type Err = RateLimitError;
+
+    fn from_str(s: &str) -> Result<RateLimit, RateLimitError> {
+        let bad = || RateLimitError::Parse(s.chars().take(64).collect());
+        let (count, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let limit = match unit.trim() {
+            "s" | "sec" | "second" => RateLimit::per_second(count),
+            "m" | "min" | "minute" => RateLimit::per_minute(count),
+            "h" | "hour" => RateLimit::per_hour(count),
+            _ => return Err(bad()),
+        };
+        limit.check()?;
+        Ok(limit)
+    }
+}
+
+/// Why a [`RateLimit`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RateLimitError {
+    /// A count of zero would refuse every request; revoke the token instead.
+    #[error("a rate limit of 0 requests per period refuses everything; give a count of at least 1 (or revoke the token)")]
+    ZeroCount,
+    /// A burst of zero would refuse every request.
+    #[error("a burst of 0 refuses every request; give a burst of at least 1")]
+    ZeroBurst,
+    /// The burst does not fit the limiter's state word.
+    #[error(
+        "a burst of {0} is more than the largest supported, {MAX_BURST}; give a smaller burst"
+    )]
+    BurstTooLarge(u32),
+    /// More than one request per nanosecond.
+    #[error("rate limit {0} allows more than one request per nanosecond; give a smaller count or a longer period")]
+    TooFast(RateLimit),
+    /// Fewer than one request per 73 minutes.
+    #[error("rate limit {0} spaces requests more than 73 minutes apart; give a larger count")]
+    TooSlow(RateLimit),
+    /// The text is not a rate limit.
+    #[error("cannot read {0:?} as a rate limit; write it like 100/s, 600/min or 10/h")]
+    Parse(String),
+}
+
+/// The GCRA limiter of one token: its limit and its state, each one atomic word.
+///
+/// `limit` is the packed [`RateLimit`] (0 = unlimited), written only by the persister.
+/// `tat` is the theoretical arrival time in Unix nanoseconds (0 = no request yet). It lives
+/// in memory only: a restart forgets it and every limited token starts with a full burst.
+#[doc(hidden)]
+pub struct Gcra {
+    limit: AtomicU64,
+    tat: AtomicU64,
+}
+
+impl Gcra {
+    /// A limiter enforcing `limit` (none if `None`), with a full burst available.
+    ///
+    /// The limit must have passed [`RateLimit::check`].
+    pub fn new(limit: Option<RateLimit>) -> Gcra {
+        Gcra {
+            limit: AtomicU64::new(limit.map_or(0, |l| l.pack())),
+            tat: AtomicU64::new(0),
+        }
+    }
+
+    /// Replaces the limit and forgets the spent quota (a full burst is available again).
+    /// The limit must have passed [`RateLimit::check`].
+    pub fn set(&self, limit: Option<RateLimit>) {
+        // Relaxed: published by the Release store of `limit` below, so a check that sees the
+        // new limit also sees this reset (or a later TAT). A check still on the old limit may
+        // CAS against either TAT; each outcome is a decision one of the two limits allows.
+        self.tat.store(0, Ordering::Relaxed);
+        // Release: pairs with the Acquire load in `check`.
+        self.limit
+            .store(limit.map_or(0, |l| l.pack()), Ordering::Release);
+    }
+
+    /// A deliberately broken twin of [`set`](Self::set) that publishes the new limit before
+    /// resetting the state, so the loom model can show a check mixing the new limit with the
+    /// old state.
+    #[cfg(loom)]
+    pub fn set_reordered(&self, limit: Option<RateLimit>) {
+        self.limit
+            .store(limit.map_or(0, |l| l.pack()), Ordering::Release);
+        self.tat.store(0, Ordering::Relaxed);
+    }
+
+    /// Admits or refuses one request at `now_ms`; on refusal, returns the exact wait until
+    /// one would be admitted. A refusal writes nothing. An unlimited token costs one load and
+    /// one branch.
+    #[inline]
+    pub fn check(&self, now_ms: u64) -> Result<(), Duration> {
+        // Acquire: pairs with the Release store in `set` (a validation that starts after
+        // `set_rate_limit` returned sees the new limit).
+        let limit = self.limit.load(Ordering::Acquire);
+        if limit == 0 {
+            return Ok(());
+        }
+        let now = now_ms.saturating_mul(NANOS_PER_MS);
+        // Relaxed throughout: the TAT word publishes nothing but itself. What keeps two
+        // requests from spending the same slot is that a compare-exchange is a
+        // read-modify-write: it succeeds only against the latest value in the word's
+        // modification order, so admissions form one chain.
+        let mut tat = self.tat.load(Ordering::Relaxed);
+        loop {
+            let next = decide(limit, tat, now).map_err(Duration::from_nanos)?;
+            match self
+                .tat
+                .compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(current) => tat = current,
+            }
+        }
+    }
+
+    /// A deliberately broken twin of [`check`](Self::check) (load, decide, store: no
+    /// compare-exchange), so the loom model can show that it admits too many.
+    #[cfg(loom)]
+    pub fn check_racy(&self, now_ms: u64) -> Result<(), Duration> {
+        let limit = self.limit.load(Ordering::Acquire);
+        if limit == 0 {
+            return Ok(());
+        }
+        let now = now_ms.saturating_mul(NANOS_PER_MS);
+        let tat = self.tat.load(Ordering::Relaxed);
+        let next = decide(limit, tat, now).map_err(Duration::from_nanos)?;
+        self.tat.store(next, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// One GCRA decision for the packed `limit`, state `tat` and time `now` (all ns): the new
+/// TAT if the request is admitted, or the wait in ns until it would be.
+///
+/// With emission interval `T` and burst `b`, a request at `now` is admitted when
+/// `max(tat, now) + T - b·T <= now`, and then the TAT becomes `max(tat, now) + T`. From a
+/// fresh state (`tat <= now`) that admits exactly `b` requests at once, then one per `T`.
+#[inline]
+fn decide(limit: u64, tat: u64, now: u64) -> Result<u64, u64> {
+    let interval = limit >> BURST_BITS;
+    let tolerance = interval.saturating_mul(limit & BURST_MASK);
+    let next = tat.max(now).saturating_add(interval);
+    let allow_at = next.saturating_sub(tolerance);
+    if now < allow_at {
+        Err(allow_at - now)
+    } else {
+        Ok(next)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_767_225_600_000;
+
+    #[test]
+    fn burst_defaults_to_count_like_governor() {
+        assert_eq!(RateLimit::per_second(5).burst_size(), 5);
+        assert_eq!(RateLimit::per_second(5).burst(2).burst_size(), 2);
+        assert_eq!(
+            RateLimit::per_hour(3600).emission_interval(),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn bad_limits_are_errors_not_panics() {
+        assert_eq!(
+            RateLimit::per_second(0).check(),
+            Err(RateLimitError::ZeroCount)
+        );
+        assert_eq!(
+            RateLimit::per_second(1).burst(0).check(),
+            Err(RateLimitError::ZeroBurst)
+        );
+        assert_eq!(
+            RateLimit::per_second(5_000_000).check(),
+            Err(RateLimitError::BurstTooLarge(5_000_000))
+        );
+        assert!(RateLimit::per_second(5_000_000).burst(100).check().is_ok());
+        assert!(matches!(
+            RateLimit::per_second(u32::MAX).burst(1).check(),
+            Err(RateLimitError::TooFast(_))
+        ));
+        assert!(RateLimit::per_hour(1).check().is_ok());
+        assert!(RateLimit::per_minute(0).burst(0).check().is_err());
+    }
+
+    #[test]
+    fn parses_and_displays() {
+        assert_eq!("100/s".parse(), Ok(RateLimit::per_second(100)));
+        assert_eq!(" 600 / min ".parse(), Ok(RateLimit::per_minute(600)));
+        assert_eq!("10/hour".parse(), Ok(RateLimit::per_hour(10)));
+        assert_eq!("0/s".parse::<RateLimit>(), Err(RateLimitError::ZeroCount));
+        for bad in ["", "100", "x/s", "100/day", "-1/s", "100/s/s"] {
+            assert!(
+                matches!(bad.parse::<RateLimit>(), Err(RateLimitError::Parse(_))),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(RateLimit::per_second(100).to_string(), "100/s");
+        assert_eq!(RateLimit::per_hour(10).burst(1).to_string(), "10/h burst 1");
+    }
+
+    #[test]
+    fn record_round_trip_keeps_the_default_burst() {
+        assert_eq!(RateLimit::per_second(5).burst(5), RateLimit::per_second(5));
+        for limit in [
+            RateLimit::per_minute(600),
+            RateLimit::per_second(3).burst(7),
+        ] {
+            assert_eq!(RateLimit::from_record(&limit.to_record()), Some(limit));
+        }
+        let bad = RateLimitRecord {
+            period_ms: 1_000,
+            count: 0,
+            burst: 1,
+        };
+        assert_eq!(RateLimit::from_record(&bad), None);
+    }
+
+    #[test]
+    fn admits_the_burst_then_one_per_interval_with_exact_waits() {
+        let gcra = Gcra::new(Some(RateLimit::per_second(10).burst(3)));
+        for _ in 0..3 {
+            assert_eq!(gcra.check(T0), Ok(()));
+        }
+        assert_eq!(gcra.check(T0), Err(Duration::from_millis(100)));
+        assert_eq!(gcra.check(T0 + 40), Err(Duration::from_millis(60)));
+        assert_eq!(gcra.check(T0 + 100), Ok(()));
+        assert_eq!(gcra.check(T0 + 100), Err(Duration::from_millis(100)));
+        // A quiet spell refills the burst, never beyond it.
+        for _ in 0..3 {
+            assert_eq!(gcra.check(T0 + 10_000), Ok(()));
+        }
+        assert!(gcra.check(T0 + 10_000).is_err());
+    }
+
+    #[test]
+    fn a_refusal_writes_nothing() {
+        let gcra = Gcra::new(Some(RateLimit::per_second(1)));
+        assert_eq!(gcra.check(T0), Ok(()));
+        let tat = gcra.tat.load(Ordering::Relaxed);
+        for _ in 0..100 {
+            assert!(gcra.check(T0).is_err());
+        }
+        assert_eq!(gcra.tat.load(Ordering::Relaxed), tat);
+    }
+
+    #[test]
+    fn unlimited_admits_everything_and_set_changes_the_limit() {
+        let gcra = Gcra::new(None);
+        for _ in 0..1000 {
+            assert_eq!(gcra.check(T0), Ok(()));
+        }
+        gcra.set(Some(RateLimit::per_minute(1)));
+        assert_eq!(gcra.check(T0), Ok(()));
+        assert_eq!(gcra.check(T0 + 1), Err(Duration::from_millis(59_999)));
+        gcra.set(None);
+        assert_eq!(gcra.check(T0 + 1), Ok(()));
+    }
+
+    #[test]
+    fn a_store_file_with_an_unenforceable_limit_is_refused_untouched() {
+        use crate::snapshot::encode;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.snap");
+        let store = crate::TokenStore::open(&path).unwrap();
+        let issued = store
+            .issue(crate::NewToken::new("bot").rate_limit(RateLimit::per_second(5)))
+            .unwrap();
+        store.close().unwrap();
+        let mut body = crate::snapshot::read(&path).unwrap().unwrap().0;
+        assert_eq!(
+            body.records[0].rate_limit,
+            Some(RateLimitRecord {
+                period_ms: 1_000,
+                count: 5,
+                burst: 5
+            })
+        );
+        body.records[0].rate_limit = Some(RateLimitRecord {
+            period_ms: 1_000,
+            count: 5,
+            burst: 0,
+        });
+        let image = encode(&body);
+        std::fs::write(&path, &image).unwrap();
+        let error = crate::TokenStore::open(&path).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("token {} has a rate limit", issued.id())),
+            "{error}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), image, "left untouched");
+    }
+
+    #[test]
+    fn uneven_intervals_round_down_and_never_admit_fewer() {
+        // 3/s: T = 333_333_333 ns, so the 4th request at +1 s is admitted.
+        let gcra = Gcra::new(Some(RateLimit::per_second(3).burst(1)));
+        assert_eq!(gcra.check(T0), Ok(()));
+        assert_eq!(gcra.check(T0 + 333), Err(Duration::from_nanos(333_333)));
+        assert_eq!(gcra.check(T0 + 334), Ok(()));
+    }
+}
