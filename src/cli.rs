@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use tokencache::{NewToken, Rejection, TokenId, TokenInfo, TokenStore};
+use tokencache::{NewToken, RateLimit, Rejection, TokenId, TokenInfo, TokenStore};
 
 /// Exit code of a rejected token (`validate`).
 const EXIT_REJECTED: u8 = 1;
@@ -52,6 +52,8 @@ enum Command {
         /// Lifetime, e.g. "30d", "12h", "90min"; no expiry if omitted.
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         expires_in: Option<Duration>,
+        #[command(flatten)]
+        limit: LimitArgs,
         /// Print the token and its details as one JSON object.
         #[arg(long)]
         json: bool,
@@ -78,12 +80,42 @@ enum Command {
         /// The token's id: the 8 characters after `tc_`, as `list` shows them.
         id: String,
     },
+    /// Set or remove a token's rate limit (durable when the command returns).
+    ///
+    /// The new limit starts with a full burst.
+    Limit {
+        /// The token's id, as `list` shows it.
+        id: String,
+        #[command(flatten)]
+        limit: LimitArgs,
+        /// Remove the token's rate limit.
+        #[arg(long, conflicts_with_all = ["rate_limit", "burst"], required_unless_present = "rate_limit")]
+        none: bool,
+    },
     /// Show the store file's header, format version and counts (without locking it).
     Inspect {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A rate limit given on the command line.
+#[derive(Debug, clap::Args)]
+struct LimitArgs {
+    /// Requests allowed per period: N/s, N/min or N/h, e.g. "100/s".
+    #[arg(long, value_name = "N/UNIT")]
+    rate_limit: Option<RateLimit>,
+    /// Requests allowed at once (default: N).
+    #[arg(long, value_name = "B", requires = "rate_limit")]
+    burst: Option<u32>,
+}
+
+impl LimitArgs {
+    fn get(&self) -> Option<RateLimit> {
+        let limit = self.rate_limit?;
+        Some(self.burst.map_or(limit, |burst| limit.burst(burst)))
+    }
 }
 
 /// Runs the command line and returns the process exit code.
@@ -108,27 +140,28 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             name,
             scopes,
             expires_in,
+            limit,
             json,
-        } => issue(path, name, scopes, expires_in, json),
+        } => {
+            let mut request = NewToken::new(name).scopes(scopes);
+            if let Some(lifetime) = expires_in {
+                request = request.expires_in(lifetime);
+            }
+            if let Some(limit) = limit.get() {
+                request = request.rate_limit(limit);
+            }
+            issue(path, request, json)
+        }
         Command::Validate { scope, json } => validate(path, scope.as_deref(), json),
         Command::List { json } => list(path, json),
         Command::Revoke { id } => revoke(path, &id),
+        Command::Limit { id, limit, .. } => set_limit(path, &id, limit.get()),
         Command::Inspect { json } => inspect(path, json),
     }
 }
 
-fn issue(
-    path: &Path,
-    name: String,
-    scopes: Vec<String>,
-    expires_in: Option<Duration>,
-    json: bool,
-) -> Result<ExitCode, Failure> {
+fn issue(path: &Path, request: NewToken, json: bool) -> Result<ExitCode, Failure> {
     let store = TokenStore::open(path).map_err(|e| e.to_string())?;
-    let mut request = NewToken::new(name).scopes(scopes);
-    if let Some(lifetime) = expires_in {
-        request = request.expires_in(lifetime);
-    }
     let issued = store.issue(request).map_err(|e| e.to_string())?;
     let info = store.get(&issued.id());
     store.close().map_err(|e| e.to_string())?;
@@ -204,19 +237,22 @@ fn list(path: &Path, json: bool) -> Result<ExitCode, Failure> {
         .unwrap_or(0)
         .max(4);
     out.push_str(&format!(
-        "{:<8}  {:<name_width$}  {:<7}  {:<20}  {:<20}  {:<20}  SCOPES\n",
-        "ID", "NAME", "STATUS", "CREATED", "EXPIRES", "LAST USED"
+        "{:<8}  {:<name_width$}  {:<7}  {:<20}  {:<20}  {:<20}  {:<10}  SCOPES\n",
+        "ID", "NAME", "STATUS", "CREATED", "EXPIRES", "LAST USED", "RATE LIMIT"
     ));
     for token in &tokens {
         let when = |t: Option<DateTime<Utc>>| t.map_or_else(|| "-".to_string(), timestamp);
         out.push_str(&format!(
-            "{:<8}  {:<name_width$}  {:<7}  {:<20}  {:<20}  {:<20}  {}\n",
+            "{:<8}  {:<name_width$}  {:<7}  {:<20}  {:<20}  {:<20}  {:<10}  {}\n",
             token.id,
             token.name,
             status(token),
             timestamp(token.created_at),
             when(token.expires_at),
             when(token.last_used),
+            token
+                .rate_limit
+                .map_or_else(|| "-".to_string(), |l| l.to_string()),
             token.scopes.join(",")
         ));
     }
@@ -226,14 +262,33 @@ fn list(path: &Path, json: bool) -> Result<ExitCode, Failure> {
 }
 
 fn revoke(path: &Path, id: &str) -> Result<ExitCode, Failure> {
+    let id = change(path, id, |store, id| store.revoke(id))?;
+    eprintln!("revoked {id}; every later validation of it is rejected");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn set_limit(path: &Path, id: &str, limit: Option<RateLimit>) -> Result<ExitCode, Failure> {
+    let id = change(path, id, |store, id| store.set_rate_limit(id, limit))?;
+    match limit {
+        Some(limit) => eprintln!("{id} is now limited to {limit}"),
+        None => eprintln!("{id} has no rate limit now"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Applies one durable change to the token `id` and closes the store, reporting either error.
+fn change(
+    path: &Path,
+    id: &str,
+    apply: impl FnOnce(&TokenStore, &TokenId) -> Result<(), tokencache::Error>,
+) -> Result<TokenId, Failure> {
     let id: TokenId = id.parse().map_err(|e| format!("{e}"))?;
     let store = open_existing(path)?;
-    let result = store.revoke(&id);
+    let result = apply(&store, &id);
     let closed = store.close();
     result.map_err(|e| e.to_string())?;
     closed.map_err(|e| e.to_string())?;
-    eprintln!("revoked {id}; every later validation of it is rejected");
-    Ok(ExitCode::SUCCESS)
+    Ok(id)
 }
 
 fn inspect(path: &Path, json: bool) -> Result<ExitCode, Failure> {
@@ -340,6 +395,11 @@ fn token_json(token: &TokenInfo) -> Value {
         "expires_at": token.expires_at.map(timestamp),
         "revoked_at": token.revoked_at.map(timestamp),
         "last_used": token.last_used.map(timestamp),
+        "rate_limit": token.rate_limit.map(|l| json!({
+            "count": l.count(),
+            "period_ms": l.period().as_millis() as u64,
+            "burst": l.burst_size(),
+        })),
     })
 }
 

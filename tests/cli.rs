@@ -206,3 +206,46 @@ fn a_store_open_elsewhere_is_refused() {
     store.close().expect("close");
     assert_eq!(run(&scratch.path, &["list"], b"").status.code(), Some(0));
 }
+
+#[test]
+fn rate_limits_are_set_shown_and_removed() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let token = issue(store, &["api", "--rate-limit", "100/s", "--burst", "10"]);
+    let id = &token[3..11];
+    let limit_of = || {
+        let output = run(store, &["list", "--json"], b"");
+        let tokens: Vec<Value> = serde_json::from_str(&stdout(&output)).expect("JSON array");
+        tokens[0]["rate_limit"].clone()
+    };
+    assert_eq!(
+        limit_of(),
+        serde_json::json!({"count": 100, "period_ms": 1000, "burst": 10})
+    );
+    let table = stdout(&run(store, &["list"], b""));
+    assert!(table.contains("100/s burst 10"), "{table}");
+
+    let changed = run(store, &["limit", id, "--rate-limit", "5/min"], b"");
+    assert_eq!(changed.status.code(), Some(0), "{}", stderr(&changed));
+    assert_eq!(
+        limit_of(),
+        serde_json::json!({"count": 5, "period_ms": 60000, "burst": 5})
+    );
+
+    let removed = run(store, &["limit", id, "--none"], b"");
+    assert_eq!(removed.status.code(), Some(0), "{}", stderr(&removed));
+    assert!(limit_of().is_null());
+
+    for bad in [
+        &["limit", id, "--rate-limit", "0/s"][..],
+        &["limit", id, "--rate-limit", "5/h", "--burst", "0"],
+        &["limit", id, "--rate-limit", "5/fortnight"],
+        &["limit", id],
+        &["issue", "x", "--burst", "3"],
+    ] {
+        let output = run(store, bad, b"");
+        assert_eq!(output.status.code(), Some(2), "{bad:?}");
+        assert!(!stderr(&output).is_empty());
+    }
+    assert!(limit_of().is_null(), "refused changes wrote nothing");
+}
