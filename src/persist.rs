@@ -286,6 +286,10 @@ impl Persister {
         // Relaxed: the flag is a hint that ids were dropped; the snapshot scan below reads
         // every entry through its own Acquire protocol.
         let overflowed = self.shared.overflow.swap(false, Ordering::Relaxed);
+        // Planted bug (loom twin only): an id refused by a full channel is forgotten.
+        #[cfg(loom)]
+        let overflowed =
+            overflowed && !crate::sync::bug::planted(crate::sync::bug::Bug::IgnoreOverflow);
         self.dirty |= batch.dirty || overflowed;
 
         let due = now >= self.last_attempt_ms.saturating_add(self.interval_ms)

@@ -85,7 +85,10 @@ impl Shared {
             Err(TrySendError::Full(_)) => {
                 // Relaxed: the persister is busy with a full channel and will read the flag
                 // when it handles that batch; the entry's own flag carries the ordering.
-                self.overflow.store(true, Ordering::Relaxed);
+                // A swap, not a store, though only the write matters: loom orders a plain
+                // store racing the persister's `swap(false)` only partially and then reports
+                // an impossible lost flag (tokio-rs/loom#254). This path is cold (channel full).
+                self.overflow.swap(true, Ordering::Relaxed);
                 self.counters
                     .channel_full
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -283,6 +283,8 @@ pub mod bug {
         AckBeforeWrite,
         /// On shutdown the persister answers and exits without writing what is pending.
         ShutdownSkipsWrite,
+        /// The persister ignores the `overflow` flag set when a full channel refused an id.
+        IgnoreOverflow,
     }
 
     std::thread_local! {
