@@ -114,12 +114,19 @@ impl Default for Recorder {
 impl Recorder {
     /// Every snapshot written so far, oldest first.
     pub fn snapshots(&self) -> Vec<Recorded> {
-        self.written.lock().unwrap().clone()
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The newest snapshot written so far.
     pub fn last(&self) -> Option<Recorded> {
-        self.written.lock().unwrap().last().cloned()
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .cloned()
     }
 }
 
@@ -131,7 +138,10 @@ impl Sink for Recorder {
             Ok((id, r.last_used, r.revoked_at))
         });
         let tokens = tokens.collect::<io::Result<Vec<_>>>()?;
-        self.written.lock().unwrap().push(Recorded { tokens });
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Recorded { tokens });
         Ok(0)
     }
 
