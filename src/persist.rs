@@ -17,8 +17,8 @@ use crate::error::Error;
 use crate::rate_limit::RateLimit;
 use crate::snapshot::{self, Body, Record};
 use crate::store::Shared;
-use crate::sync::channel::{self, Receiver, RecvTimeoutError, Sender};
-use crate::sync::{Arc, Ordering};
+use crate::sync::channel::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crate::sync::{Arc, Ordering, RwLock};
 use crate::token::TokenId;
 
 /// A caller's reply channel.
@@ -117,12 +117,19 @@ impl Default for Recorder {
 impl Recorder {
     /// Every snapshot written so far, oldest first.
     pub fn snapshots(&self) -> Vec<Recorded> {
-        self.written.lock().unwrap().clone()
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The newest snapshot written so far.
     pub fn last(&self) -> Option<Recorded> {
-        self.written.lock().unwrap().last().cloned()
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .cloned()
     }
 }
 
@@ -134,7 +141,10 @@ impl Sink for Recorder {
             Ok((id, r.last_used, r.revoked_at))
         });
         let tokens = tokens.collect::<io::Result<Vec<_>>>()?;
-        self.written.lock().unwrap().push(Recorded { tokens });
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Recorded { tokens });
         Ok(0)
     }
 
@@ -143,22 +153,68 @@ impl Sink for Recorder {
     }
 }
 
+/// The persister's inbox: its channel, and a gate that shuts for good at shutdown.
+///
+/// Requests (`issue`, `revoke`, `flush`, ticks) are queued under the gate's read lock, and
+/// `Shutdown` only after the gate is shut under its write lock, so no request is ever queued
+/// behind `Shutdown`. One that were would never be answered: the persister stops after the
+/// batch holding `Shutdown`, and crossbeam drops queued messages (with their reply senders)
+/// only once every sender is gone, so its caller would wait forever (found by loom's
+/// `close_racing_validation_and_issue_loses_no_acknowledged_change`).
+pub(crate) struct Inbox {
+    tx: Sender<Message>,
+    shut: RwLock<bool>,
+}
+
+impl Inbox {
+    pub(crate) fn new(tx: Sender<Message>) -> Inbox {
+        Inbox {
+            tx,
+            shut: RwLock::new(false),
+        }
+    }
+
+    /// Queues a request for the persister; `false` once the store is shutting down.
+    pub(crate) fn request(&self, message: Message) -> bool {
+        // Planted bug (loom twin only): a request that bypasses the gate can be stranded.
+        #[cfg(loom)]
+        if crate::sync::bug::planted(crate::sync::bug::Bug::UngatedRequests) {
+            return self.tx.send(message).is_ok();
+        }
+        let shut = self.shut.read().unwrap_or_else(|e| e.into_inner());
+        !*shut && self.tx.send(message).is_ok()
+    }
+
+    /// Queues a dirty id without blocking. No gate: it carries no reply to lose.
+    #[inline]
+    pub(crate) fn try_send(&self, message: Message) -> Result<(), TrySendError<Message>> {
+        self.tx.try_send(message)
+    }
+
+    /// Shuts the gate, then queues `shutdown` behind every request already queued.
+    /// Returns `false` if the persister is already gone.
+    pub(crate) fn shut(&self, shutdown: Message) -> bool {
+        *self.shut.write().unwrap_or_else(|e| e.into_inner()) = true;
+        self.tx.send(shutdown).is_ok()
+    }
+}
+
 /// A handle that wakes a store's persister after its clock jumps; see
 /// [`Clock::attach`](crate::Clock::attach).
 pub struct Timer {
-    tx: Sender<Message>,
+    inbox: Arc<Inbox>,
 }
 
 impl Timer {
-    pub(crate) fn new(tx: Sender<Message>) -> Timer {
-        Timer { tx }
+    pub(crate) fn new(inbox: Arc<Inbox>) -> Timer {
+        Timer { inbox }
     }
 
     /// Makes the persister re-check its deadline (writing a due snapshot) and waits until it
     /// has. Returns `false` once the store is closed: the timer can then be dropped.
     pub fn fire(&self) -> bool {
         let (tx, rx) = channel::bounded(1);
-        self.tx.send(Message::Tick(tx)).is_ok() && rx.recv().is_ok()
+        self.inbox.request(Message::Tick(tx)) && rx.recv().is_ok()
     }
 }
 
@@ -291,6 +347,10 @@ impl Persister {
         // Relaxed: the flag is a hint that ids were dropped; the snapshot scan below reads
         // every entry through its own Acquire protocol.
         let overflowed = self.shared.overflow.swap(false, Ordering::Relaxed);
+        // Planted bug (loom twin only): an id refused by a full channel is forgotten.
+        #[cfg(loom)]
+        let overflowed =
+            overflowed && !crate::sync::bug::planted(crate::sync::bug::Bug::IgnoreOverflow);
         self.dirty |= batch.dirty || overflowed;
 
         let due = now >= self.last_attempt_ms.saturating_add(self.interval_ms)

@@ -17,11 +17,11 @@ use subtle::ConstantTimeEq;
 use crate::clock::{Clock, SystemClock};
 use crate::entry::{Entry, Touch};
 use crate::error::{Error, Rejection};
-use crate::persist::{FileSink, Message, Persister, Reply, Sink, Timer};
+use crate::persist::{FileSink, Inbox, Message, Persister, Reply, Sink, Timer};
 use crate::rate_limit::RateLimit;
 use crate::snapshot::{self, Body, DecodeError, Problem};
 use crate::stats::{Counters, Stats};
-use crate::sync::channel::{self, Sender, TrySendError};
+use crate::sync::channel::{self, TrySendError};
 use crate::sync::map::Map;
 use crate::sync::thread::{self, JoinHandle};
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
@@ -41,7 +41,7 @@ pub(crate) struct Shared {
     pub(crate) map: Map<Arc<Entry>>,
     /// Not part of the loom-checked protocol, and `dyn` needs std's `Arc`.
     pub(crate) clock: std::sync::Arc<dyn Clock>,
-    pub(crate) tx: Sender<Message>,
+    pub(crate) inbox: Arc<Inbox>,
     /// Set when a dirty id could not be sent (channel full): the next snapshot scans all.
     pub(crate) overflow: AtomicBool,
     pub(crate) counters: Counters,
@@ -82,7 +82,7 @@ impl Shared {
     /// Tells the persister a token became dirty, never blocking.
     #[inline]
     fn send_dirty(&self, id: TokenId) {
-        match self.tx.try_send(Message::Dirty(id)) {
+        match self.inbox.try_send(Message::Dirty(id)) {
             Ok(()) => {
                 self.counters
                     .dirty_sends
@@ -91,7 +91,10 @@ impl Shared {
             Err(TrySendError::Full(_)) => {
                 // Relaxed: the persister is busy with a full channel and will read the flag
                 // when it handles that batch; the entry's own flag carries the ordering.
-                self.overflow.store(true, Ordering::Relaxed);
+                // A swap, not a store, though only the write matters: loom orders a plain
+                // store racing the persister's `swap(false)` only partially and then reports
+                // an impossible lost flag (tokio-rs/loom#254). This path is cold (channel full).
+                self.overflow.swap(true, Ordering::Relaxed);
                 self.counters
                     .channel_full
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -304,11 +307,9 @@ impl TokenStore {
             path: self.handle.path.clone(),
         };
         let (reply, answer) = channel::bounded(1);
-        self.handle
-            .shared
-            .tx
-            .send(message(reply))
-            .map_err(|_| closed())?;
+        if !self.handle.shared.inbox.request(message(reply)) {
+            return Err(closed());
+        }
         answer.recv().map_err(|_| closed())?
     }
 }
@@ -334,9 +335,9 @@ impl Handle {
             return Ok(());
         };
         let (reply, answer) = channel::bounded(1);
-        let result = match self.shared.tx.send(Message::Shutdown(reply)) {
-            Ok(()) => answer.recv().unwrap_or(Ok(())),
-            Err(_) => Ok(()),
+        let result = match self.shared.inbox.shut(Message::Shutdown(reply)) {
+            true => answer.recv().unwrap_or(Ok(())),
+            false => Ok(()),
         };
         if persister.join().is_err() {
             tracing::error!(file = %self.path.display(), "the persister thread panicked");
@@ -426,7 +427,7 @@ impl Builder {
         let shared = Arc::new(Shared {
             map: Map::with_capacity(records),
             clock: self.clock,
-            tx,
+            inbox: Arc::new(Inbox::new(tx)),
             overflow: AtomicBool::new(false),
             counters: Counters::default(),
         });
@@ -468,7 +469,7 @@ impl Builder {
             .name("tokencache-persister".into())
             .spawn(move || persister.run())
             .map_err(|e| Error::io("start the persister thread for", &path, e))?;
-        shared.clock.attach(Timer::new(shared.tx.clone()));
+        shared.clock.attach(Timer::new(shared.inbox.clone()));
         Ok(TokenStore {
             handle: Arc::new(Handle {
                 shared,

@@ -8,13 +8,13 @@
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
     atomic::{AtomicBool, AtomicU64, Ordering},
-    Arc, Mutex,
+    Arc, Mutex, RwLock,
 };
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{
     atomic::{AtomicBool, AtomicU64, Ordering},
-    Arc, Mutex,
+    Arc, Mutex, RwLock,
 };
 
 /// Thread spawning for the persister.
@@ -157,10 +157,11 @@ pub(crate) mod channel {
         }
 
         impl<T> Drop for Receiver<T> {
+            // Like crossbeam's bounded (array) flavor, dropping the receiver disconnects but
+            // keeps queued messages until the last sender is gone too.
             fn drop(&mut self) {
                 let mut state = self.0.state.lock().unwrap();
                 state.receiver_alive = false;
-                state.queue.clear();
                 self.0.changed.notify_all();
             }
         }
@@ -283,6 +284,10 @@ pub mod bug {
         AckBeforeWrite,
         /// On shutdown the persister answers and exits without writing what is pending.
         ShutdownSkipsWrite,
+        /// The persister ignores the `overflow` flag set when a full channel refused an id.
+        IgnoreOverflow,
+        /// Requests bypass the inbox's gate, so one can be queued behind `Shutdown`.
+        UngatedRequests,
     }
 
     std::thread_local! {

@@ -108,6 +108,49 @@ fn no_lost_last_used() {
     );
 }
 
+/// A validation whose id a full channel refused (it sets `overflow` instead of blocking)
+/// still reaches the next timed snapshot. Bound 3: the twin's loss needs one preemption
+/// (the validation meeting a tick in the one-slot channel); two more move the flag around it.
+#[test]
+fn a_validation_refused_by_a_full_channel_reaches_the_next_timed_snapshot() {
+    model(3, overflow_not_lost);
+}
+
+/// Twin: the persister ignores the `overflow` flag, so the refused id is forgotten.
+#[test]
+#[should_panic(expected = "lost last_used")]
+fn twin_ignoring_overflow_loses_last_used() {
+    let _bug = plant(Bug::IgnoreOverflow);
+    model(3, overflow_not_lost);
+}
+
+fn overflow_not_lost() {
+    let clock = ManualClock::new(T0);
+    let recorder = Recorder::default();
+    let builder = TokenStore::builder("loom-model.snap")
+        .clock(clock.clone())
+        .flush_interval(INTERVAL)
+        .channel_capacity(1);
+    let (store, issued) = open_recorded(builder, 1, recorder.clone()).unwrap();
+    let (secret, id) = (issued[0].secret().to_owned(), issued[0].id());
+    let ticker = {
+        let clock = clock.clone();
+        thread::spawn(move || clock.advance(Duration::from_millis(1))) // fills the channel
+    };
+    store.validate(&secret).unwrap(); // its send may find the channel full
+    ticker.join().unwrap();
+    clock.advance(INTERVAL); // the timed snapshot is due if anything is still dirty
+    let newest = store.get(&id).and_then(|t| t.last_used);
+    let newest = newest.map(|t| u64::try_from(t.timestamp_millis()).unwrap());
+    assert!(newest.is_some());
+    assert_eq!(
+        stored_last_used(&recorder, id),
+        newest,
+        "lost last_used: a validation refused by the full channel never reached a snapshot ({:?})",
+        store.stats()
+    );
+}
+
 // ---- 2. Coalescing ----------------------------------------------------------------------
 
 /// Three validations of one clean token send its id to the persister exactly once (never
@@ -258,6 +301,38 @@ fn close_racing_validation_and_issue_loses_no_acknowledged_change() {
 #[should_panic(expected = "shutdown lost")]
 fn twin_shutdown_without_the_final_write_loses_last_used() {
     let _bug = plant(Bug::ShutdownSkipsWrite);
+    model(2, shutdown_by_close);
+}
+
+/// Twin: requests bypass the inbox's gate (the code before loom found this), so an `issue`
+/// queued behind `Shutdown` is never answered and its caller waits forever. loom aborts the
+/// process on a deadlock, so the bugged model runs in a child test process.
+#[test]
+fn twin_request_queued_behind_shutdown_hangs_forever() {
+    let exe = std::env::current_exe().unwrap();
+    let child = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "ungated_requests_model",
+        ])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&child.stderr);
+    assert!(!child.status.success(), "loom missed the stranded request");
+    assert!(
+        stderr.contains("deadlock"),
+        "expected loom to report a deadlock:\n{stderr}"
+    );
+}
+
+/// The bugged model for the twin above; run only by it, in a child process.
+#[test]
+#[ignore = "run by twin_request_queued_behind_shutdown_hangs_forever in a child process"]
+fn ungated_requests_model() {
+    let _bug = plant(Bug::UngatedRequests);
     model(2, shutdown_by_close);
 }
 
