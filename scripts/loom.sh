@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Model-checks the write-behind protocol with loom (see "What loom checks" in docs/DESIGN.md).
 #
-#   scripts/loom.sh                       # every model and its broken twin (about 1 min)
+#   scripts/loom.sh                       # every model and its broken twin (1-2 min)
 #   scripts/loom.sh flush                 # only tests whose name contains "flush"
 #   LOOM_MAX_PREEMPTIONS=3 scripts/loom.sh   # deeper: every model at bound 3 (about 5 min)
 #
