@@ -92,6 +92,11 @@ enum Command {
         #[arg(long, conflicts_with_all = ["rate_limit", "burst"], required_unless_present = "rate_limit")]
         none: bool,
     },
+    /// Benchmark: hammer a scratch store with a realistic request mix from many threads.
+    ///
+    /// Prints throughput, latency, snapshots and bytes written, and checks that the file
+    /// matches memory afterwards; `--compare` also runs the designs tokencache replaces.
+    Stress(crate::stress::StressArgs),
     /// Show the store file's header, format version and counts (without locking it).
     Inspect {
         /// Print one JSON object.
@@ -157,6 +162,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Revoke { id } => revoke(path, &id),
         Command::Limit { id, limit, .. } => set_limit(path, &id, limit.get()),
         Command::Inspect { json } => inspect(path, json),
+        Command::Stress(args) => crate::stress::run(&args),
     }
 }
 
