@@ -58,6 +58,13 @@ pub use stats::{Rejections, Stats};
 pub use store::{Builder, NewToken, TokenInfo, TokenStore, ValidToken, DEFAULT_FLUSH_INTERVAL};
 pub use token::{IssuedToken, ParseIdError, TokenId, PREFIX, TOKEN_LEN};
 
+/// Fault injection for tests of the write-failure paths (not a public API): a narrow seam
+/// in the file-writing code, inert unless a test passes a plan to `Builder::fault_plan`.
+#[doc(hidden)]
+pub mod __fault {
+    pub use crate::snapshot::{FaultPlan, FaultStep};
+}
+
 /// Model-checking hooks for `loom-tests/` (only under `--cfg loom`; not a public API).
 #[cfg(loom)]
 #[doc(hidden)]

@@ -266,16 +266,90 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
 /// Replaces the file at `path` with `image` atomically: a temp file in the same directory,
 /// written and fsynced, renamed over the target, then the directory fsynced. A reader or a
 /// crash sees the old file or the new one, never a mix. The file is created mode 0600.
-pub(crate) fn write_atomic(path: &Path, image: &[u8]) -> io::Result<()> {
+///
+/// `faults` is the test seam (see [`FaultPlan`]); production passes `None`.
+pub(crate) fn write_atomic(
+    path: &Path,
+    image: &[u8],
+    faults: Option<&FaultPlan>,
+) -> io::Result<()> {
+    let inject = |step| faults.map_or(Ok(()), |plan| plan.check(step));
     let dir = parent_dir(path);
+    // On any error below, dropping `temp` deletes the temp file: the store file is untouched.
     let mut temp = tempfile::Builder::new()
         .prefix(&temp_prefix(path))
         .suffix(TEMP_SUFFIX)
         .tempfile_in(dir)?;
+    inject(FaultStep::Write)?;
     temp.write_all(image)?;
+    inject(FaultStep::Fsync)?;
     temp.as_file().sync_all()?;
+    inject(FaultStep::Rename)?;
     temp.persist(path).map_err(|e| e.error)?;
     sync_dir(dir)
+}
+
+/// A step of the atomic file replace where a [`FaultPlan`] can make the write fail.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultStep {
+    /// Writing the snapshot bytes to the temp file.
+    Write,
+    /// `fsync` of the temp file.
+    Fsync,
+    /// Renaming the temp file over the store file.
+    Rename,
+}
+
+/// Tests only: makes the store's file writes fail at one step with an OS error, to produce
+/// faults that cannot be produced for real on demand (a full disk, a failing device). Given
+/// to `Builder::fault_plan`; without one (production) no check runs at all.
+///
+/// The fault stays until [`clear`](Self::clear)ed, as a full disk stays full. Clones share
+/// the plan, so a test keeps one to switch the fault while the store runs.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct FaultPlan {
+    inner: std::sync::Arc<std::sync::Mutex<FaultState>>,
+}
+
+#[derive(Debug, Default)]
+struct FaultState {
+    fault: Option<(FaultStep, i32)>,
+    injected: u64,
+}
+
+impl FaultPlan {
+    /// From now on, fail every write at `step` with OS error `errno` (e.g. 28, `ENOSPC`).
+    pub fn fail(&self, step: FaultStep, errno: i32) {
+        self.state().fault = Some((step, errno));
+    }
+
+    /// From now on, let writes through.
+    pub fn clear(&self) {
+        self.state().fault = None;
+    }
+
+    /// How many faults were injected so far (each one is a failed write attempt).
+    pub fn injected(&self) -> u64 {
+        self.state().injected
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FaultState> {
+        // The state is two plain fields, valid even if a holder panicked.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check(&self, step: FaultStep) -> io::Result<()> {
+        let mut state = self.state();
+        match state.fault {
+            Some((at, errno)) if at == step => {
+                state.injected += 1;
+                Err(io::Error::from_raw_os_error(errno))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Makes a rename in `dir` durable.

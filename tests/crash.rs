@@ -178,7 +178,11 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         proc.kill().unwrap(); // SIGKILL: no destructor, no flush, no close.
         let status = proc.wait().unwrap();
         let mut stderr = String::new();
-        proc.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        proc.stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
         let lines = acknowledged(&reader.join().unwrap());
         assert_eq!(
             status.signal(),
