@@ -65,6 +65,36 @@ pub mod __fault {
     pub use crate::snapshot::{FaultPlan, FaultStep};
 }
 
+/// Entry points for `fuzz/` (cargo-fuzz targets); not a public API.
+#[doc(hidden)]
+pub mod __fuzz {
+    use crate::rate_limit::RateLimit;
+    use crate::snapshot;
+    use crate::token::{self, TokenId};
+
+    /// The first step of `validate`: shape and checksum. `Some(id)` if both pass.
+    pub fn parse_token(candidate: &str) -> Option<TokenId> {
+        token::parse(candidate)
+    }
+
+    /// Checks a store file image as `open` does (header, checksums, body, every record's id
+    /// and rate limit). `Ok(tokens)` if it would open; `Err` says why not.
+    pub fn check_snapshot(bytes: &[u8]) -> Result<usize, String> {
+        let body = snapshot::decode(bytes).map_err(|e| format!("{e:?}"))?;
+        for record in &body.records {
+            if TokenId::from_bytes(record.id).is_none() {
+                return Err("an invalid token id".into());
+            }
+            if let Some(limit) = &record.rate_limit {
+                if RateLimit::from_record(limit).is_none() {
+                    return Err("a rate limit this version cannot enforce".into());
+                }
+            }
+        }
+        Ok(body.records.len())
+    }
+}
+
 /// Model-checking hooks for `loom-tests/` (only under `--cfg loom`; not a public API).
 #[cfg(loom)]
 #[doc(hidden)]

@@ -470,4 +470,81 @@ mod tests {
             .into())
         );
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn record() -> impl Strategy<Value = Record> {
+            (
+                (any::<[u8; 8]>(), ".{0,20}", any::<[u8; 32]>()),
+                proptest::collection::vec("[a-z:]{1,10}", 0..4),
+                (
+                    any::<u64>(),
+                    any::<Option<u64>>(),
+                    any::<Option<u64>>(),
+                    any::<Option<u64>>(),
+                ),
+                any::<Option<(u64, u32, u32)>>(),
+            )
+                .prop_map(|((id, name, digest), scopes, times, limit)| Record {
+                    id,
+                    name,
+                    digest,
+                    scopes,
+                    created_at: times.0,
+                    expires_at: times.1,
+                    revoked_at: times.2,
+                    last_used: times.3,
+                    rate_limit: limit.map(|(period_ms, count, burst)| RateLimitRecord {
+                        period_ms,
+                        count,
+                        burst,
+                    }),
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn any_body_round_trips(
+                written_at in any::<u64>(),
+                records in proptest::collection::vec(record(), 0..8),
+            ) {
+                let body = Body { written_at, records };
+                prop_assert_eq!(decode(&encode(&body)), Ok(body));
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = decode(&bytes);
+            }
+
+            #[test]
+            fn arbitrary_bodies_behind_a_valid_header_never_panic(
+                body in proptest::collection::vec(any::<u8>(), 0..512),
+            ) {
+                // Passes every header and CRC check, so the bincode decoder sees raw bytes.
+                let mut image = encode(&Body { written_at: 0, records: Vec::new() });
+                image.truncate(HEADER_LEN);
+                image.extend_from_slice(&body);
+                image[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
+                image[24..28].copy_from_slice(&crc32fast::hash(&body).to_le_bytes());
+                let crc = crc32fast::hash(&image[..28]);
+                image[28..32].copy_from_slice(&crc.to_le_bytes());
+                let _ = decode(&image);
+            }
+
+            #[test]
+            fn a_changed_image_is_refused(
+                records in proptest::collection::vec(record(), 1..4),
+                at in any::<proptest::sample::Index>(),
+                xor in 1u8..=255,
+            ) {
+                let mut image = encode(&Body { written_at: 7, records });
+                let at = at.index(image.len());
+                image[at] ^= xor;
+                prop_assert!(decode(&image).is_err());
+            }
+        }
+    }
 }
