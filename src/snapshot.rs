@@ -89,6 +89,20 @@ pub(crate) fn encode(body: &Body) -> Vec<u8> {
     // Encoding into a Vec only fails for types serde cannot describe; ours are plain data.
     bincode::serde::encode_into_std_write(body, &mut out, BINCODE)
         .expect("snapshot body is plain data and a Vec never fails to grow");
+    write_header(&mut out);
+    out
+}
+
+/// Raw body bytes behind a valid header (for fuzzing the body decoder).
+pub(crate) fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; HEADER_LEN];
+    out.extend_from_slice(body);
+    write_header(&mut out);
+    out
+}
+
+/// Fills in the header of `out` (header space followed by the body).
+fn write_header(out: &mut [u8]) {
     let body_len = (out.len() - HEADER_LEN) as u64;
     let body_crc = crc32fast::hash(&out[HEADER_LEN..]);
     out[0..8].copy_from_slice(&MAGIC);
@@ -98,7 +112,6 @@ pub(crate) fn encode(body: &Body) -> Vec<u8> {
     out[24..28].copy_from_slice(&body_crc.to_le_bytes());
     let header_crc = crc32fast::hash(&out[..28]);
     out[28..32].copy_from_slice(&header_crc.to_le_bytes());
-    out
 }
 
 /// Why a file is not a snapshot this build can trust. Shown inside [`Error`] messages.
@@ -172,8 +185,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
     if crc32fast::hash(body) != u32_at(24) {
         return Err(Problem::BodyChecksum.into());
     }
-    let (decoded, used): (Body, usize) = bincode::serde::decode_from_slice(body, BINCODE)
-        .map_err(|e| Problem::Undecodable(e.to_string()))?;
+    let (decoded, used) = decode_body(body).map_err(|e| Problem::Undecodable(e.to_string()))?;
     if used != body.len() {
         return Err(Problem::TrailingBytes {
             extra: (body.len() - used) as u64,
@@ -181,6 +193,31 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
         .into());
     }
     Ok(decoded)
+}
+
+/// Decodes a body with bincode under a limit scaled to its size.
+///
+/// Bug fixed (found by the `arbitrary_bodies_behind_a_valid_header_never_panic` property):
+/// without a limit, bincode allocates a string's claimed length before reading it, so a
+/// body with valid checksums and a length prefix of 2^62 aborted the process ("memory
+/// allocation failed") instead of refusing the file. bincode counts every byte it claims
+/// (at most 8 per byte read: a one-byte varint `u64` claims 8), so a limit of 16× the body
+/// never refuses an honest file, and bounds what a hostile one can make us allocate. The
+/// limit is a const generic, hence the ladder.
+fn decode_body(body: &[u8]) -> Result<(Body, usize), bincode::error::DecodeError> {
+    fn limited<const LIMIT: usize>(
+        body: &[u8],
+    ) -> Result<(Body, usize), bincode::error::DecodeError> {
+        bincode::serde::decode_from_slice(body, BINCODE.with_limit::<LIMIT>())
+    }
+    let need = body.len().saturating_mul(16).saturating_add(4096);
+    match need {
+        n if n <= 1 << 20 => limited::<{ 1 << 20 }>(body),
+        n if n <= 1 << 24 => limited::<{ 1 << 24 }>(body),
+        n if n <= 1 << 28 => limited::<{ 1 << 28 }>(body),
+        n if n <= 1 << 32 => limited::<{ 1 << 32 }>(body),
+        _ => limited::<{ usize::MAX }>(body),
+    }
 }
 
 /// The two ways a file can be refused: it is damaged or foreign, or it is newer than us.
@@ -471,6 +508,48 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_huge_length_prefix_is_refused_without_allocating_it() {
+        // written_at 0, one record, id "aaaaaaaa", then a name claiming 2^60 bytes.
+        let mut body = vec![0u8, 1];
+        body.extend_from_slice(b"aaaaaaaa");
+        body.push(253); // bincode varint marker: a u64 follows
+        body.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        let err = decode(&frame(&body)).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::Problem(Problem::Undecodable(_))),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn the_decode_limit_never_refuses_an_honest_file() {
+        // Small values are the worst case for the limit: one-byte varints that bincode
+        // counts as 8 bytes each.
+        let record = Record {
+            id: *b"abcd1234",
+            name: String::new(),
+            digest: [0; 32],
+            scopes: vec![String::new(); 3],
+            created_at: 0,
+            expires_at: Some(0),
+            revoked_at: Some(0),
+            last_used: Some(0),
+            rate_limit: Some(RateLimitRecord {
+                period_ms: 0,
+                count: 0,
+                burst: 0,
+            }),
+        };
+        for n in [1, 100, 20_000] {
+            let body = Body {
+                written_at: 0,
+                records: vec![record.clone(); n],
+            };
+            assert_eq!(decode(&encode(&body)), Ok(body), "{n} records");
+        }
+    }
+
     mod props {
         use super::*;
         use proptest::prelude::*;
@@ -524,14 +603,7 @@ mod tests {
                 body in proptest::collection::vec(any::<u8>(), 0..512),
             ) {
                 // Passes every header and CRC check, so the bincode decoder sees raw bytes.
-                let mut image = encode(&Body { written_at: 0, records: Vec::new() });
-                image.truncate(HEADER_LEN);
-                image.extend_from_slice(&body);
-                image[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
-                image[24..28].copy_from_slice(&crc32fast::hash(&body).to_le_bytes());
-                let crc = crc32fast::hash(&image[..28]);
-                image[28..32].copy_from_slice(&crc.to_le_bytes());
-                let _ = decode(&image);
+                let _ = decode(&frame(&body));
             }
 
             #[test]
