@@ -58,6 +58,49 @@ pub use stats::{Rejections, Stats};
 pub use store::{Builder, NewToken, TokenInfo, TokenStore, ValidToken, DEFAULT_FLUSH_INTERVAL};
 pub use token::{IssuedToken, ParseIdError, TokenId, PREFIX, TOKEN_LEN};
 
+/// Fault injection for tests of the write-failure paths (not a public API): a narrow seam
+/// in the file-writing code, inert unless a test passes a plan to `Builder::fault_plan`.
+#[doc(hidden)]
+pub mod __fault {
+    pub use crate::snapshot::{FaultPlan, FaultStep};
+}
+
+/// Entry points for `fuzz/` (cargo-fuzz targets); not a public API.
+#[doc(hidden)]
+pub mod __fuzz {
+    use crate::rate_limit::RateLimit;
+    use crate::snapshot;
+    use crate::token::{self, TokenId};
+
+    /// The first step of `validate`: shape and checksum. `Some(id)` if both pass.
+    pub fn parse_token(candidate: &str) -> Option<TokenId> {
+        token::parse(candidate)
+    }
+
+    /// `body` behind a valid header (magic, version, length and both checksums), so a
+    /// fuzzer reaches the body decoder.
+    pub fn frame_body(body: &[u8]) -> Vec<u8> {
+        snapshot::frame(body)
+    }
+
+    /// Checks a store file image as `open` does (header, checksums, body, every record's id
+    /// and rate limit). `Ok(tokens)` if it would open; `Err` says why not.
+    pub fn check_snapshot(bytes: &[u8]) -> Result<usize, String> {
+        let body = snapshot::decode(bytes).map_err(|e| format!("{e:?}"))?;
+        for record in &body.records {
+            if TokenId::from_bytes(record.id).is_none() {
+                return Err("an invalid token id".into());
+            }
+            if let Some(limit) = &record.rate_limit {
+                if RateLimit::from_record(limit).is_none() {
+                    return Err("a rate limit this version cannot enforce".into());
+                }
+            }
+        }
+        Ok(body.records.len())
+    }
+}
+
 /// Model-checking hooks for `loom-tests/` (only under `--cfg loom`; not a public API).
 #[cfg(loom)]
 #[doc(hidden)]

@@ -54,12 +54,14 @@ pub(crate) trait Sink: Send + 'static {
 /// The production sink: atomic replace of the store file.
 pub(crate) struct FileSink {
     pub(crate) path: PathBuf,
+    /// The test seam for write faults; always `None` unless a test set one.
+    pub(crate) faults: Option<snapshot::FaultPlan>,
 }
 
 impl Sink for FileSink {
     fn write(&mut self, body: &Body) -> io::Result<u64> {
         let image = snapshot::encode(body);
-        snapshot::write_atomic(&self.path, &image)?;
+        snapshot::write_atomic(&self.path, &image, self.faults.as_ref())?;
         Ok(image.len() as u64)
     }
 

@@ -89,6 +89,20 @@ pub(crate) fn encode(body: &Body) -> Vec<u8> {
     // Encoding into a Vec only fails for types serde cannot describe; ours are plain data.
     bincode::serde::encode_into_std_write(body, &mut out, BINCODE)
         .expect("snapshot body is plain data and a Vec never fails to grow");
+    write_header(&mut out);
+    out
+}
+
+/// Raw body bytes behind a valid header (for fuzzing the body decoder).
+pub(crate) fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; HEADER_LEN];
+    out.extend_from_slice(body);
+    write_header(&mut out);
+    out
+}
+
+/// Fills in the header of `out` (header space followed by the body).
+fn write_header(out: &mut [u8]) {
     let body_len = (out.len() - HEADER_LEN) as u64;
     let body_crc = crc32fast::hash(&out[HEADER_LEN..]);
     out[0..8].copy_from_slice(&MAGIC);
@@ -98,7 +112,6 @@ pub(crate) fn encode(body: &Body) -> Vec<u8> {
     out[24..28].copy_from_slice(&body_crc.to_le_bytes());
     let header_crc = crc32fast::hash(&out[..28]);
     out[28..32].copy_from_slice(&header_crc.to_le_bytes());
-    out
 }
 
 /// Why a file is not a snapshot this build can trust. Shown inside [`Error`] messages.
@@ -172,8 +185,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
     if crc32fast::hash(body) != u32_at(24) {
         return Err(Problem::BodyChecksum.into());
     }
-    let (decoded, used): (Body, usize) = bincode::serde::decode_from_slice(body, BINCODE)
-        .map_err(|e| Problem::Undecodable(e.to_string()))?;
+    let (decoded, used) = decode_body(body).map_err(|e| Problem::Undecodable(e.to_string()))?;
     if used != body.len() {
         return Err(Problem::TrailingBytes {
             extra: (body.len() - used) as u64,
@@ -181,6 +193,31 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
         .into());
     }
     Ok(decoded)
+}
+
+/// Decodes a body with bincode under a limit scaled to its size.
+///
+/// Bug fixed (found by the `arbitrary_bodies_behind_a_valid_header_never_panic` property):
+/// without a limit, bincode allocates a string's claimed length before reading it, so a
+/// body with valid checksums and a length prefix of 2^62 aborted the process ("memory
+/// allocation failed") instead of refusing the file. bincode counts every byte it claims
+/// (at most 8 per byte read: a one-byte varint `u64` claims 8), so a limit of 16× the body
+/// never refuses an honest file, and bounds what a hostile one can make us allocate. The
+/// limit is a const generic, hence the ladder.
+fn decode_body(body: &[u8]) -> Result<(Body, usize), bincode::error::DecodeError> {
+    fn limited<const LIMIT: usize>(
+        body: &[u8],
+    ) -> Result<(Body, usize), bincode::error::DecodeError> {
+        bincode::serde::decode_from_slice(body, BINCODE.with_limit::<LIMIT>())
+    }
+    let need = body.len().saturating_mul(16).saturating_add(4096);
+    match need {
+        n if n <= 1 << 20 => limited::<{ 1 << 20 }>(body),
+        n if n <= 1 << 24 => limited::<{ 1 << 24 }>(body),
+        n if n <= 1 << 28 => limited::<{ 1 << 28 }>(body),
+        n if n <= 1 << 32 => limited::<{ 1 << 32 }>(body),
+        _ => limited::<{ usize::MAX }>(body),
+    }
 }
 
 /// The two ways a file can be refused: it is damaged or foreign, or it is newer than us.
@@ -266,16 +303,90 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
 /// Replaces the file at `path` with `image` atomically: a temp file in the same directory,
 /// written and fsynced, renamed over the target, then the directory fsynced. A reader or a
 /// crash sees the old file or the new one, never a mix. The file is created mode 0600.
-pub(crate) fn write_atomic(path: &Path, image: &[u8]) -> io::Result<()> {
+///
+/// `faults` is the test seam (see [`FaultPlan`]); production passes `None`.
+pub(crate) fn write_atomic(
+    path: &Path,
+    image: &[u8],
+    faults: Option<&FaultPlan>,
+) -> io::Result<()> {
+    let inject = |step| faults.map_or(Ok(()), |plan| plan.check(step));
     let dir = parent_dir(path);
+    // On any error below, dropping `temp` deletes the temp file: the store file is untouched.
     let mut temp = tempfile::Builder::new()
         .prefix(&temp_prefix(path))
         .suffix(TEMP_SUFFIX)
         .tempfile_in(dir)?;
+    inject(FaultStep::Write)?;
     temp.write_all(image)?;
+    inject(FaultStep::Fsync)?;
     temp.as_file().sync_all()?;
+    inject(FaultStep::Rename)?;
     temp.persist(path).map_err(|e| e.error)?;
     sync_dir(dir)
+}
+
+/// A step of the atomic file replace where a [`FaultPlan`] can make the write fail.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultStep {
+    /// Writing the snapshot bytes to the temp file.
+    Write,
+    /// `fsync` of the temp file.
+    Fsync,
+    /// Renaming the temp file over the store file.
+    Rename,
+}
+
+/// Tests only: makes the store's file writes fail at one step with an OS error, to produce
+/// faults that cannot be produced for real on demand (a full disk, a failing device). Given
+/// to `Builder::fault_plan`; without one (production) no check runs at all.
+///
+/// The fault stays until [`clear`](Self::clear)ed, as a full disk stays full. Clones share
+/// the plan, so a test keeps one to switch the fault while the store runs.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct FaultPlan {
+    inner: std::sync::Arc<std::sync::Mutex<FaultState>>,
+}
+
+#[derive(Debug, Default)]
+struct FaultState {
+    fault: Option<(FaultStep, i32)>,
+    injected: u64,
+}
+
+impl FaultPlan {
+    /// From now on, fail every write at `step` with OS error `errno` (e.g. 28, `ENOSPC`).
+    pub fn fail(&self, step: FaultStep, errno: i32) {
+        self.state().fault = Some((step, errno));
+    }
+
+    /// From now on, let writes through.
+    pub fn clear(&self) {
+        self.state().fault = None;
+    }
+
+    /// How many faults were injected so far (each one is a failed write attempt).
+    pub fn injected(&self) -> u64 {
+        self.state().injected
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FaultState> {
+        // The state is two plain fields, valid even if a holder panicked.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check(&self, step: FaultStep) -> io::Result<()> {
+        let mut state = self.state();
+        match state.fault {
+            Some((at, errno)) if at == step => {
+                state.injected += 1;
+                Err(io::Error::from_raw_os_error(errno))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Makes a rename in `dir` durable.
@@ -395,5 +506,117 @@ mod tests {
             }
             .into())
         );
+    }
+
+    #[test]
+    fn a_huge_length_prefix_is_refused_without_allocating_it() {
+        // written_at 0, one record, id "aaaaaaaa", then a name claiming 2^60 bytes.
+        let mut body = vec![0u8, 1];
+        body.extend_from_slice(b"aaaaaaaa");
+        body.push(253); // bincode varint marker: a u64 follows
+        body.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        let err = decode(&frame(&body)).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::Problem(Problem::Undecodable(_))),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn the_decode_limit_never_refuses_an_honest_file() {
+        // Small values are the worst case for the limit: one-byte varints that bincode
+        // counts as 8 bytes each.
+        let record = Record {
+            id: *b"abcd1234",
+            name: String::new(),
+            digest: [0; 32],
+            scopes: vec![String::new(); 3],
+            created_at: 0,
+            expires_at: Some(0),
+            revoked_at: Some(0),
+            last_used: Some(0),
+            rate_limit: Some(RateLimitRecord {
+                period_ms: 0,
+                count: 0,
+                burst: 0,
+            }),
+        };
+        for n in [1, 100, 20_000] {
+            let body = Body {
+                written_at: 0,
+                records: vec![record.clone(); n],
+            };
+            assert_eq!(decode(&encode(&body)), Ok(body), "{n} records");
+        }
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn record() -> impl Strategy<Value = Record> {
+            (
+                (any::<[u8; 8]>(), ".{0,20}", any::<[u8; 32]>()),
+                proptest::collection::vec("[a-z:]{1,10}", 0..4),
+                (
+                    any::<u64>(),
+                    any::<Option<u64>>(),
+                    any::<Option<u64>>(),
+                    any::<Option<u64>>(),
+                ),
+                any::<Option<(u64, u32, u32)>>(),
+            )
+                .prop_map(|((id, name, digest), scopes, times, limit)| Record {
+                    id,
+                    name,
+                    digest,
+                    scopes,
+                    created_at: times.0,
+                    expires_at: times.1,
+                    revoked_at: times.2,
+                    last_used: times.3,
+                    rate_limit: limit.map(|(period_ms, count, burst)| RateLimitRecord {
+                        period_ms,
+                        count,
+                        burst,
+                    }),
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn any_body_round_trips(
+                written_at in any::<u64>(),
+                records in proptest::collection::vec(record(), 0..8),
+            ) {
+                let body = Body { written_at, records };
+                prop_assert_eq!(decode(&encode(&body)), Ok(body));
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = decode(&bytes);
+            }
+
+            #[test]
+            fn arbitrary_bodies_behind_a_valid_header_never_panic(
+                body in proptest::collection::vec(any::<u8>(), 0..512),
+            ) {
+                // Passes every header and CRC check, so the bincode decoder sees raw bytes.
+                let _ = decode(&frame(&body));
+            }
+
+            #[test]
+            fn a_changed_image_is_refused(
+                records in proptest::collection::vec(record(), 1..4),
+                at in any::<proptest::sample::Index>(),
+                xor in 1u8..=255,
+            ) {
+                let mut image = encode(&Body { written_at: 7, records });
+                let at = at.index(image.len());
+                image[at] ^= xor;
+                prop_assert!(decode(&image).is_err());
+            }
+        }
     }
 }

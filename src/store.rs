@@ -152,6 +152,7 @@ impl TokenStore {
             flush_interval: DEFAULT_FLUSH_INTERVAL,
             clock: std::sync::Arc::new(SystemClock),
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+            faults: None,
         }
     }
 
@@ -363,6 +364,7 @@ pub struct Builder {
     flush_interval: Duration,
     clock: std::sync::Arc<dyn Clock>,
     channel_capacity: usize,
+    faults: Option<snapshot::FaultPlan>,
 }
 
 impl Builder {
@@ -384,6 +386,14 @@ impl Builder {
     /// snapshot scans every token.
     pub fn channel_capacity(mut self, capacity: usize) -> Builder {
         self.channel_capacity = capacity.max(1);
+        self
+    }
+
+    /// Tests only: inject write faults into this store's file writes (see
+    /// [`FaultPlan`](crate::__fault::FaultPlan)). Not for production use.
+    #[doc(hidden)]
+    pub fn fault_plan(mut self, plan: crate::__fault::FaultPlan) -> Builder {
+        self.faults = Some(plan);
         self
     }
 
@@ -409,7 +419,10 @@ impl Builder {
             tracing::info!(file = %path.display(), removed, "removed temp files left by a crash");
         }
         let existing = snapshot::read(&path)?;
-        let sink = Box::new(FileSink { path: path.clone() });
+        let sink = Box::new(FileSink {
+            path: path.clone(),
+            faults: self.faults.clone(),
+        });
         self.start(path, existing.map(|(body, _)| body), sink, Some(lock))
     }
 

@@ -269,4 +269,44 @@ mod tests {
         assert!(!shown.contains(&secret[SECRET_START..CHECKSUM_START]));
         assert!(shown.contains(id.as_str()));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_string_parses_without_panicking(candidate in any::<String>()) {
+                if parse(&candidate).is_some() {
+                    // Only a well-formed token with a correct checksum gets through.
+                    let bytes = candidate.as_bytes();
+                    prop_assert_eq!(bytes.len(), TOKEN_LEN);
+                    prop_assert!(candidate.starts_with(PREFIX));
+                    let mut expected = [0u8; CHECKSUM_LEN];
+                    encode_checksum(crc32fast::hash(&bytes[..CHECKSUM_START]), &mut expected);
+                    prop_assert_eq!(&bytes[CHECKSUM_START..], &expected[..]);
+                }
+            }
+
+            #[test]
+            fn token_shaped_strings_parse_only_with_their_checksum(
+                body in "[0-9A-Za-z]{8}_[0-9A-Za-z]{22}[0-9A-Za-z]{6}",
+            ) {
+                let candidate = format!("{PREFIX}{body}");
+                let bytes = candidate.as_bytes();
+                let mut expected = [0u8; CHECKSUM_LEN];
+                encode_checksum(crc32fast::hash(&bytes[..CHECKSUM_START]), &mut expected);
+                let good = bytes[CHECKSUM_START..] == expected;
+                prop_assert_eq!(parse(&candidate).is_some(), good);
+            }
+
+            #[test]
+            fn generated_tokens_round_trip(_n in 0..64u8) {
+                let (token, id) = generate().unwrap();
+                prop_assert_eq!(parse(&token), Some(id));
+                prop_assert_eq!(token.parse::<TokenId>().ok(), None);
+                prop_assert_eq!(id.as_str().parse::<TokenId>(), Ok(id));
+            }
+        }
+    }
 }

@@ -106,3 +106,23 @@ fn clock_now(clock: &tokencache::ManualClock) -> u64 {
     use tokencache::Clock;
     clock.now_ms()
 }
+
+/// A megabyte-long string is refused by the length check that opens `token::parse`
+/// (src/token.rs: `bytes.len() != TOKEN_LEN` comes before any other work): no allocation,
+/// no hashing, whatever the string starts with.
+#[test]
+fn a_megabyte_string_is_refused_without_allocating() {
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    let good = store.issue(NewToken::new("good")).unwrap();
+    let junk = "x".repeat(1 << 20);
+    let prefixed = format!("{}{}", good.secret(), "x".repeat(1 << 20));
+    let nul = "\0".repeat(1 << 20);
+    let n = allocations_during(|| {
+        for candidate in [&junk, &prefixed, &nul] {
+            assert_eq!(store.validate(candidate).unwrap_err(), Rejection::Malformed);
+        }
+    });
+    assert_eq!(n, 0);
+    assert_eq!(store.stats().rejections.malformed, 3);
+}

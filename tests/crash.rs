@@ -1,0 +1,350 @@
+//! Crash torture with real processes and real SIGKILL.
+//!
+//! A child process (this test binary, re-executed) opens a store with a 50 ms flush interval
+//! on the real clock and loops: issue, validate in bursts, revoke. It prints each change only
+//! after the call returned. The parent kills it with SIGKILL at a random moment, reopens the
+//! store and checks that every acknowledged change survived, that the file opens, that no
+//! temp file is left to trip a later open, and that `last_used` on disk is at most about one
+//! flush interval behind the kill.
+//!
+//! `TOKENCACHE_CRASH_ROUNDS` (default 200) sets the number of kills,
+//! `TOKENCACHE_CRASH_SEED` replays a run (the seed is printed).
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{child, in_child, scratch};
+use tokencache::{IssuedToken, NewToken, Rejection, TokenStore};
+
+const PATH_VAR: &str = "TOKENCACHE_TEST_PATH";
+const SEED_VAR: &str = "TOKENCACHE_CHILD_SEED";
+const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+/// Allowance on top of one flush interval for a snapshot to be written (fsync on a shared,
+/// loaded machine) before `last_used` on disk must have caught up.
+const SLACK_MS: u64 = 400;
+/// Tokens one child issues at most (each issue rewrites the whole file).
+const ISSUES_PER_CHILD: usize = 8;
+/// A fresh store every this many rounds, so files stay small and rounds stay fast.
+const ROUNDS_PER_STORE: usize = 25;
+
+/// splitmix64: a tiny seeded PRNG, enough to spread kill times and child choices.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Child: works on the store until killed. Every line is printed after the call it reports
+/// returned (`println!` on a pipe flushes per line: stdout is line-buffered).
+#[test]
+#[ignore = "helper process for sigkill_at_random_moments_loses_nothing_acknowledged"]
+fn child_work_until_killed() {
+    if !in_child() {
+        return;
+    }
+    let path = std::env::var(PATH_VAR).unwrap();
+    let mut rng = Rng(std::env::var(SEED_VAR).unwrap().parse().unwrap());
+    let store = TokenStore::builder(&path)
+        .flush_interval(FLUSH_INTERVAL)
+        .open()
+        .unwrap();
+    println!("@READY");
+    let mut live: Vec<IssuedToken> = Vec::new();
+    let mut issued = 0;
+    // The bound only keeps an orphan from lingering if the parent dies.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if issued < ISSUES_PER_CHILD && (live.is_empty() || rng.below(4) == 0) {
+            let token = store.issue(NewToken::new("crash")).unwrap();
+            println!("@I {} {}", token.id(), token.secret());
+            live.push(token);
+            issued += 1;
+        }
+        if !live.is_empty() {
+            let token = &live[rng.below(live.len() as u64) as usize];
+            for _ in 0..200 {
+                store.validate(token.secret()).unwrap();
+            }
+            // `validate` stamps last_used with a clock read after this one.
+            let before = now_ms();
+            store.validate(token.secret()).unwrap();
+            println!("@V {} {before}", token.id());
+        }
+        if live.len() > 1 && rng.below(12) == 0 {
+            let token = live.swap_remove(rng.below(live.len() as u64) as usize);
+            // Intent first: a revoke cut short by the kill may or may not be on disk.
+            println!("@r {}", token.id());
+            store.revoke(&token.id()).unwrap();
+            println!("@R {}", token.id());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// What the parent knows about one acknowledged token.
+struct Known {
+    secret: String,
+    revoked: bool,
+    /// A revoke was started but not acknowledged: either outcome is correct.
+    revoking: bool,
+}
+
+/// The acknowledged lines of one child: complete lines only (a line cut by the kill was
+/// never acknowledged).
+fn acknowledged(stdout: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(stdout);
+    let complete = match text.rfind('\n') {
+        Some(end) => &text[..end],
+        None => "",
+    };
+    // libtest may print "test name ... " on the same line first.
+    complete
+        .lines()
+        .filter_map(|l| l.find('@').map(|at| l[at + 1..].to_string()))
+        .collect()
+}
+
+fn temp_files(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tokens.snap.") && n.ends_with(".tmp"))
+        .collect()
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_nothing_acknowledged() {
+    let rounds: usize = std::env::var("TOKENCACHE_CRASH_ROUNDS")
+        .map(|r| r.parse().expect("TOKENCACHE_CRASH_ROUNDS is a number"))
+        .unwrap_or(200);
+    let seed: u64 = std::env::var("TOKENCACHE_CRASH_SEED")
+        .map(|s| s.parse().expect("TOKENCACHE_CRASH_SEED is a number"))
+        .unwrap_or_else(|_| now_ms());
+    println!("crash torture: {rounds} rounds, seed {seed} (TOKENCACHE_CRASH_SEED={seed} replays the kill times)");
+    let mut rng = Rng(seed);
+    let started = Instant::now();
+
+    let mut s = scratch();
+    let mut known: HashMap<String, Known> = HashMap::new();
+    let (mut acked_issues, mut acked_revokes, mut last_used_checks) = (0, 0, 0);
+    let (mut killed_before_ready, mut rounds_with_temps, mut max_lag_ms) = (0, 0, 0u64);
+    let mut unacknowledged_revokes = 0;
+    for round in 0..rounds {
+        if round % ROUNDS_PER_STORE == 0 && round > 0 {
+            s = scratch();
+            known.clear();
+        }
+        let child_seed = rng.next().to_string();
+        // Mostly within the first 600 ms (startup, open, work); now and then right away.
+        let delay = Duration::from_millis(match rng.below(8) {
+            0 => rng.below(5),
+            _ => rng.below(600),
+        });
+        let mut proc = child(
+            "child_work_until_killed",
+            &[
+                (PATH_VAR, s.path.to_str().unwrap()),
+                (SEED_VAR, &child_seed),
+            ],
+        )
+        .spawn()
+        .unwrap();
+        let mut stdout = proc.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = stdout.read_to_end(&mut bytes);
+            bytes
+        });
+        std::thread::sleep(delay);
+        let killed_at = now_ms();
+        proc.kill().unwrap(); // SIGKILL: no destructor, no flush, no close.
+        let status = proc.wait().unwrap();
+        let mut stderr = String::new();
+        proc.stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let lines = acknowledged(&reader.join().unwrap());
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "round {round} (seed {seed}): the child did not die by SIGKILL but {status}:\n{stderr}"
+        );
+
+        // Replay what the child acknowledged.
+        let mut validated: HashMap<String, Vec<u64>> = HashMap::new();
+        for line in &lines {
+            let parts: Vec<&str> = line.split(' ').collect();
+            match parts[..] {
+                ["READY"] => {}
+                ["I", id, secret] => {
+                    acked_issues += 1;
+                    known.insert(
+                        id.to_string(),
+                        Known {
+                            secret: secret.to_string(),
+                            revoked: false,
+                            revoking: false,
+                        },
+                    );
+                }
+                ["V", id, at] => validated
+                    .entry(id.to_string())
+                    .or_default()
+                    .push(at.parse().unwrap()),
+                ["r", id] => known.get_mut(id).unwrap().revoking = true,
+                ["R", id] => {
+                    acked_revokes += 1;
+                    known.get_mut(id).unwrap().revoked = true;
+                }
+                _ => panic!("round {round}: unexpected child line {line:?}"),
+            }
+        }
+        if !lines.iter().any(|l| l == "READY") {
+            killed_before_ready += 1;
+        }
+
+        // Whatever the crash left, the next open works and removes stale temp files.
+        if !temp_files(s.dir.path()).is_empty() {
+            rounds_with_temps += 1;
+        }
+        let store = match TokenStore::builder(&s.path)
+            .flush_interval(FLUSH_INTERVAL)
+            .open()
+        {
+            Ok(store) => store,
+            Err(e) => panic!("round {round} (seed {seed}): reopen after SIGKILL failed: {e}"),
+        };
+        assert!(
+            temp_files(s.dir.path()).is_empty(),
+            "round {round}: open left temp files {:?}",
+            temp_files(s.dir.path())
+        );
+
+        // last_used on disk is at most about one interval behind: every validation reported
+        // more than interval + slack before the kill must be in the file. Read it before
+        // this process validates anything.
+        for (id, times) in &validated {
+            let on_disk = store
+                .get(&id.parse().unwrap())
+                .and_then(|info| info.last_used)
+                .map_or(0, |t| t.timestamp_millis() as u64);
+            let deadline = killed_at.saturating_sub(FLUSH_INTERVAL.as_millis() as u64 + SLACK_MS);
+            if let Some(&required) = times.iter().filter(|&&t| t <= deadline).max() {
+                last_used_checks += 1;
+                let newest = *times.iter().max().unwrap();
+                max_lag_ms = max_lag_ms.max(newest.saturating_sub(on_disk));
+                assert!(
+                    on_disk >= required,
+                    "round {round} (seed {seed}): token {id} was validated at {required}, \
+                     {} ms before the kill, but last_used on disk is {on_disk}",
+                    killed_at - required
+                );
+            }
+        }
+
+        // Every acknowledged issue validates; every acknowledged revoke stays revoked.
+        let mut cut_short_revokes = 0;
+        for (id, token) in &mut known {
+            let result = store.validate(&token.secret);
+            if token.revoking && !token.revoked {
+                // Whatever this open sees is final: the child is dead, nobody else writes.
+                cut_short_revokes += 1;
+                token.revoking = false;
+                token.revoked = match result {
+                    Ok(_) => false,
+                    Err(Rejection::Revoked) => true,
+                    Err(r) => panic!("round {round} (seed {seed}): token {id} gives {r}"),
+                };
+            } else if token.revoked {
+                assert_eq!(
+                    result.unwrap_err(),
+                    Rejection::Revoked,
+                    "round {round} (seed {seed}): revoked token {id} came back"
+                );
+            } else {
+                assert_eq!(
+                    result
+                        .unwrap_or_else(|r| panic!(
+                            "round {round} (seed {seed}): issued token {id} lost: {r}"
+                        ))
+                        .id()
+                        .as_str(),
+                    id
+                );
+            }
+        }
+        unacknowledged_revokes += cut_short_revokes;
+        store.close().unwrap();
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "crash torture: {rounds} kills in {:.1} s; {acked_issues} acknowledged issues and \
+         {acked_revokes} revokes all survived; {last_used_checks} last_used bounds checked, \
+         the newest validation of a checked token was at most {max_lag_ms} ms ahead of disk; {rounds_with_temps} rounds \
+         left temp files (removed by open); {killed_before_ready} kills before the store opened; \
+         {unacknowledged_revokes} revokes cut short by the kill",
+        elapsed.as_secs_f64()
+    );
+    // Not vacuous: the run must have exercised what it claims to check.
+    if rounds >= 50 {
+        assert!(acked_issues > 0 && acked_revokes > 0 && last_used_checks > 0);
+    }
+}
+
+/// What a crashed writer leaves (`.tokens.snap.XXXX.tmp`, any content) is removed by the
+/// next open, which then reads the real file; other files in the directory are left alone.
+#[test]
+fn open_removes_stale_temp_files_and_nothing_else() {
+    let s = scratch();
+    let store = TokenStore::open(&s.path).unwrap();
+    let token = store.issue(NewToken::new("kept")).unwrap();
+    store.close().unwrap();
+    let dir = s.dir.path();
+    let stale = [".tokens.snap.a1B2c3.tmp", ".tokens.snap.zz.tmp"];
+    for name in stale {
+        fs::write(dir.join(name), b"half a snapshot").unwrap();
+    }
+    // Similar names that are not this store's temp files.
+    let others = [
+        ".tokens.snap.a1B2c3.tmp.keep",
+        ".other.snap.a1B2c3.tmp",
+        "tokens.snap.bak",
+    ];
+    for name in others {
+        fs::write(dir.join(name), b"keep me").unwrap();
+    }
+    let store = TokenStore::open(&s.path).unwrap();
+    assert!(store.validate(token.secret()).is_ok());
+    for name in stale {
+        assert!(!dir.join(name).exists(), "{name} was not removed");
+    }
+    for name in others {
+        assert_eq!(fs::read(dir.join(name)).unwrap(), b"keep me", "{name}");
+    }
+    store.close().unwrap();
+}
