@@ -36,8 +36,10 @@ fn stress_compare_json_reports_every_design_and_verifies_the_files() {
         assert_eq!(row["threads"], 2);
         let ops = row["ops"].as_u64().expect("ops");
         let accepted = row["accepted"].as_u64().expect("accepted");
+        assert!(ops > 0 && accepted > 0 && accepted <= ops, "{design}");
+        // 5% of the mix is refused: in 1,000 requests some must be (naive may do fewer).
         assert!(
-            ops > 0 && accepted > 0 && accepted < ops,
+            ops < 1_000 || accepted < ops,
             "{design}: mix has rejections"
         );
         assert!(row["ops_per_sec"].as_f64().expect("ops_per_sec") > 0.0);
