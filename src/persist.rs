@@ -348,7 +348,7 @@ impl Persister {
         #[cfg(loom)]
         if acked_early {
             let early = issues.iter().map(|(_, reply)| reply);
-            for reply in early.chain(&revoke_replies).chain(&batch.flushes) {
+            for reply in early.chain(&definition_replies).chain(&batch.flushes) {
                 let _ = reply.send(Ok(()));
             }
         }
