@@ -226,3 +226,41 @@ fn a_read_only_directory_gives_clear_errors() {
     assert!(err.to_string().contains("Permission denied"), "{err}");
     assert!(err.to_string().contains("lock"), "{err}");
 }
+
+/// A revoke whose write failed is retried by the next due tick on its own, even when no
+/// `last_used` is waiting to be written, and reaches the file once the fault clears.
+#[test]
+fn a_failed_revoke_alone_is_retried_by_the_next_tick() {
+    let s = scratch();
+    let plan = FaultPlan::default();
+    let clock = ManualClock::default();
+    let store = TokenStore::builder(&s.path)
+        .clock(clock.clone())
+        .flush_interval(INTERVAL)
+        .fault_plan(plan.clone())
+        .open()
+        .unwrap();
+    let token = store.issue(NewToken::new("bot")).unwrap();
+    plan.fail(FaultStep::Fsync, EIO);
+    store.revoke(&token.id()).unwrap_err();
+    assert_eq!(
+        store.stats().dirty_tokens,
+        0,
+        "only the definition is pending"
+    );
+    clock.advance(INTERVAL);
+    assert_eq!(plan.injected(), 2, "the tick did not retry the revoke");
+    plan.clear();
+    clock.advance(INTERVAL);
+    assert_eq!(plan.injected(), 2);
+    assert_eq!(store.stats().write_errors, 2);
+    // Written by the tick: reopen without closing first would need the lock, so read the
+    // file directly through `inspect`.
+    assert_eq!(tokencache::inspect(&s.path).unwrap().revoked, 1);
+    store.close().unwrap();
+    let reopened = TokenStore::open(&s.path).unwrap();
+    assert_eq!(
+        reopened.validate(token.secret()).unwrap_err(),
+        Rejection::Revoked
+    );
+}

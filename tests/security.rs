@@ -151,6 +151,12 @@ fn secrets_never_reach_files_debug_display_or_logs() {
     fs::write(&corrupt.path, &file[..file.len() - 1]).unwrap();
     errors.push(TokenStore::open(&corrupt.path).unwrap_err()); // Corrupt
     errors.push(TokenStore::open(corrupt.dir.path()).unwrap_err()); // BadPath
+    let mut future = file.clone();
+    future[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let crc = crc32fast::hash(&future[..28]);
+    future[28..32].copy_from_slice(&crc.to_le_bytes());
+    fs::write(&corrupt.path, &future).unwrap();
+    errors.push(TokenStore::open(&corrupt.path).unwrap_err()); // FutureVersion
     for error in &errors {
         shown.push(("Error".into(), format!("{error} {error:?}")));
     }
@@ -165,6 +171,7 @@ fn secrets_never_reach_files_debug_display_or_logs() {
             Error::Closed { .. } => "Closed",
             Error::Corrupt { .. } => "Corrupt",
             Error::BadPath { .. } => "BadPath",
+            Error::FutureVersion { .. } => "FutureVersion",
             _ => "other",
         })
         .collect();
@@ -179,7 +186,8 @@ fn secrets_never_reach_files_debug_display_or_logs() {
             "InvalidRateLimit",
             "Closed",
             "Corrupt",
-            "BadPath"
+            "BadPath",
+            "FutureVersion"
         ]
     );
 
