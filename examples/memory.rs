@@ -1,0 +1,70 @@
+//! Heap bytes per token held by an open store, measured with a counting global allocator.
+//!
+//! Writes a store of N tokens (default 1,000,000; each named `token-<i>` with one scope,
+//! `read`), closes it, then counts the live heap bytes `TokenStore::open` keeps while the
+//! store is open: the map, the entries, names and scopes, the persister's channel.
+//!
+//! `cargo run --release --example memory [-- <tokens>]`
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use tokencache::{NewToken, TokenStore};
+
+/// Tracks the bytes currently allocated by the whole process.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Relaxed);
+        // SAFETY: forwards the caller's layout to the system allocator unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Relaxed);
+        // SAFETY: `ptr` came from `System.alloc` with this layout (see `alloc`).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Relaxed);
+        LIVE.fetch_sub(layout.size(), Relaxed);
+        // SAFETY: as in `dealloc`; the system allocator handles the resize.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let count: usize = match std::env::args().nth(1) {
+        Some(arg) => arg.parse().map_err(|e| format!("tokens: {e}: {arg:?}"))?,
+        None => 1_000_000,
+    };
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("tokens.snap");
+    let store = TokenStore::open(&path)?;
+    store.issue_many((0..count).map(|i| NewToken::new(format!("token-{i}")).scope("read")))?;
+    store.close()?;
+    let file_bytes = std::fs::metadata(&path)?.len();
+
+    let before = LIVE.load(Relaxed);
+    let store = TokenStore::open(&path)?;
+    let held = LIVE.load(Relaxed).saturating_sub(before);
+    let tokens = store.stats().tokens;
+    store.close()?;
+
+    let per_token = held as f64 / tokens as f64;
+    println!("tokens           {tokens}");
+    println!("heap held        {held} bytes");
+    println!("heap per token   {per_token:.1} bytes (target: <= 200)");
+    println!(
+        "file per token   {:.1} bytes",
+        file_bytes as f64 / tokens as f64
+    );
+    Ok(())
+}
