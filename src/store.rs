@@ -52,7 +52,7 @@ impl Shared {
     #[inline]
     fn check(&self, token: &str, scope: Option<&str>) -> Result<ValidToken, Rejection> {
         let id = token::parse(token).ok_or(Rejection::Malformed)?;
-        // Hash before the lookup so a hit and a miss cost the same.
+        // Hash before the lookup so an unknown id pays for the hash like a known one.
         let digest = token::digest(token);
         let entry = self.map.get(&id).ok_or(Rejection::Unknown)?;
         if !bool::from(entry.digest.ct_eq(&digest)) {

@@ -477,12 +477,13 @@ fn report_json(report: &Report, args: &StressArgs, threads: usize) -> Value {
 fn print_table(reports: &[Report], args: &StressArgs, threads: usize) {
     println!(
         "{} tokens, {threads} threads, {} s per design (naive: at most {} s), Zipf exponent {}, seed {}; \
-         latency sampled 1 in {SAMPLE_EVERY} (naive: every request)",
+         latency sampled 1 in {SAMPLE_EVERY} (naive: every request); tokencache flushes every {}",
         args.tokens,
         args.seconds,
         NAIVE_BUDGET.as_secs(),
         args.hot,
-        args.seed
+        args.seed,
+        humantime::format_duration(args.flush_interval)
     );
     println!(
         "{:<17} {:>14} {:>9} {:>9} {:>9} {:>10} {:>12} {:>9} {:>14}",
@@ -502,10 +503,10 @@ fn print_table(reports: &[Report], args: &StressArgs, threads: usize) {
         let ratio = if report.design == "tokencache" {
             "-".to_string()
         } else {
-            format!(
-                "{:.0}x faster",
-                ours / report.ops_per_sec().max(f64::MIN_POSITIVE)
-            )
+            let ratio = ours / report.ops_per_sec().max(f64::MIN_POSITIVE);
+            // Small ratios need their decimal: 1.4x is not 1x.
+            let decimals = if ratio < 100.0 { 1 } else { 0 };
+            format!("{ratio:.decimals$}x faster")
         };
         println!(
             "{:<17} {:>14} {:>9} {:>9} {:>9} {:>10} {:>12} {:>9} {:>14}",
