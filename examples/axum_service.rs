@@ -23,7 +23,7 @@ async fn health() -> &'static str {
 }
 
 /// Any valid token.
-async fn me(token: ValidToken) -> String {
+async fn me(token: ValidToken<'_>) -> String {
     let scopes: Vec<&str> = token.scopes().collect();
     format!(
         "id {} name {} scopes {}\n",
@@ -34,7 +34,7 @@ async fn me(token: ValidToken) -> String {
 }
 
 /// Needs the `write` scope (checked by the layer; the handler just uses the token).
-async fn create_item(token: ValidToken) -> String {
+async fn create_item(token: ValidToken<'_>) -> String {
     format!("created an item for {}\n", token.name())
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use tokencache::{NewToken, RateLimit, Rejection, TokenId, TokenInfo, TokenStore};
+use tokencache::{NewToken, RateLimit, Rejection, TokenId, TokenInfo, TokenStore, ValidToken};
 
 /// Exit code of a rejected token (`validate`).
 const EXIT_REJECTED: u8 = 1;
@@ -195,7 +195,8 @@ fn validate(path: &Path, scope: Option<&str>, json: bool) -> Result<ExitCode, Fa
         (None, _) => Err(Rejection::Malformed),
         (Some(token), None) => store.validate(token),
         (Some(token), Some(scope)) => store.validate_scope(token, scope),
-    };
+    }
+    .map(ValidToken::into_owned);
     store.close().map_err(|e| e.to_string())?;
     match outcome {
         Ok(valid) => {

@@ -177,8 +177,9 @@ enum Refusal {
 }
 
 impl<S> TokenService<S> {
-    /// The token from the request's headers, then the store's verdict.
-    fn authorize(&self, headers: &http::HeaderMap) -> Result<ValidToken, Refusal> {
+    /// The token from the request's headers, then the store's verdict (owned, for the
+    /// request's extensions).
+    fn authorize(&self, headers: &http::HeaderMap) -> Result<ValidToken<'static>, Refusal> {
         let token = match &self.config.header {
             Some(name) => headers.get(name).ok_or(Refusal::Missing)?.as_bytes(),
             None => bearer(headers.get(AUTHORIZATION).ok_or(Refusal::Missing)?)?,
@@ -191,7 +192,9 @@ impl<S> TokenService<S> {
             Some(scope) => self.store.validate_scope(token, scope),
             None => self.store.validate(token),
         };
-        result.map_err(Refusal::Rejected)
+        result
+            .map(ValidToken::into_owned)
+            .map_err(Refusal::Rejected)
     }
 
     fn refuse<B: Default>(&self, refusal: Refusal) -> Response<B> {
@@ -324,7 +327,7 @@ mod axum_extractor {
 
     /// In a handler behind [`TokenLayer`](crate::TokenLayer), `token: ValidToken` is the
     /// token the layer accepted.
-    impl<S: Send + Sync> FromRequestParts<S> for ValidToken {
+    impl<S: Send + Sync> FromRequestParts<S> for ValidToken<'static> {
         type Rejection = MissingTokenLayer;
 
         async fn from_request_parts(
@@ -333,7 +336,7 @@ mod axum_extractor {
         ) -> Result<Self, Self::Rejection> {
             parts
                 .extensions
-                .get::<ValidToken>()
+                .get::<ValidToken<'static>>()
                 .cloned()
                 .ok_or(MissingTokenLayer)
         }

@@ -506,9 +506,14 @@ impl Persister {
                 for (entry, lu) in entries.iter().zip(taken) {
                     entry.mark_persisted(lu);
                 }
-                for entry in issues.iter().flat_map(|(new, _)| new) {
-                    self.shared.map.insert(entry.id, entry.clone());
-                }
+                let added = self.shared.map.insert_new(
+                    issues
+                        .iter()
+                        .flat_map(|(new, _)| new)
+                        .map(|entry| (entry.id, entry.clone())),
+                );
+                // `refuse_collisions` kept only ids that are not in the map.
+                debug_assert!(added.is_ok(), "refuse_collisions let a taken id through");
                 self.dirty = false;
                 self.definitions_pending = false;
                 self.shared.counters.record_write(bytes, now);

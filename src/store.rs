@@ -22,7 +22,7 @@ use crate::rate_limit::RateLimit;
 use crate::snapshot::{self, Body, DecodeError, Problem};
 use crate::stats::{Counters, Stats};
 use crate::sync::channel::{self, TrySendError};
-use crate::sync::map::Map;
+use crate::sync::map::{Duplicate, Held, Map};
 use crate::sync::thread::{self, JoinHandle};
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
 use crate::token::{self, IssuedToken, TokenId};
@@ -48,13 +48,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The hot path. No allocation, no lock but the map's shard read lock, no I/O.
+    /// The hot path. No allocation, no lock, no I/O, and no write to memory another thread
+    /// reads except `last_used` (at most once per millisecond per token).
     #[inline]
-    fn check(&self, token: &str, scope: Option<&str>) -> Result<ValidToken, Rejection> {
+    fn check(&self, token: &str, scope: Option<&str>) -> Result<ValidToken<'_>, Rejection> {
         let id = token::parse(token).ok_or(Rejection::Malformed)?;
         // Hash before the lookup so an unknown id pays for the hash like a known one.
         let digest = token::digest(token);
-        let entry = self.map.get(&id).ok_or(Rejection::Unknown)?;
+        let entry = self.map.read(&id).ok_or(Rejection::Unknown)?;
         if !bool::from(entry.digest.ct_eq(&digest)) {
             return Err(Rejection::Unknown);
         }
@@ -162,19 +163,22 @@ impl TokenStore {
     ///
     /// This is the hot path: it does not allocate, block or do I/O.
     #[inline]
-    pub fn validate(&self, token: &str) -> Result<ValidToken, Rejection> {
+    pub fn validate(&self, token: &str) -> Result<ValidToken<'_>, Rejection> {
         self.counted(self.handle.shared.check(token, None))
     }
 
     /// Like [`validate`](Self::validate), and also requires the token to grant `scope`
     /// (otherwise [`Rejection::MissingScope`], and `last_used` is not updated).
     #[inline]
-    pub fn validate_scope(&self, token: &str, scope: &str) -> Result<ValidToken, Rejection> {
+    pub fn validate_scope(&self, token: &str, scope: &str) -> Result<ValidToken<'_>, Rejection> {
         self.counted(self.handle.shared.check(token, Some(scope)))
     }
 
     #[inline]
-    fn counted(&self, result: Result<ValidToken, Rejection>) -> Result<ValidToken, Rejection> {
+    fn counted<'a>(
+        &self,
+        result: Result<ValidToken<'a>, Rejection>,
+    ) -> Result<ValidToken<'a>, Rejection> {
         let counters = &self.handle.shared.counters;
         match &result {
             Ok(_) => counters.accepted(),
@@ -446,14 +450,12 @@ impl Builder {
         });
         match body {
             Some(body) => {
+                let corrupt = |problem: Problem| DecodeError::from(problem).at(&path);
+                let mut entries = Vec::with_capacity(records);
                 for record in &body.records {
-                    let corrupt = |problem: Problem| DecodeError::from(problem).at(&path);
                     let id = TokenId::from_bytes(record.id).ok_or_else(|| {
                         corrupt(Problem::BadId(String::from_utf8_lossy(&record.id).into()))
                     })?;
-                    if shared.map.contains(&id) {
-                        return Err(corrupt(Problem::DuplicateId(id.to_string())));
-                    }
                     let rate_limit = match &record.rate_limit {
                         None => None,
                         Some(stored) => Some(
@@ -461,10 +463,12 @@ impl Builder {
                                 .ok_or_else(|| corrupt(Problem::BadRateLimit(id.to_string())))?,
                         ),
                     };
-                    shared
-                        .map
-                        .insert(id, Arc::new(Entry::from_record(record, id, rate_limit)));
+                    entries.push((id, Arc::new(Entry::from_record(record, id, rate_limit))));
                 }
+                shared
+                    .map
+                    .insert_new(entries)
+                    .map_err(|Duplicate(id)| corrupt(Problem::DuplicateId(id.to_string())))?;
             }
             None => {
                 let now = shared.clock.now_ms();
@@ -653,14 +657,26 @@ impl NewToken {
     }
 }
 
-/// A token that passed validation. Borrows nothing from the store (it holds a reference
-/// count on the entry), so it may be kept, cloned and sent across threads.
+/// A token that passed validation.
+///
+/// [`validate`](TokenStore::validate) returns one that borrows the store's entry, so
+/// validating costs no reference count (a count shared by every thread validating the same
+/// token would make them contend). [`into_owned`](Self::into_owned) gives a
+/// `ValidToken<'static>` to keep beyond the borrow or send to another thread (as
+/// `TokenLayer` does for the request extensions).
 #[derive(Clone)]
-pub struct ValidToken {
-    entry: Arc<Entry>,
+pub struct ValidToken<'store> {
+    entry: Held<'store, Arc<Entry>>,
 }
 
-impl ValidToken {
+impl ValidToken<'_> {
+    /// This token, no longer borrowing the store (it holds a reference count instead).
+    pub fn into_owned(self) -> ValidToken<'static> {
+        ValidToken {
+            entry: Held::Owned(self.entry.into_owned()),
+        }
+    }
+
     /// The token's public id.
     pub fn id(&self) -> TokenId {
         self.entry.id
@@ -687,7 +703,7 @@ impl ValidToken {
     }
 }
 
-impl fmt::Debug for ValidToken {
+impl fmt::Debug for ValidToken<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ValidToken")
             .field("id", &self.entry.id)

@@ -168,18 +168,84 @@ pub(crate) mod channel {
     }
 }
 
-/// The map of record from token id to entry: a `DashMap` normally, a loom `RwLock` around a
-/// `Vec` in insertion order under loom (DashMap's own locks are invisible to the model
-/// checker, and a `HashMap`'s random iteration order would make runs non-deterministic,
-/// which loom's replay cannot handle; models hold two or three tokens, so a scan is cheap).
+/// The map from token id to entry.
+///
+/// Normally a `DashMap` is the map of record (`get`, `contains`, `values`, `len`), and
+/// `read`, the hot path, goes through a read index instead: an `arc-swap`ed `HashMap` from id
+/// to a slot in an append-only `boxcar::Vec`. A read there takes no lock, writes no shared
+/// memory and lends the value instead of cloning it, so one token read from many threads at
+/// once scales (a DashMap read writes the shard's lock word, and an `Arc` clone its count;
+/// see "Why one hot token does not scale" in docs/BENCHMARKS.md). Values are never removed,
+/// so a lent value lives as long as the map. Each insert republishes the index (O(n)), like
+/// the full snapshot every insert is part of.
+///
+/// Under loom it is a loom `RwLock` around a `Vec` in insertion order (DashMap's own locks
+/// are invisible to the model checker, and a `HashMap`'s random iteration order would make
+/// runs non-deterministic, which loom's replay cannot handle; models hold two or three
+/// tokens, so a scan is cheap), and `read` hands out clones.
 pub(crate) mod map {
+    use std::ops::Deref;
+
     use crate::token::TokenId;
 
-    /// A concurrent map whose reads hand out clones and never a guard, so no caller can hold
-    /// a shard lock while the same shard is written (which would deadlock with DashMap).
+    /// A value read from the map: lent by it, or owned (a clone).
+    #[derive(Debug)]
+    pub(crate) enum Held<'a, V> {
+        /// The loom map never lends (see `read`).
+        #[cfg_attr(loom, allow(dead_code))]
+        Lent(&'a V),
+        Owned(V),
+    }
+
+    impl<V: Clone> Held<'_, V> {
+        /// The value itself, cloned if it was lent.
+        pub(crate) fn into_owned(self) -> V {
+            match self {
+                Held::Lent(value) => value.clone(),
+                Held::Owned(value) => value,
+            }
+        }
+    }
+
+    impl<V: Clone> Clone for Held<'_, V> {
+        fn clone(&self) -> Self {
+            match self {
+                Held::Lent(value) => Held::Lent(value),
+                Held::Owned(value) => Held::Owned(value.clone()),
+            }
+        }
+    }
+
+    impl<V> Deref for Held<'_, V> {
+        type Target = V;
+
+        #[inline]
+        fn deref(&self) -> &V {
+            match self {
+                Held::Lent(value) => value,
+                Held::Owned(value) => value,
+            }
+        }
+    }
+
+    /// The id already in the map that an insert refused.
+    #[derive(Debug, PartialEq, Eq)]
+    pub(crate) struct Duplicate(pub(crate) TokenId);
+
+    /// The concurrent map; `get` and `values` hand out clones and never a guard, so no
+    /// caller can hold a shard lock while the same shard is written (a DashMap deadlock).
     pub(crate) struct Map<V> {
         #[cfg(not(loom))]
-        inner: dashmap::DashMap<TokenId, V>,
+        records: dashmap::DashMap<TokenId, V>,
+        /// Every value ever inserted, at an address that never changes.
+        #[cfg(not(loom))]
+        slots: boxcar::Vec<V>,
+        /// Id to slot in `slots`, replaced whole by each insert.
+        #[cfg(not(loom))]
+        index: arc_swap::ArcSwap<std::collections::HashMap<TokenId, usize>>,
+        /// Serializes inserts: each copies the index, extends it and publishes the copy.
+        #[cfg(not(loom))]
+        writer: std::sync::Mutex<()>,
         #[cfg(loom)]
         inner: loom::sync::RwLock<Vec<(TokenId, V)>>,
     }
@@ -188,31 +254,62 @@ pub(crate) mod map {
     impl<V: Clone> Map<V> {
         pub(crate) fn with_capacity(capacity: usize) -> Self {
             Map {
-                inner: dashmap::DashMap::with_capacity(capacity),
+                records: dashmap::DashMap::with_capacity(capacity),
+                slots: boxcar::Vec::with_capacity(capacity),
+                index: arc_swap::ArcSwap::from_pointee(std::collections::HashMap::new()),
+                writer: std::sync::Mutex::new(()),
             }
         }
 
-        /// A clone of the value; the shard's read lock is released before this returns.
+        /// The value, lent: no lock, no clone, no write to memory other threads read.
         #[inline]
+        pub(crate) fn read(&self, id: &TokenId) -> Option<Held<'_, V>> {
+            // The guard protects only the index; the slot number outlives it, and the slot
+            // is valid for as long as `self` (values are never removed).
+            let slot = *self.index.load().get(id)?;
+            self.slots.get(slot).map(Held::Lent)
+        }
+
+        /// A clone of the value; the shard's read lock is released before this returns.
         pub(crate) fn get(&self, id: &TokenId) -> Option<V> {
-            self.inner.get(id).map(|r| r.value().clone())
+            self.records.get(id).map(|r| r.value().clone())
         }
 
         pub(crate) fn contains(&self, id: &TokenId) -> bool {
-            self.inner.contains_key(id)
+            self.records.contains_key(id)
         }
 
-        pub(crate) fn insert(&self, id: TokenId, value: V) {
-            self.inner.insert(id, value);
+        /// Adds new values, then publishes them to `read` all at once. Stops at the first id
+        /// already present (`Err`); the values before it stay added.
+        pub(crate) fn insert_new(
+            &self,
+            values: impl IntoIterator<Item = (TokenId, V)>,
+        ) -> Result<(), Duplicate> {
+            let _writer = self
+                .writer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut index = std::collections::HashMap::clone(&self.index.load());
+            let mut result = Ok(());
+            for (id, value) in values {
+                if index.contains_key(&id) {
+                    result = Err(Duplicate(id));
+                    break;
+                }
+                index.insert(id, self.slots.push(value.clone()));
+                self.records.insert(id, value);
+            }
+            self.index.store(std::sync::Arc::new(index));
+            result
         }
 
         /// Clones of every value (each shard is read-locked only while it is copied).
         pub(crate) fn values(&self) -> Vec<V> {
-            self.inner.iter().map(|r| r.value().clone()).collect()
+            self.records.iter().map(|r| r.value().clone()).collect()
         }
 
         pub(crate) fn len(&self) -> usize {
-            self.inner.len()
+            self.records.len()
         }
     }
 
@@ -222,6 +319,11 @@ pub(crate) mod map {
             Map {
                 inner: loom::sync::RwLock::new(Vec::with_capacity(capacity)),
             }
+        }
+
+        /// A clone: the loom map cannot lend past its lock.
+        pub(crate) fn read(&self, id: &TokenId) -> Option<Held<'_, V>> {
+            self.get(id).map(Held::Owned)
         }
 
         pub(crate) fn get(&self, id: &TokenId) -> Option<V> {
@@ -236,12 +338,18 @@ pub(crate) mod map {
             self.inner.read().unwrap().iter().any(|(k, _)| k == id)
         }
 
-        pub(crate) fn insert(&self, id: TokenId, value: V) {
+        pub(crate) fn insert_new(
+            &self,
+            values: impl IntoIterator<Item = (TokenId, V)>,
+        ) -> Result<(), Duplicate> {
             let mut entries = self.inner.write().unwrap();
-            match entries.iter_mut().find(|(k, _)| *k == id) {
-                Some(slot) => slot.1 = value,
-                None => entries.push((id, value)),
+            for (id, value) in values {
+                if entries.iter().any(|(k, _)| *k == id) {
+                    return Err(Duplicate(id));
+                }
+                entries.push((id, value));
             }
+            Ok(())
         }
 
         pub(crate) fn values(&self) -> Vec<V> {

@@ -8,9 +8,9 @@ mod common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use common::{scratch, INTERVAL};
+use common::{faulty_store, manual_store, scratch, INTERVAL};
 use tokencache::__fault::{FaultPlan, FaultStep};
-use tokencache::{Clock, Error, ManualClock, NewToken, Rejection, TokenStore};
+use tokencache::{Clock, Error, NewToken, Rejection, TokenStore};
 
 const ENOSPC: i32 = 28;
 const EIO: i32 = 5;
@@ -38,14 +38,7 @@ fn every_write_fault_loses_nothing_and_is_retried_until_it_clears() {
         ] {
             let case = format!("{step:?} failing with {text}");
             let s = scratch();
-            let plan = FaultPlan::default();
-            let clock = ManualClock::default();
-            let store = TokenStore::builder(&s.path)
-                .clock(clock.clone())
-                .flush_interval(INTERVAL)
-                .fault_plan(plan.clone())
-                .open()
-                .unwrap();
+            let (store, clock, plan) = faulty_store(&s.path);
             let used = store.issue(NewToken::new("used")).unwrap();
             let revoked = store.issue(NewToken::new("to-revoke")).unwrap();
             clock.advance(INTERVAL / 2);
@@ -135,13 +128,7 @@ fn every_write_fault_loses_nothing_and_is_retried_until_it_clears() {
 #[test]
 fn flush_and_close_report_a_failed_write() {
     let s = scratch();
-    let plan = FaultPlan::default();
-    let clock = ManualClock::default();
-    let store = TokenStore::builder(&s.path)
-        .clock(clock.clone())
-        .fault_plan(plan.clone())
-        .open()
-        .unwrap();
+    let (store, clock, plan) = faulty_store(&s.path);
     let token = store.issue(NewToken::new("bot")).unwrap();
     clock.advance(INTERVAL / 4);
     store.validate(token.secret()).unwrap();
@@ -193,11 +180,7 @@ fn permissions_are_enforced(dir: &std::path::Path) -> bool {
 #[test]
 fn a_read_only_directory_gives_clear_errors() {
     let s = scratch();
-    let clock = ManualClock::default();
-    let store = TokenStore::builder(&s.path)
-        .clock(clock.clone())
-        .open()
-        .unwrap();
+    let (store, _) = manual_store(&s.path);
     let kept = store.issue(NewToken::new("kept")).unwrap();
     let dir = s.dir.path();
     fs::set_permissions(dir, fs::Permissions::from_mode(0o500)).unwrap();
@@ -232,14 +215,7 @@ fn a_read_only_directory_gives_clear_errors() {
 #[test]
 fn a_failed_revoke_alone_is_retried_by_the_next_tick() {
     let s = scratch();
-    let plan = FaultPlan::default();
-    let clock = ManualClock::default();
-    let store = TokenStore::builder(&s.path)
-        .clock(clock.clone())
-        .flush_interval(INTERVAL)
-        .fault_plan(plan.clone())
-        .open()
-        .unwrap();
+    let (store, clock, plan) = faulty_store(&s.path);
     let token = store.issue(NewToken::new("bot")).unwrap();
     plan.fail(FaultStep::Fsync, EIO);
     store.revoke(&token.id()).unwrap_err();

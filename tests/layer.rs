@@ -21,7 +21,7 @@ use tokencache::{NewToken, RateLimit, TokenLayer, TokenStore, ValidToken};
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
-async fn me(token: ValidToken) -> String {
+async fn me(token: ValidToken<'_>) -> String {
     format!("hello {}", token.name())
 }
 

@@ -9,9 +9,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::{manual_store, scratch, INTERVAL};
-use tokencache::__fault::{FaultPlan, FaultStep};
-use tokencache::{Error, ManualClock, NewToken, RateLimit, Rejection, TokenStore};
+use common::{faulty_store, manual_store, scratch, INTERVAL};
+use tokencache::__fault::FaultStep;
+use tokencache::{Error, NewToken, RateLimit, Rejection, TokenStore};
 
 /// Everything every thread logs, at every level, in this test binary.
 fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
@@ -75,14 +75,7 @@ fn assert_no_secret(what: &str, shown: &[u8], secrets: &[&str]) {
 fn secrets_never_reach_files_debug_display_or_logs() {
     let logs = captured_logs();
     let s = scratch();
-    let plan = FaultPlan::default();
-    let clock = ManualClock::default();
-    let store = TokenStore::builder(&s.path)
-        .clock(clock.clone())
-        .flush_interval(INTERVAL)
-        .fault_plan(plan.clone())
-        .open()
-        .unwrap();
+    let (store, clock, plan) = faulty_store(&s.path);
     let a = store
         .issue(
             NewToken::new("a")

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use tokencache::__fault::FaultPlan;
 use tokencache::{ManualClock, TokenStore};
 
 /// A temp directory and a store path inside it.
@@ -23,13 +24,21 @@ pub const INTERVAL: Duration = Duration::from_secs(60);
 
 /// A store on a manual clock with the default 60 s interval.
 pub fn manual_store(path: &std::path::Path) -> (TokenStore, ManualClock) {
+    let (store, clock, _) = faulty_store(path);
+    (store, clock)
+}
+
+/// Like [`manual_store`], with a fault plan (inert until a test arms it) in the file writer.
+pub fn faulty_store(path: &std::path::Path) -> (TokenStore, ManualClock, FaultPlan) {
     let clock = ManualClock::default();
+    let plan = FaultPlan::default();
     let store = TokenStore::builder(path)
         .clock(clock.clone())
         .flush_interval(INTERVAL)
+        .fault_plan(plan.clone())
         .open()
         .expect("open store");
-    (store, clock)
+    (store, clock, plan)
 }
 
 /// Runs the ignored test `name` of the current test binary in a child process, with
