@@ -1,8 +1,9 @@
 //! # tokencache
 //!
 //! An embeddable API-token store. Tokens live in memory and are validated on every request
-//! with no mutex, no allocation and no I/O (readers only share a map shard's read lock);
-//! everything persists with write-behind to one snapshot file:
+//! with no lock, no allocation and no I/O (it reads a lock-free index and borrows the entry,
+//! so one token validated from many threads scales); everything persists with write-behind
+//! to one snapshot file:
 //!
 //! - `last_used` times reach disk in periodic atomic snapshots (at most one per
 //!   [`flush_interval`](Builder::flush_interval), none while idle), written by one

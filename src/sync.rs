@@ -289,7 +289,9 @@ pub(crate) mod map {
                 .writer
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let values = values.into_iter();
             let mut index = std::collections::HashMap::clone(&self.index.load());
+            index.reserve(values.size_hint().0);
             let mut result = Ok(());
             for (id, value) in values {
                 if index.contains_key(&id) {

@@ -74,7 +74,10 @@ fn validate_allocates_nothing_on_any_path() {
         let refused = store.validate_scope(good.secret(), "admin").unwrap_err();
         assert_eq!(refused, Rejection::MissingScope);
     });
-    assert!(first <= 1, "the first validation on a thread allocated {first} times");
+    assert!(
+        first <= 1,
+        "the first validation on a thread allocated {first} times"
+    );
 
     let mut allocations = 0;
     for round in 0..10_000u64 {

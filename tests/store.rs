@@ -426,3 +426,60 @@ fn last_used_ms(store: &TokenStore, id: &TokenId) -> u64 {
     let info = store.get(id).expect("token exists");
     info.last_used.expect("token was used").timestamp_millis() as u64
 }
+
+/// `validate` reads an index that each issue republishes: a new token validates on any
+/// thread as soon as `issue` returns, while other threads keep validating older tokens
+/// through every republication.
+#[test]
+fn issued_tokens_validate_on_every_thread_as_soon_as_issue_returns() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    let first = store.issue(NewToken::new("first")).unwrap();
+    let stop = AtomicBool::new(false);
+    let reads = AtomicU64::new(0);
+    thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                while !stop.load(Relaxed) {
+                    assert!(store.validate(first.secret()).is_ok());
+                    reads.fetch_add(1, Relaxed);
+                }
+            });
+        }
+        for i in 0..50 {
+            let batch = store
+                .issue_many((0..i % 3 + 1).map(|j| NewToken::new(format!("t{i}-{j}"))))
+                .unwrap();
+            let on_another_thread = thread::scope(|inner| {
+                inner
+                    .spawn(|| batch.iter().all(|t| store.validate(t.secret()).is_ok()))
+                    .join()
+                    .unwrap()
+            });
+            assert!(
+                on_another_thread,
+                "batch {i} did not validate right after issue"
+            );
+        }
+        stop.store(true, Relaxed);
+    });
+    assert!(reads.load(Relaxed) > 0, "the readers never ran");
+    assert_eq!(
+        store.stats().tokens,
+        1 + (0..50).map(|i| i % 3 + 1).sum::<usize>()
+    );
+}
+
+/// A `ValidToken` borrows the store; `into_owned` keeps one past the store's life.
+#[test]
+fn an_owned_valid_token_outlives_its_store() {
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    let issued = store.issue(NewToken::new("kept").scope("read")).unwrap();
+    let owned = store.validate(issued.secret()).unwrap().into_owned();
+    store.close().unwrap();
+    let elsewhere = thread::spawn(move || (owned.name().to_owned(), owned.has_scope("read")));
+    assert_eq!(elsewhere.join().unwrap(), ("kept".to_owned(), true));
+}
