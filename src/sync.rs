@@ -175,7 +175,7 @@ pub(crate) mod channel {
 /// to a slot in an append-only `boxcar::Vec`. A read there takes no lock, writes no shared
 /// memory and lends the value instead of cloning it, so one token read from many threads at
 /// once scales (a DashMap read writes the shard's lock word, and an `Arc` clone its count;
-/// see "Why one hot token does not scale" in docs/BENCHMARKS.md). Values are never removed,
+/// see "One hot token" in docs/BENCHMARKS.md). Values are never removed,
 /// so a lent value lives as long as the map. Each insert republishes the index (O(n)), like
 /// the full snapshot every insert is part of.
 ///
@@ -191,7 +191,7 @@ pub(crate) mod map {
     /// A value read from the map: lent by it, or owned (a clone).
     #[derive(Debug)]
     pub(crate) enum Held<'a, V> {
-        /// The loom map never lends (see `read`).
+        /// Borrowed from the map (never under loom, whose map cannot lend past its lock).
         #[cfg_attr(loom, allow(dead_code))]
         Lent(&'a V),
         Owned(V),
