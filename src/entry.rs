@@ -71,17 +71,17 @@ impl Entry {
     }
 
     /// An entry as loaded from a snapshot (with its checked rate limit): clean, and in step
-    /// with the file.
-    pub(crate) fn from_record(
-        record: &Record,
-        id: TokenId,
-        rate_limit: Option<RateLimit>,
-    ) -> Entry {
+    /// with the file. Takes the record to keep its decoded name without copying it.
+    pub(crate) fn from_record(record: Record, id: TokenId, rate_limit: Option<RateLimit>) -> Entry {
         let entry = Entry::new(
             id,
             record.digest,
-            record.name.as_str().into(),
-            record.scopes.iter().map(|s| s.as_str().into()).collect(),
+            record.name.into_boxed_str(),
+            record
+                .scopes
+                .into_iter()
+                .map(String::into_boxed_str)
+                .collect(),
             record.created_at,
             record.expires_at,
             rate_limit,

@@ -51,7 +51,7 @@ pub(crate) struct Record {
     pub(crate) expires_at: Option<u64>,
     pub(crate) revoked_at: Option<u64>,
     pub(crate) last_used: Option<u64>,
-    /// Reserved for per-token rate limits; `None` until they land.
+    /// The token's rate limit, if it has one.
     pub(crate) rate_limit: Option<RateLimitRecord>,
 }
 

@@ -452,7 +452,7 @@ impl Builder {
             Some(body) => {
                 let corrupt = |problem: Problem| DecodeError::from(problem).at(&path);
                 let mut entries = Vec::with_capacity(records);
-                for record in &body.records {
+                for record in body.records {
                     let id = TokenId::from_bytes(record.id).ok_or_else(|| {
                         corrupt(Problem::BadId(String::from_utf8_lossy(&record.id).into()))
                     })?;
