@@ -12,7 +12,7 @@
 //! - `open/1M`: open a 1M-token store (closing it is not timed).
 //! - `issue/{1,8}_callers`: `issue` from 1 and from 8 concurrent callers (group commit).
 //!
-//! `cargo bench --bench store` (about 6 minutes); one group: `cargo bench --bench store -- hot_token`.
+//! `cargo bench --bench store` (about 5 minutes); one group: `cargo bench --bench store -- hot_token`.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -147,9 +147,10 @@ fn hot_token(c: &mut Criterion) {
     store.close().expect("close");
 }
 
-/// Why one hot token does not scale: the two shared read-modify-writes `validate` does on
-/// it, a `DashMap` shard read lock and the `Arc<Entry>` clone that `ValidToken` owns, each
-/// alone and without the other (an `arc-swap`ed `HashMap` as the lock-free read index).
+/// Why a hot token did not scale when `validate` read the DashMap: the two shared
+/// read-modify-writes that lookup made, a shard read lock and the `Arc<Entry>` clone an
+/// owned `ValidToken` held, each alone and without the other (an `arc-swap`ed `HashMap` is
+/// the lock-free index; its no-clone row is what `validate` does now).
 fn hot_key_anatomy(c: &mut Criterion) {
     let locked: DashMap<u64, Arc<[u64; 8]>> = DashMap::new();
     let mut plain = HashMap::new();
