@@ -49,7 +49,8 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// The hot path. No allocation, no lock, no I/O, and no write to memory another thread
-    /// reads except `last_used` (at most once per millisecond per token).
+    /// reads except `last_used` (at most once per millisecond per token) and a rate-limited
+    /// token's limiter word.
     #[inline]
     fn check(&self, token: &str, scope: Option<&str>) -> Result<ValidToken<'_>, Rejection> {
         let id = token::parse(token).ok_or(Rejection::Malformed)?;

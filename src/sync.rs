@@ -189,7 +189,6 @@ pub(crate) mod map {
     use crate::token::TokenId;
 
     /// A value read from the map: lent by it, or owned (a clone).
-    #[derive(Debug)]
     pub(crate) enum Held<'a, V> {
         /// Borrowed from the map (never under loom, whose map cannot lend past its lock).
         #[cfg_attr(loom, allow(dead_code))]

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tokencache::__fault::FaultPlan;
-use tokencache::{ManualClock, TokenStore};
+use tokencache::{Builder, ManualClock, TokenStore};
 
 /// A temp directory and a store path inside it.
 pub struct Scratch {
@@ -22,22 +22,26 @@ pub fn scratch() -> Scratch {
 
 pub const INTERVAL: Duration = Duration::from_secs(60);
 
+/// A builder for a store on a manual clock with the default 60 s interval.
+fn manual_builder(path: &std::path::Path) -> (Builder, ManualClock) {
+    let clock = ManualClock::default();
+    let builder = TokenStore::builder(path)
+        .clock(clock.clone())
+        .flush_interval(INTERVAL);
+    (builder, clock)
+}
+
 /// A store on a manual clock with the default 60 s interval.
 pub fn manual_store(path: &std::path::Path) -> (TokenStore, ManualClock) {
-    let (store, clock, _) = faulty_store(path);
-    (store, clock)
+    let (builder, clock) = manual_builder(path);
+    (builder.open().expect("open store"), clock)
 }
 
 /// Like [`manual_store`], with a fault plan (inert until a test arms it) in the file writer.
 pub fn faulty_store(path: &std::path::Path) -> (TokenStore, ManualClock, FaultPlan) {
-    let clock = ManualClock::default();
+    let (builder, clock) = manual_builder(path);
     let plan = FaultPlan::default();
-    let store = TokenStore::builder(path)
-        .clock(clock.clone())
-        .flush_interval(INTERVAL)
-        .fault_plan(plan.clone())
-        .open()
-        .expect("open store");
+    let store = builder.fault_plan(plan.clone()).open().expect("open store");
     (store, clock, plan)
 }
 
