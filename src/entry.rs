@@ -5,8 +5,10 @@
 //! A snapshot clears the flag *before* reading `last_used`, so a validation racing it either
 //! lands in this snapshot or re-dirties the entry for the next one: no update is lost.
 
+use std::collections::HashSet;
+
 use crate::rate_limit::{Gcra, RateLimit};
-use crate::snapshot::Record;
+use crate::snapshot::{Problem, Record};
 use crate::sync::{AtomicBool, AtomicU64, Mutex, Ordering};
 use crate::token::{Digest, TokenId};
 
@@ -234,6 +236,30 @@ impl Entry {
             rate_limit: self.rate_limit().map(RateLimit::to_record),
         }
     }
+}
+
+/// The entries a store file's records describe, each record checked as `open` and
+/// `inspect` check it: a valid id, no id twice, a rate limit this build can enforce.
+/// Takes the records to keep their decoded names without copying them.
+pub(crate) fn load(records: Vec<Record>) -> Result<Vec<Entry>, Problem> {
+    let mut seen = HashSet::with_capacity(records.len());
+    let mut entries = Vec::with_capacity(records.len());
+    for record in records {
+        let id = TokenId::from_bytes(record.id)
+            .ok_or_else(|| Problem::BadId(String::from_utf8_lossy(&record.id).into()))?;
+        if !seen.insert(id) {
+            return Err(Problem::DuplicateId(id.to_string()));
+        }
+        let rate_limit = match &record.rate_limit {
+            None => None,
+            Some(stored) => Some(
+                RateLimit::from_record(stored)
+                    .ok_or_else(|| Problem::BadRateLimit(id.to_string()))?,
+            ),
+        };
+        entries.push(Entry::from_record(record, id, rate_limit));
+    }
+    Ok(entries)
 }
 
 fn nonzero(ms: u64) -> Option<u64> {

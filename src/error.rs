@@ -64,6 +64,34 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// The store path is a symlink to nothing. No store was created at its target.
+    #[error("store path {} is a symlink to {}, which does not exist; fix the link or give the path of an existing store", path.display(), target.display())]
+    DanglingLink {
+        /// The path given to `open`.
+        path: PathBuf,
+        /// Where the link points.
+        target: PathBuf,
+    },
+
+    /// The store file may be written by group or others, so anyone among them could add a
+    /// token; it is not trusted. It was not changed.
+    #[error("store file {} is writable by group or others (mode {mode:04o}), so anyone who can write it could add tokens; run `chmod go-w {}` and open it again", path.display(), path.display())]
+    LoosePermissions {
+        /// The store file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+
+    /// The store's persister thread stopped unexpectedly (it panicked: a bug, or a panic
+    /// in a user `Clock`; the log has the panic message). Nothing more can be written, and
+    /// changes not yet acknowledged were not made durable.
+    #[error("the persister thread of token store {} died, so nothing more can be written to it; see the log for its panic, then open the store again", path.display())]
+    PersisterDied {
+        /// The store file.
+        path: PathBuf,
+    },
+
     /// No token has this id.
     #[error("no token has id {0}; `list` shows the ids this store holds")]
     UnknownId(TokenId),

@@ -36,6 +36,8 @@
 mod clock;
 mod entry;
 mod error;
+mod file;
+mod inspect;
 #[cfg(feature = "tower")]
 mod layer;
 mod persist;
@@ -48,13 +50,14 @@ mod token;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Rejection};
+pub use inspect::{inspect, SnapshotInfo};
 #[cfg(feature = "axum")]
 pub use layer::MissingTokenLayer;
 #[cfg(feature = "tower")]
 pub use layer::{ResponseFuture, TokenLayer, TokenService};
 pub use persist::Timer;
 pub use rate_limit::{RateLimit, RateLimitError, MAX_BURST};
-pub use snapshot::{inspect, SnapshotInfo, FORMAT_VERSION};
+pub use snapshot::FORMAT_VERSION;
 pub use stats::{Rejections, Stats};
 pub use store::{Builder, NewToken, TokenInfo, TokenStore, ValidToken, DEFAULT_FLUSH_INTERVAL};
 pub use token::{IssuedToken, ParseIdError, TokenId, PREFIX, TOKEN_LEN};
@@ -63,13 +66,13 @@ pub use token::{IssuedToken, ParseIdError, TokenId, PREFIX, TOKEN_LEN};
 /// in the file-writing code, inert unless a test passes a plan to `Builder::fault_plan`.
 #[doc(hidden)]
 pub mod __fault {
-    pub use crate::snapshot::{FaultPlan, FaultStep};
+    pub use crate::file::{FaultPlan, FaultStep};
 }
 
 /// Entry points for `fuzz/` (cargo-fuzz targets); not a public API.
 #[doc(hidden)]
 pub mod __fuzz {
-    use crate::rate_limit::RateLimit;
+    use crate::entry;
     use crate::snapshot;
     use crate::token::{self, TokenId};
 
@@ -84,21 +87,12 @@ pub mod __fuzz {
         snapshot::frame(body)
     }
 
-    /// Checks a store file image as `open` does (header, checksums, body, every record's id
-    /// and rate limit). `Ok(tokens)` if it would open; `Err` says why not.
+    /// Checks a store file image as `open` does (header, checksums, body, every record's id,
+    /// uniqueness and rate limit). `Ok(tokens)` if it would open; `Err` says why not.
     pub fn check_snapshot(bytes: &[u8]) -> Result<usize, String> {
         let body = snapshot::decode(bytes).map_err(|e| format!("{e:?}"))?;
-        for record in &body.records {
-            if TokenId::from_bytes(record.id).is_none() {
-                return Err("an invalid token id".into());
-            }
-            if let Some(limit) = &record.rate_limit {
-                if RateLimit::from_record(limit).is_none() {
-                    return Err("a rate limit this version cannot enforce".into());
-                }
-            }
-        }
-        Ok(body.records.len())
+        let entries = entry::load(body.records).map_err(|e| e.to_string())?;
+        Ok(entries.len())
     }
 }
 

@@ -8,17 +8,18 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::io;
+use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::entry::Entry;
 use crate::error::Error;
+use crate::file::{self, FaultPlan, WriteError};
 use crate::rate_limit::RateLimit;
 use crate::snapshot::{self, Body, Record};
 use crate::store::Shared;
 use crate::sync::channel::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
-use crate::sync::{Arc, Ordering, RwLock};
+use crate::sync::{thread, Arc, Ordering, RwLock};
 use crate::token::TokenId;
 
 /// A caller's reply channel.
@@ -46,7 +47,7 @@ pub(crate) enum Message {
 /// file-writing code is the only place a test may inject a fault.
 pub(crate) trait Sink: Send + 'static {
     /// Writes `body` durably and returns the bytes written.
-    fn write(&mut self, body: &Body) -> io::Result<u64>;
+    fn write(&mut self, body: &Body) -> Result<u64, WriteError>;
     /// The path to name in errors.
     fn path(&self) -> PathBuf;
 }
@@ -55,13 +56,13 @@ pub(crate) trait Sink: Send + 'static {
 pub(crate) struct FileSink {
     pub(crate) path: PathBuf,
     /// The test seam for write faults; always `None` unless a test set one.
-    pub(crate) faults: Option<snapshot::FaultPlan>,
+    pub(crate) faults: Option<FaultPlan>,
 }
 
 impl Sink for FileSink {
-    fn write(&mut self, body: &Body) -> io::Result<u64> {
+    fn write(&mut self, body: &Body) -> Result<u64, WriteError> {
         let image = snapshot::encode(body);
-        snapshot::write_atomic(&self.path, &image, self.faults.as_ref())?;
+        file::write_atomic(&self.path, &image, self.faults.as_ref())?;
         Ok(image.len() as u64)
     }
 
@@ -137,12 +138,12 @@ impl Recorder {
 
 #[cfg(loom)]
 impl Sink for Recorder {
-    fn write(&mut self, body: &Body) -> io::Result<u64> {
+    fn write(&mut self, body: &Body) -> Result<u64, WriteError> {
         let tokens = body.records.iter().map(|r| {
-            let id = TokenId::from_bytes(r.id).ok_or(io::ErrorKind::InvalidData)?;
+            let id = TokenId::from_bytes(r.id).ok_or(std::io::ErrorKind::InvalidData)?;
             Ok((id, r.last_used, r.revoked_at))
         });
-        let tokens = tokens.collect::<io::Result<Vec<_>>>()?;
+        let tokens = tokens.collect::<std::io::Result<Vec<_>>>()?;
         self.written
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -155,36 +156,60 @@ impl Sink for Recorder {
     }
 }
 
-/// The persister's inbox: its channel, and a gate that shuts for good at shutdown.
+/// The persister's inbox: its channel, and a gate that shuts for good at shutdown or when
+/// the persister dies.
 ///
 /// Requests (`issue`, `revoke`, `flush`, ticks) are queued under the gate's read lock, and
 /// `Shutdown` only after the gate is shut under its write lock, so no request is ever queued
 /// behind `Shutdown`. One that were would never be answered: the persister stops after the
-/// batch holding `Shutdown`, and crossbeam drops queued messages (with their reply senders)
-/// only once every sender is gone, so its caller would wait forever (found by loom's
-/// `close_racing_validation_and_issue_loses_no_acknowledged_change`).
+/// batch holding `Shutdown`, and a crossbeam array channel keeps queued messages (with their
+/// reply senders) until every sender is gone, so its caller would wait forever. loom's
+/// `close_racing_validation_and_issue_loses_no_acknowledged_change` checks this.
 pub(crate) struct Inbox {
     tx: Sender<Message>,
-    shut: RwLock<bool>,
+    gate: RwLock<Gate>,
+}
+
+/// Whether the inbox takes requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    Open,
+    /// The store is closing or closed.
+    Shut,
+    /// The persister thread panicked.
+    Dead,
+}
+
+/// Why a request was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The store was closed.
+    Closed,
+    /// The persister thread died.
+    Dead,
 }
 
 impl Inbox {
     pub(crate) fn new(tx: Sender<Message>) -> Inbox {
         Inbox {
             tx,
-            shut: RwLock::new(false),
+            gate: RwLock::new(Gate::Open),
         }
     }
 
-    /// Queues a request for the persister; `false` once the store is shutting down.
-    pub(crate) fn request(&self, message: Message) -> bool {
+    /// Queues a request for the persister, unless the store is closing or its persister died.
+    pub(crate) fn request(&self, message: Message) -> Result<(), Refused> {
         // Planted bug (loom twin only): a request that bypasses the gate can be stranded.
         #[cfg(loom)]
         if crate::sync::bug::planted(crate::sync::bug::Bug::UngatedRequests) {
-            return self.tx.send(message).is_ok();
+            return self.tx.send(message).map_err(|_| Refused::Closed);
         }
-        let shut = self.shut.read().unwrap_or_else(|e| e.into_inner());
-        !*shut && self.tx.send(message).is_ok()
+        let gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        match *gate {
+            Gate::Open => self.tx.send(message).map_err(|_| Refused::Dead),
+            Gate::Shut => Err(Refused::Closed),
+            Gate::Dead => Err(Refused::Dead),
+        }
     }
 
     /// Queues a dirty id without blocking. No gate: it carries no reply to lose.
@@ -194,10 +219,33 @@ impl Inbox {
     }
 
     /// Shuts the gate, then queues `shutdown` behind every request already queued.
-    /// Returns `false` if the persister is already gone.
-    pub(crate) fn shut(&self, shutdown: Message) -> bool {
-        *self.shut.write().unwrap_or_else(|e| e.into_inner()) = true;
-        self.tx.send(shutdown).is_ok()
+    /// `Err` if the persister is already gone (it died).
+    pub(crate) fn shut(&self, shutdown: Message) -> Result<(), Refused> {
+        let mut gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        if *gate == Gate::Dead {
+            return Err(Refused::Dead);
+        }
+        *gate = Gate::Shut;
+        self.tx.send(shutdown).map_err(|_| Refused::Dead)
+    }
+
+    /// Called by a persister that panicked, before it lets go of `rx`: shuts the gate for
+    /// good and drops every queued message, so each waiting caller's reply channel closes
+    /// and it returns an error instead of waiting forever.
+    ///
+    /// A request may be blocked in `send` on a full channel while it holds the gate's read
+    /// lock, so this drains before each try for the write lock: the drain makes room, the
+    /// sender finishes and lets go.
+    fn die(&self, rx: &Receiver<Message>) {
+        loop {
+            while rx.try_recv().is_ok() {}
+            if let Ok(mut gate) = self.gate.try_write() {
+                *gate = Gate::Dead;
+                break;
+            }
+            thread::yield_now();
+        }
+        while rx.try_recv().is_ok() {}
     }
 }
 
@@ -216,7 +264,7 @@ impl Timer {
     /// has. Returns `false` once the store is closed: the timer can then be dropped.
     pub fn fire(&self) -> bool {
         let (tx, rx) = channel::bounded(1);
-        self.inbox.request(Message::Tick(tx)) && rx.recv().is_ok()
+        self.inbox.request(Message::Tick(tx)).is_ok() && rx.recv().is_ok()
     }
 }
 
@@ -303,8 +351,24 @@ impl Persister {
         }
     }
 
-    /// Handles messages until shutdown (or until every sender is gone).
+    /// The thread's body: handles messages until shutdown (or until every sender is gone).
+    /// If handling panics (a bug, or a panicking user `Clock`), the inbox is shut for good
+    /// and every waiting caller gets [`Error::PersisterDied`], none is left blocked.
     pub(crate) fn run(mut self) {
+        let served = panic::catch_unwind(AssertUnwindSafe(|| self.serve()));
+        if let Err(panic) = served {
+            let message = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("a panic without a message");
+            tracing::error!(file = %self.sink.path().display(), panic = message, "the persister thread panicked; the store can no longer write, and every change now fails");
+            self.shared.inbox.die(&self.rx);
+        }
+    }
+
+    /// The message loop.
+    fn serve(&mut self) {
         loop {
             let mut batch = Batch::default();
             match self.rx.recv_timeout(self.wait()) {
@@ -503,35 +567,67 @@ impl Persister {
         self.last_attempt_ms = now;
         match self.sink.write(&body) {
             Ok(bytes) => {
-                for (entry, lu) in entries.iter().zip(taken) {
-                    entry.mark_persisted(lu);
-                }
-                let added = self.shared.map.insert_new(
-                    issues
-                        .iter()
-                        .flat_map(|(new, _)| new)
-                        .map(|entry| (entry.id, entry.clone())),
-                );
-                // `refuse_collisions` kept only ids that are not in the map.
-                debug_assert!(added.is_ok(), "refuse_collisions let a taken id through");
-                self.dirty = false;
-                self.definitions_pending = false;
-                self.shared.counters.record_write(bytes, now);
+                self.written(&entries, taken, issues, bytes, now);
                 Ok(())
             }
-            Err(e) => {
+            Err(WriteError {
+                error,
+                replaced: Some(bytes),
+            }) => {
+                // The new file is the store file: memory takes what it holds, so a restart
+                // brings back nothing memory lacks. Its rename may not survive a power loss,
+                // so the callers hear the error, and the next due tick writes again.
+                self.written(&entries, taken, issues, bytes, now);
+                self.definitions_pending = true;
+                Err(self.failed(error, "the snapshot replaced the store file, but syncing its directory failed; will write again at the next tick"))
+            }
+            Err(WriteError {
+                error,
+                replaced: None,
+            }) => {
                 // Nothing is lost: every entry whose last_used is not on disk stays dirty,
                 // and the next tick retries.
                 for entry in entries.iter().filter(|e| e.unsaved()) {
                     entry.mark_dirty();
                 }
                 self.dirty = true;
-                let path = self.sink.path();
-                tracing::error!(file = %path.display(), error = %e, "snapshot write failed; will retry at the next tick");
-                let error = Error::io("write a snapshot to", path, e);
-                self.shared.counters.record_error(error.to_string());
-                Err(error)
+                Err(self.failed(error, "snapshot write failed; will retry at the next tick"))
             }
         }
+    }
+
+    /// After the store file took a snapshot of `entries` (with `last_used` as `taken`) and
+    /// the new entries of `issues`: memory says so.
+    fn written(
+        &mut self,
+        entries: &[Arc<Entry>],
+        taken: Vec<u64>,
+        issues: &[(Vec<Arc<Entry>>, Reply)],
+        bytes: u64,
+        now: u64,
+    ) {
+        for (entry, lu) in entries.iter().zip(taken) {
+            entry.mark_persisted(lu);
+        }
+        let added = self.shared.map.insert_new(
+            issues
+                .iter()
+                .flat_map(|(new, _)| new)
+                .map(|entry| (entry.id, entry.clone())),
+        );
+        // `refuse_collisions` kept only ids that are not in the map.
+        debug_assert!(added.is_ok(), "refuse_collisions let a taken id through");
+        self.dirty = false;
+        self.definitions_pending = false;
+        self.shared.counters.record_write(bytes, now);
+    }
+
+    /// Logs and counts a failed write; the error to give the callers.
+    fn failed(&self, error: std::io::Error, what: &'static str) -> Error {
+        let path = self.sink.path();
+        tracing::error!(file = %path.display(), error = %error, "{what}");
+        let error = Error::io("write a snapshot to", path, error);
+        self.shared.counters.record_error(error.to_string());
+        error
     }
 }

@@ -103,16 +103,24 @@ impl RateLimit {
     }
 
     /// The steady-state spacing of requests, `period / count`, in whole nanoseconds
-    /// (rounded down, so a limit never admits fewer than it promises). Zero if `count` is 0.
+    /// (rounded down, so a limit never admits fewer than it promises). Zero if `count` is 0;
+    /// saturates at `u64::MAX` ns for a period too long to count in nanoseconds.
     pub const fn emission_interval(&self) -> Duration {
-        Duration::from_nanos(self.interval_ns())
+        let ns = self.interval_ns();
+        Duration::from_nanos(if ns > u64::MAX as u128 {
+            u64::MAX
+        } else {
+            ns as u64
+        })
     }
 
-    const fn interval_ns(&self) -> u64 {
+    /// `period / count` in ns. In `u128` because any `period_ms` may come from a file, and
+    /// `u64::MAX` ms is 1.8e25 ns: no product here can overflow.
+    const fn interval_ns(&self) -> u128 {
         if self.count == 0 {
             return 0;
         }
-        self.period_ms * NANOS_PER_MS / self.count as u64
+        self.period_ms as u128 * NANOS_PER_MS as u128 / self.count as u128
     }
 
     /// Whether this limit can be enforced; `issue` and `set_rate_limit` refuse it otherwise.
@@ -131,7 +139,7 @@ impl RateLimit {
         if interval == 0 {
             return Err(RateLimitError::TooFast(*self));
         }
-        if interval > MAX_INTERVAL_NS {
+        if interval > MAX_INTERVAL_NS as u128 {
             return Err(RateLimitError::TooSlow(*self));
         }
         Ok(())
@@ -139,8 +147,10 @@ impl RateLimit {
 
     /// The limit packed into one word for the hot path: emission interval (ns) in the high
     /// 42 bits, burst in the low 22. Never 0 for a checked limit; 0 means "unlimited".
+    /// Only for a limit that passed [`check`](Self::check), which bounds the interval by
+    /// [`MAX_INTERVAL_NS`] so the cast and the shift lose no bits.
     fn pack(&self) -> u64 {
-        (self.interval_ns() << BURST_BITS) | (u64::from(self.burst_size()) & BURST_MASK)
+        ((self.interval_ns() as u64) << BURST_BITS) | (u64::from(self.burst_size()) & BURST_MASK)
     }
 
     /// The snapshot form.
@@ -285,8 +295,9 @@ impl Gcra {
     }
 
     /// Admits or refuses one request at `now_ms`; on refusal, returns the exact wait until
-    /// one would be admitted. A refusal writes nothing. An unlimited token costs one load and
-    /// one branch.
+    /// one would be admitted, never more than one emission interval. A refusal writes
+    /// nothing, unless the wall clock was stepped back (see [`ceiling`]). An unlimited token
+    /// costs one load and one branch.
     #[inline]
     pub fn check(&self, now_ms: u64) -> Result<(), Duration> {
         // Acquire: pairs with the Release store in `set` (a validation that starts after
@@ -302,6 +313,21 @@ impl Gcra {
         // modification order, so admissions form one chain.
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
+            let highest = ceiling(limit, now);
+            if tat > highest {
+                // The clock was stepped back: repair the state, then decide on it. This is
+                // the only write a refusal can make.
+                match self.tat.compare_exchange_weak(
+                    tat,
+                    highest,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => tat = highest,
+                    Err(current) => tat = current,
+                }
+                continue;
+            }
             let next = decide(limit, tat, now).map_err(Duration::from_nanos)?;
             match self
                 .tat
@@ -335,6 +361,8 @@ impl Gcra {
 /// With emission interval `T` and burst `b`, a request at `now` is admitted when
 /// `max(tat, now) + T - b·T <= now`, and then the TAT becomes `max(tat, now) + T`. From a
 /// fresh state (`tat <= now`) that admits exactly `b` requests at once, then one per `T`.
+///
+/// Clock steps are [`ceiling`]'s concern: `check` repairs a TAT above it first.
 #[inline]
 fn decide(limit: u64, tat: u64, now: u64) -> Result<u64, u64> {
     let interval = limit >> BURST_BITS;
@@ -346,6 +374,22 @@ fn decide(limit: u64, tat: u64, now: u64) -> Result<u64, u64> {
     } else {
         Ok(next)
     }
+}
+
+/// The highest TAT a clock that never goes back can leave at `now`: `now + b·T` (an
+/// admission at `t` leaves `tat <= t + b·T`). A TAT above it means the wall clock was
+/// stepped back (NTP); `check` lowers it to this, which reads as "burst spent as of now",
+/// so the wait is at most one `T` instead of the size of the step. The repaired state is
+/// refused like the one it replaces, so the repair itself admits nothing. A step forward
+/// reads as a quiet spell and refills the burst, as GCRA always does.
+///
+/// A validation that read the clock and was then preempted looks like a small step back
+/// and may lower the TAT by as long as it was delayed; that can admit the next request as
+/// much earlier.
+#[inline]
+fn ceiling(limit: u64, now: u64) -> u64 {
+    let tolerance = (limit >> BURST_BITS).saturating_mul(limit & BURST_MASK);
+    now.saturating_add(tolerance)
 }
 
 #[cfg(all(test, not(loom)))]
@@ -471,7 +515,7 @@ mod tests {
             .issue(crate::NewToken::new("bot").rate_limit(RateLimit::per_second(5)))
             .unwrap();
         store.close().unwrap();
-        let mut body = crate::snapshot::read(&path).unwrap().unwrap().0;
+        let mut body = crate::snapshot::decode(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(
             body.records[0].rate_limit,
             Some(RateLimitRecord {
@@ -493,6 +537,100 @@ mod tests {
             "{error}"
         );
         assert_eq!(std::fs::read(&path).unwrap(), image, "left untouched");
+    }
+
+    #[test]
+    fn a_clock_stepped_back_refuses_for_at_most_one_interval() {
+        let gcra = Gcra::new(Some(RateLimit::per_second(10)));
+        for _ in 0..10 {
+            assert_eq!(gcra.check(T0), Ok(()));
+        }
+        assert_eq!(gcra.check(T0), Err(Duration::from_millis(100)));
+        let back = T0 - 3_600_000;
+        assert_eq!(gcra.check(back), Err(Duration::from_millis(100)));
+        assert_eq!(gcra.check(back + 99), Err(Duration::from_millis(1)));
+        assert_eq!(gcra.check(back + 100), Ok(()));
+        // And then one per interval again, never a burst the step did not earn.
+        assert_eq!(gcra.check(back + 100), Err(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn a_period_too_long_for_nanoseconds_is_refused_not_wrapped() {
+        // 2^64 ns is about 1.8e13 ms: every period from there on overflowed a u64 product.
+        for period_ms in [18_446_744_073_710, u64::MAX / 1_000_000 + 1, u64::MAX] {
+            for count in [1, 7] {
+                let record = RateLimitRecord {
+                    period_ms,
+                    count,
+                    burst: 1,
+                };
+                assert_eq!(RateLimit::from_record(&record), None, "{record:?}");
+                let limit = RateLimit {
+                    period_ms,
+                    count,
+                    burst: 1,
+                };
+                assert!(matches!(limit.check(), Err(RateLimitError::TooSlow(_))));
+                assert!(limit.emission_interval() > Duration::from_secs(3600));
+            }
+        }
+        // Such a period with a huge count is a slow but honest limit: exact, not wrapped.
+        let record = RateLimitRecord {
+            period_ms: 18_446_744_073_710,
+            count: u32::MAX,
+            burst: 1,
+        };
+        let limit = RateLimit::from_record(&record).expect("one request per 4.3 s");
+        assert_eq!(
+            limit.emission_interval(),
+            Duration::from_nanos(
+                (18_446_744_073_710u128 * 1_000_000 / u128::from(u32::MAX)) as u64
+            )
+        );
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any stored limit either is refused or packs into a word that unpacks to its
+            /// own interval and burst: `from_record` is total and never wraps.
+            #[test]
+            fn from_record_refuses_or_round_trips(
+                period_ms in any::<u64>(),
+                count in any::<u32>(),
+                burst in any::<u32>(),
+            ) {
+                let record = RateLimitRecord { period_ms, count, burst };
+                if let Some(limit) = RateLimit::from_record(&record) {
+                    let packed = limit.pack();
+                    prop_assert_eq!(packed & BURST_MASK, u64::from(burst));
+                    prop_assert_eq!(
+                        u128::from(packed >> BURST_BITS),
+                        u128::from(period_ms) * 1_000_000 / u128::from(count)
+                    );
+                    prop_assert_eq!(limit.to_record(), record);
+                }
+            }
+
+            /// Whatever the clock does, a refusal never asks for more than one emission
+            /// interval beyond what the burst allows from `now`.
+            #[test]
+            fn no_clock_step_makes_a_wait_longer_than_the_limit_allows(
+                steps in proptest::collection::vec(-4_000_000i64..4_000_000, 1..40),
+            ) {
+                let limit = RateLimit::per_second(10).burst(3);
+                let gcra = Gcra::new(Some(limit));
+                let mut now = T0;
+                for step in steps {
+                    now = now.saturating_add_signed(step);
+                    if let Err(wait) = gcra.check(now) {
+                        prop_assert!(wait <= limit.emission_interval(), "{wait:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -15,9 +15,7 @@
 //! A file is trusted only when every field checks out; otherwise `open` fails naming the
 //! problem and the file is left exactly as it was.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -61,26 +59,6 @@ pub(crate) struct RateLimitRecord {
     pub(crate) period_ms: u64,
     pub(crate) count: u32,
     pub(crate) burst: u32,
-}
-
-/// What [`inspect`](crate::inspect) reads from a store file's header and body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SnapshotInfo {
-    /// The file's format version.
-    pub version: u32,
-    /// The whole file's size in bytes.
-    pub file_len: u64,
-    /// The body's size in bytes.
-    pub body_len: u64,
-    /// The body's CRC32.
-    pub body_crc: u32,
-    /// When the snapshot was written, Unix ms.
-    pub written_at_ms: u64,
-    /// Tokens in the file, revoked ones included.
-    pub tokens: usize,
-    /// Revoked tokens in the file.
-    pub revoked: usize,
 }
 
 /// Encodes a body into a complete file image (header + body).
@@ -141,48 +119,69 @@ pub(crate) enum Problem {
     BadRateLimit(String),
 }
 
-/// Decodes and checks a file image. Errors say what is wrong; the caller names the file.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
-    let len = bytes.len() as u64;
+/// Checks a header (the first [`HEADER_LEN`] bytes, or fewer if the file is shorter) of a
+/// file of `file_len` bytes: magic, header checksum, version, flags, and that the body
+/// length it gives is exactly what the file holds. So a reader knows the file's true size
+/// before it reads (or allocates for) the body.
+pub(crate) fn check_header(bytes: &[u8], file_len: u64) -> Result<(), DecodeError> {
     let magic_len = bytes.len().min(MAGIC.len());
     if bytes[..magic_len] != MAGIC[..magic_len] {
         return Err(Problem::Foreign.into());
     }
     if bytes.len() < HEADER_LEN {
         return Err(Problem::Truncated {
-            len,
+            len: file_len,
             expected: HEADER_LEN as u64,
         }
         .into());
     }
-    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-    if crc32fast::hash(&bytes[..28]) != u32_at(28) {
+    if crc32fast::hash(&bytes[..28]) != u32_at(bytes, 28) {
         return Err(Problem::HeaderChecksum.into());
     }
-    let version = u32_at(8);
+    let version = u32_at(bytes, 8);
     if version > FORMAT_VERSION {
         return Err(DecodeError::FutureVersion(version));
     }
     if version == 0 {
         return Err(Problem::BadVersion(version).into());
     }
-    let flags = u32_at(12);
+    let flags = u32_at(bytes, 12);
     if flags != 0 {
         return Err(Problem::UnknownFlags(flags).into());
     }
     let body_len = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
     let expected = (HEADER_LEN as u64).saturating_add(body_len);
-    if len < expected {
-        return Err(Problem::Truncated { len, expected }.into());
-    }
-    if len > expected {
-        return Err(Problem::TrailingBytes {
-            extra: len - expected,
+    if file_len < expected {
+        return Err(Problem::Truncated {
+            len: file_len,
+            expected,
         }
         .into());
     }
+    if file_len > expected {
+        return Err(Problem::TrailingBytes {
+            extra: file_len - expected,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// The little-endian `u32` at `at` of a checked-length header.
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// The format version a file image's header states (its bytes 8..12), if it has them.
+pub(crate) fn version_of(bytes: &[u8]) -> Option<u32> {
+    (bytes.len() >= HEADER_LEN).then(|| u32_at(bytes, 8))
+}
+
+/// Decodes and checks a file image. Errors say what is wrong; the caller names the file.
+pub(crate) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
+    check_header(bytes, bytes.len() as u64)?;
     let body = &bytes[HEADER_LEN..];
-    if crc32fast::hash(body) != u32_at(24) {
+    if crc32fast::hash(body) != u32_at(bytes, 24) {
         return Err(Problem::BodyChecksum.into());
     }
     let (decoded, used) = decode_body(body).map_err(|e| Problem::Undecodable(e.to_string()))?;
@@ -248,184 +247,6 @@ impl DecodeError {
             },
         }
     }
-}
-
-/// Reads and checks the store file at `path`. `Ok(None)` if there is no file.
-pub(crate) fn read(path: &Path) -> Result<Option<(Body, u64)>, Error> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("read the store file", path, e)),
-    };
-    let body = decode(&bytes).map_err(|e| e.at(path))?;
-    Ok(Some((body, bytes.len() as u64)))
-}
-
-/// Reads a store file's header and counts its tokens, without opening the store (and so
-/// without taking its lock): safe to run beside a live service.
-pub fn inspect(path: impl AsRef<Path>) -> Result<SnapshotInfo, Error> {
-    let path = path.as_ref();
-    let bytes = fs::read(path).map_err(|e| Error::io("read the store file", path, e))?;
-    let body = decode(&bytes).map_err(|e| e.at(path))?;
-    Ok(SnapshotInfo {
-        version: FORMAT_VERSION,
-        file_len: bytes.len() as u64,
-        body_len: (bytes.len() - HEADER_LEN) as u64,
-        body_crc: crc32fast::hash(&bytes[HEADER_LEN..]),
-        written_at_ms: body.written_at,
-        tokens: body.records.len(),
-        revoked: body
-            .records
-            .iter()
-            .filter(|r| r.revoked_at.is_some())
-            .count(),
-    })
-}
-
-/// The temp-file name prefix for `path`, so that leftovers of a crash can be found.
-fn temp_prefix(path: &Path) -> String {
-    let name = path
-        .file_name()
-        .map_or_else(|| "store".into(), |n| n.to_string_lossy());
-    format!(".{name}.")
-}
-
-const TEMP_SUFFIX: &str = ".tmp";
-
-/// The directory a store file lives in (`.` for a bare file name).
-pub(crate) fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    }
-}
-
-/// Replaces the file at `path` with `image` atomically: a temp file in the same directory,
-/// written and fsynced, renamed over the target, then the directory fsynced. A reader or a
-/// crash sees the old file or the new one, never a mix. The file is created mode 0600.
-///
-/// `faults` is the test seam (see [`FaultPlan`]); production passes `None`.
-pub(crate) fn write_atomic(
-    path: &Path,
-    image: &[u8],
-    faults: Option<&FaultPlan>,
-) -> io::Result<()> {
-    let inject = |step| faults.map_or(Ok(()), |plan| plan.check(step));
-    let dir = parent_dir(path);
-    // On any error below, dropping `temp` deletes the temp file: the store file is untouched.
-    let mut temp = tempfile::Builder::new()
-        .prefix(&temp_prefix(path))
-        .suffix(TEMP_SUFFIX)
-        .tempfile_in(dir)?;
-    inject(FaultStep::Write)?;
-    temp.write_all(image)?;
-    inject(FaultStep::Fsync)?;
-    temp.as_file().sync_all()?;
-    inject(FaultStep::Rename)?;
-    temp.persist(path).map_err(|e| e.error)?;
-    sync_dir(dir)
-}
-
-/// A step of the atomic file replace where a [`FaultPlan`] can make the write fail.
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FaultStep {
-    /// Writing the snapshot bytes to the temp file.
-    Write,
-    /// `fsync` of the temp file.
-    Fsync,
-    /// Renaming the temp file over the store file.
-    Rename,
-}
-
-/// Tests only: makes the store's file writes fail at one step with an OS error, to produce
-/// faults that cannot be produced for real on demand (a full disk, a failing device). Given
-/// to `Builder::fault_plan`; without one (production) no check runs at all.
-///
-/// The fault stays until [`clear`](Self::clear)ed, as a full disk stays full. Clones share
-/// the plan, so a test keeps one to switch the fault while the store runs.
-#[doc(hidden)]
-#[derive(Debug, Clone, Default)]
-pub struct FaultPlan {
-    inner: std::sync::Arc<std::sync::Mutex<FaultState>>,
-}
-
-#[derive(Debug, Default)]
-struct FaultState {
-    fault: Option<(FaultStep, i32)>,
-    injected: u64,
-}
-
-impl FaultPlan {
-    /// From now on, fail every write at `step` with OS error `errno` (e.g. 28, `ENOSPC`).
-    pub fn fail(&self, step: FaultStep, errno: i32) {
-        self.state().fault = Some((step, errno));
-    }
-
-    /// From now on, let writes through.
-    pub fn clear(&self) {
-        self.state().fault = None;
-    }
-
-    /// How many faults were injected so far (each one is a failed write attempt).
-    pub fn injected(&self) -> u64 {
-        self.state().injected
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, FaultState> {
-        // The state is two plain fields, valid even if a holder panicked.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn check(&self, step: FaultStep) -> io::Result<()> {
-        let mut state = self.state();
-        match state.fault {
-            Some((at, errno)) if at == step => {
-                state.injected += 1;
-                Err(io::Error::from_raw_os_error(errno))
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
-/// Makes a rename in `dir` durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    File::open(dir)?.sync_all()?;
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
-}
-
-/// Removes temp files a crashed writer left beside `path`. Called with the store locked,
-/// so no live writer owns them. Returns how many were removed.
-pub(crate) fn remove_stale_temps(path: &Path) -> usize {
-    let prefix = temp_prefix(path);
-    let Ok(entries) = fs::read_dir(parent_dir(path)) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(&prefix) && name.ends_with(TEMP_SUFFIX) {
-            match fs::remove_file(entry.path()) {
-                Ok(()) => removed += 1,
-                Err(e) => {
-                    tracing::warn!(file = %entry.path().display(), error = %e, "could not remove stale temp file")
-                }
-            }
-        }
-    }
-    removed
-}
-
-/// The path of the sidecar lock file for store `path`.
-pub(crate) fn lock_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".lock");
-    PathBuf::from(name)
 }
 
 #[cfg(test)]

@@ -6,8 +6,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,20 +14,23 @@ use chrono::{DateTime, Utc};
 use subtle::ConstantTimeEq;
 
 use crate::clock::{Clock, SystemClock};
-use crate::entry::{Entry, Touch};
+use crate::entry::{self, Entry, Touch};
 use crate::error::{Error, Rejection};
-use crate::persist::{FileSink, Inbox, Message, Persister, Reply, Sink, Timer};
+use crate::file::{self, FaultPlan};
+use crate::persist::{FileSink, Inbox, Message, Persister, Refused, Reply, Sink, Timer};
 use crate::rate_limit::RateLimit;
-use crate::snapshot::{self, Body, DecodeError, Problem};
+use crate::snapshot::{self, Body, DecodeError};
 use crate::stats::{Counters, Stats};
 use crate::sync::channel::{self, TrySendError};
-use crate::sync::map::{Duplicate, Held, Map};
+use crate::sync::map::{Held, Map};
 use crate::sync::thread::{self, JoinHandle};
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
 use crate::token::{self, IssuedToken, TokenId};
 
 /// The default write-behind period for `last_used`.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
+/// The name of every store's persister thread (in panics, debuggers and `top -H`).
+pub(crate) const PERSISTER_THREAD: &str = "tokencache-persister";
 /// The default capacity of the persister's channel.
 const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
 /// Limits on a token's definition, so a snapshot stays small and a list stays readable.
@@ -136,8 +138,16 @@ pub struct TokenStore {
 struct Handle {
     shared: Arc<Shared>,
     path: PathBuf,
-    persister: Mutex<Option<JoinHandle<()>>>,
+    shutdown: Mutex<Shutdown>,
     lock: Mutex<Option<File>>,
+}
+
+/// Where the store is in its life.
+enum Shutdown {
+    /// The persister runs.
+    Running(JoinHandle<()>),
+    /// A close finished with this outcome; every later close reports it too.
+    Done(Result<(), Error>),
 }
 
 impl TokenStore {
@@ -290,7 +300,7 @@ impl TokenStore {
     /// Other clones of this handle keep validating in memory but can no longer change the
     /// store. Dropping the last clone closes the store too (logging errors instead).
     pub fn close(self) -> Result<(), Error> {
-        self.handle.shutdown()
+        self.handle.shutdown().0
     }
 
     /// The store's counters: validations, rejections by reason, snapshots and bytes
@@ -309,14 +319,16 @@ impl TokenStore {
 
     /// Sends a command to the persister and waits for its answer.
     fn request(&self, message: impl FnOnce(Reply) -> Message) -> Result<(), Error> {
-        let closed = || Error::Closed {
-            path: self.handle.path.clone(),
-        };
         let (reply, answer) = channel::bounded(1);
-        if !self.handle.shared.inbox.request(message(reply)) {
-            return Err(closed());
+        match self.handle.shared.inbox.request(message(reply)) {
+            // A queued request is always answered unless the persister died: the gate keeps
+            // requests from queueing behind `Shutdown`, and a dead persister drops its queue.
+            Ok(()) => answer.recv().unwrap_or_else(|_| Err(self.handle.died())),
+            Err(Refused::Closed) => Err(Error::Closed {
+                path: self.handle.path.clone(),
+            }),
+            Err(Refused::Dead) => Err(self.handle.died()),
         }
-        answer.recv().map_err(|_| closed())?
     }
 }
 
@@ -330,33 +342,43 @@ impl fmt::Debug for TokenStore {
 }
 
 impl Handle {
-    /// Stops the persister (which writes what is pending) and releases the lock. Idempotent.
-    fn shutdown(&self) -> Result<(), Error> {
-        let persister = self
-            .persister
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        let Some(persister) = persister else {
-            return Ok(());
+    /// Stops the persister (which writes what is pending) and releases the lock.
+    ///
+    /// Every call returns the outcome of the one close that ran: a concurrent caller waits
+    /// for it, so no caller reports a flush it did not see through, and a close after the
+    /// persister died reports that. `first` says whether this call did the closing.
+    fn shutdown(&self) -> (Result<(), Error>, bool) {
+        let mut state = self.shutdown.lock().unwrap_or_else(|e| e.into_inner());
+        let persister = match std::mem::replace(&mut *state, Shutdown::Done(Ok(()))) {
+            Shutdown::Running(persister) => persister,
+            Shutdown::Done(result) => {
+                *state = Shutdown::Done(result.clone());
+                return (result, false);
+            }
         };
         let (reply, answer) = channel::bounded(1);
         let result = match self.shared.inbox.shut(Message::Shutdown(reply)) {
-            true => answer.recv().unwrap_or(Ok(())),
-            false => Ok(()),
+            Ok(()) => answer.recv().unwrap_or_else(|_| Err(self.died())),
+            Err(_) => Err(self.died()),
         };
-        if persister.join().is_err() {
-            tracing::error!(file = %self.path.display(), "the persister thread panicked");
-        }
+        // The thread catches its own panic, so joining only waits for it to end.
+        let _ = persister.join();
         // Dropping the file releases the OS lock.
         drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
-        result
+        *state = Shutdown::Done(result.clone());
+        (result, true)
+    }
+
+    fn died(&self) -> Error {
+        Error::PersisterDied {
+            path: self.path.clone(),
+        }
     }
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        if let Err(e) = self.shutdown() {
+        if let (Err(e), true) = self.shutdown() {
             tracing::error!(file = %self.path.display(), error = %e, "closing the token store on drop failed");
         }
     }
@@ -369,7 +391,7 @@ pub struct Builder {
     flush_interval: Duration,
     clock: std::sync::Arc<dyn Clock>,
     channel_capacity: usize,
-    faults: Option<snapshot::FaultPlan>,
+    faults: Option<FaultPlan>,
 }
 
 impl Builder {
@@ -402,74 +424,59 @@ impl Builder {
         self
     }
 
-    /// Opens the store: takes the lock, reads and checks the file (creating an empty store
-    /// if there is none), and starts the persister.
+    /// Opens the store: resolves the path (a symlink means the file it points to), takes
+    /// the lock, reads and checks the file (creating an empty store if there is none),
+    /// removes temp files a crash of this store left, and starts the persister.
     pub fn open(self) -> Result<TokenStore, Error> {
-        let path = self.path.clone();
-        if path.is_dir() {
-            return Err(Error::BadPath {
-                path,
-                reason: "it is a directory; give a file path inside it",
-            });
-        }
-        if path.file_name().is_none() {
-            return Err(Error::BadPath {
-                path,
-                reason: "it does not name a file",
-            });
-        }
-        let lock = lock(&path)?;
-        let removed = snapshot::remove_stale_temps(&path);
+        let path = file::resolve(&self.path)?;
+        let lock = file::lock(&path)?;
+        let entries = match file::read_store(&path)? {
+            Some(bytes) => {
+                let body = snapshot::decode(&bytes).map_err(|e| e.at(&path))?;
+                let entries = entry::load(body.records)
+                    .map_err(|problem| DecodeError::from(problem).at(&path))?;
+                Some(entries)
+            }
+            None => None,
+        };
+        // Only now that the store file was read and checked, and under the lock, so no live
+        // writer of this store owns a temp file.
+        let removed = file::remove_stale_temps(&path);
         if removed > 0 {
             tracing::info!(file = %path.display(), removed, "removed temp files left by a crash");
         }
-        let existing = snapshot::read(&path)?;
         let sink = Box::new(FileSink {
             path: path.clone(),
             faults: self.faults.clone(),
         });
-        self.start(path, existing.map(|(body, _)| body), sink, Some(lock))
+        self.start(path, entries, sink, Some(lock))
     }
 
-    /// Builds the in-memory store from `body` (or writes an empty first snapshot) and
+    /// Builds the in-memory store from `entries` (or writes an empty first snapshot) and
     /// spawns the persister.
     fn start(
         self,
         path: PathBuf,
-        body: Option<Body>,
+        entries: Option<Vec<Entry>>,
         mut sink: Box<dyn Sink>,
         lock: Option<File>,
     ) -> Result<TokenStore, Error> {
         let (tx, rx) = channel::bounded(self.channel_capacity);
-        let records = body.as_ref().map_or(0, |b| b.records.len());
+        let tokens = entries.as_ref().map_or(0, Vec::len);
         let shared = Arc::new(Shared {
-            map: Map::with_capacity(records),
+            map: Map::with_capacity(tokens),
             clock: self.clock,
             inbox: Arc::new(Inbox::new(tx)),
             overflow: AtomicBool::new(false),
             counters: Counters::default(),
         });
-        match body {
-            Some(body) => {
-                let corrupt = |problem: Problem| DecodeError::from(problem).at(&path);
-                let mut entries = Vec::with_capacity(records);
-                for record in body.records {
-                    let id = TokenId::from_bytes(record.id).ok_or_else(|| {
-                        corrupt(Problem::BadId(String::from_utf8_lossy(&record.id).into()))
-                    })?;
-                    let rate_limit = match &record.rate_limit {
-                        None => None,
-                        Some(stored) => Some(
-                            RateLimit::from_record(stored)
-                                .ok_or_else(|| corrupt(Problem::BadRateLimit(id.to_string())))?,
-                        ),
-                    };
-                    entries.push((id, Arc::new(Entry::from_record(record, id, rate_limit))));
-                }
-                shared
+        match entries {
+            Some(entries) => {
+                let added = shared
                     .map
-                    .insert_new(entries)
-                    .map_err(|Duplicate(id)| corrupt(Problem::DuplicateId(id.to_string())))?;
+                    .insert_new(entries.into_iter().map(|e| (e.id, Arc::new(e))));
+                // `entry::load` refused any id that appears twice.
+                debug_assert!(added.is_ok(), "entry::load let a duplicate id through");
             }
             None => {
                 let now = shared.clock.now_ms();
@@ -478,13 +485,13 @@ impl Builder {
                         written_at: now,
                         records: Vec::new(),
                     })
-                    .map_err(|e| Error::io("create the store file", &path, e))?;
+                    .map_err(|e| Error::io("create the store file", &path, e.error))?;
                 shared.counters.record_write(bytes, now);
             }
         }
         let persister = Persister::new(shared.clone(), rx, sink, self.flush_interval);
         let thread = thread::Builder::new()
-            .name("tokencache-persister".into())
+            .name(PERSISTER_THREAD.into())
             .spawn(move || persister.run())
             .map_err(|e| Error::io("start the persister thread for", &path, e))?;
         shared.clock.attach(Timer::new(shared.inbox.clone()));
@@ -492,7 +499,7 @@ impl Builder {
             handle: Arc::new(Handle {
                 shared,
                 path,
-                persister: Mutex::new(Some(thread)),
+                shutdown: Mutex::new(Shutdown::Running(thread)),
                 lock: Mutex::new(lock),
             }),
         })
@@ -525,37 +532,11 @@ pub fn open_recorded(
         });
         issued.push(IssuedToken { secret, id });
     }
-    let body = Body {
-        written_at: now,
-        records,
-    };
+    let entries =
+        crate::entry::load(records).map_err(|p| DecodeError::from(p).at(&builder.path))?;
     let path = builder.path.clone();
-    let store = builder.start(path, Some(body), Box::new(recorder), None)?;
+    let store = builder.start(path, Some(entries), Box::new(recorder), None)?;
     Ok((store, issued))
-}
-
-/// Takes the OS lock on the store's sidecar lock file, so a second opener fails cleanly.
-fn lock(path: &Path) -> Result<File, Error> {
-    let lock_path = snapshot::lock_path(path);
-    let mut options = OpenOptions::new();
-    options.create(true).truncate(false).write(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let file = options.open(&lock_path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => Error::BadPath {
-            path: path.to_path_buf(),
-            reason: "its directory does not exist; create the directory first",
-        },
-        _ => Error::io("create the lock file", &lock_path, e),
-    })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
-            path: path.to_path_buf(),
-            lock: lock_path,
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &lock_path, e)),
-    }
 }
 
 /// A request for a new token, given to [`TokenStore::issue`].

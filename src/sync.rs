@@ -20,9 +20,9 @@ pub(crate) use loom::sync::{
 /// Thread spawning for the persister.
 pub(crate) mod thread {
     #[cfg(loom)]
-    pub(crate) use loom::thread::{Builder, JoinHandle};
+    pub(crate) use loom::thread::{yield_now, Builder, JoinHandle};
     #[cfg(not(loom))]
-    pub(crate) use std::thread::{Builder, JoinHandle};
+    pub(crate) use std::thread::{yield_now, Builder, JoinHandle};
 }
 
 /// The channel between the store's callers and its persister.

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{child, in_child, scratch};
-use tokencache::{IssuedToken, NewToken, Rejection, TokenStore};
+use tokencache::{Error, IssuedToken, NewToken, Rejection, TokenStore};
 
 const PATH_VAR: &str = "TOKENCACHE_TEST_PATH";
 const SEED_VAR: &str = "TOKENCACHE_CHILD_SEED";
@@ -316,8 +316,10 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     }
 }
 
-/// What a crashed writer leaves (`.tokens.snap.XXXX.tmp`, any content) is removed by the
-/// next open, which then reads the real file; other files in the directory are left alone.
+/// What a crashed writer leaves (`.tokens.snap.tcXXXXXXXX.tmp`, empty or the start of a
+/// snapshot) is removed by the next open, which then reads the real file; other files in
+/// the directory are left alone, including another store's live temp file and a user's
+/// file of a similar name.
 #[test]
 fn open_removes_stale_temp_files_and_nothing_else() {
     let s = scratch();
@@ -325,26 +327,54 @@ fn open_removes_stale_temp_files_and_nothing_else() {
     let token = store.issue(NewToken::new("kept")).unwrap();
     store.close().unwrap();
     let dir = s.dir.path();
-    let stale = [".tokens.snap.a1B2c3.tmp", ".tokens.snap.zz.tmp"];
-    for name in stale {
-        fs::write(dir.join(name), b"half a snapshot").unwrap();
-    }
-    // Similar names that are not this store's temp files.
-    let others = [
-        ".tokens.snap.a1B2c3.tmp.keep",
-        ".other.snap.a1B2c3.tmp",
-        "tokens.snap.bak",
+    let image = fs::read(&s.path).unwrap();
+    let stale: [(&str, &[u8]); 3] = [
+        (".tokens.snap.tcA1b2C3d4.tmp", &image[..image.len() / 2]),
+        (".tokens.snap.tcZZZZZZZZ.tmp", b""),
+        (".tokens.snap.tc00000000.tmp", &image[..5]),
     ];
-    for name in others {
-        fs::write(dir.join(name), b"keep me").unwrap();
+    for (name, bytes) in stale {
+        fs::write(dir.join(name), bytes).unwrap();
+    }
+    // Not this store's: other shapes, another store's live temp, a user's notes, and a
+    // name of the right shape holding something no writer of ours wrote.
+    let others: [(&str, &[u8]); 7] = [
+        (".tokens.snap.tcA1b2C3d4.tmp.keep", &image),
+        (".tokens.snap.bak.tcA1b2C3d4.tmp", &image),
+        (".tokens.snap.bak.Ab12Cd.tmp", &image),
+        (".tokens.snap.my notes.tmp", b"keep me"),
+        (".tokens.snap.a1B2c3.tmp", &image),
+        (".other.snap.tcA1b2C3d4.tmp", &image),
+        (".tokens.snap.tcKeepMe00.tmp", b"keep me"),
+    ];
+    for (name, bytes) in others {
+        fs::write(dir.join(name), bytes).unwrap();
     }
     let store = TokenStore::open(&s.path).unwrap();
     assert!(store.validate(token.secret()).is_ok());
-    for name in stale {
+    for (name, _) in stale {
         assert!(!dir.join(name).exists(), "{name} was not removed");
     }
-    for name in others {
-        assert_eq!(fs::read(dir.join(name)).unwrap(), b"keep me", "{name}");
+    for (name, bytes) in others {
+        assert_eq!(fs::read(dir.join(name)).unwrap(), bytes, "{name}");
     }
     store.close().unwrap();
+}
+
+/// A store that `open` refuses keeps everything beside it, its own leftover temp files
+/// included: nothing is removed before the store file was read and checked.
+#[test]
+fn a_refused_store_loses_no_file_beside_it() {
+    let s = scratch();
+    TokenStore::open(&s.path).unwrap().close().unwrap();
+    let mut image = fs::read(&s.path).unwrap();
+    let last = image.len() - 1;
+    image[last] ^= 0xff;
+    fs::write(&s.path, &image).unwrap();
+    let temp = s.dir.path().join(".tokens.snap.tcA1b2C3d4.tmp");
+    fs::write(&temp, &image[..10]).unwrap();
+    let error = TokenStore::open(&s.path).unwrap_err();
+    assert!(matches!(error, Error::Corrupt { .. }), "{error}");
+    assert_eq!(fs::read(&temp).unwrap(), &image[..10]);
+    assert_eq!(fs::read(&s.path).unwrap(), image);
 }

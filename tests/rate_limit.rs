@@ -8,7 +8,7 @@ use std::sync::Barrier;
 use std::time::Duration;
 
 use common::{manual_store, scratch};
-use tokencache::{Error, NewToken, RateLimit, RateLimitError, Rejection, TokenStore};
+use tokencache::{Error, ManualClock, NewToken, RateLimit, RateLimitError, Rejection, TokenStore};
 
 fn limited(retry_after_ms: u64) -> Rejection {
     Rejection::RateLimited {
@@ -41,6 +41,26 @@ fn exactly_the_burst_at_once_then_one_per_interval_with_exact_waits() {
     }
     let rejections = store.stats().rejections;
     assert_eq!(rejections.rate_limited, 23);
+}
+
+#[test]
+fn an_ntp_step_back_refuses_for_at_most_one_interval() {
+    let s = scratch();
+    let (store, clock) = manual_store(&s.path);
+    let token = store
+        .issue(NewToken::new("bot").rate_limit(RateLimit::per_second(10)))
+        .unwrap();
+    for _ in 0..10 {
+        store.validate(token.secret()).unwrap();
+    }
+    assert_eq!(store.validate(token.secret()).unwrap_err(), limited(100));
+    // The wall clock is stepped back an hour (NTP): the limiter must not make the token
+    // wait out the hour.
+    clock.set(ManualClock::DEFAULT_START_MS - 3_600_000);
+    assert_eq!(store.validate(token.secret()).unwrap_err(), limited(100));
+    clock.advance(Duration::from_millis(100));
+    store.validate(token.secret()).unwrap();
+    assert_eq!(store.validate(token.secret()).unwrap_err(), limited(100));
 }
 
 #[test]

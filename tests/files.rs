@@ -1,0 +1,233 @@
+//! Which file a store path means and what `open` and writes do to it: symlinks, special
+//! files, loose permissions, the owner and mode a write keeps, and a directory fsync that
+//! fails after the rename. Real files, real links, real FIFOs; only the directory-fsync
+//! failure is injected (through the fault seam in the file writer).
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{faulty_store, scratch};
+use tokencache::__fault::FaultStep;
+use tokencache::{Error, NewToken, TokenStore};
+
+const EIO: i32 = 5;
+const EINVAL: i32 = 22;
+
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().expect("mkfifo");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// Opens `path` on another thread and fails the test (instead of hanging it) if `open`
+/// does not return within 20 s.
+fn open_within_deadline(path: &Path) -> Result<TokenStore, Error> {
+    let (tx, rx) = mpsc::channel();
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(TokenStore::open(path));
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("open hung instead of returning")
+}
+
+fn bad_path_reason(error: &Error) -> &'static str {
+    match error {
+        Error::BadPath { reason, .. } => reason,
+        other => panic!("expected BadPath, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_symlinked_store_is_the_file_it_points_to_and_shares_its_lock() {
+    let s = scratch();
+    let real_dir = s.dir.path().join("real");
+    let link_dir = s.dir.path().join("link");
+    fs::create_dir_all(&real_dir).unwrap();
+    fs::create_dir_all(&link_dir).unwrap();
+    let real = real_dir.join("tokens.snap");
+    let link = link_dir.join("tokens.snap");
+    let store = TokenStore::open(&real).unwrap();
+    symlink(&real, &link).unwrap();
+
+    let error = TokenStore::open(&link).unwrap_err();
+    assert!(matches!(error, Error::Locked { .. }), "{error}");
+    store.close().unwrap();
+
+    let through_link = TokenStore::open(&link).unwrap();
+    assert_eq!(through_link.path(), fs::canonicalize(&real).unwrap());
+    let issued = through_link.issue(NewToken::new("via-link")).unwrap();
+    through_link.close().unwrap();
+    assert!(
+        fs::symlink_metadata(&link).unwrap().is_symlink(),
+        "the link stays a link"
+    );
+    assert!(!link_dir.join("tokens.snap.lock").exists());
+    let store = TokenStore::open(&real).unwrap();
+    assert!(
+        store.validate(issued.secret()).is_ok(),
+        "the write went to the target"
+    );
+}
+
+#[test]
+fn a_dangling_symlink_is_refused_not_turned_into_a_new_store() {
+    let s = scratch();
+    let target = s.dir.path().join("gone.snap");
+    symlink(&target, &s.path).unwrap();
+    let error = TokenStore::open(&s.path).unwrap_err();
+    assert!(matches!(error, Error::DanglingLink { .. }), "{error}");
+    assert!(error.to_string().contains("gone.snap"), "{error}");
+    assert!(!target.exists());
+    assert!(fs::symlink_metadata(&s.path).unwrap().is_symlink());
+}
+
+#[test]
+fn a_symlink_planted_at_the_lock_path_is_not_followed() {
+    let s = scratch();
+    let victim = s.dir.path().join("victim");
+    fs::write(&victim, b"not yours").unwrap();
+    symlink(&victim, s.dir.path().join("tokens.snap.lock")).unwrap();
+    assert!(TokenStore::open(&s.path).is_err());
+    assert_eq!(fs::read(&victim).unwrap(), b"not yours");
+    // A dangling one is not followed to create its target either.
+    let s = scratch();
+    let target = s.dir.path().join("created-through-link");
+    symlink(&target, s.dir.path().join("tokens.snap.lock")).unwrap();
+    assert!(TokenStore::open(&s.path).is_err());
+    assert!(!target.exists());
+}
+
+#[test]
+fn a_fifo_at_the_lock_path_is_refused_without_hanging() {
+    let s = scratch();
+    mkfifo(&s.dir.path().join("tokens.snap.lock"));
+    let error = open_within_deadline(&s.path).unwrap_err();
+    assert!(bad_path_reason(&error).contains("FIFO"), "{error}");
+}
+
+#[test]
+fn a_fifo_at_the_store_path_is_refused_without_hanging_and_releases_the_lock() {
+    let s = scratch();
+    mkfifo(&s.path);
+    let error = open_within_deadline(&s.path).unwrap_err();
+    assert!(bad_path_reason(&error).contains("FIFO"), "{error}");
+    // The lock was released with the refusal: a second try says the same, not "locked".
+    let error = open_within_deadline(&s.path).unwrap_err();
+    assert!(bad_path_reason(&error).contains("FIFO"), "{error}");
+}
+
+#[test]
+fn a_symlink_to_a_device_is_refused_before_reading() {
+    let s = scratch();
+    symlink("/dev/zero", &s.path).unwrap();
+    let error = open_within_deadline(&s.path).unwrap_err();
+    assert!(bad_path_reason(&error).contains("device"), "{error}");
+    let error = tokencache::inspect(&s.path).unwrap_err();
+    assert!(bad_path_reason(&error).contains("device"), "{error}");
+}
+
+#[test]
+fn a_directory_is_refused() {
+    let s = scratch();
+    fs::create_dir(&s.path).unwrap();
+    let error = TokenStore::open(&s.path).unwrap_err();
+    assert!(bad_path_reason(&error).contains("directory"), "{error}");
+}
+
+#[test]
+fn a_header_claiming_more_than_the_file_holds_is_refused() {
+    let s = scratch();
+    TokenStore::open(&s.path).unwrap().close().unwrap();
+    let mut image = fs::read(&s.path).unwrap();
+    // body_len = 2^40, header checksum redone: an honest-looking header, a lying length.
+    image[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let crc = crc32fast::hash(&image[..28]);
+    image[28..32].copy_from_slice(&crc.to_le_bytes());
+    fs::write(&s.path, &image).unwrap();
+    let error = TokenStore::open(&s.path).unwrap_err();
+    assert!(matches!(error, Error::Corrupt { .. }), "{error}");
+    assert!(error.to_string().contains("truncated"), "{error}");
+    assert_eq!(fs::read(&s.path).unwrap(), image);
+}
+
+#[test]
+fn a_store_file_others_may_write_is_refused_with_the_fix() {
+    for mode in [0o660, 0o664, 0o602, 0o666] {
+        let s = scratch();
+        TokenStore::open(&s.path).unwrap().close().unwrap();
+        fs::set_permissions(&s.path, fs::Permissions::from_mode(mode)).unwrap();
+        let image = fs::read(&s.path).unwrap();
+        let error = TokenStore::open(&s.path).unwrap_err();
+        assert!(matches!(error, Error::LoosePermissions { .. }), "{error}");
+        let message = error.to_string();
+        assert!(message.contains("chmod go-w"), "{message}");
+        assert!(message.contains(&format!("{mode:04o}")), "{message}");
+        assert!(
+            tokencache::inspect(&s.path).is_err(),
+            "inspect checks it too"
+        );
+        assert_eq!(fs::read(&s.path).unwrap(), image);
+        fs::set_permissions(&s.path, fs::Permissions::from_mode(mode & !0o022)).unwrap();
+        TokenStore::open(&s.path).unwrap().close().unwrap();
+    }
+}
+
+/// As root (CI is), a write gives the new file the old one's owner and group; as anyone
+/// else only the mode can be checked, since only root may give a file away.
+#[test]
+fn writes_keep_the_store_files_owner_group_and_mode() {
+    let s = scratch();
+    TokenStore::open(&s.path).unwrap().close().unwrap();
+    let root = fs::metadata(&s.path).unwrap().uid() == 0;
+    fs::set_permissions(&s.path, fs::Permissions::from_mode(0o640)).unwrap();
+    let (uid, gid) = (4242, 4343);
+    if root {
+        std::os::unix::fs::chown(&s.path, Some(uid), Some(gid)).unwrap();
+    } else {
+        eprintln!("not root: checking the mode only");
+    }
+    let store = TokenStore::open(&s.path).unwrap();
+    store.issue(NewToken::new("kept-owner")).unwrap();
+    store.close().unwrap();
+    let meta = fs::metadata(&s.path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+    if root {
+        assert_eq!((meta.uid(), meta.gid()), (uid, gid));
+    }
+}
+
+#[test]
+fn a_failed_directory_fsync_leaves_memory_and_disk_agreeing() {
+    let s = scratch();
+    let (store, _clock, plan) = faulty_store(&s.path);
+    plan.fail(FaultStep::SyncDir, EIO);
+    let error = store.issue(NewToken::new("renamed")).unwrap_err();
+    assert!(matches!(error, Error::Io { .. }), "{error}");
+    // The rename happened: the token is in the file, so it is in memory too.
+    assert_eq!(store.list().len(), 1);
+    assert_eq!(store.stats().write_errors, 1);
+    plan.clear();
+    store.close().unwrap();
+    let reopened = TokenStore::open(&s.path).unwrap();
+    assert_eq!(reopened.list().len(), 1);
+    assert_eq!(reopened.list()[0].name, "renamed");
+}
+
+#[test]
+fn a_filesystem_that_cannot_fsync_directories_still_takes_writes() {
+    let s = scratch();
+    let (store, _clock, plan) = faulty_store(&s.path);
+    plan.fail(FaultStep::SyncDir, EINVAL);
+    let issued = store.issue(NewToken::new("einval")).unwrap();
+    store.revoke(&issued.id()).unwrap();
+    store.close().unwrap();
+    assert!(plan.injected() >= 2);
+    let reopened = TokenStore::open(&s.path).unwrap();
+    assert!(reopened.get(&issued.id()).unwrap().revoked_at.is_some());
+}
