@@ -414,6 +414,16 @@ mod tests {
                 prop_assert_eq!(decode(&encode(&body)), Ok(body));
             }
 
+            /// The path `open` takes from a decoded record to a live entry (id, uniqueness,
+            /// rate limit with any period, count and burst) refuses or accepts, never panics.
+            #[test]
+            fn any_decoded_record_loads_or_is_refused(
+                records in proptest::collection::vec(record(), 0..8),
+            ) {
+                let body = decode(&encode(&Body { written_at: 0, records })).unwrap();
+                let _ = crate::entry::load(body.records);
+            }
+
             #[test]
             fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
                 let _ = decode(&bytes);

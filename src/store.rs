@@ -348,6 +348,10 @@ impl Handle {
     /// for it, so no caller reports a flush it did not see through, and a close after the
     /// persister died reports that. `first` says whether this call did the closing.
     fn shutdown(&self) -> (Result<(), Error>, bool) {
+        #[cfg(loom)]
+        if crate::sync::bug::planted(crate::sync::bug::Bug::CloseWithoutWaiting) {
+            return self.shutdown_without_waiting();
+        }
         let mut state = self.shutdown.lock().unwrap_or_else(|e| e.into_inner());
         let persister = match std::mem::replace(&mut *state, Shutdown::Done(Ok(()))) {
             Shutdown::Running(persister) => persister,
@@ -356,6 +360,28 @@ impl Handle {
                 return (result, false);
             }
         };
+        let result = self.stop(persister);
+        *state = Shutdown::Done(result.clone());
+        (result, true)
+    }
+
+    /// Broken twin of [`shutdown`](Self::shutdown) (loom only): takes the persister under a
+    /// short lock, so a second caller finds it gone and reports success at once, before the
+    /// first caller's final snapshot is written.
+    #[cfg(loom)]
+    fn shutdown_without_waiting(&self) -> (Result<(), Error>, bool) {
+        let mut state = self.shutdown.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = std::mem::replace(&mut *state, Shutdown::Done(Ok(())));
+        drop(state);
+        match taken {
+            Shutdown::Running(persister) => (self.stop(persister), true),
+            Shutdown::Done(_) => (Ok(()), false),
+        }
+    }
+
+    /// Has the persister write what is pending and stop, waits for its thread, and releases
+    /// the lock.
+    fn stop(&self, persister: JoinHandle<()>) -> Result<(), Error> {
         let (reply, answer) = channel::bounded(1);
         let result = match self.shared.inbox.shut(Message::Shutdown(reply)) {
             Ok(()) => answer.recv().unwrap_or_else(|_| Err(self.died())),
@@ -365,8 +391,7 @@ impl Handle {
         let _ = persister.join();
         // Dropping the file releases the OS lock.
         drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
-        *state = Shutdown::Done(result.clone());
-        (result, true)
+        result
     }
 
     fn died(&self) -> Error {

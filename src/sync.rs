@@ -397,6 +397,9 @@ pub mod bug {
         IgnoreOverflow,
         /// Requests bypass the inbox's gate, so one can be queued behind `Shutdown`.
         UngatedRequests,
+        /// A second `close` finds the persister already taken and reports success at once,
+        /// before the first close's final snapshot is written.
+        CloseWithoutWaiting,
     }
 
     std::thread_local! {

@@ -150,6 +150,12 @@ fn secrets_never_reach_files_debug_display_or_logs() {
     future[28..32].copy_from_slice(&crc.to_le_bytes());
     fs::write(&corrupt.path, &future).unwrap();
     errors.push(TokenStore::open(&corrupt.path).unwrap_err()); // FutureVersion
+    let dangling = corrupt.dir.path().join("dangling.snap");
+    std::os::unix::fs::symlink(corrupt.dir.path().join("nowhere"), &dangling).unwrap();
+    errors.push(TokenStore::open(&dangling).unwrap_err()); // DanglingLink
+    fs::write(&corrupt.path, &file).unwrap();
+    fs::set_permissions(&corrupt.path, fs::Permissions::from_mode(0o666)).unwrap();
+    errors.push(TokenStore::open(&corrupt.path).unwrap_err()); // LoosePermissions
     for error in &errors {
         shown.push(("Error".into(), format!("{error} {error:?}")));
     }
@@ -165,6 +171,8 @@ fn secrets_never_reach_files_debug_display_or_logs() {
             Error::Corrupt { .. } => "Corrupt",
             Error::BadPath { .. } => "BadPath",
             Error::FutureVersion { .. } => "FutureVersion",
+            Error::DanglingLink { .. } => "DanglingLink",
+            Error::LoosePermissions { .. } => "LoosePermissions",
             _ => "other",
         })
         .collect();
@@ -180,7 +188,9 @@ fn secrets_never_reach_files_debug_display_or_logs() {
             "Closed",
             "Corrupt",
             "BadPath",
-            "FutureVersion"
+            "FutureVersion",
+            "DanglingLink",
+            "LoosePermissions"
         ]
     );
 

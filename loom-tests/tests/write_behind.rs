@@ -367,6 +367,46 @@ fn shutdown_by_close() {
     }
 }
 
+/// Two `close` calls on clones of one store: each returns only once the final snapshot,
+/// holding the validation made before them, is written (whichever of them wrote it). Bound
+/// 2: the second caller is preempted around the first one's flush.
+#[test]
+fn concurrent_closes_each_return_after_the_final_snapshot() {
+    model(2, two_closes);
+}
+
+/// Twin: a second `close` that finds the persister already taken returns at once.
+#[test]
+#[should_panic(expected = "a close returned before the final snapshot")]
+fn twin_second_close_without_waiting_returns_before_the_flush() {
+    let _bug = plant(Bug::CloseWithoutWaiting);
+    model(2, two_closes);
+}
+
+fn two_closes() {
+    let Fixture {
+        store,
+        recorder,
+        secrets,
+        ids,
+        ..
+    } = open(1);
+    store.validate(&secrets[0]).unwrap();
+    let other = {
+        let (store, recorder, id) = (store.clone(), recorder.clone(), ids[0]);
+        thread::spawn(move || {
+            store.close().unwrap();
+            stored_last_used(&recorder, id)
+        })
+    };
+    store.close().unwrap();
+    let mine = stored_last_used(&recorder, ids[0]);
+    let theirs = other.join().unwrap();
+    for seen in [mine, theirs] {
+        assert_eq!(seen, Some(T0), "a close returned before the final snapshot");
+    }
+}
+
 /// Dropping the last handle (in whichever thread does it last) closes like `close`: the
 /// final snapshot holds every validation and issue made through any handle. Bound 2: as
 /// for `close`.
