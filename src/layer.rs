@@ -4,8 +4,10 @@
 //!
 //! The answers follow RFC 6750 (bearer tokens): 401 with a `WWW-Authenticate: Bearer`
 //! challenge for a missing or bad token, 403 `insufficient_scope` for a missing scope, and
-//! 429 with `Retry-After` for a rate-limited token. Refusals have an empty body; nothing in
-//! a response ever repeats the token. See `docs/LAYER.md`.
+//! 429 with `Retry-After` for a rate-limited token. A token read from a custom header
+//! ([`TokenLayer::header`]) is not a bearer token, so its refusals carry no challenge.
+//! Refusals have an empty body; nothing in a response ever repeats the token. See
+//! `docs/LAYER.md`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,6 +37,10 @@ use crate::store::{TokenStore, ValidToken};
 /// | token lacks the required scope | 403 | `… error="insufficient_scope", scope="…"` |
 /// | token over its rate limit | 429 | `Retry-After: <seconds, rounded up>` |
 ///
+/// With [`header`](Self::header) the statuses are the same but no refusal carries a
+/// `WWW-Authenticate` challenge: the token is not a bearer token, and no standard scheme
+/// describes a bare token in a custom header.
+///
 /// Refusals have an empty body (`ResBody::default()`).
 ///
 /// ```
@@ -56,11 +62,29 @@ pub struct TokenLayer {
 
 #[derive(Clone)]
 struct Config {
-    header: Option<HeaderName>,
+    source: Source,
     scope: Option<Box<str>>,
     realm: Box<str>,
-    /// Every refusal's `WWW-Authenticate` value, built once so refusing allocates no header.
-    challenges: Challenges,
+}
+
+/// Where the token is, and so which challenges a refusal carries.
+#[derive(Clone)]
+enum Source {
+    /// `Authorization: Bearer <token>`. Every refusal's `WWW-Authenticate` value is built
+    /// once, when the layer is configured, so refusing allocates no header. Boxed: the
+    /// challenges are large, and only a refusal reads them.
+    Bearer(Box<Challenges>),
+    /// The whole value of this header is the token; refusals carry no challenge.
+    Header(HeaderName),
+}
+
+impl Config {
+    /// Rebuilds the challenges from the realm and scope, after either changed.
+    fn rechallenge(&mut self) {
+        if let Source::Bearer(challenges) = &mut self.source {
+            **challenges = Challenges::new(&self.realm, self.scope.as_deref());
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -74,6 +98,22 @@ struct Challenges {
 }
 
 impl Challenges {
+    /// The `WWW-Authenticate` value answering `refusal`; none for a rate limit, whose 429
+    /// says "wait" rather than "authenticate".
+    fn answering(&self, refusal: &Refusal) -> Option<&HeaderValue> {
+        match refusal {
+            Refusal::Missing => Some(&self.missing),
+            Refusal::Rejected(rejection) => match rejection {
+                Rejection::Malformed => Some(&self.malformed),
+                Rejection::Unknown => Some(&self.unknown),
+                Rejection::Revoked => Some(&self.revoked),
+                Rejection::Expired => Some(&self.expired),
+                Rejection::MissingScope => Some(&self.insufficient_scope),
+                Rejection::RateLimited { .. } => None,
+            },
+        }
+    }
+
     fn new(realm: &str, scope: Option<&str>) -> Challenges {
         let realm = quotable(realm);
         let invalid = |description: &str| {
@@ -115,9 +155,8 @@ impl TokenLayer {
         TokenLayer {
             store,
             config: Arc::new(Config {
-                header: None,
+                source: Source::Bearer(Box::new(Challenges::new(&realm, None))),
                 scope: None,
-                challenges: Challenges::new(&realm, None),
                 realm,
             }),
         }
@@ -127,7 +166,7 @@ impl TokenLayer {
     pub fn require_scope(mut self, scope: impl Into<String>) -> TokenLayer {
         let config = Arc::make_mut(&mut self.config);
         config.scope = Some(scope.into().into_boxed_str());
-        config.challenges = Challenges::new(&config.realm, config.scope.as_deref());
+        config.rechallenge();
         self
     }
 
@@ -136,14 +175,16 @@ impl TokenLayer {
     pub fn realm(mut self, realm: impl Into<String>) -> TokenLayer {
         let config = Arc::make_mut(&mut self.config);
         config.realm = realm.into().into_boxed_str();
-        config.challenges = Challenges::new(&config.realm, config.scope.as_deref());
+        config.rechallenge();
         self
     }
 
     /// Reads the token from `header` instead of `Authorization`: the header's whole value
-    /// is the token, with no `Bearer` prefix (e.g. `X-Api-Key: tc_…`).
+    /// is the token, with no `Bearer` prefix (e.g. `X-Api-Key: tc_…`). Refusals then carry
+    /// no `WWW-Authenticate` challenge (the token is not a bearer token), and the realm is
+    /// not used.
     pub fn header(mut self, header: HeaderName) -> TokenLayer {
-        Arc::make_mut(&mut self.config).header = Some(header);
+        Arc::make_mut(&mut self.config).source = Source::Header(header);
         self
     }
 }
@@ -180,9 +221,9 @@ impl<S> TokenService<S> {
     /// The token from the request's headers, then the store's verdict (owned, for the
     /// request's extensions).
     fn authorize(&self, headers: &http::HeaderMap) -> Result<ValidToken<'static>, Refusal> {
-        let token = match &self.config.header {
-            Some(name) => headers.get(name).ok_or(Refusal::Missing)?.as_bytes(),
-            None => bearer(headers.get(AUTHORIZATION).ok_or(Refusal::Missing)?)?,
+        let token = match &self.config.source {
+            Source::Header(name) => headers.get(name).ok_or(Refusal::Missing)?.as_bytes(),
+            Source::Bearer(_) => bearer(headers.get(AUTHORIZATION).ok_or(Refusal::Missing)?)?,
         };
         // A header that is not UTF-8 cannot be a token.
         let token = std::str::from_utf8(token)
@@ -198,33 +239,40 @@ impl<S> TokenService<S> {
     }
 
     fn refuse<B: Default>(&self, refusal: Refusal) -> Response<B> {
-        let challenges = &self.config.challenges;
-        let (status, challenge) = match refusal {
-            Refusal::Missing => (StatusCode::UNAUTHORIZED, &challenges.missing),
-            Refusal::Rejected(rejection) => match rejection {
-                Rejection::Malformed => (StatusCode::UNAUTHORIZED, &challenges.malformed),
-                Rejection::Unknown => (StatusCode::UNAUTHORIZED, &challenges.unknown),
-                Rejection::Revoked => (StatusCode::UNAUTHORIZED, &challenges.revoked),
-                Rejection::Expired => (StatusCode::UNAUTHORIZED, &challenges.expired),
-                Rejection::MissingScope => (StatusCode::FORBIDDEN, &challenges.insufficient_scope),
-                Rejection::RateLimited { retry_after } => {
-                    let mut response = Response::new(B::default());
-                    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-                    // Whole seconds, rounded up, so a client that waits that long is admitted.
-                    let seconds = retry_after.as_nanos().div_ceil(1_000_000_000);
-                    response
-                        .headers_mut()
-                        .insert(RETRY_AFTER, HeaderValue::from(seconds as u64));
-                    return response;
-                }
-            },
-        };
         let mut response = Response::new(B::default());
-        *response.status_mut() = status;
+        *response.status_mut() = refusal.status();
+        if let Refusal::Rejected(Rejection::RateLimited { retry_after }) = refusal {
+            // Whole seconds, rounded up, so a client that waits that long is admitted.
+            let seconds = retry_after.as_nanos().div_ceil(1_000_000_000);
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds as u64));
+        }
+        if let Source::Bearer(challenges) = &self.config.source {
+            if let Some(challenge) = challenges.answering(&refusal) {
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, challenge.clone());
+            }
+        }
         response
-            .headers_mut()
-            .insert(WWW_AUTHENTICATE, challenge.clone());
-        response
+    }
+}
+
+impl Refusal {
+    /// The status answering this refusal (the table on [`TokenLayer`]).
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Missing => StatusCode::UNAUTHORIZED,
+            Refusal::Rejected(rejection) => match rejection {
+                Rejection::Malformed
+                | Rejection::Unknown
+                | Rejection::Revoked
+                | Rejection::Expired => StatusCode::UNAUTHORIZED,
+                Rejection::MissingScope => StatusCode::FORBIDDEN,
+                Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            },
+        }
     }
 }
 

@@ -37,12 +37,18 @@ fn app(store: &TokenStore) -> Router {
     let keyed = Router::new()
         .route("/keyed", get(me))
         .route_layer(TokenLayer::new(store.clone()).header(X_API_KEY));
+    let keyed_writers = Router::new().route("/keyed/items", post(me)).route_layer(
+        TokenLayer::new(store.clone())
+            .header(X_API_KEY)
+            .require_scope("write"),
+    );
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/unguarded", get(me))
         .merge(readers)
         .merge(writers)
         .merge(keyed)
+        .merge(keyed_writers)
 }
 
 async fn serve(store: &TokenStore) -> SocketAddr {
@@ -231,14 +237,6 @@ async fn bad_or_missing_tokens_get_401_with_a_bearer_challenge() {
             token,
         );
     }
-    // The custom-header route: no header is a plain challenge too.
-    let keyed = http.send("GET", "/keyed", None).await;
-    refused(
-        &keyed,
-        StatusCode::UNAUTHORIZED,
-        Some(r#"Bearer realm="api""#),
-        "",
-    );
     let rejections = store.stats().rejections;
     assert_eq!(
         (
@@ -346,6 +344,62 @@ async fn many_concurrent_clients_get_the_right_answers_and_never_more_than_the_q
     assert_eq!(stats.validations, 320 + 37);
     assert_eq!(stats.rejections.rate_limited, 320 - 37);
     assert_eq!(stats.rejections.revoked, 320);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_header_route_refuses_without_a_bearer_challenge() {
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    let reader = store.issue(NewToken::new("reader").scope("read")).unwrap();
+    let revoked = store.issue(NewToken::new("revoked")).unwrap();
+    store.revoke(&revoked.id()).unwrap();
+    let limited = store
+        .issue(
+            NewToken::new("limited")
+                .scope("write")
+                .rate_limit(RateLimit::per_minute(1)),
+        )
+        .unwrap();
+    let http = Http::new(serve(&store).await);
+
+    refused(
+        &http.send("GET", "/keyed", None).await,
+        StatusCode::UNAUTHORIZED,
+        None,
+        "",
+    );
+    // A bearer header does not count on a custom-header route.
+    let bearer = format!("Bearer {}", reader.secret());
+    refused(
+        &http
+            .send("GET", "/keyed", Some((AUTHORIZATION, &bearer)))
+            .await,
+        StatusCode::UNAUTHORIZED,
+        None,
+        reader.secret(),
+    );
+    for token in ["tc_not_a_real_token", revoked.secret()] {
+        let answer = http.send("GET", "/keyed", Some((X_API_KEY, token))).await;
+        refused(&answer, StatusCode::UNAUTHORIZED, None, token);
+    }
+    let answer = http
+        .send("POST", "/keyed/items", Some((X_API_KEY, reader.secret())))
+        .await;
+    refused(&answer, StatusCode::FORBIDDEN, None, reader.secret());
+    let answer = http
+        .send("POST", "/keyed/items", Some((X_API_KEY, limited.secret())))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let answer = http
+        .send("POST", "/keyed/items", Some((X_API_KEY, limited.secret())))
+        .await;
+    refused(
+        &answer,
+        StatusCode::TOO_MANY_REQUESTS,
+        None,
+        limited.secret(),
+    );
+    assert_eq!(answer.retry_after.as_deref(), Some("60"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
