@@ -4,7 +4,8 @@
 //!
 //! The answers follow RFC 6750 (bearer tokens): 401 with a `WWW-Authenticate: Bearer`
 //! challenge for a missing or bad token, 403 `insufficient_scope` for a missing scope, and
-//! 429 with `Retry-After` for a rate-limited token. A token read from a custom header
+//! 429 with `Retry-After` for a rate-limited token, 400 `invalid_request` for a request
+//! carrying the token header twice. A token read from a custom header
 //! ([`TokenLayer::header`]) is not a bearer token, so its refusals carry no challenge.
 //! Refusals have an empty body; nothing in a response ever repeats the token. See
 //! `docs/LAYER.md`.
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -36,6 +37,11 @@ use crate::store::{TokenStore, ValidToken};
 /// | malformed, unknown, revoked or expired token | 401 | `… error="invalid_token", error_description="…"` |
 /// | token lacks the required scope | 403 | `… error="insufficient_scope", scope="…"` |
 /// | token over its rate limit | 429 | `Retry-After: <seconds, rounded up>` |
+/// | two or more token headers (whatever their values) | 400 | `… error="invalid_request", error_description="…"` |
+///
+/// A request carrying the token header twice is refused before [`TokenStore::validate`]
+/// (so it spends no quota and is not counted in [`Stats`](crate::Stats)): a proxy or
+/// handler reading the other copy could disagree about who calls.
 ///
 /// With [`header`](Self::header) the statuses are the same but no refusal carries a
 /// `WWW-Authenticate` challenge: the token is not a bearer token, and no standard scheme
@@ -90,6 +96,7 @@ impl Config {
 #[derive(Clone)]
 struct Challenges {
     missing: HeaderValue,
+    duplicate: HeaderValue,
     malformed: HeaderValue,
     unknown: HeaderValue,
     revoked: HeaderValue,
@@ -103,6 +110,7 @@ impl Challenges {
     fn answering(&self, refusal: &Refusal) -> Option<&HeaderValue> {
         match refusal {
             Refusal::Missing => Some(&self.missing),
+            Refusal::Duplicate => Some(&self.duplicate),
             Refusal::Rejected(rejection) => match rejection {
                 Rejection::Malformed => Some(&self.malformed),
                 Rejection::Unknown => Some(&self.unknown),
@@ -123,6 +131,9 @@ impl Challenges {
         };
         Challenges {
             missing: header_value(format!("Bearer realm=\"{realm}\"")),
+            duplicate: header_value(format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"the request has more than one Authorization header\""
+            )),
             malformed: invalid("the token is malformed"),
             unknown: invalid("the token is unknown"),
             revoked: invalid("the token was revoked"),
@@ -213,6 +224,8 @@ pub struct TokenService<S> {
 enum Refusal {
     /// No bearer token at all.
     Missing,
+    /// The token header appears more than once.
+    Duplicate,
     /// `validate` said no.
     Rejected(Rejection),
 }
@@ -220,10 +233,10 @@ enum Refusal {
 impl<S> TokenService<S> {
     /// The token from the request's headers, then the store's verdict (owned, for the
     /// request's extensions).
-    fn authorize(&self, headers: &http::HeaderMap) -> Result<ValidToken<'static>, Refusal> {
+    fn authorize(&self, headers: &HeaderMap) -> Result<ValidToken<'static>, Refusal> {
         let token = match &self.config.source {
-            Source::Header(name) => headers.get(name).ok_or(Refusal::Missing)?.as_bytes(),
-            Source::Bearer(_) => bearer(headers.get(AUTHORIZATION).ok_or(Refusal::Missing)?)?,
+            Source::Header(name) => only_value(headers, name)?.as_bytes(),
+            Source::Bearer(_) => bearer(only_value(headers, &AUTHORIZATION)?)?,
         };
         // A header that is not UTF-8 cannot be a token.
         let token = std::str::from_utf8(token)
@@ -264,6 +277,7 @@ impl Refusal {
     fn status(&self) -> StatusCode {
         match self {
             Refusal::Missing => StatusCode::UNAUTHORIZED,
+            Refusal::Duplicate => StatusCode::BAD_REQUEST,
             Refusal::Rejected(rejection) => match rejection {
                 Rejection::Malformed
                 | Rejection::Unknown
@@ -273,6 +287,18 @@ impl Refusal {
                 Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             },
         }
+    }
+}
+
+/// The one value of header `name`. Two or more values are refused whatever they hold: the
+/// layer would check one while a proxy or handler might read another. Walking the
+/// header's values borrows the map and allocates nothing.
+fn only_value<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<&'h HeaderValue, Refusal> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next().ok_or(Refusal::Missing)?;
+    match values.next() {
+        None => Ok(first),
+        Some(_) => Err(Refusal::Duplicate),
     }
 }
 

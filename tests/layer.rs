@@ -82,11 +82,16 @@ impl Http {
     }
 
     async fn send(&self, method: &str, path: &str, header: Option<(HeaderName, &str)>) -> Answer {
+        self.send_all(method, path, header.as_slice()).await
+    }
+
+    /// Sends every header in `headers`, in order (a name given twice is sent twice).
+    async fn send_all(&self, method: &str, path: &str, headers: &[(HeaderName, &str)]) -> Answer {
         let mut request = Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.addr));
-        if let Some((name, value)) = header {
-            request = request.header(name, value);
+        for (name, value) in headers {
+            request = request.header(name, *value);
         }
         let response = self
             .client
@@ -400,6 +405,78 @@ async fn a_custom_header_route_refuses_without_a_bearer_challenge() {
         limited.secret(),
     );
     assert_eq!(answer.retry_after.as_deref(), Some("60"));
+}
+
+/// Two `Authorization` headers, in either order, both `Bearer` or one of another scheme:
+/// every pair is refused before `validate`, so none spends quota or shows in the stats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_authorization_headers_get_400_invalid_request_and_spend_nothing() {
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    let alice = store.issue(NewToken::new("alice")).unwrap();
+    let bob = store
+        .issue(NewToken::new("bob").rate_limit(RateLimit::per_minute(1)))
+        .unwrap();
+    let http = Http::new(serve(&store).await);
+    let alice_value = format!("Bearer {}", alice.secret());
+    let bob_value = format!("Bearer {}", bob.secret());
+    let challenge = r#"Bearer realm="test", error="invalid_request", error_description="the request has more than one Authorization header""#;
+
+    let pairs = [
+        [alice_value.as_str(), bob_value.as_str()],
+        [bob_value.as_str(), alice_value.as_str()],
+        [alice_value.as_str(), alice_value.as_str()],
+        [alice_value.as_str(), "Basic dXNlcjpwdw=="],
+        ["Basic dXNlcjpwdw==", alice_value.as_str()],
+    ];
+    for [first, second] in pairs {
+        let headers = [(AUTHORIZATION, first), (AUTHORIZATION, second)];
+        for (method, path) in [("GET", "/me"), ("POST", "/items")] {
+            let answer = http.send_all(method, path, &headers).await;
+            refused(
+                &answer,
+                StatusCode::BAD_REQUEST,
+                Some(challenge),
+                alice.secret(),
+            );
+            assert!(!answer.head.contains(bob.secret()), "{}", answer.head);
+        }
+    }
+    let stats = store.stats();
+    assert_eq!(
+        stats.validations, 0,
+        "a doubled header never reaches validate"
+    );
+    assert_eq!(stats.rejections, Default::default());
+    // So bob's one request per minute is still unspent.
+    assert_eq!(http.get("/me", bob.secret()).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_custom_token_headers_get_400_without_a_challenge() {
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    let alice = store.issue(NewToken::new("alice")).unwrap();
+    let bob = store.issue(NewToken::new("bob")).unwrap();
+    let http = Http::new(serve(&store).await);
+
+    let headers = [(X_API_KEY, alice.secret()), (X_API_KEY, bob.secret())];
+    let answer = http.send_all("GET", "/keyed", &headers).await;
+    refused(&answer, StatusCode::BAD_REQUEST, None, alice.secret());
+    assert!(!answer.head.contains(bob.secret()), "{}", answer.head);
+    assert_eq!(store.stats().validations, 0);
+    // One X-Api-Key beside an Authorization header is not a duplicate: the route reads only
+    // its own header.
+    let bearer = format!("Bearer {}", bob.secret());
+    let one_each = [
+        (X_API_KEY, alice.secret()),
+        (AUTHORIZATION, bearer.as_str()),
+    ];
+    let answer = http.send_all("GET", "/keyed", &one_each).await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (StatusCode::OK, "hello alice")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
