@@ -28,8 +28,9 @@ use crate::store::{TokenStore, ValidToken};
 /// For each request it reads `Authorization: Bearer <token>` (or the header set with
 /// [`header`](Self::header)), calls [`TokenStore::validate`] (or
 /// [`validate_scope`](TokenStore::validate_scope) with [`require_scope`](Self::require_scope)),
-/// and on success inserts the [`ValidToken`] into the request's extensions before calling the
-/// inner service. Otherwise it answers without calling the inner service:
+/// and on success marks the token header [sensitive](HeaderValue::set_sensitive) (so its
+/// `Debug` shows no secret) and inserts the [`ValidToken`] into the request's extensions
+/// before calling the inner service. Otherwise it answers without calling the inner service:
 ///
 /// | cause | status | headers |
 /// |---|---|---|
@@ -82,6 +83,16 @@ enum Source {
     Bearer(Box<Challenges>),
     /// The whole value of this header is the token; refusals carry no challenge.
     Header(HeaderName),
+}
+
+impl Source {
+    /// The header holding the token.
+    fn name(&self) -> &HeaderName {
+        match self {
+            Source::Bearer(_) => &AUTHORIZATION,
+            Source::Header(name) => name,
+        }
+    }
 }
 
 impl Config {
@@ -234,9 +245,11 @@ impl<S> TokenService<S> {
     /// The token from the request's headers, then the store's verdict (owned, for the
     /// request's extensions).
     fn authorize(&self, headers: &HeaderMap) -> Result<ValidToken<'static>, Refusal> {
-        let token = match &self.config.source {
-            Source::Header(name) => only_value(headers, name)?.as_bytes(),
-            Source::Bearer(_) => bearer(only_value(headers, &AUTHORIZATION)?)?,
+        let source = &self.config.source;
+        let value = only_value(headers, source.name())?;
+        let token = match source {
+            Source::Bearer(_) => bearer(value)?,
+            Source::Header(_) => value.as_bytes(),
         };
         // A header that is not UTF-8 cannot be a token.
         let token = std::str::from_utf8(token)
@@ -330,6 +343,12 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let kind = match self.authorize(request.headers()) {
             Ok(token) => {
+                // The inner services (a trace layer logging headers with `Debug`, say) see
+                // the token header as `Sensitive`, never the secret. `authorize` made sure
+                // it is the header's only value; flipping the flag allocates nothing.
+                if let Some(value) = request.headers_mut().get_mut(self.config.source.name()) {
+                    value.set_sensitive(true);
+                }
                 request.extensions_mut().insert(token);
                 Kind::Inner {
                     future: self.inner.call(request),

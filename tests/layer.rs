@@ -1,20 +1,24 @@
 //! `TokenLayer` and the `ValidToken` extractor over real loopback HTTP: an axum router
 //! served on 127.0.0.1:0, requests from a hyper client. Every status code and header, a
 //! store on a manual clock so rate limits and expiry are exact, and many concurrent clients.
+//! What the inner service receives, the refusal future and the extractor's log are checked
+//! in-process, with tower's `oneshot`.
 
 mod common;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
 use http::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{HeaderName, Request, StatusCode};
+use http::{HeaderName, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use tower::{service_fn, Layer, ServiceExt};
 
 use common::{manual_store, scratch};
 use tokencache::{NewToken, RateLimit, TokenLayer, TokenStore, ValidToken};
@@ -477,6 +481,70 @@ async fn two_custom_token_headers_get_400_without_a_challenge() {
         (answer.status, answer.body.as_str()),
         (StatusCode::OK, "hello alice")
     );
+}
+
+/// What the inner service saw of the token header.
+#[derive(Clone)]
+struct Seen {
+    sensitive: bool,
+    headers: String,
+}
+
+/// Sends one request carrying `name: value` through `layer` to a service that records
+/// what it received.
+async fn seen_by_the_inner_service(layer: TokenLayer, name: HeaderName, value: &str) -> Seen {
+    let header = name.clone();
+    let inner = service_fn(move |request: Request<()>| {
+        let seen = Seen {
+            sensitive: request.headers()[&header].is_sensitive(),
+            headers: format!("{:?}", request.headers()),
+        };
+        async move {
+            let mut response = Response::new(String::new());
+            response.extensions_mut().insert(seen);
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let request = Request::builder()
+        .header(name, value)
+        .header("x-request-id", "42")
+        .body(())
+        .unwrap();
+    let response = layer.layer(inner).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.extensions().get::<Seen>().unwrap().clone()
+}
+
+#[tokio::test]
+async fn the_inner_service_sees_the_token_header_marked_sensitive() {
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    let token = store.issue(NewToken::new("bot")).unwrap();
+    let bearer = format!("Bearer {}", token.secret());
+    let cases = [
+        (
+            TokenLayer::new(store.clone()),
+            AUTHORIZATION,
+            bearer.as_str(),
+        ),
+        (
+            TokenLayer::new(store.clone()).header(X_API_KEY),
+            X_API_KEY,
+            token.secret(),
+        ),
+    ];
+    for (layer, name, value) in cases {
+        let seen = seen_by_the_inner_service(layer, name.clone(), value).await;
+        assert!(seen.sensitive, "{name} is not marked sensitive");
+        assert!(
+            !seen.headers.contains(token.secret()),
+            "Debug of the headers shows the token: {}",
+            seen.headers
+        );
+        // The header is still there, and other headers still show.
+        assert!(seen.headers.contains(name.as_str()), "{}", seen.headers);
+        assert!(seen.headers.contains("x-request-id"), "{}", seen.headers);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
