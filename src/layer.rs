@@ -406,7 +406,9 @@ mod axum_extractor {
     use crate::store::ValidToken;
 
     /// The [`ValidToken`] extractor was used on a route that [`TokenLayer`](crate::TokenLayer)
-    /// does not cover: a server bug, answered with 500.
+    /// does not cover: a server bug. The response is 500 with an empty body; the reason (this
+    /// error's message) goes to the log with `tracing::error!`, since it describes how the
+    /// server is built and is of no use to the client.
     #[derive(Debug, Clone, Copy, thiserror::Error)]
     #[error("ValidToken extractor used on a route without TokenLayer; add .route_layer(TokenLayer::new(store)) to the router")]
     pub struct MissingTokenLayer;
@@ -414,7 +416,7 @@ mod axum_extractor {
     impl IntoResponse for MissingTokenLayer {
         fn into_response(self) -> Response {
             tracing::error!("{self}");
-            (StatusCode::INTERNAL_SERVER_ERROR, self.to_string()).into_response()
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
 
