@@ -364,6 +364,13 @@ where
 
 pin_project_lite::pin_project! {
     /// The future of [`TokenService`]: the inner service's, or an immediate refusal.
+    ///
+    /// # Panics
+    ///
+    /// A refusal polled again after it returned [`Poll::Ready`] panics with "ResponseFuture
+    /// polled after completion", as futures do by convention: it has no answer left to
+    /// give, and waiting forever would hide the caller's bug. An accepted request's future
+    /// does what the inner service's future does.
     pub struct ResponseFuture<F, B> {
         #[pin]
         kind: Kind<F, B>,
@@ -389,8 +396,9 @@ where
             KindProj::Inner { future } => future.poll(cx),
             KindProj::Refused { response } => match response.take() {
                 Some(response) => Poll::Ready(Ok(response)),
-                // Polled again after completing: a caller bug; never complete twice.
-                None => Poll::Pending,
+                // The response was handed out by the poll that completed this future; a
+                // second answer would be invented, and `Pending` would never wake.
+                None => panic!("ResponseFuture polled after completion"),
             },
         }
     }

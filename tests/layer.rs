@@ -7,9 +7,11 @@
 mod common;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::response::IntoResponse;
@@ -21,7 +23,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use tower::{service_fn, Layer, ServiceExt};
+use tower::{service_fn, Layer, Service, ServiceExt};
 
 use common::{manual_store, scratch};
 use tokencache::{MissingTokenLayer, NewToken, RateLimit, TokenLayer, TokenStore, ValidToken};
@@ -601,4 +603,23 @@ async fn missing_token_layer_logs_its_reason_and_answers_an_empty_500() {
         logged.contains("ValidToken extractor used on a route without TokenLayer"),
         "{logged}"
     );
+}
+
+#[test]
+#[should_panic(expected = "ResponseFuture polled after completion")]
+fn a_refusal_future_polled_after_completion_panics() {
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    let mut service = TokenLayer::new(store).layer(service_fn(|_: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(String::new()))
+    }));
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    // No token: refused without calling the inner service.
+    let mut future = std::pin::pin!(service.call(Request::new(())));
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok(response)) => assert_eq!(response.status(), StatusCode::UNAUTHORIZED),
+        _ => panic!("a refusal is ready at its first poll"),
+    }
+    let _ = future.as_mut().poll(&mut cx);
 }
