@@ -4,8 +4,11 @@
 //!
 //! The answers follow RFC 6750 (bearer tokens): 401 with a `WWW-Authenticate: Bearer`
 //! challenge for a missing or bad token, 403 `insufficient_scope` for a missing scope, and
-//! 429 with `Retry-After` for a rate-limited token. Refusals have an empty body; nothing in
-//! a response ever repeats the token. See `docs/LAYER.md`.
+//! 429 with `Retry-After` for a rate-limited token, 400 `invalid_request` for a request
+//! carrying the token header twice. A token read from a custom header
+//! ([`TokenLayer::header`]) is not a bearer token, so its refusals carry no challenge.
+//! Refusals have an empty body; nothing in a response ever repeats the token. See
+//! `docs/LAYER.md`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -25,8 +28,9 @@ use crate::store::{TokenStore, ValidToken};
 /// For each request it reads `Authorization: Bearer <token>` (or the header set with
 /// [`header`](Self::header)), calls [`TokenStore::validate`] (or
 /// [`validate_scope`](TokenStore::validate_scope) with [`require_scope`](Self::require_scope)),
-/// and on success inserts the [`ValidToken`] into the request's extensions before calling the
-/// inner service. Otherwise it answers without calling the inner service:
+/// and on success marks the token header [sensitive](HeaderValue::set_sensitive) (so its
+/// `Debug` shows no secret) and inserts the [`ValidToken`] into the request's extensions
+/// before calling the inner service. Otherwise it answers without calling the inner service:
 ///
 /// | cause | status | headers |
 /// |---|---|---|
@@ -34,6 +38,15 @@ use crate::store::{TokenStore, ValidToken};
 /// | malformed, unknown, revoked or expired token | 401 | `… error="invalid_token", error_description="…"` |
 /// | token lacks the required scope | 403 | `… error="insufficient_scope", scope="…"` |
 /// | token over its rate limit | 429 | `Retry-After: <seconds, rounded up>` |
+/// | two or more token headers (whatever their values) | 400 | `… error="invalid_request", error_description="…"` |
+///
+/// A request carrying the token header twice is refused before [`TokenStore::validate`]
+/// (so it spends no quota and is not counted in [`Stats`](crate::Stats)): a proxy or
+/// handler reading the other copy could disagree about who calls.
+///
+/// With [`header`](Self::header) the statuses are the same but no refusal carries a
+/// `WWW-Authenticate` challenge: the token is not a bearer token, and no standard scheme
+/// describes a bare token in a custom header.
 ///
 /// Refusals have an empty body (`ResBody::default()`).
 ///
@@ -56,16 +69,45 @@ pub struct TokenLayer {
 
 #[derive(Clone)]
 struct Config {
-    header: Option<HeaderName>,
+    source: Source,
     scope: Option<Box<str>>,
     realm: Box<str>,
-    /// Every refusal's `WWW-Authenticate` value, built once so refusing allocates no header.
-    challenges: Challenges,
+}
+
+/// Where the token is, and so which challenges a refusal carries.
+#[derive(Clone)]
+enum Source {
+    /// `Authorization: Bearer <token>`. Every refusal's `WWW-Authenticate` value is built
+    /// once, when the layer is configured, so refusing allocates no header. Boxed: the
+    /// challenges are large, and only a refusal reads them.
+    Bearer(Box<Challenges>),
+    /// The whole value of this header is the token; refusals carry no challenge.
+    Header(HeaderName),
+}
+
+impl Source {
+    /// The header holding the token.
+    fn name(&self) -> &HeaderName {
+        match self {
+            Source::Bearer(_) => &AUTHORIZATION,
+            Source::Header(name) => name,
+        }
+    }
+}
+
+impl Config {
+    /// Rebuilds the challenges from the realm and scope, after either changed.
+    fn rechallenge(&mut self) {
+        if let Source::Bearer(challenges) = &mut self.source {
+            **challenges = Challenges::new(&self.realm, self.scope.as_deref());
+        }
+    }
 }
 
 #[derive(Clone)]
 struct Challenges {
     missing: HeaderValue,
+    duplicate: HeaderValue,
     malformed: HeaderValue,
     unknown: HeaderValue,
     revoked: HeaderValue,
@@ -74,6 +116,23 @@ struct Challenges {
 }
 
 impl Challenges {
+    /// The `WWW-Authenticate` value answering `refusal`; none for a rate limit, whose 429
+    /// says "wait" rather than "authenticate".
+    fn answering(&self, refusal: &Refusal) -> Option<&HeaderValue> {
+        match refusal {
+            Refusal::Missing => Some(&self.missing),
+            Refusal::Duplicate => Some(&self.duplicate),
+            Refusal::Rejected(rejection) => match rejection {
+                Rejection::Malformed => Some(&self.malformed),
+                Rejection::Unknown => Some(&self.unknown),
+                Rejection::Revoked => Some(&self.revoked),
+                Rejection::Expired => Some(&self.expired),
+                Rejection::MissingScope => Some(&self.insufficient_scope),
+                Rejection::RateLimited { .. } => None,
+            },
+        }
+    }
+
     fn new(realm: &str, scope: Option<&str>) -> Challenges {
         let realm = quotable(realm);
         let invalid = |description: &str| {
@@ -83,6 +142,9 @@ impl Challenges {
         };
         Challenges {
             missing: header_value(format!("Bearer realm=\"{realm}\"")),
+            duplicate: header_value(format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"the request has more than one Authorization header\""
+            )),
             malformed: invalid("the token is malformed"),
             unknown: invalid("the token is unknown"),
             revoked: invalid("the token was revoked"),
@@ -115,9 +177,8 @@ impl TokenLayer {
         TokenLayer {
             store,
             config: Arc::new(Config {
-                header: None,
+                source: Source::Bearer(Box::new(Challenges::new(&realm, None))),
                 scope: None,
-                challenges: Challenges::new(&realm, None),
                 realm,
             }),
         }
@@ -127,7 +188,7 @@ impl TokenLayer {
     pub fn require_scope(mut self, scope: impl Into<String>) -> TokenLayer {
         let config = Arc::make_mut(&mut self.config);
         config.scope = Some(scope.into().into_boxed_str());
-        config.challenges = Challenges::new(&config.realm, config.scope.as_deref());
+        config.rechallenge();
         self
     }
 
@@ -136,14 +197,16 @@ impl TokenLayer {
     pub fn realm(mut self, realm: impl Into<String>) -> TokenLayer {
         let config = Arc::make_mut(&mut self.config);
         config.realm = realm.into().into_boxed_str();
-        config.challenges = Challenges::new(&config.realm, config.scope.as_deref());
+        config.rechallenge();
         self
     }
 
     /// Reads the token from `header` instead of `Authorization`: the header's whole value
-    /// is the token, with no `Bearer` prefix (e.g. `X-Api-Key: tc_…`).
+    /// is the token, with no `Bearer` prefix (e.g. `X-Api-Key: tc_…`). Refusals then carry
+    /// no `WWW-Authenticate` challenge (the token is not a bearer token), and the realm is
+    /// not used.
     pub fn header(mut self, header: HeaderName) -> TokenLayer {
-        Arc::make_mut(&mut self.config).header = Some(header);
+        Arc::make_mut(&mut self.config).source = Source::Header(header);
         self
     }
 }
@@ -172,6 +235,8 @@ pub struct TokenService<S> {
 enum Refusal {
     /// No bearer token at all.
     Missing,
+    /// The token header appears more than once.
+    Duplicate,
     /// `validate` said no.
     Rejected(Rejection),
 }
@@ -179,10 +244,12 @@ enum Refusal {
 impl<S> TokenService<S> {
     /// The token from the request's headers, then the store's verdict (owned, for the
     /// request's extensions).
-    fn authorize(&self, headers: &http::HeaderMap) -> Result<ValidToken<'static>, Refusal> {
-        let token = match &self.config.header {
-            Some(name) => headers.get(name).ok_or(Refusal::Missing)?.as_bytes(),
-            None => bearer(headers.get(AUTHORIZATION).ok_or(Refusal::Missing)?)?,
+    fn authorize(&self, headers: &HeaderMap) -> Result<ValidToken<'static>, Refusal> {
+        let source = &self.config.source;
+        let value = only_value(headers, source.name())?;
+        let token = match source {
+            Source::Bearer(_) => bearer(value)?,
+            Source::Header(_) => value.as_bytes(),
         };
         // A header that is not UTF-8 cannot be a token.
         let token = std::str::from_utf8(token)
@@ -198,33 +265,53 @@ impl<S> TokenService<S> {
     }
 
     fn refuse<B: Default>(&self, refusal: Refusal) -> Response<B> {
-        let challenges = &self.config.challenges;
-        let (status, challenge) = match refusal {
-            Refusal::Missing => (StatusCode::UNAUTHORIZED, &challenges.missing),
-            Refusal::Rejected(rejection) => match rejection {
-                Rejection::Malformed => (StatusCode::UNAUTHORIZED, &challenges.malformed),
-                Rejection::Unknown => (StatusCode::UNAUTHORIZED, &challenges.unknown),
-                Rejection::Revoked => (StatusCode::UNAUTHORIZED, &challenges.revoked),
-                Rejection::Expired => (StatusCode::UNAUTHORIZED, &challenges.expired),
-                Rejection::MissingScope => (StatusCode::FORBIDDEN, &challenges.insufficient_scope),
-                Rejection::RateLimited { retry_after } => {
-                    let mut response = Response::new(B::default());
-                    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-                    // Whole seconds, rounded up, so a client that waits that long is admitted.
-                    let seconds = retry_after.as_nanos().div_ceil(1_000_000_000);
-                    response
-                        .headers_mut()
-                        .insert(RETRY_AFTER, HeaderValue::from(seconds as u64));
-                    return response;
-                }
-            },
-        };
         let mut response = Response::new(B::default());
-        *response.status_mut() = status;
+        *response.status_mut() = refusal.status();
+        if let Refusal::Rejected(Rejection::RateLimited { retry_after }) = refusal {
+            // Whole seconds, rounded up, so a client that waits that long is admitted.
+            let seconds = retry_after.as_nanos().div_ceil(1_000_000_000);
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds as u64));
+        }
+        if let Source::Bearer(challenges) = &self.config.source {
+            if let Some(challenge) = challenges.answering(&refusal) {
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, challenge.clone());
+            }
+        }
         response
-            .headers_mut()
-            .insert(WWW_AUTHENTICATE, challenge.clone());
-        response
+    }
+}
+
+impl Refusal {
+    /// The status answering this refusal (the table on [`TokenLayer`]).
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Missing => StatusCode::UNAUTHORIZED,
+            Refusal::Duplicate => StatusCode::BAD_REQUEST,
+            Refusal::Rejected(rejection) => match rejection {
+                Rejection::Malformed
+                | Rejection::Unknown
+                | Rejection::Revoked
+                | Rejection::Expired => StatusCode::UNAUTHORIZED,
+                Rejection::MissingScope => StatusCode::FORBIDDEN,
+                Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            },
+        }
+    }
+}
+
+/// The one value of header `name`. Two or more values are refused whatever they hold: the
+/// layer would check one while a proxy or handler might read another. Walking the
+/// header's values borrows the map and allocates nothing.
+fn only_value<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<&'h HeaderValue, Refusal> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next().ok_or(Refusal::Missing)?;
+    match values.next() {
+        None => Ok(first),
+        Some(_) => Err(Refusal::Duplicate),
     }
 }
 
@@ -256,6 +343,12 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let kind = match self.authorize(request.headers()) {
             Ok(token) => {
+                // The inner services (a trace layer logging headers with `Debug`, say) see
+                // the token header as `Sensitive`, never the secret. `authorize` made sure
+                // it is the header's only value; flipping the flag allocates nothing.
+                if let Some(value) = request.headers_mut().get_mut(self.config.source.name()) {
+                    value.set_sensitive(true);
+                }
                 request.extensions_mut().insert(token);
                 Kind::Inner {
                     future: self.inner.call(request),
@@ -271,6 +364,13 @@ where
 
 pin_project_lite::pin_project! {
     /// The future of [`TokenService`]: the inner service's, or an immediate refusal.
+    ///
+    /// # Panics
+    ///
+    /// A refusal polled again after it returned [`Poll::Ready`] panics with "ResponseFuture
+    /// polled after completion", as futures do by convention: it has no answer left to
+    /// give, and waiting forever would hide the caller's bug. An accepted request's future
+    /// does what the inner service's future does.
     pub struct ResponseFuture<F, B> {
         #[pin]
         kind: Kind<F, B>,
@@ -296,8 +396,9 @@ where
             KindProj::Inner { future } => future.poll(cx),
             KindProj::Refused { response } => match response.take() {
                 Some(response) => Poll::Ready(Ok(response)),
-                // Polled again after completing: a caller bug; never complete twice.
-                None => Poll::Pending,
+                // The response was handed out by the poll that completed this future; a
+                // second answer would be invented, and `Pending` would never wake.
+                None => panic!("ResponseFuture polled after completion"),
             },
         }
     }
@@ -313,7 +414,9 @@ mod axum_extractor {
     use crate::store::ValidToken;
 
     /// The [`ValidToken`] extractor was used on a route that [`TokenLayer`](crate::TokenLayer)
-    /// does not cover: a server bug, answered with 500.
+    /// does not cover: a server bug. The response is 500 with an empty body; the reason (this
+    /// error's message) goes to the log with `tracing::error!`, since it describes how the
+    /// server is built and is of no use to the client.
     #[derive(Debug, Clone, Copy, thiserror::Error)]
     #[error("ValidToken extractor used on a route without TokenLayer; add .route_layer(TokenLayer::new(store)) to the router")]
     pub struct MissingTokenLayer;
@@ -321,7 +424,7 @@ mod axum_extractor {
     impl IntoResponse for MissingTokenLayer {
         fn into_response(self) -> Response {
             tracing::error!("{self}");
-            (StatusCode::INTERNAL_SERVER_ERROR, self.to_string()).into_response()
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
 

@@ -1,23 +1,32 @@
 //! `TokenLayer` and the `ValidToken` extractor over real loopback HTTP: an axum router
 //! served on 127.0.0.1:0, requests from a hyper client. Every status code and header, a
 //! store on a manual clock so rate limits and expiry are exact, and many concurrent clients.
+//! What the inner service receives, the refusal future and the extractor's log are checked
+//! in-process, with tower's `oneshot`.
 
 mod common;
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use http::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{HeaderName, Request, StatusCode};
+use http::{HeaderName, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use tower::{service_fn, Layer, Service, ServiceExt};
 
 use common::{manual_store, scratch};
-use tokencache::{NewToken, RateLimit, TokenLayer, TokenStore, ValidToken};
+use tokencache::{MissingTokenLayer, NewToken, RateLimit, TokenLayer, TokenStore, ValidToken};
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
@@ -37,12 +46,18 @@ fn app(store: &TokenStore) -> Router {
     let keyed = Router::new()
         .route("/keyed", get(me))
         .route_layer(TokenLayer::new(store.clone()).header(X_API_KEY));
+    let keyed_writers = Router::new().route("/keyed/items", post(me)).route_layer(
+        TokenLayer::new(store.clone())
+            .header(X_API_KEY)
+            .require_scope("write"),
+    );
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/unguarded", get(me))
         .merge(readers)
         .merge(writers)
         .merge(keyed)
+        .merge(keyed_writers)
 }
 
 async fn serve(store: &TokenStore) -> SocketAddr {
@@ -76,11 +91,16 @@ impl Http {
     }
 
     async fn send(&self, method: &str, path: &str, header: Option<(HeaderName, &str)>) -> Answer {
+        self.send_all(method, path, header.as_slice()).await
+    }
+
+    /// Sends every header in `headers`, in order (a name given twice is sent twice).
+    async fn send_all(&self, method: &str, path: &str, headers: &[(HeaderName, &str)]) -> Answer {
         let mut request = Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.addr));
-        if let Some((name, value)) = header {
-            request = request.header(name, value);
+        for (name, value) in headers {
+            request = request.header(name, *value);
         }
         let response = self
             .client
@@ -231,14 +251,6 @@ async fn bad_or_missing_tokens_get_401_with_a_bearer_challenge() {
             token,
         );
     }
-    // The custom-header route: no header is a plain challenge too.
-    let keyed = http.send("GET", "/keyed", None).await;
-    refused(
-        &keyed,
-        StatusCode::UNAUTHORIZED,
-        Some(r#"Bearer realm="api""#),
-        "",
-    );
     let rejections = store.stats().rejections;
     assert_eq!(
         (
@@ -349,6 +361,198 @@ async fn many_concurrent_clients_get_the_right_answers_and_never_more_than_the_q
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_header_route_refuses_without_a_bearer_challenge() {
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    let reader = store.issue(NewToken::new("reader").scope("read")).unwrap();
+    let revoked = store.issue(NewToken::new("revoked")).unwrap();
+    store.revoke(&revoked.id()).unwrap();
+    let limited = store
+        .issue(
+            NewToken::new("limited")
+                .scope("write")
+                .rate_limit(RateLimit::per_minute(1)),
+        )
+        .unwrap();
+    let http = Http::new(serve(&store).await);
+
+    refused(
+        &http.send("GET", "/keyed", None).await,
+        StatusCode::UNAUTHORIZED,
+        None,
+        "",
+    );
+    // A bearer header does not count on a custom-header route.
+    let bearer = format!("Bearer {}", reader.secret());
+    refused(
+        &http
+            .send("GET", "/keyed", Some((AUTHORIZATION, &bearer)))
+            .await,
+        StatusCode::UNAUTHORIZED,
+        None,
+        reader.secret(),
+    );
+    for token in ["tc_not_a_real_token", revoked.secret()] {
+        let answer = http.send("GET", "/keyed", Some((X_API_KEY, token))).await;
+        refused(&answer, StatusCode::UNAUTHORIZED, None, token);
+    }
+    let answer = http
+        .send("POST", "/keyed/items", Some((X_API_KEY, reader.secret())))
+        .await;
+    refused(&answer, StatusCode::FORBIDDEN, None, reader.secret());
+    let answer = http
+        .send("POST", "/keyed/items", Some((X_API_KEY, limited.secret())))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let answer = http
+        .send("POST", "/keyed/items", Some((X_API_KEY, limited.secret())))
+        .await;
+    refused(
+        &answer,
+        StatusCode::TOO_MANY_REQUESTS,
+        None,
+        limited.secret(),
+    );
+    assert_eq!(answer.retry_after.as_deref(), Some("60"));
+}
+
+/// Two `Authorization` headers, in either order, both `Bearer` or one of another scheme:
+/// every pair is refused before `validate`, so none spends quota or shows in the stats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_authorization_headers_get_400_invalid_request_and_spend_nothing() {
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    let alice = store.issue(NewToken::new("alice")).unwrap();
+    let bob = store
+        .issue(NewToken::new("bob").rate_limit(RateLimit::per_minute(1)))
+        .unwrap();
+    let http = Http::new(serve(&store).await);
+    let alice_value = format!("Bearer {}", alice.secret());
+    let bob_value = format!("Bearer {}", bob.secret());
+    let challenge = r#"Bearer realm="test", error="invalid_request", error_description="the request has more than one Authorization header""#;
+
+    let pairs = [
+        [alice_value.as_str(), bob_value.as_str()],
+        [bob_value.as_str(), alice_value.as_str()],
+        [alice_value.as_str(), alice_value.as_str()],
+        [alice_value.as_str(), "Basic dXNlcjpwdw=="],
+        ["Basic dXNlcjpwdw==", alice_value.as_str()],
+    ];
+    for [first, second] in pairs {
+        let headers = [(AUTHORIZATION, first), (AUTHORIZATION, second)];
+        for (method, path) in [("GET", "/me"), ("POST", "/items")] {
+            let answer = http.send_all(method, path, &headers).await;
+            refused(
+                &answer,
+                StatusCode::BAD_REQUEST,
+                Some(challenge),
+                alice.secret(),
+            );
+            assert!(!answer.head.contains(bob.secret()), "{}", answer.head);
+        }
+    }
+    let stats = store.stats();
+    assert_eq!(
+        stats.validations, 0,
+        "a doubled header never reaches validate"
+    );
+    assert_eq!(stats.rejections, Default::default());
+    // So bob's one request per minute is still unspent.
+    assert_eq!(http.get("/me", bob.secret()).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_custom_token_headers_get_400_without_a_challenge() {
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    let alice = store.issue(NewToken::new("alice")).unwrap();
+    let bob = store.issue(NewToken::new("bob")).unwrap();
+    let http = Http::new(serve(&store).await);
+
+    let headers = [(X_API_KEY, alice.secret()), (X_API_KEY, bob.secret())];
+    let answer = http.send_all("GET", "/keyed", &headers).await;
+    refused(&answer, StatusCode::BAD_REQUEST, None, alice.secret());
+    assert!(!answer.head.contains(bob.secret()), "{}", answer.head);
+    assert_eq!(store.stats().validations, 0);
+    // One X-Api-Key beside an Authorization header is not a duplicate: the route reads only
+    // its own header.
+    let bearer = format!("Bearer {}", bob.secret());
+    let one_each = [
+        (X_API_KEY, alice.secret()),
+        (AUTHORIZATION, bearer.as_str()),
+    ];
+    let answer = http.send_all("GET", "/keyed", &one_each).await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (StatusCode::OK, "hello alice")
+    );
+}
+
+/// What the inner service saw of the token header.
+#[derive(Clone)]
+struct Seen {
+    sensitive: bool,
+    headers: String,
+}
+
+/// Sends one request carrying `name: value` through `layer` to a service that records
+/// what it received.
+async fn seen_by_the_inner_service(layer: TokenLayer, name: HeaderName, value: &str) -> Seen {
+    let header = name.clone();
+    let inner = service_fn(move |request: Request<()>| {
+        let seen = Seen {
+            sensitive: request.headers()[&header].is_sensitive(),
+            headers: format!("{:?}", request.headers()),
+        };
+        async move {
+            let mut response = Response::new(String::new());
+            response.extensions_mut().insert(seen);
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let request = Request::builder()
+        .header(name, value)
+        .header("x-request-id", "42")
+        .body(())
+        .unwrap();
+    let response = layer.layer(inner).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.extensions().get::<Seen>().unwrap().clone()
+}
+
+#[tokio::test]
+async fn the_inner_service_sees_the_token_header_marked_sensitive() {
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    let token = store.issue(NewToken::new("bot")).unwrap();
+    let bearer = format!("Bearer {}", token.secret());
+    let cases = [
+        (
+            TokenLayer::new(store.clone()),
+            AUTHORIZATION,
+            bearer.as_str(),
+        ),
+        (
+            TokenLayer::new(store.clone()).header(X_API_KEY),
+            X_API_KEY,
+            token.secret(),
+        ),
+    ];
+    for (layer, name, value) in cases {
+        let seen = seen_by_the_inner_service(layer, name.clone(), value).await;
+        assert!(seen.sensitive, "{name} is not marked sensitive");
+        assert!(
+            !seen.headers.contains(token.secret()),
+            "Debug of the headers shows the token: {}",
+            seen.headers
+        );
+        // The header is still there, and other headers still show.
+        assert!(seen.headers.contains(name.as_str()), "{}", seen.headers);
+        assert!(seen.headers.contains("x-request-id"), "{}", seen.headers);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_extractor_without_the_layer_is_a_500_not_a_pass() {
     let s = scratch();
     let (store, _clock) = manual_store(&s.path);
@@ -356,10 +560,66 @@ async fn the_extractor_without_the_layer_is_a_500_not_a_pass() {
     let http = Http::new(serve(&store).await);
     let answer = http.get("/unguarded", token.secret()).await;
     assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(
-        answer.body.contains("without TokenLayer"),
-        "{}",
-        answer.body
+    assert_eq!(
+        answer.body, "",
+        "the body says nothing about how the server is built"
     );
-    assert!(!answer.body.contains(token.secret()));
+    assert!(!answer.head.contains(token.secret()));
+}
+
+/// A buffer a `tracing` subscriber writes into.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn missing_token_layer_logs_its_reason_and_answers_an_empty_500() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // This thread only: the current-thread runtime runs the whole test here.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let response = MissingTokenLayer.into_response();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.is_empty(), "body: {body:?}");
+    let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logged.contains("ERROR"), "{logged}");
+    assert!(
+        logged.contains("ValidToken extractor used on a route without TokenLayer"),
+        "{logged}"
+    );
+}
+
+#[test]
+#[should_panic(expected = "ResponseFuture polled after completion")]
+fn a_refusal_future_polled_after_completion_panics() {
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    let mut service = TokenLayer::new(store).layer(service_fn(|_: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(String::new()))
+    }));
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    // No token: refused without calling the inner service.
+    let mut future = std::pin::pin!(service.call(Request::new(())));
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok(response)) => assert_eq!(response.status(), StatusCode::UNAUTHORIZED),
+        _ => panic!("a refusal is ready at its first poll"),
+    }
+    let _ = future.as_mut().poll(&mut cx);
 }
