@@ -8,9 +8,7 @@ mod common;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -567,24 +565,9 @@ async fn the_extractor_without_the_layer_is_a_500_not_a_pass() {
     assert!(!answer.head.contains(token.secret()));
 }
 
-/// A buffer a `tracing` subscriber writes into.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn missing_token_layer_logs_its_reason_and_answers_an_empty_500() {
-    let logs = Logs::default();
+    let logs = common::LogBuffer::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_ansi(false)
@@ -597,7 +580,7 @@ async fn missing_token_layer_logs_its_reason_and_answers_an_empty_500() {
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert!(body.is_empty(), "body: {body:?}");
-    let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logged = logs.text();
     assert!(logged.contains("ERROR"), "{logged}");
     assert!(
         logged.contains("ValidToken extractor used on a route without TokenLayer"),
