@@ -15,7 +15,7 @@
 
 use axum::routing::{get, post};
 use axum::Router;
-use tokencache::{TokenLayer, TokenStore, ValidToken};
+use tokencache::{OwnedToken, TokenLayer, TokenStore};
 
 /// Public: no token needed.
 async fn health() -> &'static str {
@@ -23,7 +23,7 @@ async fn health() -> &'static str {
 }
 
 /// Any valid token.
-async fn me(token: ValidToken<'_>) -> String {
+async fn me(token: OwnedToken) -> String {
     let scopes: Vec<&str> = token.scopes().collect();
     format!(
         "id {} name {} scopes {}\n",
@@ -34,7 +34,7 @@ async fn me(token: ValidToken<'_>) -> String {
 }
 
 /// Needs the `write` scope (checked by the layer; the handler just uses the token).
-async fn create_item(token: ValidToken<'_>) -> String {
+async fn create_item(token: OwnedToken) -> String {
     format!("created an item for {}\n", token.name())
 }
 

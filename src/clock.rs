@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::persist::Timer;
+use crate::inbox::Timer;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
 
 /// A source of wall-clock time in Unix milliseconds.

@@ -1,41 +1,67 @@
 //! One live token in memory, and the dirty protocol between validations and snapshots.
 //!
-//! A validation stamps `last_used` and, only when it flips the entry from clean to dirty,
-//! tells the persister (so a token used a million times between snapshots is sent once).
-//! A snapshot clears the flag *before* reading `last_used`, so a validation racing it either
-//! lands in this snapshot or re-dirties the entry for the next one: no update is lost.
+//! An entry is two cache lines. The first, [`Hot`], holds everything `validate` reads or
+//! writes: the digest, a status word (expiry and the revoked bit), the `last_used` word
+//! with its dirty bit, and the rate limiter. The second holds what only lists, snapshots
+//! and the persister read: the id, name and scopes, times, the rate limit as set.
+//!
+//! `last_used` and the dirty bit share one word: a validation's `fetch_max` stamps the time
+//! and sets the bit in one step, and a snapshot's `fetch_and` clears the bit and returns the
+//! time in one step, so there is no ordering argument between two atomics: a validation
+//! racing a snapshot either lands in it or leaves the bit set for the next one.
 
 use std::collections::HashSet;
 
+use subtle::ConstantTimeEq;
+
+use crate::error::Rejection;
 use crate::rate_limit::{Gcra, RateLimit};
 use crate::snapshot::{Problem, Record};
-use crate::sync::{AtomicBool, AtomicU64, Mutex, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 use crate::token::{Digest, TokenId};
 
-/// `0` in `last_used` / `revoked_at` means "never".
+/// `0` in a time word means "never".
 const NEVER: u64 = 0;
+/// The revoked bit of the status word; the other bits hold the expiry (Unix ms, 0 = never).
+const REVOKED: u64 = 1 << 63;
+/// The dirty bit of the `used` word; the other bits hold `last_used << 1`.
+const DIRTY: u64 = 1;
+/// Separates the name and each scope in an entry's text (no name or scope holds it).
+const SEPARATOR: char = '\0';
 
-/// A token as the store holds it. The definition fields are immutable; what changes after
-/// issue (`last_used`, `revoked_at`, the rate limit) is atomic, so entries are never replaced
-/// in the map and a validation holding an old `Arc` still writes to the live entry.
+/// What `validate` touches, in one cache line.
+#[repr(C, align(64))]
+pub(crate) struct Hot {
+    digest: Digest,
+    /// Expiry in Unix ms (0 = never), with [`REVOKED`] set once the token is revoked.
+    status: AtomicU64,
+    /// `last_used << 1 | dirty`.
+    used: AtomicU64,
+    /// The rate-limit check (its state is in memory only).
+    pub(crate) limiter: Gcra,
+}
+
+/// A token as the store holds it: [`Hot`], then the rest.
+#[repr(C, align(64))]
 pub(crate) struct Entry {
+    hot: Hot,
     pub(crate) id: TokenId,
-    pub(crate) digest: Digest,
-    pub(crate) name: Box<str>,
-    pub(crate) scopes: Box<[Box<str>]>,
+    /// The name, then each scope, each after a [`SEPARATOR`].
+    text: Box<str>,
     pub(crate) created_at: u64,
-    pub(crate) expires_at: Option<u64>,
     revoked_at: AtomicU64,
-    last_used: AtomicU64,
-    dirty: AtomicBool,
     /// The `last_used` value in the newest snapshot on disk. Only the persister touches it.
     persisted_last_used: AtomicU64,
-    /// The rate-limit check `validate` runs (its state is in memory only).
-    pub(crate) limiter: Gcra,
-    /// The rate limit as set, for `get`, `list` and snapshots; written by the persister only,
-    /// never read on the hot path (which reads `limiter`).
-    rate_limit: Mutex<Option<RateLimit>>,
+    /// The rate limit as set, for `get`, `list` and snapshots; written by the persister
+    /// only, never read on the hot path (which reads `hot.limiter`).
+    rate_limit: RateLimitCell,
 }
+
+#[cfg(not(loom))]
+const _: () = {
+    assert!(std::mem::size_of::<Hot>() == 64);
+    assert!(std::mem::size_of::<Entry>() == 128);
+};
 
 /// What [`Entry::touch`] asks of the caller.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,111 +73,151 @@ pub(crate) enum Touch {
 }
 
 impl Entry {
+    /// A new entry: `text` is the name followed by each scope (see [`pack_text`]).
     pub(crate) fn new(
         id: TokenId,
         digest: Digest,
-        name: Box<str>,
-        scopes: Box<[Box<str>]>,
+        text: Box<str>,
         created_at: u64,
         expires_at: Option<u64>,
         rate_limit: Option<RateLimit>,
     ) -> Entry {
         Entry {
+            hot: Hot {
+                digest,
+                status: AtomicU64::new(expires_at.unwrap_or(NEVER) & !REVOKED),
+                used: AtomicU64::new(NEVER),
+                limiter: Gcra::new(rate_limit),
+            },
             id,
-            digest,
-            name,
-            scopes,
+            text,
             created_at,
-            expires_at,
             revoked_at: AtomicU64::new(NEVER),
-            last_used: AtomicU64::new(NEVER),
-            dirty: AtomicBool::new(false),
             persisted_last_used: AtomicU64::new(NEVER),
-            limiter: Gcra::new(rate_limit),
-            rate_limit: Mutex::new(rate_limit),
+            rate_limit: RateLimitCell::new(rate_limit),
         }
     }
 
-    /// An entry as loaded from a snapshot (with its checked rate limit): clean, and in step
-    /// with the file. Takes the record to keep its decoded name without copying it.
-    pub(crate) fn from_record(record: Record, id: TokenId, rate_limit: Option<RateLimit>) -> Entry {
+    /// An entry as loaded from a snapshot (with its checked id, text and rate limit):
+    /// clean, and in step with the file.
+    fn from_record(
+        record: &Record,
+        id: TokenId,
+        text: Box<str>,
+        rate_limit: Option<RateLimit>,
+    ) -> Entry {
         let entry = Entry::new(
             id,
             record.digest,
-            record.name.into_boxed_str(),
-            record
-                .scopes
-                .into_iter()
-                .map(String::into_boxed_str)
-                .collect(),
+            text,
             record.created_at,
             record.expires_at,
             rate_limit,
         );
+        if let Some(at) = record.revoked_at {
+            entry.revoke(at);
+        }
         let last_used = record.last_used.unwrap_or(NEVER);
-        entry
-            .revoked_at
-            .store(record.revoked_at.unwrap_or(NEVER), Ordering::Relaxed);
-        entry.last_used.store(last_used, Ordering::Relaxed);
+        // Relaxed: the entry is not shared yet; publishing it to the map orders these.
+        entry.hot.used.store(last_used << 1, Ordering::Relaxed);
         entry
             .persisted_last_used
             .store(last_used, Ordering::Relaxed);
         entry
     }
 
+    /// Whether `digest` is this token's, compared in constant time.
+    #[inline]
+    pub(crate) fn digest_matches(&self, digest: &Digest) -> bool {
+        bool::from(self.hot.digest.ct_eq(digest))
+    }
+
+    /// Revoked, expired at `now_ms`, or neither: one load of the status word.
+    #[inline]
+    pub(crate) fn verdict(&self, now_ms: u64) -> Result<(), Rejection> {
+        // Acquire: pairs with the Release in `revoke` and `shorten_expiry`; a validation
+        // that starts after `revoke` returned sees it (the persister's reply also orders it).
+        let status = self.hot.status.load(Ordering::Acquire);
+        if status & REVOKED != 0 {
+            return Err(Rejection::Revoked);
+        }
+        if status != NEVER && now_ms >= status {
+            return Err(Rejection::Expired);
+        }
+        Ok(())
+    }
+
+    /// Spends one request of the token's rate limit at `now_ms`, or says how long to wait.
+    #[inline]
+    pub(crate) fn check_rate(&self, now_ms: u64) -> Result<(), std::time::Duration> {
+        self.hot.limiter.check(now_ms)
+    }
+
     /// Records a use at `now_ms` (the hot path: no allocation, no lock).
     ///
     /// Skip-if-fresh: when `last_used` already holds `now_ms` or later, another validation
-    /// stored it and that validation is responsible for the dirty flag, so this one writes
+    /// stored it and that validation is responsible for the dirty bit, so this one writes
     /// nothing and shares no cache line in exclusive mode.
     #[inline]
     pub(crate) fn touch(&self, now_ms: u64) -> Touch {
         // Relaxed: a hint only; `fetch_max` below is what decides.
-        if self.last_used.load(Ordering::Relaxed) >= now_ms {
+        if self.hot.used.load(Ordering::Relaxed) >> 1 >= now_ms {
             return Touch::Nothing;
         }
-        // Relaxed: published to the persister by the Release half of the swap below.
-        self.last_used.fetch_max(now_ms, Ordering::Relaxed);
-        // Planted bug (loom twin only): check-then-act on `dirty` lets two validations send.
+        // Planted bug (loom twin only): test the dirty bit, then set it (check-then-act).
         #[cfg(loom)]
         if crate::sync::bug::planted(crate::sync::bug::Bug::CheckThenSetDirty) {
-            if self.dirty.load(Ordering::Acquire) {
-                return Touch::Nothing;
-            }
-            self.dirty.store(true, Ordering::Release);
-            return Touch::Send;
+            return self.touch_check_then_set(now_ms);
         }
-        // AcqRel: Release publishes the `last_used` write above to the persister's Acquire
-        // swap in `take_for_snapshot`. Being a read-modify-write, it is totally ordered with
-        // that swap: either the snapshot's swap reads this `true` (and so sees our
-        // `last_used`), or ours comes later and reads the snapshot's `false` (and we send).
-        if self.dirty.swap(true, Ordering::AcqRel) {
+        // AcqRel: Release publishes this use to the persister's Acquire `fetch_and` in
+        // `take_for_snapshot`. Both are read-modify-writes of one word, so they are totally
+        // ordered: either the snapshot's clear comes later and returns this time, or ours
+        // comes later, finds the bit clear, sets it, and we send.
+        let stamp = (now_ms << 1) | DIRTY;
+        let before = self.hot.used.fetch_max(stamp, Ordering::AcqRel);
+        // The word changed (`before < stamp`) from clean to dirty: this call set the bit.
+        if before & DIRTY == 0 && before < stamp {
+            Touch::Send
+        } else {
+            Touch::Nothing
+        }
+    }
+
+    /// Broken twin of [`touch`](Self::touch) (loom only): a load of the dirty bit, then a
+    /// separate write, so two validations can both see it clear and both send.
+    #[cfg(loom)]
+    fn touch_check_then_set(&self, now_ms: u64) -> Touch {
+        let dirty = self.hot.used.load(Ordering::Acquire) & DIRTY != 0;
+        self.hot
+            .used
+            .fetch_max((now_ms << 1) | DIRTY, Ordering::AcqRel);
+        if dirty {
             Touch::Nothing
         } else {
             Touch::Send
         }
     }
 
-    /// Clears the dirty flag, *then* reads `last_used`: the snapshot half of the protocol.
+    /// Clears the dirty bit and returns `last_used`, in one step: the snapshot half of the
+    /// protocol (see [`touch`](Self::touch)).
     pub(crate) fn take_for_snapshot(&self) -> u64 {
         // Planted bug (loom twin only): reading before clearing loses a racing touch.
         #[cfg(loom)]
         if crate::sync::bug::planted(crate::sync::bug::Bug::ReadBeforeClear) {
-            let last_used = self.last_used.load(Ordering::Acquire);
-            self.dirty.swap(false, Ordering::AcqRel);
-            return last_used;
+            let used = self.hot.used.load(Ordering::Acquire);
+            self.hot.used.fetch_and(!DIRTY, Ordering::AcqRel);
+            return used >> 1;
         }
-        // AcqRel: Acquire pairs with the Release of `touch`'s swap (see there).
-        self.dirty.swap(false, Ordering::AcqRel);
-        // Acquire: sees at least the `last_used` of every touch whose swap we read from.
-        self.last_used.load(Ordering::Acquire)
+        // AcqRel: Acquire pairs with the Release of `touch`'s fetch_max (see there).
+        self.hot.used.fetch_and(!DIRTY, Ordering::AcqRel) >> 1
     }
 
     /// Whether `last_used` differs from what the newest snapshot on disk holds.
     pub(crate) fn unsaved(&self) -> bool {
-        // Acquire on last_used: as in `take_for_snapshot`. `persisted_last_used` is only
+        // Acquire on `used`: as in `take_for_snapshot`. `persisted_last_used` is only
         // written by the persister thread, which is the caller, so Relaxed suffices.
-        self.last_used.load(Ordering::Acquire) != self.persisted_last_used.load(Ordering::Relaxed)
+        self.hot.used.load(Ordering::Acquire) >> 1
+            != self.persisted_last_used.load(Ordering::Relaxed)
     }
 
     /// The `last_used` value in the newest snapshot on disk.
@@ -167,70 +233,105 @@ impl Entry {
 
     /// After a failed write: the entry stays dirty until a snapshot succeeds.
     pub(crate) fn mark_dirty(&self) {
-        // Release: like `touch`'s swap, but no send: the persister already knows.
-        self.dirty.store(true, Ordering::Release);
+        // Release: like `touch`'s, but no send: the persister already knows.
+        self.hot.used.fetch_or(DIRTY, Ordering::Release);
     }
 
     /// Whether the entry is waiting for a snapshot.
     pub(crate) fn is_dirty(&self) -> bool {
-        self.dirty.load(Ordering::Acquire)
+        self.hot.used.load(Ordering::Acquire) & DIRTY != 0
     }
 
     /// The last successful validation, in Unix ms.
     pub(crate) fn last_used(&self) -> Option<u64> {
         // Relaxed: a reading for display; ordering with other fields is not promised.
-        nonzero(self.last_used.load(Ordering::Relaxed))
+        nonzero(self.hot.used.load(Ordering::Relaxed) >> 1)
     }
 
     /// When the token was revoked, in Unix ms.
-    #[inline]
     pub(crate) fn revoked_at(&self) -> Option<u64> {
-        // Acquire: pairs with the Release in `revoke`; a validation that starts after
-        // `revoke` returned sees it (the persister's reply also orders it).
-        nonzero(self.revoked_at.load(Ordering::Acquire))
+        // Acquire: pairs with the Release of the status word in `revoke`, whose bit is set
+        // after this time is stored.
+        if self.hot.status.load(Ordering::Acquire) & REVOKED == 0 {
+            return None;
+        }
+        nonzero(self.revoked_at.load(Ordering::Relaxed))
+    }
+
+    /// When the token expires, in Unix ms.
+    pub(crate) fn expires_at(&self) -> Option<u64> {
+        nonzero(self.hot.status.load(Ordering::Acquire) & !REVOKED)
     }
 
     /// Marks the token revoked at `now_ms`, keeping the first revocation time if it already
-    /// was. Called by the persister only.
+    /// was. Called by the persister only (and while loading, before the entry is shared).
     pub(crate) fn revoke(&self, now_ms: u64) {
-        let stamp = now_ms.max(1);
-        let _ =
-            self.revoked_at
-                .compare_exchange(NEVER, stamp, Ordering::Release, Ordering::Relaxed);
+        if self.revoked_at().is_some() {
+            return;
+        }
+        // Relaxed: published by the Release below.
+        self.revoked_at.store(now_ms.max(1), Ordering::Relaxed);
+        // Release: pairs with the Acquire loads in `verdict` and `revoked_at`.
+        self.hot.status.fetch_or(REVOKED, Ordering::Release);
+    }
+
+    /// Makes the token expire at `at_ms` if it would otherwise expire later (or never).
+    /// Called by the persister only (`rotate`).
+    pub(crate) fn shorten_expiry(&self, at_ms: u64) {
+        let at = at_ms.clamp(1, REVOKED - 1);
+        // Relaxed loads: only the persister writes the word, and this thread is it.
+        let status = self.hot.status.load(Ordering::Relaxed);
+        let expiry = status & !REVOKED;
+        if expiry == NEVER || at < expiry {
+            // Release: pairs with the Acquire in `verdict`.
+            self.hot
+                .status
+                .store((status & REVOKED) | at, Ordering::Release);
+        }
     }
 
     /// The token's rate limit, as set.
     pub(crate) fn rate_limit(&self) -> Option<RateLimit> {
-        *self.rate_limit.lock().unwrap_or_else(|e| e.into_inner())
+        self.rate_limit.get()
     }
 
     /// Replaces the token's rate limit (a full burst is available again). Called by the
-    /// persister only, so the two fields below are never written concurrently.
+    /// persister only, so the two places it lives are never written concurrently.
     pub(crate) fn set_rate_limit(&self, limit: Option<RateLimit>) {
-        *self.rate_limit.lock().unwrap_or_else(|e| e.into_inner()) = limit;
-        self.limiter.set(limit);
+        self.rate_limit.set(limit);
+        self.hot.limiter.set(limit);
     }
 
-    /// Whether the token has expired at `now_ms`.
-    #[inline]
-    pub(crate) fn is_expired(&self, now_ms: u64) -> bool {
-        self.expires_at.is_some_and(|at| now_ms >= at)
+    /// The token's name.
+    pub(crate) fn name(&self) -> &str {
+        name_of(&self.text)
+    }
+
+    /// The token's scopes.
+    pub(crate) fn scopes(&self) -> impl Iterator<Item = &str> {
+        scopes_of(&self.text)
     }
 
     /// Whether the token grants `scope`.
+    #[inline]
     pub(crate) fn has_scope(&self, scope: &str) -> bool {
-        self.scopes.iter().any(|s| &**s == scope)
+        self.scopes().any(|s| s == scope)
+    }
+
+    /// The name and scopes, packed (for a detached copy of a valid token).
+    pub(crate) fn text(&self) -> &str {
+        &self.text
     }
 
     /// The entry as a snapshot record, with `last_used` as read by `take_for_snapshot`.
     pub(crate) fn to_record(&self, last_used: u64) -> Record {
         Record {
             id: self.id.to_bytes(),
-            name: self.name.to_string(),
-            digest: self.digest,
-            scopes: self.scopes.iter().map(|s| s.to_string()).collect(),
+            name: self.name().to_string(),
+            digest: self.hot.digest,
+            scopes: self.scopes().map(str::to_string).collect(),
             created_at: self.created_at,
-            expires_at: self.expires_at,
+            expires_at: self.expires_at(),
             revoked_at: self.revoked_at(),
             last_used: nonzero(last_used),
             rate_limit: self.rate_limit().map(RateLimit::to_record),
@@ -238,9 +339,70 @@ impl Entry {
     }
 }
 
+/// The name followed by each scope, each after a separator, in one allocation.
+pub(crate) fn pack_text<S: AsRef<str>>(name: &str, scopes: &[S]) -> Box<str> {
+    let len = name.len() + scopes.iter().map(|s| s.as_ref().len() + 1).sum::<usize>();
+    let mut text = String::with_capacity(len);
+    text.push_str(name);
+    for scope in scopes {
+        text.push(SEPARATOR);
+        text.push_str(scope.as_ref());
+    }
+    text.into_boxed_str()
+}
+
+/// The name in a packed text.
+pub(crate) fn name_of(text: &str) -> &str {
+    text.split(SEPARATOR).next().unwrap_or_default()
+}
+
+/// The scopes in a packed text.
+pub(crate) fn scopes_of(text: &str) -> impl Iterator<Item = &str> {
+    text.split(SEPARATOR).skip(1)
+}
+
+/// The rate limit as set: swapped whole, read without a lock (the loom build uses a lock).
+#[cfg(not(loom))]
+struct RateLimitCell(arc_swap::ArcSwapOption<RateLimit>);
+
+#[cfg(not(loom))]
+impl RateLimitCell {
+    fn new(limit: Option<RateLimit>) -> Self {
+        RateLimitCell(arc_swap::ArcSwapOption::from(
+            limit.map(std::sync::Arc::new),
+        ))
+    }
+
+    fn get(&self) -> Option<RateLimit> {
+        self.0.load().as_deref().copied()
+    }
+
+    fn set(&self, limit: Option<RateLimit>) {
+        self.0.store(limit.map(std::sync::Arc::new));
+    }
+}
+
+#[cfg(loom)]
+struct RateLimitCell(crate::sync::Mutex<Option<RateLimit>>);
+
+#[cfg(loom)]
+impl RateLimitCell {
+    fn new(limit: Option<RateLimit>) -> Self {
+        RateLimitCell(crate::sync::Mutex::new(limit))
+    }
+
+    fn get(&self) -> Option<RateLimit> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, limit: Option<RateLimit>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = limit;
+    }
+}
+
 /// The entries a store file's records describe, each record checked as `open` and
-/// `inspect` check it: a valid id, no id twice, a rate limit this build can enforce.
-/// Takes the records to keep their decoded names without copying them.
+/// `inspect` check it: a valid id, no id twice, a name and scopes without the separator,
+/// a rate limit this build can enforce.
 pub(crate) fn load(records: Vec<Record>) -> Result<Vec<Entry>, Problem> {
     let mut seen = HashSet::with_capacity(records.len());
     let mut entries = Vec::with_capacity(records.len());
@@ -250,6 +412,10 @@ pub(crate) fn load(records: Vec<Record>) -> Result<Vec<Entry>, Problem> {
         if !seen.insert(id) {
             return Err(Problem::DuplicateId(id.to_string()));
         }
+        let texts = std::iter::once(&record.name).chain(&record.scopes);
+        if texts.into_iter().any(|t| t.contains(SEPARATOR)) {
+            return Err(Problem::BadText(id.to_string()));
+        }
         let rate_limit = match &record.rate_limit {
             None => None,
             Some(stored) => Some(
@@ -257,11 +423,69 @@ pub(crate) fn load(records: Vec<Record>) -> Result<Vec<Entry>, Problem> {
                     .ok_or_else(|| Problem::BadRateLimit(id.to_string()))?,
             ),
         };
-        entries.push(Entry::from_record(record, id, rate_limit));
+        let text = pack_text(&record.name, &record.scopes);
+        entries.push(Entry::from_record(&record, id, text, rate_limit));
     }
     Ok(entries)
 }
 
 fn nonzero(ms: u64) -> Option<u64> {
     (ms != NEVER).then_some(ms)
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        let id: TokenId = "abcd1234".parse().unwrap();
+        Entry::new(
+            id,
+            [7; 32],
+            pack_text("bot", &["read", "write"]),
+            1,
+            None,
+            None,
+        )
+    }
+
+    #[test]
+    fn text_packs_name_and_scopes() {
+        let e = entry();
+        assert_eq!(e.name(), "bot");
+        assert_eq!(e.scopes().collect::<Vec<_>>(), ["read", "write"]);
+        assert!(e.has_scope("write") && !e.has_scope("bot") && !e.has_scope(""));
+        let bare = pack_text::<&str>("bare", &[]);
+        assert_eq!(scopes_of(&bare).count(), 0);
+    }
+
+    #[test]
+    fn touch_sends_once_and_a_snapshot_clears_and_reads_in_one_step() {
+        let e = entry();
+        assert_eq!(e.touch(10), Touch::Send);
+        assert_eq!(e.touch(11), Touch::Nothing, "already dirty");
+        assert_eq!(e.touch(11), Touch::Nothing, "already fresh");
+        assert_eq!(e.take_for_snapshot(), 11);
+        assert!(!e.is_dirty());
+        assert_eq!(e.touch(11), Touch::Nothing, "clean but not newer");
+        assert_eq!(e.touch(12), Touch::Send);
+        assert_eq!(e.last_used(), Some(12));
+    }
+
+    #[test]
+    fn status_word_says_revoked_before_expired_and_keeps_the_first_revocation() {
+        let id: TokenId = "abcd1234".parse().unwrap();
+        let e = Entry::new(id, [0; 32], pack_text::<&str>("x", &[]), 1, Some(100), None);
+        assert_eq!(e.verdict(99), Ok(()));
+        assert_eq!(e.verdict(100), Err(Rejection::Expired));
+        e.shorten_expiry(50);
+        assert_eq!(e.expires_at(), Some(50));
+        e.shorten_expiry(70);
+        assert_eq!(e.expires_at(), Some(50), "rotate never lengthens");
+        e.revoke(60);
+        e.revoke(80);
+        assert_eq!(e.revoked_at(), Some(60));
+        assert_eq!(e.verdict(10), Err(Rejection::Revoked));
+        assert_eq!(e.expires_at(), Some(50));
+    }
 }

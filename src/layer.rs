@@ -1,5 +1,5 @@
 //! A tower layer that checks each request's bearer token against a [`TokenStore`]
-//! (feature `tower`), and the axum extractor for the [`ValidToken`] it leaves behind
+//! (feature `tower`), and the axum extractor for the [`OwnedToken`] it leaves behind
 //! (feature `axum`).
 //!
 //! The answers follow RFC 6750 (bearer tokens): 401 with a `WWW-Authenticate: Bearer`
@@ -21,7 +21,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::error::Rejection;
-use crate::store::{TokenStore, ValidToken};
+use crate::store::{OwnedToken, TokenStore, ValidToken};
 
 /// A [`Layer`] that admits only requests carrying a valid token from a [`TokenStore`].
 ///
@@ -29,7 +29,7 @@ use crate::store::{TokenStore, ValidToken};
 /// [`header`](Self::header)), calls [`TokenStore::validate`] (or
 /// [`validate_scope`](TokenStore::validate_scope) with [`require_scope`](Self::require_scope)),
 /// and on success marks the token header [sensitive](HeaderValue::set_sensitive) (so its
-/// `Debug` shows no secret) and inserts the [`ValidToken`] into the request's extensions
+/// `Debug` shows no secret) and inserts the [`OwnedToken`] into the request's extensions
 /// before calling the inner service. Otherwise it answers without calling the inner service:
 ///
 /// | cause | status | headers |
@@ -244,7 +244,7 @@ enum Refusal {
 impl<S> TokenService<S> {
     /// The token from the request's headers, then the store's verdict (owned, for the
     /// request's extensions).
-    fn authorize(&self, headers: &HeaderMap) -> Result<ValidToken<'static>, Refusal> {
+    fn authorize(&self, headers: &HeaderMap) -> Result<OwnedToken, Refusal> {
         let source = &self.config.source;
         let value = only_value(headers, source.name())?;
         let token = match source {
@@ -411,14 +411,14 @@ mod axum_extractor {
     use http::request::Parts;
     use http::StatusCode;
 
-    use crate::store::ValidToken;
+    use crate::store::OwnedToken;
 
-    /// The [`ValidToken`] extractor was used on a route that [`TokenLayer`](crate::TokenLayer)
+    /// The [`OwnedToken`] extractor was used on a route that [`TokenLayer`](crate::TokenLayer)
     /// does not cover: a server bug. The response is 500 with an empty body; the reason (this
     /// error's message) goes to the log with `tracing::error!`, since it describes how the
     /// server is built and is of no use to the client.
     #[derive(Debug, Clone, Copy, thiserror::Error)]
-    #[error("ValidToken extractor used on a route without TokenLayer; add .route_layer(TokenLayer::new(store)) to the router")]
+    #[error("OwnedToken extractor used on a route without TokenLayer; add .route_layer(TokenLayer::new(store)) to the router")]
     pub struct MissingTokenLayer;
 
     impl IntoResponse for MissingTokenLayer {
@@ -428,9 +428,9 @@ mod axum_extractor {
         }
     }
 
-    /// In a handler behind [`TokenLayer`](crate::TokenLayer), `token: ValidToken` is the
+    /// In a handler behind [`TokenLayer`](crate::TokenLayer), `token: OwnedToken` is the
     /// token the layer accepted.
-    impl<S: Send + Sync> FromRequestParts<S> for ValidToken<'static> {
+    impl<S: Send + Sync> FromRequestParts<S> for OwnedToken {
         type Rejection = MissingTokenLayer;
 
         async fn from_request_parts(
@@ -439,7 +439,7 @@ mod axum_extractor {
         ) -> Result<Self, Self::Rejection> {
             parts
                 .extensions
-                .get::<ValidToken<'static>>()
+                .get::<OwnedToken>()
                 .cloned()
                 .ok_or(MissingTokenLayer)
         }

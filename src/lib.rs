@@ -13,7 +13,7 @@
 //!
 //! A token may carry a [`RateLimit`], checked inside `validate` with no lock (GCRA, one
 //! atomic word of state per token). With the `tower` feature, `TokenLayer` checks bearer
-//! tokens on any `http` service; with `axum`, handlers take the accepted `ValidToken` as an
+//! tokens on any `http` service; with `axum`, handlers take the accepted token (`OwnedToken`) as an
 //! extractor (see `docs/LAYER.md`).
 //!
 //! ```
@@ -23,8 +23,9 @@
 //!
 //! let store = TokenStore::open(dir.path().join("tokens.snap"))?;
 //! let issued = store.issue(NewToken::new("ci-bot").scopes(["read", "write"]))?;
-//! let token = store.validate_scope(issued.secret(), "write")?;
+//! let token = store.validate_scope(issued.secret(), "write")?;      // lends the entry
 //! assert_eq!(token.name(), "ci-bot");
+//! drop(token);
 //! assert_eq!(store.validate("tc_not_a_token").unwrap_err(), Rejection::Malformed);
 //! store.close()?;
 //! # Ok(()) }
@@ -37,9 +38,11 @@ mod clock;
 mod entry;
 mod error;
 mod file;
+mod inbox;
 mod inspect;
 #[cfg(feature = "tower")]
 mod layer;
+mod map;
 mod persist;
 mod rate_limit;
 mod snapshot;
@@ -50,16 +53,18 @@ mod token;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Rejection};
+pub use inbox::Timer;
 pub use inspect::{inspect, SnapshotInfo};
 #[cfg(feature = "axum")]
 pub use layer::MissingTokenLayer;
 #[cfg(feature = "tower")]
 pub use layer::{ResponseFuture, TokenLayer, TokenService};
-pub use persist::Timer;
 pub use rate_limit::{RateLimit, RateLimitError, MAX_BURST};
 pub use snapshot::FORMAT_VERSION;
 pub use stats::{Rejections, Stats};
-pub use store::{Builder, NewToken, TokenInfo, TokenStore, ValidToken, DEFAULT_FLUSH_INTERVAL};
+pub use store::{
+    Builder, NewToken, OwnedToken, TokenInfo, TokenStore, ValidToken, DEFAULT_FLUSH_INTERVAL,
+};
 pub use token::{IssuedToken, ParseIdError, TokenId, PREFIX, TOKEN_LEN};
 
 /// Fault injection for tests of the write-failure paths (not a public API): a narrow seam

@@ -1,13 +1,17 @@
-//! The persister: the one thread that writes snapshots.
+//! The persister: the one thread that writes snapshots and changes the token map.
 //!
-//! It receives messages on one bounded channel: dirty token ids from validations (write-
-//! behind: a snapshot at most once per `flush_interval`, none while nothing changed), and
-//! commands with a reply channel: `issue`/`revoke` (group commit: every change waiting in
-//! the channel shares one write, and each caller is answered only once it is on disk),
-//! `flush` (a barrier), timer ticks and shutdown. All snapshot writes go through a [`Sink`].
+//! It takes messages from its [`Inbox`](crate::inbox::Inbox): dirty token ids from
+//! validations (write-behind: a snapshot at most once per `flush_interval`, none while
+//! nothing changed), and commands with a reply channel: issue, revoke, delete, purge,
+//! rotate, rate limits (group commit: every change waiting in the channel shares one write,
+//! and each caller is answered only once it is on disk), `flush` (a barrier), timer ticks
+//! and shutdown. All snapshot writes go through a [`Sink`].
+//!
+//! Each batch goes through four phases: apply (changes that are safe to make in memory
+//! first: revoke, rate limit, delete, purge), decide (whether and why to write), write (a
+//! snapshot of memory plus the new tokens, which join memory only once written), reply.
 
-use std::collections::HashSet;
-use std::fmt;
+use std::collections::{HashMap, HashSet};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,33 +19,13 @@ use std::time::Duration;
 use crate::entry::Entry;
 use crate::error::Error;
 use crate::file::{self, FaultPlan, WriteError};
+use crate::inbox::{Message, Reply};
 use crate::rate_limit::RateLimit;
 use crate::snapshot::{self, Body, Record};
 use crate::store::Shared;
-use crate::sync::channel::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
-use crate::sync::{thread, Arc, Ordering, RwLock};
+use crate::sync::channel::{Receiver, RecvTimeoutError, Sender};
+use crate::sync::{Arc, Ordering};
 use crate::token::TokenId;
-
-/// A caller's reply channel.
-pub(crate) type Reply = Sender<Result<(), Error>>;
-
-/// What the persister receives.
-pub(crate) enum Message {
-    /// A validation made this token dirty.
-    Dirty(TokenId),
-    /// Make these new tokens durable together (all or none), add them to the map, reply.
-    Issue(Vec<Arc<Entry>>, Reply),
-    /// Revoke this token durably, then reply.
-    Revoke(TokenId, Reply),
-    /// Set or remove this token's rate limit durably, then reply.
-    SetRateLimit(TokenId, Option<RateLimit>, Reply),
-    /// Reply once everything observed before the call is on disk.
-    Flush(Reply),
-    /// The clock jumped: re-check the deadline, then acknowledge.
-    Tick(Sender<()>),
-    /// Write what is pending, reply, and stop.
-    Shutdown(Reply),
-}
 
 /// Where snapshots go. The store file in production; a recorder in model checks; the
 /// file-writing code is the only place a test may inject a fault.
@@ -156,131 +140,16 @@ impl Sink for Recorder {
     }
 }
 
-/// The persister's inbox: its channel, and a gate that shuts for good at shutdown or when
-/// the persister dies.
-///
-/// Requests (`issue`, `revoke`, `flush`, ticks) are queued under the gate's read lock, and
-/// `Shutdown` only after the gate is shut under its write lock, so no request is ever queued
-/// behind `Shutdown`. One that were would never be answered: the persister stops after the
-/// batch holding `Shutdown`, and a crossbeam array channel keeps queued messages (with their
-/// reply senders) until every sender is gone, so its caller would wait forever. loom's
-/// `close_racing_validation_and_issue_loses_no_acknowledged_change` checks this.
-pub(crate) struct Inbox {
-    tx: Sender<Message>,
-    gate: RwLock<Gate>,
-}
-
-/// Whether the inbox takes requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Gate {
-    Open,
-    /// The store is closing or closed.
-    Shut,
-    /// The persister thread panicked.
-    Dead,
-}
-
-/// Why a request was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refused {
-    /// The store was closed.
-    Closed,
-    /// The persister thread died.
-    Dead,
-}
-
-impl Inbox {
-    pub(crate) fn new(tx: Sender<Message>) -> Inbox {
-        Inbox {
-            tx,
-            gate: RwLock::new(Gate::Open),
-        }
-    }
-
-    /// Queues a request for the persister, unless the store is closing or its persister died.
-    pub(crate) fn request(&self, message: Message) -> Result<(), Refused> {
-        // Planted bug (loom twin only): a request that bypasses the gate can be stranded.
-        #[cfg(loom)]
-        if crate::sync::bug::planted(crate::sync::bug::Bug::UngatedRequests) {
-            return self.tx.send(message).map_err(|_| Refused::Closed);
-        }
-        let gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
-        match *gate {
-            Gate::Open => self.tx.send(message).map_err(|_| Refused::Dead),
-            Gate::Shut => Err(Refused::Closed),
-            Gate::Dead => Err(Refused::Dead),
-        }
-    }
-
-    /// Queues a dirty id without blocking. No gate: it carries no reply to lose.
-    #[inline]
-    pub(crate) fn try_send(&self, message: Message) -> Result<(), TrySendError<Message>> {
-        self.tx.try_send(message)
-    }
-
-    /// Shuts the gate, then queues `shutdown` behind every request already queued.
-    /// `Err` if the persister is already gone (it died).
-    pub(crate) fn shut(&self, shutdown: Message) -> Result<(), Refused> {
-        let mut gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
-        if *gate == Gate::Dead {
-            return Err(Refused::Dead);
-        }
-        *gate = Gate::Shut;
-        self.tx.send(shutdown).map_err(|_| Refused::Dead)
-    }
-
-    /// Called by a persister that panicked, before it lets go of `rx`: shuts the gate for
-    /// good and drops every queued message, so each waiting caller's reply channel closes
-    /// and it returns an error instead of waiting forever.
-    ///
-    /// A request may be blocked in `send` on a full channel while it holds the gate's read
-    /// lock, so this drains before each try for the write lock: the drain makes room, the
-    /// sender finishes and lets go.
-    fn die(&self, rx: &Receiver<Message>) {
-        loop {
-            while rx.try_recv().is_ok() {}
-            if let Ok(mut gate) = self.gate.try_write() {
-                *gate = Gate::Dead;
-                break;
-            }
-            thread::yield_now();
-        }
-        while rx.try_recv().is_ok() {}
-    }
-}
-
-/// A handle that wakes a store's persister after its clock jumps; see
-/// [`Clock::attach`](crate::Clock::attach).
-pub struct Timer {
-    inbox: Arc<Inbox>,
-}
-
-impl Timer {
-    pub(crate) fn new(inbox: Arc<Inbox>) -> Timer {
-        Timer { inbox }
-    }
-
-    /// Makes the persister re-check its deadline (writing a due snapshot) and waits until it
-    /// has. Returns `false` once the store is closed: the timer can then be dropped.
-    pub fn fire(&self) -> bool {
-        let (tx, rx) = channel::bounded(1);
-        self.inbox.request(Message::Tick(tx)).is_ok() && rx.recv().is_ok()
-    }
-}
-
-impl fmt::Debug for Timer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Timer")
-    }
-}
-
 /// Messages handled together: every reply waits for the one write they share.
 #[derive(Default)]
 struct Batch {
     dirty: bool,
-    issues: Vec<(Vec<Arc<Entry>>, Reply)>,
+    issues: Vec<(Vec<Entry>, Reply)>,
     revokes: Vec<(TokenId, Reply)>,
     rate_limits: Vec<(TokenId, Option<RateLimit>, Reply)>,
+    deletes: Vec<(TokenId, Reply)>,
+    purges: Vec<(u64, Reply)>,
+    rotations: Vec<(TokenId, u64, Box<Entry>, Reply)>,
     flushes: Vec<Reply>,
     ticks: Vec<Sender<()>>,
     shutdown: Option<Reply>,
@@ -296,10 +165,43 @@ impl Batch {
             Message::Issue(entries, reply) => self.issues.push((entries, reply)),
             Message::Revoke(id, reply) => self.revokes.push((id, reply)),
             Message::SetRateLimit(id, limit, reply) => self.rate_limits.push((id, limit, reply)),
+            Message::Delete(id, reply) => self.deletes.push((id, reply)),
+            Message::Purge(cutoff, reply) => self.purges.push((cutoff, reply)),
+            Message::Rotate {
+                old,
+                until,
+                new,
+                reply,
+            } => self.rotations.push((old, until, new, reply)),
             Message::Flush(reply) => self.flushes.push(reply),
             Message::Tick(ack) => self.ticks.push(ack),
             Message::Shutdown(reply) => self.shutdown = Some(reply),
         }
+    }
+}
+
+/// What the apply phase leaves for the write and reply phases.
+#[derive(Default)]
+struct Applied {
+    /// A change was made in memory (revoke, limit, delete, purge): the file must follow.
+    changed_memory: bool,
+    /// What joins memory only once it is on disk.
+    pending: Pending,
+    /// Callers waiting for the write, each with its count.
+    replies: Vec<(Reply, usize)>,
+}
+
+/// Changes that memory takes only after the write that holds them succeeds, so a failed
+/// write leaves no trace of them: new tokens, and expiries that `rotate` shortens.
+#[derive(Default)]
+struct Pending {
+    issues: Vec<Entry>,
+    expiries: Vec<(TokenId, u64)>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.issues.is_empty() && self.expiries.is_empty()
     }
 }
 
@@ -318,12 +220,14 @@ pub(crate) struct Persister {
     rx: Receiver<Message>,
     sink: Box<dyn Sink>,
     interval_ms: u64,
+    /// Purge tokens revoked or expired this long ago on each timed tick (`None`: keep all).
+    retention_ms: Option<u64>,
     /// Clock time of the last write attempt (successful or not): the next timed snapshot
     /// is due `interval_ms` later.
     last_attempt_ms: u64,
     /// Some validation dirtied a token since the last successful snapshot.
     dirty: bool,
-    /// A definition change (revoke) is applied in memory but not yet on disk.
+    /// A change made in memory is not yet on disk (its write failed).
     definitions_pending: bool,
 }
 
@@ -336,15 +240,16 @@ impl Persister {
         rx: Receiver<Message>,
         sink: Box<dyn Sink>,
         interval: Duration,
+        retention: Option<Duration>,
     ) -> Persister {
         let now = shared.clock.now_ms();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Persister {
             shared,
             rx,
             sink,
-            interval_ms: u64::try_from(interval.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1),
+            interval_ms: ms(interval).max(1),
+            retention_ms: retention.map(ms),
             last_attempt_ms: now,
             dirty: false,
             definitions_pending: false,
@@ -405,99 +310,63 @@ impl Persister {
         #[cfg(loom)]
         if crate::sync::bug::planted(crate::sync::bug::Bug::ShutdownSkipsWrite) {
             if let Some(reply) = batch.shutdown.take() {
-                let _ = reply.send(Ok(()));
+                let _ = reply.send(Ok(0));
                 return true;
             }
         }
         let now = self.shared.clock.now_ms();
-        // Relaxed: the flag is a hint that ids were dropped; the snapshot scan below reads
-        // every entry through its own Acquire protocol.
+        // Relaxed: the flag is a hint that ids were dropped; the snapshot scan reads every
+        // entry through its own Acquire protocol.
         let overflowed = self.shared.overflow.swap(false, Ordering::Relaxed);
         // Planted bug (loom twin only): an id refused by a full channel is forgotten.
         #[cfg(loom)]
         let overflowed =
             overflowed && !crate::sync::bug::planted(crate::sync::bug::Bug::IgnoreOverflow);
         self.dirty |= batch.dirty || overflowed;
-
         let due = now >= self.last_attempt_ms.saturating_add(self.interval_ms)
             || now < self.last_attempt_ms;
-        // A revoke whose write failed is retried when the next snapshot is due, not on
-        // every message, so a failing disk is not hammered.
-        let mut changed = self.definitions_pending && due;
-        let mut definition_replies = Vec::with_capacity(batch.revokes.len());
-        for (id, reply) in batch.revokes.drain(..) {
-            match self.shared.map.get(&id) {
-                Some(entry) => {
-                    entry.revoke(now);
-                    changed = true;
-                    definition_replies.push(reply);
-                }
-                None => {
-                    let _ = reply.send(Err(Error::UnknownId(id)));
-                }
-            }
-        }
-        // Rate-limit changes are handled like revokes: in memory first, in request order.
-        for (id, limit, reply) in batch.rate_limits.drain(..) {
-            match self.shared.map.get(&id) {
-                Some(entry) => {
-                    entry.set_rate_limit(limit);
-                    changed = true;
-                    definition_replies.push(reply);
-                }
-                None => {
-                    let _ = reply.send(Err(Error::UnknownId(id)));
-                }
-            }
-        }
-        let issues = self.refuse_collisions(batch.issues);
-        changed |= !issues.is_empty();
 
-        let flush_asked = !batch.flushes.is_empty();
-        // Planted bug (loom twin only): a flush that trusts `Dirty` messages over the scan.
-        #[cfg(loom)]
-        let flush_asked = flush_asked
-            && (self.dirty
-                || !crate::sync::bug::planted(crate::sync::bug::Bug::FlushTrustsMessages));
-        let need = if changed {
-            Some(Need::Always)
-        } else if flush_asked || batch.shutdown.is_some() || (self.dirty && due) {
-            Some(Need::IfChanged)
-        } else {
-            None
-        };
+        let applied = self.apply(&mut batch, now, due);
+        let need = self.decide(&applied, &batch, due);
+        let Applied {
+            changed_memory,
+            pending,
+            replies,
+        } = applied;
         // Planted bug (loom twin only): answering callers before their snapshot is written.
         #[cfg(loom)]
         let acked_early = crate::sync::bug::planted(crate::sync::bug::Bug::AckBeforeWrite);
         #[cfg(loom)]
         if acked_early {
-            let early = issues.iter().map(|(_, reply)| reply);
-            for reply in early.chain(&definition_replies).chain(&batch.flushes) {
-                let _ = reply.send(Ok(()));
+            let early = replies.iter().map(|(reply, _)| reply).chain(&batch.flushes);
+            for reply in early {
+                let _ = reply.send(Ok(0));
             }
         }
         let result = match need {
-            Some(need) => self.snapshot(need, &issues, now),
+            Some(need) => self.snapshot(need, pending, now),
             None => Ok(()),
         };
-        if changed && result.is_err() {
-            self.definitions_pending = !definition_replies.is_empty() || self.definitions_pending;
+        if changed_memory && result.is_err() {
+            // Written by the next due tick (a failing disk is not hammered on every message).
+            self.definitions_pending = true;
         }
 
-        let replies = issues
+        let counted = replies.into_iter();
+        let plain = batch
+            .flushes
             .into_iter()
-            .map(|(_, reply)| reply)
-            .chain(definition_replies)
-            .chain(batch.flushes)
-            .chain(batch.shutdown.iter().cloned());
-        for reply in replies {
+            .chain(batch.shutdown.iter().cloned())
+            .map(|reply| (reply, 0));
+        for (reply, count) in counted.chain(plain) {
+            let answer = result.clone().map(|()| count);
             // (Planted bug: those answered early are full or gone, so `try_send` skips them.)
             #[cfg(loom)]
             if acked_early {
-                let _ = reply.try_send(result.clone());
+                let _ = reply.try_send(answer);
                 continue;
             }
-            let _ = reply.send(result.clone());
+            let _ = reply.send(answer);
         }
         for ack in batch.ticks {
             let _ = ack.send(());
@@ -505,42 +374,127 @@ impl Persister {
         batch.shutdown.is_some()
     }
 
-    /// Refuses each request holding an id that is already taken (in the map or earlier in
-    /// the batch). Ids are 47 random bits and `issue` pre-checks the map, so this guards
-    /// against two concurrent requests drawing the same id; it is not a normal path.
-    fn refuse_collisions(
-        &self,
-        issues: Vec<(Vec<Arc<Entry>>, Reply)>,
-    ) -> Vec<(Vec<Arc<Entry>>, Reply)> {
-        let mut taken = HashSet::new();
-        let mut kept = Vec::with_capacity(issues.len());
-        for (entries, reply) in issues {
-            let collision = entries
-                .iter()
-                .find(|e| self.shared.map.contains(&e.id) || taken.contains(&e.id));
-            if let Some(entry) = collision {
-                let _ = reply.send(Err(Error::InvalidRequest(format!(
-                    "token id {} was drawn twice; issue again",
-                    entry.id
-                ))));
-            } else {
-                taken.extend(entries.iter().map(|e| e.id));
-                kept.push((entries, reply));
-            }
+    /// The apply phase. Revokes, rate limits, deletes and purges take effect in memory at
+    /// once (the safe side: a revoked or deleted token is refused from now on, even if the
+    /// write fails, and the next tick retries it). New tokens and rotations wait in
+    /// `pending` for the write. Requests for an unknown id are answered here.
+    fn apply(&mut self, batch: &mut Batch, now: u64, due: bool) -> Applied {
+        let mut applied = Applied::default();
+        let map = &self.shared.map;
+        for (id, reply) in batch.revokes.drain(..) {
+            applied.answer(reply, id, map.with(&id, |e| e.revoke(now)).is_some());
         }
-        kept
+        for (id, limit, reply) in batch.rate_limits.drain(..) {
+            let found = map.with(&id, |e| e.set_rate_limit(limit)).is_some();
+            applied.answer(reply, id, found);
+        }
+        for (id, reply) in batch.deletes.drain(..) {
+            applied.answer(reply, id, map.remove(&id));
+        }
+        for (cutoff, reply) in batch.purges.drain(..) {
+            let purged = self.purge(cutoff);
+            applied.changed_memory |= purged > 0;
+            applied.replies.push((reply, purged));
+        }
+        if let (true, Some(retention)) = (due, self.retention_ms) {
+            let purged = self.purge(now.saturating_sub(retention));
+            if purged > 0 {
+                tracing::info!(purged, "retention purged revoked and expired tokens");
+            }
+            applied.changed_memory |= purged > 0;
+        }
+        let mut taken = HashSet::new();
+        for (entries, reply) in batch.issues.drain(..) {
+            if let Some(id) = self.collision(&entries, &mut taken) {
+                let _ = reply.send(Err(drawn_twice(id)));
+                continue;
+            }
+            applied.pending.issues.extend(entries);
+            applied.replies.push((reply, 1));
+        }
+        for (old, until, new, reply) in batch.rotations.drain(..) {
+            if !map.contains(&old) {
+                let _ = reply.send(Err(Error::UnknownId(old)));
+                continue;
+            }
+            let new = vec![*new];
+            if let Some(id) = self.collision(&new, &mut taken) {
+                let _ = reply.send(Err(drawn_twice(id)));
+                continue;
+            }
+            applied.pending.issues.extend(new);
+            applied.pending.expiries.push((old, until));
+            applied.replies.push((reply, 1));
+        }
+        applied
     }
 
-    /// Takes a snapshot of every entry plus the new ones and writes it, unless `need` is
-    /// `IfChanged` and nothing changed. On success the new entries join the map.
-    fn snapshot(
+    /// The decide phase: whether to write, and whether a write may be skipped when no
+    /// `last_used` changed.
+    fn decide(&self, applied: &Applied, batch: &Batch, due: bool) -> Option<Need> {
+        let flush_asked = !batch.flushes.is_empty();
+        // Planted bug (loom twin only): a flush that trusts `Dirty` messages over the scan.
+        #[cfg(loom)]
+        let flush_asked = flush_asked
+            && (self.dirty
+                || !crate::sync::bug::planted(crate::sync::bug::Bug::FlushTrustsMessages));
+        if applied.changed_memory
+            || !applied.pending.is_empty()
+            || (self.definitions_pending && due)
+        {
+            Some(Need::Always)
+        } else if flush_asked || batch.shutdown.is_some() || (self.dirty && due) {
+            Some(Need::IfChanged)
+        } else {
+            None
+        }
+    }
+
+    /// Deletes every token revoked or expired at or before `cutoff` (Unix ms); how many.
+    fn purge(&self, cutoff: u64) -> usize {
+        let map = &self.shared.map;
+        let old = |at: Option<u64>| at.is_some_and(|at| at <= cutoff);
+        let doomed: Vec<TokenId> = map.with_all(|entries| {
+            entries
+                .iter()
+                .filter(|e| old(e.revoked_at()) || old(e.expires_at()))
+                .map(|e| e.id)
+                .collect()
+        });
+        doomed.iter().filter(|id| map.remove(id)).count()
+    }
+
+    /// The first id among `entries` that is already taken (in the map, or earlier in this
+    /// batch). Ids are 47 random bits and `issue` pre-checks the map, so this guards
+    /// against two concurrent requests drawing the same id; it is not a normal path.
+    fn collision(&self, entries: &[Entry], taken: &mut HashSet<TokenId>) -> Option<TokenId> {
+        let clash = entries
+            .iter()
+            .find(|e| self.shared.map.contains(&e.id) || taken.contains(&e.id))
+            .map(|e| e.id);
+        if clash.is_none() {
+            taken.extend(entries.iter().map(|e| e.id));
+        }
+        clash
+    }
+
+    /// The write phase: a snapshot of every entry plus what is pending, unless `need` is
+    /// `IfChanged` and nothing changed. On success (or once the new file replaced the old
+    /// one) the pending changes join memory.
+    fn snapshot(&mut self, need: Need, pending: Pending, now: u64) -> Result<(), Error> {
+        let shared = self.shared.clone();
+        shared
+            .map
+            .with_all(|entries| self.write_snapshot(entries, need, pending, now))
+    }
+
+    fn write_snapshot(
         &mut self,
+        entries: &[&Entry],
         need: Need,
-        issues: &[(Vec<Arc<Entry>>, Reply)],
+        pending: Pending,
         now: u64,
     ) -> Result<(), Error> {
-        let entries = self.shared.map.values();
-        // Protocol: clear each dirty flag, *then* read last_used (see `Entry::touch`).
         let taken: Vec<u64> = entries.iter().map(|e| e.take_for_snapshot()).collect();
         let changed = entries
             .iter()
@@ -550,16 +504,13 @@ impl Persister {
             self.dirty = false;
             return Ok(());
         }
-        let records: Vec<Record> = entries
+        let expiries: HashMap<TokenId, u64> = pending.expiries.iter().copied().collect();
+        let mut records: Vec<Record> = entries
             .iter()
             .zip(&taken)
-            .map(|(e, &lu)| e.to_record(lu))
-            .chain(
-                issues
-                    .iter()
-                    .flat_map(|(new, _)| new.iter().map(|e| e.to_record(0))),
-            )
+            .map(|(e, &lu)| with_expiry(e.to_record(lu), expiries.get(&e.id)))
             .collect();
+        records.extend(pending.issues.iter().map(|e| e.to_record(0)));
         let body = Body {
             written_at: now,
             records,
@@ -567,7 +518,7 @@ impl Persister {
         self.last_attempt_ms = now;
         match self.sink.write(&body) {
             Ok(bytes) => {
-                self.written(&entries, taken, issues, bytes, now);
+                self.written(entries, &taken, pending, bytes, now);
                 Ok(())
             }
             Err(WriteError {
@@ -577,7 +528,7 @@ impl Persister {
                 // The new file is the store file: memory takes what it holds, so a restart
                 // brings back nothing memory lacks. Its rename may not survive a power loss,
                 // so the callers hear the error, and the next due tick writes again.
-                self.written(&entries, taken, issues, bytes, now);
+                self.written(entries, &taken, pending, bytes, now);
                 self.definitions_pending = true;
                 Err(self.failed(error, "the snapshot replaced the store file, but syncing its directory failed; will write again at the next tick"))
             }
@@ -586,7 +537,7 @@ impl Persister {
                 replaced: None,
             }) => {
                 // Nothing is lost: every entry whose last_used is not on disk stays dirty,
-                // and the next tick retries.
+                // and the next tick retries. Pending changes are dropped with their error.
                 for entry in entries.iter().filter(|e| e.unsaved()) {
                     entry.mark_dirty();
                 }
@@ -597,26 +548,25 @@ impl Persister {
     }
 
     /// After the store file took a snapshot of `entries` (with `last_used` as `taken`) and
-    /// the new entries of `issues`: memory says so.
+    /// the pending changes: memory says so.
     fn written(
         &mut self,
-        entries: &[Arc<Entry>],
-        taken: Vec<u64>,
-        issues: &[(Vec<Arc<Entry>>, Reply)],
+        entries: &[&Entry],
+        taken: &[u64],
+        pending: Pending,
         bytes: u64,
         now: u64,
     ) {
-        for (entry, lu) in entries.iter().zip(taken) {
+        for (entry, &lu) in entries.iter().zip(taken) {
             entry.mark_persisted(lu);
         }
-        let added = self.shared.map.insert_new(
-            issues
-                .iter()
-                .flat_map(|(new, _)| new)
-                .map(|entry| (entry.id, entry.clone())),
-        );
-        // `refuse_collisions` kept only ids that are not in the map.
-        debug_assert!(added.is_ok(), "refuse_collisions let a taken id through");
+        let map = &self.shared.map;
+        for (id, until) in pending.expiries {
+            map.with(&id, |e| e.shorten_expiry(until));
+        }
+        let added = map.insert_new(pending.issues);
+        // `collision` kept only ids that are not in the map.
+        debug_assert!(added.is_ok(), "collision let a taken id through");
         self.dirty = false;
         self.definitions_pending = false;
         self.shared.counters.record_write(bytes, now);
@@ -630,4 +580,28 @@ impl Persister {
         self.shared.counters.record_error(error.to_string());
         error
     }
+}
+
+impl Applied {
+    /// A request for `id`: waits for the write if the id was found, else is refused now.
+    fn answer(&mut self, reply: Reply, id: TokenId, found: bool) {
+        if found {
+            self.changed_memory = true;
+            self.replies.push((reply, 1));
+        } else {
+            let _ = reply.send(Err(Error::UnknownId(id)));
+        }
+    }
+}
+
+/// `record` with its expiry shortened to `until`, if `rotate` asked for that.
+fn with_expiry(mut record: Record, until: Option<&u64>) -> Record {
+    if let Some(&until) = until {
+        record.expires_at = Some(record.expires_at.map_or(until, |at| at.min(until)));
+    }
+    record
+}
+
+fn drawn_twice(id: TokenId) -> Error {
+    Error::InvalidRequest(format!("token id {id} was drawn twice; issue again"))
 }

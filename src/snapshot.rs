@@ -117,6 +117,8 @@ pub(crate) enum Problem {
     DuplicateId(String),
     #[error("token {0} has a rate limit this version cannot enforce")]
     BadRateLimit(String),
+    #[error("token {0} has a name or scope holding a NUL character")]
+    BadText(String),
 }
 
 /// Checks a header (the first [`HEADER_LEN`] bytes, or fewer if the file is shorter) of a

@@ -11,18 +11,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use subtle::ConstantTimeEq;
 
 use crate::clock::{Clock, SystemClock};
 use crate::entry::{self, Entry, Touch};
 use crate::error::{Error, Rejection};
 use crate::file::{self, FaultPlan};
-use crate::persist::{FileSink, Inbox, Message, Persister, Refused, Reply, Sink, Timer};
+use crate::inbox::{Inbox, Message, Refused, Reply, Timer};
+use crate::map::{Lent, Map};
+use crate::persist::{FileSink, Persister, Sink};
 use crate::rate_limit::RateLimit;
 use crate::snapshot::{self, Body, DecodeError};
 use crate::stats::{Counters, Stats};
 use crate::sync::channel::{self, TrySendError};
-use crate::sync::map::{Held, Map};
 use crate::sync::thread::{self, JoinHandle};
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
 use crate::token::{self, IssuedToken, TokenId};
@@ -40,7 +40,7 @@ const MAX_SCOPE_LEN: usize = 128;
 
 /// What the validation path and the persister share.
 pub(crate) struct Shared {
-    pub(crate) map: Map<Arc<Entry>>,
+    pub(crate) map: Map,
     /// Not part of the loom-checked protocol, and `dyn` needs std's `Arc`.
     pub(crate) clock: std::sync::Arc<dyn Clock>,
     pub(crate) inbox: Arc<Inbox>,
@@ -59,22 +59,17 @@ impl Shared {
         // Hash before the lookup so an unknown id pays for the hash like a known one.
         let digest = token::digest(token);
         let entry = self.map.read(&id).ok_or(Rejection::Unknown)?;
-        if !bool::from(entry.digest.ct_eq(&digest)) {
+        if !entry.digest_matches(&digest) {
             return Err(Rejection::Unknown);
         }
-        if entry.revoked_at().is_some() {
-            return Err(Rejection::Revoked);
-        }
         let now = self.clock.now_ms();
-        if entry.is_expired(now) {
-            return Err(Rejection::Expired);
-        }
+        entry.verdict(now)?;
         if scope.is_some_and(|scope| !entry.has_scope(scope)) {
             return Err(Rejection::MissingScope);
         }
         // Rate limit last: only a request that would otherwise be accepted spends quota, so
         // a revoked, expired, forged or out-of-scope request never drains a token's budget.
-        if let Err(retry_after) = entry.limiter.check(now) {
+        if let Err(retry_after) = entry.check_rate(now) {
             return Err(Rejection::RateLimited { retry_after });
         }
         if entry.touch(now) == Touch::Send {
@@ -124,6 +119,7 @@ impl Shared {
 /// let issued = store.issue(NewToken::new("ci-bot").scopes(["read"]))?; // on disk now
 /// let token = store.validate(issued.secret())?;                         // lock-free
 /// assert!(token.has_scope("read"));
+/// drop(token); // it borrows the store
 /// store.revoke(&issued.id())?;
 /// assert!(store.validate(issued.secret()).is_err());
 /// store.close()?;
@@ -164,6 +160,7 @@ impl TokenStore {
             flush_interval: DEFAULT_FLUSH_INTERVAL,
             clock: std::sync::Arc::new(SystemClock),
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+            retention: None,
             faults: None,
         }
     }
@@ -201,8 +198,8 @@ impl TokenStore {
     /// Issues a new token. It is on disk when this returns; the secret is in the returned
     /// [`IssuedToken`] only and cannot be shown again.
     ///
-    /// Each write is a full snapshot, so issuing costs O(tokens in the store); concurrent
-    /// callers share one write. To create many tokens at once, use
+    /// Each write is a full snapshot, so its disk write costs O(tokens in the store) (adding
+    /// the token to memory is O(1)); concurrent callers share one write. To create many tokens at once, use
     /// [`issue_many`](Self::issue_many).
     pub fn issue(&self, new: NewToken) -> Result<IssuedToken, Error> {
         let mut issued = self.issue_many([new])?;
@@ -222,24 +219,17 @@ impl TokenStore {
         let mut drawn = HashSet::new();
         for new in requests {
             new.check()?;
-            let (secret, id) = loop {
-                let (secret, id) = token::generate().map_err(|e| Error::Random(e.to_string()))?;
-                if !shared.map.contains(&id) && drawn.insert(id) {
-                    break (secret, id);
-                }
-            };
-            let expires_at = new
-                .expires_in
-                .map(|d| now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)));
-            entries.push(Arc::new(Entry::new(
+            let (secret, id) = self.fresh_id(&drawn)?;
+            drawn.insert(id);
+            let expires_at = new.expires_in.map(|d| now.saturating_add(millis(d)));
+            entries.push(Entry::new(
                 id,
                 token::digest(&secret),
-                new.name.into_boxed_str(),
-                new.scopes.into_iter().map(String::into_boxed_str).collect(),
+                entry::pack_text(&new.name, &new.scopes),
                 now,
                 expires_at,
                 new.rate_limit,
-            )));
+            ));
             issued.push(IssuedToken { secret, id });
         }
         if entries.is_empty() {
@@ -255,7 +245,59 @@ impl TokenStore {
     /// If the write fails the token is still revoked in memory (the safe side), the error
     /// is returned, and the next tick retries; calling `revoke` again is harmless.
     pub fn revoke(&self, id: &TokenId) -> Result<(), Error> {
-        self.request(|reply| Message::Revoke(*id, reply))
+        self.request(|reply| Message::Revoke(*id, reply)).map(drop)
+    }
+
+    /// Deletes a token. It is gone from the file when this returns: later validations say
+    /// [`Rejection::Unknown`], [`get`](Self::get) says `None`, and its memory is freed once
+    /// no validation still holds it. An unknown id is [`Error::UnknownId`].
+    ///
+    /// If the write fails the token is already gone from memory (the safe side, as with
+    /// [`revoke`](Self::revoke)), the error is returned, and the next tick retries.
+    pub fn delete(&self, id: &TokenId) -> Result<(), Error> {
+        self.request(|reply| Message::Delete(*id, reply)).map(drop)
+    }
+
+    /// Deletes every token revoked or expired more than `age` ago, durably, and returns
+    /// how many. `purge(Duration::ZERO)` deletes every revoked or expired token.
+    /// [`Builder::retention`] makes the persister do this on its own.
+    pub fn purge(&self, age: Duration) -> Result<usize, Error> {
+        let now = self.handle.shared.clock.now_ms();
+        let cutoff = now.saturating_sub(millis(age));
+        self.request(|reply| Message::Purge(cutoff, reply))
+    }
+
+    /// Issues a new token with the same name, scopes and rate limit as token `id` (and the
+    /// same lifetime, if it had one), and makes the old one expire at the earlier of its own
+    /// expiry and now + `grace`, both in one durable write. Returns the new token; its
+    /// secret is shown only here. Clients switch to it within `grace`.
+    pub fn rotate(&self, id: &TokenId, grace: Duration) -> Result<IssuedToken, Error> {
+        let shared = &self.handle.shared;
+        let now = shared.clock.now_ms();
+        let template = shared.map.with(id, |old| {
+            let lifetime = old.expires_at().map(|at| at.saturating_sub(old.created_at));
+            (old.text().into(), lifetime, old.rate_limit())
+        });
+        let (text, lifetime, rate_limit): (Box<str>, Option<u64>, _) =
+            template.ok_or(Error::UnknownId(*id))?;
+        let (secret, new_id) = self.fresh_id(&HashSet::new())?;
+        let expires_at = lifetime.map(|l| now.saturating_add(l));
+        let new = Box::new(Entry::new(
+            new_id,
+            token::digest(&secret),
+            text,
+            now,
+            expires_at,
+            rate_limit,
+        ));
+        let until = now.saturating_add(millis(grace));
+        self.request(|reply| Message::Rotate {
+            old: *id,
+            until,
+            new,
+            reply,
+        })?;
+        Ok(IssuedToken { secret, id: new_id })
     }
 
     /// Sets (`Some`) or removes (`None`) a token's rate limit. It is on disk when this
@@ -271,28 +313,39 @@ impl TokenStore {
             limit.check()?;
         }
         self.request(|reply| Message::SetRateLimit(*id, limit, reply))
+            .map(drop)
+    }
+
+    /// A new secret and an id that neither the map nor `drawn` holds.
+    fn fresh_id(&self, drawn: &HashSet<TokenId>) -> Result<(String, TokenId), Error> {
+        loop {
+            let (secret, id) = token::generate().map_err(|e| Error::Random(e.to_string()))?;
+            if !self.handle.shared.map.contains(&id) && !drawn.contains(&id) {
+                return Ok((secret, id));
+            }
+        }
     }
 
     /// A token's details, without its secret.
     pub fn get(&self, id: &TokenId) -> Option<TokenInfo> {
-        self.handle
-            .shared
-            .map
-            .get(id)
-            .map(|entry| TokenInfo::of(&entry))
+        self.handle.shared.map.with(id, TokenInfo::of)
     }
 
     /// Every token's details, oldest first (revoked and expired ones included).
     pub fn list(&self) -> Vec<TokenInfo> {
-        let mut entries = self.handle.shared.map.values();
-        entries.sort_by_key(|a| (a.created_at, a.id));
-        entries.iter().map(|e| TokenInfo::of(e)).collect()
+        let mut all = self
+            .handle
+            .shared
+            .map
+            .with_all(|entries| entries.iter().map(|e| TokenInfo::of(e)).collect::<Vec<_>>());
+        all.sort_by_key(|info| (info.created_at, info.id));
+        all
     }
 
     /// Returns once everything observed before the call (every `last_used` this thread
     /// could see) is on disk. Writes nothing if nothing changed.
     pub fn flush(&self) -> Result<(), Error> {
-        self.request(Message::Flush)
+        self.request(Message::Flush).map(drop)
     }
 
     /// Flushes, stops the persister and releases the file lock, reporting any error.
@@ -307,9 +360,11 @@ impl TokenStore {
     /// written, write errors. Counts dirty tokens by scanning, so it costs O(tokens).
     pub fn stats(&self) -> Stats {
         let shared = &self.handle.shared;
-        let entries = shared.map.values();
-        let dirty = entries.iter().filter(|e| e.is_dirty()).count();
-        shared.counters.read(entries.len(), dirty)
+        let (tokens, dirty) = shared.map.with_all(|entries| {
+            let dirty = entries.iter().filter(|e| e.is_dirty()).count();
+            (entries.len(), dirty)
+        });
+        shared.counters.read(tokens, dirty)
     }
 
     /// The store file's path.
@@ -318,7 +373,7 @@ impl TokenStore {
     }
 
     /// Sends a command to the persister and waits for its answer.
-    fn request(&self, message: impl FnOnce(Reply) -> Message) -> Result<(), Error> {
+    fn request(&self, message: impl FnOnce(Reply) -> Message) -> Result<usize, Error> {
         let (reply, answer) = channel::bounded(1);
         match self.handle.shared.inbox.request(message(reply)) {
             // A queued request is always answered unless the persister died: the gate keeps
@@ -384,7 +439,7 @@ impl Handle {
     fn stop(&self, persister: JoinHandle<()>) -> Result<(), Error> {
         let (reply, answer) = channel::bounded(1);
         let result = match self.shared.inbox.shut(Message::Shutdown(reply)) {
-            Ok(()) => answer.recv().unwrap_or_else(|_| Err(self.died())),
+            Ok(()) => answer.recv().unwrap_or_else(|_| Err(self.died())).map(drop),
             Err(_) => Err(self.died()),
         };
         // The thread catches its own panic, so joining only waits for it to end.
@@ -416,6 +471,7 @@ pub struct Builder {
     flush_interval: Duration,
     clock: std::sync::Arc<dyn Clock>,
     channel_capacity: usize,
+    retention: Option<Duration>,
     faults: Option<FaultPlan>,
 }
 
@@ -438,6 +494,14 @@ impl Builder {
     /// snapshot scans every token.
     pub fn channel_capacity(mut self, capacity: usize) -> Builder {
         self.channel_capacity = capacity.max(1);
+        self
+    }
+
+    /// Makes the persister delete tokens revoked or expired more than `age` ago, checking on
+    /// each timed tick (once per [`flush_interval`](Self::flush_interval)). Default: keep
+    /// every token until [`TokenStore::delete`] or [`TokenStore::purge`].
+    pub fn retention(mut self, age: Duration) -> Builder {
+        self.retention = Some(age);
         self
     }
 
@@ -497,9 +561,7 @@ impl Builder {
         });
         match entries {
             Some(entries) => {
-                let added = shared
-                    .map
-                    .insert_new(entries.into_iter().map(|e| (e.id, Arc::new(e))));
+                let added = shared.map.insert_new(entries);
                 // `entry::load` refused any id that appears twice.
                 debug_assert!(added.is_ok(), "entry::load let a duplicate id through");
             }
@@ -514,7 +576,13 @@ impl Builder {
                 shared.counters.record_write(bytes, now);
             }
         }
-        let persister = Persister::new(shared.clone(), rx, sink, self.flush_interval);
+        let persister = Persister::new(
+            shared.clone(),
+            rx,
+            sink,
+            self.flush_interval,
+            self.retention,
+        );
         let thread = thread::Builder::new()
             .name(PERSISTER_THREAD.into())
             .spawn(move || persister.run())
@@ -664,24 +732,27 @@ impl NewToken {
     }
 }
 
-/// A token that passed validation.
+/// A token that passed validation, borrowed from the store.
 ///
-/// [`validate`](TokenStore::validate) returns one that borrows the store's entry, so
-/// validating costs no reference count (a count shared by every thread validating the same
-/// token would make them contend). [`into_owned`](Self::into_owned) gives a
-/// `ValidToken<'static>` to keep beyond the borrow or send to another thread (as
-/// `TokenLayer` does for the request extensions).
-#[derive(Clone)]
+/// [`validate`](TokenStore::validate) returns one that lends the store's entry in place:
+/// validating costs no reference count and no copy, so one token validated from many
+/// threads at once does not make them contend. The entry stays valid while this value
+/// lives, even if the token is deleted meanwhile. It is tied to the validating thread (not
+/// `Send`); [`into_owned`](Self::into_owned) gives an [`OwnedToken`] to keep, clone or
+/// send to another thread (as `TokenLayer` does for the request extensions).
 pub struct ValidToken<'store> {
-    entry: Held<'store, Arc<Entry>>,
+    entry: Lent<'store>,
 }
 
 impl ValidToken<'_> {
-    /// This token, no longer borrowing the store (it holds a reference count instead).
-    pub fn into_owned(self) -> ValidToken<'static> {
-        ValidToken {
-            entry: Held::Owned(self.entry.into_owned()),
-        }
+    /// A copy of this token's details that does not borrow the store (one allocation; no
+    /// memory shared with other requests is written).
+    pub fn into_owned(self) -> OwnedToken {
+        OwnedToken(std::sync::Arc::new(Detached {
+            id: self.entry.id,
+            text: self.entry.text().into(),
+            expires_at: self.entry.expires_at(),
+        }))
     }
 
     /// The token's public id.
@@ -691,7 +762,7 @@ impl ValidToken<'_> {
 
     /// The token's name.
     pub fn name(&self) -> &str {
-        &self.entry.name
+        self.entry.name()
     }
 
     /// Whether the token grants `scope`.
@@ -701,20 +772,71 @@ impl ValidToken<'_> {
 
     /// The token's scopes.
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
-        self.entry.scopes.iter().map(|s| &**s)
+        self.entry.scopes()
     }
 
     /// When the token expires, if it does.
     pub fn expires_at(&self) -> Option<DateTime<Utc>> {
-        self.entry.expires_at.and_then(from_ms)
+        self.entry.expires_at().and_then(from_ms)
     }
 }
 
 impl fmt::Debug for ValidToken<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ValidToken")
-            .field("id", &self.entry.id)
-            .field("name", &self.entry.name)
+            .field("id", &self.id())
+            .field("name", &self.name())
+            .finish()
+    }
+}
+
+/// A token that passed validation, detached from the store: `Send`, `Sync`, cheap to clone,
+/// and valid for as long as you keep it (a later revoke or delete does not change it).
+/// From [`ValidToken::into_owned`]; with the `axum` feature, handlers behind `TokenLayer`
+/// take it as an extractor.
+#[derive(Clone)]
+pub struct OwnedToken(std::sync::Arc<Detached>);
+
+/// What an [`OwnedToken`] keeps.
+struct Detached {
+    id: TokenId,
+    /// The name and scopes, packed as the entry packs them.
+    text: Box<str>,
+    expires_at: Option<u64>,
+}
+
+impl OwnedToken {
+    /// The token's public id.
+    pub fn id(&self) -> TokenId {
+        self.0.id
+    }
+
+    /// The token's name.
+    pub fn name(&self) -> &str {
+        entry::name_of(&self.0.text)
+    }
+
+    /// Whether the token grants `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes().any(|s| s == scope)
+    }
+
+    /// The token's scopes.
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        entry::scopes_of(&self.0.text)
+    }
+
+    /// When the token expires, if it does.
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.0.expires_at.and_then(from_ms)
+    }
+}
+
+impl fmt::Debug for OwnedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedToken")
+            .field("id", &self.id())
+            .field("name", &self.name())
             .finish()
     }
 }
@@ -746,15 +868,20 @@ impl TokenInfo {
     fn of(entry: &Entry) -> TokenInfo {
         TokenInfo {
             id: entry.id,
-            name: entry.name.to_string(),
-            scopes: entry.scopes.iter().map(|s| s.to_string()).collect(),
+            name: entry.name().to_string(),
+            scopes: entry.scopes().map(str::to_string).collect(),
             created_at: from_ms(entry.created_at).unwrap_or_default(),
-            expires_at: entry.expires_at.and_then(from_ms),
+            expires_at: entry.expires_at().and_then(from_ms),
             revoked_at: entry.revoked_at().and_then(from_ms),
             last_used: entry.last_used().and_then(from_ms),
             rate_limit: entry.rate_limit(),
         }
     }
+}
+
+/// A duration in whole milliseconds, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn from_ms(ms: u64) -> Option<DateTime<Utc>> {

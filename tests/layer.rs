@@ -24,11 +24,11 @@ use hyper_util::rt::TokioExecutor;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 use common::{manual_store, scratch};
-use tokencache::{MissingTokenLayer, NewToken, RateLimit, TokenLayer, TokenStore, ValidToken};
+use tokencache::{MissingTokenLayer, NewToken, OwnedToken, RateLimit, TokenLayer, TokenStore};
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
-async fn me(token: ValidToken<'_>) -> String {
+async fn me(token: OwnedToken) -> String {
     format!("hello {}", token.name())
 }
 
@@ -583,7 +583,7 @@ async fn missing_token_layer_logs_its_reason_and_answers_an_empty_500() {
     let logged = logs.text();
     assert!(logged.contains("ERROR"), "{logged}");
     assert!(
-        logged.contains("ValidToken extractor used on a route without TokenLayer"),
+        logged.contains("OwnedToken extractor used on a route without TokenLayer"),
         "{logged}"
     );
 }

@@ -76,6 +76,7 @@ fn secrets_never_reach_files_debug_display_or_logs() {
     let mut shown: Vec<(String, String)> = vec![
         ("IssuedToken".into(), format!("{a:?}")),
         ("ValidToken".into(), format!("{valid:?}")),
+        ("OwnedToken".into(), format!("{:?}", valid.into_owned())),
         ("TokenInfo".into(), format!("{:?}", store.get(&a.id()))),
         ("list".into(), format!("{:?}", store.list())),
         ("TokenStore".into(), format!("{store:?}")),

@@ -22,6 +22,7 @@ fn issue_validate_revoke_reopen_round_trip() {
     assert_eq!(token.id(), kept.id());
     assert_eq!(token.name(), "ci-bot");
     assert!(token.has_scope("read") && token.has_scope("write") && !token.has_scope("admin"));
+    drop(token);
     store.revoke(&revoked.id()).unwrap();
     let used_at = clock.now_ms();
     store.close().unwrap();
@@ -189,6 +190,7 @@ fn the_secret_never_reaches_the_file_or_debug_output() {
     ] {
         assert!(!shown.contains(secret_part), "secret in {shown}");
     }
+    drop(valid);
     store.close().unwrap();
 }
 
@@ -472,7 +474,8 @@ fn issued_tokens_validate_on_every_thread_as_soon_as_issue_returns() {
     );
 }
 
-/// A `ValidToken` borrows the store; `into_owned` keeps one past the store's life.
+/// A `ValidToken` borrows the store; `into_owned` gives an `OwnedToken` that outlives it
+/// and moves to another thread.
 #[test]
 fn an_owned_valid_token_outlives_its_store() {
     let s = scratch();
