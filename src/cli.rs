@@ -12,7 +12,9 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use tokencache::{NewToken, RateLimit, Rejection, TokenId, TokenInfo, TokenStore, ValidToken};
+use tokencache::{
+    NewToken, RateLimit, RateLimitError, Rejection, TokenId, TokenInfo, TokenStore, ValidToken,
+};
 
 /// Exit code of a rejected token (`validate`).
 const EXIT_REJECTED: u8 = 1;
@@ -108,18 +110,36 @@ enum Command {
 /// A rate limit given on the command line.
 #[derive(Debug, clap::Args)]
 struct LimitArgs {
-    /// Requests allowed per period: N/s, N/min or N/h, e.g. "100/s".
+    /// Requests allowed per period: N/s, N/min or N/h, e.g. "100/s", optionally with the
+    /// burst, "600/min burst 20" (any limit as `list` shows it).
     #[arg(long, value_name = "N/UNIT")]
-    rate_limit: Option<RateLimit>,
+    rate_limit: Option<String>,
     /// Requests allowed at once (default: N).
     #[arg(long, value_name = "B", requires = "rate_limit")]
     burst: Option<u32>,
 }
 
 impl LimitArgs {
-    fn get(&self) -> Option<RateLimit> {
-        let limit = self.rate_limit?;
-        Some(self.burst.map_or(limit, |burst| limit.burst(burst)))
+    /// The limit given, if any, checked once by the library's own rules: `--burst` joins the
+    /// text of `--rate-limit` and `RateLimit::from_str` checks the whole limit, so the command
+    /// line accepts exactly the limits `issue` and `set_rate_limit` accept.
+    fn get(&self) -> Result<Option<RateLimit>, Failure> {
+        let Some(rate) = &self.rate_limit else {
+            return Ok(None);
+        };
+        let text = match self.burst {
+            Some(_) if rate.contains("burst") => {
+                return Err(format!(
+                    "--rate-limit {rate:?} already gives a burst; drop --burst or the burst in --rate-limit"
+                ))
+            }
+            Some(burst) => format!("{rate} burst {burst}"),
+            None => rate.clone(),
+        };
+        let limit = text
+            .parse()
+            .map_err(|e: RateLimitError| format!("--rate-limit: {e}"))?;
+        Ok(Some(limit))
     }
 }
 
@@ -152,7 +172,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             if let Some(lifetime) = expires_in {
                 request = request.expires_in(lifetime);
             }
-            if let Some(limit) = limit.get() {
+            if let Some(limit) = limit.get()? {
                 request = request.rate_limit(limit);
             }
             issue(path, request, json)
@@ -160,7 +180,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Validate { scope, json } => validate(path, scope.as_deref(), json),
         Command::List { json } => list(path, json),
         Command::Revoke { id } => revoke(path, &id),
-        Command::Limit { id, limit, .. } => set_limit(path, &id, limit.get()),
+        Command::Limit { id, limit, .. } => set_limit(path, &id, limit.get()?),
         Command::Inspect { json } => inspect(path, json),
         Command::Stress(args) => crate::stress::run(&args),
     }

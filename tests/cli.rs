@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
+use tokencache::RateLimit;
 
 /// Runs the CLI on `store` with `args`, feeding `stdin`.
 fn run(store: &Path, args: &[&str], stdin: &[u8]) -> Output {
@@ -248,4 +249,105 @@ fn rate_limits_are_set_shown_and_removed() {
         assert!(!stderr(&output).is_empty());
     }
     assert!(limit_of().is_null(), "refused changes wrote nothing");
+}
+
+#[test]
+fn cli_rate_limits_follow_the_library_rules() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let limit_of = |index: usize| {
+        let output = run(store, &["list", "--json"], b"");
+        let tokens: Vec<Value> = serde_json::from_str(&stdout(&output)).expect("JSON array");
+        tokens[index]["rate_limit"].clone()
+    };
+
+    // The library accepts this limit, so the CLI does: the burst is checked with the count.
+    let token = issue(
+        store,
+        &["fast", "--rate-limit", "5000000/s", "--burst", "100"],
+    );
+    assert!(RateLimit::per_second(5_000_000).burst(100).check().is_ok());
+    assert_eq!(
+        limit_of(0),
+        serde_json::json!({"count": 5_000_000, "period_ms": 1000, "burst": 100})
+    );
+    let id = &token[3..11];
+
+    // `--rate-limit` reads every limit as `list` shows it, the burst included.
+    for (text, expected) in [
+        (
+            "600/min burst 20",
+            serde_json::json!({"count": 600, "period_ms": 60_000, "burst": 20}),
+        ),
+        (
+            "5/250ms",
+            serde_json::json!({"count": 5, "period_ms": 250, "burst": 5}),
+        ),
+        (
+            "5000000/s burst 100",
+            serde_json::json!({"count": 5_000_000, "period_ms": 1000, "burst": 100}),
+        ),
+    ] {
+        let changed = run(store, &["limit", id, "--rate-limit", text], b"");
+        assert_eq!(
+            changed.status.code(),
+            Some(0),
+            "{text}: {}",
+            stderr(&changed)
+        );
+        assert_eq!(limit_of(0), expected, "{text}");
+        let table = stdout(&run(store, &["list"], b""));
+        assert!(table.contains(text), "{table}");
+    }
+
+    // What the library refuses, the CLI refuses with the library's message.
+    for (args, refused) in [
+        (
+            &["--rate-limit", "5000000/s"][..],
+            RateLimit::per_second(5_000_000),
+        ),
+        (
+            &["--rate-limit", "5/h", "--burst", "0"],
+            RateLimit::per_hour(5).burst(0),
+        ),
+        (&["--rate-limit", "0/s"], RateLimit::per_second(0)),
+        (
+            &["--rate-limit", "1/min", "--burst", "4194304"],
+            RateLimit::per_minute(1).burst(4_194_304),
+        ),
+    ] {
+        let message = refused
+            .check()
+            .expect_err("the library refuses it")
+            .to_string();
+        let output = run(store, &[&["limit", id][..], args].concat(), b"");
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&output).contains(&message),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+    let twice = run(
+        store,
+        &["limit", id, "--rate-limit", "100/s burst 5", "--burst", "6"],
+        b"",
+    );
+    assert_eq!(twice.status.code(), Some(2));
+    assert!(
+        stderr(&twice).contains("already gives a burst"),
+        "{}",
+        stderr(&twice)
+    );
+    assert_eq!(
+        limit_of(0),
+        serde_json::json!({"count": 5_000_000, "period_ms": 1000, "burst": 100}),
+        "refused changes wrote nothing"
+    );
+
+    // A refused limit on `issue` creates no store.
+    let fresh = scratch.dir.path().join("fresh.snap");
+    let refused = run(&fresh, &["issue", "x", "--rate-limit", "5000000/s"], b"");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(!fresh.exists(), "a refused issue creates no store");
 }
