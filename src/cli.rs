@@ -3,8 +3,9 @@
 //!
 //! Secrets are read from stdin, never from argv (argv is visible to every user in `ps`), and
 //! `issue` prints only the token on stdout so that `TOKEN=$(tokencache issue NAME)` works.
+//! From a terminal, `validate` prompts and reads the token without echo.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,7 +13,9 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use tokencache::{NewToken, RateLimit, Rejection, TokenId, TokenInfo, TokenStore, ValidToken};
+use tokencache::{
+    NewToken, RateLimit, RateLimitError, Rejection, TokenId, TokenInfo, TokenStore, ValidToken,
+};
 
 /// Exit code of a rejected token (`validate`).
 const EXIT_REJECTED: u8 = 1;
@@ -60,7 +63,8 @@ enum Command {
     },
     /// Check a token read from stdin: exit 0 if valid, 1 if rejected (reason on stderr).
     ///
-    /// Records the use in the token's `last_used`, as a service would.
+    /// From a terminal, prompts for the token and reads it without echo; empty input is a
+    /// malformed token. Records the use in the token's `last_used`, as a service would.
     Validate {
         /// Also require this scope.
         #[arg(long, value_name = "SCOPE")]
@@ -108,18 +112,36 @@ enum Command {
 /// A rate limit given on the command line.
 #[derive(Debug, clap::Args)]
 struct LimitArgs {
-    /// Requests allowed per period: N/s, N/min or N/h, e.g. "100/s".
+    /// Requests allowed per period: N/s, N/min or N/h, e.g. "100/s", optionally with the
+    /// burst, "600/min burst 20" (any limit as `list` shows it).
     #[arg(long, value_name = "N/UNIT")]
-    rate_limit: Option<RateLimit>,
+    rate_limit: Option<String>,
     /// Requests allowed at once (default: N).
     #[arg(long, value_name = "B", requires = "rate_limit")]
     burst: Option<u32>,
 }
 
 impl LimitArgs {
-    fn get(&self) -> Option<RateLimit> {
-        let limit = self.rate_limit?;
-        Some(self.burst.map_or(limit, |burst| limit.burst(burst)))
+    /// The limit given, if any, checked once by the library's own rules: `--burst` joins the
+    /// text of `--rate-limit` and `RateLimit::from_str` checks the whole limit, so the command
+    /// line accepts exactly the limits `issue` and `set_rate_limit` accept.
+    fn get(&self) -> Result<Option<RateLimit>, Failure> {
+        let Some(rate) = &self.rate_limit else {
+            return Ok(None);
+        };
+        let text = match self.burst {
+            Some(_) if rate.contains("burst") => {
+                return Err(format!(
+                    "--rate-limit {rate:?} already gives a burst; drop --burst or the burst in --rate-limit"
+                ))
+            }
+            Some(burst) => format!("{rate} burst {burst}"),
+            None => rate.clone(),
+        };
+        let limit = text
+            .parse()
+            .map_err(|e: RateLimitError| format!("--rate-limit: {e}"))?;
+        Ok(Some(limit))
     }
 }
 
@@ -152,7 +174,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             if let Some(lifetime) = expires_in {
                 request = request.expires_in(lifetime);
             }
-            if let Some(limit) = limit.get() {
+            if let Some(limit) = limit.get()? {
                 request = request.rate_limit(limit);
             }
             issue(path, request, json)
@@ -160,7 +182,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Validate { scope, json } => validate(path, scope.as_deref(), json),
         Command::List { json } => list(path, json),
         Command::Revoke { id } => revoke(path, &id),
-        Command::Limit { id, limit, .. } => set_limit(path, &id, limit.get()),
+        Command::Limit { id, limit, .. } => set_limit(path, &id, limit.get()?),
         Command::Inspect { json } => inspect(path, json),
         Command::Stress(args) => crate::stress::run(&args),
     }
@@ -189,12 +211,12 @@ fn issue(path: &Path, request: NewToken, json: bool) -> Result<ExitCode, Failure
 }
 
 fn validate(path: &Path, scope: Option<&str>, json: bool) -> Result<ExitCode, Failure> {
-    let token = read_token()?;
+    // The store first: a mistyped --store fails at once instead of after a prompt or a read.
     let store = open_existing(path)?;
-    let outcome = match (&token, scope) {
-        (None, _) => Err(Rejection::Malformed),
-        (Some(token), None) => store.validate(token),
-        (Some(token), Some(scope)) => store.validate_scope(token, scope),
+    let token = read_token()?;
+    let outcome = match scope {
+        None => store.validate(&token),
+        Some(scope) => store.validate_scope(&token, scope),
     }
     .map(ValidToken::into_owned);
     store.close().map_err(|e| e.to_string())?;
@@ -223,6 +245,9 @@ fn validate(path: &Path, scope: Option<&str>, json: bool) -> Result<ExitCode, Fa
                 print_json(&info)?;
             }
             eprintln!("rejected: {}", explain(rejection));
+            if token.is_empty() {
+                eprintln!("no token was given: paste it at the prompt, or {PIPE_IT_IN}");
+            }
             Ok(ExitCode::from(EXIT_REJECTED))
         }
     }
@@ -343,27 +368,44 @@ fn open_existing(path: &Path) -> Result<TokenStore, Failure> {
     TokenStore::open(path).map_err(|e| e.to_string())
 }
 
-/// Reads one token from stdin: surrounding whitespace is ignored; `None` when the bytes are
-/// not UTF-8 (no token is, so that is a malformed token, not an error).
-fn read_token() -> Result<Option<String>, Failure> {
+/// How to give `validate` a token without a terminal.
+const PIPE_IT_IN: &str = "pipe it in, e.g. `printf %s \"$TOKEN\" | tokencache validate`";
+
+/// Reads one token: from a terminal, after a prompt on stderr and without echo; otherwise all
+/// of stdin. Surrounding whitespace is ignored. Input that is empty, or not UTF-8, comes back
+/// as text that no token matches (empty, or with U+FFFD), so it is a malformed token, not an
+/// error.
+fn read_token() -> Result<String, Failure> {
+    let stdin = io::stdin();
+    if stdin.is_terminal() {
+        return prompt_for_token();
+    }
     let mut bytes = Vec::new();
     // A token is 40 bytes; read a little more so that trailing garbage is seen and refused,
     // but never buffer an unbounded stream.
-    io::stdin()
+    stdin
         .take(64 * 1024)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("could not read the token from stdin: {e}"))?;
-    let Ok(text) = String::from_utf8(bytes) else {
-        return Ok(None);
-    };
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(
-            "no token on stdin; pipe it in, e.g. `printf %s \"$TOKEN\" | tokencache validate`"
-                .into(),
-        );
+    Ok(String::from_utf8_lossy(&bytes).trim().to_string())
+}
+
+/// Prompts on stderr and reads one line from the terminal with echo off. `rpassword` reads the
+/// controlling terminal (`/dev/tty`) in raw mode and restores its modes when the line ends;
+/// Ctrl-C raises SIGINT before that, leaving the terminal to the shell (bash restores it).
+fn prompt_for_token() -> Result<String, Failure> {
+    eprint!("Token: ");
+    match rpassword::read_password() {
+        Ok(token) => Ok(token.trim().to_string()),
+        // Ctrl-D on an empty line: no token, like empty piped input.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            eprintln!();
+            Ok(String::new())
+        }
+        Err(e) => Err(format!(
+            "could not read the token from the terminal: {e}; {PIPE_IT_IN}"
+        )),
     }
-    Ok(Some(token.to_string()))
 }
 
 fn explain(rejection: Rejection) -> String {

@@ -188,8 +188,9 @@ impl fmt::Debug for RateLimit {
     }
 }
 
-/// `100/s`, `600/min burst 20`, `10/h` (the form [`FromStr`] reads, plus the burst when it
-/// differs from the count).
+/// `100/s`, `600/min burst 20`, `10/h`, `5/250ms` (a period that is not a second, minute or
+/// hour, in milliseconds); the burst only when it differs from the count. [`FromStr`] reads
+/// all of these back.
 impl fmt::Display for RateLimit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.unit() {
@@ -203,21 +204,69 @@ impl fmt::Display for RateLimit {
     }
 }
 
-/// Parses `N/s`, `N/sec`, `N/second`, `N/m`, `N/min`, `N/minute`, `N/h`, `N/hour`
-/// (e.g. `100/s`), with the burst equal to `N`; set another with [`RateLimit::burst`].
-/// The result is checked, so `0/s` is an error.
+/// Parses the forms [`Display`](fmt::Display) writes, so that every limit
+/// [`check`](RateLimit::check) accepts round-trips: a count, a period and an optional burst,
+/// `N/PERIOD [burst B]`.
+///
+/// - `PERIOD` is `s`, `sec`, `second`, `m`, `min`, `minute`, `h`, `hour`, or a number of
+///   milliseconds, `Pms` (e.g. `5/250ms`).
+/// - Without `burst B`, the burst is `N`.
+///
+/// Spaces around the parts are allowed (`600 / min burst 20`). The whole limit, burst
+/// included, is then checked once with [`check`](RateLimit::check), so the text is accepted
+/// exactly when the same limit built with the constructors would be:
+/// `"5000000/s burst 100"` parses, `"5000000/s"` does not (a burst over [`MAX_BURST`]).
+///
+/// ```
+/// use tokencache::{RateLimit, RateLimitError};
+///
+/// let limit: RateLimit = "5000000/s burst 100".parse()?;
+/// assert_eq!(limit, RateLimit::per_second(5_000_000).burst(100));
+/// assert_eq!(limit.to_string().parse(), Ok(limit));
+/// assert_eq!(
+///     "5000000/s".parse::<RateLimit>(),
+///     Err(RateLimitError::BurstTooLarge(5_000_000))
+/// );
+/// # Ok::<(), RateLimitError>(())
+/// ```
 impl FromStr for RateLimit {
     type Err = RateLimitError;
 
     fn from_str(s: &str) -> Result<RateLimit, RateLimitError> {
         let bad = || RateLimitError::Parse(s.chars().take(64).collect());
-        let (count, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let (rate, burst) = match s.split_once("burst") {
+            // The keyword stands apart: `100/sburst 5` and `100/s burst5` are not limits.
+            Some((rate, burst))
+                if rate.ends_with(char::is_whitespace)
+                    && burst.starts_with(char::is_whitespace) =>
+            {
+                (rate, Some(burst))
+            }
+            Some(_) => return Err(bad()),
+            None => (s, None),
+        };
+        let (count, period) = rate.trim().split_once('/').ok_or_else(bad)?;
         let count: u32 = count.trim().parse().map_err(|_| bad())?;
-        let limit = match unit.trim() {
+        let limit = match period.trim() {
             "s" | "sec" | "second" => RateLimit::per_second(count),
             "m" | "min" | "minute" => RateLimit::per_minute(count),
             "h" | "hour" => RateLimit::per_hour(count),
-            _ => return Err(bad()),
+            other => {
+                let period_ms: u64 = other
+                    .strip_suffix("ms")
+                    .and_then(|ms| ms.trim().parse().ok())
+                    .ok_or_else(bad)?;
+                // Refused here, not left to `check`: `check` computes the interval in u64
+                // nanoseconds, and a period past that range (over 584 years) would overflow.
+                if period_ms.checked_mul(NANOS_PER_MS).is_none() {
+                    return Err(bad());
+                }
+                RateLimit::per(count, period_ms)
+            }
+        };
+        let limit = match burst {
+            Some(burst) => limit.burst(burst.trim().parse().map_err(|_| bad())?),
+            None => limit,
         };
         limit.check()?;
         Ok(limit)
@@ -445,6 +494,195 @@ mod tests {
         }
         assert_eq!(RateLimit::per_second(100).to_string(), "100/s");
         assert_eq!(RateLimit::per_hour(10).burst(1).to_string(), "10/h burst 1");
+    }
+
+    #[test]
+    fn parses_a_burst_and_a_period_in_milliseconds() {
+        assert_eq!(
+            "600/min burst 20".parse(),
+            Ok(RateLimit::per_minute(600).burst(20))
+        );
+        assert_eq!(
+            " 600 / min  burst  20 ".parse(),
+            Ok(RateLimit::per_minute(600).burst(20))
+        );
+        assert_eq!("5/250ms".parse(), Ok(RateLimit::per(5, 250)));
+        assert_eq!(
+            "5 / 250 ms burst 1".parse(),
+            Ok(RateLimit::per(5, 250).burst(1))
+        );
+        assert_eq!("7/1000ms".parse(), Ok(RateLimit::per_second(7)));
+        for bad in [
+            "100/s burst",
+            "100/s burst x",
+            "100/s burst -1",
+            "100/s burst 5 burst 6",
+            "100/sburst 5",
+            "100/s burst5",
+            "burst 5",
+            "100/ms",
+            "100/2.5ms",
+            "1/18446744073709551615ms",
+        ] {
+            assert!(
+                matches!(bad.parse::<RateLimit>(), Err(RateLimitError::Parse(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_burst_is_checked_with_the_whole_limit() {
+        assert_eq!(
+            "5000000/s burst 100".parse(),
+            Ok(RateLimit::per_second(5_000_000).burst(100))
+        );
+        assert_eq!(
+            "5000000/s".parse::<RateLimit>(),
+            Err(RateLimitError::BurstTooLarge(5_000_000))
+        );
+        assert_eq!(
+            "5/h burst 0".parse::<RateLimit>(),
+            Err(RateLimitError::ZeroBurst)
+        );
+        assert_eq!(
+            "5/s burst 4194304".parse::<RateLimit>(),
+            Err(RateLimitError::BurstTooLarge(4_194_304))
+        );
+        assert!(matches!(
+            "1/0ms".parse::<RateLimit>(),
+            Err(RateLimitError::TooFast(_))
+        ));
+    }
+
+    /// `parse(display(limit))` is `limit` when `check` accepts it, and `check`'s own error
+    /// when it does not: one set of rules, whichever way a limit is written.
+    fn parse_agrees_with_check(limit: RateLimit) -> Result<(), String> {
+        let text = limit.to_string();
+        let parsed = text.parse::<RateLimit>();
+        if parsed == limit.check().map(|()| limit) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{text:?} parsed as {parsed:?}; check() says {:?}",
+                limit.check()
+            ))
+        }
+    }
+
+    #[test]
+    fn display_and_parse_agree_with_check_on_edge_limits() {
+        let counts = [
+            0,
+            1,
+            2,
+            3,
+            7,
+            999,
+            1_000,
+            1_001,
+            60_000,
+            1_000_000,
+            MAX_BURST - 1,
+            MAX_BURST,
+            MAX_BURST + 1,
+            5_000_000,
+            1_000_000_000,
+            u32::MAX,
+        ];
+        let periods_ms = [
+            0,
+            1,
+            2,
+            250,
+            999,
+            1_000,
+            1_001,
+            59_999,
+            60_000,
+            60_001,
+            3_599_999,
+            3_600_000,
+            3_600_001,
+            4_398_046,
+            4_398_047,
+            86_400_000,
+            u64::MAX / NANOS_PER_MS,
+        ];
+        let mut accepted = 0;
+        for count in counts {
+            for period_ms in periods_ms {
+                let limit = RateLimit::per(count, period_ms);
+                for burst in [count, 0, 1, 2, 100, MAX_BURST, MAX_BURST + 1, u32::MAX] {
+                    let limit = limit.burst(burst);
+                    if let Err(message) = parse_agrees_with_check(limit) {
+                        panic!("{message}");
+                    }
+                    accepted += usize::from(limit.check().is_ok());
+                }
+            }
+        }
+        // The grid exercises both sides of every rule, not only refusals.
+        assert!(accepted > 300, "only {accepted} accepted limits");
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn periods_ms() -> impl Strategy<Value = u64> {
+            prop_oneof![
+                Just(1_000),
+                Just(60_000),
+                Just(3_600_000),
+                1u64..=10_000,
+                1u64..=100_000_000,
+                0..=u64::MAX / NANOS_PER_MS,
+            ]
+        }
+
+        fn counts() -> impl Strategy<Value = u32> {
+            prop_oneof![1u32..=1_000, 1u32..=MAX_BURST, any::<u32>()]
+        }
+
+        proptest! {
+            #[test]
+            fn every_checked_limit_round_trips_through_its_text(
+                count in counts(),
+                period_ms in periods_ms(),
+                burst in prop::option::of(prop_oneof![1u32..=100, 1u32..=MAX_BURST]),
+            ) {
+                let limit = RateLimit::per(count, period_ms);
+                let limit = burst.map_or(limit, |burst| limit.burst(burst));
+                prop_assume!(limit.check().is_ok());
+                prop_assert_eq!(limit.to_string().parse::<RateLimit>(), Ok(limit));
+            }
+
+            #[test]
+            fn any_limit_parses_back_or_fails_as_check_does(
+                count in any::<u32>(),
+                period_ms in periods_ms(),
+                burst in any::<u32>(),
+            ) {
+                let limit = RateLimit::per(count, period_ms).burst(burst);
+                prop_assert!(parse_agrees_with_check(limit).is_ok(), "{:?}", parse_agrees_with_check(limit));
+            }
+
+            #[test]
+            fn any_text_parses_without_panicking(text in any::<String>()) {
+                let _ = text.parse::<RateLimit>();
+            }
+
+            #[test]
+            fn limit_shaped_text_parses_without_panicking(
+                text in "[0-9 ]{0,22}/[0-9 ]{0,22}(ms|s|min|h)?( burst [0-9]{0,12})?",
+            ) {
+                if let Ok(limit) = text.parse::<RateLimit>() {
+                    prop_assert_eq!(limit.check(), Ok(()));
+                    prop_assert_eq!(limit.to_string().parse::<RateLimit>(), Ok(limit));
+                }
+            }
+        }
     }
 
     #[test]

@@ -5,20 +5,50 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tokencache::RateLimit;
 
-/// Runs the CLI on `store` with `args`, feeding `stdin`.
-fn run(store: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tokencache"))
+/// How long a command that must not wait for input gets before the test calls it hung. Far
+/// above what any of them takes, even on a loaded machine; it only turns a hang into a failure.
+const HANG: Duration = Duration::from_secs(30);
+
+/// The CLI on `store` with `args`, stdout and stderr piped, stdin for the caller to set.
+fn command(store: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tokencache"));
+    command
         .arg("--store")
         .arg(store)
         .args(args)
         .env_remove("TOKENCACHE_STORE")
-        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Waits for `child` to exit within [`HANG`]; kills it and fails the test if it does not.
+fn wait_or_kill(mut child: Child, what: &str) -> Output {
+    let start = Instant::now();
+    while child.try_wait().expect("poll the child").is_none() {
+        if start.elapsed() > HANG {
+            child.kill().expect("kill the hung child");
+            let output = child.wait_with_output().expect("reap the killed child");
+            panic!(
+                "{what}: still running after {HANG:?}, killed; stderr: {}",
+                stderr(&output)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("collect the output")
+}
+
+/// Runs the CLI on `store` with `args`, feeding `stdin`.
+fn run(store: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = command(store, args)
+        .stdin(Stdio::piped())
         .spawn()
         .expect("spawn tokencache");
     // The CLI reads at most 64 KiB of stdin, so a longer input may meet a closed pipe.
@@ -173,10 +203,6 @@ fn bad_stdin_and_bad_ids_fail_cleanly() {
     );
     assert!(stderr(&binary).contains("malformed"));
 
-    let empty = run(store, &["validate"], b"\n");
-    assert_eq!(empty.status.code(), Some(2));
-    assert!(stderr(&empty).contains("no token on stdin"));
-
     let huge = run(store, &["validate"], &vec![b'x'; 1 << 20]);
     assert_eq!(huge.status.code(), Some(1));
 
@@ -248,4 +274,302 @@ fn rate_limits_are_set_shown_and_removed() {
         assert!(!stderr(&output).is_empty());
     }
     assert!(limit_of().is_null(), "refused changes wrote nothing");
+}
+
+#[test]
+fn empty_stdin_is_a_malformed_token() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    issue(store, &["a", "--scope", "read"]);
+    for input in [&b""[..], b"\n", b" \t\r\n"] {
+        for args in [&["validate"][..], &["validate", "--scope", "write"]] {
+            let output = run(store, args, input);
+            assert_eq!(output.status.code(), Some(1), "{args:?} {input:?}");
+            let text = stderr(&output);
+            assert!(text.contains("rejected: malformed"), "{text}");
+            assert!(text.contains("no token was given"), "{text}");
+            assert!(stdout(&output).is_empty());
+        }
+        let json = run(store, &["validate", "--json"], input);
+        assert_eq!(json.status.code(), Some(1), "{input:?}");
+        let outcome: Value = serde_json::from_str(&stdout(&json)).expect("JSON outcome");
+        assert_eq!(
+            outcome,
+            serde_json::json!({"valid": false, "reason": "malformed"})
+        );
+    }
+}
+
+#[test]
+fn validate_checks_the_store_before_reading_stdin() {
+    let scratch = common::scratch();
+    let missing = scratch.path.as_path();
+    let held = scratch.dir.path().join("held.snap");
+    let holder = tokencache::TokenStore::open(&held).expect("open the held store");
+    for (store, reason) in [
+        (missing, "does not exist"),
+        (held.as_path(), "already open"),
+    ] {
+        // stdin is a pipe that stays open: a CLI that read it first would wait forever.
+        let mut child = command(store, &["validate"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn tokencache");
+        let stdin = child.stdin.take();
+        let output = wait_or_kill(child, &format!("validate --store {}", store.display()));
+        drop(stdin);
+        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        assert!(stderr(&output).contains(reason), "{}", stderr(&output));
+    }
+    assert!(!missing.exists(), "a mistyped --store is not created");
+    holder.close().expect("close");
+}
+
+#[test]
+fn cli_rate_limits_follow_the_library_rules() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let limit_of = |index: usize| {
+        let output = run(store, &["list", "--json"], b"");
+        let tokens: Vec<Value> = serde_json::from_str(&stdout(&output)).expect("JSON array");
+        tokens[index]["rate_limit"].clone()
+    };
+
+    // The library accepts this limit, so the CLI does: the burst is checked with the count.
+    let token = issue(
+        store,
+        &["fast", "--rate-limit", "5000000/s", "--burst", "100"],
+    );
+    assert!(RateLimit::per_second(5_000_000).burst(100).check().is_ok());
+    assert_eq!(
+        limit_of(0),
+        serde_json::json!({"count": 5_000_000, "period_ms": 1000, "burst": 100})
+    );
+    let id = &token[3..11];
+
+    // `--rate-limit` reads every limit as `list` shows it, the burst included.
+    for (text, expected) in [
+        (
+            "600/min burst 20",
+            serde_json::json!({"count": 600, "period_ms": 60_000, "burst": 20}),
+        ),
+        (
+            "5/250ms",
+            serde_json::json!({"count": 5, "period_ms": 250, "burst": 5}),
+        ),
+        (
+            "5000000/s burst 100",
+            serde_json::json!({"count": 5_000_000, "period_ms": 1000, "burst": 100}),
+        ),
+    ] {
+        let changed = run(store, &["limit", id, "--rate-limit", text], b"");
+        assert_eq!(
+            changed.status.code(),
+            Some(0),
+            "{text}: {}",
+            stderr(&changed)
+        );
+        assert_eq!(limit_of(0), expected, "{text}");
+        let table = stdout(&run(store, &["list"], b""));
+        assert!(table.contains(text), "{table}");
+    }
+
+    // What the library refuses, the CLI refuses with the library's message.
+    for (args, refused) in [
+        (
+            &["--rate-limit", "5000000/s"][..],
+            RateLimit::per_second(5_000_000),
+        ),
+        (
+            &["--rate-limit", "5/h", "--burst", "0"],
+            RateLimit::per_hour(5).burst(0),
+        ),
+        (&["--rate-limit", "0/s"], RateLimit::per_second(0)),
+        (
+            &["--rate-limit", "1/min", "--burst", "4194304"],
+            RateLimit::per_minute(1).burst(4_194_304),
+        ),
+    ] {
+        let message = refused
+            .check()
+            .expect_err("the library refuses it")
+            .to_string();
+        let output = run(store, &[&["limit", id][..], args].concat(), b"");
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&output).contains(&message),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+    let twice = run(
+        store,
+        &["limit", id, "--rate-limit", "100/s burst 5", "--burst", "6"],
+        b"",
+    );
+    assert_eq!(twice.status.code(), Some(2));
+    assert!(
+        stderr(&twice).contains("already gives a burst"),
+        "{}",
+        stderr(&twice)
+    );
+    assert_eq!(
+        limit_of(0),
+        serde_json::json!({"count": 5_000_000, "period_ms": 1000, "burst": 100}),
+        "refused changes wrote nothing"
+    );
+
+    // A refused limit on `issue` creates no store.
+    let fresh = scratch.dir.path().join("fresh.snap");
+    let refused = run(&fresh, &["issue", "x", "--rate-limit", "5000000/s"], b"");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(!fresh.exists(), "a refused issue creates no store");
+}
+
+/// A pseudo-terminal for `validate` to prompt on, as a person's terminal would be.
+#[cfg(target_os = "linux")]
+mod terminal {
+    use std::fs::File;
+    use std::io::{Read, Write};
+    use std::os::fd::OwnedFd;
+    use std::thread::JoinHandle;
+    use std::time::{Duration, Instant};
+
+    use rustix::fs::{Mode, OFlags};
+    use rustix::pty::OpenptFlags;
+    use rustix::termios::LocalModes;
+
+    /// The test's side (the master) and the program's side (the slave) of one pty.
+    pub struct Terminal {
+        master: File,
+        slave: OwnedFd,
+        /// Collects everything written to the terminal until the slave is closed everywhere.
+        screen: JoinHandle<Vec<u8>>,
+    }
+
+    impl Terminal {
+        pub fn open() -> Terminal {
+            let flags = OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC;
+            let master = rustix::pty::openpt(flags).expect("open a pty");
+            rustix::pty::grantpt(&master).expect("grantpt");
+            rustix::pty::unlockpt(&master).expect("unlockpt");
+            let name = rustix::pty::ptsname(&master, Vec::new()).expect("ptsname");
+            // NOCTTY: the pty becomes the child's controlling terminal, never the test's.
+            // CLOEXEC (here and above): no other test's child holds the pty open.
+            let slave = rustix::fs::open(
+                name.as_c_str(),
+                OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .expect("open the pty's slave");
+            let master = File::from(master);
+            let mut output = master.try_clone().expect("clone the master");
+            // A read fails (EIO) once the slave is closed everywhere; that ends the screen.
+            let screen = std::thread::spawn(move || {
+                let mut screen = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while let Ok(n @ 1..) = output.read(&mut buffer) {
+                    screen.extend_from_slice(&buffer[..n]);
+                }
+                screen
+            });
+            Terminal {
+                master,
+                slave,
+                screen,
+            }
+        }
+
+        /// A handle on the program's side, for its stdin.
+        pub fn slave(&self) -> OwnedFd {
+            self.slave.try_clone().expect("clone the slave")
+        }
+
+        /// Whether the terminal echoes what is typed (the master reports the slave's modes).
+        pub fn echoes(&self) -> bool {
+            let modes = rustix::termios::tcgetattr(&self.master).expect("tcgetattr");
+            modes.local_modes.contains(LocalModes::ECHO)
+        }
+
+        /// Waits until the terminal's echo is off; false if it is still on after `limit`.
+        pub fn wait_for_no_echo(&self, limit: Duration) -> bool {
+            let deadline = Instant::now() + limit;
+            while self.echoes() {
+                if Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            true
+        }
+
+        /// Types `keys` as a person would.
+        pub fn type_keys(&mut self, keys: &str) {
+            self.master.write_all(keys.as_bytes()).expect("type");
+        }
+
+        /// Closes the program's side and returns everything written to the terminal.
+        pub fn finish(self) -> String {
+            drop(self.slave);
+            let screen = self.screen.join().expect("the terminal reader");
+            String::from_utf8_lossy(&screen).into_owned()
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn validate_on_a_terminal_prompts_on_stderr_and_reads_without_echo() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let token = issue(store, &["person"]);
+    let mut terminal = terminal::Terminal::open();
+    assert!(terminal.echoes(), "a fresh terminal echoes");
+
+    // `setsid --ctty` (util-linux) makes the pty the program's controlling terminal, as a
+    // login shell's terminal is.
+    let mut child = Command::new("setsid")
+        .args([
+            "--ctty",
+            "--wait",
+            env!("CARGO_BIN_EXE_tokencache"),
+            "--store",
+        ])
+        .arg(store)
+        .arg("validate")
+        .env_remove("TOKENCACHE_STORE")
+        .stdin(terminal.slave())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn setsid (util-linux) with tokencache");
+
+    // Type only once echo is off, as a person types after the prompt: what is typed earlier
+    // is echoed by the terminal whatever the program does.
+    let quiet = terminal.wait_for_no_echo(HANG);
+    if quiet {
+        terminal.type_keys(&format!("{token}\r"));
+    } else {
+        // Already failed: do not wait for a program that waits for input.
+        let _ = child.kill();
+    }
+    let output = wait_or_kill(child, "validate on a terminal");
+    let echo_restored = terminal.echoes();
+    let screen = terminal.finish();
+    assert!(
+        quiet,
+        "echo stayed on while the token was awaited; stderr: {}",
+        stderr(&output)
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stderr(&output), "Token: ", "the prompt, on stderr");
+    assert_eq!(
+        stdout(&output),
+        format!("valid: {} (person)\n", &token[3..11])
+    );
+    assert!(
+        !screen.contains(&token[12..]),
+        "the secret was shown: {screen:?}"
+    );
+    assert!(echo_restored, "echo is on again once validate returns");
 }
