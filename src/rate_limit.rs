@@ -827,7 +827,7 @@ mod tests {
         );
     }
 
-    mod props {
+    mod record_props {
         use super::*;
         use proptest::prelude::*;
 
