@@ -1,8 +1,8 @@
 //! Crash torture with real processes and real SIGKILL.
 //!
 //! A child process (this test binary, re-executed) opens a store with a 50 ms flush interval
-//! on the real clock and loops: issue, validate in bursts, revoke. It prints each change only
-//! after the call returned. The parent kills it with SIGKILL at a random moment, reopens the
+//! on the real clock and loops: issue, validate in bursts, revoke, delete, rotate. It prints
+//! each change only after the call returned. The parent kills it with SIGKILL at a random moment, reopens the
 //! store and checks that every acknowledged change survived, that the file opens, that no
 //! temp file is left to trip a later open, and that `last_used` on disk is at most about one
 //! flush interval behind the kill.
@@ -100,16 +100,39 @@ fn child_work_until_killed() {
             store.revoke(&token.id()).unwrap();
             println!("@R {}", token.id());
         }
+        if live.len() > 1 && rng.below(12) == 0 {
+            let token = live.swap_remove(rng.below(live.len() as u64) as usize);
+            println!("@d {}", token.id());
+            store.delete(&token.id()).unwrap();
+            println!("@D {}", token.id());
+        }
+        if issued < ISSUES_PER_CHILD && !live.is_empty() && rng.below(12) == 0 {
+            let old = live[rng.below(live.len() as u64) as usize].id();
+            // The old token keeps validating for the hour of grace.
+            let new = store.rotate(&old, Duration::from_secs(3600)).unwrap();
+            println!("@T {old} {} {}", new.id(), new.secret());
+            live.push(new);
+            issued += 1;
+        }
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// What a token is, as `validate` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Live,
+    Revoked,
+    /// `Unknown`: deleted.
+    Deleted,
 }
 
 /// What the parent knows about one acknowledged token.
 struct Known {
     secret: String,
-    revoked: bool,
-    /// A revoke was started but not acknowledged: either outcome is correct.
-    revoking: bool,
+    state: State,
+    /// A revoke or delete was started but not acknowledged: either outcome is correct.
+    intent: Option<State>,
 }
 
 /// The acknowledged lines of one child: complete lines only (a line cut by the kill was
@@ -150,8 +173,9 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let mut s = scratch();
     let mut known: HashMap<String, Known> = HashMap::new();
     let (mut acked_issues, mut acked_revokes, mut last_used_checks) = (0, 0, 0);
+    let (mut acked_deletes, mut acked_rotations) = (0, 0);
     let (mut killed_before_ready, mut rounds_with_temps, mut max_lag_ms) = (0, 0, 0u64);
-    let mut unacknowledged_revokes = 0;
+    let mut cut_short = 0;
     for round in 0..rounds {
         if round % ROUNDS_PER_STORE == 0 && round > 0 {
             s = scratch();
@@ -201,14 +225,18 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             let parts: Vec<&str> = line.split(' ').collect();
             match parts[..] {
                 ["READY"] => {}
-                ["I", id, secret] => {
-                    acked_issues += 1;
+                ["I", id, secret] | ["T", _, id, secret] => {
+                    if parts[0] == "T" {
+                        acked_rotations += 1;
+                    } else {
+                        acked_issues += 1;
+                    }
                     known.insert(
                         id.to_string(),
                         Known {
                             secret: secret.to_string(),
-                            revoked: false,
-                            revoking: false,
+                            state: State::Live,
+                            intent: None,
                         },
                     );
                 }
@@ -216,10 +244,19 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                     .entry(id.to_string())
                     .or_default()
                     .push(at.parse().unwrap()),
-                ["r", id] => known.get_mut(id).unwrap().revoking = true,
-                ["R", id] => {
-                    acked_revokes += 1;
-                    known.get_mut(id).unwrap().revoked = true;
+                ["r", id] => known.get_mut(id).unwrap().intent = Some(State::Revoked),
+                ["d", id] => known.get_mut(id).unwrap().intent = Some(State::Deleted),
+                ["R", id] | ["D", id] => {
+                    let state = if parts[0] == "R" {
+                        acked_revokes += 1;
+                        State::Revoked
+                    } else {
+                        acked_deletes += 1;
+                        State::Deleted
+                    };
+                    let token = known.get_mut(id).unwrap();
+                    token.state = state;
+                    token.intent = None;
                 }
                 _ => panic!("round {round}: unexpected child line {line:?}"),
             }
@@ -267,52 +304,49 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             }
         }
 
-        // Every acknowledged issue validates; every acknowledged revoke stays revoked.
-        let mut cut_short_revokes = 0;
+        // Every acknowledged issue and rotation validates; every acknowledged revoke stays
+        // revoked and every acknowledged delete stays deleted.
         for (id, token) in &mut known {
-            let result = store.validate(&token.secret);
-            if token.revoking && !token.revoked {
+            let seen = match store.validate(&token.secret) {
+                Ok(_) => State::Live,
+                Err(Rejection::Revoked) => State::Revoked,
+                Err(Rejection::Unknown) => State::Deleted,
+                Err(r) => panic!("round {round} (seed {seed}): token {id} gives {r}"),
+            };
+            match token.intent.take() {
                 // Whatever this open sees is final: the child is dead, nobody else writes.
-                cut_short_revokes += 1;
-                token.revoking = false;
-                token.revoked = match result {
-                    Ok(_) => false,
-                    Err(Rejection::Revoked) => true,
-                    Err(r) => panic!("round {round} (seed {seed}): token {id} gives {r}"),
-                };
-            } else if token.revoked {
-                assert_eq!(
-                    result.unwrap_err(),
-                    Rejection::Revoked,
-                    "round {round} (seed {seed}): revoked token {id} came back"
-                );
-            } else {
-                assert_eq!(
-                    result
-                        .unwrap_or_else(|r| panic!(
-                            "round {round} (seed {seed}): issued token {id} lost: {r}"
-                        ))
-                        .id()
-                        .as_str(),
-                    id
-                );
+                Some(intent) => {
+                    cut_short += 1;
+                    assert!(
+                        seen == token.state || seen == intent,
+                        "round {round} (seed {seed}): token {id} was {:?}, then {intent:?} \
+                         was started, but it is {seen:?}",
+                        token.state
+                    );
+                    token.state = seen;
+                }
+                None => assert_eq!(
+                    seen, token.state,
+                    "round {round} (seed {seed}): acknowledged token {id} changed"
+                ),
             }
         }
-        unacknowledged_revokes += cut_short_revokes;
         store.close().unwrap();
     }
     let elapsed = started.elapsed();
     println!(
-        "crash torture: {rounds} kills in {:.1} s; {acked_issues} acknowledged issues and \
-         {acked_revokes} revokes all survived; {last_used_checks} last_used bounds checked, \
-         the newest validation of a checked token was at most {max_lag_ms} ms ahead of disk; {rounds_with_temps} rounds \
+        "crash torture: {rounds} kills in {:.1} s; {acked_issues} acknowledged issues, \
+         {acked_rotations} rotations, {acked_revokes} revokes and {acked_deletes} deletes all \
+         survived; {last_used_checks} last_used bounds checked, the newest validation of a \
+         checked token was at most {max_lag_ms} ms ahead of disk; {rounds_with_temps} rounds \
          left temp files (removed by open); {killed_before_ready} kills before the store opened; \
-         {unacknowledged_revokes} revokes cut short by the kill",
+         {cut_short} revokes or deletes cut short by the kill",
         elapsed.as_secs_f64()
     );
     // Not vacuous: the run must have exercised what it claims to check.
     if rounds >= 50 {
         assert!(acked_issues > 0 && acked_revokes > 0 && last_used_checks > 0);
+        assert!(acked_deletes > 0 && acked_rotations > 0);
     }
 }
 
