@@ -101,6 +101,54 @@ pub mod __fuzz {
     }
 }
 
+/// The token map alone, for the churn test (`tests/churn.rs`): issuing and deleting through
+/// the store writes a snapshot each time, so a million cycles drive the map the store uses,
+/// with entries shaped like the store's. Not a public API.
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub mod __churn {
+    use crate::entry::{pack_text, Entry};
+    use crate::map::Map;
+    use crate::token::TokenId;
+
+    /// A token map.
+    pub struct Churn(Map);
+
+    impl Churn {
+        /// An empty map.
+        pub fn new() -> Churn {
+            Churn(Map::with_capacity(0))
+        }
+
+        /// Adds a token with id `id`, as `issue` does once its write succeeded.
+        pub fn issue(&self, id: TokenId) {
+            let entry = Entry::new(id, [0; 32], pack_text("churn", &["read"]), 0, None, None);
+            let _ = self.0.insert_new([entry]);
+        }
+
+        /// Removes token `id`, as `delete` does.
+        pub fn delete(&self, id: &TokenId) -> bool {
+            self.0.remove(id)
+        }
+
+        /// How many tokens the map holds.
+        pub fn len(&self) -> usize {
+            self.0.len()
+        }
+
+        /// Whether the map is empty.
+        pub fn is_empty(&self) -> bool {
+            self.len() == 0
+        }
+    }
+
+    impl Default for Churn {
+        fn default() -> Self {
+            Churn::new()
+        }
+    }
+}
+
 /// Model-checking hooks for `loom-tests/` (only under `--cfg loom`; not a public API).
 #[cfg(loom)]
 #[doc(hidden)]

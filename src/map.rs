@@ -220,3 +220,45 @@ mod loom_map {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::entry::pack_text;
+
+    fn entry(id: TokenId) -> Entry {
+        Entry::new(id, [1; 32], pack_text("lent", &["read"]), 0, None, None)
+    }
+
+    /// The one `unsafe` in the crate: a lent entry stays valid while held, though another
+    /// thread removes it and the map reclaims what it can meanwhile. Run under Miri:
+    /// `cargo +nightly miri test --lib map::tests` (scripts/miri.sh).
+    #[test]
+    fn a_lent_entry_outlives_its_removal_while_held() {
+        let map = Map::with_capacity(0);
+        let ids: Vec<TokenId> = (0..4u8)
+            .map(|n| format!("0000000{n}").parse().unwrap())
+            .collect();
+        map.insert_new(ids.iter().map(|&id| entry(id))).unwrap();
+        let lent = map.read(&ids[0]).unwrap();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for id in &ids {
+                    assert!(map.remove(id));
+                }
+                // More retirements, so the collector has batches to reclaim.
+                for n in 10..40u8 {
+                    let id: TokenId = format!("000000{n}").parse().unwrap();
+                    map.insert_new([entry(id)]).unwrap();
+                    assert!(map.remove(&id));
+                }
+            });
+        });
+        assert!(map.read(&ids[0]).is_none());
+        assert_eq!(lent.name(), "lent");
+        assert!(lent.has_scope("read"));
+        assert!(lent.digest_matches(&[1; 32]));
+        drop(lent);
+        assert_eq!(map.len(), 0);
+    }
+}

@@ -326,6 +326,11 @@ impl Persister {
         let due = now >= self.last_attempt_ms.saturating_add(self.interval_ms)
             || now < self.last_attempt_ms;
 
+        // Planted bug (loom twin only): revokes and deletes answered before memory changes.
+        #[cfg(loom)]
+        if crate::sync::bug::planted(crate::sync::bug::Bug::ChangeAfterReply) {
+            self.change_after_reply(&mut batch, now);
+        }
         let applied = self.apply(&mut batch, now, due);
         let need = self.decide(&applied, &batch, due);
         let Applied {
@@ -413,9 +418,17 @@ impl Persister {
             applied.replies.push((reply, 1));
         }
         for (old, until, new, reply) in batch.rotations.drain(..) {
-            if !map.contains(&old) {
-                let _ = reply.send(Err(Error::UnknownId(old)));
-                continue;
+            // Checked again here: a revoke may have been applied since the caller looked.
+            match map.with(&old, |e| e.revoked_at().is_some()) {
+                None => {
+                    let _ = reply.send(Err(Error::UnknownId(old)));
+                    continue;
+                }
+                Some(true) => {
+                    let _ = reply.send(Err(crate::store::revoked_rotation(old)));
+                    continue;
+                }
+                Some(false) => {}
             }
             let new = vec![*new];
             if let Some(id) = self.collision(&new, &mut taken) {
@@ -427,6 +440,22 @@ impl Persister {
             applied.replies.push((reply, 1));
         }
         applied
+    }
+
+    /// Broken twin of the revoke and delete steps of [`apply`](Self::apply) (loom only):
+    /// each caller is answered first and memory changes after, so a validation that starts
+    /// once the call returned can still accept the token.
+    #[cfg(loom)]
+    fn change_after_reply(&self, batch: &mut Batch, now: u64) {
+        let map = &self.shared.map;
+        for (id, reply) in batch.revokes.drain(..) {
+            let _ = reply.send(Ok(1));
+            map.with(&id, |e| e.revoke(now));
+        }
+        for (id, reply) in batch.deletes.drain(..) {
+            let _ = reply.send(Ok(1));
+            map.remove(&id);
+        }
     }
 
     /// The decide phase: whether to write, and whether a write may be skipped when no

@@ -270,16 +270,26 @@ impl TokenStore {
     /// Issues a new token with the same name, scopes and rate limit as token `id` (and the
     /// same lifetime, if it had one), and makes the old one expire at the earlier of its own
     /// expiry and now + `grace`, both in one durable write. Returns the new token; its
-    /// secret is shown only here. Clients switch to it within `grace`.
+    /// secret is shown only here. Clients switch to it within `grace`. A revoked token is
+    /// not rotated ([`Error::InvalidRequest`]): a revocation is meant to end its holder's
+    /// access, and a replacement would bring it back.
     pub fn rotate(&self, id: &TokenId, grace: Duration) -> Result<IssuedToken, Error> {
         let shared = &self.handle.shared;
         let now = shared.clock.now_ms();
         let template = shared.map.with(id, |old| {
             let lifetime = old.expires_at().map(|at| at.saturating_sub(old.created_at));
-            (old.text().into(), lifetime, old.rate_limit())
+            (
+                old.text().into(),
+                lifetime,
+                old.rate_limit(),
+                old.revoked_at(),
+            )
         });
-        let (text, lifetime, rate_limit): (Box<str>, Option<u64>, _) =
+        let (text, lifetime, rate_limit, revoked): (Box<str>, Option<u64>, _, _) =
             template.ok_or(Error::UnknownId(*id))?;
+        if revoked.is_some() {
+            return Err(revoked_rotation(*id));
+        }
         let (secret, new_id) = self.fresh_id(&HashSet::new())?;
         let expires_at = lifetime.map(|l| now.saturating_add(l));
         let new = Box::new(Entry::new(
@@ -877,6 +887,13 @@ impl TokenInfo {
             rate_limit: entry.rate_limit(),
         }
     }
+}
+
+/// The refusal to rotate revoked token `id`.
+pub(crate) fn revoked_rotation(id: TokenId) -> Error {
+    Error::InvalidRequest(format!(
+        "token {id} is revoked, so it is not rotated (a replacement would restore the access its revocation ended); issue a new token instead"
+    ))
 }
 
 /// A duration in whole milliseconds, saturating.

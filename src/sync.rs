@@ -200,6 +200,8 @@ pub mod bug {
         /// A second `close` finds the persister already taken and reports success at once,
         /// before the first close's final snapshot is written.
         CloseWithoutWaiting,
+        /// The persister answers a revoke or delete before it changes memory.
+        ChangeAfterReply,
     }
 
     std::thread_local! {

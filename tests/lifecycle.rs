@@ -244,3 +244,54 @@ fn a_delete_whose_write_fails_is_gone_from_memory_and_reaches_the_file_later() {
         "the tick retried"
     );
 }
+
+/// Real threads: validations (each holding the borrowed entry while it reads the name)
+/// race deletes of the same tokens. Every validation accepts with the right name or says
+/// `Unknown`, never anything else, and nothing crashes: the reclamation that loom cannot
+/// enter (papaya's) keeps every borrowed entry valid. Miri checks the same borrow in
+/// `map::tests::a_lent_entry_outlives_its_removal_while_held`.
+#[test]
+fn deletes_racing_validations_on_real_threads() {
+    let s = scratch();
+    let store = TokenStore::builder(&s.path)
+        .flush_interval(Duration::from_secs(3600))
+        .open()
+        .unwrap();
+    let tokens = store
+        .issue_many((0..100).map(|i| NewToken::new(format!("t{i}"))))
+        .unwrap();
+    let deleting = std::sync::atomic::AtomicBool::new(true);
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                let mut unknown = 0;
+                while deleting.load(std::sync::atomic::Ordering::Relaxed) || unknown == 0 {
+                    for (i, token) in tokens.iter().enumerate() {
+                        match store.validate(token.secret()) {
+                            Ok(valid) => assert_eq!(valid.name(), format!("t{i}")),
+                            Err(Rejection::Unknown) => unknown += 1,
+                            Err(other) => panic!("token t{i}: {other}"),
+                        }
+                    }
+                }
+            });
+        }
+        for token in &tokens {
+            store.delete(&token.id()).unwrap();
+        }
+        deleting.store(false, std::sync::atomic::Ordering::Relaxed);
+    });
+    assert_eq!(store.list().len(), 0);
+}
+
+#[test]
+fn a_revoked_token_cannot_be_rotated_back_to_life() {
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    let token = store.issue(NewToken::new("compromised")).unwrap();
+    store.revoke(&token.id()).unwrap();
+    let error = store.rotate(&token.id(), HOUR).unwrap_err();
+    assert!(matches!(error, Error::InvalidRequest(_)), "{error}");
+    assert!(error.to_string().contains("revoked"), "{error}");
+    assert_eq!(store.list().len(), 1, "no replacement was issued");
+}

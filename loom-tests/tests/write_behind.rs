@@ -452,3 +452,83 @@ fn shutdown_by_drop() {
     assert_eq!(last.last_used(ids[0]), Some(T0), "shutdown lost last_used");
     assert!(last.contains(new), "shutdown lost an issued token");
 }
+
+// ---- 7. Revoke and delete racing a validation ------------------------------------------
+
+/// A revoke on one thread racing a validation on another: the validation accepts or says
+/// `Revoked`, and once `revoke` has returned (and the validating thread has seen it
+/// return) it says `Revoked`. Bound 3: the twin needs the persister preempted between its
+/// reply and its change, and the validating thread run in that gap.
+#[test]
+fn a_validation_after_revoke_returned_says_revoked() {
+    model(3, || change_racing_validate(Change::Revoke));
+}
+
+/// Twin: the persister answers the revoke before it marks the entry, so a validation
+/// that starts after `revoke` returned can still accept the token.
+#[test]
+#[should_panic(expected = "accepted after the change returned")]
+fn twin_revoke_answered_before_memory_changes_accepts_a_revoked_token() {
+    let _bug = plant(Bug::ChangeAfterReply);
+    model(3, || change_racing_validate(Change::Revoke));
+}
+
+/// A delete on one thread racing a validation on another: the validation accepts or says
+/// `Unknown`, and once `delete` has returned it says `Unknown`. (Under loom the map hands
+/// out clones; the reclamation of a deleted entry a validation still borrows is papaya's,
+/// checked by `map::tests::a_lent_entry_outlives_its_removal_while_held` under Miri and by
+/// the real-thread `tests/lifecycle.rs` `deletes_racing_validations_on_real_threads`.)
+#[test]
+fn a_validation_after_delete_returned_says_unknown() {
+    model(3, || change_racing_validate(Change::Delete));
+}
+
+/// Twin: the persister answers the delete before it removes the entry.
+#[test]
+#[should_panic(expected = "accepted after the change returned")]
+fn twin_delete_answered_before_memory_changes_accepts_a_deleted_token() {
+    let _bug = plant(Bug::ChangeAfterReply);
+    model(3, || change_racing_validate(Change::Delete));
+}
+
+#[derive(Clone, Copy)]
+enum Change {
+    Revoke,
+    Delete,
+}
+
+fn change_racing_validate(change: Change) {
+    let Fixture {
+        store,
+        secrets,
+        ids,
+        ..
+    } = open(1);
+    let refused = match change {
+        Change::Revoke => Rejection::Revoked,
+        Change::Delete => Rejection::Unknown,
+    };
+    let returned = Arc::new(loom::sync::atomic::AtomicBool::new(false));
+    let changer = {
+        let (store, returned, id) = (store.clone(), returned.clone(), ids[0]);
+        thread::spawn(move || {
+            match change {
+                Change::Revoke => store.revoke(&id).unwrap(),
+                Change::Delete => store.delete(&id).unwrap(),
+            }
+            // Release: pairs with the Acquire below; the validation then starts after the
+            // change's call returned.
+            returned.store(true, loom::sync::atomic::Ordering::Release);
+        })
+    };
+    let after = returned.load(loom::sync::atomic::Ordering::Acquire);
+    match store.validate(&secrets[0]) {
+        Ok(_) => assert!(!after, "accepted after the change returned"),
+        Err(rejection) => assert_eq!(rejection, refused),
+    }
+    changer.join().unwrap();
+    match store.validate(&secrets[0]) {
+        Ok(_) => panic!("accepted after the change returned (and its thread ended)"),
+        Err(rejection) => assert_eq!(rejection, refused),
+    }
+}
