@@ -2,7 +2,8 @@
 //! an exit code (0 success, 1 token rejected, 2 error).
 //!
 //! Secrets are read from stdin, never from argv (argv is visible to every user in `ps`), and
-//! `issue` prints only the token on stdout so that `TOKEN=$(tokencache issue NAME)` works.
+//! `issue` and `rotate` print only the token on stdout so that `TOKEN=$(tokencache issue NAME)`
+//! works.
 //! From a terminal, `validate` prompts and reads the token without echo.
 
 use std::io::{self, IsTerminal, Read, Write};
@@ -83,6 +84,46 @@ enum Command {
     Revoke {
         /// The token's id: the 8 characters after `tc_`, as `list` shows them.
         id: String,
+    },
+    /// Delete a token by its id, keeping no trace (durable when the command returns).
+    ///
+    /// Unlike `revoke`, nothing is kept: `validate` then says "unknown" and `list` no longer
+    /// shows it. Prints `deleted ID`.
+    Delete {
+        /// The token's id, as `list` shows it.
+        id: String,
+        /// Print `{"deleted": ID}` instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete every token revoked or expired more than --older-than ago; print how many.
+    ///
+    /// Durable when the command returns. Active tokens are never purged. --older-than is
+    /// required, so that a forgotten flag purges nothing; `--older-than 0s` deletes every
+    /// revoked or expired token.
+    Purge {
+        /// How long ago a token must have been revoked or expired, e.g. "30d", "12h", "0s".
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        older_than: Duration,
+        /// Print `{"purged": N}` instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a token: print a new one on stdout, and make the old one expire after --grace.
+    ///
+    /// The new token has the old one's name, scopes, rate limit and lifetime; it is shown only
+    /// this once, alone on stdout, so that `NEW=$(tokencache rotate ID --grace 1h)` works.
+    /// The old token expires at the earlier of its own expiry and now + grace; stderr says
+    /// when, and the new token's id. Both changes are one durable write.
+    Rotate {
+        /// The id of the token to replace, as `list` shows it.
+        id: String,
+        /// How long the old token keeps working, e.g. "1h", "7d", "0s" (stops at once).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        /// Print the new token, its details, `old_id` and `old_expires_at` as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Set or remove a token's rate limit (durable when the command returns).
     ///
@@ -183,6 +224,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::List { json } => list(path, json),
         Command::Revoke { id } => revoke(path, &id),
         Command::Limit { id, limit, .. } => set_limit(path, &id, limit.get()?),
+        Command::Delete { id, json } => delete(path, &id, json),
+        Command::Purge { older_than, json } => purge(path, older_than, json),
+        Command::Rotate { id, grace, json } => rotate(path, &id, grace, json),
         Command::Inspect { json } => inspect(path, json),
         Command::Stress(args) => crate::stress::run(&args),
     }
@@ -308,19 +352,85 @@ fn set_limit(path: &Path, id: &str, limit: Option<RateLimit>) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+fn delete(path: &Path, id: &str, json: bool) -> Result<ExitCode, Failure> {
+    let id = change(path, id, |store, id| store.delete(id))?;
+    if json {
+        print_json(&json!({ "deleted": id.as_str() }))?;
+    } else {
+        print_line(&format!("deleted {id}"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn purge(path: &Path, older_than: Duration, json: bool) -> Result<ExitCode, Failure> {
+    let purged = with_store(path, |store| store.purge(older_than))?;
+    if json {
+        print_json(&json!({ "purged": purged }))?;
+    } else {
+        let noun = if purged == 1 { "token" } else { "tokens" };
+        print_line(&format!("purged {purged} {noun}"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rotate(path: &Path, id: &str, grace: Duration, json: bool) -> Result<ExitCode, Failure> {
+    let old_id = parse_id(id)?;
+    let (issued, new, old) = with_store(path, |store| {
+        let issued = store.rotate(&old_id, grace)?;
+        let (new, old) = (store.get(&issued.id()), store.get(&old_id));
+        Ok((issued, new, old))
+    })?;
+    let new = new.ok_or("the new token vanished before it could be shown")?;
+    let old_expires_at = old.as_ref().and_then(|old| old.expires_at);
+    if json {
+        let mut object = token_json(&new);
+        object["token"] = Value::from(issued.secret());
+        object["old_id"] = Value::from(old_id.as_str());
+        object["old_expires_at"] = Value::from(old_expires_at.map(timestamp));
+        print_json(&object)?;
+    } else {
+        print_line(issued.secret())?;
+        let fate = match (old.as_ref().and_then(|old| old.revoked_at), old_expires_at) {
+            (Some(_), _) => "stays revoked".to_string(),
+            (None, Some(at)) => format!("expires at {}", timestamp(at)),
+            (None, None) => "never expires".to_string(),
+        };
+        eprintln!(
+            "rotated {old_id}: it {fate}; its replacement {} ({}) is the token above, shown only once",
+            new.id, new.name
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Applies one durable change to the token `id` and closes the store, reporting either error.
 fn change(
     path: &Path,
     id: &str,
     apply: impl FnOnce(&TokenStore, &TokenId) -> Result<(), tokencache::Error>,
 ) -> Result<TokenId, Failure> {
-    let id: TokenId = id.parse().map_err(|e| format!("{e}"))?;
-    let store = open_existing(path)?;
-    let result = apply(&store, &id);
-    let closed = store.close();
-    result.map_err(|e| e.to_string())?;
-    closed.map_err(|e| e.to_string())?;
+    let id = parse_id(id)?;
+    with_store(path, |store| apply(store, &id))?;
     Ok(id)
+}
+
+/// Runs `work` on the existing store at `path` and closes it. The work's error is reported
+/// before the close's.
+fn with_store<T>(
+    path: &Path,
+    work: impl FnOnce(&TokenStore) -> Result<T, tokencache::Error>,
+) -> Result<T, Failure> {
+    let store = open_existing(path)?;
+    let result = work(&store);
+    let closed = store.close();
+    let value = result.map_err(|e| e.to_string())?;
+    closed.map_err(|e| e.to_string())?;
+    Ok(value)
+}
+
+/// A token id given on the command line, checked before the store is opened.
+fn parse_id(id: &str) -> Result<TokenId, Failure> {
+    id.parse().map_err(|e| format!("{e}"))
 }
 
 fn inspect(path: &Path, json: bool) -> Result<ExitCode, Failure> {

@@ -8,8 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use tokencache::RateLimit;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use tokencache::{ManualClock, NewToken, RateLimit, TokenStore};
 
 /// How long a command that must not wait for input gets before the test calls it hung. Far
 /// above what any of them takes, even on a loaded machine; it only turns a hang into a failure.
@@ -174,7 +175,14 @@ fn inspect_reports_counts() {
 fn missing_store_is_an_error_and_is_not_created() {
     let scratch = common::scratch();
     let store = scratch.path.as_path();
-    for args in [&["list"][..], &["revoke", "a1B2c3D4"], &["inspect"]] {
+    for args in [
+        &["list"][..],
+        &["revoke", "a1B2c3D4"],
+        &["delete", "a1B2c3D4"],
+        &["purge", "--older-than", "0s"],
+        &["rotate", "a1B2c3D4", "--grace", "1h"],
+        &["inspect"],
+    ] {
         let output = run(store, args, b"");
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         assert!(
@@ -424,6 +432,353 @@ fn cli_rate_limits_follow_the_library_rules() {
     let refused = run(&fresh, &["issue", "x", "--rate-limit", "5000000/s"], b"");
     assert_eq!(refused.status.code(), Some(2));
     assert!(!fresh.exists(), "a refused issue creates no store");
+}
+
+/// `list --json`, parsed.
+fn list_json(store: &Path) -> Vec<Value> {
+    let output = run(store, &["list", "--json"], b"");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    serde_json::from_str(&stdout(&output)).expect("JSON array")
+}
+
+/// The ids `list --json` shows, oldest first.
+fn listed_ids(store: &Path) -> Vec<String> {
+    list_json(store)
+        .iter()
+        .map(|t| t["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+/// The reason `validate --json` gives for `token`, or "valid".
+fn verdict(store: &Path, token: &str) -> String {
+    let output = run(store, &["validate", "--json"], token.as_bytes());
+    let outcome: Value = serde_json::from_str(&stdout(&output)).expect("JSON outcome");
+    match outcome["valid"].as_bool() {
+        Some(true) => {
+            assert_eq!(output.status.code(), Some(0));
+            "valid".into()
+        }
+        _ => {
+            assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+            outcome["reason"].as_str().expect("reason").into()
+        }
+    }
+}
+
+fn parse_time(value: &Value) -> DateTime<Utc> {
+    let text = value.as_str().expect("an RFC 3339 time");
+    DateTime::parse_from_rfc3339(text)
+        .expect("RFC 3339")
+        .with_timezone(&Utc)
+}
+
+#[test]
+fn delete_forgets_the_token_so_validate_says_unknown() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let kept = issue(store, &["kept"]);
+    let gone = issue(store, &["gone", "--scope", "read"]);
+    let (kept_id, gone_id) = (&kept[3..11], &gone[3..11]);
+
+    let deleted = run(store, &["delete", gone_id], b"");
+    assert_eq!(deleted.status.code(), Some(0), "{}", stderr(&deleted));
+    assert_eq!(stdout(&deleted), format!("deleted {gone_id}\n"));
+
+    // A new process reads the file: the delete was on disk when the command returned.
+    assert_eq!(verdict(store, &gone), "unknown");
+    assert_eq!(listed_ids(store), [kept_id]);
+    assert_eq!(verdict(store, &kept), "valid");
+
+    let json = run(store, &["delete", kept_id, "--json"], b"");
+    assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+    let outcome: Value = serde_json::from_str(&stdout(&json)).expect("JSON object");
+    assert_eq!(outcome, json!({"deleted": kept_id}));
+    assert!(listed_ids(store).is_empty());
+}
+
+#[test]
+fn delete_of_an_unknown_id_is_an_error_that_names_it() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let token = issue(store, &["a"]);
+    let id = &token[3..11];
+    assert_eq!(run(store, &["delete", id], b"").status.code(), Some(0));
+
+    for (unknown, message) in [
+        (id, format!("no token has id {id}")),
+        ("zzzzzzzz", "no token has id zzzzzzzz".to_string()),
+        ("tc_x", "not a token id".to_string()),
+    ] {
+        for args in [&["delete", unknown][..], &["delete", unknown, "--json"]] {
+            let output = run(store, args, b"");
+            assert_eq!(output.status.code(), Some(2), "{args:?}");
+            assert!(stdout(&output).is_empty(), "{args:?}: {}", stdout(&output));
+            assert!(
+                stderr(&output).contains(&message),
+                "{args:?}: {}",
+                stderr(&output)
+            );
+        }
+    }
+}
+
+#[test]
+fn purge_deletes_exactly_the_tokens_revoked_or_expired_longer_ago_than_the_age() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let day = Duration::from_secs(86_400);
+
+    // History two days long, written by the library on a clock set in the past: one token
+    // revoked two days ago, one expired a day ago, two that stay active.
+    let now_ms = u64::try_from(Utc::now().timestamp_millis()).expect("after 1970");
+    let two_days_ago = now_ms - 2 * 86_400_000;
+    let past = TokenStore::builder(store)
+        .clock(ManualClock::new(two_days_ago))
+        .open()
+        .expect("open the store in the past");
+    let old_revoked = past.issue(NewToken::new("old-revoked")).expect("issue");
+    past.revoke(&old_revoked.id()).expect("revoke");
+    let old_expired = past
+        .issue(NewToken::new("old-expired").expires_in(day))
+        .expect("issue");
+    let forever = past.issue(NewToken::new("forever")).expect("issue");
+    let month = past
+        .issue(NewToken::new("month").expires_in(30 * day))
+        .expect("issue");
+    past.close().expect("close");
+
+    // And two that ended just now: one revoked, one expired (1 ms lifetime; starting the
+    // next process takes longer, and `validate` confirms it).
+    let new_revoked = issue(store, &["new-revoked"]);
+    let revoke = run(store, &["revoke", &new_revoked[3..11]], b"");
+    assert_eq!(revoke.status.code(), Some(0), "{}", stderr(&revoke));
+    let new_expired = issue(store, &["new-expired", "--expires-in", "1ms"]);
+    assert_eq!(verdict(store, &new_expired), "expired");
+    assert_eq!(verdict(store, old_expired.secret()), "expired");
+
+    let purge = |age: &str, json: bool| {
+        let mut args = vec!["purge", "--older-than", age];
+        if json {
+            args.push("--json");
+        }
+        let output = run(store, &args, b"");
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        stdout(&output)
+    };
+    let remaining = |ids: &[&str]| {
+        let mut listed = listed_ids(store);
+        let mut expected: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        listed.sort();
+        expected.sort();
+        assert_eq!(listed, expected);
+    };
+    let (forever_id, month_id) = (forever.id(), month.id());
+    let (forever_id, month_id) = (forever_id.as_str(), month_id.as_str());
+    let (new_revoked_id, new_expired_id) = (&new_revoked[3..11], &new_expired[3..11]);
+
+    assert_eq!(purge("30d", false), "purged 0 tokens\n");
+    assert_eq!(listed_ids(store).len(), 6, "nothing ended 30 days ago");
+
+    assert_eq!(purge("36h", false), "purged 1 token\n");
+    remaining(&[
+        &old_expired.id().to_string(),
+        forever_id,
+        month_id,
+        new_revoked_id,
+        new_expired_id,
+    ]);
+
+    assert_eq!(purge("12h", true), "{\"purged\":1}\n");
+    remaining(&[forever_id, month_id, new_revoked_id, new_expired_id]);
+
+    assert_eq!(purge("0s", false), "purged 2 tokens\n");
+    remaining(&[forever_id, month_id]);
+    assert_eq!(verdict(store, forever.secret()), "valid");
+    assert_eq!(verdict(store, month.secret()), "valid");
+
+    assert_eq!(purge("0s", true), "{\"purged\":0}\n");
+    remaining(&[forever_id, month_id]);
+}
+
+#[test]
+fn purge_and_rotate_require_their_durations() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let token = issue(store, &["a"]);
+    let id = &token[3..11];
+    assert_eq!(run(store, &["revoke", id], b"").status.code(), Some(0));
+
+    for (args, flag) in [
+        (&["purge"][..], "--older-than"),
+        (&["purge", "--json"], "--older-than"),
+        (&["purge", "--older-than", "3 fortnights"], "--older-than"),
+        (&["rotate", id], "--grace"),
+        (&["rotate", id, "--json"], "--grace"),
+        (&["rotate", id, "--grace", "soon"], "--grace"),
+    ] {
+        let output = run(store, args, b"");
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(stdout(&output).is_empty(), "{args:?}");
+        assert!(
+            stderr(&output).contains(flag),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+    let tokens = list_json(store);
+    assert_eq!(tokens.len(), 1, "the revoked token was not purged");
+    assert!(tokens[0]["expires_at"].is_null(), "nothing was rotated");
+}
+
+#[test]
+fn rotate_prints_only_the_new_token_and_the_old_one_works_for_the_grace() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let old = issue(
+        store,
+        &[
+            "deploy",
+            "--scope",
+            "read",
+            "--scope",
+            "write",
+            "--rate-limit",
+            "100/s",
+        ],
+    );
+    let old_id = &old[3..11];
+
+    let before = Utc::now();
+    let output = run(store, &["rotate", old_id, "--grace", "1h"], b"");
+    let after = Utc::now();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let new = stdout(&output).trim_end().to_string();
+    assert_eq!(
+        stdout(&output),
+        format!("{new}\n"),
+        "stdout is the token alone"
+    );
+    assert_ne!(new, old);
+    let new_id = &new[3..11];
+
+    let valid = run(store, &["validate", "--json"], new.as_bytes());
+    assert_eq!(valid.status.code(), Some(0), "{}", stderr(&valid));
+    let outcome: Value = serde_json::from_str(&stdout(&valid)).expect("JSON outcome");
+    assert_eq!(outcome["id"], new_id);
+    assert_eq!(outcome["name"], "deploy");
+    assert_eq!(outcome["scopes"], json!(["read", "write"]));
+    assert_eq!(
+        verdict(store, &old),
+        "valid",
+        "the old token works within the grace"
+    );
+
+    let tokens = list_json(store);
+    assert_eq!(tokens.len(), 2);
+    let (old_info, new_info) = (&tokens[0], &tokens[1]);
+    assert_eq!(old_info["id"], old_id);
+    assert_eq!(new_info["id"], new_id);
+    let grace = chrono::Duration::hours(1);
+    let old_expiry = parse_time(&old_info["expires_at"]);
+    // `list` shows whole seconds.
+    assert!(
+        before + grace - chrono::Duration::seconds(1) <= old_expiry && old_expiry <= after + grace,
+        "old token expires at {old_expiry}, not within 1h of the rotation ({before}..{after})"
+    );
+    assert_eq!(new_info["name"], "deploy");
+    assert_eq!(new_info["scopes"], json!(["read", "write"]));
+    assert_eq!(new_info["rate_limit"], old_info["rate_limit"]);
+    assert!(
+        new_info["expires_at"].is_null(),
+        "the old token had no lifetime"
+    );
+
+    let told = stderr(&output);
+    let expires = old_info["expires_at"].as_str().expect("expiry");
+    assert!(
+        told.contains(&format!("rotated {old_id}: it expires at {expires}")),
+        "{told}"
+    );
+    assert!(told.contains(new_id), "{told}");
+    assert!(
+        !told.contains(&new[12..]),
+        "the secret is on stdout only: {told}"
+    );
+}
+
+#[test]
+fn rotate_json_reports_both_tokens_and_keeps_an_earlier_expiry() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let old = issue(store, &["svc", "--expires-in", "2h"]);
+    let old_id = &old[3..11];
+    let old_expiry = list_json(store)[0]["expires_at"].clone();
+
+    // A grace past the old token's own expiry leaves that expiry alone.
+    let output = run(store, &["rotate", old_id, "--grace", "30d", "--json"], b"");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let rotated: Value = serde_json::from_str(&stdout(&output)).expect("JSON object");
+    let new = rotated["token"].as_str().expect("token field");
+    assert_eq!(rotated["id"], &new[3..11]);
+    assert_eq!(rotated["name"], "svc");
+    assert_eq!(rotated["old_id"], old_id);
+    assert_eq!(rotated["old_expires_at"], old_expiry);
+    let tokens = list_json(store);
+    assert_eq!(tokens[0]["expires_at"], old_expiry);
+    assert_eq!(tokens[1]["expires_at"], rotated["expires_at"]);
+    // The new token gets the old one's lifetime, counted from now.
+    let lifetime = parse_time(&rotated["expires_at"]) - parse_time(&rotated["created_at"]);
+    assert_eq!(lifetime, chrono::Duration::hours(2));
+    assert_eq!(verdict(store, new), "valid");
+    assert_eq!(verdict(store, &old), "valid");
+
+    // No grace: the old token stops at once.
+    let output = run(
+        store,
+        &["rotate", &new[3..11], "--grace", "0s", "--json"],
+        b"",
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let again: Value = serde_json::from_str(&stdout(&output)).expect("JSON object");
+    assert_eq!(verdict(store, new), "expired");
+    assert_eq!(
+        verdict(store, again["token"].as_str().expect("token")),
+        "valid"
+    );
+}
+
+#[test]
+fn rotate_of_an_unknown_id_prints_nothing_and_changes_nothing() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let token = issue(store, &["a"]);
+    let before = list_json(store);
+
+    for (id, message) in [
+        ("zzzzzzzz", "no token has id zzzzzzzz"),
+        ("tc_x", "not a token id"),
+    ] {
+        for args in [
+            &["rotate", id, "--grace", "1h"][..],
+            &["rotate", id, "--grace", "1h", "--json"],
+        ] {
+            let output = run(store, args, b"");
+            assert_eq!(output.status.code(), Some(2), "{args:?}");
+            assert!(stdout(&output).is_empty(), "{args:?}: {}", stdout(&output));
+            assert!(
+                stderr(&output).contains(message),
+                "{args:?}: {}",
+                stderr(&output)
+            );
+        }
+    }
+    assert_eq!(list_json(store), before, "no token was issued or changed");
+    assert_eq!(verdict(store, &token), "valid");
 }
 
 /// A pseudo-terminal for `validate` to prompt on, as a person's terminal would be.
