@@ -390,10 +390,10 @@ fn rotate(path: &Path, id: &str, grace: Duration, json: bool) -> Result<ExitCode
         print_json(&object)?;
     } else {
         print_line(issued.secret())?;
-        let fate = match (old.as_ref().and_then(|old| old.revoked_at), old_expires_at) {
-            (Some(_), _) => "stays revoked".to_string(),
-            (None, Some(at)) => format!("expires at {}", timestamp(at)),
-            (None, None) => "never expires".to_string(),
+        // `rotate` refuses a revoked token, so the old one is live until it expires.
+        let fate = match old_expires_at {
+            Some(at) => format!("expires at {}", timestamp(at)),
+            None => "never expires".to_string(),
         };
         eprintln!(
             "rotated {old_id}: it {fate}; its replacement {} ({}) is the token above, shown only once",

@@ -1,6 +1,6 @@
-//! The `tokencache` command-line tool: issue, validate, list, revoke, limit and inspect
-//! tokens in a store file, and `stress`, the benchmark. Built with the `cli` feature;
-//! `tokencache --help` lists the commands.
+//! The `tokencache` command-line tool: issue, validate, list, revoke, delete, purge, rotate,
+//! limit and inspect tokens in a store file, and `stress`, the benchmark. Built with the `cli`
+//! feature; `tokencache --help` lists the commands.
 
 mod cli;
 mod stress;
