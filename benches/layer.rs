@@ -10,6 +10,8 @@
 //! keep-alive hyper client, one request at a time), where each request also pays for
 //! sockets and parsing, as it does in a service.
 //!
+//! `layer_hot_token/{1,2}`: one hot token through `TokenService` from 1 and 2 threads.
+//!
 //! `cargo bench --features axum --bench layer`
 
 use std::hint::black_box;
@@ -175,7 +177,65 @@ fn layer_loopback() {
     store.close().expect("close");
 }
 
-criterion_group!(benches, layer);
+/// One hot token through `TokenService` from 1 and 2 threads at once, in-process: each
+/// thread has its own clone of the service around a do-nothing inner service and polls the
+/// response futures on its own current-thread runtime, so the only memory the threads
+/// share is the store's (and the layer's config, read only). Throughput per thread count;
+/// the 2-thread figure over the 1-thread one is the scaling.
+fn layer_hot_token(c: &mut Criterion) {
+    use std::sync::Barrier;
+    use tower::{Layer, Service};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (store, bearer) = store_and_bearer(dir.path());
+    let inner = tower::service_fn(|_: Request<Body>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+    });
+    let service = TokenLayer::new(store.clone())
+        .require_scope("read")
+        .layer(inner);
+    let mut group = c.benchmark_group("layer_hot_token");
+    for threads in [1usize, 2] {
+        group.throughput(criterion::Throughput::Elements(threads as u64));
+        group.bench_function(criterion::BenchmarkId::from_parameter(threads), |b| {
+            b.iter_custom(|iters| {
+                let start = Barrier::new(threads);
+                let took: Vec<std::time::Duration> = std::thread::scope(|scope| {
+                    let workers: Vec<_> = (0..threads)
+                        .map(|_| {
+                            let (mut service, bearer, start) = (service.clone(), &bearer, &start);
+                            scope.spawn(move || {
+                                let runtime = tokio::runtime::Builder::new_current_thread()
+                                    .build()
+                                    .expect("runtime");
+                                start.wait();
+                                let begun = Instant::now();
+                                for _ in 0..iters {
+                                    let request = Request::get("/")
+                                        .header(AUTHORIZATION, bearer)
+                                        .body(Body::empty())
+                                        .expect("request");
+                                    let response = runtime
+                                        .block_on(service.call(request))
+                                        .expect("infallible");
+                                    assert_eq!(response.status(), StatusCode::OK);
+                                }
+                                begun.elapsed()
+                            })
+                        })
+                        .collect();
+                    workers.into_iter().map(|w| w.join().expect("worker")).collect()
+                });
+                took.into_iter().max().unwrap_or_default()
+            })
+        });
+    }
+    group.finish();
+    drop(service);
+    store.close().expect("close");
+}
+
+criterion_group!(benches, layer, layer_hot_token);
 
 fn main() {
     benches();

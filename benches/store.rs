@@ -2,12 +2,12 @@
 //!
 //! - `validate/{hit,miss,malformed}/{100k,1M}`: the hot path on a store of that size; a hit
 //!   cycles through 1,024 tokens spread over the store (so caches are not all warm).
-//! - `validate/floor/{100k,1M}`: SHA-256 of a token plus a bare `DashMap::get`, the least
-//!   any digest-keyed store can do; `validate/hit` is compared to it.
+//! - `validate/floor/{100k,1M}`: SHA-256 of a token plus one probe of a plain hash map
+//!   (std `HashMap`, the same seeded foldhash as the store), the least any digest-keyed
+//!   store can do; `validate/hit` is compared to it.
 //! - `hot_token/{same,distinct}/{1,2}`: validations per second from 1 and 2 threads, all on
 //!   one token (`same`) or one token per thread (`distinct`).
-//! - `hot_key_anatomy/*/{1,2}`: what a hot key costs a map: a shard read lock, an `Arc`
-//!   clone, both, or neither (an `arc-swap`ed `HashMap` read without cloning).
+//! - `clock/*`: `SystemTime::now` against `SystemClock`'s word.
 //! - `snapshot/{100k,1M}`: one dirty token, then `flush` (a full snapshot, fsync, rename).
 //! - `open/1M`: open a 1M-token store (closing it is not timed).
 //! - `issue/{1,8}_callers`: `issue` from 1 and from 8 concurrent callers (group commit).
@@ -17,13 +17,11 @@
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::Path;
-use std::sync::{Arc, Barrier};
+use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tokencache::{IssuedToken, NewToken, Rejection, TokenStore};
@@ -83,7 +81,8 @@ fn validate(c: &mut Criterion) {
         });
 
         // The floor: a map from digest to a small record, as large as the store.
-        let floor: DashMap<[u8; 32], u64> = DashMap::with_capacity(count);
+        let mut floor: HashMap<[u8; 32], u64, foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(count, Default::default());
         for (i, token) in issued.iter().enumerate() {
             floor.insert(Sha256::digest(token.secret().as_bytes()).into(), i as u64);
         }
@@ -92,7 +91,7 @@ fn validate(c: &mut Criterion) {
             b.iter(|| {
                 next = (next + 1) % hits.len();
                 let digest: [u8; 32] = Sha256::digest(black_box(&hits[next]).as_bytes()).into();
-                floor.get(&digest).map(|r| *r.value())
+                floor.get(&digest).copied()
             })
         });
         store.close().expect("close");
@@ -147,53 +146,23 @@ fn hot_token(c: &mut Criterion) {
     store.close().expect("close");
 }
 
-/// Why a hot token did not scale when `validate` read the DashMap: the two shared
-/// read-modify-writes that lookup made, a shard read lock and the `Arc<Entry>` clone an
-/// owned `ValidToken` held, each alone and without the other (an `arc-swap`ed `HashMap` is
-/// the lock-free index; its no-clone row is what `validate` does now).
-fn hot_key_anatomy(c: &mut Criterion) {
-    let locked: DashMap<u64, Arc<[u64; 8]>> = DashMap::new();
-    let mut plain = HashMap::new();
-    for key in 0..100_000u64 {
-        let value = Arc::new([key; 8]);
-        locked.insert(key, value.clone());
-        plain.insert(key, value);
-    }
-    let index = ArcSwap::from_pointee(plain);
-    let hot = 7;
-    let mut group = c.benchmark_group("hot_key_anatomy");
-    for threads in [1usize, 2] {
-        group.throughput(Throughput::Elements(threads as u64));
-        let mut bench = |name: &str, get: &(dyn Fn() -> u64 + Sync)| {
-            group.bench_function(BenchmarkId::new(name, threads), |b| {
-                b.iter_custom(|iters| {
-                    in_parallel(threads, iters, |_, n| {
-                        for _ in 0..n {
-                            black_box(get());
-                        }
-                    })
-                })
-            });
-        };
-        bench("dashmap_get_clone", &|| {
-            locked
-                .get(&black_box(hot))
-                .map_or(0, |r| Arc::clone(r.value())[0])
-        });
-        bench("dashmap_get", &|| {
-            locked.get(&black_box(hot)).map_or(0, |r| r.value()[0])
-        });
-        bench("arcswap_get_clone", &|| {
-            index
-                .load()
-                .get(&black_box(hot))
-                .map_or(0, |v| Arc::clone(v)[0])
-        });
-        bench("arcswap_get", &|| {
-            index.load().get(&black_box(hot)).map_or(0, |v| v[0])
-        });
-    }
+/// What `validate`'s clock read costs: `SystemTime::now` against `SystemClock` (one load of
+/// the word its thread refreshes every millisecond; a store is open, so the thread runs).
+fn clock(c: &mut Criterion) {
+    use tokencache::{Clock, SystemClock};
+    let dir = TempDir::new().expect("temp dir");
+    let store = TokenStore::open(dir.path().join("tokens.snap")).expect("open store");
+    let mut group = c.benchmark_group("clock");
+    group.bench_function("system_time_now", |b| {
+        b.iter(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        })
+    });
+    group.bench_function("system_clock_word", |b| b.iter(|| SystemClock.now_ms()));
     group.finish();
+    store.close().expect("close");
 }
 
 fn snapshot(c: &mut Criterion) {
@@ -278,7 +247,7 @@ criterion_group!(
     benches,
     validate,
     hot_token,
-    hot_key_anatomy,
+    clock,
     snapshot,
     open,
     issue

@@ -26,16 +26,102 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// The operating system's real-time clock (`SystemTime`). The default.
+/// The operating system's real-time clock (`SystemTime`), read once a millisecond. The
+/// default.
+///
+/// `SystemTime::now` costs about 30 ns here, a fifth of a validation, and a validation
+/// needs only milliseconds. So while any store using this clock is open, one background
+/// thread (`tokencache-time`, one per process) stores the time in a shared word every
+/// millisecond, and [`now_ms`](Clock::now_ms) is one load of it. The word lags the real
+/// clock by at most the thread's sleep plus its scheduling delay: about a millisecond,
+/// more on an overloaded machine. The thread ends once every store it served is closed;
+/// without it `now_ms` reads `SystemTime` directly. docs/BENCHMARKS.md has the figures.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    #[inline]
     fn now_ms(&self) -> u64 {
-        // A clock set before 1970 reads as the epoch rather than panicking.
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+        // Relaxed: the word carries only itself; a reading a tick old is as good as any.
+        match ticker::WALL_MS.load(Ordering::Relaxed) {
+            ticker::STOPPED => wall_ms(),
+            now => now,
+        }
+    }
+
+    fn attach(&self, timer: Timer) {
+        ticker::serve(timer);
+    }
+}
+
+/// Unix milliseconds from `SystemTime`; a clock set before 1970 reads as the epoch rather
+/// than panicking.
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The thread behind [`SystemClock`]: it keeps [`WALL_MS`](ticker::WALL_MS) current while
+/// some store it serves is open. Not part of the loom-checked protocol, so plain `std`.
+mod ticker {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::wall_ms;
+    use crate::inbox::Timer;
+
+    /// The time, or [`STOPPED`] while no ticker runs.
+    pub(super) static WALL_MS: AtomicU64 = AtomicU64::new(STOPPED);
+    pub(super) const STOPPED: u64 = 0;
+
+    /// The open stores' timers; the thread runs while this is not empty. `None` while no
+    /// thread runs.
+    static SERVED: Mutex<Option<Vec<Timer>>> = Mutex::new(None);
+
+    const TICK: Duration = Duration::from_millis(1);
+    /// How often (in ticks) the thread checks whether its stores are still open.
+    const CHECK_EVERY: u32 = 100;
+
+    /// Serves the store behind `timer`, starting the thread if none runs.
+    pub(super) fn serve(timer: Timer) {
+        let mut served = SERVED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(timers) = served.as_mut() {
+            timers.push(timer);
+            return;
+        }
+        // Relaxed: as in `now_ms`.
+        WALL_MS.store(wall_ms(), Ordering::Relaxed);
+        let started = std::thread::Builder::new()
+            .name("tokencache-time".into())
+            .spawn(run);
+        match started {
+            Ok(_) => *served = Some(vec![timer]),
+            // No thread: `now_ms` reads the system clock itself, as it does when stopped.
+            Err(e) => {
+                WALL_MS.store(STOPPED, Ordering::Relaxed);
+                tracing::warn!(error = %e, "could not start the clock thread; reading the system clock on every validation");
+            }
+        }
+    }
+
+    fn run() {
+        loop {
+            for _ in 0..CHECK_EVERY {
+                std::thread::sleep(TICK);
+                WALL_MS.store(wall_ms(), Ordering::Relaxed);
+            }
+            let mut served = SERVED.lock().unwrap_or_else(|e| e.into_inner());
+            let timers = served.get_or_insert_with(Vec::new);
+            timers.retain(Timer::is_open);
+            if timers.is_empty() {
+                // Under the lock, so a store attaching now starts a new thread.
+                *served = None;
+                WALL_MS.store(STOPPED, Ordering::Relaxed);
+                return;
+            }
+        }
     }
 }
 

@@ -99,6 +99,11 @@ impl Inbox {
         }
     }
 
+    /// Whether the store still takes requests (it is neither closed nor dead).
+    pub(crate) fn is_open(&self) -> bool {
+        *self.gate.read().unwrap_or_else(|e| e.into_inner()) == Gate::Open
+    }
+
     /// Queues a dirty id without blocking. No gate: it carries no reply to lose.
     #[inline]
     pub(crate) fn try_send(&self, message: Message) -> Result<(), TrySendError<Message>> {
@@ -152,6 +157,11 @@ impl Timer {
     pub fn fire(&self) -> bool {
         let (tx, rx) = channel::bounded(1);
         self.inbox.request(Message::Tick(tx)).is_ok() && rx.recv().is_ok()
+    }
+
+    /// Whether the store is still open (`false` once it is closed or its persister died).
+    pub fn is_open(&self) -> bool {
+        self.inbox.is_open()
     }
 }
 
