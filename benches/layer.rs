@@ -224,7 +224,10 @@ fn layer_hot_token(c: &mut Criterion) {
                             })
                         })
                         .collect();
-                    workers.into_iter().map(|w| w.join().expect("worker")).collect()
+                    workers
+                        .into_iter()
+                        .map(|w| w.join().expect("worker"))
+                        .collect()
                 });
                 took.into_iter().max().unwrap_or_default()
             })

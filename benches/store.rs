@@ -243,13 +243,5 @@ fn issue(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(
-    benches,
-    validate,
-    hot_token,
-    clock,
-    snapshot,
-    open,
-    issue
-);
+criterion_group!(benches, validate, hot_token, clock, snapshot, open, issue);
 criterion_main!(benches);

@@ -46,7 +46,10 @@ fn the_clock_word_follows_the_system_clock_while_a_store_is_open() {
         let before = wall_ms();
         let word = SystemClock.now_ms();
         let after = wall_ms();
-        assert!(word <= after, "the word {word} is ahead of the clock {after}");
+        assert!(
+            word <= after,
+            "the word {word} is ahead of the clock {after}"
+        );
         assert!(
             eventually(|| SystemClock.now_ms() >= before),
             "the word stayed behind {before}"
