@@ -43,9 +43,11 @@ mod papaya_map {
     /// An entry lent by the map: it stays allocated while this value lives, even if the
     /// token is removed meanwhile. Not `Send`: the protection belongs to this thread.
     pub(crate) struct Lent<'a> {
-        entry: &'a Entry,
-        // Dropped after `entry` (fields drop in order), which it keeps alive.
+        /// A pointer, not a reference: a reference here would be live while `_guard`'s drop
+        /// frees the entry (a reference held in a value being dropped still counts).
+        entry: std::ptr::NonNull<Entry>,
         _guard: LocalGuard<'a>,
+        _lent: std::marker::PhantomData<&'a Entry>,
     }
 
     impl Deref for Lent<'_> {
@@ -53,7 +55,10 @@ mod papaya_map {
 
         #[inline]
         fn deref(&self) -> &Entry {
-            self.entry
+            // SAFETY: `entry` came from the map under `_guard`, which this value owns: the
+            // entry stays allocated until `_guard` drops (see `Map::read`), and the reference
+            // returned here cannot outlive `&self`, so not the guard either.
+            unsafe { self.entry.as_ref() }
         }
     }
 
@@ -69,22 +74,23 @@ mod papaya_map {
 
         /// The entry, lent: no lock, no clone, no write to memory other threads read.
         #[inline]
+        ///
+        /// Why `unsafe` (in `Lent::deref`): papaya ties a reference to the borrow of the
+        /// guard it was read under, so a guard and the reference cannot be stored side by
+        /// side without it. papaya frees a removed entry only once every guard that was
+        /// active when it was removed has been dropped (seize's reclamation), so the entry
+        /// stays valid while `guard` lives; `Lent` owns that guard and keeps a pointer, and
+        /// moving a `LocalGuard` does not end its protection (it is a handle to this thread's
+        /// reservation, and `!Send` keeps it on this thread). It pays for itself: lending
+        /// instead of cloning an `Arc` keeps one hot token scaling across threads
+        /// (docs/BENCHMARKS.md, "One hot token"). Miri: `scripts/miri.sh`.
         pub(crate) fn read(&self, id: &TokenId) -> Option<Lent<'_>> {
             let guard = self.inner.guard();
-            let entry: *const Entry = &**self.inner.get(id, &guard)?;
-            // SAFETY: papaya frees a removed entry only once every guard that was active
-            // when it was removed has been dropped (seize's reclamation), so `entry` stays
-            // valid while `guard` lives. `Lent` owns that guard and lends `entry` only for
-            // borrows of itself, so no reference outlives the guard; and moving a
-            // `LocalGuard` does not end its protection (it is a handle to this thread's
-            // reservation, and `!Send` keeps it on this thread). This is the lifetime papaya
-            // cannot express for a guard and a reference stored side by side.
-            // Pays for itself: lending instead of cloning an `Arc` keeps one hot token
-            // scaling across threads (docs/BENCHMARKS.md, "One hot token").
-            let entry = unsafe { &*entry };
+            let entry = std::ptr::NonNull::from(&**self.inner.get(id, &guard)?);
             Some(Lent {
                 entry,
                 _guard: guard,
+                _lent: std::marker::PhantomData,
             })
         }
 
