@@ -457,11 +457,11 @@ fn shutdown_by_drop() {
 
 /// A revoke on one thread racing a validation on another: the validation accepts or says
 /// `Revoked`, and once `revoke` has returned (and the validating thread has seen it
-/// return) it says `Revoked`. Bound 3: the twin needs the persister preempted between its
-/// reply and its change, and the validating thread run in that gap.
+/// return) it says `Revoked`. Bound 2 (the twin is found at 1: the persister preempted
+/// between its reply and its change).
 #[test]
 fn a_validation_after_revoke_returned_says_revoked() {
-    model(3, || change_racing_validate(Change::Revoke));
+    model(2, || change_racing_validate(Change::Revoke));
 }
 
 /// Twin: the persister answers the revoke before it marks the entry, so a validation
@@ -470,17 +470,17 @@ fn a_validation_after_revoke_returned_says_revoked() {
 #[should_panic(expected = "accepted after the change returned")]
 fn twin_revoke_answered_before_memory_changes_accepts_a_revoked_token() {
     let _bug = plant(Bug::ChangeAfterReply);
-    model(3, || change_racing_validate(Change::Revoke));
+    model(2, || change_racing_validate(Change::Revoke));
 }
 
 /// A delete on one thread racing a validation on another: the validation accepts or says
-/// `Unknown`, and once `delete` has returned it says `Unknown`. (Under loom the map hands
+/// `Unknown`, and once `delete` has returned it says `Unknown`. Bound 2. (Under loom the map hands
 /// out clones; the reclamation of a deleted entry a validation still borrows is papaya's,
 /// checked by `map::tests::a_lent_entry_outlives_its_removal_while_held` under Miri and by
 /// the real-thread `tests/lifecycle.rs` `deletes_racing_validations_on_real_threads`.)
 #[test]
 fn a_validation_after_delete_returned_says_unknown() {
-    model(3, || change_racing_validate(Change::Delete));
+    model(2, || change_racing_validate(Change::Delete));
 }
 
 /// Twin: the persister answers the delete before it removes the entry.
@@ -488,7 +488,7 @@ fn a_validation_after_delete_returned_says_unknown() {
 #[should_panic(expected = "accepted after the change returned")]
 fn twin_delete_answered_before_memory_changes_accepts_a_deleted_token() {
     let _bug = plant(Bug::ChangeAfterReply);
-    model(3, || change_racing_validate(Change::Delete));
+    model(2, || change_racing_validate(Change::Delete));
 }
 
 #[derive(Clone, Copy)]
