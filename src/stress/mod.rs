@@ -1,13 +1,14 @@
 //! `tokencache stress`: hammer a store with a realistic request mix from many threads, report
 //! throughput, latency and what reached the disk, then check that the file matches memory.
-//! `--compare` runs the same requests against the designs in [`baselines`]; `--threads 1,2,8`
-//! repeats everything at each count.
+//! `--compare` runs the same requests against the design card's literal design ([`card`])
+//! and the designs in [`baselines`]; `--threads 1,2,8` repeats everything at each count.
 //!
 //! Timing: reading the clock costs ~20-30 ns, a tenth of a validation, so only every
 //! [`SAMPLE_EVERY`]th request is timed for the latency histogram (every request for the
 //! millisecond-scale `naive`); throughput counts every request.
 
 pub mod baselines;
+mod card;
 mod report;
 
 use std::path::Path;
@@ -26,6 +27,7 @@ use sha2::{Digest as _, Sha256};
 use tokencache::{NewToken, TokenStore};
 
 use baselines::{Baseline, Kind, Record};
+use card::Card;
 use report::{Report, Settings};
 
 /// One request in this many is timed (see the module docs).
@@ -56,13 +58,15 @@ pub struct StressArgs {
     /// Zipf exponent of the valid requests over the tokens: 0 is uniform, 1 makes a few hot.
     #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
     hot: f64,
-    /// tokencache's flush interval: how often `last_used` times reach disk under load.
+    /// tokencache's (and dashmap's) flush interval: how often `last_used` times reach disk
+    /// under load.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     flush_interval: Duration,
     /// Seed of the request mix (the same seed gives the same requests).
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Also run the baselines (naive, locked-debounce, background-saver) and print ratios.
+    /// Also run the other designs (dashmap, locked-debounce, background-saver, naive) and
+    /// print how many times faster tokencache is.
     #[arg(long)]
     compare: bool,
     /// Print a JSON array, one object per design and thread count, instead of tables.
@@ -113,6 +117,8 @@ struct Pool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Design {
     Tokencache,
+    /// The design card's literal design ([`card`]), named `dashmap`.
+    Card,
     Baseline(Kind),
 }
 
@@ -120,6 +126,7 @@ impl Design {
     fn name(self) -> &'static str {
         match self {
             Design::Tokencache => "tokencache",
+            Design::Card => "dashmap",
             Design::Baseline(kind) => kind.name(),
         }
     }
@@ -174,6 +181,7 @@ pub fn run(args: &StressArgs) -> Result<ExitCode, String> {
     let mut designs = vec![Design::Tokencache];
     if args.compare {
         designs.extend([
+            Design::Card,
             Design::Baseline(Kind::LockedDebounce),
             Design::Baseline(Kind::BackgroundSaver),
             Design::Baseline(Kind::Naive),
@@ -198,6 +206,19 @@ pub fn run(args: &StressArgs) -> Result<ExitCode, String> {
                         run_tokencache(store, &path, args.flush_interval, &work, budget, &label)?;
                     store = reopened;
                     report
+                }
+                Design::Card => {
+                    let file = dir.path().join("dashmap.db");
+                    let card = Card::new(&file, issued(&pool), args.flush_interval)
+                        .map_err(|e| format!("could not set up dashmap: {e}"))?;
+                    let measured = hammer(
+                        &label,
+                        |token| card.validate(token, now_ms()),
+                        &work,
+                        budget,
+                        SAMPLE_EVERY,
+                    );
+                    measured.report(design.name(), card.close())
                 }
                 Design::Baseline(kind) => {
                     let file = dir.path().join(format!("{}.db", kind.name()));

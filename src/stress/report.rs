@@ -74,9 +74,14 @@ pub fn json_row(report: &Report, settings: &Settings) -> Value {
 /// The table of one thread count; `reports[0]` is tokencache.
 pub fn print_table(reports: &[Report], settings: &Settings) {
     let threads = reports.first().map_or(0, |r| r.threads);
+    let flushing = if reports.iter().any(|r| r.design == "dashmap") {
+        "tokencache and dashmap flush"
+    } else {
+        "tokencache flushes"
+    };
     println!(
         "{} tokens, {threads} threads, {} s per design (naive: at most {} s), Zipf exponent {}, seed {}; \
-         latency sampled 1 in {} (naive: every request); tokencache flushes every {}",
+         latency sampled 1 in {} (naive: every request); {flushing} every {}",
         settings.tokens,
         settings.seconds,
         settings.naive_budget.as_secs(),
