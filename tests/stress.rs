@@ -1,6 +1,6 @@
 //! `tokencache stress` end to end: every design runs at every thread count asked for, the
-//! JSON has its documented shape, and each design's file on disk matches its memory after
-//! the run. Asserts no speed.
+//! JSON has its documented shape, each design's file on disk matches its memory after the
+//! run, and `--plot` draws every design. Asserts no speed.
 #![cfg(feature = "cli")]
 
 use std::process::{Command, Output};
@@ -113,8 +113,14 @@ fn stress_with_a_single_count_and_no_compare_keeps_one_row() {
 }
 
 #[test]
-fn stress_tables_cover_every_count_and_design() {
-    let output = stress("0.05", &["--threads", "1,2", "--compare"]);
+fn stress_tables_and_plot_cover_every_count_and_design() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let svg = dir.path().join("scaling.svg");
+    let svg_arg = svg.to_str().expect("UTF-8 temp path");
+    let output = stress(
+        "0.05",
+        &["--threads", "1,2", "--compare", "--plot", svg_arg],
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -131,6 +137,21 @@ fn stress_tables_cover_every_count_and_design() {
             "{design} missing from the summary:\n{summary}"
         );
     }
+
+    let image = std::fs::read_to_string(&svg).expect("the SVG was written");
+    assert!(image.trim_start().starts_with("<svg"), "{image}");
+    assert!(image.trim_end().ends_with("</svg>"));
+    assert!(image.contains("<polyline"), "the lines are drawn");
+    // The legend names each design in a text element of its own.
+    let texts: Vec<&str> = image
+        .split("<text")
+        .skip(1)
+        .filter_map(|element| element.split_once('>')?.1.split_once("</text>"))
+        .map(|(content, _)| content.trim())
+        .collect();
+    for design in DESIGNS {
+        assert!(texts.contains(&design), "{design} missing from {texts:?}");
+    }
 }
 
 #[test]
@@ -142,6 +163,8 @@ fn stress_rejects_bad_options() {
         &["stress", "--threads", "0"],
         &["stress", "--threads", "1,0"],
         &["stress", "--threads", "1,,2"],
+        &["stress", "--plot", "scaling.png"],
+        &["stress", "--plot", "no-such-directory/scaling.svg"],
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_tokencache"))
             .args(args)

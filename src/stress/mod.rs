@@ -1,7 +1,8 @@
 //! `tokencache stress`: hammer a store with a realistic request mix from many threads, report
 //! throughput, latency and what reached the disk, then check that the file matches memory.
 //! `--compare` runs the same requests against the design card's literal design ([`card`])
-//! and the designs in [`baselines`]; `--threads 1,2,8` repeats everything at each count.
+//! and the designs in [`baselines`]; `--threads 1,2,8` repeats everything at each count, and
+//! `--plot` draws the result ([`plot`]).
 //!
 //! Timing: reading the clock costs ~20-30 ns, a tenth of a validation, so only every
 //! [`SAMPLE_EVERY`]th request is timed for the latency histogram (every request for the
@@ -9,9 +10,10 @@
 
 pub mod baselines;
 mod card;
+mod plot;
 mod report;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
@@ -72,6 +74,10 @@ pub struct StressArgs {
     /// Print a JSON array, one object per design and thread count, instead of tables.
     #[arg(long)]
     json: bool,
+    /// Also draw throughput and p99 latency per thread count for every design into this SVG
+    /// file.
+    #[arg(long, value_name = "FILE.svg", value_parser = svg_path)]
+    plot: Option<PathBuf>,
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {
@@ -79,6 +85,27 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
         Ok(s) if s > 0.0 && s <= 86_400.0 => Ok(s),
         _ => Err("give a number of seconds greater than 0 (at most 86400)".into()),
     }
+}
+
+fn svg_path(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    if !path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("svg"))
+    {
+        return Err("the plot is an SVG file: give a name ending in .svg".into());
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "directory {} does not exist; create it first",
+            dir.display()
+        ));
+    }
+    Ok(path)
 }
 
 fn non_negative(text: &str) -> Result<f64, String> {
@@ -268,12 +295,48 @@ pub fn run(args: &StressArgs) -> Result<ExitCode, String> {
             report::print_summary(&reports, &counts);
         }
     }
+    if let Some(file) = &args.plot {
+        plot::write(
+            file,
+            &reports,
+            &plot_title(&counts),
+            &plot_subtitle(&settings, args.compare),
+        )?;
+        eprintln!("stress: wrote {}", file.display());
+    }
     if reports.iter().all(|r| r.verified) {
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("stress: a design's file on disk does not match its memory (see `verified`)");
         Ok(ExitCode::from(1))
     }
+}
+
+fn plot_title(counts: &[usize]) -> String {
+    let counts: Vec<String> = counts.iter().map(usize::to_string).collect();
+    format!(
+        "tokencache stress: validations at {} threads",
+        counts.join(", ")
+    )
+}
+
+fn plot_subtitle(settings: &Settings, compare: bool) -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let flushing = if compare {
+        "tokencache and dashmap flush"
+    } else {
+        "tokencache flushes"
+    };
+    format!(
+        "{} tokens, Zipf exponent {}, seed {}; {} s per design and count (naive: at most {} s); \
+         {flushing} every {}; {cpus} CPUs",
+        settings.tokens,
+        settings.hot,
+        settings.seed,
+        settings.seconds,
+        settings.naive_budget.as_secs(),
+        humantime::format_duration(settings.flush_interval)
+    )
 }
 
 /// Issues the tokens, revokes a few, and makes unknown and malformed ones.
