@@ -114,7 +114,10 @@ where
     let x_range = (first.unwrap_or(1.0) / 1.5..last.unwrap_or(1.0) * 1.5)
         .log_scale()
         .with_key_points(counts.clone());
-    let y_range = (low / 2.0..high * 2.0).log_scale();
+    let (bottom, top) = (low / 2.0, high * 2.0);
+    let y_range = (bottom..top)
+        .log_scale()
+        .with_key_points(one_two_five(bottom, top));
     let mut chart = ChartBuilder::on(area)
         .caption(caption, (FONT, 19))
         .margin(16)
@@ -149,6 +152,17 @@ where
         )?;
     }
     Ok(())
+}
+
+/// Tick values 1, 2 and 5 times each power of ten from `low` to `high`, so that values
+/// between two powers can be read off.
+fn one_two_five(low: f64, high: f64) -> Vec<f64> {
+    let first = low.log10().floor() as i32;
+    let last = high.log10().ceil() as i32;
+    (first..=last)
+        .flat_map(|power| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(power)))
+        .filter(|v| (low..=high).contains(v))
+        .collect()
 }
 
 /// The smallest and largest of `values` (1 and 10 when there are none).
