@@ -5,7 +5,8 @@
 //! All three keep tokens in a `Mutex<HashMap>` keyed by the token's SHA-256 digest (so they
 //! hash exactly as much as tokencache does) and save the whole map the way the original did:
 //! serialize everything, write a temp file, fsync it, rename it over the store, fsync the
-//! directory.
+//! directory. The design card's own design, the fourth compared, is in [`super::card`]; it
+//! saves with [`save`] too.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -226,7 +227,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 const BINCODE: bincode::config::Configuration = bincode::config::standard();
 
 /// The original service's save: serialize everything, temp file, fsync, rename, fsync dir.
-fn save(path: &Path, tokens: &HashMap<Digest, Record>) -> std::io::Result<u64> {
+pub(super) fn save(path: &Path, tokens: &HashMap<Digest, Record>) -> std::io::Result<u64> {
     let image = bincode::serde::encode_to_vec(tokens, BINCODE).map_err(std::io::Error::other)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut temp = tempfile::NamedTempFile::new_in(dir)?;
@@ -237,7 +238,7 @@ fn save(path: &Path, tokens: &HashMap<Digest, Record>) -> std::io::Result<u64> {
     Ok(image.len() as u64)
 }
 
-fn load(path: &Path) -> std::io::Result<HashMap<Digest, Record>> {
+pub(super) fn load(path: &Path) -> std::io::Result<HashMap<Digest, Record>> {
     let bytes = std::fs::read(path)?;
     let (tokens, _) =
         bincode::serde::decode_from_slice(&bytes, BINCODE).map_err(std::io::Error::other)?;

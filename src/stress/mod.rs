@@ -1,15 +1,19 @@
 //! `tokencache stress`: hammer a store with a realistic request mix from many threads, report
 //! throughput, latency and what reached the disk, then check that the file matches memory.
-//! `--compare` runs the same requests against the designs in [`baselines`].
+//! `--compare` runs the same requests against the design card's literal design ([`card`])
+//! and the designs in [`baselines`]; `--threads 1,2,8` repeats everything at each count, and
+//! `--plot` draws the result ([`plot`]).
 //!
 //! Timing: reading the clock costs ~20-30 ns, a tenth of a validation, so only every
 //! [`SAMPLE_EVERY`]th request is timed for the latency histogram (every request for the
 //! millisecond-scale `naive`); throughput counts every request.
 
 pub mod baselines;
+mod card;
+mod plot;
+mod report;
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
@@ -20,11 +24,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use tokencache::{NewToken, TokenStore};
 
 use baselines::{Baseline, Kind, Record};
+use card::Card;
+use report::{Report, Settings};
 
 /// One request in this many is timed (see the module docs).
 const SAMPLE_EVERY: usize = 16;
@@ -39,27 +45,39 @@ pub struct StressArgs {
     /// Tokens issued into the store before the run.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(10..=10_000_000))]
     tokens: u32,
-    /// Validating threads (default: one per core).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    threads: Option<u16>,
+    /// Validating threads (default: one per core); a list such as `1,2,8,32` runs every
+    /// design at each count and ends with a summary across them.
+    #[arg(
+        long,
+        value_name = "N[,N...]",
+        value_delimiter = ',',
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    threads: Vec<u16>,
     /// Seconds each design runs.
     #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
     seconds: f64,
     /// Zipf exponent of the valid requests over the tokens: 0 is uniform, 1 makes a few hot.
     #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
     hot: f64,
-    /// tokencache's flush interval: how often `last_used` times reach disk under load.
+    /// tokencache's (and dashmap's) flush interval: how often `last_used` times reach disk
+    /// under load.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     flush_interval: Duration,
     /// Seed of the request mix (the same seed gives the same requests).
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Also run the baselines (naive, locked-debounce, background-saver) and print ratios.
+    /// Also run the other designs (dashmap, locked-debounce, background-saver, naive) and
+    /// print how many times faster tokencache is.
     #[arg(long)]
     compare: bool,
-    /// Print a JSON array, one object per design, instead of a table.
+    /// Print a JSON array, one object per design and thread count, instead of tables.
     #[arg(long)]
     json: bool,
+    /// Also draw throughput and p99 latency per thread count for every design into this SVG
+    /// file.
+    #[arg(long, value_name = "FILE.svg", value_parser = svg_path)]
+    plot: Option<PathBuf>,
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {
@@ -67,6 +85,27 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
         Ok(s) if s > 0.0 && s <= 86_400.0 => Ok(s),
         _ => Err("give a number of seconds greater than 0 (at most 86400)".into()),
     }
+}
+
+fn svg_path(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    if !path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("svg"))
+    {
+        return Err("the plot is an SVG file: give a name ending in .svg".into());
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "directory {} does not exist; create it first",
+            dir.display()
+        ));
+    }
+    Ok(path)
 }
 
 fn non_negative(text: &str) -> Result<f64, String> {
@@ -101,30 +140,51 @@ struct Pool {
     malformed: std::ops::Range<usize>,
 }
 
-/// One design's measured run.
-struct Report {
-    design: &'static str,
-    seconds: f64,
-    ops: u64,
-    accepted: u64,
-    latency: Histogram<u64>,
-    snapshots: u64,
-    bytes: u64,
-    verified: bool,
+/// A design `stress` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Design {
+    Tokencache,
+    /// The design card's literal design ([`card`]), named `dashmap`.
+    Card,
+    Baseline(Kind),
 }
 
-impl Report {
-    fn ops_per_sec(&self) -> f64 {
-        self.ops as f64 / self.seconds
+impl Design {
+    fn name(self) -> &'static str {
+        match self {
+            Design::Tokencache => "tokencache",
+            Design::Card => "dashmap",
+            Design::Baseline(kind) => kind.name(),
+        }
     }
+
+    /// How long the design runs at each thread count.
+    fn budget(self, run_for: Duration) -> Duration {
+        match self {
+            Design::Baseline(Kind::Naive) => run_for.min(NAIVE_BUDGET),
+            _ => run_for,
+        }
+    }
+}
+
+/// The thread counts to run, in the order given, each once (default: one per core).
+fn thread_counts(given: &[u16]) -> Vec<usize> {
+    if given.is_empty() {
+        return vec![std::thread::available_parallelism().map_or(2, |n| n.get())];
+    }
+    let mut counts: Vec<usize> = Vec::with_capacity(given.len());
+    for &count in given {
+        if !counts.contains(&usize::from(count)) {
+            counts.push(usize::from(count));
+        }
+    }
+    counts
 }
 
 /// Runs `tokencache stress`.
 pub fn run(args: &StressArgs) -> Result<ExitCode, String> {
-    let threads = args.threads.map_or_else(
-        || std::thread::available_parallelism().map_or(2, |n| n.get()),
-        usize::from,
-    );
+    let counts = thread_counts(&args.threads);
+    let most = counts.iter().copied().max().unwrap_or(1);
     let dir = tempfile::tempdir().map_err(|e| format!("could not make a temp directory: {e}"))?;
     let path = dir.path().join("tokens.snap");
     let fail = |e: tokencache::Error| e.to_string();
@@ -134,85 +194,115 @@ pub fn run(args: &StressArgs) -> Result<ExitCode, String> {
         args.tokens,
         path.display()
     );
-    let store = TokenStore::builder(&path)
+    let mut store = TokenStore::builder(&path)
         .flush_interval(args.flush_interval)
         .open()
         .map_err(fail)?;
     let pool = build_pool(&store, dir.path(), args.tokens as usize).map_err(fail)?;
-    let schedules: Vec<Vec<u32>> = (0..threads)
+    // Thread `t` replays the same schedule at every count.
+    let schedules: Vec<Vec<u32>> = (0..most)
         .map(|t| schedule(&pool, args.hot, args.seed.wrapping_add(t as u64)))
         .collect::<Result<_, _>>()?;
     let run_for = Duration::from_secs_f64(args.seconds);
 
-    let mut designs: Vec<Option<Kind>> = vec![None];
+    let mut designs = vec![Design::Tokencache];
     if args.compare {
         designs.extend([
-            Some(Kind::LockedDebounce),
-            Some(Kind::BackgroundSaver),
-            Some(Kind::Naive),
+            Design::Card,
+            Design::Baseline(Kind::LockedDebounce),
+            Design::Baseline(Kind::BackgroundSaver),
+            Design::Baseline(Kind::Naive),
         ]);
     }
-    let budgets: Vec<Duration> = designs
-        .iter()
-        .map(|d| match d {
-            Some(Kind::Naive) => run_for.min(NAIVE_BUDGET),
-            _ => run_for,
-        })
-        .collect();
-    let progress = progress_bar(budgets.iter().sum());
+    let per_count: Duration = designs.iter().map(|d| d.budget(run_for)).sum();
+    let progress = progress_bar(per_count * counts.len() as u32);
 
     let mut reports = Vec::new();
-    let mut store = Some(store);
-    for (design, budget) in designs.iter().zip(&budgets) {
-        let report = match design {
-            None => {
-                let store = store.take().ok_or("the store was already closed")?;
-                run_tokencache(store, &path, &pool, &schedules, *budget, &progress)?
-            }
-            Some(kind) => {
-                let tokens = baseline_tokens(&pool);
-                let file = dir.path().join(format!("{}.db", kind.name()));
-                let baseline = Baseline::new(*kind, &file, tokens)
-                    .map_err(|e| format!("could not set up {}: {e}", kind.name()))?;
-                let now = now_ms;
-                let (seconds, ops, accepted, latency) = hammer(
-                    kind.name(),
-                    |token| baseline.validate(token, now()),
-                    &pool,
-                    &schedules,
-                    *budget,
-                    if *kind == Kind::Naive {
-                        1
-                    } else {
-                        SAMPLE_EVERY
-                    },
-                    &progress,
-                );
-                let closed = baseline.close();
-                Report {
-                    design: kind.name(),
-                    seconds,
-                    ops,
-                    accepted,
-                    latency,
-                    snapshots: closed.snapshots,
-                    bytes: closed.bytes,
-                    verified: closed.verified,
-                }
-            }
+    for &threads in &counts {
+        let work = Workload {
+            pool: &pool,
+            schedules: &schedules[..threads],
+            progress: &progress,
         };
-        reports.push(report);
+        for &design in &designs {
+            let budget = design.budget(run_for);
+            let label = format!("{} x{threads}", design.name());
+            let report = match design {
+                Design::Tokencache => {
+                    let (report, reopened) =
+                        run_tokencache(store, &path, args.flush_interval, &work, budget, &label)?;
+                    store = reopened;
+                    report
+                }
+                Design::Card => {
+                    let file = dir.path().join("dashmap.db");
+                    let card = Card::new(&file, issued(&pool), args.flush_interval)
+                        .map_err(|e| format!("could not set up dashmap: {e}"))?;
+                    let measured = hammer(
+                        &label,
+                        |token| card.validate(token, now_ms()),
+                        &work,
+                        budget,
+                        SAMPLE_EVERY,
+                    );
+                    measured.report(design.name(), card.close())
+                }
+                Design::Baseline(kind) => {
+                    let file = dir.path().join(format!("{}.db", kind.name()));
+                    let tokens = issued(&pool)
+                        .map(|(token, record)| (Sha256::digest(token.as_bytes()).into(), record))
+                        .collect();
+                    let baseline = Baseline::new(kind, &file, tokens)
+                        .map_err(|e| format!("could not set up {}: {e}", kind.name()))?;
+                    let sample_every = if kind == Kind::Naive { 1 } else { SAMPLE_EVERY };
+                    let measured = hammer(
+                        &label,
+                        |token| baseline.validate(token, now_ms()),
+                        &work,
+                        budget,
+                        sample_every,
+                    );
+                    measured.report(design.name(), baseline.close())
+                }
+            };
+            reports.push(report);
+        }
     }
     progress.finish_and_clear();
+    store.close().map_err(fail)?;
 
+    let settings = Settings {
+        tokens: args.tokens,
+        seconds: args.seconds,
+        naive_budget: NAIVE_BUDGET,
+        hot: args.hot,
+        seed: args.seed,
+        sample_every: SAMPLE_EVERY,
+        flush_interval: args.flush_interval,
+    };
     if args.json {
-        let rows: Vec<Value> = reports
-            .iter()
-            .map(|r| report_json(r, args, threads))
-            .collect();
-        println!("{}", Value::Array(rows));
+        let rows = reports.iter().map(|r| report::json_row(r, &settings));
+        println!("{}", Value::Array(rows.collect()));
     } else {
-        print_table(&reports, args, threads);
+        for (i, table) in reports.chunk_by(|a, b| a.threads == b.threads).enumerate() {
+            if i > 0 {
+                println!();
+            }
+            report::print_table(table, &settings);
+        }
+        if counts.len() > 1 {
+            println!();
+            report::print_summary(&reports, &counts);
+        }
+    }
+    if let Some(file) = &args.plot {
+        plot::write(
+            file,
+            &reports,
+            &plot_title(&counts),
+            &plot_subtitle(&settings, args.compare),
+        )?;
+        eprintln!("stress: wrote {}", file.display());
     }
     if reports.iter().all(|r| r.verified) {
         Ok(ExitCode::SUCCESS)
@@ -220,6 +310,33 @@ pub fn run(args: &StressArgs) -> Result<ExitCode, String> {
         eprintln!("stress: a design's file on disk does not match its memory (see `verified`)");
         Ok(ExitCode::from(1))
     }
+}
+
+fn plot_title(counts: &[usize]) -> String {
+    let counts: Vec<String> = counts.iter().map(usize::to_string).collect();
+    format!(
+        "tokencache stress: validations at {} threads",
+        counts.join(", ")
+    )
+}
+
+fn plot_subtitle(settings: &Settings, compare: bool) -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let flushing = if compare {
+        "tokencache and dashmap flush"
+    } else {
+        "tokencache flushes"
+    };
+    format!(
+        "{} tokens, Zipf exponent {}, seed {}; {} s per design and count (naive: at most {} s); \
+         {flushing} every {}; {cpus} CPUs",
+        settings.tokens,
+        settings.hot,
+        settings.seed,
+        settings.seconds,
+        settings.naive_budget.as_secs(),
+        humantime::format_duration(settings.flush_interval)
+    )
 }
 
 /// Issues the tokens, revokes a few, and makes unknown and malformed ones.
@@ -310,55 +427,91 @@ fn schedule(pool: &Pool, hot: f64, seed: u64) -> Result<Vec<u32>, String> {
         .collect())
 }
 
+/// Measures tokencache, then checks its file against memory by reopening it; returns the
+/// report and the reopened store (the next thread count's).
 fn run_tokencache(
     store: TokenStore,
     path: &Path,
-    pool: &Pool,
-    schedules: &[Vec<u32>],
+    flush_interval: Duration,
+    work: &Workload,
     budget: Duration,
-    progress: &ProgressBar,
-) -> Result<Report, String> {
+    label: &str,
+) -> Result<(Report, TokenStore), String> {
     let before = store.stats();
-    let (seconds, ops, accepted, latency) = hammer(
-        "tokencache",
+    let measured = hammer(
+        label,
         |token| store.validate(token).is_ok(),
-        pool,
-        schedules,
+        work,
         budget,
         SAMPLE_EVERY,
-        progress,
     );
     store.flush().map_err(|e| e.to_string())?;
     let after = store.stats();
     let in_memory = store.list();
     store.close().map_err(|e| e.to_string())?;
-    let reopened = TokenStore::open(path).map_err(|e| e.to_string())?;
-    let verified = reopened.list() == in_memory;
-    reopened.close().map_err(|e| e.to_string())?;
-    Ok(Report {
-        design: "tokencache",
-        seconds,
-        ops,
-        accepted,
-        latency,
+    let reopened = TokenStore::builder(path)
+        .flush_interval(flush_interval)
+        .open()
+        .map_err(|e| e.to_string())?;
+    let written = baselines::Closed {
         snapshots: after.snapshots_written - before.snapshots_written,
         bytes: after.bytes_written - before.bytes_written,
-        verified,
-    })
+        verified: reopened.list() == in_memory,
+    };
+    Ok((measured.report("tokencache", written), reopened))
 }
 
-/// Runs `validate` from one thread per schedule for `budget`; returns the mean thread
-/// time, requests, accepted requests and the merged latency histogram (ns).
+/// What [`hammer`] measured: the wall time from the first thread's start to the last
+/// one's stop, requests, accepted requests, and the merged latency histogram (ns).
+///
+/// Not the threads' mean time: with more threads than cores, threads first scheduled late
+/// run shorter, and their mean would overstate the rate.
+struct Measured {
+    threads: usize,
+    seconds: f64,
+    ops: u64,
+    accepted: u64,
+    latency: Histogram<u64>,
+}
+
+impl Measured {
+    fn report(self, design: &'static str, written: baselines::Closed) -> Report {
+        Report {
+            design,
+            threads: self.threads,
+            seconds: self.seconds,
+            ops: self.ops,
+            accepted: self.accepted,
+            latency: self.latency,
+            snapshots: written.snapshots,
+            bytes: written.bytes,
+            verified: written.verified,
+        }
+    }
+}
+
+/// What the threads of one run replay: thread `t` sends `schedules[t]`, cycled.
+struct Workload<'a> {
+    pool: &'a Pool,
+    schedules: &'a [Vec<u32>],
+    progress: &'a ProgressBar,
+}
+
+/// Runs `validate` from one thread per schedule for `budget`, timing one request in
+/// `sample_every`.
 fn hammer(
-    design: &'static str,
+    label: &str,
     validate: impl Fn(&str) -> bool + Sync,
-    pool: &Pool,
-    schedules: &[Vec<u32>],
+    work: &Workload,
     budget: Duration,
     sample_every: usize,
-    progress: &ProgressBar,
-) -> (f64, u64, u64, Histogram<u64>) {
-    progress.set_message(design);
+) -> Measured {
+    let Workload {
+        pool,
+        schedules,
+        progress,
+    } = *work;
+    progress.set_message(label.to_string());
     let stop = AtomicBool::new(false);
     let start = Barrier::new(schedules.len() + 1);
     let results = std::thread::scope(|scope| {
@@ -388,7 +541,7 @@ fn hammer(
                             }
                         }
                     }
-                    (began.elapsed().as_secs_f64(), ops, accepted, latency)
+                    (began, Instant::now(), ops, accepted, latency)
                 })
             })
             .collect();
@@ -405,15 +558,26 @@ fn hammer(
             .filter_map(|w| w.join().ok())
             .collect::<Vec<_>>()
     });
+    let first = results.iter().map(|r| r.0).min();
+    let last = results.iter().map(|r| r.1).max();
+    let seconds = match (first, last) {
+        (Some(first), Some(last)) => last.duration_since(first).as_secs_f64(),
+        _ => 0.0,
+    };
     let mut latency = new_histogram();
-    let (mut seconds, mut ops, mut accepted) = (0.0, 0, 0);
-    for (secs, n, ok, hist) in &results {
-        seconds += secs / results.len() as f64;
+    let (mut ops, mut accepted) = (0, 0);
+    for (_, _, n, ok, hist) in &results {
         ops += n;
         accepted += ok;
         let _ = latency.add(hist);
     }
-    (seconds, ops, accepted, latency)
+    Measured {
+        threads: schedules.len(),
+        seconds,
+        ops,
+        accepted,
+        latency,
+    }
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -421,19 +585,16 @@ fn new_histogram() -> Histogram<u64> {
         .expect("constant bounds (1 ns to 60 s, 3 significant digits) are valid")
 }
 
-/// The baselines' token map: the valid and revoked tokens, by digest.
-fn baseline_tokens(pool: &Pool) -> HashMap<baselines::Digest, Record> {
-    let issued = pool.valid.start..pool.revoked.end;
-    issued
-        .map(|i| {
-            let record = Record {
-                name: format!("svc-{i}"),
-                last_used: 0,
-                revoked: pool.revoked.contains(&i),
-            };
-            (Sha256::digest(pool.tokens[i].as_bytes()).into(), record)
-        })
-        .collect()
+/// The issued tokens (valid and revoked) and their records, for the other designs.
+fn issued(pool: &Pool) -> impl Iterator<Item = (&str, Record)> {
+    (pool.valid.start..pool.revoked.end).map(|i| {
+        let record = Record {
+            name: format!("svc-{i}"),
+            last_used: 0,
+            revoked: pool.revoked.contains(&i),
+        };
+        (pool.tokens[i].as_str(), record)
+    })
 }
 
 fn now_ms() -> u64 {
@@ -445,100 +606,8 @@ fn now_ms() -> u64 {
 fn progress_bar(total: Duration) -> ProgressBar {
     let bar =
         ProgressBar::with_draw_target(Some(total.as_millis() as u64), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template("{msg:>16} [{bar:40}] {elapsed}/{duration}") {
+    if let Ok(style) = ProgressStyle::with_template("{msg:>21} [{bar:40}] {elapsed}/{duration}") {
         bar.set_style(style.progress_chars("=> "));
     }
     bar
-}
-
-fn report_json(report: &Report, args: &StressArgs, threads: usize) -> Value {
-    let quantile = |q| report.latency.value_at_quantile(q);
-    json!({
-        "design": report.design,
-        "tokens": args.tokens,
-        "threads": threads,
-        "seconds": report.seconds,
-        "ops": report.ops,
-        "accepted": report.accepted,
-        "ops_per_sec": report.ops_per_sec(),
-        "latency_ns": {
-            "p50": quantile(0.5),
-            "p99": quantile(0.99),
-            "p999": quantile(0.999),
-            "max": report.latency.max(),
-            "samples": report.latency.len(),
-        },
-        "snapshots": report.snapshots,
-        "bytes_written": report.bytes,
-        "verified": report.verified,
-    })
-}
-
-fn print_table(reports: &[Report], args: &StressArgs, threads: usize) {
-    println!(
-        "{} tokens, {threads} threads, {} s per design (naive: at most {} s), Zipf exponent {}, seed {}; \
-         latency sampled 1 in {SAMPLE_EVERY} (naive: every request); tokencache flushes every {}",
-        args.tokens,
-        args.seconds,
-        NAIVE_BUDGET.as_secs(),
-        args.hot,
-        args.seed,
-        humantime::format_duration(args.flush_interval)
-    );
-    println!(
-        "{:<17} {:>14} {:>9} {:>9} {:>9} {:>10} {:>12} {:>9} {:>14}",
-        "design",
-        "ops/s",
-        "p50",
-        "p99",
-        "p99.9",
-        "snapshots",
-        "written",
-        "on disk",
-        "tokencache is"
-    );
-    let ours = reports[0].ops_per_sec();
-    for report in reports {
-        let q = |q| format_ns(report.latency.value_at_quantile(q));
-        let ratio = if report.design == "tokencache" {
-            "-".to_string()
-        } else {
-            let ratio = ours / report.ops_per_sec().max(f64::MIN_POSITIVE);
-            // Small ratios need their decimal: 1.4x is not 1x.
-            let decimals = if ratio < 100.0 { 1 } else { 0 };
-            format!("{ratio:.decimals$}x faster")
-        };
-        println!(
-            "{:<17} {:>14} {:>9} {:>9} {:>9} {:>10} {:>12} {:>9} {:>14}",
-            report.design,
-            format!("{:.0}", report.ops_per_sec()),
-            q(0.5),
-            q(0.99),
-            q(0.999),
-            report.snapshots,
-            format_bytes(report.bytes),
-            if report.verified {
-                "matches"
-            } else {
-                "DIFFERS"
-            },
-            ratio
-        );
-    }
-}
-
-fn format_ns(ns: u64) -> String {
-    match ns {
-        0..=9_999 => format!("{ns} ns"),
-        10_000..=9_999_999 => format!("{:.1} us", ns as f64 / 1e3),
-        _ => format!("{:.1} ms", ns as f64 / 1e6),
-    }
-}
-
-fn format_bytes(bytes: u64) -> String {
-    match bytes {
-        0..=9_999 => format!("{bytes} B"),
-        10_000..=9_999_999 => format!("{:.1} kB", bytes as f64 / 1e3),
-        _ => format!("{:.1} MB", bytes as f64 / 1e6),
-    }
 }
