@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq;
 
 use crate::error::Rejection;
 use crate::rate_limit::{Gcra, RateLimit};
-use crate::snapshot::{Problem, Record};
+use crate::snapshot::{Problem, Record, RecordRef, Scopes};
 use crate::sync::{AtomicU64, Ordering};
 use crate::token::{Digest, TokenId};
 
@@ -333,7 +333,26 @@ impl Entry {
         &self.text
     }
 
-    /// The entry as a snapshot record, with `last_used` as read by `take_for_snapshot`.
+    /// The entry as a snapshot record borrowing its text, with `last_used` as read by
+    /// `take_for_snapshot`.
+    pub(crate) fn record(&self, last_used: u64) -> RecordRef<'_> {
+        let mut parts = self.text.split(SEPARATOR);
+        let name = parts.next().unwrap_or_default();
+        RecordRef {
+            id: self.id.to_bytes(),
+            name,
+            digest: self.hot.digest,
+            scopes: Scopes(parts),
+            created_at: self.created_at,
+            expires_at: self.expires_at(),
+            revoked_at: self.revoked_at(),
+            last_used: nonzero(last_used),
+            rate_limit: self.rate_limit().map(RateLimit::to_record),
+        }
+    }
+
+    /// The entry as an owned snapshot record (for tests that compare records).
+    #[cfg(test)]
     pub(crate) fn to_record(&self, last_used: u64) -> Record {
         Record {
             id: self.id.to_bytes(),
@@ -416,7 +435,7 @@ impl RateLimitCell {
 pub(crate) fn load(records: Vec<Record>) -> Result<Vec<Entry>, Problem> {
     let mut seen = HashSet::with_capacity(records.len());
     let mut entries = Vec::with_capacity(records.len());
-    for record in records {
+    for mut record in records {
         let id = TokenId::from_bytes(record.id)
             .ok_or_else(|| Problem::BadId(String::from_utf8_lossy(&record.id).into()))?;
         if !seen.insert(id) {
@@ -433,8 +452,13 @@ pub(crate) fn load(records: Vec<Record>) -> Result<Vec<Entry>, Problem> {
                     .ok_or_else(|| Problem::BadRateLimit(id.to_string()))?,
             ),
         };
-        let text = pack_text(&record.name, &record.scopes);
-        entries.push(Entry::from_record(&record, id, text, rate_limit));
+        // The decoded name's allocation becomes the text: no copy of it.
+        let mut text = std::mem::take(&mut record.name);
+        for scope in &record.scopes {
+            text.push(SEPARATOR);
+            text.push_str(scope);
+        }
+        entries.push(Entry::from_record(&record, id, text.into_boxed_str(), rate_limit));
     }
     Ok(entries)
 }
@@ -457,6 +481,36 @@ mod tests {
             None,
             None,
         )
+    }
+
+    #[test]
+    fn a_borrowed_record_encodes_as_the_owned_one_decodes() {
+        use crate::snapshot::{decode, encode, Body, BodyRef};
+        let id: TokenId = "abcd1234".parse().unwrap();
+        let limited = Some(RateLimit::per_minute(600).burst(20));
+        let entries = [
+            entry(),
+            Entry::new(
+                id,
+                [9; 32],
+                pack_text::<&str>("bare", &[]),
+                5,
+                Some(99),
+                limited,
+            ),
+        ];
+        entries[1].revoke(7);
+        let records: Vec<RecordRef<'_>> = entries.iter().map(|e| e.record(42)).collect();
+        let image = encode(&BodyRef {
+            written_at: 3,
+            records: &records,
+        });
+        let owned = Body {
+            written_at: 3,
+            records: entries.iter().map(|e| e.to_record(42)).collect(),
+        };
+        assert_eq!(image, encode(&owned));
+        assert_eq!(decode(&image).unwrap(), owned);
     }
 
     #[test]

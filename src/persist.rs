@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::file::{self, FaultPlan, WriteError};
 use crate::inbox::{Message, Reply};
 use crate::rate_limit::RateLimit;
-use crate::snapshot::{self, Body, Record};
+use crate::snapshot::{self, BodyRef, RecordRef};
 use crate::store::Shared;
 use crate::sync::channel::{Receiver, RecvTimeoutError, Sender};
 use crate::sync::{Arc, Ordering};
@@ -31,7 +31,7 @@ use crate::token::TokenId;
 /// file-writing code is the only place a test may inject a fault.
 pub(crate) trait Sink: Send + 'static {
     /// Writes `body` durably and returns the bytes written.
-    fn write(&mut self, body: &Body) -> Result<u64, WriteError>;
+    fn write(&mut self, body: &BodyRef<'_, '_>) -> Result<u64, WriteError>;
     /// The path to name in errors.
     fn path(&self) -> PathBuf;
 }
@@ -44,7 +44,7 @@ pub(crate) struct FileSink {
 }
 
 impl Sink for FileSink {
-    fn write(&mut self, body: &Body) -> Result<u64, WriteError> {
+    fn write(&mut self, body: &BodyRef<'_, '_>) -> Result<u64, WriteError> {
         let image = snapshot::encode(body);
         file::write_atomic(&self.path, &image, self.faults.as_ref())?;
         Ok(image.len() as u64)
@@ -122,7 +122,7 @@ impl Recorder {
 
 #[cfg(loom)]
 impl Sink for Recorder {
-    fn write(&mut self, body: &Body) -> Result<u64, WriteError> {
+    fn write(&mut self, body: &BodyRef<'_, '_>) -> Result<u64, WriteError> {
         let tokens = body.records.iter().map(|r| {
             let id = TokenId::from_bytes(r.id).ok_or(std::io::ErrorKind::InvalidData)?;
             Ok((id, r.last_used, r.revoked_at))
@@ -534,18 +534,19 @@ impl Persister {
             return Ok(());
         }
         let expiries: HashMap<TokenId, u64> = pending.expiries.iter().copied().collect();
-        let mut records: Vec<Record> = entries
+        let mut records: Vec<RecordRef<'_>> = entries
             .iter()
             .zip(&taken)
-            .map(|(e, &lu)| with_expiry(e.to_record(lu), expiries.get(&e.id)))
+            .map(|(e, &lu)| with_expiry(e.record(lu), expiries.get(&e.id)))
             .collect();
-        records.extend(pending.issues.iter().map(|e| e.to_record(0)));
-        let body = Body {
-            written_at: now,
-            records,
-        };
+        records.extend(pending.issues.iter().map(|e| e.record(0)));
         self.last_attempt_ms = now;
-        match self.sink.write(&body) {
+        let written = self.sink.write(&BodyRef {
+            written_at: now,
+            records: &records,
+        });
+        drop(records);
+        match written {
             Ok(bytes) => {
                 self.written(entries, &taken, pending, bytes, now);
                 Ok(())
@@ -624,7 +625,7 @@ impl Applied {
 }
 
 /// `record` with its expiry shortened to `until`, if `rotate` asked for that.
-fn with_expiry(mut record: Record, until: Option<&u64>) -> Record {
+fn with_expiry<'a>(mut record: RecordRef<'a>, until: Option<&u64>) -> RecordRef<'a> {
     if let Some(&until) = until {
         record.expires_at = Some(record.expires_at.map_or(until, |at| at.min(until)));
     }

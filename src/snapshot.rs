@@ -53,6 +53,44 @@ pub(crate) struct Record {
     pub(crate) rate_limit: Option<RateLimitRecord>,
 }
 
+/// What a snapshot is written from: the [`Body`] layout, with each record borrowing its
+/// entry's text instead of owning copies, so writing a snapshot allocates no name or scope.
+/// Encodes to exactly the bytes the owned form does (`Body` decodes it).
+#[derive(Debug, Serialize)]
+pub(crate) struct BodyRef<'r, 'a> {
+    pub(crate) written_at: u64,
+    pub(crate) records: &'r [RecordRef<'a>],
+}
+
+/// A [`Record`] borrowing its name and scopes.
+#[derive(Debug, Serialize)]
+pub(crate) struct RecordRef<'a> {
+    pub(crate) id: [u8; 8],
+    pub(crate) name: &'a str,
+    pub(crate) digest: [u8; 32],
+    pub(crate) scopes: Scopes<'a>,
+    pub(crate) created_at: u64,
+    pub(crate) expires_at: Option<u64>,
+    pub(crate) revoked_at: Option<u64>,
+    pub(crate) last_used: Option<u64>,
+    pub(crate) rate_limit: Option<RateLimitRecord>,
+}
+
+/// Scopes that serialize as the `Vec<String>` of a [`Record`] would.
+#[derive(Debug, Clone)]
+pub(crate) struct Scopes<'a>(pub(crate) std::str::Split<'a, char>);
+
+impl Serialize for Scopes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.0.clone().count()))?;
+        for scope in self.0.clone() {
+            seq.serialize_element(scope)?;
+        }
+        seq.end()
+    }
+}
+
 /// A rate limit as stored: `count` per `period_ms`, bursts of up to `burst`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct RateLimitRecord {
@@ -61,8 +99,8 @@ pub(crate) struct RateLimitRecord {
     pub(crate) burst: u32,
 }
 
-/// Encodes a body into a complete file image (header + body).
-pub(crate) fn encode(body: &Body) -> Vec<u8> {
+/// Encodes a body ([`Body`] or [`BodyRef`]) into a complete file image (header + body).
+pub(crate) fn encode(body: &impl Serialize) -> Vec<u8> {
     let mut out = vec![0u8; HEADER_LEN];
     // Encoding into a Vec only fails for types serde cannot describe; ours are plain data.
     bincode::serde::encode_into_std_write(body, &mut out, BINCODE)

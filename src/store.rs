@@ -20,7 +20,7 @@ use crate::inbox::{Inbox, Message, Refused, Reply, Timer};
 use crate::map::{Lent, Map};
 use crate::persist::{FileSink, Persister, Sink};
 use crate::rate_limit::RateLimit;
-use crate::snapshot::{self, Body, DecodeError};
+use crate::snapshot::{self, BodyRef, DecodeError};
 use crate::stats::{Counters, Stats};
 use crate::sync::channel::{self, TrySendError};
 use crate::sync::thread::{self, JoinHandle};
@@ -578,9 +578,9 @@ impl Builder {
             None => {
                 let now = shared.clock.now_ms();
                 let bytes = sink
-                    .write(&Body {
+                    .write(&BodyRef {
                         written_at: now,
-                        records: Vec::new(),
+                        records: &[],
                     })
                     .map_err(|e| Error::io("create the store file", &path, e.error))?;
                 shared.counters.record_write(bytes, now);
