@@ -458,7 +458,12 @@ pub(crate) fn load(records: Vec<Record>) -> Result<Vec<Entry>, Problem> {
             text.push(SEPARATOR);
             text.push_str(scope);
         }
-        entries.push(Entry::from_record(&record, id, text.into_boxed_str(), rate_limit));
+        entries.push(Entry::from_record(
+            &record,
+            id,
+            text.into_boxed_str(),
+            rate_limit,
+        ));
     }
     Ok(entries)
 }
