@@ -1,20 +1,22 @@
 //! # tokencache
 //!
 //! An embeddable API-token store. Tokens live in memory and are validated on every request
-//! with no lock, no allocation and no I/O (it reads a lock-free index and borrows the entry,
-//! so one token validated from many threads scales); everything persists with write-behind
-//! to one snapshot file:
+//! with no lock, no allocation and no I/O (a lock-free map lends the token's entry, one
+//! cache line of it, so one token validated from many threads scales); everything persists
+//! with write-behind to one snapshot file:
 //!
 //! - `last_used` times reach disk in periodic atomic snapshots (at most one per
 //!   [`flush_interval`](Builder::flush_interval), none while idle), written by one
 //!   persister thread fed by a `crossbeam-channel`;
-//! - [`issue`](TokenStore::issue) and [`revoke`](TokenStore::revoke) are durable before
-//!   they return (concurrent callers share one write: group commit).
+//! - [`issue`](TokenStore::issue), [`revoke`](TokenStore::revoke),
+//!   [`delete`](TokenStore::delete), [`purge`](TokenStore::purge) and
+//!   [`rotate`](TokenStore::rotate) are durable before they return (concurrent callers
+//!   share one write: group commit); a deleted token's memory is freed.
 //!
 //! A token may carry a [`RateLimit`], checked inside `validate` with no lock (GCRA, one
 //! atomic word of state per token). With the `tower` feature, `TokenLayer` checks bearer
-//! tokens on any `http` service; with `axum`, handlers take the accepted token (`OwnedToken`) as an
-//! extractor (see `docs/LAYER.md`).
+//! tokens on any `http` service; with `axum`, handlers take the accepted token
+//! ([`OwnedToken`]) as an extractor (see `docs/LAYER.md`).
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

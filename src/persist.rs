@@ -220,8 +220,11 @@ pub(crate) struct Persister {
     rx: Receiver<Message>,
     sink: Box<dyn Sink>,
     interval_ms: u64,
-    /// Purge tokens revoked or expired this long ago on each timed tick (`None`: keep all).
+    /// Purge tokens revoked or expired this long ago once per interval (`None`: keep all).
     retention_ms: Option<u64>,
+    /// Clock time of the last retention purge: the next is due `interval_ms` later, however
+    /// often other changes are written meanwhile.
+    last_purge_ms: u64,
     /// Clock time of the last write attempt (successful or not): the next timed snapshot
     /// is due `interval_ms` later.
     last_attempt_ms: u64,
@@ -250,6 +253,7 @@ impl Persister {
             sink,
             interval_ms: ms(interval).max(1),
             retention_ms: retention.map(ms),
+            last_purge_ms: now,
             last_attempt_ms: now,
             dirty: false,
             definitions_pending: false,
@@ -331,7 +335,7 @@ impl Persister {
         if crate::sync::bug::planted(crate::sync::bug::Bug::ChangeAfterReply) {
             self.change_after_reply(&mut batch, now);
         }
-        let applied = self.apply(&mut batch, now, due);
+        let applied = self.apply(&mut batch, now);
         let need = self.decide(&applied, &batch, due);
         let Applied {
             changed_memory,
@@ -383,7 +387,7 @@ impl Persister {
     /// once (the safe side: a revoked or deleted token is refused from now on, even if the
     /// write fails, and the next tick retries it). New tokens and rotations wait in
     /// `pending` for the write. Requests for an unknown id are answered here.
-    fn apply(&mut self, batch: &mut Batch, now: u64, due: bool) -> Applied {
+    fn apply(&mut self, batch: &mut Batch, now: u64) -> Applied {
         let mut applied = Applied::default();
         let map = &self.shared.map;
         for (id, reply) in batch.revokes.drain(..) {
@@ -401,7 +405,10 @@ impl Persister {
             applied.changed_memory |= purged > 0;
             applied.replies.push((reply, purged));
         }
-        if let (true, Some(retention)) = (due, self.retention_ms) {
+        let purge_due =
+            now >= self.last_purge_ms.saturating_add(self.interval_ms) || now < self.last_purge_ms;
+        if let (true, Some(retention)) = (purge_due, self.retention_ms) {
+            self.last_purge_ms = now;
             let purged = self.purge(now.saturating_sub(retention));
             if purged > 0 {
                 tracing::info!(purged, "retention purged revoked and expired tokens");

@@ -1,4 +1,5 @@
-//! The public store: open, issue, validate (the hot path), revoke, inspect, flush, close.
+//! The public store: open, issue, validate (the hot path), revoke, delete, purge, rotate,
+//! flush, close.
 //!
 //! Validation touches only the map and the entry's atomics; every file write belongs to the
 //! persister thread (`persist`). Changes to a token's definition go through the persister

@@ -134,6 +134,31 @@ fn retention_makes_the_persister_purge_on_its_timed_tick() {
     assert!(store.validate(kept.secret()).is_ok());
 }
 
+/// Retention keeps its own timer: a steady stream of other changes (each one a write) does
+/// not keep resetting it.
+#[test]
+fn retention_purges_even_while_other_changes_keep_writing() {
+    let s = scratch();
+    let clock = ManualClock::default();
+    let store = TokenStore::builder(&s.path)
+        .clock(clock.clone())
+        .flush_interval(INTERVAL)
+        .retention(Duration::ZERO)
+        .open()
+        .unwrap();
+    let revoked = store.issue(NewToken::new("revoked")).unwrap();
+    store.revoke(&revoked.id()).unwrap();
+    // An issue every 10 s: each writes a snapshot, so a write is never an interval old.
+    for i in 0..12 {
+        clock.advance(INTERVAL / 6);
+        store.issue(NewToken::new(format!("busy-{i}"))).unwrap();
+    }
+    assert_eq!(
+        store.validate(revoked.secret()).unwrap_err(),
+        Rejection::Unknown
+    );
+}
+
 #[test]
 fn rotate_issues_a_twin_and_shortens_the_old_tokens_life_to_the_grace() {
     let s = scratch();
