@@ -1,0 +1,72 @@
+//! Instructions and simulated cache misses per validation, counted by callgrind rather than
+//! timed, so the figure does not move with the machine's noise (docs/BENCHMARKS.md):
+//!
+//! ```sh
+//! cargo build --release --example validate_cost
+//! valgrind --tool=callgrind --cache-sim=yes --toggle-collect='validate_cost::hits' \
+//!     --toggle-collect='validate_cost::floor' target/release/examples/validate_cost
+//! callgrind_annotate --inclusive=yes callgrind.out.* | grep -E 'validate_cost::(hits|floor)'
+//! ```
+//!
+//! Both loops make `ROUNDS` passes over the same 1,024 tokens spread over a 100,000-token
+//! store: `hits` validates them, `floor` hashes them and probes a plain `HashMap` (the
+//! least any digest-keyed store can do). Divide each function's counts by
+//! `ROUNDS × 1,024`.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+
+use sha2::{Digest, Sha256};
+use tokencache::{NewToken, TokenStore};
+
+const TOKENS: usize = 100_000;
+const SPREAD: usize = 1024;
+const ROUNDS: usize = 100;
+
+#[inline(never)]
+fn hits(store: &TokenStore, secrets: &[String]) -> usize {
+    let mut accepted = 0;
+    for _ in 0..ROUNDS {
+        for secret in secrets {
+            accepted += usize::from(store.validate(black_box(secret)).is_ok());
+        }
+    }
+    accepted
+}
+
+#[inline(never)]
+fn floor(map: &HashMap<[u8; 32], u64, foldhash::fast::RandomState>, secrets: &[String]) -> u64 {
+    let mut found = 0;
+    for _ in 0..ROUNDS {
+        for secret in secrets {
+            let digest: [u8; 32] = Sha256::digest(black_box(secret).as_bytes()).into();
+            found += map.get(&digest).copied().unwrap_or(0);
+        }
+    }
+    found
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let store = TokenStore::open(dir.path().join("tokens.snap"))?;
+    let issued = store.issue_many((0..TOKENS).map(|i| NewToken::new(format!("token-{i}"))))?;
+    let secrets: Vec<String> = issued
+        .iter()
+        .step_by(TOKENS / SPREAD)
+        .take(SPREAD)
+        .map(|t| t.secret().to_owned())
+        .collect();
+    let mut map = HashMap::with_capacity_and_hasher(TOKENS, Default::default());
+    for (i, token) in issued.iter().enumerate() {
+        map.insert(Sha256::digest(token.secret().as_bytes()).into(), i as u64);
+    }
+    let accepted = hits(&store, &secrets);
+    let found = floor(&map, &secrets);
+    println!(
+        "{} validations accepted, {} probes ({found} summed)",
+        accepted,
+        ROUNDS * secrets.len()
+    );
+    store.close()?;
+    Ok(())
+}
