@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A walk-through of the tokencache CLI on a scratch store: issue, validate, list, revoke,
-# inspect. Every command is echoed before it runs; the store is deleted at the end.
+# rotate, purge, delete, inspect. Every command is echoed before it runs; the store is deleted at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +25,8 @@ show 'printf %s "${token%?}X" | tokencache validate            # one character c
 printf %s "${token%?}X" | "$bin" validate || echo "(exit $?)"
 
 show "tokencache issue deploy-bot"
-"$bin" issue deploy-bot >/dev/null
+deploy="$("$bin" issue deploy-bot)"
+deploy_id="${deploy:3:8}"
 
 show "tokencache list"
 "$bin" list
@@ -38,6 +39,18 @@ printf %s "$token" | "$bin" validate --json || echo "(exit $?)"
 
 show "tokencache list --json"
 "$bin" list --json
+
+show "tokencache rotate $deploy_id --grace 1h    # stdout: the new token only"
+"$bin" rotate "$deploy_id" --grace 1h >/dev/null
+
+show "tokencache purge --older-than 0s          # deletes the revoked ci-bot"
+"$bin" purge --older-than 0s
+
+show "tokencache delete $deploy_id"
+"$bin" delete "$deploy_id"
+
+show "tokencache list"
+"$bin" list
 
 show "tokencache inspect"
 "$bin" inspect
