@@ -26,6 +26,9 @@ const NEVER: u64 = 0;
 const REVOKED: u64 = 1 << 63;
 /// The dirty bit of the `used` word; the other bits hold `last_used << 1`.
 const DIRTY: u64 = 1;
+/// The latest time either word can hold (63 bits of milliseconds: the year 292 million).
+/// Later times are clamped to it on the way in, and refused in a store file.
+const LATEST: u64 = REVOKED - 1;
 /// Separates the name and each scope in an entry's text (no name or scope holds it).
 const SEPARATOR: char = '\0';
 
@@ -85,7 +88,8 @@ impl Entry {
         Entry {
             hot: Hot {
                 digest,
-                status: AtomicU64::new(expires_at.unwrap_or(NEVER) & !REVOKED),
+                // An expiry of 0 (1970) means expired, not "never".
+                status: AtomicU64::new(expires_at.map_or(NEVER, |at| at.clamp(1, LATEST))),
                 used: AtomicU64::new(NEVER),
                 limiter: Gcra::new(rate_limit),
             },
@@ -170,6 +174,7 @@ impl Entry {
     /// nothing and shares no cache line in exclusive mode.
     #[inline]
     pub(crate) fn touch(&self, now_ms: u64) -> Touch {
+        let now_ms = now_ms.min(LATEST);
         // Relaxed: a hint only; `fetch_max` below is what decides.
         if self.hot.used.load(Ordering::Relaxed) >> 1 >= now_ms {
             return Touch::Nothing;
@@ -441,6 +446,10 @@ pub(crate) fn load(records: Vec<Record>) -> Result<Vec<Entry>, Problem> {
         if !seen.insert(id) {
             return Err(Problem::DuplicateId(id.to_string()));
         }
+        let times = [record.expires_at, record.last_used];
+        if times.into_iter().flatten().any(|t| t > LATEST) {
+            return Err(Problem::BadTime(id.to_string()));
+        }
         let texts = std::iter::once(&record.name).chain(&record.scopes);
         if texts.into_iter().any(|t| t.contains(SEPARATOR)) {
             return Err(Problem::BadText(id.to_string()));
@@ -516,6 +525,29 @@ mod tests {
         };
         assert_eq!(image, encode(&owned));
         assert_eq!(decode(&image).unwrap(), owned);
+    }
+
+    #[test]
+    fn times_past_63_bits_are_clamped_in_memory_and_refused_in_a_file() {
+        let id: TokenId = "abcd1234".parse().unwrap();
+        let text = || pack_text::<&str>("t", &[]);
+        let epoch = Entry::new(id, [0; 32], text(), 0, Some(0), None);
+        assert_eq!(
+            epoch.verdict(1),
+            Err(Rejection::Expired),
+            "0 is 1970, not never"
+        );
+        let far = Entry::new(id, [0; 32], text(), 0, Some(u64::MAX), None);
+        assert_eq!(far.verdict(u64::MAX - 1), Err(Rejection::Expired));
+        assert_eq!(far.verdict(LATEST - 1), Ok(()));
+        assert_eq!(far.touch(u64::MAX), Touch::Send);
+        assert_eq!(far.last_used(), Some(LATEST));
+        let mut record = epoch.to_record(0);
+        record.last_used = Some(1 << 63);
+        assert_eq!(
+            load(vec![record]).err(),
+            Some(Problem::BadTime(id.to_string()))
+        );
     }
 
     #[test]

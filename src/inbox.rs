@@ -7,7 +7,7 @@ use crate::entry::Entry;
 use crate::error::Error;
 use crate::rate_limit::RateLimit;
 use crate::sync::channel::{self, Receiver, Sender, TrySendError};
-use crate::sync::{thread, Arc, RwLock};
+use crate::sync::{thread, Arc, AtomicBool, Ordering, RwLock};
 use crate::token::TokenId;
 
 /// A caller's reply channel: `Ok(n)` with how many tokens the change touched.
@@ -55,6 +55,9 @@ pub(crate) enum Message {
 pub(crate) struct Inbox {
     tx: Sender<Message>,
     gate: RwLock<Gate>,
+    /// Whether the gate is `Open`, readable without its lock: the clock thread asks, and it
+    /// must never wait behind a `shut` that waits for a full channel.
+    open: AtomicBool,
 }
 
 /// Whether the inbox takes requests.
@@ -81,6 +84,7 @@ impl Inbox {
         Inbox {
             tx,
             gate: RwLock::new(Gate::Open),
+            open: AtomicBool::new(true),
         }
     }
 
@@ -99,9 +103,11 @@ impl Inbox {
         }
     }
 
-    /// Whether the store still takes requests (it is neither closed nor dead).
+    /// Whether the store still takes requests (it is neither closed nor dead). Never
+    /// blocks.
     pub(crate) fn is_open(&self) -> bool {
-        *self.gate.read().unwrap_or_else(|e| e.into_inner()) == Gate::Open
+        // Relaxed: a hint for the clock thread, which asks again later.
+        self.open.load(Ordering::Relaxed)
     }
 
     /// Queues a dirty id without blocking. No gate: it carries no reply to lose.
@@ -118,6 +124,7 @@ impl Inbox {
             return Err(Refused::Dead);
         }
         *gate = Gate::Shut;
+        self.open.store(false, Ordering::Relaxed);
         self.tx.send(shutdown).map_err(|_| Refused::Dead)
     }
 
@@ -133,6 +140,7 @@ impl Inbox {
             while rx.try_recv().is_ok() {}
             if let Ok(mut gate) = self.gate.try_write() {
                 *gate = Gate::Dead;
+                self.open.store(false, Ordering::Relaxed);
                 break;
             }
             thread::yield_now();

@@ -426,16 +426,16 @@ impl Persister {
         }
         for (old, until, new, reply) in batch.rotations.drain(..) {
             // Checked again here: a revoke may have been applied since the caller looked.
-            match map.with(&old, |e| e.revoked_at().is_some()) {
+            match map.with(&old, |e| crate::store::refuse_rotation(e, now)) {
                 None => {
                     let _ = reply.send(Err(Error::UnknownId(old)));
                     continue;
                 }
-                Some(true) => {
-                    let _ = reply.send(Err(crate::store::revoked_rotation(old)));
+                Some(Err(refusal)) => {
+                    let _ = reply.send(Err(refusal));
                     continue;
                 }
-                Some(false) => {}
+                Some(Ok(())) => {}
             }
             let new = vec![*new];
             if let Some(id) = self.collision(&new, &mut taken) {
@@ -540,7 +540,13 @@ impl Persister {
             self.dirty = false;
             return Ok(());
         }
-        let expiries: HashMap<TokenId, u64> = pending.expiries.iter().copied().collect();
+        // Two rotations of one token in a batch: the earlier expiry wins, as it does in
+        // memory (`shorten_expiry`), so the file says what memory says.
+        let mut expiries: HashMap<TokenId, u64> = HashMap::new();
+        for &(id, until) in &pending.expiries {
+            let at = expiries.entry(id).or_insert(until);
+            *at = (*at).min(until);
+        }
         let mut records: Vec<RecordRef<'_>> = entries
             .iter()
             .zip(&taken)

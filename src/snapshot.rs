@@ -157,6 +157,8 @@ pub(crate) enum Problem {
     BadRateLimit(String),
     #[error("token {0} has a name or scope holding a NUL character")]
     BadText(String),
+    #[error("token {0} has a time past the year 292 million")]
+    BadTime(String),
 }
 
 /// Checks a header (the first [`HEADER_LEN`] bytes, or fewer if the file is shorter) of a

@@ -271,26 +271,23 @@ impl TokenStore {
     /// Issues a new token with the same name, scopes and rate limit as token `id` (and the
     /// same lifetime, if it had one), and makes the old one expire at the earlier of its own
     /// expiry and now + `grace`, both in one durable write. Returns the new token; its
-    /// secret is shown only here. Clients switch to it within `grace`. A revoked token is
-    /// not rotated ([`Error::InvalidRequest`]): a revocation is meant to end its holder's
-    /// access, and a replacement would bring it back.
+    /// secret is shown only here. Clients switch to it within `grace`. A revoked or expired
+    /// token is not rotated ([`Error::InvalidRequest`]): a replacement would restore the
+    /// access that ended.
+    ///
+    /// The lifetime passed on is the old token's expiry minus its creation as they stand, so
+    /// a token rotated a second time, after the first rotation shortened its expiry, passes
+    /// on that shortened lifetime: rotate the replacement instead.
     pub fn rotate(&self, id: &TokenId, grace: Duration) -> Result<IssuedToken, Error> {
         let shared = &self.handle.shared;
         let now = shared.clock.now_ms();
         let template = shared.map.with(id, |old| {
+            refuse_rotation(old, now)?;
             let lifetime = old.expires_at().map(|at| at.saturating_sub(old.created_at));
-            (
-                old.text().into(),
-                lifetime,
-                old.rate_limit(),
-                old.revoked_at(),
-            )
+            Ok::<_, Error>((old.text().into(), lifetime, old.rate_limit()))
         });
-        let (text, lifetime, rate_limit, revoked): (Box<str>, Option<u64>, _, _) =
-            template.ok_or(Error::UnknownId(*id))?;
-        if revoked.is_some() {
-            return Err(revoked_rotation(*id));
-        }
+        let (text, lifetime, rate_limit): (Box<str>, Option<u64>, _) =
+            template.ok_or(Error::UnknownId(*id))??;
         let (secret, new_id) = self.fresh_id(&HashSet::new())?;
         let expires_at = lifetime.map(|l| now.saturating_add(l));
         let new = Box::new(Entry::new(
@@ -751,6 +748,10 @@ impl NewToken {
 /// lives, even if the token is deleted meanwhile. It is tied to the validating thread (not
 /// `Send`); [`into_owned`](Self::into_owned) gives an [`OwnedToken`] to keep, clone or
 /// send to another thread (as `TokenLayer` does for the request extensions).
+///
+/// Hold it briefly: while a thread holds one, entries deleted anywhere in the store are not
+/// freed (the map frees a deleted entry once no reader that might hold it remains), so a
+/// `ValidToken` kept for a long time, or leaked, delays reclaiming their memory.
 pub struct ValidToken<'store> {
     entry: Lent<'store>,
 }
@@ -890,11 +891,18 @@ impl TokenInfo {
     }
 }
 
-/// The refusal to rotate revoked token `id`.
-pub(crate) fn revoked_rotation(id: TokenId) -> Error {
-    Error::InvalidRequest(format!(
-        "token {id} is revoked, so it is not rotated (a replacement would restore the access its revocation ended); issue a new token instead"
-    ))
+/// Whether `old` may be rotated at `now_ms`: not if it is revoked or expired, since a
+/// replacement would restore the access its revocation or expiry ended.
+pub(crate) fn refuse_rotation(old: &Entry, now_ms: u64) -> Result<(), Error> {
+    let why = match old.verdict(now_ms) {
+        Ok(()) => return Ok(()),
+        Err(Rejection::Revoked) => "revoked",
+        Err(_) => "expired",
+    };
+    Err(Error::InvalidRequest(format!(
+        "token {} is {why}, so it is not rotated (a replacement would restore the access that ended); issue a new token instead",
+        old.id
+    )))
 }
 
 /// A duration in whole milliseconds, saturating.

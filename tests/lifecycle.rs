@@ -309,6 +309,64 @@ fn deletes_racing_validations_on_real_threads() {
     assert_eq!(store.list().len(), 0);
 }
 
+/// A clock that makes the persister take 300 ms over each batch while `slow` is set, so
+/// requests made meanwhile land in one batch.
+#[derive(Debug, Clone)]
+struct SlowPersister(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl tokencache::Clock for SlowPersister {
+    fn now_ms(&self) -> u64 {
+        let on_persister = std::thread::current().name() == Some("tokencache-persister");
+        if on_persister && self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        ManualClock::DEFAULT_START_MS
+    }
+}
+
+/// Two rotations of one token in one batch: each returns only once the earlier of their
+/// expiries is on disk, and the file says what memory says.
+#[test]
+fn two_rotations_in_one_batch_write_the_earlier_expiry() {
+    let s = scratch();
+    let slow = SlowPersister(Default::default());
+    let store = TokenStore::builder(&s.path)
+        .clock(slow.clone())
+        .open()
+        .unwrap();
+    let old = store.issue(NewToken::new("svc")).unwrap();
+    slow.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    std::thread::scope(|scope| {
+        let (store, id) = (&store, old.id());
+        // The first occupies the persister; the next two then wait in one batch.
+        scope.spawn(move || store.rotate(&id, 2 * HOUR).unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+        scope.spawn(move || store.rotate(&id, Duration::from_secs(60)).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+        scope.spawn(move || store.rotate(&id, HOUR).unwrap());
+    });
+    slow.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    let in_memory = store.get(&old.id()).unwrap().expires_at;
+    store.close().unwrap();
+    let reopened = TokenStore::builder(&s.path).clock(slow).open().unwrap();
+    assert_eq!(reopened.get(&old.id()).unwrap().expires_at, in_memory);
+    let expected = ManualClock::DEFAULT_START_MS + 60_000;
+    assert_eq!(in_memory.unwrap().timestamp_millis() as u64, expected);
+}
+
+#[test]
+fn an_expired_token_cannot_be_rotated_back_to_life() {
+    let s = scratch();
+    let (store, clock) = manual_store(&s.path);
+    let short = store
+        .issue(NewToken::new("short").expires_in(Duration::from_secs(60)))
+        .unwrap();
+    clock.advance(HOUR);
+    let error = store.rotate(&short.id(), Duration::ZERO).unwrap_err();
+    assert!(error.to_string().contains("expired"), "{error}");
+    assert_eq!(store.list().len(), 1, "no replacement was issued");
+}
+
 #[test]
 fn a_revoked_token_cannot_be_rotated_back_to_life() {
     let s = scratch();
