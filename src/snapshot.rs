@@ -238,13 +238,13 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
 
 /// Decodes a body with bincode under a limit scaled to its size.
 ///
-/// Bug fixed (found by the `arbitrary_bodies_behind_a_valid_header_never_panic` property):
-/// without a limit, bincode allocates a string's claimed length before reading it, so a
-/// body with valid checksums and a length prefix of 2^62 aborted the process ("memory
-/// allocation failed") instead of refusing the file. bincode counts every byte it claims
-/// (at most 8 per byte read: a one-byte varint `u64` claims 8), so a limit of 16× the body
-/// never refuses an honest file, and bounds what a hostile one can make us allocate. The
-/// limit is a const generic, hence the ladder.
+/// Without a limit, bincode allocates a string's claimed length before reading it, so a
+/// body with valid checksums and a length prefix of 2^62 would abort the process ("memory
+/// allocation failed") instead of being refused (the property
+/// `arbitrary_bodies_behind_a_valid_header_never_panic` checks it). bincode counts every
+/// byte it claims (at most 8 per byte read: a one-byte varint `u64` claims 8), so a limit
+/// of 16× the body never refuses an honest file, and bounds what a hostile one can make us
+/// allocate. The limit is a const generic, hence the ladder.
 fn decode_body(body: &[u8]) -> Result<(Body, usize), bincode::error::DecodeError> {
     fn limited<const LIMIT: usize>(
         body: &[u8],
