@@ -54,6 +54,11 @@ impl Clock for SystemClock {
     }
 }
 
+/// A duration in whole milliseconds, saturating at `u64::MAX`.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Unix milliseconds from `SystemTime`; a clock set before 1970 reads as the epoch rather
 /// than panicking.
 fn wall_ms() -> u64 {
@@ -164,9 +169,8 @@ impl ManualClock {
 
     /// Moves the clock forward by `by` and waits until attached persisters have seen it.
     pub fn advance(&self, by: Duration) {
-        let by_ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
         // Relaxed: the value is published to the persister by the tick message below.
-        self.inner.now_ms.fetch_add(by_ms, Ordering::Relaxed);
+        self.inner.now_ms.fetch_add(millis(by), Ordering::Relaxed);
         self.fire_timers();
     }
 

@@ -359,16 +359,17 @@ impl Entry {
     /// The entry as an owned snapshot record (for tests that compare records).
     #[cfg(test)]
     pub(crate) fn to_record(&self, last_used: u64) -> Record {
+        let record = self.record(last_used);
         Record {
-            id: self.id.to_bytes(),
-            name: self.name().to_string(),
-            digest: self.hot.digest,
-            scopes: self.scopes().map(str::to_string).collect(),
-            created_at: self.created_at,
-            expires_at: self.expires_at(),
-            revoked_at: self.revoked_at(),
-            last_used: nonzero(last_used),
-            rate_limit: self.rate_limit().map(RateLimit::to_record),
+            id: record.id,
+            name: record.name.to_string(),
+            digest: record.digest,
+            scopes: record.scopes.0.map(str::to_string).collect(),
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+            revoked_at: record.revoked_at,
+            last_used: record.last_used,
+            rate_limit: record.rate_limit,
         }
     }
 }

@@ -16,6 +16,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::clock::millis;
 use crate::entry::Entry;
 use crate::error::Error;
 use crate::file::{self, FaultPlan, WriteError};
@@ -246,13 +247,12 @@ impl Persister {
         retention: Option<Duration>,
     ) -> Persister {
         let now = shared.clock.now_ms();
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Persister {
             shared,
             rx,
             sink,
-            interval_ms: ms(interval).max(1),
-            retention_ms: retention.map(ms),
+            interval_ms: millis(interval).max(1),
+            retention_ms: retention.map(millis),
             last_purge_ms: now,
             last_attempt_ms: now,
             dirty: false,
@@ -327,8 +327,7 @@ impl Persister {
         let overflowed =
             overflowed && !crate::sync::bug::planted(crate::sync::bug::Bug::IgnoreOverflow);
         self.dirty |= batch.dirty || overflowed;
-        let due = now >= self.last_attempt_ms.saturating_add(self.interval_ms)
-            || now < self.last_attempt_ms;
+        let due = self.interval_passed(self.last_attempt_ms, now);
 
         // Planted bug (loom twin only): revokes and deletes answered before memory changes.
         #[cfg(loom)]
@@ -383,6 +382,12 @@ impl Persister {
         batch.shutdown.is_some()
     }
 
+    /// Whether a flush interval has passed since `since` at `now`; a clock that went back
+    /// (`now` before `since`) counts as passed, so a step back never postpones a timer.
+    fn interval_passed(&self, since: u64, now: u64) -> bool {
+        now >= since.saturating_add(self.interval_ms) || now < since
+    }
+
     /// The apply phase. Revokes, rate limits, deletes and purges take effect in memory at
     /// once (the safe side: a revoked or deleted token is refused from now on, even if the
     /// write fails, and the next tick retries it). New tokens and rotations wait in
@@ -405,8 +410,7 @@ impl Persister {
             applied.changed_memory |= purged > 0;
             applied.replies.push((reply, purged));
         }
-        let purge_due =
-            now >= self.last_purge_ms.saturating_add(self.interval_ms) || now < self.last_purge_ms;
+        let purge_due = self.interval_passed(self.last_purge_ms, now);
         if let (true, Some(retention)) = (purge_due, self.retention_ms) {
             self.last_purge_ms = now;
             let purged = self.purge(now.saturating_sub(retention));

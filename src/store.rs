@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{millis, Clock, SystemClock};
 use crate::entry::{self, Entry, Touch};
 use crate::error::{Error, Rejection};
 use crate::file::{self, FaultPlan};
@@ -903,11 +903,6 @@ pub(crate) fn refuse_rotation(old: &Entry, now_ms: u64) -> Result<(), Error> {
         "token {} is {why}, so it is not rotated (a replacement would restore the access that ended); issue a new token instead",
         old.id
     )))
-}
-
-/// A duration in whole milliseconds, saturating.
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn from_ms(ms: u64) -> Option<DateTime<Utc>> {
