@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{faulty_store, manual_store, scratch, INTERVAL};
+use common::{faulty_store, manual_builder, manual_store, scratch, INTERVAL};
 use tokencache::__fault::FaultStep;
 use tokencache::{Clock, Error, ManualClock, NewToken, RateLimit, Rejection, TokenStore};
 
@@ -110,13 +110,8 @@ fn purge_deletes_exactly_the_tokens_revoked_or_expired_long_enough_ago() {
 #[test]
 fn retention_makes_the_persister_purge_on_its_timed_tick() {
     let s = scratch();
-    let clock = ManualClock::default();
-    let store = TokenStore::builder(&s.path)
-        .clock(clock.clone())
-        .flush_interval(INTERVAL)
-        .retention(HOUR)
-        .open()
-        .unwrap();
+    let (builder, clock) = manual_builder(&s.path);
+    let store = builder.retention(HOUR).open().unwrap();
     let kept = store.issue(NewToken::new("kept")).unwrap();
     let revoked = store.issue(NewToken::new("revoked")).unwrap();
     store.revoke(&revoked.id()).unwrap();
@@ -139,13 +134,8 @@ fn retention_makes_the_persister_purge_on_its_timed_tick() {
 #[test]
 fn retention_purges_even_while_other_changes_keep_writing() {
     let s = scratch();
-    let clock = ManualClock::default();
-    let store = TokenStore::builder(&s.path)
-        .clock(clock.clone())
-        .flush_interval(INTERVAL)
-        .retention(Duration::ZERO)
-        .open()
-        .unwrap();
+    let (builder, clock) = manual_builder(&s.path);
+    let store = builder.retention(Duration::ZERO).open().unwrap();
     let revoked = store.issue(NewToken::new("revoked")).unwrap();
     store.revoke(&revoked.id()).unwrap();
     // An issue every 10 s: each writes a snapshot, so a write is never an interval old.

@@ -25,7 +25,7 @@ pub fn scratch() -> Scratch {
 pub const INTERVAL: Duration = Duration::from_secs(60);
 
 /// A builder for a store on a manual clock with the default 60 s interval.
-fn manual_builder(path: &std::path::Path) -> (Builder, ManualClock) {
+pub fn manual_builder(path: &std::path::Path) -> (Builder, ManualClock) {
     let clock = ManualClock::default();
     let builder = TokenStore::builder(path)
         .clock(clock.clone())
