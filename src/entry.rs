@@ -246,6 +246,15 @@ impl Entry {
         self.persisted_last_used.store(last_used, Ordering::Relaxed);
     }
 
+    /// Journal replay while opening (the entry is not shared yet): the token was used at
+    /// `at`, which is on disk; an earlier time than the entry has changes nothing.
+    pub(crate) fn replay_used(&self, at: u64) {
+        let at = at.min(LATEST);
+        // Relaxed: the entry is not shared yet; the persister thread's start orders these.
+        self.hot.used.fetch_max(at << 1, Ordering::Relaxed);
+        self.persisted_last_used.fetch_max(at, Ordering::Relaxed);
+    }
+
     /// After a failed write: the entry stays dirty until a snapshot succeeds.
     pub(crate) fn mark_dirty(&self) {
         // Release: like `touch`'s, but no send: the persister already knows.
@@ -341,13 +350,11 @@ impl Entry {
     /// The entry as a snapshot record borrowing its text, with `last_used` as read by
     /// `take_for_snapshot`.
     pub(crate) fn record(&self, last_used: u64) -> RecordRef<'_> {
-        let mut parts = self.text.split(SEPARATOR);
-        let name = parts.next().unwrap_or_default();
         RecordRef {
             id: self.id.to_bytes(),
-            name,
+            name: name_of(&self.text),
             digest: self.hot.digest,
-            scopes: Scopes(parts),
+            scopes: Scopes(&self.text),
             created_at: self.created_at,
             expires_at: self.expires_at(),
             revoked_at: self.revoked_at(),
@@ -364,7 +371,7 @@ impl Entry {
             id: record.id,
             name: record.name.to_string(),
             digest: record.digest,
-            scopes: record.scopes.0.map(str::to_string).collect(),
+            scopes: scopes_of(record.scopes.0).map(str::to_string).collect(),
             created_at: record.created_at,
             expires_at: record.expires_at,
             revoked_at: record.revoked_at,
@@ -435,47 +442,53 @@ impl RateLimitCell {
     }
 }
 
-/// The entries a store file's records describe, each record checked as `open` and
-/// `inspect` check it: a valid id, no id twice, a name and scopes without the separator,
-/// a rate limit this build can enforce.
+/// The entries a store file's records describe, each record checked by [`load_one`], and
+/// no id twice.
 pub(crate) fn load(records: Vec<Record>) -> Result<Vec<Entry>, Problem> {
     let mut seen = HashSet::with_capacity(records.len());
     let mut entries = Vec::with_capacity(records.len());
-    for mut record in records {
-        let id = TokenId::from_bytes(record.id)
-            .ok_or_else(|| Problem::BadId(String::from_utf8_lossy(&record.id).into()))?;
-        if !seen.insert(id) {
-            return Err(Problem::DuplicateId(id.to_string()));
+    for record in records {
+        let entry = load_one(record)?;
+        if !seen.insert(entry.id) {
+            return Err(Problem::DuplicateId(entry.id.to_string()));
         }
-        let times = [record.expires_at, record.last_used];
-        if times.into_iter().flatten().any(|t| t > LATEST) {
-            return Err(Problem::BadTime(id.to_string()));
-        }
-        let texts = std::iter::once(&record.name).chain(&record.scopes);
-        if texts.into_iter().any(|t| t.contains(SEPARATOR)) {
-            return Err(Problem::BadText(id.to_string()));
-        }
-        let rate_limit = match &record.rate_limit {
-            None => None,
-            Some(stored) => Some(
-                RateLimit::from_record(stored)
-                    .ok_or_else(|| Problem::BadRateLimit(id.to_string()))?,
-            ),
-        };
-        // The decoded name's allocation becomes the text: no copy of it.
-        let mut text = std::mem::take(&mut record.name);
-        for scope in &record.scopes {
-            text.push(SEPARATOR);
-            text.push_str(scope);
-        }
-        entries.push(Entry::from_record(
-            &record,
-            id,
-            text.into_boxed_str(),
-            rate_limit,
-        ));
+        entries.push(entry);
     }
     Ok(entries)
+}
+
+/// The entry one record describes, checked as `open`, `inspect` and journal replay check
+/// it: a valid id, times a token can hold, a name and scopes without the separator, a rate
+/// limit this build can enforce.
+pub(crate) fn load_one(mut record: Record) -> Result<Entry, Problem> {
+    let id = TokenId::from_bytes(record.id)
+        .ok_or_else(|| Problem::BadId(String::from_utf8_lossy(&record.id).into()))?;
+    let times = [record.expires_at, record.last_used];
+    if times.into_iter().flatten().any(|t| t > LATEST) {
+        return Err(Problem::BadTime(id.to_string()));
+    }
+    let texts = std::iter::once(&record.name).chain(&record.scopes);
+    if texts.into_iter().any(|t| t.contains(SEPARATOR)) {
+        return Err(Problem::BadText(id.to_string()));
+    }
+    let rate_limit = match &record.rate_limit {
+        None => None,
+        Some(stored) => Some(
+            RateLimit::from_record(stored).ok_or_else(|| Problem::BadRateLimit(id.to_string()))?,
+        ),
+    };
+    // The decoded name's allocation becomes the text: no copy of it.
+    let mut text = std::mem::take(&mut record.name);
+    for scope in &record.scopes {
+        text.push(SEPARATOR);
+        text.push_str(scope);
+    }
+    Ok(Entry::from_record(
+        &record,
+        id,
+        text.into_boxed_str(),
+        rate_limit,
+    ))
 }
 
 fn nonzero(ms: u64) -> Option<u64> {
@@ -518,10 +531,12 @@ mod tests {
         let records: Vec<RecordRef<'_>> = entries.iter().map(|e| e.record(42)).collect();
         let image = encode(&BodyRef {
             written_at: 3,
+            seq: 5,
             records: &records,
         });
         let owned = Body {
             written_at: 3,
+            seq: 5,
             records: entries.iter().map(|e| e.to_record(42)).collect(),
         };
         assert_eq!(image, encode(&owned));

@@ -273,6 +273,7 @@ pub(crate) fn write_atomic(
     path: &Path,
     image: &[u8],
     faults: Option<&FaultPlan>,
+    steps: &Steps,
 ) -> Result<(), WriteError> {
     let inject = |step| faults.map_or(Ok(()), |plan| plan.check(step));
     let dir = parent_dir(path);
@@ -291,13 +292,13 @@ pub(crate) fn write_atomic(
         temp.as_file()
             .set_permissions(fs::Permissions::from_mode(mode))?;
     }
-    inject(FaultStep::Write)?;
+    inject(steps.write)?;
     temp.write_all(image)?;
-    inject(FaultStep::Fsync)?;
+    inject(steps.fsync)?;
     temp.as_file().sync_all()?;
-    inject(FaultStep::Rename)?;
+    inject(steps.rename)?;
     temp.persist(path).map_err(|e| e.error)?;
-    let synced = inject(FaultStep::SyncDir).and_then(|()| sync_dir(dir));
+    let synced = inject(steps.sync_dir).and_then(|()| sync_dir(dir));
     match synced {
         Err(e) if e.raw_os_error() != Some(libc::EINVAL) => Err(WriteError {
             error: e,
@@ -305,6 +306,144 @@ pub(crate) fn write_atomic(
         }),
         _ => Ok(()),
     }
+}
+
+/// The fault-seam names of the four steps of one kind of [`write_atomic`].
+pub(crate) struct Steps {
+    write: FaultStep,
+    fsync: FaultStep,
+    rename: FaultStep,
+    sync_dir: FaultStep,
+}
+
+/// The steps of writing a snapshot (the first half of a compaction).
+pub(crate) const SNAPSHOT_STEPS: Steps = Steps {
+    write: FaultStep::Write,
+    fsync: FaultStep::Fsync,
+    rename: FaultStep::Rename,
+    sync_dir: FaultStep::SyncDir,
+};
+
+/// The steps of replacing the journal with an empty one (the second half).
+pub(crate) const RESET_STEPS: Steps = Steps {
+    write: FaultStep::ResetWrite,
+    fsync: FaultStep::ResetFsync,
+    rename: FaultStep::ResetRename,
+    sync_dir: FaultStep::ResetSyncDir,
+};
+
+/// The journal file beside store `path`.
+pub(crate) fn journal_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".journal");
+    PathBuf::from(name)
+}
+
+/// Reads the journal at `path` (beside a [`resolve`]d store path) whole, with the store
+/// file's rules: a regular file, not a symlink, not writable by group or others.
+/// `Ok(None)` if there is none.
+pub(crate) fn read_journal(path: &Path) -> Result<Option<Vec<u8>>, Error> {
+    let Some((mut file, meta)) = open_regular(path, "read the journal")? else {
+        return Ok(None);
+    };
+    check_mode(path, &meta)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes)
+        .map_err(|e| Error::io("read the journal", path, e))?;
+    Ok(Some(bytes))
+}
+
+/// The journal, open for appending records.
+#[derive(Debug)]
+pub(crate) struct Appender {
+    file: File,
+    len: u64,
+}
+
+impl Appender {
+    /// Opens the journal at `path` for appending after its first `len` bytes (the valid
+    /// part: whatever follows was set aside by [`cut_torn_tail`]).
+    pub(crate) fn open(path: &Path, len: u64) -> io::Result<Appender> {
+        let mut options = OpenOptions::new();
+        options.write(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+        let mut file = options.open(path)?;
+        io::Seek::seek(&mut file, io::SeekFrom::Start(len))?;
+        Ok(Appender { file, len })
+    }
+
+    /// Replaces the journal at `path` with an empty one whose first record will be
+    /// `base + 1`, atomically (as [`write_atomic`]), and opens it for appending.
+    pub(crate) fn reset(
+        path: &Path,
+        base: u64,
+        faults: Option<&FaultPlan>,
+    ) -> Result<Appender, WriteError> {
+        let header = crate::journal::header(base);
+        write_atomic(path, &header, faults, &RESET_STEPS)?;
+        Ok(Appender::open(path, header.len() as u64)?)
+    }
+
+    /// Appends `record` and makes it durable (`fdatasync`). After an error the file's
+    /// state is unknown (a failed fsync may have dropped pages the kernel no longer
+    /// reports): do not append to it again.
+    pub(crate) fn append(&mut self, record: &[u8], faults: Option<&FaultPlan>) -> io::Result<()> {
+        let inject = |step| faults.map_or(Ok(()), |plan| plan.check(step));
+        inject(FaultStep::Append)?;
+        self.file.write_all(record)?;
+        self.len += record.len() as u64;
+        inject(FaultStep::AppendSync)?;
+        self.file.sync_data()
+    }
+
+    /// The journal's length in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+/// Sets aside the torn tail of the journal at `path` (its bytes from `valid_len` on) in a
+/// new file named for it, `<journal>.torn-<valid_len>` (`.1`, `.2`... if that exists),
+/// then cuts the journal to `valid_len`. Both are synced before this returns. Returns the
+/// file the bytes went to.
+pub(crate) fn cut_torn_tail(path: &Path, bytes: &[u8], valid_len: u64) -> Result<PathBuf, Error> {
+    let tail = &bytes[usize::try_from(valid_len).unwrap_or(bytes.len())..];
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".torn-{valid_len}"));
+    let first = PathBuf::from(name);
+    let mut aside = first.clone();
+    let mut options = OpenOptions::new();
+    options.create_new(true).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut n = 0;
+    let mut file = loop {
+        match options.open(&aside) {
+            Ok(file) => break file,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 1000 => {
+                n += 1;
+                let mut name = first.as_os_str().to_owned();
+                name.push(format!(".{n}"));
+                aside = PathBuf::from(name);
+            }
+            Err(e) => return Err(Error::io("set aside the torn journal tail in", &aside, e)),
+        }
+    };
+    let what = "set aside the torn journal tail in";
+    file.write_all(tail)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io(what, &aside, e))?;
+    let journal = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("cut the torn tail off", path, e))?;
+    journal
+        .set_len(valid_len)
+        .and_then(|()| journal.sync_all())
+        .and_then(|()| sync_dir(parent_dir(path)))
+        .map_err(|e| Error::io("cut the torn tail off", path, e))?;
+    Ok(aside)
 }
 
 /// Makes a rename in `dir` durable.
@@ -336,7 +475,7 @@ fn is_own_temp_name(path: &Path, name: &str) -> bool {
 }
 
 /// Whether the file at `path` holds what a cut-short write of ours holds: a regular file
-/// (not a link) whose bytes start as a store file does (empty included).
+/// (not a link) whose bytes start as a store file or a journal does (empty included).
 fn looks_like_own_temp(path: &Path) -> bool {
     let Ok(Some((file, _))) = open_regular(path, "read a temp file") else {
         return false;
@@ -349,13 +488,18 @@ fn looks_like_own_temp(path: &Path) -> bool {
     {
         return false;
     }
-    MAGIC.starts_with(&start)
+    MAGIC.starts_with(&start) || crate::journal::MAGIC.starts_with(&start)
 }
 
-/// Removes temp files a crashed writer of this store left beside `path`. Call it with the
-/// store locked (so no live writer owns them) and only after the store file was read and
-/// checked (so a store `open` refuses loses nothing). Returns how many were removed.
+/// Removes temp files a crashed writer of this store left beside `path` (the store file's
+/// and the journal's). Call it with the store locked (so no live writer owns them) and
+/// only after the store and journal were read and checked (so a store `open` refuses loses
+/// nothing). Returns how many were removed.
 pub(crate) fn remove_stale_temps(path: &Path) -> usize {
+    remove_stale_temps_of(path) + remove_stale_temps_of(&journal_path(path))
+}
+
+fn remove_stale_temps_of(path: &Path) -> usize {
     let Ok(entries) = fs::read_dir(parent_dir(path)) else {
         return 0;
     };
@@ -376,18 +520,46 @@ pub(crate) fn remove_stale_temps(path: &Path) -> usize {
     removed
 }
 
-/// A step of the atomic file replace where a [`FaultPlan`] can make the write fail.
+/// A step of a file write where a [`FaultPlan`] can make the write fail, or the process
+/// crash.
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultStep {
-    /// Writing the snapshot bytes to the temp file.
+    /// Writing a journal record.
+    Append,
+    /// `fdatasync` of the journal after a record was written.
+    AppendSync,
+    /// Compaction: writing the snapshot bytes to the temp file.
     Write,
-    /// `fsync` of the temp file.
+    /// Compaction: `fsync` of the snapshot's temp file.
     Fsync,
-    /// Renaming the temp file over the store file.
+    /// Compaction: renaming the temp file over the store file.
     Rename,
-    /// `fsync` of the directory, after the rename: the new file is already the store file.
+    /// Compaction: `fsync` of the directory, after the rename: the new file is already the
+    /// store file.
     SyncDir,
+    /// Compaction, once the snapshot is durable: writing the fresh journal's temp file.
+    ResetWrite,
+    /// `fsync` of the fresh journal's temp file.
+    ResetFsync,
+    /// Renaming the fresh journal over the old one.
+    ResetRename,
+    /// `fsync` of the directory after that rename.
+    ResetSyncDir,
+}
+
+impl FaultStep {
+    /// The steps of a compaction, in order.
+    pub const COMPACTION: [FaultStep; 8] = [
+        FaultStep::Write,
+        FaultStep::Fsync,
+        FaultStep::Rename,
+        FaultStep::SyncDir,
+        FaultStep::ResetWrite,
+        FaultStep::ResetFsync,
+        FaultStep::ResetRename,
+        FaultStep::ResetSyncDir,
+    ];
 }
 
 /// Tests only: makes the store's file writes fail at one step with an OS error, to produce
@@ -404,19 +576,32 @@ pub struct FaultPlan {
 
 #[derive(Debug, Default)]
 struct FaultState {
-    fault: Option<(FaultStep, i32)>,
+    faults: Vec<(FaultStep, i32)>,
+    crash: Option<FaultStep>,
     injected: u64,
 }
 
 impl FaultPlan {
-    /// From now on, fail every write at `step` with OS error `errno` (e.g. 28, `ENOSPC`).
+    /// From now on, fail every write at `step` with OS error `errno` (e.g. 28, `ENOSPC`),
+    /// as well as at the steps failed before (a full disk fails appends and snapshots).
     pub fn fail(&self, step: FaultStep, errno: i32) {
-        self.state().fault = Some((step, errno));
+        let mut state = self.state();
+        state.faults.retain(|(at, _)| *at != step);
+        state.faults.push((step, errno));
+    }
+
+    /// From now on, end the process (`abort`, as abrupt as SIGKILL: no destructor, no
+    /// flush) when a write reaches `step`, before the step runs: a crash at an exact point
+    /// that a timed kill would hit only by chance.
+    pub fn crash(&self, step: FaultStep) {
+        self.state().crash = Some(step);
     }
 
     /// From now on, let writes through.
     pub fn clear(&self) {
-        self.state().fault = None;
+        let mut state = self.state();
+        state.faults.clear();
+        state.crash = None;
     }
 
     /// How many faults were injected so far (each one is a failed write attempt).
@@ -431,12 +616,15 @@ impl FaultPlan {
 
     fn check(&self, step: FaultStep) -> io::Result<()> {
         let mut state = self.state();
-        match state.fault {
-            Some((at, errno)) if at == step => {
+        if state.crash == Some(step) {
+            std::process::abort();
+        }
+        match state.faults.iter().find(|(at, _)| *at == step) {
+            Some(&(_, errno)) => {
                 state.injected += 1;
                 Err(io::Error::from_raw_os_error(errno))
             }
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 }

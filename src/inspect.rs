@@ -1,14 +1,14 @@
-//! Reading a store file as `open` reads it, without opening the store: no lock, no
+//! Reading a store's files as `open` reads them, without opening the store: no lock, no
 //! persister, nothing written, so it is safe beside a live service.
 
 use std::path::Path;
 
-use crate::entry;
 use crate::error::Error;
 use crate::file;
-use crate::snapshot::{self, DecodeError, HEADER_LEN};
+use crate::recover;
+use crate::snapshot::{self, HEADER_LEN};
 
-/// What [`inspect`] reads from a store file.
+/// What [`inspect`] reads from a store's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SnapshotInfo {
@@ -22,15 +22,25 @@ pub struct SnapshotInfo {
     pub body_crc: u32,
     /// When the snapshot was written, Unix ms.
     pub written_at_ms: u64,
-    /// Tokens in the file, revoked ones included.
+    /// The last journal record the snapshot covers.
+    pub snapshot_seq: u64,
+    /// The journal's size in bytes (0: there is none).
+    pub journal_len: u64,
+    /// Journal records after the snapshot, replayed onto it.
+    pub journal_records: usize,
+    /// Whether the journal ends in a torn record (a write a crash cut short, never
+    /// acknowledged; `open` sets it aside).
+    pub journal_torn: bool,
+    /// Tokens in the store (the snapshot with the journal replayed), revoked ones included.
     pub tokens: usize,
-    /// Revoked tokens in the file.
+    /// Revoked tokens in the store.
     pub revoked: usize,
 }
 
-/// Checks the store file at `path` with every check [`TokenStore::open`] runs (path,
-/// file type, permissions, header, checksums, body, and each record's id and rate limit)
-/// and reports what it holds, without taking the store's lock.
+/// Checks the store at `path` with every check [`TokenStore::open`] runs (path, file type,
+/// permissions, headers, checksums, the snapshot's records, the journal's records and their
+/// sequence) and reports what it holds, without taking the store's lock: safe beside a
+/// service that has the store open.
 ///
 /// [`TokenStore::open`]: crate::TokenStore::open
 pub fn inspect(path: impl AsRef<Path>) -> Result<SnapshotInfo, Error> {
@@ -40,15 +50,23 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<SnapshotInfo, Error> {
         reason: "it does not exist; check the path",
     })?;
     let body = snapshot::decode(&bytes).map_err(|e| e.at(&path))?;
-    let written_at_ms = body.written_at;
-    let entries = entry::load(body.records).map_err(|p| DecodeError::from(p).at(&path))?;
+    let recovered = recover::read(&path)?;
+    let (tokens, revoked) = recovered.map.with_all(|entries| {
+        let revoked = entries.iter().filter(|e| e.revoked_at().is_some()).count();
+        (entries.len(), revoked)
+    });
+    let journal = recovered.journal.as_ref();
     Ok(SnapshotInfo {
         version: snapshot::version_of(&bytes).unwrap_or_default(),
         file_len: bytes.len() as u64,
         body_len: (bytes.len() - HEADER_LEN) as u64,
         body_crc: crc32fast::hash(&bytes[HEADER_LEN..]),
-        written_at_ms,
-        tokens: entries.len(),
-        revoked: entries.iter().filter(|e| e.revoked_at().is_some()).count(),
+        written_at_ms: body.written_at,
+        snapshot_seq: body.seq,
+        journal_len: journal.map_or(0, |j| j.file_len),
+        journal_records: recovered.replayed,
+        journal_torn: journal.is_some_and(|j| j.torn.is_some()),
+        tokens,
+        revoked,
     })
 }

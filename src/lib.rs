@@ -42,11 +42,13 @@ mod error;
 mod file;
 mod inbox;
 mod inspect;
+mod journal;
 #[cfg(feature = "tower")]
 mod layer;
 mod map;
 mod persist;
 mod rate_limit;
+mod recover;
 mod snapshot;
 mod stats;
 mod store;

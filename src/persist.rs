@@ -1,17 +1,25 @@
-//! The persister: the one thread that writes snapshots and changes the token map.
+//! The persister: the one thread that writes the journal and snapshots and changes the
+//! token map.
 //!
 //! It takes messages from its [`Inbox`](crate::inbox::Inbox): dirty token ids from
-//! validations (write-behind: a snapshot at most once per `flush_interval`, none while
-//! nothing changed), and commands with a reply channel: issue, revoke, delete, purge,
-//! rotate, rate limits (group commit: every change waiting in the channel shares one write,
-//! and each caller is answered only once it is on disk), `flush` (a barrier), timer ticks
-//! and shutdown. All snapshot writes go through a [`Sink`].
+//! validations (write-behind: one journal record per `flush_interval` holding the tokens
+//! used since the last one, none while idle), and commands with a reply channel: issue,
+//! revoke, delete, purge, rotate, rate limits (group commit: every change waiting in the
+//! channel shares one journal record and one fsync, and each caller is answered only once
+//! it is on disk), `flush` (a barrier), timer ticks and shutdown. All writes go through a
+//! [`Sink`].
 //!
 //! Each batch goes through four phases: apply (changes that are safe to make in memory
-//! first: revoke, rate limit, delete, purge), decide (whether and why to write), write (a
-//! snapshot of memory plus the new tokens, which join memory only once written), reply.
+//! first: revoke, rate limit, delete, purge), decide (append a record, compact, or
+//! nothing), write (the new tokens join memory only once written), reply.
+//!
+//! Compaction writes a full snapshot covering every record so far, then starts an empty
+//! journal. It runs when the journal has outgrown both the snapshot and a floor (checked
+//! once per interval), on close, and instead of an append when the journal cannot be
+//! trusted (an append or its fsync failed).
 
 use std::collections::{HashMap, HashSet};
+use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,8 +27,9 @@ use std::time::Duration;
 use crate::clock::millis;
 use crate::entry::Entry;
 use crate::error::Error;
-use crate::file::{self, FaultPlan, WriteError};
+use crate::file::{self, Appender, FaultPlan, WriteError};
 use crate::inbox::{Message, Reply};
+use crate::journal::{self, ChangeRef};
 use crate::rate_limit::RateLimit;
 use crate::snapshot::{self, BodyRef, RecordRef};
 use crate::store::Shared;
@@ -28,27 +37,108 @@ use crate::sync::channel::{Receiver, RecvTimeoutError, Sender};
 use crate::sync::{Arc, Ordering};
 use crate::token::TokenId;
 
-/// Where snapshots go. The store file in production; a recorder in model checks; the
-/// file-writing code is the only place a test may inject a fault.
+/// Where the store's bytes go. The store's files in production; a recorder in model
+/// checks; the file-writing code is the only place a test may inject a fault.
 pub(crate) trait Sink: Send + 'static {
-    /// Writes `body` durably and returns the bytes written.
-    fn write(&mut self, body: &BodyRef<'_, '_>) -> Result<u64, WriteError>;
+    /// Appends journal record `seq` holding `changes`, durably; returns the bytes written.
+    /// After an error the journal is not trusted (see [`journal_ok`](Self::journal_ok)).
+    fn append(&mut self, seq: u64, changes: &[ChangeRef<'_>]) -> io::Result<u64>;
+    /// Replaces the store file with `body` (durably), then the journal with an empty one
+    /// whose first record will be `body.seq + 1`.
+    fn compact(&mut self, body: &BodyRef<'_, '_>) -> Result<Compacted, WriteError>;
+    /// Whether the journal can take the next record: false after a failed append, until a
+    /// compaction starts a fresh one.
+    fn journal_ok(&self) -> bool;
+    /// The journal's size in bytes.
+    fn journal_len(&self) -> u64;
     /// The path to name in errors.
     fn path(&self) -> PathBuf;
 }
 
-/// The production sink: atomic replace of the store file.
+/// What a compaction wrote.
+pub(crate) struct Compacted {
+    /// The snapshot's size: it is durable.
+    pub(crate) snapshot_bytes: u64,
+    /// The fresh journal's size, or why it could not be started (the snapshot holds every
+    /// change regardless; the next write compacts again).
+    pub(crate) journal: io::Result<u64>,
+}
+
+/// The production sink: the store file (replaced atomically) and its journal (appended).
 pub(crate) struct FileSink {
-    pub(crate) path: PathBuf,
+    path: PathBuf,
+    journal_path: PathBuf,
+    /// `None` while the journal is not trusted.
+    journal: Option<Appender>,
     /// The test seam for write faults; always `None` unless a test set one.
-    pub(crate) faults: Option<FaultPlan>,
+    faults: Option<FaultPlan>,
+    /// Reused for each record's bytes.
+    buffer: Vec<u8>,
+}
+
+impl FileSink {
+    /// A sink for store `path`; `journal` is its journal open for appending, if trusted.
+    pub(crate) fn new(path: PathBuf, journal: Option<Appender>, faults: Option<FaultPlan>) -> Self {
+        FileSink {
+            journal_path: file::journal_path(&path),
+            path,
+            journal,
+            faults,
+            buffer: Vec::new(),
+        }
+    }
 }
 
 impl Sink for FileSink {
-    fn write(&mut self, body: &BodyRef<'_, '_>) -> Result<u64, WriteError> {
+    fn append(&mut self, seq: u64, changes: &[ChangeRef<'_>]) -> io::Result<u64> {
+        let Some(journal) = self.journal.as_mut() else {
+            return Err(io::Error::other("the journal is not open"));
+        };
+        self.buffer.clear();
+        journal::encode_record(seq, changes, &mut self.buffer)?;
+        if let Err(e) = journal.append(&self.buffer, self.faults.as_ref()) {
+            // Never trusted again: a retried fsync can report success for lost pages.
+            self.journal = None;
+            return Err(e);
+        }
+        let written = self.buffer.len() as u64;
+        // A rare huge record (issue_many) should not pin its memory.
+        if self.buffer.capacity() > 1 << 20 {
+            self.buffer = Vec::new();
+        }
+        Ok(written)
+    }
+
+    fn compact(&mut self, body: &BodyRef<'_, '_>) -> Result<Compacted, WriteError> {
         let image = snapshot::encode(body);
-        file::write_atomic(&self.path, &image, self.faults.as_ref())?;
-        Ok(image.len() as u64)
+        file::write_atomic(
+            &self.path,
+            &image,
+            self.faults.as_ref(),
+            &file::SNAPSHOT_STEPS,
+        )?;
+        let snapshot_bytes = image.len() as u64;
+        drop(image);
+        self.journal = None;
+        let journal = Appender::reset(&self.journal_path, body.seq, self.faults.as_ref())
+            .map(|appender| {
+                let len = appender.len();
+                self.journal = Some(appender);
+                len
+            })
+            .map_err(|e| e.error);
+        Ok(Compacted {
+            snapshot_bytes,
+            journal,
+        })
+    }
+
+    fn journal_ok(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    fn journal_len(&self) -> u64 {
+        self.journal.as_ref().map_or(0, Appender::len)
     }
 
     fn path(&self) -> PathBuf {
@@ -56,15 +146,16 @@ impl Sink for FileSink {
     }
 }
 
-/// Model checks only: a [`Sink`] that keeps what each snapshot held instead of writing a
-/// file, so loom models do no I/O and can assert on every snapshot "written".
+/// Model checks only: a [`Sink`] that keeps what the files would hold after each write
+/// (the last snapshot with every journal record since applied) instead of writing them, so
+/// loom models do no I/O and can assert on what is "on disk" after every write.
 #[cfg(loom)]
 #[derive(Clone)]
 pub struct Recorder {
     written: Arc<crate::sync::Mutex<Vec<Recorded>>>,
 }
 
-/// Model checks only: one snapshot as the [`Recorder`] saw it.
+/// Model checks only: what the files held after one write, as the [`Recorder`] saw it.
 #[cfg(loom)]
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -103,7 +194,7 @@ impl Default for Recorder {
 
 #[cfg(loom)]
 impl Recorder {
-    /// Every snapshot written so far, oldest first.
+    /// What the files held after each write so far, oldest first.
     pub fn snapshots(&self) -> Vec<Recorded> {
         self.written
             .lock()
@@ -111,7 +202,7 @@ impl Recorder {
             .clone()
     }
 
-    /// The newest snapshot written so far.
+    /// What the files hold now.
     pub fn last(&self) -> Option<Recorded> {
         self.written
             .lock()
@@ -122,18 +213,73 @@ impl Recorder {
 }
 
 #[cfg(loom)]
+impl Recorder {
+    /// Records the state after a write: `change` applied to the newest state.
+    fn record(&self, change: impl FnOnce(&mut Vec<(TokenId, Option<u64>, Option<u64>)>)) {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tokens = written.last().map(|r| r.tokens.clone()).unwrap_or_default();
+        change(&mut tokens);
+        written.push(Recorded { tokens });
+    }
+}
+
+#[cfg(loom)]
 impl Sink for Recorder {
-    fn write(&mut self, body: &BodyRef<'_, '_>) -> Result<u64, WriteError> {
+    fn append(&mut self, _seq: u64, changes: &[ChangeRef<'_>]) -> io::Result<u64> {
+        let id_of = |id: [u8; 8]| TokenId::from_bytes(id).ok_or(io::ErrorKind::InvalidData);
+        let mut parsed = Vec::with_capacity(changes.len());
+        for change in changes {
+            parsed.push(match change {
+                ChangeRef::Issue(r) => (id_of(r.id)?, Some((r.last_used, r.revoked_at))),
+                ChangeRef::Revoke { id, at } => (id_of(*id)?, Some((None, Some(*at)))),
+                ChangeRef::Delete { id } => (id_of(*id)?, None),
+                ChangeRef::Used { id, at } => (id_of(*id)?, Some((Some(*at), None))),
+                ChangeRef::SetRateLimit { id, .. } | ChangeRef::Expire { id, .. } => {
+                    (id_of(*id)?, Some((None, None)))
+                }
+            });
+        }
+        self.record(|tokens| {
+            for (change, (id, what)) in changes.iter().zip(parsed) {
+                let at = tokens.iter().position(|t| t.0 == id);
+                match (change, at, what) {
+                    (ChangeRef::Issue(_), None, Some((used, revoked))) => {
+                        tokens.push((id, used, revoked))
+                    }
+                    (ChangeRef::Delete { .. }, Some(at), _) => {
+                        tokens.remove(at);
+                    }
+                    (_, Some(at), Some((used, revoked))) => {
+                        let token = &mut tokens[at];
+                        token.1 = token.1.max(used);
+                        token.2 = token.2.or(revoked);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Ok(0)
+    }
+
+    fn compact(&mut self, body: &BodyRef<'_, '_>) -> Result<Compacted, WriteError> {
         let tokens = body.records.iter().map(|r| {
-            let id = TokenId::from_bytes(r.id).ok_or(std::io::ErrorKind::InvalidData)?;
+            let id = TokenId::from_bytes(r.id).ok_or(io::ErrorKind::InvalidData)?;
             Ok((id, r.last_used, r.revoked_at))
         });
-        let tokens = tokens.collect::<std::io::Result<Vec<_>>>()?;
-        self.written
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Recorded { tokens });
-        Ok(0)
+        let tokens = tokens.collect::<io::Result<Vec<_>>>()?;
+        self.record(|state| *state = tokens);
+        Ok(Compacted {
+            snapshot_bytes: 0,
+            journal: Ok(0),
+        })
+    }
+
+    fn journal_ok(&self) -> bool {
+        true
+    }
+
+    fn journal_len(&self) -> u64 {
+        0
     }
 
     fn path(&self) -> PathBuf {
@@ -144,7 +290,7 @@ impl Sink for Recorder {
 /// Messages handled together: every reply waits for the one write they share.
 #[derive(Default)]
 struct Batch {
-    dirty: bool,
+    dirty: Vec<TokenId>,
     issues: Vec<(Vec<Entry>, Reply)>,
     revokes: Vec<(TokenId, Reply)>,
     rate_limits: Vec<(TokenId, Option<RateLimit>, Reply)>,
@@ -161,7 +307,7 @@ impl Batch {
         match message {
             Message::Dirty(id) => {
                 tracing::trace!(%id, "token dirty");
-                self.dirty = true;
+                self.dirty.push(id);
             }
             Message::Issue(entries, reply) => self.issues.push((entries, reply)),
             Message::Revoke(id, reply) => self.revokes.push((id, reply)),
@@ -184,8 +330,8 @@ impl Batch {
 /// What the apply phase leaves for the write and reply phases.
 #[derive(Default)]
 struct Applied {
-    /// A change was made in memory (revoke, limit, delete, purge): the file must follow.
-    changed_memory: bool,
+    /// Changes made in memory (revoke, limit, delete, purge), for the journal record.
+    changes: Vec<ChangeRef<'static>>,
     /// What joins memory only once it is on disk.
     pending: Pending,
     /// Callers waiting for the write, each with its count.
@@ -200,19 +346,16 @@ struct Pending {
     expiries: Vec<(TokenId, u64)>,
 }
 
-impl Pending {
-    fn is_empty(&self) -> bool {
-        self.issues.is_empty() && self.expiries.is_empty()
-    }
-}
-
-/// Why a snapshot is being considered.
+/// What the decide phase chose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Need {
-    /// A definition changed: write even if no `last_used` did.
-    Always,
-    /// Write if any `last_used` differs from the file.
-    IfChanged,
+enum Write {
+    /// Nothing to write.
+    Nothing,
+    /// One journal record: the batch's changes, and `last_used` of the tokens used since
+    /// the last write if `used` (scanning every token if `scan`).
+    Append { used: bool, scan: bool },
+    /// A snapshot of everything, then a fresh journal.
+    Compact,
 }
 
 /// The persister's state; [`Persister::run`] is the thread's body.
@@ -223,14 +366,24 @@ pub(crate) struct Persister {
     interval_ms: u64,
     /// Purge tokens revoked or expired this long ago once per interval (`None`: keep all).
     retention_ms: Option<u64>,
+    /// Compact once the journal is larger than both the snapshot and this.
+    compaction_floor: u64,
     /// Clock time of the last retention purge: the next is due `interval_ms` later, however
     /// often other changes are written meanwhile.
     last_purge_ms: u64,
-    /// Clock time of the last write attempt (successful or not): the next timed snapshot
-    /// is due `interval_ms` later.
+    /// Clock time of the last look at the journal's size.
+    last_size_check_ms: u64,
+    /// Clock time of the last timed write attempt (successful or not): the next is due
+    /// `interval_ms` later.
     last_attempt_ms: u64,
-    /// Some validation dirtied a token since the last successful snapshot.
-    dirty: bool,
+    /// The size of the newest snapshot.
+    snapshot_len: u64,
+    /// The newest sequence number given to a record (or covered by the snapshot).
+    seq: u64,
+    /// Tokens validations dirtied (by their `Dirty` messages) since their last write.
+    used: HashSet<TokenId>,
+    /// A dirty id was dropped (channel full) or a write failed: look at every token.
+    scan_all: bool,
     /// A change made in memory is not yet on disk (its write failed).
     definitions_pending: bool,
 }
@@ -238,24 +391,37 @@ pub(crate) struct Persister {
 /// How many messages one batch takes at most, so a flood cannot starve the writes.
 const MAX_BATCH: usize = 65_536;
 
+/// Where the persister starts.
+pub(crate) struct Start {
+    pub(crate) interval: Duration,
+    pub(crate) retention: Option<Duration>,
+    pub(crate) compaction_floor: u64,
+    pub(crate) snapshot_len: u64,
+    pub(crate) seq: u64,
+}
+
 impl Persister {
     pub(crate) fn new(
         shared: Arc<Shared>,
         rx: Receiver<Message>,
         sink: Box<dyn Sink>,
-        interval: Duration,
-        retention: Option<Duration>,
+        start: Start,
     ) -> Persister {
         let now = shared.clock.now_ms();
         Persister {
             shared,
             rx,
             sink,
-            interval_ms: millis(interval).max(1),
-            retention_ms: retention.map(millis),
+            interval_ms: millis(start.interval).max(1),
+            retention_ms: start.retention.map(millis),
+            compaction_floor: start.compaction_floor,
             last_purge_ms: now,
+            last_size_check_ms: now,
             last_attempt_ms: now,
-            dirty: false,
+            snapshot_len: start.snapshot_len,
+            seq: start.seq,
+            used: HashSet::new(),
+            scan_all: false,
             definitions_pending: false,
         }
     }
@@ -297,10 +463,16 @@ impl Persister {
         }
     }
 
-    /// How long to sleep: until the next snapshot is due if something is waiting for one.
+    /// Whether a `last_used` or a change waits for the next timed write.
+    fn waiting(&self) -> bool {
+        !self.used.is_empty() || self.scan_all || self.definitions_pending
+    }
+
+    /// How long to sleep: until the next timed write is due if something waits for one,
+    /// else one interval (the journal's size and retention are checked once per interval).
     fn wait(&self) -> Duration {
         let interval = Duration::from_millis(self.interval_ms);
-        if !self.dirty && !self.definitions_pending {
+        if !self.waiting() {
             return interval;
         }
         let due = self.last_attempt_ms.saturating_add(self.interval_ms);
@@ -319,29 +491,28 @@ impl Persister {
             }
         }
         let now = self.shared.clock.now_ms();
-        // Relaxed: the flag is a hint that ids were dropped; the snapshot scan reads every
-        // entry through its own Acquire protocol.
+        // Relaxed: the flag is a hint that ids were dropped; the scan reads every entry
+        // through its own Acquire protocol.
         let overflowed = self.shared.overflow.swap(false, Ordering::Relaxed);
         // Planted bug (loom twin only): an id refused by a full channel is forgotten.
         #[cfg(loom)]
         let overflowed =
             overflowed && !crate::sync::bug::planted(crate::sync::bug::Bug::IgnoreOverflow);
-        self.dirty |= batch.dirty || overflowed;
-        let due = self.interval_passed(self.last_attempt_ms, now);
+        self.scan_all |= overflowed;
+        self.used.extend(batch.dirty.drain(..));
 
         // Planted bug (loom twin only): revokes and deletes answered before memory changes.
         #[cfg(loom)]
         if crate::sync::bug::planted(crate::sync::bug::Bug::ChangeAfterReply) {
             self.change_after_reply(&mut batch, now);
         }
-        let applied = self.apply(&mut batch, now);
-        let need = self.decide(&applied, &batch, due);
         let Applied {
-            changed_memory,
+            changes,
             pending,
             replies,
-        } = applied;
-        // Planted bug (loom twin only): answering callers before their snapshot is written.
+        } = self.apply(&mut batch, now);
+        let write = self.decide(&changes, &pending, &batch, now);
+        // Planted bug (loom twin only): answering callers before their write.
         #[cfg(loom)]
         let acked_early = crate::sync::bug::planted(crate::sync::bug::Bug::AckBeforeWrite);
         #[cfg(loom)]
@@ -351,9 +522,11 @@ impl Persister {
                 let _ = reply.send(Ok(0));
             }
         }
-        let result = match need {
-            Some(need) => self.snapshot(need, pending, now),
-            None => Ok(()),
+        let changed_memory = !changes.is_empty();
+        let result = match write {
+            Write::Nothing => Ok(()),
+            Write::Append { used, scan } => self.append(changes, pending, used, scan, now),
+            Write::Compact => self.compact(pending, now),
         };
         if changed_memory && result.is_err() {
             // Written by the next due tick (a failing disk is not hammered on every message).
@@ -396,28 +569,42 @@ impl Persister {
         let mut applied = Applied::default();
         let map = &self.shared.map;
         for (id, reply) in batch.revokes.drain(..) {
-            applied.answer(reply, id, map.with(&id, |e| e.revoke(now)).is_some());
+            let at = map.with(&id, |e| {
+                e.revoke(now);
+                e.revoked_at().unwrap_or(now)
+            });
+            applied.answer(
+                reply,
+                id,
+                at.map(|at| ChangeRef::Revoke {
+                    id: id.to_bytes(),
+                    at,
+                }),
+            );
         }
         for (id, limit, reply) in batch.rate_limits.drain(..) {
             let found = map.with(&id, |e| e.set_rate_limit(limit)).is_some();
-            applied.answer(reply, id, found);
+            let change = ChangeRef::SetRateLimit {
+                id: id.to_bytes(),
+                limit: limit.map(RateLimit::to_record),
+            };
+            applied.answer(reply, id, found.then_some(change));
         }
         for (id, reply) in batch.deletes.drain(..) {
-            applied.answer(reply, id, map.remove(&id));
+            let change = ChangeRef::Delete { id: id.to_bytes() };
+            applied.answer(reply, id, map.remove(&id).then_some(change));
         }
         for (cutoff, reply) in batch.purges.drain(..) {
-            let purged = self.purge(cutoff);
-            applied.changed_memory |= purged > 0;
+            let purged = self.purge(cutoff, &mut applied.changes);
             applied.replies.push((reply, purged));
         }
         let purge_due = self.interval_passed(self.last_purge_ms, now);
         if let (true, Some(retention)) = (purge_due, self.retention_ms) {
             self.last_purge_ms = now;
-            let purged = self.purge(now.saturating_sub(retention));
+            let purged = self.purge(now.saturating_sub(retention), &mut applied.changes);
             if purged > 0 {
                 tracing::info!(purged, "retention purged revoked and expired tokens");
             }
-            applied.changed_memory |= purged > 0;
         }
         let mut taken = HashSet::new();
         for (entries, reply) in batch.issues.drain(..) {
@@ -469,29 +656,59 @@ impl Persister {
         }
     }
 
-    /// The decide phase: whether to write, and whether a write may be skipped when no
-    /// `last_used` changed.
-    fn decide(&self, applied: &Applied, batch: &Batch, due: bool) -> Option<Need> {
+    /// The decide phase: append the batch's changes (with `last_used` if a timed write is
+    /// due or a flush or close asks), compact, or nothing.
+    fn decide(
+        &mut self,
+        changes: &[ChangeRef<'_>],
+        pending: &Pending,
+        batch: &Batch,
+        now: u64,
+    ) -> Write {
+        let definitions = !changes.is_empty() || !pending.issues.is_empty();
+        let due = self.interval_passed(self.last_attempt_ms, now);
+        let size_check_due = self.interval_passed(self.last_size_check_ms, now);
+        if size_check_due {
+            self.last_size_check_ms = now;
+        }
+        let outgrown = self.sink.journal_len() > self.snapshot_len.max(self.compaction_floor);
+        let has_records = self.sink.journal_len() > journal::HEADER_LEN as u64;
         let flush_asked = !batch.flushes.is_empty();
         // Planted bug (loom twin only): a flush that trusts `Dirty` messages over the scan.
         #[cfg(loom)]
-        let flush_asked = flush_asked
-            && (self.dirty
-                || !crate::sync::bug::planted(crate::sync::bug::Bug::FlushTrustsMessages));
-        if applied.changed_memory
-            || !applied.pending.is_empty()
-            || (self.definitions_pending && due)
+        let flush_scans =
+            flush_asked && !crate::sync::bug::planted(crate::sync::bug::Bug::FlushTrustsMessages);
+        #[cfg(not(loom))]
+        let flush_scans = flush_asked;
+        let closing = batch.shutdown.is_some();
+        let retry = self.definitions_pending && due;
+        let untrusted = !self.sink.journal_ok();
+        if (closing && (has_records || definitions || self.unsaved_anywhere()))
+            || (size_check_due && outgrown)
+            || retry
+            || (untrusted && (definitions || flush_asked || (due && self.waiting())))
         {
-            Some(Need::Always)
-        } else if flush_asked || batch.shutdown.is_some() || (self.dirty && due) {
-            Some(Need::IfChanged)
+            return Write::Compact;
+        }
+        let used = (due && self.waiting()) || flush_asked || closing;
+        let scan = self.scan_all || flush_scans;
+        if definitions || (used && (scan || !self.used.is_empty())) {
+            Write::Append { used, scan }
         } else {
-            None
+            Write::Nothing
         }
     }
 
-    /// Deletes every token revoked or expired at or before `cutoff` (Unix ms); how many.
-    fn purge(&self, cutoff: u64) -> usize {
+    /// Whether any token's `last_used` differs from the one on disk (a scan, for `close`).
+    fn unsaved_anywhere(&self) -> bool {
+        self.shared
+            .map
+            .with_all(|entries| entries.iter().any(|e| e.unsaved()))
+    }
+
+    /// Deletes every token revoked or expired at or before `cutoff` (Unix ms), noting each
+    /// in `changes`; returns how many.
+    fn purge(&self, cutoff: u64, changes: &mut Vec<ChangeRef<'static>>) -> usize {
         let map = &self.shared.map;
         let old = |at: Option<u64>| at.is_some_and(|at| at <= cutoff);
         let doomed: Vec<TokenId> = map.with_all(|entries| {
@@ -501,7 +718,14 @@ impl Persister {
                 .map(|e| e.id)
                 .collect()
         });
-        doomed.iter().filter(|id| map.remove(id)).count()
+        let before = changes.len();
+        changes.extend(
+            doomed
+                .iter()
+                .filter(|id| map.remove(id))
+                .map(|id| ChangeRef::Delete { id: id.to_bytes() }),
+        );
+        changes.len() - before
     }
 
     /// The first id among `entries` that is already taken (in the map, or earlier in this
@@ -518,32 +742,108 @@ impl Persister {
         clash
     }
 
-    /// The write phase: a snapshot of every entry plus what is pending, unless `need` is
-    /// `IfChanged` and nothing changed. On success (or once the new file replaced the old
-    /// one) the pending changes join memory.
-    fn snapshot(&mut self, need: Need, pending: Pending, now: u64) -> Result<(), Error> {
+    /// `last_used` of every token used since its last write: `(id, time)` for each whose
+    /// time differs from the one on disk. Looks at the tokens whose `Dirty` messages
+    /// arrived, or at every token if `scan`.
+    fn take_used(&mut self, scan: bool) -> Vec<(TokenId, u64)> {
+        let take = |e: &Entry| {
+            let used = e.take_for_snapshot();
+            (used != e.persisted_last_used()).then_some((e.id, used))
+        };
+        let map = &self.shared.map;
+        let taken = if scan {
+            self.used.clear();
+            map.with_all(|entries| entries.iter().filter_map(|e| take(e)).collect())
+        } else {
+            let ids = self.used.drain();
+            ids.filter_map(|id| map.with(&id, take).flatten()).collect()
+        };
+        self.scan_all = false;
+        taken
+    }
+
+    /// The write phase of an append: one journal record holding `changes`, the pending
+    /// ones, and `last_used` if `used`. On success the pending changes join memory.
+    fn append(
+        &mut self,
+        changes: Vec<ChangeRef<'static>>,
+        pending: Pending,
+        used: bool,
+        scan: bool,
+        now: u64,
+    ) -> Result<(), Error> {
+        let taken = if used {
+            self.take_used(scan)
+        } else {
+            Vec::new()
+        };
+        if used {
+            self.last_attempt_ms = now;
+        }
+        let mut changes: Vec<ChangeRef<'_>> = changes;
+        changes.extend(pending.issues.iter().map(|e| ChangeRef::Issue(e.record(0))));
+        changes.extend(pending.expiries.iter().map(|&(id, at)| ChangeRef::Expire {
+            id: id.to_bytes(),
+            at,
+        }));
+        changes.extend(taken.iter().map(|&(id, at)| ChangeRef::Used {
+            id: id.to_bytes(),
+            at,
+        }));
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let seq = self.seq + 1;
+        // The number is spent even if the append fails: the record may be on disk.
+        self.seq = seq;
+        let written = self.sink.append(seq, &changes);
+        drop(changes);
+        let map = &self.shared.map;
+        match written {
+            Ok(bytes) => {
+                for &(id, at) in &taken {
+                    map.with(&id, |e| e.mark_persisted(at));
+                }
+                self.join(pending);
+                self.shared.counters.record_append(bytes);
+                Ok(())
+            }
+            Err(error) => {
+                // Nothing is lost: the taken tokens are dirty again, and the next due tick
+                // compacts (the journal is not trusted again). Pending changes are dropped
+                // with their error.
+                for &(id, _) in &taken {
+                    map.with(&id, |e| e.mark_dirty());
+                    self.used.insert(id);
+                }
+                Err(self.failed(
+                    error,
+                    "append to the journal of",
+                    "journal append failed; will write a snapshot at the next tick",
+                ))
+            }
+        }
+    }
+
+    /// The write phase of a compaction: a snapshot of every entry plus what is pending,
+    /// covering every record so far, then a fresh journal. On success (or once the new
+    /// file replaced the old one) the pending changes join memory.
+    fn compact(&mut self, pending: Pending, now: u64) -> Result<(), Error> {
         let shared = self.shared.clone();
         shared
             .map
-            .with_all(|entries| self.write_snapshot(entries, need, pending, now))
+            .with_all(|entries| self.write_snapshot(entries, pending, now))
     }
 
     fn write_snapshot(
         &mut self,
         entries: &[&Entry],
-        need: Need,
         pending: Pending,
         now: u64,
     ) -> Result<(), Error> {
         let taken: Vec<u64> = entries.iter().map(|e| e.take_for_snapshot()).collect();
-        let changed = entries
-            .iter()
-            .zip(&taken)
-            .any(|(e, &lu)| lu != e.persisted_last_used());
-        if need == Need::IfChanged && !changed && !self.definitions_pending {
-            self.dirty = false;
-            return Ok(());
-        }
+        self.used.clear();
+        self.scan_all = false;
         // Two rotations of one token in a batch: the earlier expiry wins, as it does in
         // memory (`shorten_expiry`), so the file says what memory says.
         let mut expiries: HashMap<TokenId, u64> = HashMap::new();
@@ -558,14 +858,23 @@ impl Persister {
             .collect();
         records.extend(pending.issues.iter().map(|e| e.record(0)));
         self.last_attempt_ms = now;
-        let written = self.sink.write(&BodyRef {
+        let written = self.sink.compact(&BodyRef {
             written_at: now,
+            seq: self.seq,
             records: &records,
         });
         drop(records);
         match written {
-            Ok(bytes) => {
-                self.written(entries, &taken, pending, bytes, now);
+            Ok(compacted) => {
+                self.written(entries, &taken, pending, compacted.snapshot_bytes, now);
+                match compacted.journal {
+                    Ok(bytes) => self.shared.counters.record_compaction_bytes(bytes),
+                    Err(error) => {
+                        // Every change is in the snapshot; only the next write pays: it
+                        // compacts again.
+                        let _ = self.failed(error, "start a fresh journal beside", "the snapshot is written, but starting a fresh journal failed; the next write compacts again");
+                    }
+                }
                 Ok(())
             }
             Err(WriteError {
@@ -577,7 +886,7 @@ impl Persister {
                 // so the callers hear the error, and the next due tick writes again.
                 self.written(entries, &taken, pending, bytes, now);
                 self.definitions_pending = true;
-                Err(self.failed(error, "the snapshot replaced the store file, but syncing its directory failed; will write again at the next tick"))
+                Err(self.failed(error, "write a snapshot to", "the snapshot replaced the store file, but syncing its directory failed; will write again at the next tick"))
             }
             Err(WriteError {
                 error,
@@ -588,8 +897,12 @@ impl Persister {
                 for entry in entries.iter().filter(|e| e.unsaved()) {
                     entry.mark_dirty();
                 }
-                self.dirty = true;
-                Err(self.failed(error, "snapshot write failed; will retry at the next tick"))
+                self.scan_all = true;
+                Err(self.failed(
+                    error,
+                    "write a snapshot to",
+                    "snapshot write failed; will retry at the next tick",
+                ))
             }
         }
     }
@@ -607,6 +920,14 @@ impl Persister {
         for (entry, &lu) in entries.iter().zip(taken) {
             entry.mark_persisted(lu);
         }
+        self.join(pending);
+        self.snapshot_len = bytes;
+        self.definitions_pending = false;
+        self.shared.counters.record_compaction(bytes, now);
+    }
+
+    /// The pending changes join memory: their write succeeded.
+    fn join(&self, pending: Pending) {
         let map = &self.shared.map;
         for (id, until) in pending.expiries {
             map.with(&id, |e| e.shorten_expiry(until));
@@ -614,29 +935,31 @@ impl Persister {
         let added = map.insert_new(pending.issues);
         // `collision` kept only ids that are not in the map.
         debug_assert!(added.is_ok(), "collision let a taken id through");
-        self.dirty = false;
-        self.definitions_pending = false;
-        self.shared.counters.record_write(bytes, now);
     }
 
-    /// Logs and counts a failed write; the error to give the callers.
-    fn failed(&self, error: std::io::Error, what: &'static str) -> Error {
+    /// Logs and counts a failed write (`action` of the store file, as the error says it);
+    /// the error to give the callers.
+    fn failed(&self, error: io::Error, action: &'static str, what: &'static str) -> Error {
         let path = self.sink.path();
         tracing::error!(file = %path.display(), error = %error, "{what}");
-        let error = Error::io("write a snapshot to", path, error);
+        let error = Error::io(action, path, error);
         self.shared.counters.record_error(error.to_string());
         error
     }
 }
 
 impl Applied {
-    /// A request for `id`: waits for the write if the id was found, else is refused now.
-    fn answer(&mut self, reply: Reply, id: TokenId, found: bool) {
-        if found {
-            self.changed_memory = true;
-            self.replies.push((reply, 1));
-        } else {
-            let _ = reply.send(Err(Error::UnknownId(id)));
+    /// A request for `id`: waits for the write if the id was found (`change` says what
+    /// changed), else is refused now.
+    fn answer(&mut self, reply: Reply, id: TokenId, change: Option<ChangeRef<'static>>) {
+        match change {
+            Some(change) => {
+                self.changes.push(change);
+                self.replies.push((reply, 1));
+            }
+            None => {
+                let _ = reply.send(Err(Error::UnknownId(id)));
+            }
         }
     }
 }

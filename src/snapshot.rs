@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! 0   8  magic      89 54 4B 43 0D 0A 1A 0A  ("\x89TKC\r\n\x1a\n")
-//! 8   4  version    u32, currently 1
+//! 8   4  version    u32, currently 2 (1: no `seq` in the body; still read)
 //! 12  4  flags      u32, must be 0
 //! 16  8  body_len   u64, bytes after the header
 //! 24  4  body_crc   u32, CRC32 (IEEE) of the body
@@ -24,7 +24,7 @@ use crate::error::Error;
 /// The first eight bytes of every store file.
 pub const MAGIC: [u8; 8] = *b"\x89TKC\r\n\x1a\n";
 /// The format version this build writes, and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The size of the fixed header in bytes.
 pub const HEADER_LEN: usize = 32;
 
@@ -35,7 +35,17 @@ const BINCODE: bincode::config::Configuration = bincode::config::standard();
 pub(crate) struct Body {
     /// When the snapshot was taken, Unix ms.
     pub(crate) written_at: u64,
+    /// The sequence number of the last journal record this snapshot covers: replay skips
+    /// records up to it (0: none).
+    pub(crate) seq: u64,
     pub(crate) records: Vec<Record>,
+}
+
+/// The body of a version 1 snapshot, written before the journal existed: no `seq`.
+#[derive(Deserialize)]
+struct BodyV1 {
+    written_at: u64,
+    records: Vec<Record>,
 }
 
 /// One token as stored on disk. Times are Unix ms.
@@ -59,6 +69,7 @@ pub(crate) struct Record {
 #[derive(Debug, Serialize)]
 pub(crate) struct BodyRef<'r, 'a> {
     pub(crate) written_at: u64,
+    pub(crate) seq: u64,
     pub(crate) records: &'r [RecordRef<'a>],
 }
 
@@ -76,15 +87,17 @@ pub(crate) struct RecordRef<'a> {
     pub(crate) rate_limit: Option<RateLimitRecord>,
 }
 
-/// Scopes that serialize as the `Vec<String>` of a [`Record`] would.
-#[derive(Debug, Clone)]
-pub(crate) struct Scopes<'a>(pub(crate) std::str::Split<'a, char>);
+/// The scopes of an entry's packed text (name and scopes, see `entry::pack_text`), which
+/// serialize as the `Vec<String>` of a [`Record`] would.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scopes<'a>(pub(crate) &'a str);
 
 impl Serialize for Scopes<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
-        let mut seq = serializer.serialize_seq(Some(self.0.clone().count()))?;
-        for scope in self.0.clone() {
+        let scopes = || crate::entry::scopes_of(self.0);
+        let mut seq = serializer.serialize_seq(Some(scopes().count()))?;
+        for scope in scopes() {
             seq.serialize_element(scope)?;
         }
         seq.end()
@@ -102,9 +115,7 @@ pub(crate) struct RateLimitRecord {
 /// Encodes a body ([`Body`] or [`BodyRef`]) into a complete file image (header + body).
 pub(crate) fn encode(body: &impl Serialize) -> Vec<u8> {
     let mut out = vec![0u8; HEADER_LEN];
-    // Encoding into a Vec only fails for types serde cannot describe; ours are plain data.
-    bincode::serde::encode_into_std_write(body, &mut out, BINCODE)
-        .expect("snapshot body is plain data and a Vec never fails to grow");
+    encode_into(body, &mut out);
     write_header(&mut out);
     out
 }
@@ -226,12 +237,26 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
     if crc32fast::hash(body) != u32_at(bytes, 24) {
         return Err(Problem::BodyChecksum.into());
     }
-    let (decoded, used) = decode_body(body).map_err(|e| Problem::Undecodable(e.to_string()))?;
+    let decoded = if u32_at(bytes, 8) == 1 {
+        decode_body::<BodyV1>(body).map(|v1| Body {
+            written_at: v1.written_at,
+            seq: 0,
+            records: v1.records,
+        })
+    } else {
+        decode_body::<Body>(body)
+    };
+    decoded.map_err(DecodeError::from)
+}
+
+/// Decodes `body` whole into a `T` (trailing bytes refused), with [`bounded_decode`].
+pub(crate) fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
+    let (decoded, used) =
+        bounded_decode::<T>(body).map_err(|e| Problem::Undecodable(e.to_string()))?;
     if used != body.len() {
         return Err(Problem::TrailingBytes {
             extra: (body.len() - used) as u64,
-        }
-        .into());
+        });
     }
     Ok(decoded)
 }
@@ -245,20 +270,29 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
 /// byte it claims (at most 8 per byte read: a one-byte varint `u64` claims 8), so a limit
 /// of 16× the body never refuses an honest file, and bounds what a hostile one can make us
 /// allocate. The limit is a const generic, hence the ladder.
-fn decode_body(body: &[u8]) -> Result<(Body, usize), bincode::error::DecodeError> {
-    fn limited<const LIMIT: usize>(
+fn bounded_decode<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    fn limited<T: serde::de::DeserializeOwned, const LIMIT: usize>(
         body: &[u8],
-    ) -> Result<(Body, usize), bincode::error::DecodeError> {
+    ) -> Result<(T, usize), bincode::error::DecodeError> {
         bincode::serde::decode_from_slice(body, BINCODE.with_limit::<LIMIT>())
     }
     let need = body.len().saturating_mul(16).saturating_add(4096);
     match need {
-        n if n <= 1 << 20 => limited::<{ 1 << 20 }>(body),
-        n if n <= 1 << 24 => limited::<{ 1 << 24 }>(body),
-        n if n <= 1 << 28 => limited::<{ 1 << 28 }>(body),
-        n if n <= 1 << 32 => limited::<{ 1 << 32 }>(body),
-        _ => limited::<{ usize::MAX }>(body),
+        n if n <= 1 << 20 => limited::<T, { 1 << 20 }>(body),
+        n if n <= 1 << 24 => limited::<T, { 1 << 24 }>(body),
+        n if n <= 1 << 28 => limited::<T, { 1 << 28 }>(body),
+        n if n <= 1 << 32 => limited::<T, { 1 << 32 }>(body),
+        _ => limited::<T, { usize::MAX }>(body),
     }
+}
+
+/// Encodes `value` with the store's bincode configuration, appending to `out`.
+pub(crate) fn encode_into(value: &impl Serialize, out: &mut Vec<u8>) {
+    // Encoding into a Vec only fails for types serde cannot describe; ours are plain data.
+    bincode::serde::encode_into_std_write(value, out, BINCODE)
+        .expect("plain data, and a Vec never fails to grow");
 }
 
 /// The two ways a file can be refused: it is damaged or foreign, or it is newer than us.
@@ -298,6 +332,7 @@ mod tests {
     fn sample() -> Body {
         Body {
             written_at: 42,
+            seq: 9,
             records: vec![Record {
                 id: *b"abcd1234",
                 name: "ci-bot".into(),
@@ -352,10 +387,29 @@ mod tests {
     #[test]
     fn future_version_is_named() {
         let mut image = encode(&sample());
-        image[8..12].copy_from_slice(&2u32.to_le_bytes());
+        image[8..12].copy_from_slice(&3u32.to_le_bytes());
         let crc = crc32fast::hash(&image[..28]);
         image[28..32].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode(&image), Err(DecodeError::FutureVersion(2)));
+        assert_eq!(decode(&image), Err(DecodeError::FutureVersion(3)));
+    }
+
+    #[test]
+    fn a_version_1_file_reads_as_covering_no_journal_record() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            written_at: u64,
+            records: &'a [Record],
+        }
+        let sample = sample();
+        let mut image = encode(&V1 {
+            written_at: sample.written_at,
+            records: &sample.records,
+        });
+        image[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32fast::hash(&image[..28]);
+        image[28..32].copy_from_slice(&crc.to_le_bytes());
+        let body = decode(&image).unwrap();
+        assert_eq!((body.seq, body.records), (0, sample.records));
     }
 
     #[test]
@@ -407,6 +461,7 @@ mod tests {
         for n in [1, 100, 20_000] {
             let body = Body {
                 written_at: 0,
+                seq: 0,
                 records: vec![record.clone(); n],
             };
             assert_eq!(decode(&encode(&body)), Ok(body), "{n} records");
@@ -450,9 +505,10 @@ mod tests {
             #[test]
             fn any_body_round_trips(
                 written_at in any::<u64>(),
+                seq in any::<u64>(),
                 records in proptest::collection::vec(record(), 0..8),
             ) {
-                let body = Body { written_at, records };
+                let body = Body { written_at, seq, records };
                 prop_assert_eq!(decode(&encode(&body)), Ok(body));
             }
 
@@ -462,7 +518,7 @@ mod tests {
             fn any_decoded_record_loads_or_is_refused(
                 records in proptest::collection::vec(record(), 0..8),
             ) {
-                let body = decode(&encode(&Body { written_at: 0, records })).unwrap();
+                let body = decode(&encode(&Body { written_at: 0, seq: 0, records })).unwrap();
                 let _ = crate::entry::load(body.records);
             }
 
@@ -485,7 +541,7 @@ mod tests {
                 at in any::<proptest::sample::Index>(),
                 xor in 1u8..=255,
             ) {
-                let mut image = encode(&Body { written_at: 7, records });
+                let mut image = encode(&Body { written_at: 7, seq: 7, records });
                 let at = at.index(image.len());
                 image[at] ^= xor;
                 prop_assert!(decode(&image).is_err());

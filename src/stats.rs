@@ -30,7 +30,10 @@ pub(crate) struct Counters {
     pub(crate) dirty_sends: AtomicU64,
     pub(crate) channel_full: AtomicU64,
     pub(crate) snapshots_written: AtomicU64,
+    pub(crate) journal_records_written: AtomicU64,
     pub(crate) bytes_written: AtomicU64,
+    pub(crate) journal_bytes_written: AtomicU64,
+    pub(crate) compaction_bytes_written: AtomicU64,
     pub(crate) write_errors: AtomicU64,
     pub(crate) last_snapshot_at: AtomicU64,
     pub(crate) last_error: Mutex<Option<String>>,
@@ -75,10 +78,24 @@ impl Counters {
         self.stripes[stripe_index()].rejected[reason_index(rejection)].fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn record_write(&self, bytes: u64, at_ms: u64) {
-        self.snapshots_written.fetch_add(1, Relaxed);
+    /// A journal record of `bytes` was appended.
+    pub(crate) fn record_append(&self, bytes: u64) {
+        self.journal_records_written.fetch_add(1, Relaxed);
+        self.journal_bytes_written.fetch_add(bytes, Relaxed);
         self.bytes_written.fetch_add(bytes, Relaxed);
+    }
+
+    /// A snapshot of `bytes` was written at `at_ms` (a compaction, or the first file).
+    pub(crate) fn record_compaction(&self, bytes: u64, at_ms: u64) {
+        self.snapshots_written.fetch_add(1, Relaxed);
+        self.record_compaction_bytes(bytes);
         self.last_snapshot_at.store(at_ms, Relaxed);
+    }
+
+    /// A compaction wrote `bytes` more (the fresh journal's header).
+    pub(crate) fn record_compaction_bytes(&self, bytes: u64) {
+        self.compaction_bytes_written.fetch_add(bytes, Relaxed);
+        self.bytes_written.fetch_add(bytes, Relaxed);
     }
 
     pub(crate) fn record_error(&self, message: String) {
@@ -105,7 +122,10 @@ impl Counters {
             dirty_sends: self.dirty_sends.load(Relaxed),
             channel_full: self.channel_full.load(Relaxed),
             snapshots_written: self.snapshots_written.load(Relaxed),
+            journal_records_written: self.journal_records_written.load(Relaxed),
             bytes_written: self.bytes_written.load(Relaxed),
+            journal_bytes_written: self.journal_bytes_written.load(Relaxed),
+            compaction_bytes_written: self.compaction_bytes_written.load(Relaxed),
             write_errors: self.write_errors.load(Relaxed),
             last_error: self
                 .last_error
@@ -125,7 +145,7 @@ impl Counters {
 pub struct Stats {
     /// Tokens in memory, revoked ones included.
     pub tokens: usize,
-    /// Tokens whose `last_used` is waiting for the next snapshot.
+    /// Tokens whose `last_used` is waiting for the next write.
     pub dirty_tokens: usize,
     /// Successful validations.
     pub validations: u64,
@@ -135,15 +155,23 @@ pub struct Stats {
     pub dirty_sends: u64,
     /// Sends that found the channel full and fell back to a full scan.
     pub channel_full: u64,
-    /// Snapshots written to disk since `open` (the initial one for a new store included).
+    /// Snapshots written since `open`: compactions, and the first file of a new store.
     pub snapshots_written: u64,
-    /// Bytes written in those snapshots.
+    /// Journal records appended since `open` (each one write and one fsync, shared by every
+    /// change of a group commit and by the `last_used` of one interval).
+    pub journal_records_written: u64,
+    /// Every byte the store wrote since `open`: `journal_bytes_written` +
+    /// `compaction_bytes_written`.
     pub bytes_written: u64,
-    /// Snapshot writes that failed (each is retried).
+    /// Bytes appended to the journal.
+    pub journal_bytes_written: u64,
+    /// Bytes written by compactions: snapshots and the fresh journals' headers.
+    pub compaction_bytes_written: u64,
+    /// Writes that failed (each is retried).
     pub write_errors: u64,
     /// The most recent write error, if any.
     pub last_error: Option<String>,
-    /// When the newest snapshot was written by this handle.
+    /// When the newest snapshot (compaction) was written by this handle.
     pub last_snapshot_at: Option<DateTime<Utc>>,
 }
 

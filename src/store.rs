@@ -16,12 +16,15 @@ use chrono::{DateTime, Utc};
 use crate::clock::{millis, Clock, SystemClock};
 use crate::entry::{self, Entry, Touch};
 use crate::error::{Error, Rejection};
-use crate::file::{self, FaultPlan};
+use crate::file::{self, Appender, FaultPlan};
 use crate::inbox::{Inbox, Message, Refused, Reply, Timer};
 use crate::map::{Lent, Map};
-use crate::persist::{FileSink, Persister, Sink};
+use crate::persist::{FileSink, Persister, Sink, Start};
 use crate::rate_limit::RateLimit;
-use crate::snapshot::{self, BodyRef, DecodeError};
+use crate::recover::{self, Recovered};
+use crate::snapshot::BodyRef;
+#[cfg(loom)]
+use crate::snapshot::{self, DecodeError};
 use crate::stats::{Counters, Stats};
 use crate::sync::channel::{self, TrySendError};
 use crate::sync::thread::{self, JoinHandle};
@@ -32,6 +35,9 @@ use crate::token::{self, IssuedToken, TokenId};
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 /// The name of every store's persister thread (in panics, debuggers and `top -H`).
 pub(crate) const PERSISTER_THREAD: &str = "tokencache-persister";
+/// The journal size below which no compaction runs (it also waits for the journal to
+/// outgrow the snapshot).
+const DEFAULT_COMPACTION_FLOOR: u64 = 4 << 20;
 /// The default capacity of the persister's channel.
 const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
 /// Limits on a token's definition, so a snapshot stays small and a list stays readable.
@@ -162,6 +168,7 @@ impl TokenStore {
             clock: std::sync::Arc::new(SystemClock),
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             retention: None,
+            compaction_floor: DEFAULT_COMPACTION_FLOOR,
             faults: None,
         }
     }
@@ -480,6 +487,7 @@ pub struct Builder {
     clock: std::sync::Arc<dyn Clock>,
     channel_capacity: usize,
     retention: Option<Duration>,
+    compaction_floor: u64,
     faults: Option<FaultPlan>,
 }
 
@@ -521,75 +529,88 @@ impl Builder {
         self
     }
 
+    /// Compacts (writes a full snapshot and starts an empty journal) once the journal is
+    /// larger than both the snapshot and `bytes` (default 4 MiB), checking once per
+    /// [`flush_interval`](Self::flush_interval). Compaction also runs on close.
+    pub fn compaction_floor(mut self, bytes: u64) -> Builder {
+        self.compaction_floor = bytes;
+        self
+    }
+
     /// Opens the store: resolves the path (a symlink means the file it points to), takes
-    /// the lock, reads and checks the file (creating an empty store if there is none),
-    /// removes temp files a crash of this store left, and starts the persister.
+    /// the lock, reads and checks the store file and its journal and replays the journal
+    /// (refusing, with every file untouched, anything damaged but a torn last record),
+    /// then sets a torn tail aside, removes temp files a crash of this store left, and
+    /// starts the persister. A new store gets an empty store file and journal.
     pub fn open(self) -> Result<TokenStore, Error> {
         let path = file::resolve(&self.path)?;
         let lock = file::lock(&path)?;
-        let entries = match file::read_store(&path)? {
-            Some(bytes) => {
-                let body = snapshot::decode(&bytes).map_err(|e| e.at(&path))?;
-                let entries = entry::load(body.records)
-                    .map_err(|problem| DecodeError::from(problem).at(&path))?;
-                Some(entries)
+        let recovered = recover::read(&path)?;
+        // Only now that every file was read and checked, and under the lock, so no live
+        // writer of this store owns a temp file and a refused store loses no byte.
+        let journal_path = file::journal_path(&path);
+        let mut journal = None;
+        if let Some(read) = &recovered.journal {
+            if let Some(bytes) = &read.torn {
+                let aside = file::cut_torn_tail(&journal_path, bytes, read.valid_len)?;
+                tracing::warn!(journal = %journal_path.display(), kept = read.valid_len, set_aside = %aside.display(), "the journal ended in a torn record (a crash during a write that was never acknowledged); its bytes were set aside and cut off");
             }
-            None => None,
-        };
-        // Only now that the store file was read and checked, and under the lock, so no live
-        // writer of this store owns a temp file.
+            if !read.stale {
+                journal = Some(
+                    Appender::open(&journal_path, read.valid_len)
+                        .map_err(|e| Error::io("open the journal", &journal_path, e))?,
+                );
+            }
+        }
         let removed = file::remove_stale_temps(&path);
         if removed > 0 {
             tracing::info!(file = %path.display(), removed, "removed temp files left by a crash");
         }
-        let sink = Box::new(FileSink {
-            path: path.clone(),
-            faults: self.faults.clone(),
-        });
-        self.start(path, entries, sink, Some(lock))
+        if recovered.replayed > 0 {
+            tracing::info!(file = %path.display(), records = recovered.replayed, "replayed the journal");
+        }
+        let sink = Box::new(FileSink::new(path.clone(), journal, self.faults.clone()));
+        self.start(path, recovered, sink, Some(lock))
     }
 
-    /// Builds the in-memory store from `entries` (or writes an empty first snapshot) and
-    /// spawns the persister.
+    /// Builds the in-memory store from `recovered`, writes a snapshot first if the store
+    /// file or a usable journal is missing, and spawns the persister.
     fn start(
         self,
         path: PathBuf,
-        entries: Option<Vec<Entry>>,
+        recovered: Recovered,
         mut sink: Box<dyn Sink>,
         lock: Option<File>,
     ) -> Result<TokenStore, Error> {
         let (tx, rx) = channel::bounded(self.channel_capacity);
-        let tokens = entries.as_ref().map_or(0, Vec::len);
+        let Recovered {
+            map,
+            snapshot_len,
+            seq,
+            ..
+        } = recovered;
         let shared = Arc::new(Shared {
-            map: Map::with_capacity(tokens),
+            map,
             clock: self.clock,
             inbox: Arc::new(Inbox::new(tx)),
             overflow: AtomicBool::new(false),
             counters: Counters::default(),
         });
-        match entries {
-            Some(entries) => {
-                let added = shared.map.insert_new(entries);
-                // `entry::load` refused any id that appears twice.
-                debug_assert!(added.is_ok(), "entry::load let a duplicate id through");
-            }
-            None => {
-                let now = shared.clock.now_ms();
-                let bytes = sink
-                    .write(&BodyRef {
-                        written_at: now,
-                        records: &[],
-                    })
-                    .map_err(|e| Error::io("create the store file", &path, e.error))?;
-                shared.counters.record_write(bytes, now);
-            }
+        let mut snapshot_len = snapshot_len.unwrap_or(0);
+        if snapshot_len == 0 || !sink.journal_ok() {
+            snapshot_len = first_snapshot(&shared, sink.as_mut(), seq, &path)?;
         }
         let persister = Persister::new(
             shared.clone(),
             rx,
             sink,
-            self.flush_interval,
-            self.retention,
+            Start {
+                interval: self.flush_interval,
+                retention: self.retention,
+                compaction_floor: self.compaction_floor,
+                snapshot_len,
+                seq,
+            },
         );
         let thread = thread::Builder::new()
             .name(PERSISTER_THREAD.into())
@@ -605,6 +626,43 @@ impl Builder {
             }),
         })
     }
+}
+
+/// Writes a snapshot of everything `shared` holds as covering record `seq`, with a fresh
+/// journal after it: a new store's first files, or a journal that could not take the next
+/// record. Returns the snapshot's size.
+fn first_snapshot(
+    shared: &Shared,
+    sink: &mut dyn Sink,
+    seq: u64,
+    path: &Path,
+) -> Result<u64, Error> {
+    let now = shared.clock.now_ms();
+    let compacted = shared.map.with_all(|entries| {
+        let records: Vec<_> = entries
+            .iter()
+            .map(|e| e.record(e.persisted_last_used()))
+            .collect();
+        sink.compact(&BodyRef {
+            written_at: now,
+            seq,
+            records: &records,
+        })
+    });
+    let action = if shared.map.len() == 0 && seq == 0 {
+        "create the store file"
+    } else {
+        "write a snapshot to"
+    };
+    let compacted = compacted.map_err(|e| Error::io(action, path, e.error))?;
+    let journal = compacted
+        .journal
+        .map_err(|e| Error::io("create the journal", file::journal_path(path), e))?;
+    shared
+        .counters
+        .record_compaction(compacted.snapshot_bytes, now);
+    shared.counters.record_compaction_bytes(journal);
+    Ok(compacted.snapshot_bytes)
 }
 
 /// Model checks only: opens a store with no file, holding `tokens` clean tokens (as if
@@ -635,8 +693,18 @@ pub fn open_recorded(
     }
     let entries =
         crate::entry::load(records).map_err(|p| DecodeError::from(p).at(&builder.path))?;
+    let map = Map::with_capacity(entries.len());
+    let _ = map.insert_new(entries);
+    // No snapshot yet: `start` writes the first one, so the recorder holds the tokens.
+    let recovered = Recovered {
+        map,
+        snapshot_len: None,
+        seq: 0,
+        replayed: 0,
+        journal: None,
+    };
     let path = builder.path.clone();
-    let store = builder.start(path, Some(entries), Box::new(recorder), None)?;
+    let store = builder.start(path, recovered, Box::new(recorder), None)?;
     Ok((store, issued))
 }
 

@@ -6,7 +6,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use common::{faulty_store, manual_store, scratch, INTERVAL};
 use tokencache::__fault::{FaultPlan, FaultStep};
@@ -24,10 +24,71 @@ fn temp_files(dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-/// For every fault (ENOSPC, EIO, EACCES) at every step (write, fsync, rename): nothing in
-/// memory is lost, `issue` and `revoke` return the error, a failed issue leaves no token,
-/// stats count it, each due tick retries, the file is untouched meanwhile, and once the
-/// fault clears the next snapshot holds everything.
+/// A journal append or its fsync failing: the change is not acknowledged (a failed issue
+/// leaves no token), and the journal that failed is never appended to again: the next
+/// change is written as a snapshot with a fresh journal, and later ones append to that.
+#[test]
+fn a_failed_append_is_not_acknowledged_and_the_journal_is_not_trusted_again() {
+    for step in [FaultStep::Append, FaultStep::AppendSync] {
+        for (errno, text) in [
+            (ENOSPC, "No space left on device"),
+            (EIO, "Input/output error"),
+        ] {
+            let case = format!("{step:?} failing with {text}");
+            let s = scratch();
+            let (store, _clock, plan) = faulty_store(&s.path);
+            let kept = store.issue(NewToken::new("kept")).unwrap();
+            let journal = common::journal_path(&s.path);
+            let inode = fs::metadata(&journal).unwrap().ino();
+            let before = store.stats();
+
+            plan.fail(step, errno);
+            let err = store.issue(NewToken::new("never")).unwrap_err();
+            let message = err.to_string();
+            assert!(message.contains(text), "{case}: {message}");
+            assert!(message.contains("journal"), "{case}: {message}");
+            assert!(store.list().iter().all(|t| t.name != "never"), "{case}");
+            assert_eq!(store.stats().write_errors, 1, "{case}");
+
+            plan.clear();
+            let revoked = store.issue(NewToken::new("revoked")).unwrap();
+            store.revoke(&revoked.id()).unwrap();
+            let after = store.stats();
+            assert_eq!(
+                after.snapshots_written,
+                before.snapshots_written + 1,
+                "{case}: the issue after the failure must be a snapshot"
+            );
+            assert_eq!(
+                after.journal_records_written,
+                before.journal_records_written + 1,
+                "{case}: the revoke after it appends to the fresh journal"
+            );
+            assert_ne!(
+                fs::metadata(&journal).unwrap().ino(),
+                inode,
+                "{case}: the journal whose write failed was appended to again"
+            );
+            store.close().unwrap();
+
+            let reopened = TokenStore::open(&s.path).unwrap();
+            let mut names: Vec<String> = reopened.list().into_iter().map(|t| t.name).collect();
+            names.sort();
+            assert_eq!(names, ["kept", "revoked"], "{case}");
+            assert!(reopened.validate(kept.secret()).is_ok());
+            assert_eq!(
+                reopened.validate(revoked.secret()).unwrap_err(),
+                Rejection::Revoked
+            );
+        }
+    }
+}
+
+/// For every fault (ENOSPC, EIO, EACCES) at every step of a snapshot (write, fsync,
+/// rename), with appends failing too (a full disk): nothing in memory is lost, `issue` and
+/// `revoke` return the error, a failed issue leaves no token, stats count it, each due
+/// tick retries, the files are untouched meanwhile, and once the fault clears the next
+/// snapshot holds everything.
 #[test]
 fn every_write_fault_loses_nothing_and_is_retried_until_it_clears() {
     for step in [FaultStep::Write, FaultStep::Fsync, FaultStep::Rename] {
@@ -47,6 +108,7 @@ fn every_write_fault_loses_nothing_and_is_retried_until_it_clears() {
             let file_before = fs::read(&s.path).unwrap();
             let written_before = store.stats().snapshots_written;
 
+            plan.fail(FaultStep::Append, errno);
             plan.fail(step, errno);
             let err = store.issue(NewToken::new("never")).unwrap_err();
             assert!(matches!(err, Error::Io { .. }), "{case}: {err}");
@@ -80,6 +142,7 @@ fn every_write_fault_loses_nothing_and_is_retried_until_it_clears() {
                 "{case}: unsaved last_used must stay dirty"
             );
             assert_eq!(stats.snapshots_written, written_before, "{case}");
+            // The issue's append, then the revoke's snapshot (the journal is not trusted).
             assert_eq!(plan.injected(), 2, "{case}");
 
             // Each due tick retries (and fails again while the fault lasts).
@@ -104,6 +167,7 @@ fn every_write_fault_loses_nothing_and_is_retried_until_it_clears() {
             assert_eq!(stats.snapshots_written, written_before + 1, "{case}");
             assert_eq!(stats.dirty_tokens, 0, "{case}");
             assert_eq!(stats.write_errors, 4, "{case}");
+            assert_eq!(tokencache::inspect(&s.path).unwrap().revoked, 1, "{case}");
             store.close().unwrap();
 
             let reopened = TokenStore::builder(&s.path)
@@ -132,7 +196,7 @@ fn flush_and_close_report_a_failed_write() {
     let token = store.issue(NewToken::new("bot")).unwrap();
     clock.advance(INTERVAL / 4);
     store.validate(token.secret()).unwrap();
-    plan.fail(FaultStep::Fsync, EIO);
+    plan.fail(FaultStep::AppendSync, EIO);
     let err = store.flush().unwrap_err();
     assert!(err.to_string().contains("Input/output error"), "{err}");
     plan.clear();
@@ -141,6 +205,7 @@ fn flush_and_close_report_a_failed_write() {
 
     clock.advance(INTERVAL / 4);
     store.validate(token.secret()).unwrap();
+    // `close` compacts.
     plan.fail(FaultStep::Rename, ENOSPC);
     let err = store.clone().close().unwrap_err();
     assert!(err.to_string().contains("No space left on device"), "{err}");
@@ -160,6 +225,7 @@ fn a_fault_creating_the_store_fails_open_cleanly() {
     assert!(err.to_string().contains("create the store file"), "{err}");
     assert!(err.to_string().contains("No space left on device"), "{err}");
     assert!(!s.path.exists());
+    assert!(!common::journal_path(&s.path).exists());
     plan.clear();
     let store = TokenStore::builder(&s.path)
         .fault_plan(plan)
@@ -217,6 +283,7 @@ fn a_failed_revoke_alone_is_retried_by_the_next_tick() {
     let s = scratch();
     let (store, clock, plan) = faulty_store(&s.path);
     let token = store.issue(NewToken::new("bot")).unwrap();
+    plan.fail(FaultStep::AppendSync, EIO);
     plan.fail(FaultStep::Fsync, EIO);
     store.revoke(&token.id()).unwrap_err();
     assert_eq!(

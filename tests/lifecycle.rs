@@ -225,7 +225,7 @@ fn a_rotation_whose_write_fails_changes_nothing() {
     let s = scratch();
     let (store, _clock, plan) = faulty_store(&s.path);
     let old = store.issue(NewToken::new("bot")).unwrap();
-    plan.fail(FaultStep::Write, 28);
+    plan.fail(FaultStep::Append, 28);
     let error = store.rotate(&old.id(), HOUR).unwrap_err();
     assert!(matches!(error, Error::Io { .. }), "{error}");
     assert_eq!(store.list().len(), 1, "no new token");
@@ -244,6 +244,7 @@ fn a_delete_whose_write_fails_is_gone_from_memory_and_reaches_the_file_later() {
     let s = scratch();
     let (store, clock, plan) = faulty_store(&s.path);
     let token = store.issue(NewToken::new("bot")).unwrap();
+    plan.fail(FaultStep::Append, 5);
     plan.fail(FaultStep::Fsync, 5);
     assert!(store.delete(&token.id()).is_err());
     assert_eq!(

@@ -173,13 +173,13 @@ fn set_rate_limit_is_durable_and_shown_by_get_and_list() {
         store.get(&b.id()).unwrap().rate_limit,
         Some(RateLimit::per_minute(600))
     );
-    let written = store.stats().snapshots_written;
+    let written = store.stats().journal_records_written;
     store
         .set_rate_limit(&a.id(), Some(RateLimit::per_second(2).burst(1)))
         .unwrap();
     store.set_rate_limit(&b.id(), None).unwrap();
     assert_eq!(
-        store.stats().snapshots_written,
+        store.stats().journal_records_written,
         written + 2,
         "each is durable"
     );
@@ -209,10 +209,15 @@ fn set_rate_limit_is_on_disk_when_it_returns() {
     store
         .set_rate_limit(&token.id(), Some(RateLimit::per_hour(7)))
         .unwrap();
-    // The store is still open, its persister idle: what is in the file now is what a crash
-    // would leave. Open a copy of it.
+    // The store is still open, its persister idle: what is in the files now is what a
+    // crash would leave. Open a copy of them.
     let copy = scratch();
     std::fs::copy(&s.path, &copy.path).unwrap();
+    std::fs::copy(
+        common::journal_path(&s.path),
+        common::journal_path(&copy.path),
+    )
+    .unwrap();
     let reopened = TokenStore::open(&copy.path).unwrap();
     assert_eq!(
         reopened.get(&token.id()).unwrap().rate_limit,

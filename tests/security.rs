@@ -102,6 +102,7 @@ fn secrets_never_reach_files_debug_display_or_logs() {
 
     // Every error a caller can get, with the secrets around.
     let mut errors: Vec<Error> = Vec::new();
+    plan.fail(FaultStep::Append, 28);
     plan.fail(FaultStep::Rename, 28);
     errors.push(store.issue(NewToken::new("c")).unwrap_err());
     errors.push(store.revoke(&a.id()).unwrap_err());
@@ -122,6 +123,7 @@ fn secrets_never_reach_files_debug_display_or_logs() {
     errors.push(store.flush().unwrap_err()); // Closed
     drop(store);
     let file = fs::read(&s.path).unwrap();
+    let journal = fs::read(common::journal_path(&s.path)).unwrap();
     shown.push((
         "SnapshotInfo".into(),
         format!("{:?}", tokencache::inspect(&s.path).unwrap()),
@@ -131,7 +133,7 @@ fn secrets_never_reach_files_debug_display_or_logs() {
     errors.push(TokenStore::open(&corrupt.path).unwrap_err()); // Corrupt
     errors.push(TokenStore::open(corrupt.dir.path()).unwrap_err()); // BadPath
     let mut future = file.clone();
-    future[8..12].copy_from_slice(&2u32.to_le_bytes());
+    future[8..12].copy_from_slice(&(tokencache::FORMAT_VERSION + 1).to_le_bytes());
     let crc = crc32fast::hash(&future[..28]);
     future[28..32].copy_from_slice(&crc.to_le_bytes());
     fs::write(&corrupt.path, &future).unwrap();
@@ -184,6 +186,7 @@ fn secrets_never_reach_files_debug_display_or_logs() {
         assert_no_secret(what, text.as_bytes(), &secrets);
     }
     assert_no_secret("the store file", &file, &secrets);
+    assert_no_secret("the journal", &journal, &secrets);
     // The file holds the tokens (so the search above looked at real content).
     assert!(contains(&file, a.id().as_str().as_bytes()));
 
@@ -195,18 +198,32 @@ fn secrets_never_reach_files_debug_display_or_logs() {
     assert_no_secret("the logs", &logs, &secrets);
 }
 
-/// The store file and its lock file are readable by their owner only, also after the
-/// file has been replaced by later snapshots.
+/// The store file, its journal and its lock file are readable by their owner only, also
+/// after compactions replaced the store file and the journal.
 #[test]
 fn store_and_lock_files_are_private() {
     let s = scratch();
     let (store, _clock) = manual_store(&s.path);
+    let files = [
+        s.path.clone(),
+        s.path.with_extension("snap.lock"),
+        common::journal_path(&s.path),
+    ];
     for n in 0..3 {
         store.issue(NewToken::new(format!("t{n}"))).unwrap();
-        for path in [s.path.clone(), s.path.with_extension("snap.lock")] {
-            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        for path in &files {
+            let mode = fs::metadata(path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{} is mode {mode:o}", path.display());
         }
     }
     store.close().unwrap();
+    for path in &files {
+        let mode = fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode,
+            0o600,
+            "after close: {} is mode {mode:o}",
+            path.display()
+        );
+    }
 }

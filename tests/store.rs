@@ -178,9 +178,15 @@ fn the_secret_never_reaches_the_file_or_debug_output() {
     store.flush().unwrap();
     let secret = issued.secret();
     let secret_part = &secret[12..34];
-    let bytes = fs::read(&s.path).unwrap();
-    assert!(!contains(&bytes, secret.as_bytes()));
-    assert!(!contains(&bytes, secret_part.as_bytes()));
+    for file in [s.path.clone(), common::journal_path(&s.path)] {
+        let bytes = fs::read(&file).unwrap();
+        assert!(!contains(&bytes, secret.as_bytes()), "{}", file.display());
+        assert!(
+            !contains(&bytes, secret_part.as_bytes()),
+            "{}",
+            file.display()
+        );
+    }
     for shown in [
         format!("{issued:?}"),
         format!("{valid:?}"),
@@ -199,7 +205,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 #[test]
-fn a_million_validations_send_once_and_snapshot_once_per_interval() {
+fn a_million_validations_send_once_and_write_once_per_interval() {
     let s = scratch();
     let (store, clock) = manual_store(&s.path);
     let issued = store.issue(NewToken::new("hot")).unwrap();
@@ -210,54 +216,57 @@ fn a_million_validations_send_once_and_snapshot_once_per_interval() {
     let after = store.stats();
     assert_eq!(after.dirty_sends - before.dirty_sends, 1);
     assert_eq!(after.validations - before.validations, 1_000_000);
-    assert_eq!(after.snapshots_written, before.snapshots_written);
+    assert_eq!(
+        after.journal_records_written,
+        before.journal_records_written
+    );
 
     clock.advance(INTERVAL - Duration::from_millis(1));
     assert_eq!(
-        store.stats().snapshots_written,
-        before.snapshots_written,
+        store.stats().journal_records_written,
+        before.journal_records_written,
         "written before the interval"
     );
     clock.advance(Duration::from_millis(1));
     assert_eq!(
-        store.stats().snapshots_written,
-        before.snapshots_written + 1
+        store.stats().journal_records_written,
+        before.journal_records_written + 1
     );
 
-    // The snapshot cleared the flag: the next use sends again, once.
+    // The write cleared the flag: the next use sends again, once.
     for _ in 0..1000 {
         store.validate(issued.secret()).unwrap();
     }
     assert_eq!(store.stats().dirty_sends - before.dirty_sends, 2);
     clock.advance(INTERVAL);
     assert_eq!(
-        store.stats().snapshots_written,
-        before.snapshots_written + 2
+        store.stats().journal_records_written,
+        before.journal_records_written + 2
     );
     store.close().unwrap();
 }
 
 #[test]
-fn heavy_load_writes_at_most_one_snapshot_per_interval() {
+fn heavy_load_writes_at_most_one_record_per_interval() {
     let s = scratch();
     let (store, clock) = manual_store(&s.path);
     let tokens: Vec<_> = (0..20)
         .map(|i| store.issue(NewToken::new(format!("t{i}"))).unwrap())
         .collect();
-    let before = store.stats().snapshots_written;
+    let before = store.stats().journal_records_written;
     for second in 0..600u64 {
         for token in &tokens {
             store.validate(token.secret()).unwrap();
         }
         clock.advance(Duration::from_secs(1));
-        let written = store.stats().snapshots_written - before;
+        let written = store.stats().journal_records_written - before;
         assert!(
             written <= second / 60 + 1,
-            "{written} snapshots after {} s",
+            "{written} records after {} s",
             second + 1
         );
     }
-    assert_eq!(store.stats().snapshots_written - before, 10);
+    assert_eq!(store.stats().journal_records_written - before, 10);
 }
 
 #[test]
@@ -265,20 +274,24 @@ fn an_idle_store_writes_nothing() {
     let s = scratch();
     let (store, clock) = manual_store(&s.path);
     store.issue(NewToken::new("bot")).unwrap();
-    let written = store.stats().snapshots_written;
-    let bytes = fs::read(&s.path).unwrap();
+    store.close().unwrap();
+    let (store, clock2) = manual_store(&s.path);
+    let files = || {
+        let journal = common::journal_path(&s.path);
+        (fs::read(&s.path).unwrap(), fs::read(journal).unwrap())
+    };
+    let before = files();
+    let written = store.stats();
     for _ in 0..100 {
         clock.advance(INTERVAL);
+        clock2.advance(INTERVAL);
     }
     store.flush().unwrap();
-    assert_eq!(store.stats().snapshots_written, written);
-    assert_eq!(fs::read(&s.path).unwrap(), bytes);
+    let after = store.stats();
+    assert_eq!(after.bytes_written, written.bytes_written);
+    assert_eq!(files(), before);
     store.close().unwrap();
-    assert_eq!(
-        fs::read(&s.path).unwrap(),
-        bytes,
-        "close wrote an unchanged store"
-    );
+    assert_eq!(files(), before, "close wrote an unchanged store");
 }
 
 #[test]
@@ -288,13 +301,13 @@ fn flush_writes_pending_last_used_and_only_once() {
     let issued = store.issue(NewToken::new("bot")).unwrap();
     clock.advance(Duration::from_secs(5));
     store.validate(issued.secret()).unwrap();
-    let written = store.stats().snapshots_written;
+    let written = store.stats().journal_records_written;
     store.flush().unwrap();
     store.flush().unwrap();
-    assert_eq!(store.stats().snapshots_written, written + 1);
+    assert_eq!(store.stats().journal_records_written, written + 1);
     let info = tokencache::inspect(&s.path).unwrap();
     assert_eq!(info.tokens, 1);
-    assert_eq!(info.written_at_ms, clock.now_ms());
+    assert_eq!(info.journal_records, 2, "the issue and the flush");
     drop(store);
     let (store, _) = manual_store(&s.path);
     assert_eq!(last_used_ms(&store, &issued.id()), clock.now_ms());
@@ -346,7 +359,7 @@ fn revoking_an_unknown_id_says_so() {
 fn bad_token_requests_are_refused_before_writing() {
     let s = scratch();
     let (store, _) = manual_store(&s.path);
-    let written = store.stats().snapshots_written;
+    let written = store.stats().bytes_written;
     for bad in [
         NewToken::new(""),
         NewToken::new("x".repeat(300)),
@@ -356,17 +369,17 @@ fn bad_token_requests_are_refused_before_writing() {
     ] {
         assert!(matches!(store.issue(bad), Err(Error::InvalidRequest(_))));
     }
-    assert_eq!(store.stats().snapshots_written, written);
+    assert_eq!(store.stats().bytes_written, written);
     assert!(store.list().is_empty());
 }
 
 #[test]
-fn concurrent_issues_share_snapshots_and_all_survive_reopen() {
+fn concurrent_issues_share_journal_records_and_all_survive_reopen() {
     const THREADS: usize = 8;
     const EACH: usize = 50;
     let s = scratch();
     let store = TokenStore::open(&s.path).unwrap();
-    let before = store.stats().snapshots_written;
+    let before = store.stats().journal_records_written;
     let barrier = Arc::new(std::sync::Barrier::new(THREADS));
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
@@ -384,7 +397,7 @@ fn concurrent_issues_share_snapshots_and_all_survive_reopen() {
         .into_iter()
         .flat_map(|h| h.join().unwrap())
         .collect();
-    let writes = store.stats().snapshots_written - before;
+    let writes = store.stats().journal_records_written - before;
     assert!(
         writes < (THREADS * EACH) as u64,
         "{writes} writes for {} issues",
@@ -403,10 +416,10 @@ fn concurrent_issues_share_snapshots_and_all_survive_reopen() {
 fn issue_many_is_one_write_and_all_or_nothing() {
     let s = scratch();
     let (store, _) = manual_store(&s.path);
-    let before = store.stats().snapshots_written;
+    let before = store.stats().journal_records_written;
     let requests = (0..1000).map(|i| NewToken::new(format!("bulk-{i}")).scope("read"));
     let issued = store.issue_many(requests).unwrap();
-    assert_eq!(store.stats().snapshots_written, before + 1);
+    assert_eq!(store.stats().journal_records_written, before + 1);
     assert_eq!(issued.len(), 1000);
     assert_eq!(
         store.validate(issued[999].secret()).unwrap().name(),
@@ -417,7 +430,7 @@ fn issue_many_is_one_write_and_all_or_nothing() {
     assert!(matches!(refused, Err(Error::InvalidRequest(_))));
     assert_eq!(store.list().len(), 1000, "a refused batch issued nothing");
     assert!(store.issue_many(Vec::new()).unwrap().is_empty());
-    assert_eq!(store.stats().snapshots_written, before + 1);
+    assert_eq!(store.stats().journal_records_written, before + 1);
     drop(store);
     let (store, _) = manual_store(&s.path);
     assert_eq!(store.list().len(), 1000);

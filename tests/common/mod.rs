@@ -22,6 +22,13 @@ pub fn scratch() -> Scratch {
     Scratch { dir, path }
 }
 
+/// The journal beside store `path`.
+pub fn journal_path(path: &std::path::Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".journal");
+    PathBuf::from(name)
+}
+
 pub const INTERVAL: Duration = Duration::from_secs(60);
 
 /// A builder for a store on a manual clock with the default 60 s interval.

@@ -1,0 +1,170 @@
+//! Recovery: the store as its files describe it, the snapshot and then every journal record
+//! after the last one it covers, read without writing anything (so `open` can refuse with
+//! every file untouched, and `list` can read beside a live service).
+
+use std::path::Path;
+
+use crate::entry;
+use crate::error::Error;
+use crate::file;
+use crate::journal::{self, Change, JournalError, Logged};
+use crate::map::Map;
+use crate::rate_limit::RateLimit;
+use crate::snapshot::{self, DecodeError, Problem};
+use crate::token::TokenId;
+
+/// What the files hold.
+pub(crate) struct Recovered {
+    /// Every token, as of the newest record.
+    pub(crate) map: Map,
+    /// The store file's size in bytes (`None`: there is none).
+    pub(crate) snapshot_len: Option<u64>,
+    /// The sequence number of the newest change on disk (the next record is one more).
+    pub(crate) seq: u64,
+    /// Journal records replayed onto the snapshot.
+    pub(crate) replayed: usize,
+    /// The journal (`None`: there is none).
+    pub(crate) journal: Option<JournalRead>,
+}
+
+/// The journal as read.
+pub(crate) struct JournalRead {
+    /// Its size in bytes.
+    pub(crate) file_len: u64,
+    /// Where its valid part ends: the next record goes there.
+    pub(crate) valid_len: u64,
+    /// The whole file, if it ends in a torn record (to set the tail aside).
+    pub(crate) torn: Option<Vec<u8>>,
+    /// It cannot take the next record: its records all precede the snapshot's (a
+    /// compaction stopped before it replaced the journal), or its header was cut.
+    pub(crate) stale: bool,
+}
+
+/// Reads the store at `path` (already [`resolve`](file::resolve)d): checks the snapshot and
+/// the journal with every check `open` runs, and replays the journal onto the snapshot.
+pub(crate) fn read(path: &Path) -> Result<Recovered, Error> {
+    let bytes = file::read_store(path)?;
+    let (entries, snapshot_seq) = match &bytes {
+        Some(bytes) => {
+            let body = snapshot::decode(bytes).map_err(|e| e.at(path))?;
+            let entries =
+                entry::load(body.records).map_err(|problem| DecodeError::from(problem).at(path))?;
+            (entries, body.seq)
+        }
+        None => (Vec::new(), 0),
+    };
+    let snapshot_len = bytes.as_ref().map(|b| b.len() as u64);
+    drop(bytes);
+    let map = Map::with_capacity(entries.len());
+    let added = map.insert_new(entries);
+    // `entry::load` refused any id that appears twice.
+    debug_assert!(added.is_ok(), "entry::load let a duplicate id through");
+
+    let journal_path = file::journal_path(path);
+    let Some(bytes) = file::read_journal(&journal_path)? else {
+        return Ok(Recovered {
+            map,
+            snapshot_len,
+            seq: snapshot_seq,
+            replayed: 0,
+            journal: None,
+        });
+    };
+    let at = |e: JournalError| journal_error(&journal_path, e);
+    let scanned = journal::scan(&bytes).map_err(at)?;
+    let header_whole = scanned.valid_len >= journal::HEADER_LEN as u64;
+    if header_whole && scanned.base > snapshot_seq {
+        return Err(at(JournalError {
+            offset: 16,
+            error: Problem::Undecodable(format!(
+                "the journal starts after record {}, but the store file covers records only up to {snapshot_seq}: the records between are missing (was the store file replaced by an older copy?)",
+                scanned.base
+            ))
+            .into(),
+        }));
+    }
+    let end = scanned.base + scanned.records.len() as u64;
+    let mut replayed = 0;
+    for logged in scanned.records.into_iter().filter(|r| r.seq > snapshot_seq) {
+        let offset = logged.offset;
+        replay(&map, logged).map_err(|problem| {
+            at(JournalError {
+                offset,
+                error: problem.into(),
+            })
+        })?;
+        replayed += 1;
+    }
+    Ok(Recovered {
+        map,
+        snapshot_len,
+        seq: snapshot_seq.max(end),
+        replayed,
+        journal: Some(JournalRead {
+            file_len: bytes.len() as u64,
+            valid_len: scanned.valid_len,
+            stale: !header_whole || end < snapshot_seq,
+            torn: scanned.torn.then_some(bytes),
+        }),
+    })
+}
+
+/// Applies one record's changes to `map`, in order. Each change is idempotent (a revoke
+/// keeps the first time, a delete of an absent token and an issue of a present one change
+/// nothing, `Used` and `Expire` take the max and the min).
+fn replay(map: &Map, logged: Logged) -> Result<(), Problem> {
+    for change in logged.changes {
+        match change {
+            Change::Issue(record) => {
+                let entry = entry::load_one(record)?;
+                if !map.contains(&entry.id) {
+                    let added = map.insert_new([entry]);
+                    debug_assert!(added.is_ok(), "checked just before");
+                }
+            }
+            Change::Revoke { id, at } => {
+                map.with(&token_id(id)?, |e| e.revoke(at));
+            }
+            Change::Delete { id } => {
+                map.remove(&token_id(id)?);
+            }
+            Change::SetRateLimit { id, limit } => {
+                let id = token_id(id)?;
+                let limit = match limit {
+                    Some(stored) => Some(
+                        RateLimit::from_record(&stored)
+                            .ok_or_else(|| Problem::BadRateLimit(id.to_string()))?,
+                    ),
+                    None => None,
+                };
+                map.with(&id, |e| e.set_rate_limit(limit));
+            }
+            Change::Expire { id, at } => {
+                map.with(&token_id(id)?, |e| e.shorten_expiry(at));
+            }
+            Change::Used { id, at } => {
+                map.with(&token_id(id)?, |e| e.replay_used(at));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn token_id(id: [u8; 8]) -> Result<TokenId, Problem> {
+    TokenId::from_bytes(id).ok_or_else(|| Problem::BadId(String::from_utf8_lossy(&id).into()))
+}
+
+/// The public error for a journal problem: the journal's path and the byte offset.
+fn journal_error(path: &Path, e: JournalError) -> Error {
+    match e.error {
+        DecodeError::Problem(problem) => Error::Corrupt {
+            path: path.to_path_buf(),
+            problem: format!("at byte {}: {problem}", e.offset),
+        },
+        DecodeError::FutureVersion(found) => Error::FutureVersion {
+            path: path.to_path_buf(),
+            found,
+            supported: journal::VERSION,
+        },
+    }
+}
