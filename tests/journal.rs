@@ -1,0 +1,271 @@
+//! The journal on real files: what a cut or a damaged journal opens as, what the
+//! write-behind appends, and when compaction runs.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{journal_path, manual_builder, manual_store, scratch, INTERVAL};
+use tokencache::{Error, NewToken, RateLimit, TokenInfo, TokenStore};
+
+/// Every file in `dir`, by name, with its bytes.
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, fs::read(e.path()).unwrap())
+        })
+        .collect()
+}
+
+/// Writes a store file and a journal into a fresh directory, private as the store keeps
+/// them.
+fn plant(snapshot: &[u8], journal: &[u8]) -> common::Scratch {
+    let s = scratch();
+    for (path, bytes) in [(s.path.clone(), snapshot), (journal_path(&s.path), journal)] {
+        fs::write(&path, bytes).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    s
+}
+
+/// A store whose journal holds one record per kind of change, and what the store held
+/// after each record: `(journal length, tokens)`, the first entry before any record. The
+/// files are copied while the store is open, as a crash would leave them.
+struct Recorded {
+    snapshot: Vec<u8>,
+    journal: Vec<u8>,
+    states: Vec<(usize, Vec<TokenInfo>)>,
+}
+
+fn recorded() -> Recorded {
+    let s = scratch();
+    let (store, clock) = manual_store(&s.path);
+    let journal_len = || fs::metadata(journal_path(&s.path)).unwrap().len() as usize;
+    let mut states = vec![(journal_len(), store.list())];
+    let mut record = |store: &TokenStore| states.push((journal_len(), store.list()));
+    let a = store
+        .issue(NewToken::new("a").scopes(["read", "write"]))
+        .unwrap();
+    record(&store);
+    let b = store
+        .issue(NewToken::new("b").rate_limit(RateLimit::per_minute(60)))
+        .unwrap();
+    record(&store);
+    clock.advance(Duration::from_secs(3));
+    store.validate(a.secret()).unwrap();
+    store.flush().unwrap();
+    record(&store);
+    store.revoke(&b.id()).unwrap();
+    record(&store);
+    let c = store.rotate(&a.id(), Duration::from_secs(600)).unwrap();
+    record(&store);
+    store
+        .set_rate_limit(&c.id(), Some(RateLimit::per_second(5)))
+        .unwrap();
+    record(&store);
+    store.delete(&b.id()).unwrap();
+    record(&store);
+    let recorded = Recorded {
+        snapshot: fs::read(&s.path).unwrap(),
+        journal: fs::read(journal_path(&s.path)).unwrap(),
+        states,
+    };
+    assert_eq!(recorded.journal.len(), journal_len());
+    assert_eq!(recorded.states.len(), 8, "one record per change");
+    drop(store);
+    recorded
+}
+
+#[test]
+fn every_truncation_of_the_journal_opens_with_every_record_before_the_cut() {
+    let recorded = recorded();
+    let header = recorded.states[0].0;
+    for cut in 0..=recorded.journal.len() {
+        let s = plant(&recorded.snapshot, &recorded.journal[..cut]);
+        let (builder, _) = manual_builder(&s.path);
+        let store = builder
+            .open()
+            .unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        let (kept, expected) = recorded
+            .states
+            .iter()
+            .rev()
+            .find(|(len, _)| *len <= cut)
+            .unwrap_or(&recorded.states[0]);
+        assert_eq!(&store.list(), expected, "cut at {cut}");
+        // A cut inside a record leaves a torn tail: set aside, byte for byte.
+        let torn: Vec<(String, Vec<u8>)> = files(s.dir.path())
+            .into_iter()
+            .filter(|(name, _)| name.contains(".torn-"))
+            .collect();
+        if cut == *kept {
+            assert!(torn.is_empty(), "cut at {cut}: {torn:?}");
+        } else {
+            let from = if cut < header { 0 } else { *kept };
+            let name = format!("tokens.snap.journal.torn-{from}");
+            assert_eq!(
+                torn,
+                [(name, recorded.journal[from..cut].to_vec())],
+                "cut at {cut}"
+            );
+        }
+        // The store takes changes again, and they survive.
+        store.issue(NewToken::new("after")).unwrap();
+        store.close().unwrap();
+        let (builder, _) = manual_builder(&s.path);
+        assert_eq!(builder.open().unwrap().list().len(), expected.len() + 1);
+    }
+}
+
+#[test]
+fn a_bit_flip_in_an_older_record_is_refused_and_every_file_is_untouched() {
+    let recorded = recorded();
+    // Every byte before the last record: the header and every older record.
+    let last = recorded.states[recorded.states.len() - 2].0;
+    for byte in 0..last {
+        let mut journal = recorded.journal.clone();
+        journal[byte] ^= 1 << (byte % 8);
+        let s = plant(&recorded.snapshot, &journal);
+        let before = files(s.dir.path());
+        let error = TokenStore::open(&s.path).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains(journal_path(&s.path).to_str().unwrap()),
+            "byte {byte}: {text}"
+        );
+        assert!(
+            matches!(error, Error::Corrupt { .. } | Error::FutureVersion { .. }),
+            "byte {byte}: {text}"
+        );
+        if byte >= 32 {
+            assert!(text.contains("at byte "), "byte {byte}: {text}");
+        }
+        // The lock file is the one file `open` may create.
+        let mut after = files(s.dir.path());
+        after.remove("tokens.snap.lock");
+        assert_eq!(after, before, "byte {byte}: open changed the files");
+    }
+}
+
+#[test]
+fn a_journal_that_starts_after_the_store_file_ends_is_refused() {
+    // A store file restored from an older copy: the journal's first record follows one
+    // the older snapshot does not cover.
+    let s = scratch();
+    let (store, _) = manual_store(&s.path);
+    store.issue(NewToken::new("a")).unwrap();
+    store.close().unwrap();
+    let old_snapshot = fs::read(&s.path).unwrap();
+    let (store, _) = manual_store(&s.path);
+    store.issue(NewToken::new("b")).unwrap();
+    store.close().unwrap();
+    let (store, _) = manual_store(&s.path);
+    store.issue(NewToken::new("c")).unwrap();
+    let journal = fs::read(journal_path(&s.path)).unwrap();
+    drop(store);
+    let s2 = plant(&old_snapshot, &journal);
+    let error = TokenStore::open(&s2.path).unwrap_err();
+    assert!(error.to_string().contains("missing"), "{error}");
+}
+
+/// The `last_used` write-behind appends only the tokens used since the last write: with a
+/// million tokens, an interval in which 1,000 were used writes one record of at most
+/// 64 KiB, and an idle interval writes nothing.
+#[test]
+fn a_flush_of_1000_used_tokens_among_a_million_writes_at_most_64_kib() {
+    let s = scratch();
+    let (builder, clock) = manual_builder(&s.path);
+    // No compaction in this test: the floor is above the 1M-token journal record.
+    let store = builder.compaction_floor(u64::MAX).open().unwrap();
+    let issued = store
+        .issue_many((0..1_000_000).map(|i| NewToken::new(format!("t{i}"))))
+        .unwrap();
+    let before = store.stats();
+    for token in issued.iter().step_by(1000) {
+        store.validate(token.secret()).unwrap();
+    }
+    clock.advance(INTERVAL);
+    let after = store.stats();
+    let written = after.journal_bytes_written - before.journal_bytes_written;
+    assert_eq!(
+        after.journal_records_written,
+        before.journal_records_written + 1
+    );
+    assert_eq!(after.snapshots_written, before.snapshots_written);
+    assert!(written <= 64 * 1024, "{written} bytes for 1000 used tokens");
+    println!("1,000 used tokens of 1,000,000: one record of {written} bytes");
+    clock.advance(INTERVAL);
+    assert_eq!(store.stats().bytes_written, after.bytes_written, "idle");
+    drop(store);
+}
+
+/// Compaction runs on its own timer once the journal is larger than both the snapshot and
+/// the floor, and not before; close compacts what is left; each leaves an empty journal.
+#[test]
+fn compaction_runs_when_the_journal_outgrows_snapshot_and_floor() {
+    const FLOOR: u64 = 4096;
+    let s = scratch();
+    let (builder, clock) = manual_builder(&s.path);
+    let store = builder.compaction_floor(FLOOR).open().unwrap();
+    let journal_len = || fs::metadata(journal_path(&s.path)).unwrap().len();
+    let header = journal_len();
+    let mut n = 0;
+    let mut issue_until = |len: u64| {
+        while journal_len() <= len {
+            store.issue(NewToken::new(format!("t{n}"))).unwrap();
+            n += 1;
+        }
+    };
+    // Past the snapshot (a new store's is nearly empty) but not the floor: no compaction.
+    issue_until(FLOOR / 2);
+    clock.advance(INTERVAL);
+    assert_eq!(
+        store.stats().snapshots_written,
+        1,
+        "only the first snapshot"
+    );
+    // Past both.
+    issue_until(4 * FLOOR);
+    clock.advance(INTERVAL);
+    assert_eq!(
+        store.stats().snapshots_written,
+        2,
+        "outgrew snapshot and floor"
+    );
+    assert_eq!(journal_len(), header, "a fresh journal");
+    let info = tokencache::inspect(&s.path).unwrap();
+    assert_eq!((info.tokens, info.journal_records), (store.list().len(), 0));
+
+    // Past the floor but not the snapshot (which now holds every token): no compaction.
+    let snapshot = fs::metadata(&s.path).unwrap().len();
+    assert!(snapshot > 2 * FLOOR);
+    issue_until(FLOOR + header);
+    clock.advance(INTERVAL);
+    assert_eq!(
+        store.stats().snapshots_written,
+        2,
+        "smaller than the snapshot"
+    );
+    // The timer, not the append, decides: past the snapshot, nothing until the tick.
+    issue_until(snapshot);
+    assert_eq!(
+        store.stats().snapshots_written,
+        2,
+        "compacted off the timer"
+    );
+    clock.advance(INTERVAL);
+    assert_eq!(store.stats().snapshots_written, 3);
+    issue_until(header);
+    let tokens = store.list().len();
+    store.close().unwrap();
+    assert_eq!(journal_len(), header, "close compacted");
+    let info = tokencache::inspect(&s.path).unwrap();
+    assert_eq!((info.tokens, info.journal_records), (tokens, 0));
+}
