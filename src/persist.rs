@@ -153,6 +153,9 @@ impl Sink for FileSink {
 #[derive(Clone)]
 pub struct Recorder {
     written: Arc<crate::sync::Mutex<Vec<Recorded>>>,
+    /// Records appended since the last compaction: the journal's "length" (the persister's
+    /// copy counts; compaction runs once it passes the store's floor).
+    records: u64,
 }
 
 /// Model checks only: what the files held after one write, as the [`Recorder`] saw it.
@@ -160,6 +163,8 @@ pub struct Recorder {
 #[derive(Debug, Clone)]
 pub struct Recorded {
     tokens: Vec<(TokenId, Option<u64>, Option<u64>)>,
+    /// Whether this write was a compaction (a snapshot), not a journal record.
+    compaction: bool,
 }
 
 #[cfg(loom)]
@@ -181,6 +186,11 @@ impl Recorded {
     pub fn revoked(&self, id: TokenId) -> bool {
         self.tokens.iter().any(|(t, _, r)| *t == id && r.is_some())
     }
+
+    /// Whether this write was a compaction (a snapshot), not a journal record.
+    pub fn is_compaction(&self) -> bool {
+        self.compaction
+    }
 }
 
 #[cfg(loom)]
@@ -188,6 +198,7 @@ impl Default for Recorder {
     fn default() -> Self {
         Recorder {
             written: Arc::new(crate::sync::Mutex::new(Vec::new())),
+            records: 0,
         }
     }
 }
@@ -215,11 +226,15 @@ impl Recorder {
 #[cfg(loom)]
 impl Recorder {
     /// Records the state after a write: `change` applied to the newest state.
-    fn record(&self, change: impl FnOnce(&mut Vec<(TokenId, Option<u64>, Option<u64>)>)) {
+    fn record(
+        &self,
+        compaction: bool,
+        change: impl FnOnce(&mut Vec<(TokenId, Option<u64>, Option<u64>)>),
+    ) {
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
         let mut tokens = written.last().map(|r| r.tokens.clone()).unwrap_or_default();
         change(&mut tokens);
-        written.push(Recorded { tokens });
+        written.push(Recorded { tokens, compaction });
     }
 }
 
@@ -239,7 +254,8 @@ impl Sink for Recorder {
                 }
             });
         }
-        self.record(|tokens| {
+        self.records += 1;
+        self.record(false, |tokens| {
             for (change, (id, what)) in changes.iter().zip(parsed) {
                 let at = tokens.iter().position(|t| t.0 == id);
                 match (change, at, what) {
@@ -267,7 +283,8 @@ impl Sink for Recorder {
             Ok((id, r.last_used, r.revoked_at))
         });
         let tokens = tokens.collect::<io::Result<Vec<_>>>()?;
-        self.record(|state| *state = tokens);
+        self.records = 0;
+        self.record(true, |state| *state = tokens);
         Ok(Compacted {
             snapshot_bytes: 0,
             journal: Ok(0),
@@ -279,7 +296,7 @@ impl Sink for Recorder {
     }
 
     fn journal_len(&self) -> u64 {
-        0
+        journal::HEADER_LEN as u64 + self.records
     }
 
     fn path(&self) -> PathBuf {
@@ -671,8 +688,9 @@ impl Persister {
         if size_check_due {
             self.last_size_check_ms = now;
         }
-        let outgrown = self.sink.journal_len() > self.snapshot_len.max(self.compaction_floor);
         let has_records = self.sink.journal_len() > journal::HEADER_LEN as u64;
+        let outgrown =
+            has_records && self.sink.journal_len() > self.snapshot_len.max(self.compaction_floor);
         let flush_asked = !batch.flushes.is_empty();
         // Planted bug (loom twin only): a flush that trusts `Dirty` messages over the scan.
         #[cfg(loom)]
@@ -918,6 +936,13 @@ impl Persister {
         now: u64,
     ) {
         for (entry, &lu) in entries.iter().zip(taken) {
+            // Planted bug (loom twin only): memory's newest time is taken as written, though
+            // a validation may have set it after the snapshot read it.
+            #[cfg(loom)]
+            if crate::sync::bug::planted(crate::sync::bug::Bug::PersistedFromMemory) {
+                entry.mark_persisted(entry.last_used().unwrap_or(0));
+                continue;
+            }
             entry.mark_persisted(lu);
         }
         self.join(pending);

@@ -202,6 +202,9 @@ pub mod bug {
         CloseWithoutWaiting,
         /// The persister answers a revoke or delete before it changes memory.
         ChangeAfterReply,
+        /// After a compaction, each token's `last_used` as memory holds it then is taken as
+        /// written, instead of the value the snapshot read.
+        PersistedFromMemory,
     }
 
     std::thread_local! {

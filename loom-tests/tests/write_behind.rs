@@ -1,7 +1,8 @@
 //! Model checks of the write-behind protocol, run on the production code: `Entry::touch` /
 //! `take_for_snapshot`, the persister and `TokenStore`, with loom's atomics, locks, threads
-//! and channel swapped in by `src/sync.rs`. Snapshots go to a recording sink (no I/O) and
-//! time moves only through `ManualClock`, whose ticks are the persister's only timer.
+//! and channel swapped in by `src/sync.rs`. Journal records and snapshots go to a recording
+//! sink (no I/O) that keeps what the files would hold after each write ("on disk" below),
+//! and time moves only through `ManualClock`, whose ticks are the persister's only timer.
 //!
 //! Each property has a twin: the same model with one bug planted in the production code
 //! (`tokencache::__loom::Bug`), which loom must find. Run with `scripts/loom.sh`.
@@ -17,7 +18,7 @@ use tokencache::{Error, ManualClock, NewToken, Rejection, TokenId, TokenStore};
 
 /// The start time of every model (Unix ms).
 const T0: u64 = ManualClock::DEFAULT_START_MS;
-/// The write-behind period; models move the clock by it to make a timed snapshot due.
+/// The write-behind period; models move the clock by it to make a timed write due.
 const INTERVAL: Duration = Duration::from_secs(60);
 
 /// Runs `f` under loom with at most `bound` preemptions per execution, unless
@@ -60,18 +61,18 @@ fn open(tokens: usize) -> Fixture {
     }
 }
 
-/// `last_used` of `id` in the newest snapshot written so far.
+/// `last_used` of `id` on disk after the newest write.
 fn stored_last_used(recorder: &Recorder, id: TokenId) -> Option<u64> {
     recorder.last().and_then(|s| s.last_used(id))
 }
 
 // ---- 1. No lost `last_used` -------------------------------------------------------------
 
-/// A validation racing a snapshot either lands in it or re-dirties the token, so the next
-/// timed snapshot stores the newest `last_used`. Bound 3: a lost update needs only two
+/// A validation racing a write (here the record `flush` appends) either lands in it or
+/// re-dirties the token, so the next timed record stores the newest `last_used`. Bound 3: a lost update needs only two
 /// preemptions (inside `take_for_snapshot`, inside `touch`); the third covers the send.
 #[test]
-fn a_validation_racing_a_snapshot_reaches_the_next_timed_snapshot() {
+fn a_validation_racing_a_write_reaches_the_next_timed_write() {
     model(3, no_lost_last_used);
 }
 
@@ -93,26 +94,26 @@ fn no_lost_last_used() {
         ids,
     } = open(1);
     store.validate(&secrets[0]).unwrap(); // at T0: dirty, id sent
-    clock.advance(Duration::from_millis(1)); // a tick, but no snapshot is due yet
+    clock.advance(Duration::from_millis(1)); // a tick, but no write is due yet
     let racer = {
         let (store, secret) = (store.clone(), secrets[0].clone());
         thread::spawn(move || drop(store.validate(&secret).unwrap())) // at T0 + 1
     };
-    store.flush().unwrap(); // a snapshot racing the validation
+    store.flush().unwrap(); // a write racing the validation
     racer.join().unwrap();
-    clock.advance(INTERVAL); // the timed snapshot is due if anything is still dirty
+    clock.advance(INTERVAL); // the timed write is due if anything is still dirty
     assert_eq!(
         stored_last_used(&recorder, ids[0]),
         Some(T0 + 1),
-        "lost last_used: the newest validation never reached a snapshot"
+        "lost last_used: the newest validation never reached the disk"
     );
 }
 
 /// A validation whose id a full channel refused (it sets `overflow` instead of blocking)
-/// still reaches the next timed snapshot. Bound 3: the twin's loss needs one preemption
+/// still reaches the next timed write. Bound 3: the twin's loss needs one preemption
 /// (the validation meeting a tick in the one-slot channel); two more move the flag around it.
 #[test]
-fn a_validation_refused_by_a_full_channel_reaches_the_next_timed_snapshot() {
+fn a_validation_refused_by_a_full_channel_reaches_the_next_timed_write() {
     model(3, overflow_not_lost);
 }
 
@@ -139,14 +140,14 @@ fn overflow_not_lost() {
     };
     store.validate(&secret).unwrap(); // its send may find the channel full
     ticker.join().unwrap();
-    clock.advance(INTERVAL); // the timed snapshot is due if anything is still dirty
+    clock.advance(INTERVAL); // the timed write is due if anything is still dirty
     let newest = store.get(&id).and_then(|t| t.last_used);
     let newest = newest.map(|t| u64::try_from(t.timestamp_millis()).unwrap());
     assert!(newest.is_some());
     assert_eq!(
         stored_last_used(&recorder, id),
         newest,
-        "lost last_used: a validation refused by the full channel never reached a snapshot ({:?})",
+        "lost last_used: a validation refused by the full channel never reached the disk ({:?})",
         store.stats()
     );
 }
@@ -185,18 +186,18 @@ fn coalescing() {
     assert_eq!(
         store.stats().dirty_sends,
         1,
-        "coalescing broken: one clean token, sends between two snapshots"
+        "coalescing broken: one clean token, sends between two writes"
     );
 }
 
 // ---- 3. Flush barrier -------------------------------------------------------------------
 
 /// Whatever a thread observed before `flush` (here: its own validation, which may have
-/// found another thread's unsent `last_used` and sent nothing) is in the snapshot `flush`
+/// found another thread's unsent `last_used` and sent nothing) is in the record `flush`
 /// waited for. Bound 3: the miss needs one preemption (the other validation stopped between
 /// its store and its send); two more let that send land before, inside or after the batch.
 #[test]
-fn flush_waits_for_a_snapshot_holding_everything_seen_before_it() {
+fn flush_waits_for_a_write_holding_everything_seen_before_it() {
     model(3, flush_barrier);
 }
 
@@ -226,22 +227,23 @@ fn flush_barrier() {
     assert_eq!(
         stored_last_used(&recorder, ids[0]),
         Some(T0),
-        "flush barrier broken: flush returned before a snapshot held what this thread saw"
+        "flush barrier broken: flush returned before the disk held what this thread saw"
     );
     other.join().unwrap();
 }
 
 // ---- 4. Group commit --------------------------------------------------------------------
 
-/// A concurrent `issue` and `revoke` each return only after a snapshot holding their change
-/// was written, and once a snapshot holds the revoke every later one does. Bound 3: the two
-/// requests can meet in one batch or two, in either order, with the write in between.
+/// A concurrent `issue` and `revoke` each return only after the journal record holding
+/// their change (one record when they meet in one batch) is on disk, and once the disk
+/// holds the revoke it always does. Bound 3: the two requests can meet in one batch or
+/// two, in either order, with the write in between.
 #[test]
-fn issue_and_revoke_return_only_after_their_snapshot_and_a_revoke_stays() {
+fn issue_and_revoke_return_only_after_their_record_and_a_revoke_stays() {
     model(3, group_commit);
 }
 
-/// Twin: the persister answers `issue`/`revoke`/`flush` before writing the snapshot.
+/// Twin: the persister answers `issue`/`revoke`/`flush` before appending the record.
 #[test]
 #[should_panic(expected = "acknowledged before")]
 fn twin_acking_before_the_write_breaks_group_commit() {
@@ -262,13 +264,13 @@ fn group_commit() {
         thread::spawn(move || {
             let new = store.issue(NewToken::new("new")).unwrap();
             let written = recorder.snapshots().iter().any(|s| s.contains(new.id()));
-            assert!(written, "issue acknowledged before a snapshot held it");
+            assert!(written, "issue acknowledged before the disk held it");
             new
         })
     };
     store.revoke(&ids[0]).unwrap();
     let written = recorder.snapshots().iter().any(|s| s.revoked(ids[0]));
-    assert!(written, "revoke acknowledged before a snapshot held it");
+    assert!(written, "revoke acknowledged before the disk held it");
     assert_eq!(store.validate(&secrets[0]).unwrap_err(), Rejection::Revoked);
     let new = issuer.join().unwrap();
     let valid = store.validate(new.secret()).is_ok();
@@ -281,7 +283,7 @@ fn group_commit() {
     let first = snapshots.iter().position(|s| s.revoked(ids[0])).unwrap();
     assert!(
         snapshots[first..].iter().all(|s| s.revoked(ids[0])),
-        "a revoke was undone by a later snapshot"
+        "a revoke was undone by a later write"
     );
 }
 
@@ -531,4 +533,62 @@ fn change_racing_validate(change: Change) {
         Ok(_) => panic!("accepted after the change returned (and its thread ended)"),
         Err(rejection) => assert_eq!(rejection, refused),
     }
+}
+
+// ---- 8. Compaction racing a validation --------------------------------------------------
+
+/// A validation racing a compaction (the full snapshot that replaces the journal, here
+/// started by the timer because the journal outgrew a floor of 0) either lands in the
+/// snapshot or stays dirty with its time not counted as written, so the next timed record
+/// stores the newest `last_used`. Bound 3: the loss needs the validation between the
+/// snapshot's read and its bookkeeping (two preemptions); the third moves its send.
+#[test]
+fn a_validation_racing_a_compaction_reaches_the_next_write() {
+    model(3, compaction_racing_validation);
+}
+
+/// Twin: after a compaction, memory's newest `last_used` is taken as written instead of the
+/// value the snapshot read; a validation in between is then never written.
+#[test]
+#[should_panic(expected = "lost last_used")]
+fn twin_taking_memory_as_written_after_a_compaction_loses_last_used() {
+    let _bug = plant(Bug::PersistedFromMemory);
+    model(3, compaction_racing_validation);
+}
+
+fn compaction_racing_validation() {
+    let clock = ManualClock::new(T0);
+    let recorder = Recorder::default();
+    let builder = TokenStore::builder("loom-model.snap")
+        .clock(clock.clone())
+        .flush_interval(INTERVAL)
+        .compaction_floor(0);
+    let (store, issued) = open_recorded(builder, 1, recorder.clone()).unwrap();
+    let (secret, id) = (issued[0].secret().to_owned(), issued[0].id());
+    store.validate(&secret).unwrap(); // at T0
+    store.flush().unwrap(); // a journal record: the next size check compacts
+    clock.advance(Duration::from_millis(1)); // a tick, but no check is due yet
+    let racer = {
+        let (store, secret) = (store.clone(), secret.clone());
+        thread::spawn(move || drop(store.validate(&secret).unwrap()))
+    };
+    clock.advance(INTERVAL); // the size check is due: a compaction racing the validation
+    racer.join().unwrap();
+    let compactions = recorder
+        .snapshots()
+        .iter()
+        .filter(|r| r.is_compaction())
+        .count();
+    assert_eq!(
+        compactions, 2,
+        "the first snapshot and the timed compaction"
+    );
+    clock.advance(INTERVAL); // the timed record is due if anything is still dirty
+    let newest = store.get(&id).and_then(|t| t.last_used);
+    let newest = newest.map(|t| u64::try_from(t.timestamp_millis()).unwrap());
+    assert_eq!(
+        stored_last_used(&recorder, id),
+        newest,
+        "lost last_used: the validation racing the compaction never reached the disk"
+    );
 }
