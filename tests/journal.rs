@@ -269,3 +269,39 @@ fn compaction_runs_when_the_journal_outgrows_snapshot_and_floor() {
     let info = tokencache::inspect(&s.path).unwrap();
     assert_eq!((info.tokens, info.journal_records), (tokens, 0));
 }
+
+/// The journal is held to the store file's rules: group- or other-writable is refused
+/// (anyone who can write it can add a token), naming the journal, untouched.
+#[test]
+fn a_journal_others_may_write_is_refused() {
+    let s = scratch();
+    let (store, _) = manual_store(&s.path);
+    store.issue(NewToken::new("a")).unwrap();
+    drop(store);
+    let journal = journal_path(&s.path);
+    fs::set_permissions(&journal, fs::Permissions::from_mode(0o666)).unwrap();
+    let before = fs::read(&journal).unwrap();
+    let error = TokenStore::open(&s.path).unwrap_err();
+    assert!(matches!(error, Error::LoosePermissions { .. }), "{error}");
+    assert!(error.to_string().contains("journal"), "{error}");
+    assert_eq!(fs::read(&journal).unwrap(), before);
+}
+
+/// A store file alone (a journal deleted by hand, or a store written before journals
+/// existed) opens with what it holds, and gets a fresh journal.
+#[test]
+fn a_store_file_without_a_journal_opens_and_starts_one() {
+    let s = scratch();
+    let (store, _) = manual_store(&s.path);
+    let token = store.issue(NewToken::new("a")).unwrap();
+    store.close().unwrap();
+    fs::remove_file(journal_path(&s.path)).unwrap();
+    let (store, _) = manual_store(&s.path);
+    assert!(store.validate(token.secret()).is_ok());
+    assert!(journal_path(&s.path).exists());
+    let revoked = store.issue(NewToken::new("b")).unwrap();
+    store.revoke(&revoked.id()).unwrap();
+    drop(store);
+    let (store, _) = manual_store(&s.path);
+    assert_eq!(store.list().len(), 2);
+}
