@@ -139,7 +139,7 @@ enum Command {
     },
     /// Benchmark: hammer a scratch store with a realistic request mix from many threads.
     ///
-    /// Prints throughput, latency, snapshots and bytes written, and checks that the file
+    /// Prints throughput, latency, writes and bytes written, and checks that the file
     /// matches memory afterwards; `--compare` also runs the designs tokencache replaces.
     Stress(crate::stress::StressArgs),
     /// Show the store file's header, format version and counts (without locking it).

@@ -96,8 +96,9 @@ pub struct Baseline {
 /// What a baseline did, read at [`Baseline::close`].
 #[derive(Debug, Clone, Copy)]
 pub struct Closed {
-    /// Whole-file saves written (the final one included).
-    pub snapshots: u64,
+    /// Writes to disk (the final one included): whole-file saves for the baselines; journal
+    /// records and snapshots for tokencache.
+    pub writes: u64,
     /// Bytes written by them.
     pub bytes: u64,
     /// Whether the file on disk decodes to exactly the map in memory.
@@ -179,7 +180,7 @@ impl Baseline {
         let verified = load(&inner.path).is_ok_and(|on_disk| on_disk == state.tokens);
         let saves = *lock(&inner.saves);
         Closed {
-            snapshots: saves.count,
+            writes: saves.count,
             bytes: saves.bytes,
             verified,
         }

@@ -171,7 +171,7 @@ impl Card {
         let verified =
             load(&shared.path).is_ok_and(|on_disk| on_disk == shared.image(Entry::record));
         Closed {
-            snapshots: saves.count,
+            writes: saves.count,
             bytes: saves.bytes,
             verified,
         }

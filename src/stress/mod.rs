@@ -360,7 +360,7 @@ fn build_pool(store: &TokenStore, dir: &Path, count: usize) -> Result<Pool, toke
         .collect::<Result<_, _>>()
         .map_err(|r| tokencache::Error::InvalidRequest(format!("a fresh token was {r}")))?;
     std::thread::scope(|scope| {
-        // Eight callers at once share snapshots (group commit).
+        // Eight callers at once share journal records (group commit).
         let workers: Vec<_> = ids
             .chunks(ids.len().div_ceil(8))
             .map(|chunk| scope.spawn(move || chunk.iter().try_for_each(|id| store.revoke(id))))
@@ -454,7 +454,8 @@ fn run_tokencache(
         .open()
         .map_err(|e| e.to_string())?;
     let written = baselines::Closed {
-        snapshots: after.snapshots_written - before.snapshots_written,
+        writes: (after.journal_records_written + after.snapshots_written)
+            - (before.journal_records_written + before.snapshots_written),
         bytes: after.bytes_written - before.bytes_written,
         verified: reopened.list() == in_memory,
     };
@@ -483,7 +484,7 @@ impl Measured {
             ops: self.ops,
             accepted: self.accepted,
             latency: self.latency,
-            snapshots: written.snapshots,
+            writes: written.writes,
             bytes: written.bytes,
             verified: written.verified,
         }

@@ -14,7 +14,7 @@ pub struct Report {
     pub ops: u64,
     pub accepted: u64,
     pub latency: Histogram<u64>,
-    pub snapshots: u64,
+    pub writes: u64,
     pub bytes: u64,
     pub verified: bool,
 }
@@ -65,7 +65,7 @@ pub fn json_row(report: &Report, settings: &Settings) -> Value {
             "max": report.latency.max(),
             "samples": report.latency.len(),
         },
-        "snapshots": report.snapshots,
+        "writes": report.writes,
         "bytes_written": report.bytes,
         "verified": report.verified,
     })
@@ -92,15 +92,7 @@ pub fn print_table(reports: &[Report], settings: &Settings) {
     );
     println!(
         "{:<17} {:>14} {:>9} {:>9} {:>9} {:>10} {:>12} {:>9} {:>14}",
-        "design",
-        "ops/s",
-        "p50",
-        "p99",
-        "p99.9",
-        "snapshots",
-        "written",
-        "on disk",
-        "tokencache is"
+        "design", "ops/s", "p50", "p99", "p99.9", "writes", "written", "on disk", "tokencache is"
     );
     let ours = reports.first().map_or(0.0, Report::ops_per_sec);
     for report in reports {
@@ -117,7 +109,7 @@ pub fn print_table(reports: &[Report], settings: &Settings) {
             q(0.5),
             q(0.99),
             q(0.999),
-            report.snapshots,
+            report.writes,
             format_bytes(report.bytes),
             if report.verified {
                 "matches"
