@@ -87,17 +87,26 @@ pub(crate) struct RecordRef<'a> {
     pub(crate) rate_limit: Option<RateLimitRecord>,
 }
 
-/// The scopes of an entry's packed text (name and scopes, see `entry::pack_text`), which
-/// serialize as the `Vec<String>` of a [`Record`] would.
+/// The scopes of an entry's packed text: the name, then each scope after a `separator`
+/// (see `entry::pack_text`). Serializes as the `Vec<String>` of a [`Record`] would.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Scopes<'a>(pub(crate) &'a str);
+pub(crate) struct Scopes<'a> {
+    pub(crate) text: &'a str,
+    pub(crate) separator: char,
+}
+
+impl<'a> Scopes<'a> {
+    /// Each scope, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        self.text.split(self.separator).skip(1)
+    }
+}
 
 impl Serialize for Scopes<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
-        let scopes = || crate::entry::scopes_of(self.0);
-        let mut seq = serializer.serialize_seq(Some(scopes().count()))?;
-        for scope in scopes() {
+        let mut seq = serializer.serialize_seq(Some(self.iter().count()))?;
+        for scope in self.iter() {
             seq.serialize_element(scope)?;
         }
         seq.end()

@@ -393,18 +393,21 @@ fn run_child(
     (killed_at, lines, status, stderr)
 }
 
+/// The number in environment variable `name`, or `default`.
+fn env_number<T: std::str::FromStr>(name: &str, default: impl FnOnce() -> T) -> T {
+    std::env::var(name)
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} is a number")))
+        .unwrap_or_else(|_| default())
+}
+
 /// The seed from `TOKENCACHE_CRASH_SEED`, or the time.
 fn seed() -> u64 {
-    std::env::var("TOKENCACHE_CRASH_SEED")
-        .map(|s| s.parse().expect("TOKENCACHE_CRASH_SEED is a number"))
-        .unwrap_or_else(|_| now_ms())
+    env_number("TOKENCACHE_CRASH_SEED", now_ms)
 }
 
 #[test]
 fn sigkill_at_random_moments_loses_nothing_acknowledged() {
-    let rounds: usize = std::env::var("TOKENCACHE_CRASH_ROUNDS")
-        .map(|r| r.parse().expect("TOKENCACHE_CRASH_ROUNDS is a number"))
-        .unwrap_or(200);
+    let rounds: usize = env_number("TOKENCACHE_CRASH_ROUNDS", || 200);
     let seed = seed();
     println!("crash torture: {rounds} rounds, seed {seed} (TOKENCACHE_CRASH_SEED={seed} replays the kill times)");
     let mut rng = Rng(seed);
@@ -475,9 +478,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
 /// `TOKENCACHE_CRASH_STEP_ROUNDS` (default 4) rounds per step.
 #[test]
 fn a_crash_at_every_compaction_step_loses_nothing_acknowledged() {
-    let per_step: usize = std::env::var("TOKENCACHE_CRASH_STEP_ROUNDS")
-        .map(|r| r.parse().expect("TOKENCACHE_CRASH_STEP_ROUNDS is a number"))
-        .unwrap_or(4);
+    let per_step: usize = env_number("TOKENCACHE_CRASH_STEP_ROUNDS", || 4);
     let seed = seed();
     println!("compaction crashes: {per_step} rounds per step, seed {seed}");
     let mut rng = Rng(seed);
