@@ -117,6 +117,20 @@ pub(crate) fn encode_record(
     Ok(())
 }
 
+/// A journal (header, base 0) holding one record 1 whose payload is `payload`, framed and
+/// checksummed (for fuzzing the record decoder).
+pub(crate) fn frame_record(payload: &[u8]) -> Vec<u8> {
+    let mut out = header(0).to_vec();
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&1u64.to_le_bytes());
+    out.extend_from_slice(&payload[..len as usize]);
+    let crc = record_crc(&out[HEADER_LEN..]);
+    out[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
 /// The checksum of a whole framed record (its `crc` field is not covered).
 fn record_crc(record: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
@@ -380,6 +394,18 @@ mod tests {
     }
 
     #[test]
+    fn a_framed_payload_is_one_valid_record() {
+        let mut payload = Vec::new();
+        snapshot::encode_into(&vec![ChangeRef::Delete { id: *b"abcd1234" }], &mut payload);
+        let scanned = scan(&frame_record(&payload)).unwrap();
+        assert_eq!(scanned.records.len(), 1);
+        assert_eq!(
+            scanned.records[0].changes,
+            [Change::Delete { id: *b"abcd1234" }]
+        );
+    }
+
+    #[test]
     fn zeros_after_the_last_record_are_a_torn_tail() {
         let mut image = sample();
         let len = image.len();
@@ -398,6 +424,17 @@ mod tests {
             #[test]
             fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
                 let _ = scan(&bytes);
+            }
+
+            /// A payload behind a valid frame reaches the change decoder and the replay.
+            #[test]
+            fn arbitrary_payloads_behind_a_valid_frame_never_panic(
+                payload in proptest::collection::vec(any::<u8>(), 0..512),
+            ) {
+                if let Ok(scanned) = scan(&frame_record(&payload)) {
+                    let map = crate::map::Map::with_capacity(0);
+                    let _ = crate::recover::replay_after(&map, scanned.records, 0);
+                }
             }
 
             #[test]

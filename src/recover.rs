@@ -84,17 +84,7 @@ pub(crate) fn read(path: &Path) -> Result<Recovered, Error> {
         }));
     }
     let end = scanned.base + scanned.records.len() as u64;
-    let mut replayed = 0;
-    for logged in scanned.records.into_iter().filter(|r| r.seq > snapshot_seq) {
-        let offset = logged.offset;
-        replay(&map, logged).map_err(|problem| {
-            at(JournalError {
-                offset,
-                error: problem.into(),
-            })
-        })?;
-        replayed += 1;
-    }
+    let replayed = replay_after(&map, scanned.records, snapshot_seq).map_err(at)?;
     Ok(Recovered {
         map,
         snapshot_len,
@@ -107,6 +97,25 @@ pub(crate) fn read(path: &Path) -> Result<Recovered, Error> {
             torn: scanned.torn.then_some(bytes),
         }),
     })
+}
+
+/// Applies every record after sequence number `after` to `map`, in order; returns how
+/// many. An error names the offset of the record that cannot be applied.
+pub(crate) fn replay_after(
+    map: &Map,
+    records: Vec<Logged>,
+    after: u64,
+) -> Result<usize, JournalError> {
+    let mut replayed = 0;
+    for logged in records.into_iter().filter(|r| r.seq > after) {
+        let offset = logged.offset;
+        replay(map, logged).map_err(|problem| JournalError {
+            offset,
+            error: problem.into(),
+        })?;
+        replayed += 1;
+    }
+    Ok(replayed)
 }
 
 /// Applies one record's changes to `map`, in order. Each change is idempotent (a revoke
