@@ -47,6 +47,8 @@ mod layer;
 mod map;
 mod persist;
 mod rate_limit;
+#[cfg(not(loom))]
+mod room;
 mod snapshot;
 mod stats;
 mod store;
