@@ -2,16 +2,27 @@
 //! the gate that keeps a request from being queued where no one would answer it.
 
 use std::fmt;
+use std::sync::TryLockError;
+use std::task::{Poll, Waker};
 
 use crate::entry::Entry;
 use crate::error::Error;
 use crate::rate_limit::RateLimit;
 use crate::sync::channel::{self, Receiver, Sender, TrySendError};
+use crate::sync::oneshot;
 use crate::sync::{thread, Arc, AtomicBool, Ordering, RwLock};
 use crate::token::TokenId;
 
-/// A caller's reply channel: `Ok(n)` with how many tokens the change touched.
-pub(crate) type Reply = Sender<Result<usize, Error>>;
+/// A caller's reply: `Ok(n)` with how many tokens the change touched. Sent once, by the
+/// persister; dropped unsent only if the persister died.
+pub(crate) type Reply = oneshot::Sender<Result<usize, Error>>;
+/// Where the caller hears its [`Reply`]: `recv` blocks, `.await` does not.
+pub(crate) type Answer = oneshot::Receiver<Result<usize, Error>>;
+
+/// A reply and where it is heard.
+pub(crate) fn reply() -> (Reply, Answer) {
+    oneshot::channel()
+}
 
 /// What the persister receives.
 pub(crate) enum Message {
@@ -52,6 +63,10 @@ pub(crate) enum Message {
 /// batch holding `Shutdown`, and a crossbeam array channel keeps queued messages (with their
 /// reply senders) until every sender is gone, so its caller would wait forever. loom's
 /// `close_racing_validation_and_issue_loses_no_acknowledged_change` checks this.
+///
+/// The async calls hold the read lock only for a `try_send`. When the channel is full they
+/// wait, holding nothing, for the persister to take a message, and then pass the gate again
+/// (`an_async_revoke_racing_close_is_answered_or_refused` checks them).
 pub(crate) struct Inbox {
     tx: Sender<Message>,
     gate: RwLock<Gate>,
@@ -68,6 +83,17 @@ enum Gate {
     Shut,
     /// The persister thread panicked.
     Dead,
+}
+
+impl Gate {
+    /// Whether a request may pass, and if not, why.
+    fn admits(self) -> Result<(), Refused> {
+        match self {
+            Gate::Open => Ok(()),
+            Gate::Shut => Err(Refused::Closed),
+            Gate::Dead => Err(Refused::Dead),
+        }
+    }
 }
 
 /// Why a request was not queued.
@@ -96,11 +122,64 @@ impl Inbox {
             return self.tx.send(message).map_err(|_| Refused::Closed);
         }
         let gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
-        match *gate {
-            Gate::Open => self.tx.send(message).map_err(|_| Refused::Dead),
-            Gate::Shut => Err(Refused::Closed),
-            Gate::Dead => Err(Refused::Dead),
+        gate.admits()?;
+        self.tx.send(message).map_err(|_| Refused::Dead)
+    }
+
+    /// Like [`request`](Self::request), never blocking: `Pending` while the channel is full,
+    /// with the message kept in `message` and `waker` woken once the persister takes a
+    /// message (then poll again). The message leaves `message` when it is queued or refused.
+    pub(crate) fn poll_request(
+        &self,
+        message: &mut Option<Message>,
+        waker: &Waker,
+    ) -> Poll<Result<(), Refused>> {
+        // Planted bug (loom twin only): a request that bypasses the gate can be stranded.
+        #[cfg(loom)]
+        if crate::sync::bug::planted(crate::sync::bug::Bug::UngatedRequests) {
+            let sent = self.poll_send(Ok(()), message, waker);
+            return sent.map_err(|_| Refused::Closed); // as the blocking twin says
         }
+        let gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        self.poll_send(gate.admits(), message, waker)
+    }
+
+    /// If the gate `admitted` it (the caller holds the gate's lock), queues what `message`
+    /// holds if there is room now, and otherwise keeps it there and has `waker` woken once
+    /// the persister takes a message.
+    fn poll_send(
+        &self,
+        admitted: Result<(), Refused>,
+        message: &mut Option<Message>,
+        waker: &Waker,
+    ) -> Poll<Result<(), Refused>> {
+        let Some(next) = message.take() else {
+            return Poll::Ready(Ok(()));
+        };
+        if let Err(refused) = admitted {
+            return Poll::Ready(Err(refused));
+        }
+        match self.try_send_or_wait(next, waker) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(TrySendError::Full(next)) => {
+                *message = Some(next);
+                Poll::Pending
+            }
+            Err(TrySendError::Disconnected(_)) => Poll::Ready(Err(Refused::Dead)),
+        }
+    }
+
+    /// Sends `message` if there is room, or leaves `waker` to be woken once there may be.
+    fn try_send_or_wait(
+        &self,
+        message: Message,
+        waker: &Waker,
+    ) -> Result<(), TrySendError<Message>> {
+        #[cfg(loom)]
+        if crate::sync::bug::planted(crate::sync::bug::Bug::AsyncWithoutWaker) {
+            return self.tx.try_send(message);
+        }
+        self.tx.try_send_or_wait(message, waker)
     }
 
     /// Whether the store still takes requests (it is neither closed nor dead). Never
@@ -120,12 +199,43 @@ impl Inbox {
     /// `Err` if the persister is already gone (it died).
     pub(crate) fn shut(&self, shutdown: Message) -> Result<(), Refused> {
         let mut gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        self.shut_gate(&mut gate)?;
+        self.tx.send(shutdown).map_err(|_| Refused::Dead)
+    }
+
+    /// Like [`shut`](Self::shut), never blocking. `shutdown` stays in its slot while the
+    /// channel is full (as in [`poll_request`](Self::poll_request)). While a request holds the
+    /// gate's read lock (for a `try_send`, or a blocking caller's `send` into a full channel,
+    /// which ends as soon as the persister takes a message), this wakes `waker` at once and
+    /// returns `Pending`: the caller's executor polls again after its other tasks.
+    ///
+    /// Once the gate is shut no request passes it, so every request that did is queued
+    /// ahead of `shutdown` however long `shutdown` waits for room.
+    pub(crate) fn poll_shut(
+        &self,
+        shutdown: &mut Option<Message>,
+        waker: &Waker,
+    ) -> Poll<Result<(), Refused>> {
+        let mut gate = match self.gate.try_write() {
+            Ok(gate) => gate,
+            Err(TryLockError::Poisoned(gate)) => gate.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                waker.wake_by_ref();
+                return Poll::Pending;
+            }
+        };
+        let shut = self.shut_gate(&mut gate);
+        self.poll_send(shut, shutdown, waker)
+    }
+
+    /// Shuts the gate (under its write lock), unless the persister died.
+    fn shut_gate(&self, gate: &mut Gate) -> Result<(), Refused> {
         if *gate == Gate::Dead {
             return Err(Refused::Dead);
         }
         *gate = Gate::Shut;
         self.open.store(false, Ordering::Relaxed);
-        self.tx.send(shutdown).map_err(|_| Refused::Dead)
+        Ok(())
     }
 
     /// Called by a persister that panicked, before it lets go of `rx`: shuts the gate for

@@ -49,6 +49,8 @@ mod map;
 mod persist;
 mod rate_limit;
 mod recover;
+#[cfg(not(loom))]
+mod room;
 mod snapshot;
 mod stats;
 mod store;

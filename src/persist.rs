@@ -533,9 +533,12 @@ impl Persister {
         #[cfg(loom)]
         let acked_early = crate::sync::bug::planted(crate::sync::bug::Bug::AckBeforeWrite);
         #[cfg(loom)]
+        let mut replies = replies;
+        #[cfg(loom)]
         if acked_early {
-            let early = replies.iter().map(|(reply, _)| reply).chain(&batch.flushes);
-            for reply in early {
+            // (Planted bug: answered now, so the reply phase below no longer holds them.)
+            let early = replies.drain(..).map(|(reply, _)| reply);
+            for reply in early.chain(batch.flushes.drain(..)) {
                 let _ = reply.send(Ok(0));
             }
         }
@@ -550,26 +553,20 @@ impl Persister {
             self.definitions_pending = true;
         }
 
+        let stop = batch.shutdown.is_some();
         let counted = replies.into_iter();
         let plain = batch
             .flushes
             .into_iter()
-            .chain(batch.shutdown.iter().cloned())
+            .chain(batch.shutdown)
             .map(|reply| (reply, 0));
         for (reply, count) in counted.chain(plain) {
-            let answer = result.clone().map(|()| count);
-            // (Planted bug: those answered early are full or gone, so `try_send` skips them.)
-            #[cfg(loom)]
-            if acked_early {
-                let _ = reply.try_send(answer);
-                continue;
-            }
-            let _ = reply.send(answer);
+            let _ = reply.send(result.clone().map(|()| count));
         }
         for ack in batch.ticks {
             let _ = ack.send(());
         }
-        batch.shutdown.is_some()
+        stop
     }
 
     /// Whether a flush interval has passed since `since` at `now`; a clock that went back

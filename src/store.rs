@@ -8,7 +8,10 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::File;
+use std::future::{poll_fn, Future, IntoFuture};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,7 +20,7 @@ use crate::clock::{millis, Clock, SystemClock};
 use crate::entry::{self, Entry, Touch};
 use crate::error::{Error, Rejection};
 use crate::file::{self, Appender, FaultPlan};
-use crate::inbox::{Inbox, Message, Refused, Reply, Timer};
+use crate::inbox::{self, Answer, Inbox, Message, Refused, Reply, Timer};
 use crate::map::{Lent, Map};
 use crate::persist::{FileSink, Persister, Sink, Start};
 use crate::rate_limit::RateLimit;
@@ -27,6 +30,7 @@ use crate::snapshot::BodyRef;
 use crate::snapshot::{self, DecodeError};
 use crate::stats::{Counters, Stats};
 use crate::sync::channel::{self, TrySendError};
+use crate::sync::oneshot::{self, AsyncReceiver, RecvError};
 use crate::sync::thread::{self, JoinHandle};
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
 use crate::token::{self, IssuedToken, TokenId};
@@ -132,6 +136,46 @@ impl Shared {
 /// store.close()?;
 /// # Ok(()) }
 /// ```
+///
+/// # Async calls
+///
+/// Each call that changes the store has an async twin ([`issue_async`](Self::issue_async),
+/// [`revoke_async`](Self::revoke_async), ..., [`close_async`](Self::close_async)) with the
+/// same results and errors. Its future works with any executor and never waits on the
+/// thread polling it (but for `close_async`'s brief final join; see there):
+///
+/// - The call itself checks its input and prepares the change (as the blocking call does
+///   before it queues anything; no I/O, no waiting). Invalid input is the future's error.
+/// - The first poll queues the change for the persister thread, which does all the work,
+///   exactly as for the blocking call. If the persister's channel is full (it is behind),
+///   the future returns `Pending` and is woken as soon as the persister takes a message.
+/// - The future then waits for the persister's one-shot reply, the same one a blocking call
+///   waits on, and is woken by it once the change is on disk.
+///
+/// Dropping the future before its first poll queues nothing. Dropping it later does not
+/// cancel the change: once queued, the persister carries it out and makes it durable, and
+/// only the outcome goes unheard (call [`flush`](Self::flush) or
+/// [`flush_async`](Self::flush_async) to know it is on disk). A revoke whose future was
+/// dropped still revokes; an issue whose future was dropped creates a token whose secret
+/// nobody has (revoke or delete it by id, from [`list`](Self::list)).
+///
+/// The futures borrow the store (`close_async` takes it, as `close` does) and are `Send`.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("tokens.snap");
+/// use tokencache::{NewToken, TokenStore};
+///
+/// # let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+/// # runtime.block_on(async {
+/// let store = TokenStore::open(&path)?;
+/// let issued = store.issue_async(NewToken::new("ci-bot")).await?; // on disk now
+/// store.revoke_async(&issued.id()).await?;
+/// store.close_async().await?;
+/// # Ok::<_, tokencache::Error>(()) })?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct TokenStore {
     handle: Arc<Handle>,
@@ -149,8 +193,20 @@ struct Handle {
 enum Shutdown {
     /// The persister runs.
     Running(JoinHandle<()>),
+    /// One close is under way; each of these later closes hears its outcome.
+    Closing(Vec<oneshot::Sender<Result<(), Error>>>),
     /// A close finished with this outcome; every later close reports it too.
     Done(Result<(), Error>),
+}
+
+/// What a close finds when it starts.
+enum Claim {
+    /// The persister runs: this close stops it.
+    Closer(JoinHandle<()>),
+    /// Another close is under way: its outcome arrives here.
+    Wait(oneshot::Receiver<Result<(), Error>>),
+    /// The store is closed, with this outcome.
+    Closed(Result<(), Error>),
 }
 
 impl TokenStore {
@@ -210,8 +266,7 @@ impl TokenStore {
     /// the token to memory is O(1)); concurrent callers share one write. To create many tokens at once, use
     /// [`issue_many`](Self::issue_many).
     pub fn issue(&self, new: NewToken) -> Result<IssuedToken, Error> {
-        let mut issued = self.issue_many([new])?;
-        Ok(issued.remove(0))
+        self.commit(self.issuing(vec![new]).map(Change::only))
     }
 
     /// Issues several tokens with one durable write: all of them are on disk when this
@@ -220,6 +275,14 @@ impl TokenStore {
         &self,
         requests: impl IntoIterator<Item = NewToken>,
     ) -> Result<Vec<IssuedToken>, Error> {
+        self.commit(self.issuing(requests.into_iter().collect()))
+    }
+
+    /// Checks `requests` and prepares their issue: new ids and secrets, the entries.
+    fn issuing(
+        &self,
+        requests: Vec<NewToken>,
+    ) -> Result<Change<impl FnOnce(usize) -> Vec<IssuedToken>>, Error> {
         let shared = &self.handle.shared;
         let now = shared.clock.now_ms();
         let mut issued = Vec::new();
@@ -240,11 +303,11 @@ impl TokenStore {
             ));
             issued.push(IssuedToken { secret, id });
         }
+        let finish = move |_| issued;
         if entries.is_empty() {
-            return Ok(issued);
+            return Ok(Change::done(finish));
         }
-        self.request(|reply| Message::Issue(entries, reply))?;
-        Ok(issued)
+        Ok(Change::new(|reply| Message::Issue(entries, reply), finish))
     }
 
     /// Revokes a token. It is on disk when this returns, and every later validation says
@@ -253,7 +316,7 @@ impl TokenStore {
     /// If the write fails the token is still revoked in memory (the safe side), the error
     /// is returned, and the next tick retries; calling `revoke` again is harmless.
     pub fn revoke(&self, id: &TokenId) -> Result<(), Error> {
-        self.request(|reply| Message::Revoke(*id, reply)).map(drop)
+        self.commit(Ok(revoking(id)))
     }
 
     /// Deletes a token. It is gone from the file when this returns: later validations say
@@ -263,16 +326,21 @@ impl TokenStore {
     /// If the write fails the token is already gone from memory (the safe side, as with
     /// [`revoke`](Self::revoke)), the error is returned, and the next tick retries.
     pub fn delete(&self, id: &TokenId) -> Result<(), Error> {
-        self.request(|reply| Message::Delete(*id, reply)).map(drop)
+        self.commit(Ok(deleting(id)))
     }
 
     /// Deletes every token revoked or expired more than `age` ago, durably, and returns
     /// how many. `purge(Duration::ZERO)` deletes every revoked or expired token.
     /// [`Builder::retention`] makes the persister do this on its own.
     pub fn purge(&self, age: Duration) -> Result<usize, Error> {
+        self.commit(Ok(self.purging(age)))
+    }
+
+    /// Prepares a purge of what was revoked or expired more than `age` before now.
+    fn purging(&self, age: Duration) -> Change<impl FnOnce(usize) -> usize> {
         let now = self.handle.shared.clock.now_ms();
         let cutoff = now.saturating_sub(millis(age));
-        self.request(|reply| Message::Purge(cutoff, reply))
+        Change::new(|reply| Message::Purge(cutoff, reply), |purged| purged)
     }
 
     /// Issues a new token with the same name, scopes and rate limit as token `id` (and the
@@ -286,6 +354,15 @@ impl TokenStore {
     /// a token rotated a second time, after the first rotation shortened its expiry, passes
     /// on that shortened lifetime: rotate the replacement instead.
     pub fn rotate(&self, id: &TokenId, grace: Duration) -> Result<IssuedToken, Error> {
+        self.commit(self.rotating(id, grace))
+    }
+
+    /// Checks that token `id` may be rotated and prepares its replacement.
+    fn rotating(
+        &self,
+        id: &TokenId,
+        grace: Duration,
+    ) -> Result<Change<impl FnOnce(usize) -> IssuedToken>, Error> {
         let shared = &self.handle.shared;
         let now = shared.clock.now_ms();
         let template = shared.map.with(id, |old| {
@@ -306,13 +383,16 @@ impl TokenStore {
             rate_limit,
         ));
         let until = now.saturating_add(millis(grace));
-        self.request(|reply| Message::Rotate {
+        let message = |reply| Message::Rotate {
             old: *id,
             until,
             new,
             reply,
-        })?;
-        Ok(IssuedToken { secret, id: new_id })
+        };
+        Ok(Change::new(message, move |_| IssuedToken {
+            secret,
+            id: new_id,
+        }))
     }
 
     /// Sets (`Some`) or removes (`None`) a token's rate limit. It is on disk when this
@@ -324,11 +404,7 @@ impl TokenStore {
     /// [`Error::UnknownId`]. If the write fails the new limit is already in force in memory
     /// (as with [`revoke`](Self::revoke)), the error is returned, and the next tick retries.
     pub fn set_rate_limit(&self, id: &TokenId, limit: Option<RateLimit>) -> Result<(), Error> {
-        if let Some(limit) = &limit {
-            limit.check()?;
-        }
-        self.request(|reply| Message::SetRateLimit(*id, limit, reply))
-            .map(drop)
+        self.commit(limiting(id, limit))
     }
 
     /// A new secret and an id that neither the map nor `drawn` holds.
@@ -360,7 +436,7 @@ impl TokenStore {
     /// Returns once everything observed before the call (every `last_used` this thread
     /// could see) is on disk. Writes nothing if nothing changed.
     pub fn flush(&self) -> Result<(), Error> {
-        self.request(Message::Flush).map(drop)
+        self.commit(Ok(flushing()))
     }
 
     /// Flushes, stops the persister and releases the file lock, reporting any error.
@@ -387,19 +463,198 @@ impl TokenStore {
         &self.handle.path
     }
 
-    /// Sends a command to the persister and waits for its answer.
-    fn request(&self, message: impl FnOnce(Reply) -> Message) -> Result<usize, Error> {
-        let (reply, answer) = channel::bounded(1);
-        match self.handle.shared.inbox.request(message(reply)) {
-            // A queued request is always answered unless the persister died: the gate keeps
-            // requests from queueing behind `Shutdown`, and a dead persister drops its queue.
-            Ok(()) => answer.recv().unwrap_or_else(|_| Err(self.handle.died())),
-            Err(Refused::Closed) => Err(Error::Closed {
-                path: self.handle.path.clone(),
-            }),
-            Err(Refused::Dead) => Err(self.handle.died()),
+    /// Queues `change` for the persister and waits, blocking, for its answer.
+    fn commit<T>(
+        &self,
+        change: Result<Change<impl FnOnce(usize) -> T>, Error>,
+    ) -> Result<T, Error> {
+        let (request, finish) = change?.split();
+        let touched = match request {
+            Some((message, answer)) => self.handle.ask(message, answer)?,
+            None => 0,
+        };
+        Ok(finish(touched))
+    }
+
+    /// Like [`commit`](Self::commit), as a future that queues on its first poll and is woken
+    /// by the persister (never blocking).
+    async fn commit_async<T>(
+        &self,
+        change: Result<Change<impl FnOnce(usize) -> T>, Error>,
+    ) -> Result<T, Error> {
+        let (request, finish) = change?.split();
+        let touched = match request {
+            Some((message, answer)) => self.handle.ask_async(message, answer).await?,
+            None => 0,
+        };
+        Ok(finish(touched))
+    }
+}
+
+/// The async twins of the calls that change the store: the same checks, the same change
+/// made by the persister thread, the same results and errors. See
+/// [Async calls](TokenStore#async-calls) for how they wait and what dropping one does.
+impl TokenStore {
+    /// [`issue`](Self::issue), as a future (see [Async calls](Self#async-calls)).
+    pub fn issue_async(
+        &self,
+        new: NewToken,
+    ) -> impl Future<Output = Result<IssuedToken, Error>> + Send + '_ {
+        self.commit_async(self.issuing(vec![new]).map(Change::only))
+    }
+
+    /// [`issue_many`](Self::issue_many), as a future (see [Async calls](Self#async-calls)).
+    /// `requests` is read by the call, not by the future.
+    pub fn issue_many_async(
+        &self,
+        requests: impl IntoIterator<Item = NewToken>,
+    ) -> impl Future<Output = Result<Vec<IssuedToken>, Error>> + Send + '_ {
+        self.commit_async(self.issuing(requests.into_iter().collect()))
+    }
+
+    /// [`revoke`](Self::revoke), as a future (see [Async calls](Self#async-calls)).
+    pub fn revoke_async(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        self.commit_async(Ok(revoking(id)))
+    }
+
+    /// [`delete`](Self::delete), as a future (see [Async calls](Self#async-calls)).
+    pub fn delete_async(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        self.commit_async(Ok(deleting(id)))
+    }
+
+    /// [`purge`](Self::purge), as a future (see [Async calls](Self#async-calls)). `age` is
+    /// counted back from the call.
+    pub fn purge_async(
+        &self,
+        age: Duration,
+    ) -> impl Future<Output = Result<usize, Error>> + Send + '_ {
+        self.commit_async(Ok(self.purging(age)))
+    }
+
+    /// [`rotate`](Self::rotate), as a future (see [Async calls](Self#async-calls)). The call
+    /// checks that the token may be rotated; the persister checks again, as for `rotate`.
+    pub fn rotate_async(
+        &self,
+        id: &TokenId,
+        grace: Duration,
+    ) -> impl Future<Output = Result<IssuedToken, Error>> + Send + '_ {
+        self.commit_async(self.rotating(id, grace))
+    }
+
+    /// [`set_rate_limit`](Self::set_rate_limit), as a future (see
+    /// [Async calls](Self#async-calls)).
+    pub fn set_rate_limit_async(
+        &self,
+        id: &TokenId,
+        limit: Option<RateLimit>,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        self.commit_async(limiting(id, limit))
+    }
+
+    /// [`flush`](Self::flush), as a future (see [Async calls](Self#async-calls)): ready once
+    /// everything observed before the call is on disk.
+    pub fn flush_async(&self) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        self.commit_async(Ok(flushing()))
+    }
+
+    /// [`close`](Self::close), as a future (see [Async calls](Self#async-calls)).
+    ///
+    /// The first poll shuts the store to new changes and queues the persister's last batch;
+    /// the future is woken once the persister has written what was pending and answered.
+    /// Then it joins the persister thread on the polling thread: the thread has finished its
+    /// work by then and only has to exit, so the join is brief. It releases the file lock
+    /// last, as `close` does.
+    ///
+    /// If another close is under way, the future waits for that one (without blocking) and
+    /// returns its outcome. Dropped after its first poll and before it is ready, it finishes
+    /// the close on the dropping thread, blocking until the persister's final write is done,
+    /// so the store never stays half-closed. Dropped unpolled, it drops the handle it took,
+    /// which closes the store (blocking) if it was the last one, as dropping any last handle
+    /// does.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "the signature promises a `Send + 'static` future"
+    )]
+    pub fn close_async(self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        async move { self.handle.shutdown_async().await }
+    }
+}
+
+/// A change checked and built for the persister, not yet queued: its message (which holds
+/// the reply), where the reply is heard, and how the call's result follows from the
+/// persister's count of tokens touched. A blocking call and its async twin build the same
+/// `Change` and differ only in how they queue it and wait.
+struct Change<F> {
+    /// `None`: nothing to ask the persister (`issue_many` of no tokens).
+    request: Option<(Message, Answer)>,
+    finish: F,
+}
+
+impl<T, F: FnOnce(usize) -> T> Change<F> {
+    /// A change `message` describes; `finish` turns the count into the call's result.
+    fn new(message: impl FnOnce(Reply) -> Message, finish: F) -> Change<F> {
+        let (reply, answer) = inbox::reply();
+        Change {
+            request: Some((message(reply), answer)),
+            finish,
         }
     }
+
+    /// Nothing to do: the result is `finish(0)`.
+    fn done(finish: F) -> Change<F> {
+        Change {
+            request: None,
+            finish,
+        }
+    }
+
+    fn split(self) -> (Option<(Message, Answer)>, F) {
+        (self.request, self.finish)
+    }
+}
+
+impl<F: FnOnce(usize) -> Vec<IssuedToken>> Change<F> {
+    /// An issue of one token: its result is that token.
+    fn only(self) -> Change<impl FnOnce(usize) -> IssuedToken> {
+        let Change { request, finish } = self;
+        Change {
+            request,
+            // `issuing` returns one token per request, or an error.
+            finish: move |touched| finish(touched).remove(0),
+        }
+    }
+}
+
+/// Prepares the revocation of token `id`.
+fn revoking(id: &TokenId) -> Change<impl FnOnce(usize)> {
+    Change::new(|reply| Message::Revoke(*id, reply), drop)
+}
+
+/// Prepares the deletion of token `id`.
+fn deleting(id: &TokenId) -> Change<impl FnOnce(usize)> {
+    Change::new(|reply| Message::Delete(*id, reply), drop)
+}
+
+/// Checks `limit` and prepares setting it (or, `None`, removing token `id`'s limit).
+fn limiting(id: &TokenId, limit: Option<RateLimit>) -> Result<Change<impl FnOnce(usize)>, Error> {
+    if let Some(limit) = &limit {
+        limit.check()?;
+    }
+    Ok(Change::new(
+        |reply| Message::SetRateLimit(*id, limit, reply),
+        drop,
+    ))
+}
+
+/// Prepares a flush.
+fn flushing() -> Change<impl FnOnce(usize)> {
+    Change::new(Message::Flush, drop)
 }
 
 impl fmt::Debug for TokenStore {
@@ -422,17 +677,64 @@ impl Handle {
         if crate::sync::bug::planted(crate::sync::bug::Bug::CloseWithoutWaiting) {
             return self.shutdown_without_waiting();
         }
+        match self.claim() {
+            Claim::Closer(persister) => {
+                let result = self.stop(persister);
+                self.closed(result.clone());
+                (result, true)
+            }
+            Claim::Wait(outcome) => (self.waited(outcome.recv()), false),
+            Claim::Closed(result) => (result, false),
+        }
+    }
+
+    /// [`shutdown`](Self::shutdown) without blocking, but for the brief join of a thread
+    /// that has finished its work (see [`TokenStore::close_async`]).
+    async fn shutdown_async(&self) -> Result<(), Error> {
+        match self.claim() {
+            Claim::Closer(persister) => Closing::new(self, persister).run().await,
+            Claim::Wait(outcome) => self.waited(outcome.await),
+            Claim::Closed(result) => result,
+        }
+    }
+
+    /// Starts a close: this one stops the persister, or waits for the one under way, or
+    /// reports the outcome of the one that ran. The lock is held only for the look.
+    fn claim(&self) -> Claim {
         let mut state = self.shutdown.lock().unwrap_or_else(|e| e.into_inner());
-        let persister = match std::mem::replace(&mut *state, Shutdown::Done(Ok(()))) {
-            Shutdown::Running(persister) => persister,
+        match std::mem::replace(&mut *state, Shutdown::Closing(Vec::new())) {
+            Shutdown::Running(persister) => Claim::Closer(persister),
+            Shutdown::Closing(mut waiting) => {
+                let (tell, outcome) = oneshot::channel();
+                waiting.push(tell);
+                *state = Shutdown::Closing(waiting);
+                Claim::Wait(outcome)
+            }
             Shutdown::Done(result) => {
                 *state = Shutdown::Done(result.clone());
-                return (result, false);
+                Claim::Closed(result)
             }
+        }
+    }
+
+    /// The close under way ended with `result`: later closes report it, waiting ones hear it.
+    fn closed(&self, result: Result<(), Error>) {
+        let mut state = self.shutdown.lock().unwrap_or_else(|e| e.into_inner());
+        let waiting = match std::mem::replace(&mut *state, Shutdown::Done(result.clone())) {
+            Shutdown::Closing(waiting) => waiting,
+            _ => Vec::new(),
         };
-        let result = self.stop(persister);
-        *state = Shutdown::Done(result.clone());
-        (result, true)
+        drop(state);
+        for tell in waiting {
+            let _ = tell.send(result.clone());
+        }
+    }
+
+    /// What a close that waited for another heard. The closer always tells its outcome (if
+    /// its caller goes away, [`Closing`]'s `Drop` finishes and tells), so silence means
+    /// the closing thread panicked.
+    fn waited(&self, outcome: Result<Result<(), Error>, RecvError>) -> Result<(), Error> {
+        outcome.unwrap_or_else(|_| Err(self.died()))
     }
 
     /// Broken twin of [`shutdown`](Self::shutdown) (loom only): takes the persister under a
@@ -445,28 +747,152 @@ impl Handle {
         drop(state);
         match taken {
             Shutdown::Running(persister) => (self.stop(persister), true),
-            Shutdown::Done(_) => (Ok(()), false),
+            Shutdown::Closing(_) | Shutdown::Done(_) => (Ok(()), false),
         }
+    }
+
+    /// Queues `message` for the persister and waits, blocking, for its answer.
+    fn ask(&self, message: Message, answer: Answer) -> Result<usize, Error> {
+        let inbox = &self.shared.inbox;
+        inbox.request(message).map_err(|r| self.refused(r))?;
+        self.answered(answer.recv())
+    }
+
+    /// [`ask`](Self::ask) as a future: queues on its first poll, waits for room in a full
+    /// channel and for the answer without blocking.
+    async fn ask_async(&self, message: Message, answer: Answer) -> Result<usize, Error> {
+        let (inbox, mut message) = (&self.shared.inbox, Some(message));
+        poll_fn(|cx| inbox.poll_request(&mut message, cx.waker()))
+            .await
+            .map_err(|r| self.refused(r))?;
+        self.answered(answer.await)
     }
 
     /// Has the persister write what is pending and stop, waits for its thread, and releases
     /// the lock.
     fn stop(&self, persister: JoinHandle<()>) -> Result<(), Error> {
-        let (reply, answer) = channel::bounded(1);
-        let result = match self.shared.inbox.shut(Message::Shutdown(reply)) {
-            Ok(()) => answer.recv().unwrap_or_else(|_| Err(self.died())).map(drop),
+        let (reply, answer) = inbox::reply();
+        let queued = self.shared.inbox.shut(Message::Shutdown(reply));
+        let result = self.stopped(queued, || answer.recv());
+        self.release(persister);
+        result
+    }
+
+    /// The outcome of a close, from whether `Shutdown` was queued and, if it was, the
+    /// persister's answer.
+    fn stopped(
+        &self,
+        queued: Result<(), Refused>,
+        answer: impl FnOnce() -> Result<Result<usize, Error>, RecvError>,
+    ) -> Result<(), Error> {
+        match queued {
+            Ok(()) => self.answered(answer()).map(drop),
             Err(_) => Err(self.died()),
-        };
+        }
+    }
+
+    /// Waits for the persister thread to end (after its last batch) and releases the lock.
+    fn release(&self, persister: JoinHandle<()>) {
         // The thread catches its own panic, so joining only waits for it to end.
         let _ = persister.join();
         // Dropping the file releases the OS lock.
         drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
-        result
+    }
+
+    /// The persister's answer to a queued request.
+    fn answered(&self, answer: Result<Result<usize, Error>, RecvError>) -> Result<usize, Error> {
+        // A queued request is always answered unless the persister died: the gate keeps
+        // requests from queueing behind `Shutdown`, and a dead persister drops its queue.
+        answer.unwrap_or_else(|_| Err(self.died()))
+    }
+
+    /// The error for a request the inbox refused.
+    fn refused(&self, refused: Refused) -> Error {
+        match refused {
+            Refused::Closed => Error::Closed {
+                path: self.path.clone(),
+            },
+            Refused::Dead => self.died(),
+        }
     }
 
     fn died(&self) -> Error {
         Error::PersisterDied {
             path: self.path.clone(),
+        }
+    }
+}
+
+/// The async close that stops the persister ([`TokenStore::close_async`]): queues
+/// `Shutdown`, awaits the answer, then joins the thread and releases the lock.
+///
+/// If the future holding it is dropped before the end, `Drop` finishes the close on the
+/// dropping thread (blocking until the persister's final write), so the store is never left
+/// half-closed and the closes waiting for this one hear its outcome.
+struct Closing<'a> {
+    handle: &'a Handle,
+    /// Taken when the close ends.
+    persister: Option<JoinHandle<()>>,
+    /// `Shutdown`, until it is queued.
+    shutdown: Option<Message>,
+    answer: AsyncReceiver<Result<usize, Error>>,
+}
+
+impl<'a> Closing<'a> {
+    fn new(handle: &'a Handle, persister: JoinHandle<()>) -> Closing<'a> {
+        let (reply, answer) = inbox::reply();
+        Closing {
+            handle,
+            persister: Some(persister),
+            shutdown: Some(Message::Shutdown(reply)),
+            answer: answer.into_future(),
+        }
+    }
+
+    async fn run(mut self) -> Result<(), Error> {
+        let inbox = &self.handle.shared.inbox;
+        let queued = poll_fn(|cx| inbox.poll_shut(&mut self.shutdown, cx.waker())).await;
+        let answer = match queued {
+            Ok(()) => Some((&mut self.answer).await),
+            Err(_) => None,
+        };
+        let result = self
+            .handle
+            .stopped(queued, || answer.unwrap_or(Err(RecvError)));
+        self.end(result)
+    }
+
+    /// Joins the thread, releases the lock and reports `result` to the waiting closes.
+    fn end(&mut self, result: Result<(), Error>) -> Result<(), Error> {
+        if let Some(persister) = self.persister.take() {
+            self.handle.release(persister);
+        }
+        self.handle.closed(result.clone());
+        result
+    }
+}
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        if self.persister.is_none() {
+            return; // ended
+        }
+        let queued = match self.shutdown.take() {
+            Some(shutdown) => self.handle.shared.inbox.shut(shutdown),
+            None => Ok(()),
+        };
+        if let Some(persister) = self.persister.take() {
+            self.handle.release(persister);
+        }
+        // The thread has ended, so the answer was sent, or dropped with the queue.
+        let answer =
+            || match Pin::new(&mut self.answer).poll(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(answer) => answer,
+                Poll::Pending => Err(RecvError),
+            };
+        let result = self.handle.stopped(queued, answer);
+        if let Err(e) = self.end(result) {
+            tracing::error!(file = %self.handle.path.display(), error = %e, "closing the token store after its close_async future was dropped failed");
         }
     }
 }

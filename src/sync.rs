@@ -7,7 +7,7 @@
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
-    atomic::{AtomicBool, AtomicU64, Ordering},
+    atomic::{fence, AtomicBool, AtomicU64, Ordering},
     Arc, Mutex, RwLock,
 };
 
@@ -28,12 +28,14 @@ pub(crate) mod thread {
 /// The channel between the store's callers and its persister.
 ///
 /// The interface is the part of crossbeam-channel the protocol uses: `bounded`, `send`,
-/// `try_send`, `recv`, `try_recv` and `recv_timeout` (the persister's timer "tick").
+/// `try_send`, `recv`, `try_recv` and `recv_timeout` (the persister's timer "tick"), plus
+/// `try_send_or_wait` for the async calls: a `try_send` that, when the channel is full, has
+/// the caller's waker woken once the receiver takes a message (`room.rs`).
 pub(crate) mod channel {
     pub(crate) use crossbeam_channel::{RecvTimeoutError, TrySendError};
 
     #[cfg(not(loom))]
-    pub(crate) use crossbeam_channel::{bounded, Receiver, Sender};
+    pub(crate) use crate::room::{bounded, Receiver, Sender};
 
     #[cfg(loom)]
     pub(crate) use self::model::{bounded, Receiver, Sender};
@@ -44,14 +46,17 @@ pub(crate) mod channel {
     mod model {
         use super::{RecvTimeoutError, TrySendError};
         use crossbeam_channel::TryRecvError;
-        use loom::sync::{Arc, Condvar, Mutex};
+        use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
         use std::collections::VecDeque;
+        use std::task::Waker;
         use std::time::Duration;
 
         struct State<T> {
             queue: VecDeque<T>,
             senders: usize,
             receiver_alive: bool,
+            /// Async senders that found the queue full, woken when a message is taken.
+            waiting: Vec<Waker>,
         }
 
         struct Chan<T> {
@@ -73,6 +78,7 @@ pub(crate) mod channel {
                     queue: VecDeque::new(),
                     senders: 1,
                     receiver_alive: true,
+                    waiting: Vec::new(),
                 }),
                 changed: Condvar::new(),
                 capacity: capacity.max(1),
@@ -83,6 +89,27 @@ pub(crate) mod channel {
         impl<T> Sender<T> {
             pub(crate) fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
                 let mut state = self.0.state.lock().unwrap();
+                self.try_push(&mut state, msg)
+            }
+
+            /// Like `try_send`; when the queue is full, `waker` is woken once a message is
+            /// taken (registered under the same lock as the try, so no wake-up is lost).
+            pub(crate) fn try_send_or_wait(
+                &self,
+                msg: T,
+                waker: &Waker,
+            ) -> Result<(), TrySendError<T>> {
+                let mut state = self.0.state.lock().unwrap();
+                let result = self.try_push(&mut state, msg);
+                if matches!(result, Err(TrySendError::Full(_)))
+                    && !state.waiting.iter().any(|w| w.will_wake(waker))
+                {
+                    state.waiting.push(waker.clone());
+                }
+                result
+            }
+
+            fn try_push(&self, state: &mut State<T>, msg: T) -> Result<(), TrySendError<T>> {
                 if !state.receiver_alive {
                     return Err(TrySendError::Disconnected(msg));
                 }
@@ -130,6 +157,7 @@ pub(crate) mod channel {
                 match state.queue.pop_front() {
                     Some(msg) => {
                         self.0.changed.notify_all();
+                        wake_waiting(state);
                         Ok(msg)
                     }
                     None if state.senders == 0 => Err(TryRecvError::Disconnected),
@@ -142,6 +170,7 @@ pub(crate) mod channel {
                 loop {
                     if let Some(msg) = state.queue.pop_front() {
                         self.0.changed.notify_all();
+                        wake_waiting(state);
                         return Ok(msg);
                     }
                     if state.senders == 0 {
@@ -163,10 +192,21 @@ pub(crate) mod channel {
                 let mut state = self.0.state.lock().unwrap();
                 state.receiver_alive = false;
                 self.0.changed.notify_all();
+                wake_waiting(state);
             }
+        }
+
+        /// Wakes the async senders waiting for room, after letting go of the lock.
+        fn wake_waiting<T>(mut state: MutexGuard<'_, State<T>>) {
+            let waiting = std::mem::take(&mut state.waiting);
+            drop(state);
+            waiting.into_iter().for_each(Waker::wake);
         }
     }
 }
+
+/// A caller's one-shot reply from the persister (`sync/oneshot.rs`).
+pub(crate) mod oneshot;
 
 /// Deliberately planted bugs, so each loom model can show it would catch the mistake it
 /// guards against (a model without teeth proves little). Exists only under `--cfg loom`:
@@ -195,7 +235,8 @@ pub mod bug {
         ShutdownSkipsWrite,
         /// The persister ignores the `overflow` flag set when a full channel refused an id.
         IgnoreOverflow,
-        /// Requests bypass the inbox's gate, so one can be queued behind `Shutdown`.
+        /// Requests (blocking and async) bypass the inbox's gate, so one can be queued
+        /// behind `Shutdown`.
         UngatedRequests,
         /// A second `close` finds the persister already taken and reports success at once,
         /// before the first close's final snapshot is written.
@@ -205,6 +246,8 @@ pub mod bug {
         /// After a compaction, each token's `last_used` as memory holds it then is taken as
         /// written, instead of the value the snapshot read.
         PersistedFromMemory,
+        /// An async request that finds the channel full leaves no waker, so nothing wakes it.
+        AsyncWithoutWaker,
     }
 
     std::thread_local! {

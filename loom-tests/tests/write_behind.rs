@@ -311,19 +311,20 @@ fn twin_shutdown_without_the_final_write_loses_last_used() {
 /// process on a deadlock, so the bugged model runs in a child test process.
 #[test]
 fn twin_request_queued_behind_shutdown_hangs_forever() {
+    expect_deadlock("ungated_requests_model", "the stranded request");
+}
+
+/// Runs the `#[ignore]`d test `model` (a bugged model that hangs) in a child test process,
+/// since loom aborts the process on a deadlock, and checks that loom reported one.
+fn expect_deadlock(model: &str, missed: &str) {
     let exe = std::env::current_exe().unwrap();
     let child = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "ungated_requests_model",
-        ])
+        .args(["--exact", "--ignored", "--nocapture", model])
         .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&child.stderr);
-    assert!(!child.status.success(), "loom missed the stranded request");
+    assert!(!child.status.success(), "loom missed {missed}");
     assert!(
         stderr.contains("deadlock"),
         "expected loom to report a deadlock:\n{stderr}"
@@ -386,6 +387,12 @@ fn twin_second_close_without_waiting_returns_before_the_flush() {
 }
 
 fn two_closes() {
+    closes_racing(TokenStore::close);
+}
+
+/// Two closes on clones of one store, `close_mine` here and `close` on another thread; each
+/// must return only once the final snapshot holds a validation made before both.
+fn closes_racing(close_mine: fn(TokenStore) -> Result<(), Error>) {
     let Fixture {
         store,
         recorder,
@@ -401,7 +408,7 @@ fn two_closes() {
             stored_last_used(&recorder, id)
         })
     };
-    store.close().unwrap();
+    close_mine(store).unwrap();
     let mine = stored_last_used(&recorder, ids[0]);
     let theirs = other.join().unwrap();
     for seen in [mine, theirs] {
@@ -591,4 +598,123 @@ fn compaction_racing_validation() {
         newest,
         "lost last_used: the validation racing the compaction never reached the disk"
     );
+}
+
+// ---- 9. Async calls ---------------------------------------------------------------------
+
+/// An async revoke (a loom thread running `block_on`) racing `close`: it is either done
+/// (and the final snapshot holds it) or refused with `Closed`; never stranded behind
+/// `Shutdown`, which would leave its future unwoken (loom reports a deadlock). Bound 2.
+#[test]
+fn an_async_revoke_racing_close_is_answered_or_refused() {
+    model(2, async_revoke_racing_close);
+}
+
+/// Twin: on shutdown the persister exits without handling the rest of its last batch, so a
+/// revoke queued before `Shutdown` is never answered (its caller hears `PersisterDied`).
+#[test]
+#[should_panic(expected = "revoke failed")]
+fn twin_shutdown_skipping_its_batch_fails_a_queued_async_revoke() {
+    let _bug = plant(Bug::ShutdownSkipsWrite);
+    model(2, async_revoke_racing_close);
+}
+
+/// Twin: async requests bypass the inbox's gate too, so a revoke queued behind `Shutdown`
+/// is never answered and its future never woken; loom reports the deadlock (in a child
+/// process).
+#[test]
+fn twin_async_request_queued_behind_shutdown_hangs_forever() {
+    expect_deadlock("ungated_async_requests_model", "the stranded async request");
+}
+
+/// The bugged model for the twin above; run only by it, in a child process.
+#[test]
+#[ignore = "run by twin_async_request_queued_behind_shutdown_hangs_forever in a child process"]
+fn ungated_async_requests_model() {
+    let _bug = plant(Bug::UngatedRequests);
+    model(2, async_revoke_racing_close);
+}
+
+fn async_revoke_racing_close() {
+    let Fixture {
+        store,
+        recorder,
+        ids,
+        ..
+    } = open(1);
+    let revoker = {
+        let (store, id) = (store.clone(), ids[0]);
+        thread::spawn(move || loom::future::block_on(store.revoke_async(&id)))
+    };
+    store.close().unwrap();
+    match revoker.join().unwrap() {
+        Ok(()) => {
+            let last = recorder.last().expect("shutdown lost everything");
+            assert!(last.revoked(ids[0]), "shutdown lost an async revoke");
+        }
+        Err(e) => assert!(matches!(e, Error::Closed { .. }), "revoke failed: {e}"),
+    }
+}
+
+/// An async revoke that finds the one-message channel full (a validation's dirty id in
+/// it) waits without blocking and is woken when the persister takes a message; it then
+/// queues and completes. A lost wake-up would leave it waiting forever (a deadlock to
+/// loom). Bound 2.
+#[test]
+fn an_async_revoke_finding_the_channel_full_is_woken_by_the_room_made() {
+    model(2, async_revoke_behind_a_full_channel);
+}
+
+/// Twin: the async path tries the full channel without leaving its waker, so nothing wakes
+/// it; loom reports the deadlock (in a child process).
+#[test]
+fn twin_async_send_without_a_waker_hangs_forever() {
+    expect_deadlock("async_without_waker_model", "the unwoken async request");
+}
+
+/// The bugged model for the twin above; run only by it, in a child process.
+#[test]
+#[ignore = "run by twin_async_send_without_a_waker_hangs_forever in a child process"]
+fn async_without_waker_model() {
+    let _bug = plant(Bug::AsyncWithoutWaker);
+    model(2, async_revoke_behind_a_full_channel);
+}
+
+fn async_revoke_behind_a_full_channel() {
+    let recorder = Recorder::default();
+    let builder = TokenStore::builder("loom-model.snap")
+        .clock(ManualClock::new(T0))
+        .flush_interval(INTERVAL)
+        .channel_capacity(1);
+    let (store, issued) = open_recorded(builder, 2, recorder.clone()).unwrap();
+    let (secret, doomed) = (issued[0].secret().to_owned(), issued[1].id());
+    let validator = {
+        let store = store.clone();
+        thread::spawn(move || drop(store.validate(&secret).unwrap())) // fills the channel
+    };
+    loom::future::block_on(store.revoke_async(&doomed)).unwrap();
+    assert!(
+        recorder.last().is_some_and(|s| s.revoked(doomed)),
+        "an async revoke returned before its snapshot"
+    );
+    validator.join().unwrap();
+}
+
+/// `close_async` (under `block_on`) and `close` on clones: each returns only once the final
+/// snapshot, holding a validation made before both, is written. Bound 2.
+#[test]
+fn close_async_and_close_each_return_after_the_final_snapshot() {
+    model(2, close_async_and_close);
+}
+
+/// Twin: the blocking close that finds a close under way returns at once.
+#[test]
+#[should_panic(expected = "a close returned before the final snapshot")]
+fn twin_close_without_waiting_for_close_async_returns_before_the_flush() {
+    let _bug = plant(Bug::CloseWithoutWaiting);
+    model(2, close_async_and_close);
+}
+
+fn close_async_and_close() {
+    closes_racing(|store| loom::future::block_on(store.close_async()));
 }
