@@ -69,9 +69,9 @@ async fn every_async_call_works_on_a_current_thread_runtime() {
     assert!(store.get(&issued.id()).is_none());
 
     assert!(store.validate(next.secret()).is_ok()); // a `last_used` for the flush to write
-    let written = store.stats().snapshots_written;
+    let written = store.stats().journal_records_written;
     store.flush_async().await.unwrap();
-    assert_eq!(store.stats().snapshots_written, written + 1);
+    assert_eq!(store.stats().journal_records_written, written + 1);
     store.close_async().await.unwrap();
 
     // Everything above is on disk, and the close released the lock.
