@@ -5,6 +5,10 @@
 //! `issue` and `rotate` print only the token on stdout so that `TOKEN=$(tokencache issue NAME)`
 //! works.
 //! From a terminal, `validate` prompts and reads the token without echo.
+//!
+//! `list` and `inspect` read the store's files without the lock, so they work beside a
+//! service that has the store open; `validate` then checks read-only. The commands that
+//! change a store refuse one another process holds, and say how to make the change.
 
 use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -15,7 +19,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use tokencache::{
-    NewToken, RateLimit, RateLimitError, Rejection, TokenId, TokenInfo, TokenStore, ValidToken,
+    NewToken, OwnedToken, RateLimit, RateLimitError, Rejection, StoreView, TokenId, TokenInfo,
+    TokenStore, ValidToken,
 };
 
 /// Exit code of a rejected token (`validate`).
@@ -66,6 +71,11 @@ enum Command {
     ///
     /// From a terminal, prompts for the token and reads it without echo; empty input is a
     /// malformed token. Records the use in the token's `last_used`, as a service would.
+    ///
+    /// If another process (a running service) has the store open, checks the token
+    /// read-only against the store's files instead, and says so on stderr (and
+    /// `"read_only": true` in --json): the use is not recorded in `last_used`, and the rate
+    /// limit is not checked (its quota lives in the service's memory).
     Validate {
         /// Also require this scope.
         #[arg(long, value_name = "SCOPE")]
@@ -75,6 +85,10 @@ enum Command {
         json: bool,
     },
     /// List every token (without secrets), oldest first.
+    ///
+    /// Reads the store's files without locking them, so it works beside a running service
+    /// that has the store open: it shows every change the service made, but `last_used` only
+    /// as the service last wrote it (once per its flush interval).
     List {
         /// Print a JSON array instead of a table.
         #[arg(long)]
@@ -142,7 +156,11 @@ enum Command {
     /// Prints throughput, latency, writes and bytes written, and checks that the file
     /// matches memory afterwards; `--compare` also runs the designs tokencache replaces.
     Stress(crate::stress::StressArgs),
-    /// Show the store file's header, format version and counts (without locking it).
+    /// Show the store file's header, format version, journal and counts (without locking it).
+    ///
+    /// Works beside a running service that has the store open. The journal holds the
+    /// changes made since the last snapshot; a torn tail is a write a crash cut short,
+    /// never acknowledged, which the next open sets aside.
     Inspect {
         /// Print one JSON object.
         #[arg(long)]
@@ -233,7 +251,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
 }
 
 fn issue(path: &Path, request: NewToken, json: bool) -> Result<ExitCode, Failure> {
-    let store = TokenStore::open(path).map_err(|e| e.to_string())?;
+    let store = TokenStore::open(path).map_err(refusal)?;
     let issued = store.issue(request).map_err(|e| e.to_string())?;
     let info = store.get(&issued.id());
     store.close().map_err(|e| e.to_string())?;
@@ -256,19 +274,22 @@ fn issue(path: &Path, request: NewToken, json: bool) -> Result<ExitCode, Failure
 
 fn validate(path: &Path, scope: Option<&str>, json: bool) -> Result<ExitCode, Failure> {
     // The store first: a mistyped --store fails at once instead of after a prompt or a read.
-    let store = open_existing(path)?;
+    let checker = Checker::open(path)?;
     let token = read_token()?;
-    let outcome = match scope {
-        None => store.validate(&token),
-        Some(scope) => store.validate_scope(&token, scope),
+    let outcome = checker.check(&token, scope);
+    let read_only = checker.close()?;
+    if read_only {
+        eprintln!(
+            "note: the store {} is open in another process, so the token was checked read-only against its files: this use is not recorded in last_used, and the rate limit is not checked",
+            path.display()
+        );
     }
-    .map(ValidToken::into_owned);
-    store.close().map_err(|e| e.to_string())?;
     match outcome {
         Ok(valid) => {
             if json {
                 let info = json!({
                     "valid": true,
+                    "read_only": read_only,
                     "id": valid.id().as_str(),
                     "name": valid.name(),
                     "scopes": valid.scopes().collect::<Vec<_>>(),
@@ -282,7 +303,11 @@ fn validate(path: &Path, scope: Option<&str>, json: bool) -> Result<ExitCode, Fa
         }
         Err(rejection) => {
             if json {
-                let mut info = json!({ "valid": false, "reason": rejection.as_str() });
+                let mut info = json!({
+                    "valid": false,
+                    "read_only": read_only,
+                    "reason": rejection.as_str(),
+                });
                 if let Rejection::RateLimited { retry_after } = rejection {
                     info["retry_after_ms"] = Value::from(retry_after.as_millis() as u64);
                 }
@@ -297,10 +322,46 @@ fn validate(path: &Path, scope: Option<&str>, json: bool) -> Result<ExitCode, Fa
     }
 }
 
+/// What `validate` checks a token against: the store, or, while another process has it
+/// open, a read-only view of its files.
+enum Checker {
+    Store(TokenStore),
+    View(StoreView),
+}
+
+impl Checker {
+    /// Opens the existing store at `path`, or reads its files if another process has it open.
+    fn open(path: &Path) -> Result<Checker, Failure> {
+        require_existing(path)?;
+        match TokenStore::open(path) {
+            Ok(store) => Ok(Checker::Store(store)),
+            Err(tokencache::Error::Locked { .. }) => view(path).map(Checker::View),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Checks `token` (and `scope`, if given).
+    fn check(&self, token: &str, scope: Option<&str>) -> Result<OwnedToken, Rejection> {
+        match (self, scope) {
+            (Checker::Store(store), None) => store.validate(token),
+            (Checker::Store(store), Some(scope)) => store.validate_scope(token, scope),
+            (Checker::View(view), None) => view.validate(token),
+            (Checker::View(view), Some(scope)) => view.validate_scope(token, scope),
+        }
+        .map(ValidToken::into_owned)
+    }
+
+    /// Closes the store, if it was opened. Returns whether the check was read-only.
+    fn close(self) -> Result<bool, Failure> {
+        match self {
+            Checker::Store(store) => store.close().map(|()| false).map_err(|e| e.to_string()),
+            Checker::View(_) => Ok(true),
+        }
+    }
+}
+
 fn list(path: &Path, json: bool) -> Result<ExitCode, Failure> {
-    let store = open_existing(path)?;
-    let tokens = store.list();
-    store.close().map_err(|e| e.to_string())?;
+    let tokens = view(path)?.list();
     if json {
         print_json(&Value::Array(tokens.iter().map(token_json).collect()))?;
         return Ok(ExitCode::SUCCESS);
@@ -434,6 +495,7 @@ fn parse_id(id: &str) -> Result<TokenId, Failure> {
 }
 
 fn inspect(path: &Path, json: bool) -> Result<ExitCode, Failure> {
+    require_existing(path)?;
     let info = tokencache::inspect(path).map_err(|e| e.to_string())?;
     let written_at = i64::try_from(info.written_at_ms)
         .ok()
@@ -447,12 +509,21 @@ fn inspect(path: &Path, json: bool) -> Result<ExitCode, Failure> {
             "body_bytes": info.body_len,
             "body_crc32": format!("{:08x}", info.body_crc),
             "written_at": written_at,
+            "snapshot_seq": info.snapshot_seq,
+            "journal_bytes": info.journal_len,
+            "journal_records": info.journal_records,
+            "journal_torn": info.journal_torn,
             "tokens": info.tokens,
             "revoked": info.revoked,
         }))?;
     } else {
+        let torn = if info.journal_torn {
+            "; ends in a torn record (a write cut short, never acknowledged: the next open sets it aside)"
+        } else {
+            ""
+        };
         write_stdout(&format!(
-            "file:           {}\nformat version: {}\nsize:           {} bytes ({} header + {} body)\nbody crc32:     {:08x}\nlast snapshot:  {}\ntokens:         {} ({} revoked)\n",
+            "file:           {}\nformat version: {}\nsize:           {} bytes ({} header + {} body)\nbody crc32:     {:08x}\nlast snapshot:  {}, covers journal records up to {}\njournal:        {} bytes, {} record(s) after the snapshot{torn}\ntokens:         {} ({} revoked)\n",
             path.display(),
             info.version,
             info.file_len,
@@ -460,6 +531,9 @@ fn inspect(path: &Path, json: bool) -> Result<ExitCode, Failure> {
             info.body_len,
             info.body_crc,
             written_at.as_deref().unwrap_or("never"),
+            info.snapshot_seq,
+            info.journal_len,
+            info.journal_records,
             info.tokens,
             info.revoked,
         ))?;
@@ -467,15 +541,41 @@ fn inspect(path: &Path, json: bool) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Opens a store that must already exist: a mistyped `--store` must not create an empty one.
+/// Opens a store that must already exist, to change it: a mistyped `--store` must not create
+/// an empty one.
 fn open_existing(path: &Path) -> Result<TokenStore, Failure> {
-    if !path.exists() {
-        return Err(format!(
-            "store {} does not exist; pass --store PATH, or create it with `tokencache issue NAME`",
-            path.display()
-        ));
+    require_existing(path)?;
+    TokenStore::open(path).map_err(refusal)
+}
+
+/// Reads the files of the existing store at `path` without locking them.
+fn view(path: &Path) -> Result<StoreView, Failure> {
+    require_existing(path)?;
+    StoreView::read(path).map_err(|e| e.to_string())
+}
+
+/// Refuses a `--store` that names nothing, with how to create a store.
+fn require_existing(path: &Path) -> Result<(), Failure> {
+    if path.exists() {
+        return Ok(());
     }
-    TokenStore::open(path).map_err(|e| e.to_string())
+    Err(format!(
+        "store {} does not exist; pass --store PATH, or create it with `tokencache issue NAME`",
+        path.display()
+    ))
+}
+
+/// Why a command that changes the store could not open it. A store another process holds is
+/// changed through that process (one process owns a store), so the message says how.
+fn refusal(error: tokencache::Error) -> Failure {
+    match error {
+        tokencache::Error::Locked { path, lock } => format!(
+            "the store {} is open in another process (a running service holds {}); make the change through that service, or stop it and run this command again",
+            path.display(),
+            lock.display()
+        ),
+        error => error.to_string(),
+    }
 }
 
 /// How to give `validate` a token without a terminal.

@@ -124,6 +124,14 @@ impl Error {
             source: Arc::new(source),
         }
     }
+
+    /// A store that must exist to be read (`inspect`, `StoreView::read`) but does not.
+    pub(crate) fn missing(path: PathBuf) -> Error {
+        Error::BadPath {
+            path,
+            reason: "it does not exist; check the path",
+        }
+    }
 }
 
 /// Why `validate` refused a token. Cheap to copy; the hot path never allocates one.

@@ -7,6 +7,7 @@ use crate::error::Error;
 use crate::file;
 use crate::recover;
 use crate::snapshot::{self, HEADER_LEN};
+use crate::view;
 
 /// What [`inspect`] reads from a store's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,17 +41,20 @@ pub struct SnapshotInfo {
 /// Checks the store at `path` with every check [`TokenStore::open`] runs (path, file type,
 /// permissions, headers, checksums, the snapshot's records, the journal's records and their
 /// sequence) and reports what it holds, without taking the store's lock: safe beside a
-/// service that has the store open.
+/// service that has the store open (a snapshot the service replaces during the reading is
+/// read again, so the facts are of one moment).
 ///
 /// [`TokenStore::open`]: crate::TokenStore::open
 pub fn inspect(path: impl AsRef<Path>) -> Result<SnapshotInfo, Error> {
     let path = file::resolve(path.as_ref())?;
-    let bytes = file::read_store(&path)?.ok_or_else(|| Error::BadPath {
-        path: path.clone(),
-        reason: "it does not exist; check the path",
-    })?;
-    let body = snapshot::decode(&bytes).map_err(|e| e.at(&path))?;
-    let recovered = recover::read(&path)?;
+    view::settled(&path, || read(&path))
+}
+
+/// One reading of the files of store `path` (already resolved).
+fn read(path: &Path) -> Result<SnapshotInfo, Error> {
+    let bytes = file::read_store(path)?.ok_or_else(|| Error::missing(path.to_path_buf()))?;
+    let body = snapshot::decode(&bytes).map_err(|e| e.at(path))?;
+    let recovered = recover::read(path)?;
     let (tokens, revoked) = recovered.map.with_all(|entries| {
         let revoked = entries.iter().filter(|e| e.revoked_at().is_some()).count();
         (entries.len(), revoked)

@@ -33,6 +33,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! One process owns a file store (an OS lock). Beside it, [`StoreView::read`] and
+//! [`inspect`] read the store's files without the lock and without writing, e.g. to list the
+//! tokens a running service holds.
+//!
 //! The design (hot path, dirty protocol, persister, atomic orderings) is in `docs/DESIGN.md`;
 //! the file format in `docs/FORMAT.md`.
 
@@ -56,6 +60,7 @@ mod stats;
 mod store;
 mod sync;
 mod token;
+mod view;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Rejection};
@@ -72,6 +77,7 @@ pub use store::{
     Builder, NewToken, OwnedToken, TokenInfo, TokenStore, ValidToken, DEFAULT_FLUSH_INTERVAL,
 };
 pub use token::{IssuedToken, ParseIdError, TokenId, PREFIX, TOKEN_LEN};
+pub use view::StoreView;
 
 /// Fault injection for tests of the write-failure paths (not a public API): a narrow seam
 /// in the file-writing code, inert unless a test passes a plan to `Builder::fault_plan`.

@@ -66,27 +66,17 @@ impl Shared {
     /// token's limiter word.
     #[inline]
     fn check(&self, token: &str, scope: Option<&str>) -> Result<ValidToken<'_>, Rejection> {
-        let id = token::parse(token).ok_or(Rejection::Malformed)?;
-        // Hash before the lookup so an unknown id pays for the hash like a known one.
-        let digest = token::digest(token);
-        let entry = self.map.read(&id).ok_or(Rejection::Unknown)?;
-        if !entry.digest_matches(&digest) {
-            return Err(Rejection::Unknown);
-        }
-        let now = self.clock.now_ms();
-        entry.verdict(now)?;
-        if scope.is_some_and(|scope| !entry.has_scope(scope)) {
-            return Err(Rejection::MissingScope);
-        }
+        let (valid, now) = admit(&self.map, &*self.clock, token, scope)?;
+        let entry = &valid.entry;
         // Rate limit last: only a request that would otherwise be accepted spends quota, so
         // a revoked, expired, forged or out-of-scope request never drains a token's budget.
         if let Err(retry_after) = entry.check_rate(now) {
             return Err(Rejection::RateLimited { retry_after });
         }
         if entry.touch(now) == Touch::Send {
-            self.send_dirty(id);
+            self.send_dirty(entry.id);
         }
-        Ok(ValidToken { entry })
+        Ok(valid)
     }
 
     /// Tells the persister a token became dirty, never blocking.
@@ -113,6 +103,33 @@ impl Shared {
             Err(TrySendError::Disconnected(_)) => {}
         }
     }
+}
+
+/// The checks of a validation that only read: shape and checksum, digest, revocation and
+/// expiry at the clock's time, then `scope`. Returns the token, lent from `map`, and the time
+/// it was judged at. Writes nothing: the store's hot path and a [`StoreView`] share it.
+///
+/// [`StoreView`]: crate::StoreView
+#[inline]
+pub(crate) fn admit<'m>(
+    map: &'m Map,
+    clock: &dyn Clock,
+    token: &str,
+    scope: Option<&str>,
+) -> Result<(ValidToken<'m>, u64), Rejection> {
+    let id = token::parse(token).ok_or(Rejection::Malformed)?;
+    // Hash before the lookup so an unknown id pays for the hash like a known one.
+    let digest = token::digest(token);
+    let entry = map.read(&id).ok_or(Rejection::Unknown)?;
+    if !entry.digest_matches(&digest) {
+        return Err(Rejection::Unknown);
+    }
+    let now = clock.now_ms();
+    entry.verdict(now)?;
+    if scope.is_some_and(|scope| !entry.has_scope(scope)) {
+        return Err(Rejection::MissingScope);
+    }
+    Ok((ValidToken { entry }, now))
 }
 
 /// An in-memory API-token store with write-behind persistence to one snapshot file.
@@ -424,13 +441,7 @@ impl TokenStore {
 
     /// Every token's details, oldest first (revoked and expired ones included).
     pub fn list(&self) -> Vec<TokenInfo> {
-        let mut all = self
-            .handle
-            .shared
-            .map
-            .with_all(|entries| entries.iter().map(|e| TokenInfo::of(e)).collect::<Vec<_>>());
-        all.sort_by_key(|info| (info.created_at, info.id));
-        all
+        TokenInfo::all(&self.handle.shared.map)
     }
 
     /// Returns once everything observed before the call (every `last_used` this thread
@@ -1347,8 +1358,8 @@ impl fmt::Debug for OwnedToken {
     }
 }
 
-/// A token's details as [`TokenStore::get`] and [`TokenStore::list`] show them. Never
-/// holds the secret or its digest.
+/// A token's details as [`TokenStore::get`] and [`TokenStore::list`] (and a
+/// [`StoreView`](crate::StoreView)'s) show them. Never holds the secret or its digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TokenInfo {
@@ -1364,14 +1375,24 @@ pub struct TokenInfo {
     pub expires_at: Option<DateTime<Utc>>,
     /// When it was revoked, if it was.
     pub revoked_at: Option<DateTime<Utc>>,
-    /// Its last successful validation, if any (as of this moment in memory).
+    /// Its last successful validation, if any (as of this moment in memory; in a
+    /// [`StoreView`](crate::StoreView), as last written to the files).
     pub last_used: Option<DateTime<Utc>>,
     /// Its rate limit, if it has one.
     pub rate_limit: Option<RateLimit>,
 }
 
 impl TokenInfo {
-    fn of(entry: &Entry) -> TokenInfo {
+    /// Every token in `map`, oldest first (ties by id, so the order is stable).
+    pub(crate) fn all(map: &Map) -> Vec<TokenInfo> {
+        let mut all =
+            map.with_all(|entries| entries.iter().map(|e| TokenInfo::of(e)).collect::<Vec<_>>());
+        all.sort_by_key(|info| (info.created_at, info.id));
+        all
+    }
+
+    /// The details of one token.
+    pub(crate) fn of(entry: &Entry) -> TokenInfo {
         TokenInfo {
             id: entry.id,
             name: entry.name().to_string(),

@@ -226,19 +226,160 @@ fn bad_stdin_and_bad_ids_fail_cleanly() {
     assert_eq!(bad_duration.status.code(), Some(2));
 }
 
-#[test]
-fn a_store_open_elsewhere_is_refused() {
+/// A store in a scratch directory, held open by this test process as a running service
+/// holds it (the OS lock excludes the CLI's process), with a snapshot of one token and a
+/// journal of later changes: two tokens issued after opening and the first one revoked.
+/// Returns the scratch directory, the open store and the tokens, oldest first.
+fn live_service() -> (common::Scratch, TokenStore, Vec<String>) {
     let scratch = common::scratch();
-    let store = tokencache::TokenStore::open(&scratch.path).expect("open");
-    let output = run(&scratch.path, &["list"], b"");
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains("already open"),
-        "{}",
-        stderr(&output)
+    let store = scratch.path.as_path();
+    let first = issue(store, &["from-snapshot", "--scope", "read"]);
+    let service = TokenStore::open(store).expect("open the store as a service would");
+    let second = service
+        .issue(NewToken::new("from-journal").scope("read"))
+        .expect("issue");
+    let third = service
+        .issue(NewToken::new("from-journal-too"))
+        .expect("issue");
+    let first_id = first[3..11].parse().expect("an id");
+    service.revoke(&first_id).expect("revoke");
+    let tokens = vec![first, second.secret().into(), third.secret().into()];
+    (scratch, service, tokens)
+}
+
+#[test]
+fn list_beside_a_live_service_shows_the_tokens_only_in_its_journal() {
+    let (scratch, service, tokens) = live_service();
+    let store = scratch.path.as_path();
+
+    let listed = list_json(store);
+    // Oldest first as the service lists them (tokens issued in one millisecond go by id).
+    let expected: Vec<Value> = service
+        .list()
+        .iter()
+        .map(|t| json!([t.id.as_str(), t.name]))
+        .collect();
+    let shown: Vec<Value> = listed.iter().map(|t| json!([t["id"], t["name"]])).collect();
+    assert_eq!(shown, expected, "every token, oldest first");
+    let status_of = |token: &str| {
+        let token = listed.iter().find(|t| t["id"] == token[3..11]);
+        token.expect("listed")["status"].clone()
+    };
+    assert_eq!(status_of(&tokens[0]), "revoked");
+    assert_eq!(status_of(&tokens[1]), "active");
+    assert_eq!(status_of(&tokens[2]), "active");
+
+    let table = run(store, &["list"], b"");
+    assert_eq!(table.status.code(), Some(0), "{}", stderr(&table));
+    assert!(stdout(&table).contains("from-journal-too"));
+    service.close().expect("close");
+}
+
+#[test]
+fn inspect_beside_a_live_service_reports_the_journal() {
+    let (scratch, service, _) = live_service();
+    let store = scratch.path.as_path();
+
+    let output = run(store, &["inspect", "--json"], b"");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let info: Value = serde_json::from_str(&stdout(&output)).expect("JSON object");
+    assert_eq!(
+        info["journal_records"], 3,
+        "two issues and a revoke: {info}"
     );
-    store.close().expect("close");
-    assert_eq!(run(&scratch.path, &["list"], b"").status.code(), Some(0));
+    assert_eq!(info["journal_torn"], false);
+    assert_eq!(info["tokens"], 3);
+    assert_eq!(info["revoked"], 1);
+    let journal_len = std::fs::metadata(common::journal_path(store))
+        .expect("journal")
+        .len();
+    assert_eq!(info["journal_bytes"], journal_len);
+    let snapshot_seq = info["snapshot_seq"].as_u64().expect("snapshot_seq");
+
+    let text = run(store, &["inspect"], b"");
+    assert_eq!(text.status.code(), Some(0), "{}", stderr(&text));
+    let text = stdout(&text);
+    assert!(
+        text.contains(&format!("covers journal records up to {snapshot_seq}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("journal:        {journal_len} bytes, 3 record(s)")),
+        "{text}"
+    );
+    service.close().expect("close");
+}
+
+#[test]
+fn validate_beside_a_live_service_checks_read_only_and_says_so() {
+    let (scratch, service, tokens) = live_service();
+    let store = scratch.path.as_path();
+
+    let valid = run(
+        store,
+        &["validate", "--json", "--scope", "read"],
+        tokens[1].as_bytes(),
+    );
+    assert_eq!(valid.status.code(), Some(0), "{}", stderr(&valid));
+    let outcome: Value = serde_json::from_str(&stdout(&valid)).expect("JSON outcome");
+    assert_eq!(outcome["valid"], true);
+    assert_eq!(outcome["read_only"], true);
+    assert_eq!(outcome["name"], "from-journal");
+    assert!(
+        stderr(&valid).contains("not recorded in last_used"),
+        "{}",
+        stderr(&valid)
+    );
+
+    assert_eq!(verdict(store, &tokens[0]), "revoked");
+    assert_eq!(
+        verdict(store, &tokens[2][..tokens[2].len() - 1]),
+        "malformed"
+    );
+    let scoped = run(
+        store,
+        &["validate", "--scope", "read"],
+        tokens[2].as_bytes(),
+    );
+    assert_eq!(scoped.status.code(), Some(1));
+    assert!(stderr(&scoped).contains("missing_scope"));
+
+    let id = tokens[1][3..11].parse().expect("an id");
+    service.flush().expect("flush");
+    let info = service.get(&id).expect("the token");
+    assert_eq!(info.last_used, None, "a read-only check records no use");
+    service.close().expect("close");
+}
+
+#[test]
+fn changes_to_a_store_a_live_service_holds_are_refused_with_what_to_do() {
+    let (scratch, service, tokens) = live_service();
+    let store = scratch.path.as_path();
+    let before = list_json(store);
+    let id = &tokens[1][3..11];
+    for args in [
+        &["issue", "another"][..],
+        &["revoke", id],
+        &["delete", id],
+        &["purge", "--older-than", "0s"],
+        &["rotate", id, "--grace", "1h"],
+        &["limit", id, "--rate-limit", "5/s"],
+    ] {
+        let output = run(store, args, b"");
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(stdout(&output).is_empty(), "{args:?}");
+        let text = stderr(&output);
+        for part in [
+            "is open in another process (a running service holds",
+            ".lock); make the change through that service, or stop it and run this command again",
+        ] {
+            assert!(text.contains(part), "{args:?}: {text}");
+        }
+    }
+    assert_eq!(list_json(store), before, "nothing changed");
+    service.close().expect("close");
+    let revoke = run(store, &["revoke", id], b"");
+    assert_eq!(revoke.status.code(), Some(0), "{}", stderr(&revoke));
 }
 
 #[test]
@@ -303,7 +444,7 @@ fn empty_stdin_is_a_malformed_token() {
         let outcome: Value = serde_json::from_str(&stdout(&json)).expect("JSON outcome");
         assert_eq!(
             outcome,
-            serde_json::json!({"valid": false, "reason": "malformed"})
+            serde_json::json!({"valid": false, "read_only": false, "reason": "malformed"})
         );
     }
 }
@@ -312,11 +453,13 @@ fn empty_stdin_is_a_malformed_token() {
 fn validate_checks_the_store_before_reading_stdin() {
     let scratch = common::scratch();
     let missing = scratch.path.as_path();
+    // A store a service holds is read without the lock: a damaged one fails that read.
     let held = scratch.dir.path().join("held.snap");
     let holder = tokencache::TokenStore::open(&held).expect("open the held store");
+    std::fs::write(&held, b"damaged").expect("damage the held store");
     for (store, reason) in [
         (missing, "does not exist"),
-        (held.as_path(), "already open"),
+        (held.as_path(), "cannot be used"),
     ] {
         // stdin is a pipe that stays open: a CLI that read it first would wait forever.
         let mut child = command(store, &["validate"])
