@@ -27,7 +27,8 @@ const EXIT_ERROR: u8 = 2;
 #[derive(Debug, Parser)]
 #[command(name = "tokencache", version, about, long_about = None)]
 pub struct Cli {
-    /// The store file.
+    /// The store file, or a PostgreSQL URL (`postgres://user@host/db`, with the `postgres`
+    /// feature): a store shared by any number of replicas.
     #[arg(
         long,
         global = true,
@@ -469,13 +470,19 @@ fn inspect(path: &Path, json: bool) -> Result<ExitCode, Failure> {
 
 /// Opens a store that must already exist: a mistyped `--store` must not create an empty one.
 fn open_existing(path: &Path) -> Result<TokenStore, Failure> {
-    if !path.exists() {
+    if !is_database_url(path) && !path.exists() {
         return Err(format!(
             "store {} does not exist; pass --store PATH, or create it with `tokencache issue NAME`",
             path.display()
         ));
     }
     TokenStore::open(path).map_err(|e| e.to_string())
+}
+
+/// Whether `--store` names a PostgreSQL database rather than a file.
+fn is_database_url(path: &Path) -> bool {
+    let text = path.to_string_lossy().to_ascii_lowercase();
+    text.starts_with("postgres://") || text.starts_with("postgresql://")
 }
 
 /// How to give `validate` a token without a terminal.
@@ -529,6 +536,9 @@ fn explain(rejection: Rejection) -> String {
         Rejection::MissingScope => "missing_scope: the token does not grant this scope".into(),
         Rejection::RateLimited { retry_after } => {
             format!("rate_limited: retry after {} ms", retry_after.as_millis())
+        }
+        Rejection::Unavailable => {
+            "unavailable: this replica has not reached its database for longer than its max staleness; try again later".into()
         }
         // `Rejection` is matched exhaustively so that a new reason gets a message here.
     }

@@ -47,6 +47,8 @@ mod journal;
 mod layer;
 mod map;
 mod persist;
+#[cfg(all(feature = "postgres", not(loom)))]
+mod pg;
 mod rate_limit;
 mod recover;
 #[cfg(not(loom))]

@@ -1,0 +1,283 @@
+//! The persister's [`Sink`] for a PostgreSQL store: each group commit is one transaction
+//! that returns after COMMIT. Changes to definitions take one version from the counter row
+//! and signal `NOTIFY`; `last_used` times go in one batched statement that keeps the later
+//! time and bumps no version.
+//!
+//! Lock order, so replicas never deadlock: the counter row first (only transactions with
+//! definitions take it, so they run one at a time), then every existing token row the
+//! transaction touches, in id order (`SELECT ... ORDER BY id FOR UPDATE`), before any write.
+
+use std::io;
+use std::path::PathBuf;
+
+use postgres::{Client, Config, NoTls, Transaction};
+
+use super::rows::{id_text, sql_time};
+use super::CHANNEL;
+use crate::file::WriteError;
+use crate::journal::ChangeRef;
+use crate::persist::{Compacted, Sink};
+use crate::snapshot::BodyRef;
+
+/// Takes the next version; the row lock it holds until COMMIT makes versions become
+/// visible in commit order (a sequence would not: a reader could see version 8 committed
+/// while 7 is still in flight, and skip 7 for good).
+const BUMP: &str = "UPDATE tokencache_version SET version = version + 1 RETURNING version";
+/// Locks the existing rows a transaction touches, in id order.
+const LOCK_ROWS: &str = "SELECT 1 FROM tokencache_tokens WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+/// `last_used` for many tokens at once; never moves a time back.
+const USED: &str = "UPDATE tokencache_tokens AS t SET last_used = u.at \
+    FROM unnest($1::text[], $2::bigint[]) AS u(id, at) \
+    WHERE t.id = u.id AND (t.last_used IS NULL OR t.last_used < u.at)";
+const ISSUE: &str = "INSERT INTO tokencache_tokens (id, name, digest, scopes, created_at, \
+    expires_at, revoked_at, last_used, rate_period_ms, rate_count, rate_burst, version) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING";
+const REVOKE: &str = "UPDATE tokencache_tokens SET revoked_at = coalesce(revoked_at, $2), \
+    version = $3 WHERE id = $1 AND NOT deleted";
+const DELETE: &str =
+    "UPDATE tokencache_tokens SET deleted = true, version = $2 WHERE id = $1 AND NOT deleted";
+const LIMIT: &str = "UPDATE tokencache_tokens SET rate_period_ms = $2, rate_count = $3, \
+    rate_burst = $4, version = $5 WHERE id = $1 AND NOT deleted";
+const EXPIRE: &str = "UPDATE tokencache_tokens SET expires_at = least(expires_at, $2), \
+    version = $3 WHERE id = $1 AND NOT deleted";
+
+/// Writes a replica's changes to the database, on the persister thread only (the sync
+/// client runs its own runtime).
+pub(crate) struct PgSink {
+    config: Config,
+    /// `None` after the connection broke, until the next write reconnects.
+    client: Option<Client>,
+    /// The URL with its password redacted, for errors.
+    name: PathBuf,
+    /// Changes memory already holds (revoke, delete, rate limit) whose transaction failed:
+    /// written first by the next append. New tokens and rotations are not kept: their
+    /// callers heard the error and memory never took them.
+    retry: Vec<ChangeRef<'static>>,
+}
+
+impl PgSink {
+    pub(super) fn new(config: Config, client: Client, name: PathBuf) -> PgSink {
+        PgSink {
+            config,
+            client: Some(client),
+            name,
+            retry: Vec::new(),
+        }
+    }
+
+    /// The connection, reopened if it broke.
+    fn client(&mut self) -> io::Result<&mut Client> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = None;
+            let client = self.config.connect(NoTls).map_err(pg)?;
+            tracing::info!(store = %self.name.display(), "reconnected to the database");
+            self.client = Some(client);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no connection"))
+    }
+}
+
+impl Sink for PgSink {
+    /// One transaction: the changes kept from failed appends, then `changes` in order (one
+    /// version for all of them, and a `NOTIFY`), then the `last_used` times. `seq` is not
+    /// used: the database's version orders changes across replicas.
+    fn append(&mut self, _seq: u64, changes: &[ChangeRef<'_>]) -> io::Result<u64> {
+        let retry = std::mem::take(&mut self.retry);
+        let written = self
+            .client()
+            .and_then(|client| write(client, &retry, changes));
+        self.retry = retry;
+        match written {
+            Ok(()) => {
+                self.retry.clear();
+                Ok(0)
+            }
+            Err(error) => {
+                self.retry.extend(changes.iter().filter_map(kept));
+                Err(error)
+            }
+        }
+    }
+
+    /// A database has no snapshot to replace: this writes every record's `last_used` with
+    /// the batched statement and nothing else. (The persister never compacts a database
+    /// store to stand in for an append; see [`Sink::compaction_holds_definitions`].)
+    fn compact(&mut self, body: &BodyRef<'_, '_>) -> Result<Compacted, WriteError> {
+        let used: Vec<ChangeRef<'_>> = body
+            .records
+            .iter()
+            .filter_map(|r| r.last_used.map(|at| ChangeRef::Used { id: r.id, at }))
+            .collect();
+        let written = self.client().and_then(|client| write(client, &[], &used));
+        written.map_err(|error| WriteError {
+            error,
+            replaced: None,
+        })?;
+        Ok(Compacted {
+            snapshot_bytes: 0,
+            journal: Ok(0),
+        })
+    }
+
+    /// Always true: a broken connection is reopened by the next write, and a database
+    /// store is never compacted instead of appended to.
+    fn journal_ok(&self) -> bool {
+        true
+    }
+
+    /// No journal grows, so no compaction is ever due by size.
+    fn journal_len(&self) -> u64 {
+        0
+    }
+
+    fn path(&self) -> PathBuf {
+        self.name.clone()
+    }
+
+    fn compaction_holds_definitions(&self) -> bool {
+        false
+    }
+}
+
+/// A change memory already made, to write again after a failed transaction.
+fn kept(change: &ChangeRef<'_>) -> Option<ChangeRef<'static>> {
+    match *change {
+        ChangeRef::Revoke { id, at } => Some(ChangeRef::Revoke { id, at }),
+        ChangeRef::Delete { id } => Some(ChangeRef::Delete { id }),
+        ChangeRef::SetRateLimit { id, limit } => Some(ChangeRef::SetRateLimit { id, limit }),
+        _ => None,
+    }
+}
+
+fn pg(error: postgres::Error) -> io::Error {
+    io::Error::other(error)
+}
+
+/// The id of an existing row a change updates (`None` for a new token).
+fn updated_id(change: &ChangeRef<'_>) -> Option<[u8; 8]> {
+    match *change {
+        ChangeRef::Issue(_) => None,
+        ChangeRef::Revoke { id, .. }
+        | ChangeRef::Delete { id }
+        | ChangeRef::SetRateLimit { id, .. }
+        | ChangeRef::Expire { id, .. }
+        | ChangeRef::Used { id, .. } => Some(id),
+    }
+}
+
+/// The transaction of one append (see [`PgSink::append`]).
+fn write(
+    client: &mut Client,
+    retry: &[ChangeRef<'static>],
+    changes: &[ChangeRef<'_>],
+) -> io::Result<()> {
+    let is_used = |c: &&ChangeRef<'_>| matches!(c, ChangeRef::Used { .. });
+    let definitions: Vec<&ChangeRef<'_>> = retry
+        .iter()
+        .chain(changes.iter().filter(|c| !is_used(c)))
+        .collect();
+    let (used_ids, used_at): (Vec<String>, Vec<i64>) = changes
+        .iter()
+        .filter_map(|c| match *c {
+            ChangeRef::Used { id, at } => Some((id_text(id), sql_time(at))),
+            _ => None,
+        })
+        .unzip();
+    if definitions.is_empty() && used_ids.is_empty() {
+        return Ok(());
+    }
+    let mut tx = client.transaction().map_err(pg)?;
+    let version: Option<i64> = match definitions.is_empty() {
+        true => None,
+        false => Some(tx.query_one(BUMP, &[]).map_err(pg)?.get(0)),
+    };
+    let mut locked: Vec<String> = definitions
+        .iter()
+        .filter_map(|c| updated_id(c))
+        .map(id_text)
+        .chain(used_ids.iter().cloned())
+        .collect();
+    locked.sort_unstable();
+    locked.dedup();
+    if !locked.is_empty() {
+        tx.execute(LOCK_ROWS, &[&locked]).map_err(pg)?;
+    }
+    if let Some(version) = version {
+        for change in &definitions {
+            define(&mut tx, change, version)?;
+        }
+        let payload = version.to_string();
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+            .map_err(pg)?;
+    }
+    if !used_ids.is_empty() {
+        tx.execute(USED, &[&used_ids, &used_at]).map_err(pg)?;
+    }
+    tx.commit().map_err(pg)
+}
+
+/// Writes one change to a token's definition as version `version`.
+fn define(tx: &mut Transaction<'_>, change: &ChangeRef<'_>, version: i64) -> io::Result<()> {
+    match *change {
+        ChangeRef::Issue(ref r) => {
+            let scopes: Vec<&str> = r.scopes.iter().collect();
+            let limit = r.rate_limit;
+            let inserted = tx
+                .execute(
+                    ISSUE,
+                    &[
+                        &id_text(r.id),
+                        &r.name,
+                        &&r.digest[..],
+                        &scopes,
+                        &sql_time(r.created_at),
+                        &r.expires_at.map(sql_time),
+                        &r.revoked_at.map(sql_time),
+                        &r.last_used.map(sql_time),
+                        &limit.map(|l| sql_time(l.period_ms)),
+                        &limit.map(|l| i32::try_from(l.count).unwrap_or(i32::MAX)),
+                        &limit.map(|l| i32::try_from(l.burst).unwrap_or(i32::MAX)),
+                        &version,
+                    ],
+                )
+                .map_err(pg)?;
+            if inserted == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "token id {} is already in the database (drawn twice); issue again",
+                        id_text(r.id)
+                    ),
+                ));
+            }
+        }
+        ChangeRef::Revoke { id, at } => {
+            tx.execute(REVOKE, &[&id_text(id), &sql_time(at), &version])
+                .map_err(pg)?;
+        }
+        ChangeRef::Delete { id } => {
+            tx.execute(DELETE, &[&id_text(id), &version]).map_err(pg)?;
+        }
+        ChangeRef::SetRateLimit { id, limit } => {
+            tx.execute(
+                LIMIT,
+                &[
+                    &id_text(id),
+                    &limit.map(|l| sql_time(l.period_ms)),
+                    &limit.map(|l| i32::try_from(l.count).unwrap_or(i32::MAX)),
+                    &limit.map(|l| i32::try_from(l.burst).unwrap_or(i32::MAX)),
+                    &version,
+                ],
+            )
+            .map_err(pg)?;
+        }
+        ChangeRef::Expire { id, at } => {
+            tx.execute(EXPIRE, &[&id_text(id), &sql_time(at), &version])
+                .map_err(pg)?;
+        }
+        ChangeRef::Used { .. } => {}
+    }
+    Ok(())
+}
