@@ -62,6 +62,14 @@ pub(crate) trait Sink: Send + 'static {
     fn compaction_holds_definitions(&self) -> bool {
         true
     }
+    /// What a failed append was doing (as the error says it, before the path), and what
+    /// the log says happens next.
+    fn append_failure(&self) -> (&'static str, &'static str) {
+        (
+            "append to the journal of",
+            "journal append failed; will write a snapshot at the next tick",
+        )
+    }
 }
 
 /// What a compaction wrote.
@@ -875,11 +883,8 @@ impl Persister {
                     map.with(&id, |e| e.mark_dirty());
                     self.used.insert(id);
                 }
-                Err(self.failed(
-                    error,
-                    "append to the journal of",
-                    "journal append failed; will write a snapshot at the next tick",
-                ))
+                let (action, what) = self.sink.append_failure();
+                Err(self.failed(error, action, what))
             }
         }
     }

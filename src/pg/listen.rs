@@ -67,6 +67,7 @@ impl Listener {
             match self.session(&mut backoff) {
                 Ok(()) => return,
                 Err(error) => {
+                    let error = super::describe(&error);
                     let stale_ms = self.stale_ms();
                     tracing::warn!(store = %self.name.display(), %error, stale_ms, retry_in_ms = backoff.as_millis() as u64, "lost the database; validating from memory (stale by stale_ms) and reconnecting");
                     self.lost = true;

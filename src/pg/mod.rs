@@ -22,3 +22,19 @@ const CHANNEL: &str = "tokencache";
 const WRITER_NAME: &str = "tokencache";
 /// `application_name` of a replica's listening connection.
 const LISTENER_NAME: &str = "tokencache-listener";
+
+/// A client error with its causes ("error connecting to server: Connection refused"): the
+/// client's own message leaves them out. The URL, and so the password, is in none of them.
+fn describe(error: &postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -11,7 +11,7 @@ use postgres::{Client, Config, IsolationLevel, NoTls};
 use super::listen::Listener;
 use super::rows::{self, COLUMNS};
 use super::sink::PgSink;
-use super::{schema, LISTENER_NAME, WRITER_NAME};
+use super::{describe, schema, LISTENER_NAME, WRITER_NAME};
 use crate::entry;
 use crate::error::Error;
 use crate::map::Map;
@@ -30,7 +30,7 @@ pub(crate) fn open(builder: Builder, url: String) -> Result<TokenStore, Error> {
     };
     let mut config: Config = url
         .parse()
-        .map_err(|e: postgres::Error| fail("parse the database URL", e.to_string()))?;
+        .map_err(|e: postgres::Error| fail("parse the database URL", describe(&e)))?;
     drop(url);
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
@@ -39,7 +39,7 @@ pub(crate) fn open(builder: Builder, url: String) -> Result<TokenStore, Error> {
     writer.application_name(WRITER_NAME);
     let mut client = writer
         .connect(NoTls)
-        .map_err(|e| fail("connect to", e.to_string()))?;
+        .map_err(|e| fail("connect to", describe(&e)))?;
     schema::migrate(&mut client).map_err(|e| fail("set up the schema of", e))?;
     let synced_at = builder.clock.now_ms();
     let (records, version) = load(&mut client).map_err(|e| fail("load the tokens of", e))?;
@@ -75,17 +75,17 @@ fn load(client: &mut Client) -> Result<(Vec<Record>, i64), String> {
         .isolation_level(IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| describe(&e))?;
     let version: i64 = tx
         .query_one("SELECT version FROM tokencache_version", &[])
-        .map_err(|e| e.to_string())?
+        .map_err(|e| describe(&e))?
         .get(0);
     let query = format!("SELECT {COLUMNS} FROM tokencache_tokens WHERE NOT deleted");
-    let found = tx.query(&query, &[]).map_err(|e| e.to_string())?;
+    let found = tx.query(&query, &[]).map_err(|e| describe(&e))?;
     let records = found
         .iter()
         .map(|row| rows::record(row).map(|(record, _, _)| record))
         .collect::<Result<Vec<_>, _>>()?;
-    tx.commit().map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| describe(&e))?;
     Ok((records, version))
 }

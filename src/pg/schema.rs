@@ -4,6 +4,8 @@
 
 use postgres::Client;
 
+use super::describe;
+
 /// The migrations, in order; migration `n` is `MIGRATIONS[n - 1]`. Never edit one that
 /// shipped: add the next.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -38,22 +40,22 @@ const MIGRATION_LOCK: i64 = 0x746f_6b65_6e63_6163;
 /// Brings the schema up to date; returns its version. Refuses a database whose schema is
 /// newer than this build knows.
 pub(super) fn migrate(client: &mut Client) -> Result<i32, String> {
-    let mut tx = client.transaction().map_err(|e| e.to_string())?;
+    let mut tx = client.transaction().map_err(|e| describe(&e))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| describe(&e))?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS tokencache_migrations (
             version    integer PRIMARY KEY,
             applied_at timestamptz NOT NULL DEFAULT now()
         )",
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| describe(&e))?;
     let current: i32 = tx
         .query_one(
             "SELECT coalesce(max(version), 0) FROM tokencache_migrations",
             &[],
         )
-        .map_err(|e| e.to_string())?
+        .map_err(|e| describe(&e))?
         .get(0);
     let known = MIGRATIONS.len() as i32;
     if current > known {
@@ -64,14 +66,14 @@ pub(super) fn migrate(client: &mut Client) -> Result<i32, String> {
     for (n, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = n as i32 + 1;
         tx.batch_execute(sql)
-            .map_err(|e| format!("migration {version}: {e}"))?;
+            .map_err(|e| format!("migration {version}: {}", describe(&e)))?;
         tx.execute(
             "INSERT INTO tokencache_migrations (version) VALUES ($1)",
             &[&version],
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| describe(&e))?;
         tracing::info!(version, "applied a tokencache schema migration");
     }
-    tx.commit().map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| describe(&e))?;
     Ok(known)
 }

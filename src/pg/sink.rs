@@ -139,6 +139,13 @@ impl Sink for PgSink {
     fn compaction_holds_definitions(&self) -> bool {
         false
     }
+
+    fn append_failure(&self) -> (&'static str, &'static str) {
+        (
+            "commit a transaction to",
+            "transaction failed; the changes memory holds are written again at the next tick",
+        )
+    }
 }
 
 /// A change memory already made, to write again after a failed transaction.
@@ -152,7 +159,7 @@ fn kept(change: &ChangeRef<'_>) -> Option<ChangeRef<'static>> {
 }
 
 fn pg(error: postgres::Error) -> io::Error {
-    io::Error::other(error)
+    io::Error::other(super::describe(&error))
 }
 
 /// The id of an existing row a change updates (`None` for a new token).
