@@ -435,6 +435,9 @@ fn parse_id(id: &str) -> Result<TokenId, Failure> {
 }
 
 fn inspect(path: &Path, json: bool) -> Result<ExitCode, Failure> {
+    if is_database_url(path) {
+        return Err("`inspect` reads a store file; a PostgreSQL store has none (use `list`, or query the tokencache_tokens table)".into());
+    }
     let info = tokencache::inspect(path).map_err(|e| e.to_string())?;
     let written_at = i64::try_from(info.written_at_ms)
         .ok()

@@ -1526,3 +1526,35 @@ pub(crate) fn refuse_rotation(old: &Entry, now_ms: u64) -> Result<(), Error> {
 fn from_ms(ms: u64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(i64::try_from(ms).ok()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{database_url, redact_url};
+    use std::path::Path;
+
+    #[test]
+    fn a_database_url_is_told_from_a_file_path() {
+        assert!(database_url(Path::new("postgres://h/db")).is_some());
+        assert!(database_url(Path::new("PostgreSQL://h/db")).is_some());
+        assert!(database_url(Path::new("tokens.snap")).is_none());
+        assert!(database_url(Path::new("./postgres/tokens.snap")).is_none());
+        assert!(database_url(Path::new("mysql://h/db")).is_none());
+    }
+
+    #[test]
+    fn redaction_hides_every_password_and_keeps_the_rest() {
+        let cases = [
+            ("postgres://u:pw@h:5432/db", "postgres://u:***@h:5432/db"),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            (
+                "postgres://h/db?password=pw&sslmode=disable",
+                "postgres://h/db?password=***&sslmode=disable",
+            ),
+            ("postgresql://u:p@w@h/db", "postgresql://u:***@h/db"),
+            ("postgres://u:pw@h", "postgres://u:***@h"),
+        ];
+        for (url, redacted) in cases {
+            assert_eq!(redact_url(url), redacted);
+        }
+    }
+}

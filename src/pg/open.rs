@@ -21,6 +21,9 @@ use crate::store::{redact_url, Builder, TokenStore};
 
 /// How long a connection attempt may take, unless the URL says (`connect_timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a silent connection is trusted (unacknowledged data, or idle before keepalive
+/// probes), unless the URL says (`tcp_user_timeout`).
+const SILENT_PEER: Duration = Duration::from_secs(10);
 
 /// Opens the store whose system of record is the database at `url`.
 pub(crate) fn open(builder: Builder, url: String) -> Result<TokenStore, Error> {
@@ -35,6 +38,13 @@ pub(crate) fn open(builder: Builder, url: String) -> Result<TokenStore, Error> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
+    // A connection whose peer vanished (no RST: a partition, a dead host) fails within
+    // seconds instead of the kernel's minutes, so the writer fails its callers and the
+    // listener reconnects.
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(SILENT_PEER);
+    }
+    config.keepalives(true).keepalives_idle(SILENT_PEER);
     let mut writer = config.clone();
     writer.application_name(WRITER_NAME);
     let mut client = writer

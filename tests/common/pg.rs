@@ -269,7 +269,7 @@ pub fn connect(url: &str) -> postgres::Client {
     }
 }
 
-/// Polls `check` every 5 ms until it holds; how long that took, or `None` after `limit`.
+/// Polls `check` every millisecond until it holds; how long that took, or `None` after `limit`.
 pub fn within(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
     loop {
@@ -279,6 +279,6 @@ pub fn within(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Durati
         if start.elapsed() > limit {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
