@@ -33,6 +33,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! With the `postgres` feature, a PostgreSQL URL in place of the path
+//! (`TokenStore::open("postgres://user@host/db")`) opens a store shared by any number of
+//! replicas, each validating from its own memory; see `docs/REPLICAS.md`.
+//!
 //! The design (hot path, dirty protocol, persister, atomic orderings) is in `docs/DESIGN.md`;
 //! the file format in `docs/FORMAT.md`.
 

@@ -72,7 +72,7 @@ impl Replica {
             let n = self.stdout.read_line(&mut line).expect("read the replica");
             assert!(n > 0, "the replica exited");
             // The test harness prints its own text too, without a newline before ours.
-            if let Some((_, answer)) = line.trim_end().split_once(MARK) {
+            if let Some((_, answer)) = line.trim_end_matches(['\n', '\r']).split_once(MARK) {
                 return answer.to_owned();
             }
         }
@@ -605,6 +605,15 @@ fn a_password_never_appears_in_errors_or_debug() {
     let text = format!("{error} {error:?}");
     assert!(!text.contains("hunter2"), "{text}");
     assert!(text.contains("someone:***@127.0.0.1:1"), "{text}");
+
+    // An open store (the test server trusts any password) names itself without it.
+    let url = pg::fresh_db().replace("postgres://postgres@", "postgres://postgres:hunter2@");
+    if url.contains("hunter2") {
+        let store = open(&url, Duration::from_secs(1));
+        let shown = format!("{store:?} {}", store.path().display());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("postgres:***@"), "{shown}");
+    }
 }
 
 #[cfg(feature = "cli")]
@@ -642,4 +651,24 @@ fn the_cli_issues_and_lists_with_a_database_url() {
         store.validate(&secret).err() == Some(Rejection::Revoked)
     })
     .unwrap();
+}
+
+/// The sync client panics if its runtime starts on a thread running another: `open` and
+/// every call must keep it off the caller's thread (a service's async `main`).
+#[test]
+fn a_store_opens_and_works_inside_an_async_runtime() {
+    let url = pg::fresh_db();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = open(&url, Duration::from_secs(1));
+        let issued = store.issue_async(NewToken::new("async")).await.unwrap();
+        assert!(store.validate(issued.secret()).is_ok());
+        store.revoke_async(&issued.id()).await.unwrap();
+        store.close_async().await.unwrap();
+    });
+    let again = open(&url, Duration::from_secs(1));
+    assert_eq!(listing(&again).len(), 1);
 }

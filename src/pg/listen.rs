@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, Config, NoTls};
+use postgres::{Client, Config, NoTls, Statement};
 
 use super::rows::{self, COLUMNS};
 use super::CHANNEL;
@@ -33,6 +33,8 @@ pub(super) struct Listener {
     name: PathBuf,
     /// Whether the connection is lost (logged once per outage, then at each retry).
     lost: bool,
+    /// The catch-up query.
+    query: String,
 }
 
 impl Listener {
@@ -50,6 +52,9 @@ impl Listener {
             poll,
             name,
             lost: false,
+            query: format!(
+                "SELECT {COLUMNS} FROM tokencache_tokens WHERE version > $1 ORDER BY version"
+            ),
         }
     }
 
@@ -105,7 +110,8 @@ impl Listener {
     fn session(&mut self, backoff: &mut Duration) -> Result<(), postgres::Error> {
         let mut client = self.config.connect(NoTls)?;
         client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
-        if !self.catch_up(&mut client)? {
+        let query = client.prepare(&self.query)?;
+        if !self.catch_up(&mut client, &query)? {
             return Ok(());
         }
         if self.lost {
@@ -125,7 +131,7 @@ impl Listener {
                 let mut pending = notifications.iter();
                 while pending.next()?.is_some() {}
             }
-            if !self.shared.inbox.is_open() || !self.catch_up(&mut client)? {
+            if !self.shared.inbox.is_open() || !self.catch_up(&mut client, &query)? {
                 return Ok(());
             }
         }
@@ -133,11 +139,13 @@ impl Listener {
 
     /// Reads every row changed since `last_seen` and hands it to the persister (an empty
     /// batch too: it tells how current memory is). `false` if the store is closed.
-    fn catch_up(&mut self, client: &mut Client) -> Result<bool, postgres::Error> {
+    fn catch_up(
+        &mut self,
+        client: &mut Client,
+        query: &Statement,
+    ) -> Result<bool, postgres::Error> {
         let at = self.shared.clock.now_ms();
-        let query =
-            format!("SELECT {COLUMNS} FROM tokencache_tokens WHERE version > $1 ORDER BY version");
-        let found = client.query(&query, &[&self.last_seen])?;
+        let found = client.query(query, &[&self.last_seen])?;
         let mut seen = self.last_seen;
         let mut changes = Vec::new();
         for row in &found {

@@ -26,6 +26,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const SILENT_PEER: Duration = Duration::from_secs(10);
 
 /// Opens the store whose system of record is the database at `url`.
+///
+/// The sync client runs its own runtime, which panics on a thread already running one (a
+/// service's async `main`), so every database call here runs on a thread of its own; the
+/// persister's sink connects on the persister thread.
 pub(crate) fn open(builder: Builder, url: String) -> Result<TokenStore, Error> {
     let name = PathBuf::from(redact_url(&url));
     let fail = |action: &'static str, message: String| {
@@ -47,12 +51,19 @@ pub(crate) fn open(builder: Builder, url: String) -> Result<TokenStore, Error> {
     config.keepalives(true).keepalives_idle(SILENT_PEER);
     let mut writer = config.clone();
     writer.application_name(WRITER_NAME);
-    let mut client = writer
-        .connect(NoTls)
-        .map_err(|e| fail("connect to", describe(&e)))?;
-    schema::migrate(&mut client).map_err(|e| fail("set up the schema of", e))?;
     let synced_at = builder.clock.now_ms();
-    let (records, version) = load(&mut client).map_err(|e| fail("load the tokens of", e))?;
+    let loaded = std::thread::scope(|s| {
+        let loading = s.spawn(|| -> Result<_, Error> {
+            let mut client = writer
+                .connect(NoTls)
+                .map_err(|e| fail("connect to", describe(&e)))?;
+            schema::migrate(&mut client).map_err(|e| fail("set up the schema of", e))?;
+            load(&mut client).map_err(|e| fail("load the tokens of", e))
+        });
+        loading.join()
+    });
+    let (records, version) =
+        loaded.map_err(|_| fail("open", "the thread opening the database panicked".into()))??;
     let entries =
         entry::load(records).map_err(|problem| fail("load the tokens of", problem.to_string()))?;
     let map = Map::with_capacity(entries.len());
@@ -67,7 +78,7 @@ pub(crate) fn open(builder: Builder, url: String) -> Result<TokenStore, Error> {
         journal: None,
     };
     let poll = builder.poll_interval;
-    let sink = Box::new(PgSink::new(writer, client, name.clone()));
+    let sink = Box::new(PgSink::new(writer, name.clone()));
     let store = builder.start(name.clone(), recovered, sink, None, Some(synced_at))?;
     let mut listener = config;
     listener.application_name(LISTENER_NAME);

@@ -10,7 +10,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use postgres::{Client, Config, NoTls, Transaction};
+use postgres::{Client, Config, NoTls, Statement, Transaction};
 
 use super::rows::{id_text, sql_time};
 use super::CHANNEL;
@@ -40,13 +40,44 @@ const LIMIT: &str = "UPDATE tokencache_tokens SET rate_period_ms = $2, rate_coun
     rate_burst = $4, version = $5 WHERE id = $1 AND NOT deleted";
 const EXPIRE: &str = "UPDATE tokencache_tokens SET expires_at = least(expires_at, $2), \
     version = $3 WHERE id = $1 AND NOT deleted";
+const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+
+/// The statements above, prepared once per connection (each use is then one round trip).
+struct Statements {
+    bump: Statement,
+    lock_rows: Statement,
+    used: Statement,
+    issue: Statement,
+    revoke: Statement,
+    delete: Statement,
+    limit: Statement,
+    expire: Statement,
+    notify: Statement,
+}
+
+impl Statements {
+    fn prepare(client: &mut Client) -> Result<Statements, postgres::Error> {
+        Ok(Statements {
+            bump: client.prepare(BUMP)?,
+            lock_rows: client.prepare(LOCK_ROWS)?,
+            used: client.prepare(USED)?,
+            issue: client.prepare(ISSUE)?,
+            revoke: client.prepare(REVOKE)?,
+            delete: client.prepare(DELETE)?,
+            limit: client.prepare(LIMIT)?,
+            expire: client.prepare(EXPIRE)?,
+            notify: client.prepare(NOTIFY)?,
+        })
+    }
+}
 
 /// Writes a replica's changes to the database, on the persister thread only (the sync
 /// client runs its own runtime).
 pub(crate) struct PgSink {
     config: Config,
-    /// `None` after the connection broke, until the next write reconnects.
-    client: Option<Client>,
+    /// The connection and its prepared statements; `None` after the connection broke,
+    /// until the next write reconnects.
+    connection: Option<(Client, Statements)>,
     /// The URL with its password redacted, for errors.
     name: PathBuf,
     /// Changes memory already holds (revoke, delete, rate limit) whose transaction failed:
@@ -56,26 +87,32 @@ pub(crate) struct PgSink {
 }
 
 impl PgSink {
-    pub(super) fn new(config: Config, client: Client, name: PathBuf) -> PgSink {
+    /// A sink that connects on its first write, on the persister thread: the sync client
+    /// runs its own runtime, which must never start on a caller's (maybe async) thread.
+    pub(super) fn new(config: Config, name: PathBuf) -> PgSink {
         PgSink {
             config,
-            client: Some(client),
+            connection: None,
             name,
             retry: Vec::new(),
         }
     }
 
-    /// The connection, reopened if it broke.
-    fn client(&mut self) -> io::Result<&mut Client> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.client = None;
-            let client = self.config.connect(NoTls).map_err(pg)?;
-            tracing::info!(store = %self.name.display(), "reconnected to the database");
-            self.client = Some(client);
+    /// The connection, opened on first use and reopened if it broke.
+    fn connection(&mut self) -> io::Result<(&mut Client, &Statements)> {
+        if self.connection.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+            let reopened = self.connection.take().is_some();
+            let mut client = self.config.connect(NoTls).map_err(pg)?;
+            let statements = Statements::prepare(&mut client).map_err(pg)?;
+            if reopened {
+                tracing::info!(store = %self.name.display(), "reconnected to the database");
+            }
+            self.connection = Some((client, statements));
         }
-        self.client
-            .as_mut()
-            .ok_or_else(|| io::Error::other("no connection"))
+        match self.connection.as_mut() {
+            Some((client, statements)) => Ok((client, statements)),
+            None => Err(io::Error::other("no connection")),
+        }
     }
 }
 
@@ -86,8 +123,8 @@ impl Sink for PgSink {
     fn append(&mut self, _seq: u64, changes: &[ChangeRef<'_>]) -> io::Result<u64> {
         let retry = std::mem::take(&mut self.retry);
         let written = self
-            .client()
-            .and_then(|client| write(client, &retry, changes));
+            .connection()
+            .and_then(|(client, st)| write(client, st, &retry, changes));
         self.retry = retry;
         match written {
             Ok(()) => {
@@ -110,7 +147,9 @@ impl Sink for PgSink {
             .iter()
             .filter_map(|r| r.last_used.map(|at| ChangeRef::Used { id: r.id, at }))
             .collect();
-        let written = self.client().and_then(|client| write(client, &[], &used));
+        let written = self
+            .connection()
+            .and_then(|(client, st)| write(client, st, &[], &used));
         written.map_err(|error| WriteError {
             error,
             replaced: None,
@@ -177,6 +216,7 @@ fn updated_id(change: &ChangeRef<'_>) -> Option<[u8; 8]> {
 /// The transaction of one append (see [`PgSink::append`]).
 fn write(
     client: &mut Client,
+    st: &Statements,
     retry: &[ChangeRef<'static>],
     changes: &[ChangeRef<'_>],
 ) -> io::Result<()> {
@@ -198,7 +238,7 @@ fn write(
     let mut tx = client.transaction().map_err(pg)?;
     let version: Option<i64> = match definitions.is_empty() {
         true => None,
-        false => Some(tx.query_one(BUMP, &[]).map_err(pg)?.get(0)),
+        false => Some(tx.query_one(&st.bump, &[]).map_err(pg)?.get(0)),
     };
     let mut locked: Vec<String> = definitions
         .iter()
@@ -209,31 +249,35 @@ fn write(
     locked.sort_unstable();
     locked.dedup();
     if !locked.is_empty() {
-        tx.execute(LOCK_ROWS, &[&locked]).map_err(pg)?;
+        tx.execute(&st.lock_rows, &[&locked]).map_err(pg)?;
     }
     if let Some(version) = version {
         for change in &definitions {
-            define(&mut tx, change, version)?;
+            define(&mut tx, st, change, version)?;
         }
         let payload = version.to_string();
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
-            .map_err(pg)?;
+        tx.execute(&st.notify, &[&CHANNEL, &payload]).map_err(pg)?;
     }
     if !used_ids.is_empty() {
-        tx.execute(USED, &[&used_ids, &used_at]).map_err(pg)?;
+        tx.execute(&st.used, &[&used_ids, &used_at]).map_err(pg)?;
     }
     tx.commit().map_err(pg)
 }
 
 /// Writes one change to a token's definition as version `version`.
-fn define(tx: &mut Transaction<'_>, change: &ChangeRef<'_>, version: i64) -> io::Result<()> {
+fn define(
+    tx: &mut Transaction<'_>,
+    st: &Statements,
+    change: &ChangeRef<'_>,
+    version: i64,
+) -> io::Result<()> {
     match *change {
         ChangeRef::Issue(ref r) => {
             let scopes: Vec<&str> = r.scopes.iter().collect();
             let limit = r.rate_limit;
             let inserted = tx
                 .execute(
-                    ISSUE,
+                    &st.issue,
                     &[
                         &id_text(r.id),
                         &r.name,
@@ -261,15 +305,16 @@ fn define(tx: &mut Transaction<'_>, change: &ChangeRef<'_>, version: i64) -> io:
             }
         }
         ChangeRef::Revoke { id, at } => {
-            tx.execute(REVOKE, &[&id_text(id), &sql_time(at), &version])
+            tx.execute(&st.revoke, &[&id_text(id), &sql_time(at), &version])
                 .map_err(pg)?;
         }
         ChangeRef::Delete { id } => {
-            tx.execute(DELETE, &[&id_text(id), &version]).map_err(pg)?;
+            tx.execute(&st.delete, &[&id_text(id), &version])
+                .map_err(pg)?;
         }
         ChangeRef::SetRateLimit { id, limit } => {
             tx.execute(
-                LIMIT,
+                &st.limit,
                 &[
                     &id_text(id),
                     &limit.map(|l| sql_time(l.period_ms)),
@@ -281,7 +326,7 @@ fn define(tx: &mut Transaction<'_>, change: &ChangeRef<'_>, version: i64) -> io:
             .map_err(pg)?;
         }
         ChangeRef::Expire { id, at } => {
-            tx.execute(EXPIRE, &[&id_text(id), &sql_time(at), &version])
+            tx.execute(&st.expire, &[&id_text(id), &sql_time(at), &version])
                 .map_err(pg)?;
         }
         ChangeRef::Used { .. } => {}
