@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::pg::{self, Cluster};
-use tokencache::{ManualClock, NewToken, Rejection, TokenId, TokenStore};
+use tokencache::{ManualClock, NewToken, RateLimit, Rejection, TokenId, TokenStore};
 
 const URL_VAR: &str = "TC_TEST_PG_URL";
 const POLL_VAR: &str = "TC_TEST_POLL_MS";
@@ -670,4 +670,61 @@ fn a_store_opens_and_works_inside_an_async_runtime() {
     });
     let again = open(&url, Duration::from_secs(1));
     assert_eq!(listing(&again).len(), 1);
+}
+
+#[test]
+fn a_replica_holds_every_definition_as_issued_and_follows_limits_and_purges() {
+    let url = pg::fresh_db();
+    let a = open(&url, Duration::from_secs(1));
+    let b = open(&url, Duration::from_secs(1));
+    let requests = (0..500).map(|n| {
+        let mut request = NewToken::new(format!("token {n}"));
+        request = request.scopes((0..n % 4).map(|s| format!("scope:{s}")));
+        if n % 3 == 0 {
+            request = request.expires_in(Duration::from_secs(3600 + n));
+        }
+        if n % 5 == 0 {
+            request = request.rate_limit(RateLimit::per_second(10 + n as u32).burst(3));
+        }
+        request
+    });
+    let issued = a.issue_many(requests).unwrap();
+    let same = pg::within(BOUND, || a.list() == b.list());
+    assert!(
+        same.is_some(),
+        "B holds every definition exactly as A issued it"
+    );
+    eprintln!(
+        "issue_many of 500 reached the other store in {:?}",
+        same.unwrap()
+    );
+
+    // A rate limit set on A reaches B; A's own copy coming back does not refill A's quota.
+    let limited = &issued[1];
+    a.set_rate_limit(&limited.id(), Some(RateLimit::per_minute(1)))
+        .unwrap();
+    assert!(a.validate(limited.secret()).is_ok());
+    pg::within(BOUND, || {
+        b.get(&limited.id()).unwrap().rate_limit == Some(RateLimit::per_minute(1))
+    })
+    .expect("B has the new limit");
+    thread::sleep(Duration::from_millis(100)); // A's own notification is back by now
+    assert!(matches!(
+        a.validate(limited.secret()),
+        Err(Rejection::RateLimited { .. })
+    ));
+
+    // A purge on A is a delete everywhere.
+    let old = &issued[2];
+    a.revoke(&old.id()).unwrap();
+    assert_eq!(a.purge(Duration::ZERO).unwrap(), 1);
+    pg::within(BOUND, || b.get(&old.id()).is_none()).expect("B forgets the purged token");
+    assert_eq!(b.validate(old.secret()).err(), Some(Rejection::Unknown));
+    // (A validated a token: only `last_used` may differ until a flush and a later change.)
+    let definitions = |store: &TokenStore| {
+        let mut listed = store.list();
+        listed.iter_mut().for_each(|t| t.last_used = None);
+        listed
+    };
+    pg::within(BOUND, || definitions(&a) == definitions(&b)).expect("the same tokens");
 }

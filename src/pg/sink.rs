@@ -17,7 +17,7 @@ use super::CHANNEL;
 use crate::file::WriteError;
 use crate::journal::ChangeRef;
 use crate::persist::{Compacted, Sink};
-use crate::snapshot::BodyRef;
+use crate::snapshot::{BodyRef, RecordRef};
 
 /// Takes the next version; the row lock it holds until COMMIT makes versions become
 /// visible in commit order (a sequence would not: a reader could see version 8 committed
@@ -29,9 +29,18 @@ const LOCK_ROWS: &str = "SELECT 1 FROM tokencache_tokens WHERE id = ANY($1) ORDE
 const USED: &str = "UPDATE tokencache_tokens AS t SET last_used = u.at \
     FROM unnest($1::text[], $2::bigint[]) AS u(id, at) \
     WHERE t.id = u.id AND (t.last_used IS NULL OR t.last_used < u.at)";
+/// Every new token of a batch in one statement: one array per column (scopes joined by
+/// [`SCOPE_SEPARATOR`], which a scope cannot contain: scopes refuse control characters).
 const ISSUE: &str = "INSERT INTO tokencache_tokens (id, name, digest, scopes, created_at, \
     expires_at, revoked_at, last_used, rate_period_ms, rate_count, rate_burst, version) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING";
+    SELECT u.id, u.name, u.digest, string_to_array(u.scopes, E'\\x1f'), u.created_at, \
+    u.expires_at, u.revoked_at, u.last_used, u.period, u.count, u.burst, $12 \
+    FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bigint[], $6::bigint[], \
+    $7::bigint[], $8::bigint[], $9::bigint[], $10::integer[], $11::integer[]) \
+    AS u(id, name, digest, scopes, created_at, expires_at, revoked_at, last_used, period, \
+    count, burst) \
+    ON CONFLICT (id) DO NOTHING";
+const SCOPE_SEPARATOR: &str = "\u{1f}";
 const REVOKE: &str = "UPDATE tokencache_tokens SET revoked_at = coalesce(revoked_at, $2), \
     version = $3 WHERE id = $1 AND NOT deleted";
 const DELETE: &str =
@@ -252,6 +261,9 @@ fn write(
         tx.execute(&st.lock_rows, &[&locked]).map_err(pg)?;
     }
     if let Some(version) = version {
+        // New ids only (the persister checked them against memory): no other change of
+        // the batch names them, so they can go first, together.
+        issue(&mut tx, st, &definitions, version)?;
         for change in &definitions {
             define(&mut tx, st, change, version)?;
         }
@@ -264,7 +276,69 @@ fn write(
     tx.commit().map_err(pg)
 }
 
-/// Writes one change to a token's definition as version `version`.
+/// Inserts every new token among `changes` as version `version`, in one statement. An id
+/// already in the table (even as a tombstone) fails the transaction: drawn twice.
+fn issue(
+    tx: &mut Transaction<'_>,
+    st: &Statements,
+    changes: &[&ChangeRef<'_>],
+    version: i64,
+) -> io::Result<()> {
+    let new: Vec<_> = changes
+        .iter()
+        .filter_map(|c| match c {
+            ChangeRef::Issue(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let column = |f: &dyn Fn(&&RecordRef<'_>) -> Option<u64>| -> Vec<Option<i64>> {
+        new.iter().map(|r| f(r).map(sql_time)).collect()
+    };
+    let small = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    let ids: Vec<String> = new.iter().map(|r| id_text(r.id)).collect();
+    let names: Vec<&str> = new.iter().map(|r| r.name).collect();
+    let digests: Vec<&[u8]> = new.iter().map(|r| &r.digest[..]).collect();
+    let scopes: Vec<String> = new
+        .iter()
+        .map(|r| r.scopes.iter().collect::<Vec<_>>().join(SCOPE_SEPARATOR))
+        .collect();
+    let created: Vec<i64> = new.iter().map(|r| sql_time(r.created_at)).collect();
+    let inserted = tx
+        .execute(
+            &st.issue,
+            &[
+                &ids,
+                &names,
+                &digests,
+                &scopes,
+                &created,
+                &column(&|r| r.expires_at),
+                &column(&|r| r.revoked_at),
+                &column(&|r| r.last_used),
+                &column(&|r| r.rate_limit.map(|l| l.period_ms)),
+                &new.iter()
+                    .map(|r| r.rate_limit.map(|l| small(l.count)))
+                    .collect::<Vec<_>>(),
+                &new.iter()
+                    .map(|r| r.rate_limit.map(|l| small(l.burst)))
+                    .collect::<Vec<_>>(),
+                &version,
+            ],
+        )
+        .map_err(pg)?;
+    if inserted != new.len() as u64 {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "a new token's id is already in the database (drawn twice); issue again",
+        ));
+    }
+    Ok(())
+}
+
+/// Writes one change to an existing token's definition as version `version`.
 fn define(
     tx: &mut Transaction<'_>,
     st: &Statements,
@@ -272,38 +346,7 @@ fn define(
     version: i64,
 ) -> io::Result<()> {
     match *change {
-        ChangeRef::Issue(ref r) => {
-            let scopes: Vec<&str> = r.scopes.iter().collect();
-            let limit = r.rate_limit;
-            let inserted = tx
-                .execute(
-                    &st.issue,
-                    &[
-                        &id_text(r.id),
-                        &r.name,
-                        &&r.digest[..],
-                        &scopes,
-                        &sql_time(r.created_at),
-                        &r.expires_at.map(sql_time),
-                        &r.revoked_at.map(sql_time),
-                        &r.last_used.map(sql_time),
-                        &limit.map(|l| sql_time(l.period_ms)),
-                        &limit.map(|l| i32::try_from(l.count).unwrap_or(i32::MAX)),
-                        &limit.map(|l| i32::try_from(l.burst).unwrap_or(i32::MAX)),
-                        &version,
-                    ],
-                )
-                .map_err(pg)?;
-            if inserted == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!(
-                        "token id {} is already in the database (drawn twice); issue again",
-                        id_text(r.id)
-                    ),
-                ));
-            }
-        }
+        ChangeRef::Issue(_) | ChangeRef::Used { .. } => {}
         ChangeRef::Revoke { id, at } => {
             tx.execute(&st.revoke, &[&id_text(id), &sql_time(at), &version])
                 .map_err(pg)?;
@@ -329,7 +372,6 @@ fn define(
             tx.execute(&st.expire, &[&id_text(id), &sql_time(at), &version])
                 .map_err(pg)?;
         }
-        ChangeRef::Used { .. } => {}
     }
     Ok(())
 }
