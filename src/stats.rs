@@ -171,7 +171,8 @@ pub struct Stats {
     /// Snapshots written since `open`: compactions, and the first file of a new store.
     pub snapshots_written: u64,
     /// Journal records appended since `open` (each one write and one fsync, shared by every
-    /// change of a group commit and by the `last_used` of one interval).
+    /// change of a group commit and by the `last_used` of one interval). For a PostgreSQL
+    /// store: transactions committed (the byte counts stay 0).
     pub journal_records_written: u64,
     /// Every byte the store wrote since `open`: `journal_bytes_written` +
     /// `compaction_bytes_written`.
