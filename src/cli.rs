@@ -32,7 +32,8 @@ const EXIT_ERROR: u8 = 2;
 #[derive(Debug, Parser)]
 #[command(name = "tokencache", version, about, long_about = None)]
 pub struct Cli {
-    /// The store file.
+    /// The store file, or a PostgreSQL URL (`postgres://user@host/db`, with the `postgres`
+    /// feature): a store shared by any number of replicas.
     #[arg(
         long,
         global = true,
@@ -361,7 +362,12 @@ impl Checker {
 }
 
 fn list(path: &Path, json: bool) -> Result<ExitCode, Failure> {
-    let tokens = view(path)?.list();
+    // A database store has no files to read: it is opened, as a replica, for its list.
+    let tokens = if is_database_url(path) {
+        open_existing(path)?.list()
+    } else {
+        view(path)?.list()
+    };
     if json {
         print_json(&Value::Array(tokens.iter().map(token_json).collect()))?;
         return Ok(ExitCode::SUCCESS);
@@ -495,6 +501,9 @@ fn parse_id(id: &str) -> Result<TokenId, Failure> {
 }
 
 fn inspect(path: &Path, json: bool) -> Result<ExitCode, Failure> {
+    if is_database_url(path) {
+        return Err("`inspect` reads a store file; a PostgreSQL store has none (use `list`, or query the tokencache_tokens table)".into());
+    }
     require_existing(path)?;
     let info = tokencache::inspect(path).map_err(|e| e.to_string())?;
     let written_at = i64::try_from(info.written_at_ms)
@@ -556,7 +565,7 @@ fn view(path: &Path) -> Result<StoreView, Failure> {
 
 /// Refuses a `--store` that names nothing, with how to create a store.
 fn require_existing(path: &Path) -> Result<(), Failure> {
-    if path.exists() {
+    if is_database_url(path) || path.exists() {
         return Ok(());
     }
     Err(format!(
@@ -576,6 +585,12 @@ fn refusal(error: tokencache::Error) -> Failure {
         ),
         error => error.to_string(),
     }
+}
+
+/// Whether `--store` names a PostgreSQL database rather than a file.
+fn is_database_url(path: &Path) -> bool {
+    let text = path.to_string_lossy().to_ascii_lowercase();
+    text.starts_with("postgres://") || text.starts_with("postgresql://")
 }
 
 /// How to give `validate` a token without a terminal.
@@ -629,6 +644,9 @@ fn explain(rejection: Rejection) -> String {
         Rejection::MissingScope => "missing_scope: the token does not grant this scope".into(),
         Rejection::RateLimited { retry_after } => {
             format!("rate_limited: retry after {} ms", retry_after.as_millis())
+        }
+        Rejection::Unavailable => {
+            "unavailable: this replica has not reached its database for longer than its max staleness; try again later".into()
         }
         // `Rejection` is matched exhaustively so that a new reason gets a message here.
     }

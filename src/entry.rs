@@ -246,11 +246,17 @@ impl Entry {
         self.persisted_last_used.store(last_used, Ordering::Relaxed);
     }
 
-    /// Journal replay while opening (the entry is not shared yet): the token was used at
-    /// `at`, which is on disk; an earlier time than the entry has changes nothing.
+    /// The token was used at `at`, which is on disk (or in the database); an earlier time
+    /// than the entry has changes nothing. Journal replay while opening (the entry is not
+    /// shared yet), and rows from other replicas of a PostgreSQL store (on the persister
+    /// thread). A later time replaces a dirty one and clears the bit: the newer time is
+    /// already stored, the persister still holds the id, and the next `touch` sets the bit
+    /// again and sends (a cleared bit only costs a message, a set one without a send would
+    /// lose a write).
     pub(crate) fn replay_used(&self, at: u64) {
         let at = at.min(LATEST);
-        // Relaxed: the entry is not shared yet; the persister thread's start orders these.
+        // Relaxed: a read-modify-write of the one word `touch` and `take_for_snapshot` also
+        // update, so all are totally ordered; this publishes nothing else.
         self.hot.used.fetch_max(at << 1, Ordering::Relaxed);
         self.persisted_last_used.fetch_max(at, Ordering::Relaxed);
     }

@@ -158,6 +158,11 @@ pub enum Rejection {
     /// The token is valid but lacks the required scope.
     #[error("token lacks the required scope")]
     MissingScope,
+    /// A replica of a PostgreSQL store with [`max_staleness`](crate::Builder::max_staleness)
+    /// set has not caught up with the database for longer than that, so it does not vouch
+    /// for any token (a revocation elsewhere may not have reached it). Try again later.
+    #[error("token store unavailable: this replica is too far behind its database")]
+    Unavailable,
 }
 
 impl Rejection {
@@ -170,6 +175,7 @@ impl Rejection {
             Rejection::Expired => "expired",
             Rejection::RateLimited { .. } => "rate_limited",
             Rejection::MissingScope => "missing_scope",
+            Rejection::Unavailable => "unavailable",
         }
     }
 }

@@ -48,6 +48,11 @@ pub(crate) enum Message {
     },
     /// Reply once everything observed before the call is on disk.
     Flush(Reply),
+    /// PostgreSQL stores: the rows other replicas (and this one) committed since the last
+    /// catch-up, as changes to apply to memory, and the clock time (Unix ms) of the
+    /// catch-up that read them (memory is current as of then once they are applied).
+    #[cfg(all(feature = "postgres", not(loom)))]
+    Remote(Vec<crate::journal::Change>, u64),
     /// The clock jumped: re-check the deadline, then acknowledge.
     Tick(Sender<()>),
     /// Write what is pending, reply, and stop.

@@ -38,6 +38,7 @@ use crate::store::{OwnedToken, TokenStore, ValidToken};
 /// | malformed, unknown, revoked or expired token | 401 | `… error="invalid_token", error_description="…"` |
 /// | token lacks the required scope | 403 | `… error="insufficient_scope", scope="…"` |
 /// | token over its rate limit | 429 | `Retry-After: <seconds, rounded up>` |
+/// | replica too stale to vouch (PostgreSQL store with `max_staleness`) | 503 | none |
 /// | two or more token headers (whatever their values) | 400 | `… error="invalid_request", error_description="…"` |
 ///
 /// A request carrying the token header twice is refused before [`TokenStore::validate`]
@@ -128,7 +129,8 @@ impl Challenges {
                 Rejection::Revoked => Some(&self.revoked),
                 Rejection::Expired => Some(&self.expired),
                 Rejection::MissingScope => Some(&self.insufficient_scope),
-                Rejection::RateLimited { .. } => None,
+                // 503 says "try again", not "authenticate".
+                Rejection::RateLimited { .. } | Rejection::Unavailable => None,
             },
         }
     }
@@ -298,6 +300,7 @@ impl Refusal {
                 | Rejection::Expired => StatusCode::UNAUTHORIZED,
                 Rejection::MissingScope => StatusCode::FORBIDDEN,
                 Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+                Rejection::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             },
         }
     }

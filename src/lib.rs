@@ -37,6 +37,10 @@
 //! [`inspect`] read the store's files without the lock and without writing, e.g. to list the
 //! tokens a running service holds.
 //!
+//! With the `postgres` feature, a PostgreSQL URL in place of the path
+//! (`TokenStore::open("postgres://user@host/db")`) opens a store shared by any number of
+//! replicas, each validating from its own memory; see `docs/REPLICAS.md`.
+//!
 //! The design (hot path, dirty protocol, persister, atomic orderings) is in `docs/DESIGN.md`;
 //! the file format in `docs/FORMAT.md`.
 
@@ -51,6 +55,8 @@ mod journal;
 mod layer;
 mod map;
 mod persist;
+#[cfg(all(feature = "postgres", not(loom)))]
+mod pg;
 mod rate_limit;
 mod recover;
 #[cfg(not(loom))]

@@ -53,6 +53,23 @@ pub(crate) trait Sink: Send + 'static {
     fn journal_len(&self) -> u64;
     /// The path to name in errors.
     fn path(&self) -> PathBuf;
+    /// Whether [`compact`](Self::compact) writes every definition (a snapshot of the whole
+    /// store), so a compaction can stand in for an append. A database sink says no: each
+    /// change must reach it as a change (a delete is a tombstone other replicas read), so
+    /// the persister never compacts instead of appending, and the sink itself keeps the
+    /// changes memory already made (revoke, delete, rate limit) when an append fails and
+    /// writes them first in its next append.
+    fn compaction_holds_definitions(&self) -> bool {
+        true
+    }
+    /// What a failed append was doing (as the error says it, before the path), and what
+    /// the log says happens next.
+    fn append_failure(&self) -> (&'static str, &'static str) {
+        (
+            "append to the journal of",
+            "journal append failed; will write a snapshot at the next tick",
+        )
+    }
 }
 
 /// What a compaction wrote.
@@ -317,6 +334,9 @@ struct Batch {
     flushes: Vec<Reply>,
     ticks: Vec<Sender<()>>,
     shutdown: Option<Reply>,
+    /// Rows other replicas committed, with the time of the catch-up that read them.
+    #[cfg(all(feature = "postgres", not(loom)))]
+    remote: Vec<(Vec<journal::Change>, u64)>,
 }
 
 impl Batch {
@@ -340,6 +360,8 @@ impl Batch {
             Message::Flush(reply) => self.flushes.push(reply),
             Message::Tick(ack) => self.ticks.push(ack),
             Message::Shutdown(reply) => self.shutdown = Some(reply),
+            #[cfg(all(feature = "postgres", not(loom)))]
+            Message::Remote(changes, at) => self.remote.push((changes, at)),
         }
     }
 }
@@ -581,6 +603,8 @@ impl Persister {
     /// `pending` for the write. Requests for an unknown id are answered here.
     fn apply(&mut self, batch: &mut Batch, now: u64) -> Applied {
         let mut applied = Applied::default();
+        #[cfg(all(feature = "postgres", not(loom)))]
+        self.apply_remote(batch);
         let map = &self.shared.map;
         for (id, reply) in batch.revokes.drain(..) {
             let at = map.with(&id, |e| {
@@ -654,6 +678,24 @@ impl Persister {
         applied
     }
 
+    /// PostgreSQL stores: applies what other replicas committed (as journal replay does;
+    /// this replica's own changes come back too, and change nothing), then notes how
+    /// current memory is.
+    #[cfg(all(feature = "postgres", not(loom)))]
+    fn apply_remote(&mut self, batch: &mut Batch) {
+        for (changes, at) in batch.remote.drain(..) {
+            for change in changes {
+                if let Err(problem) = crate::recover::apply_change(&self.shared.map, change) {
+                    tracing::error!(store = %self.sink.path().display(), %problem, "a row in the database cannot be loaded; skipped");
+                }
+            }
+            let counters = &self.shared.counters;
+            counters
+                .last_sync_at
+                .fetch_max(at, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Broken twin of the revoke and delete steps of [`apply`](Self::apply) (loom only):
     /// each caller is answered first and memory changes after, so a validation that starts
     /// once the call returned can still accept the token.
@@ -698,16 +740,20 @@ impl Persister {
         let closing = batch.shutdown.is_some();
         let retry = self.definitions_pending && due;
         let untrusted = !self.sink.journal_ok();
-        if (closing && (has_records || definitions || self.unsaved_anywhere()))
-            || (size_check_due && outgrown)
-            || retry
-            || (untrusted && (definitions || flush_asked || (due && self.waiting())))
+        let snapshots = self.sink.compaction_holds_definitions();
+        if snapshots
+            && ((closing && (has_records || definitions || self.unsaved_anywhere()))
+                || (size_check_due && outgrown)
+                || retry
+                || (untrusted && (definitions || flush_asked || (due && self.waiting()))))
         {
             return Write::Compact;
         }
+        // A database sink retries its failed changes in the next append.
+        let resend = !snapshots && self.definitions_pending && (due || closing || flush_asked);
         let used = (due && self.waiting()) || flush_asked || closing;
-        let scan = self.scan_all || flush_scans;
-        if definitions || (used && (scan || !self.used.is_empty())) {
+        let scan = self.scan_all || flush_scans || (closing && !snapshots);
+        if definitions || resend || (used && (scan || !self.used.is_empty())) {
             Write::Append { used, scan }
         } else {
             Write::Nothing
@@ -805,7 +851,9 @@ impl Persister {
             id: id.to_bytes(),
             at,
         }));
-        if changes.is_empty() {
+        // A database sink holding failed changes writes them even with nothing new.
+        let resend = self.definitions_pending && !self.sink.compaction_holds_definitions();
+        if changes.is_empty() && !resend {
             return Ok(());
         }
         let seq = self.seq + 1;
@@ -821,6 +869,10 @@ impl Persister {
                 }
                 self.join(pending);
                 self.shared.counters.record_append(bytes);
+                if !self.sink.compaction_holds_definitions() {
+                    // The append wrote the changes the sink held from failed ones first.
+                    self.definitions_pending = false;
+                }
                 Ok(())
             }
             Err(error) => {
@@ -831,11 +883,8 @@ impl Persister {
                     map.with(&id, |e| e.mark_dirty());
                     self.used.insert(id);
                 }
-                Err(self.failed(
-                    error,
-                    "append to the journal of",
-                    "journal append failed; will write a snapshot at the next tick",
-                ))
+                let (action, what) = self.sink.append_failure();
+                Err(self.failed(error, action, what))
             }
         }
     }

@@ -15,7 +15,7 @@ use crossbeam_utils::CachePadded;
 use crate::error::Rejection;
 
 const STRIPES: usize = 16;
-const REASONS: usize = 6;
+const REASONS: usize = 7;
 
 #[derive(Default)]
 struct Stripe {
@@ -36,6 +36,9 @@ pub(crate) struct Counters {
     pub(crate) compaction_bytes_written: AtomicU64,
     pub(crate) write_errors: AtomicU64,
     pub(crate) last_snapshot_at: AtomicU64,
+    /// PostgreSQL stores: when (clock ms) memory last caught up with the database; 0 for a
+    /// file store. Read by `validate` when `max_staleness` is set.
+    pub(crate) last_sync_at: AtomicU64,
     pub(crate) last_error: Mutex<Option<String>>,
 }
 
@@ -64,6 +67,7 @@ fn reason_index(rejection: &Rejection) -> usize {
         Rejection::Expired => 3,
         Rejection::RateLimited { .. } => 4,
         Rejection::MissingScope => 5,
+        Rejection::Unavailable => 6,
     }
 }
 
@@ -103,10 +107,17 @@ impl Counters {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
     }
 
-    pub(crate) fn read(&self, tokens: usize, dirty: usize) -> Stats {
+    /// The counters as [`Stats`], `now_ms` being the clock's time (for the replica lag).
+    pub(crate) fn read(&self, tokens: usize, dirty: usize, now_ms: u64) -> Stats {
         let sum = |f: &dyn Fn(&Stripe) -> u64| self.stripes.iter().map(|s| f(s)).sum::<u64>();
         let reason = |i: usize| sum(&|s| s.rejected[i].load(Relaxed));
         let last_snapshot = self.last_snapshot_at.load(Relaxed);
+        let last_sync = self.last_sync_at.load(Relaxed);
+        let at = |ms: u64| {
+            (ms != 0)
+                .then(|| DateTime::from_timestamp_millis(ms as i64))
+                .flatten()
+        };
         Stats {
             tokens,
             dirty_tokens: dirty,
@@ -118,6 +129,7 @@ impl Counters {
                 expired: reason(3),
                 rate_limited: reason(4),
                 missing_scope: reason(5),
+                unavailable: reason(6),
             },
             dirty_sends: self.dirty_sends.load(Relaxed),
             channel_full: self.channel_full.load(Relaxed),
@@ -132,9 +144,10 @@ impl Counters {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
-            last_snapshot_at: (last_snapshot != 0)
-                .then(|| DateTime::from_timestamp_millis(last_snapshot as i64))
-                .flatten(),
+            last_snapshot_at: at(last_snapshot),
+            last_catch_up_at: at(last_sync),
+            replica_lag: (last_sync != 0)
+                .then(|| std::time::Duration::from_millis(now_ms.saturating_sub(last_sync))),
         }
     }
 }
@@ -158,7 +171,8 @@ pub struct Stats {
     /// Snapshots written since `open`: compactions, and the first file of a new store.
     pub snapshots_written: u64,
     /// Journal records appended since `open` (each one write and one fsync, shared by every
-    /// change of a group commit and by the `last_used` of one interval).
+    /// change of a group commit and by the `last_used` of one interval). For a PostgreSQL
+    /// store: transactions committed (the byte counts stay 0).
     pub journal_records_written: u64,
     /// Every byte the store wrote since `open`: `journal_bytes_written` +
     /// `compaction_bytes_written`.
@@ -173,6 +187,13 @@ pub struct Stats {
     pub last_error: Option<String>,
     /// When the newest snapshot (compaction) was written by this handle.
     pub last_snapshot_at: Option<DateTime<Utc>>,
+    /// PostgreSQL stores: when this replica last caught up with the database (read every
+    /// change committed before then). `None` for a file store.
+    pub last_catch_up_at: Option<DateTime<Utc>>,
+    /// PostgreSQL stores: how stale this replica's memory may be, the time since
+    /// `last_catch_up_at` (about one poll interval while the database is reachable; it grows
+    /// while the database is not). `None` for a file store.
+    pub replica_lag: Option<std::time::Duration>,
 }
 
 /// Refused validations by [`Rejection`] reason.
@@ -191,6 +212,8 @@ pub struct Rejections {
     pub rate_limited: u64,
     /// [`Rejection::MissingScope`].
     pub missing_scope: u64,
+    /// [`Rejection::Unavailable`].
+    pub unavailable: u64,
 }
 
 impl Rejections {
@@ -202,5 +225,6 @@ impl Rejections {
             + self.expired
             + self.rate_limited
             + self.missing_scope
+            + self.unavailable
     }
 }

@@ -35,6 +35,8 @@ use crate::sync::thread::{self, JoinHandle};
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
 use crate::token::{self, IssuedToken, TokenId};
 
+/// How often a PostgreSQL replica polls for changes it was not notified of.
+const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// The default write-behind period for `last_used`.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 /// The name of every store's persister thread (in panics, debuggers and `top -H`).
@@ -58,6 +60,9 @@ pub(crate) struct Shared {
     /// Set when a dirty id could not be sent (channel full): the next snapshot scans all.
     pub(crate) overflow: AtomicBool,
     pub(crate) counters: Counters,
+    /// PostgreSQL stores: refuse validations once the last catch-up with the database is
+    /// older than this (ms); 0: never (always for a file store).
+    pub(crate) max_staleness_ms: u64,
 }
 
 impl Shared {
@@ -68,6 +73,10 @@ impl Shared {
     fn check(&self, token: &str, scope: Option<&str>) -> Result<ValidToken<'_>, Rejection> {
         let (valid, now) = admit(&self.map, &*self.clock, token, scope)?;
         let entry = &valid.entry;
+        // A plain field read when the policy is off (the default, and every file store).
+        if self.max_staleness_ms != 0 && self.too_stale(now) {
+            return Err(Rejection::Unavailable);
+        }
         // Rate limit last: only a request that would otherwise be accepted spends quota, so
         // a revoked, expired, forged or out-of-scope request never drains a token's budget.
         if let Err(retry_after) = entry.check_rate(now) {
@@ -77,6 +86,18 @@ impl Shared {
             self.send_dirty(entry.id);
         }
         Ok(valid)
+    }
+
+    /// Whether memory's last catch-up with the database is older than `max_staleness`.
+    #[cold]
+    fn too_stale(&self, now: u64) -> bool {
+        // Relaxed: a time stamp read on its own; a catch-up's changes reach the entries
+        // through the map, not through this word.
+        let synced = self
+            .counters
+            .last_sync_at
+            .load(std::sync::atomic::Ordering::Relaxed);
+        now.saturating_sub(synced) > self.max_staleness_ms
     }
 
     /// Tells the persister a token became dirty, never blocking.
@@ -243,6 +264,8 @@ impl TokenStore {
             retention: None,
             compaction_floor: DEFAULT_COMPACTION_FLOOR,
             faults: None,
+            max_staleness: None,
+            poll_interval: DEFAULT_POLL_INTERVAL,
         }
     }
 
@@ -466,10 +489,16 @@ impl TokenStore {
             let dirty = entries.iter().filter(|e| e.is_dirty()).count();
             (entries.len(), dirty)
         });
-        shared.counters.read(tokens, dirty)
+        shared.counters.read(tokens, dirty, shared.clock.now_ms())
     }
 
-    /// The store file's path.
+    /// What the persister and the other threads of this store share.
+    #[cfg(all(feature = "postgres", not(loom)))]
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.handle.shared.clone()
+    }
+
+    /// The store file's path (for a PostgreSQL store, its URL with the password redacted).
     pub fn path(&self) -> &Path {
         &self.handle.path
     }
@@ -919,13 +948,16 @@ impl Drop for Handle {
 /// Settings for opening a [`TokenStore`]; from [`TokenStore::builder`].
 #[must_use]
 pub struct Builder {
-    path: PathBuf,
-    flush_interval: Duration,
-    clock: std::sync::Arc<dyn Clock>,
+    pub(crate) path: PathBuf,
+    pub(crate) flush_interval: Duration,
+    pub(crate) clock: std::sync::Arc<dyn Clock>,
     channel_capacity: usize,
     retention: Option<Duration>,
     compaction_floor: u64,
     faults: Option<FaultPlan>,
+    max_staleness: Option<Duration>,
+    #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
+    pub(crate) poll_interval: Duration,
 }
 
 impl Builder {
@@ -974,12 +1006,38 @@ impl Builder {
         self
     }
 
+    /// PostgreSQL stores only (a file store ignores it): refuse every validation with
+    /// [`Rejection::Unavailable`] once this replica's last successful catch-up with the
+    /// database is older than `staleness` (it is back as soon as a catch-up succeeds).
+    /// Default: keep serving from memory however stale it gets; [`TokenStore::stats`]
+    /// (`replica_lag`) and the log say how stale. See `docs/REPLICAS.md`.
+    pub fn max_staleness(mut self, staleness: Duration) -> Builder {
+        self.max_staleness = Some(staleness);
+        self
+    }
+
+    /// PostgreSQL stores only (a file store ignores it): how often a replica reads the
+    /// changes committed since its last look even when no notification came (default 1 s).
+    /// A lost notification delays a change by at most this.
+    pub fn poll_interval(mut self, interval: Duration) -> Builder {
+        self.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
     /// Opens the store: resolves the path (a symlink means the file it points to), takes
     /// the lock, reads and checks the store file and its journal and replays the journal
     /// (refusing, with every file untouched, anything damaged but a torn last record),
     /// then sets a torn tail aside, removes temp files a crash of this store left, and
     /// starts the persister. A new store gets an empty store file and journal.
-    pub fn open(self) -> Result<TokenStore, Error> {
+    ///
+    /// A path that is a PostgreSQL URL (`postgres://` or `postgresql://`) opens a store
+    /// whose system of record is that database instead (feature `postgres`; see
+    /// `docs/REPLICAS.md`). No file is touched, and any number of stores may open it.
+    pub fn open(mut self) -> Result<TokenStore, Error> {
+        if let Some(url) = database_url(&self.path).map(str::to_owned) {
+            return self.open_database(url);
+        }
+        self.max_staleness = None;
         let path = file::resolve(&self.path)?;
         let lock = file::lock(&path)?;
         let recovered = recover::read(&path)?;
@@ -1007,17 +1065,33 @@ impl Builder {
             tracing::info!(file = %path.display(), records = recovered.replayed, "replayed the journal");
         }
         let sink = Box::new(FileSink::new(path.clone(), journal, self.faults.clone()));
-        self.start(path, recovered, sink, Some(lock))
+        self.start(path, recovered, sink, Some(lock), None)
+    }
+
+    /// Opens the PostgreSQL store at `url`.
+    #[cfg(all(feature = "postgres", not(loom)))]
+    fn open_database(self, url: String) -> Result<TokenStore, Error> {
+        crate::pg::open(self, url)
+    }
+
+    /// Without the `postgres` feature, a database URL is refused (it is no file path).
+    #[cfg(not(all(feature = "postgres", not(loom))))]
+    fn open_database(self, url: String) -> Result<TokenStore, Error> {
+        Err(Error::BadPath {
+            path: redact_url(&url).into(),
+            reason: "a PostgreSQL URL needs tokencache built with the `postgres` feature",
+        })
     }
 
     /// Builds the in-memory store from `recovered`, writes a snapshot first if the store
     /// file or a usable journal is missing, and spawns the persister.
-    fn start(
+    pub(crate) fn start(
         self,
         path: PathBuf,
         recovered: Recovered,
         mut sink: Box<dyn Sink>,
         lock: Option<File>,
+        synced_at: Option<u64>,
     ) -> Result<TokenStore, Error> {
         let (tx, rx) = channel::bounded(self.channel_capacity);
         let Recovered {
@@ -1032,9 +1106,16 @@ impl Builder {
             inbox: Arc::new(Inbox::new(tx)),
             overflow: AtomicBool::new(false),
             counters: Counters::default(),
+            max_staleness_ms: self.max_staleness.map_or(0, |d| millis(d).max(1)),
         });
+        if let Some(synced) = synced_at {
+            // Relaxed: see `too_stale`.
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            shared.counters.last_sync_at.store(synced, relaxed);
+        }
         let mut snapshot_len = snapshot_len.unwrap_or(0);
-        if snapshot_len == 0 || !sink.journal_ok() {
+        let file_store = sink.compaction_holds_definitions();
+        if file_store && (snapshot_len == 0 || !sink.journal_ok()) {
             snapshot_len = first_snapshot(&shared, sink.as_mut(), seq, &path)?;
         }
         let persister = Persister::new(
@@ -1141,8 +1222,51 @@ pub fn open_recorded(
         journal: None,
     };
     let path = builder.path.clone();
-    let store = builder.start(path, recovered, Box::new(recorder), None)?;
+    let store = builder.start(path, recovered, Box::new(recorder), None, None)?;
     Ok((store, issued))
+}
+
+/// The URL in `path` if it names a PostgreSQL database (`postgres://` or `postgresql://`).
+pub(crate) fn database_url(path: &Path) -> Option<&str> {
+    let text = path.to_str()?;
+    let scheme = text.split_once("://")?.0;
+    ["postgres", "postgresql"]
+        .iter()
+        .any(|s| scheme.eq_ignore_ascii_case(s))
+        .then_some(text)
+}
+
+/// `url` with its password (in the user part, or a `password=` parameter) replaced by
+/// `***`, for errors, logs and `Debug`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user, hosts)) => match user.split_once(':') {
+            Some((name, _)) => format!("{name}:***@{hosts}"),
+            None => format!("{user}@{hosts}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                        format!("{key}=***")
+                    }
+                    _ => p.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 /// A request for a new token, given to [`TokenStore::issue`].
@@ -1422,4 +1546,36 @@ pub(crate) fn refuse_rotation(old: &Entry, now_ms: u64) -> Result<(), Error> {
 
 fn from_ms(ms: u64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(i64::try_from(ms).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{database_url, redact_url};
+    use std::path::Path;
+
+    #[test]
+    fn a_database_url_is_told_from_a_file_path() {
+        assert!(database_url(Path::new("postgres://h/db")).is_some());
+        assert!(database_url(Path::new("PostgreSQL://h/db")).is_some());
+        assert!(database_url(Path::new("tokens.snap")).is_none());
+        assert!(database_url(Path::new("./postgres/tokens.snap")).is_none());
+        assert!(database_url(Path::new("mysql://h/db")).is_none());
+    }
+
+    #[test]
+    fn redaction_hides_every_password_and_keeps_the_rest() {
+        let cases = [
+            ("postgres://u:pw@h:5432/db", "postgres://u:***@h:5432/db"),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            (
+                "postgres://h/db?password=pw&sslmode=disable",
+                "postgres://h/db?password=***&sslmode=disable",
+            ),
+            ("postgresql://u:p@w@h/db", "postgresql://u:***@h/db"),
+            ("postgres://u:pw@h", "postgres://u:***@h"),
+        ];
+        for (url, redacted) in cases {
+            assert_eq!(redact_url(url), redacted);
+        }
+    }
 }

@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+#[cfg(feature = "postgres")]
+pub mod pg;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

@@ -1,0 +1,97 @@
+//! Between rows of `tokencache_tokens` and the store's own types: a row as the `Record` it
+//! mirrors, and as the changes that bring a replica's memory to it.
+
+use postgres::Row;
+
+use crate::journal::Change;
+use crate::snapshot::{RateLimitRecord, Record};
+
+/// The columns [`record`] reads, in order.
+pub(super) const COLUMNS: &str = "id, name, digest, scopes, created_at, expires_at, revoked_at, \
+    last_used, rate_period_ms, rate_count, rate_burst, deleted, version";
+
+/// A time (Unix ms) as a `bigint`.
+pub(super) fn sql_time(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+fn time(value: Option<i64>) -> Option<u64> {
+    value.map(|v| u64::try_from(v).unwrap_or(0))
+}
+
+/// A token id as its text (ids are base62 ASCII).
+pub(super) fn id_text(id: [u8; 8]) -> String {
+    String::from_utf8_lossy(&id).into_owned()
+}
+
+/// A row read with [`COLUMNS`]: its record (`Err` names what is wrong), whether it is a
+/// tombstone, and its version.
+pub(super) fn record(row: &Row) -> Result<(Record, bool, i64), String> {
+    let id: String = row.try_get(0).map_err(|e| e.to_string())?;
+    let bad = |what: &str| format!("token {id:?}: {what}");
+    let id_bytes: [u8; 8] = id
+        .as_bytes()
+        .try_into()
+        .map_err(|_| bad("the id is not 8 bytes"))?;
+    let digest: Vec<u8> = row.try_get(2).map_err(|e| bad(&e.to_string()))?;
+    let digest: [u8; 32] = digest
+        .try_into()
+        .map_err(|_| bad("the digest is not 32 bytes"))?;
+    let get = |e: postgres::Error| bad(&e.to_string());
+    let period: Option<i64> = row.try_get(8).map_err(get)?;
+    let count: Option<i32> = row.try_get(9).map_err(get)?;
+    let burst: Option<i32> = row.try_get(10).map_err(get)?;
+    let rate_limit = match (period, count, burst) {
+        (Some(period), Some(count), Some(burst)) => Some(RateLimitRecord {
+            period_ms: u64::try_from(period).map_err(|_| bad("a negative rate period"))?,
+            count: u32::try_from(count).map_err(|_| bad("a negative rate count"))?,
+            burst: u32::try_from(burst).map_err(|_| bad("a negative burst"))?,
+        }),
+        (None, None, None) => None,
+        _ => return Err(bad("a rate limit with missing parts")),
+    };
+    let record = Record {
+        id: id_bytes,
+        name: row.try_get(1).map_err(get)?,
+        digest,
+        scopes: row.try_get(3).map_err(get)?,
+        created_at: time(row.try_get(4).map_err(get)?).unwrap_or(0),
+        expires_at: time(row.try_get(5).map_err(get)?),
+        revoked_at: time(row.try_get(6).map_err(get)?),
+        last_used: time(row.try_get(7).map_err(get)?),
+        rate_limit,
+    };
+    Ok((
+        record,
+        row.try_get(11).map_err(get)?,
+        row.try_get(12).map_err(get)?,
+    ))
+}
+
+/// The changes that bring a replica's memory to what a row says: a tombstone deletes; a
+/// token is issued if new, then takes the row's revocation, rate limit, expiry and
+/// `last_used` (each applied idempotently, see `recover::apply_change`).
+pub(super) fn changes(record: Record, deleted: bool, out: &mut Vec<Change>) {
+    let id = record.id;
+    if deleted {
+        out.push(Change::Delete { id });
+        return;
+    }
+    let (revoked, expires, used, limit) = (
+        record.revoked_at,
+        record.expires_at,
+        record.last_used,
+        record.rate_limit,
+    );
+    out.push(Change::Issue(record));
+    if let Some(at) = revoked {
+        out.push(Change::Revoke { id, at });
+    }
+    out.push(Change::SetRateLimit { id, limit });
+    if let Some(at) = expires {
+        out.push(Change::Expire { id, at });
+    }
+    if let Some(at) = used {
+        out.push(Change::Used { id, at });
+    }
+}

@@ -1,0 +1,79 @@
+//! The schema, created on first open and versioned: `tokencache_migrations` records each
+//! migration applied; each runs once, in order, under an advisory lock so replicas opening
+//! a new database together do not race.
+
+use postgres::Client;
+
+use super::describe;
+
+/// The migrations, in order; migration `n` is `MIGRATIONS[n - 1]`. Never edit one that
+/// shipped: add the next.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: tokens (one row per token, never removed: a delete is a tombstone, so it reaches
+    // the other replicas through the version poll), the commit-ordered version counter.
+    "CREATE TABLE tokencache_tokens (
+        id             text PRIMARY KEY,
+        name           text NOT NULL,
+        digest         bytea NOT NULL,
+        scopes         text[] NOT NULL,
+        created_at     bigint NOT NULL,
+        expires_at     bigint,
+        revoked_at     bigint,
+        last_used      bigint,
+        rate_period_ms bigint,
+        rate_count     integer,
+        rate_burst     integer,
+        version        bigint NOT NULL,
+        deleted        boolean NOT NULL DEFAULT false
+    );
+    CREATE INDEX tokencache_tokens_version ON tokencache_tokens (version);
+    CREATE TABLE tokencache_version (
+        one     boolean PRIMARY KEY DEFAULT true CHECK (one),
+        version bigint NOT NULL
+    );
+    INSERT INTO tokencache_version (one, version) VALUES (true, 0);",
+];
+
+/// Serializes migrations across replicas (`pg_advisory_xact_lock`): "tokencac" in ASCII.
+const MIGRATION_LOCK: i64 = 0x746f_6b65_6e63_6163;
+
+/// Brings the schema up to date; returns its version. Refuses a database whose schema is
+/// newer than this build knows.
+pub(super) fn migrate(client: &mut Client) -> Result<i32, String> {
+    let mut tx = client.transaction().map_err(|e| describe(&e))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(|e| describe(&e))?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS tokencache_migrations (
+            version    integer PRIMARY KEY,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )
+    .map_err(|e| describe(&e))?;
+    let current: i32 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM tokencache_migrations",
+            &[],
+        )
+        .map_err(|e| describe(&e))?
+        .get(0);
+    let known = MIGRATIONS.len() as i32;
+    if current > known {
+        return Err(format!(
+            "the database's tokencache schema is version {current}, but this build knows up to version {known}; upgrade tokencache"
+        ));
+    }
+    for (n, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = n as i32 + 1;
+        tx.batch_execute(sql)
+            .map_err(|e| format!("migration {version}: {}", describe(&e)))?;
+        tx.execute(
+            "INSERT INTO tokencache_migrations (version) VALUES ($1)",
+            &[&version],
+        )
+        .map_err(|e| describe(&e))?;
+        tracing::info!(version, "applied a tokencache schema migration");
+    }
+    tx.commit().map_err(|e| describe(&e))?;
+    Ok(known)
+}

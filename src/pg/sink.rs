@@ -1,0 +1,377 @@
+//! The persister's [`Sink`] for a PostgreSQL store: each group commit is one transaction
+//! that returns after COMMIT. Changes to definitions take one version from the counter row
+//! and signal `NOTIFY`; `last_used` times go in one batched statement that keeps the later
+//! time and bumps no version.
+//!
+//! Lock order, so replicas never deadlock: the counter row first (only transactions with
+//! definitions take it, so they run one at a time), then every existing token row the
+//! transaction touches, in id order (`SELECT ... ORDER BY id FOR UPDATE`), before any write.
+
+use std::io;
+use std::path::PathBuf;
+
+use postgres::{Client, Config, NoTls, Statement, Transaction};
+
+use super::rows::{id_text, sql_time};
+use super::CHANNEL;
+use crate::file::WriteError;
+use crate::journal::ChangeRef;
+use crate::persist::{Compacted, Sink};
+use crate::snapshot::{BodyRef, RecordRef};
+
+/// Takes the next version; the row lock it holds until COMMIT makes versions become
+/// visible in commit order (a sequence would not: a reader could see version 8 committed
+/// while 7 is still in flight, and skip 7 for good).
+const BUMP: &str = "UPDATE tokencache_version SET version = version + 1 RETURNING version";
+/// Locks the existing rows a transaction touches, in id order.
+const LOCK_ROWS: &str = "SELECT 1 FROM tokencache_tokens WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+/// `last_used` for many tokens at once; never moves a time back.
+const USED: &str = "UPDATE tokencache_tokens AS t SET last_used = u.at \
+    FROM unnest($1::text[], $2::bigint[]) AS u(id, at) \
+    WHERE t.id = u.id AND (t.last_used IS NULL OR t.last_used < u.at)";
+/// Every new token of a batch in one statement: one array per column (scopes joined by
+/// [`SCOPE_SEPARATOR`], which a scope cannot contain: scopes refuse control characters).
+const ISSUE: &str = "INSERT INTO tokencache_tokens (id, name, digest, scopes, created_at, \
+    expires_at, revoked_at, last_used, rate_period_ms, rate_count, rate_burst, version) \
+    SELECT u.id, u.name, u.digest, string_to_array(u.scopes, E'\\x1f'), u.created_at, \
+    u.expires_at, u.revoked_at, u.last_used, u.period, u.count, u.burst, $12 \
+    FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bigint[], $6::bigint[], \
+    $7::bigint[], $8::bigint[], $9::bigint[], $10::integer[], $11::integer[]) \
+    AS u(id, name, digest, scopes, created_at, expires_at, revoked_at, last_used, period, \
+    count, burst) \
+    ON CONFLICT (id) DO NOTHING";
+const SCOPE_SEPARATOR: &str = "\u{1f}";
+const REVOKE: &str = "UPDATE tokencache_tokens SET revoked_at = coalesce(revoked_at, $2), \
+    version = $3 WHERE id = $1 AND NOT deleted";
+const DELETE: &str =
+    "UPDATE tokencache_tokens SET deleted = true, version = $2 WHERE id = $1 AND NOT deleted";
+const LIMIT: &str = "UPDATE tokencache_tokens SET rate_period_ms = $2, rate_count = $3, \
+    rate_burst = $4, version = $5 WHERE id = $1 AND NOT deleted";
+const EXPIRE: &str = "UPDATE tokencache_tokens SET expires_at = least(expires_at, $2), \
+    version = $3 WHERE id = $1 AND NOT deleted";
+const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+
+/// The statements above, prepared once per connection (each use is then one round trip).
+struct Statements {
+    bump: Statement,
+    lock_rows: Statement,
+    used: Statement,
+    issue: Statement,
+    revoke: Statement,
+    delete: Statement,
+    limit: Statement,
+    expire: Statement,
+    notify: Statement,
+}
+
+impl Statements {
+    fn prepare(client: &mut Client) -> Result<Statements, postgres::Error> {
+        Ok(Statements {
+            bump: client.prepare(BUMP)?,
+            lock_rows: client.prepare(LOCK_ROWS)?,
+            used: client.prepare(USED)?,
+            issue: client.prepare(ISSUE)?,
+            revoke: client.prepare(REVOKE)?,
+            delete: client.prepare(DELETE)?,
+            limit: client.prepare(LIMIT)?,
+            expire: client.prepare(EXPIRE)?,
+            notify: client.prepare(NOTIFY)?,
+        })
+    }
+}
+
+/// Writes a replica's changes to the database, on the persister thread only (the sync
+/// client runs its own runtime).
+pub(crate) struct PgSink {
+    config: Config,
+    /// The connection and its prepared statements; `None` after the connection broke,
+    /// until the next write reconnects.
+    connection: Option<(Client, Statements)>,
+    /// The URL with its password redacted, for errors.
+    name: PathBuf,
+    /// Changes memory already holds (revoke, delete, rate limit) whose transaction failed:
+    /// written first by the next append. New tokens and rotations are not kept: their
+    /// callers heard the error and memory never took them.
+    retry: Vec<ChangeRef<'static>>,
+}
+
+impl PgSink {
+    /// A sink that connects on its first write, on the persister thread: the sync client
+    /// runs its own runtime, which must never start on a caller's (maybe async) thread.
+    pub(super) fn new(config: Config, name: PathBuf) -> PgSink {
+        PgSink {
+            config,
+            connection: None,
+            name,
+            retry: Vec::new(),
+        }
+    }
+
+    /// The connection, opened on first use and reopened if it broke.
+    fn connection(&mut self) -> io::Result<(&mut Client, &Statements)> {
+        if self.connection.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+            let reopened = self.connection.take().is_some();
+            let mut client = self.config.connect(NoTls).map_err(pg)?;
+            let statements = Statements::prepare(&mut client).map_err(pg)?;
+            if reopened {
+                tracing::info!(store = %self.name.display(), "reconnected to the database");
+            }
+            self.connection = Some((client, statements));
+        }
+        match self.connection.as_mut() {
+            Some((client, statements)) => Ok((client, statements)),
+            None => Err(io::Error::other("no connection")),
+        }
+    }
+}
+
+impl Sink for PgSink {
+    /// One transaction: the changes kept from failed appends, then `changes` in order (one
+    /// version for all of them, and a `NOTIFY`), then the `last_used` times. `seq` is not
+    /// used: the database's version orders changes across replicas.
+    fn append(&mut self, _seq: u64, changes: &[ChangeRef<'_>]) -> io::Result<u64> {
+        let retry = std::mem::take(&mut self.retry);
+        let written = self
+            .connection()
+            .and_then(|(client, st)| write(client, st, &retry, changes));
+        self.retry = retry;
+        match written {
+            Ok(()) => {
+                self.retry.clear();
+                Ok(0)
+            }
+            Err(error) => {
+                self.retry.extend(changes.iter().filter_map(kept));
+                Err(error)
+            }
+        }
+    }
+
+    /// A database has no snapshot to replace: this writes every record's `last_used` with
+    /// the batched statement and nothing else. (The persister never compacts a database
+    /// store to stand in for an append; see [`Sink::compaction_holds_definitions`].)
+    fn compact(&mut self, body: &BodyRef<'_, '_>) -> Result<Compacted, WriteError> {
+        let used: Vec<ChangeRef<'_>> = body
+            .records
+            .iter()
+            .filter_map(|r| r.last_used.map(|at| ChangeRef::Used { id: r.id, at }))
+            .collect();
+        let written = self
+            .connection()
+            .and_then(|(client, st)| write(client, st, &[], &used));
+        written.map_err(|error| WriteError {
+            error,
+            replaced: None,
+        })?;
+        Ok(Compacted {
+            snapshot_bytes: 0,
+            journal: Ok(0),
+        })
+    }
+
+    /// Always true: a broken connection is reopened by the next write, and a database
+    /// store is never compacted instead of appended to.
+    fn journal_ok(&self) -> bool {
+        true
+    }
+
+    /// No journal grows, so no compaction is ever due by size.
+    fn journal_len(&self) -> u64 {
+        0
+    }
+
+    fn path(&self) -> PathBuf {
+        self.name.clone()
+    }
+
+    fn compaction_holds_definitions(&self) -> bool {
+        false
+    }
+
+    fn append_failure(&self) -> (&'static str, &'static str) {
+        (
+            "commit a transaction to",
+            "transaction failed; the changes memory holds are written again at the next tick",
+        )
+    }
+}
+
+/// A change memory already made, to write again after a failed transaction.
+fn kept(change: &ChangeRef<'_>) -> Option<ChangeRef<'static>> {
+    match *change {
+        ChangeRef::Revoke { id, at } => Some(ChangeRef::Revoke { id, at }),
+        ChangeRef::Delete { id } => Some(ChangeRef::Delete { id }),
+        ChangeRef::SetRateLimit { id, limit } => Some(ChangeRef::SetRateLimit { id, limit }),
+        _ => None,
+    }
+}
+
+fn pg(error: postgres::Error) -> io::Error {
+    io::Error::other(super::describe(&error))
+}
+
+/// The id of an existing row a change updates (`None` for a new token).
+fn updated_id(change: &ChangeRef<'_>) -> Option<[u8; 8]> {
+    match *change {
+        ChangeRef::Issue(_) => None,
+        ChangeRef::Revoke { id, .. }
+        | ChangeRef::Delete { id }
+        | ChangeRef::SetRateLimit { id, .. }
+        | ChangeRef::Expire { id, .. }
+        | ChangeRef::Used { id, .. } => Some(id),
+    }
+}
+
+/// The transaction of one append (see [`PgSink::append`]).
+fn write(
+    client: &mut Client,
+    st: &Statements,
+    retry: &[ChangeRef<'static>],
+    changes: &[ChangeRef<'_>],
+) -> io::Result<()> {
+    let is_used = |c: &&ChangeRef<'_>| matches!(c, ChangeRef::Used { .. });
+    let definitions: Vec<&ChangeRef<'_>> = retry
+        .iter()
+        .chain(changes.iter().filter(|c| !is_used(c)))
+        .collect();
+    let (used_ids, used_at): (Vec<String>, Vec<i64>) = changes
+        .iter()
+        .filter_map(|c| match *c {
+            ChangeRef::Used { id, at } => Some((id_text(id), sql_time(at))),
+            _ => None,
+        })
+        .unzip();
+    if definitions.is_empty() && used_ids.is_empty() {
+        return Ok(());
+    }
+    let mut tx = client.transaction().map_err(pg)?;
+    let version: Option<i64> = match definitions.is_empty() {
+        true => None,
+        false => Some(tx.query_one(&st.bump, &[]).map_err(pg)?.get(0)),
+    };
+    let mut locked: Vec<String> = definitions
+        .iter()
+        .filter_map(|c| updated_id(c))
+        .map(id_text)
+        .chain(used_ids.iter().cloned())
+        .collect();
+    locked.sort_unstable();
+    locked.dedup();
+    if !locked.is_empty() {
+        tx.execute(&st.lock_rows, &[&locked]).map_err(pg)?;
+    }
+    if let Some(version) = version {
+        // New ids only (the persister checked them against memory): no other change of
+        // the batch names them, so they can go first, together.
+        issue(&mut tx, st, &definitions, version)?;
+        for change in &definitions {
+            define(&mut tx, st, change, version)?;
+        }
+        let payload = version.to_string();
+        tx.execute(&st.notify, &[&CHANNEL, &payload]).map_err(pg)?;
+    }
+    if !used_ids.is_empty() {
+        tx.execute(&st.used, &[&used_ids, &used_at]).map_err(pg)?;
+    }
+    tx.commit().map_err(pg)
+}
+
+/// Inserts every new token among `changes` as version `version`, in one statement. An id
+/// already in the table (even as a tombstone) fails the transaction: drawn twice.
+fn issue(
+    tx: &mut Transaction<'_>,
+    st: &Statements,
+    changes: &[&ChangeRef<'_>],
+    version: i64,
+) -> io::Result<()> {
+    let new: Vec<_> = changes
+        .iter()
+        .filter_map(|c| match c {
+            ChangeRef::Issue(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let column = |f: &dyn Fn(&&RecordRef<'_>) -> Option<u64>| -> Vec<Option<i64>> {
+        new.iter().map(|r| f(r).map(sql_time)).collect()
+    };
+    let small = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    let ids: Vec<String> = new.iter().map(|r| id_text(r.id)).collect();
+    let names: Vec<&str> = new.iter().map(|r| r.name).collect();
+    let digests: Vec<&[u8]> = new.iter().map(|r| &r.digest[..]).collect();
+    let scopes: Vec<String> = new
+        .iter()
+        .map(|r| r.scopes.iter().collect::<Vec<_>>().join(SCOPE_SEPARATOR))
+        .collect();
+    let created: Vec<i64> = new.iter().map(|r| sql_time(r.created_at)).collect();
+    let inserted = tx
+        .execute(
+            &st.issue,
+            &[
+                &ids,
+                &names,
+                &digests,
+                &scopes,
+                &created,
+                &column(&|r| r.expires_at),
+                &column(&|r| r.revoked_at),
+                &column(&|r| r.last_used),
+                &column(&|r| r.rate_limit.map(|l| l.period_ms)),
+                &new.iter()
+                    .map(|r| r.rate_limit.map(|l| small(l.count)))
+                    .collect::<Vec<_>>(),
+                &new.iter()
+                    .map(|r| r.rate_limit.map(|l| small(l.burst)))
+                    .collect::<Vec<_>>(),
+                &version,
+            ],
+        )
+        .map_err(pg)?;
+    if inserted != new.len() as u64 {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "a new token's id is already in the database (drawn twice); issue again",
+        ));
+    }
+    Ok(())
+}
+
+/// Writes one change to an existing token's definition as version `version`.
+fn define(
+    tx: &mut Transaction<'_>,
+    st: &Statements,
+    change: &ChangeRef<'_>,
+    version: i64,
+) -> io::Result<()> {
+    match *change {
+        ChangeRef::Issue(_) | ChangeRef::Used { .. } => {}
+        ChangeRef::Revoke { id, at } => {
+            tx.execute(&st.revoke, &[&id_text(id), &sql_time(at), &version])
+                .map_err(pg)?;
+        }
+        ChangeRef::Delete { id } => {
+            tx.execute(&st.delete, &[&id_text(id), &version])
+                .map_err(pg)?;
+        }
+        ChangeRef::SetRateLimit { id, limit } => {
+            tx.execute(
+                &st.limit,
+                &[
+                    &id_text(id),
+                    &limit.map(|l| sql_time(l.period_ms)),
+                    &limit.map(|l| i32::try_from(l.count).unwrap_or(i32::MAX)),
+                    &limit.map(|l| i32::try_from(l.burst).unwrap_or(i32::MAX)),
+                    &version,
+                ],
+            )
+            .map_err(pg)?;
+        }
+        ChangeRef::Expire { id, at } => {
+            tx.execute(&st.expire, &[&id_text(id), &sql_time(at), &version])
+                .map_err(pg)?;
+        }
+    }
+    Ok(())
+}

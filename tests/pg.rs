@@ -1,0 +1,730 @@
+//! PostgreSQL stores against a real server (tests/common/pg.rs starts a throwaway cluster):
+//! propagation between replicas (other processes), lost notifications, `last_used` from
+//! many replicas, an unreachable database, commit order, the CLI, and the staleness policy.
+//! Each test has its own database; the ones that stop the server have their own cluster.
+#![cfg(feature = "postgres")]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::pg::{self, Cluster};
+use tokencache::{ManualClock, NewToken, RateLimit, Rejection, TokenId, TokenStore};
+
+const URL_VAR: &str = "TC_TEST_PG_URL";
+const POLL_VAR: &str = "TC_TEST_POLL_MS";
+/// What precedes each answer of a replica process.
+const MARK: &str = "<<replica>> ";
+/// The bound every propagation is held to (generous: a loaded CI machine); the measured
+/// times are printed.
+const BOUND: Duration = Duration::from_secs(2);
+
+fn open(url: &str, poll: Duration) -> TokenStore {
+    TokenStore::builder(url)
+        .poll_interval(poll)
+        .open()
+        .expect("open the PostgreSQL store")
+}
+
+/// What `validate` says, as the replica child prints it.
+fn verdict(store: &TokenStore, secret: &str) -> String {
+    match store.validate(secret) {
+        Ok(_) => "ok".into(),
+        Err(rejection) => rejection.as_str().into(),
+    }
+}
+
+/// A replica in another process: this test binary re-run as `replica_child`, driven over
+/// its stdin and stdout one line at a time.
+struct Replica {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Replica {
+    fn spawn(url: &str, poll: Duration) -> Replica {
+        let poll = poll.as_millis().to_string();
+        let mut child = common::child("replica_child", &[(URL_VAR, url), (POLL_VAR, &poll)])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the replica");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut replica = Replica {
+            child,
+            stdin,
+            stdout,
+        };
+        assert_eq!(replica.read(), "ready");
+        replica
+    }
+
+    fn read(&mut self) -> String {
+        loop {
+            let mut line = String::new();
+            let n = self.stdout.read_line(&mut line).expect("read the replica");
+            assert!(n > 0, "the replica exited");
+            // The test harness prints its own text too, without a newline before ours.
+            if let Some((_, answer)) = line.trim_end_matches(['\n', '\r']).split_once(MARK) {
+                return answer.to_owned();
+            }
+        }
+    }
+
+    fn ask(&mut self, line: &str) -> String {
+        writeln!(self.stdin, "{line}").expect("write to the replica");
+        self.read()
+    }
+
+    fn validate(&mut self, secret: &str) -> String {
+        self.ask(&format!("validate {secret}"))
+    }
+
+    /// How long until the replica's verdict on `secret` is `expected` (`None`: not within
+    /// `limit`).
+    fn until(&mut self, secret: &str, expected: &str, limit: Duration) -> Option<Duration> {
+        pg::within(limit, || self.validate(secret) == expected)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let start = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() {
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// The replica process: opens the store and answers `validate SECRET`, `issue NAME`,
+/// `revoke ID`, `delete ID`, `list` and `quit`, one line each, after [`MARK`].
+#[test]
+#[ignore = "run by the tests as a replica process"]
+fn replica_child() {
+    let url = std::env::var(URL_VAR).unwrap();
+    let poll = Duration::from_millis(std::env::var(POLL_VAR).unwrap().parse().unwrap());
+    // The flush interval paces the retries of changes whose transaction failed.
+    let store = TokenStore::builder(&url)
+        .poll_interval(poll)
+        .flush_interval(poll)
+        .open()
+        .expect("open the PostgreSQL store");
+    let mut out = std::io::stdout();
+    writeln!(out, "{MARK}ready").unwrap();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.unwrap();
+        let (command, arg) = line.split_once(' ').unwrap_or((&line, ""));
+        let answer = match command {
+            "validate" => verdict(&store, arg),
+            "issue" => match store.issue(NewToken::new(arg)) {
+                Ok(issued) => format!("{} {}", issued.secret(), issued.id()),
+                Err(e) => format!("error {e}"),
+            },
+            "revoke" => match store.revoke(&arg.parse().unwrap()) {
+                Ok(()) => "ok".into(),
+                Err(e) => format!("error {e}"),
+            },
+            "delete" => match store.delete(&arg.parse().unwrap()) {
+                Ok(()) => "ok".into(),
+                Err(e) => format!("error {e}"),
+            },
+            "list" => listing(&store)
+                .iter()
+                .map(|(id, revoked)| format!("{id}:{revoked}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => break,
+        };
+        writeln!(out, "{MARK}{answer}").unwrap();
+        out.flush().unwrap();
+    }
+    store.close().unwrap();
+}
+
+/// A store's tokens: id and whether revoked.
+fn listing(store: &TokenStore) -> BTreeMap<String, bool> {
+    store
+        .list()
+        .into_iter()
+        .map(|t| (t.id.to_string(), t.revoked_at.is_some()))
+        .collect()
+}
+
+/// The table's live tokens: id and whether revoked.
+fn table(url: &str) -> BTreeMap<String, bool> {
+    let mut client = pg::connect(url);
+    client
+        .query(
+            "SELECT id, revoked_at IS NOT NULL FROM tokencache_tokens WHERE NOT deleted",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+#[test]
+fn issue_revoke_delete_and_rotate_reach_a_replica_in_another_process() {
+    let url = pg::fresh_db();
+    let a = open(&url, Duration::from_secs(1));
+    let mut b = Replica::spawn(&url, Duration::from_secs(1));
+    let mut figures = Vec::new();
+
+    let issued = a.issue(NewToken::new("ci-bot")).unwrap();
+    let took = b.until(issued.secret(), "ok", BOUND);
+    figures.push((
+        "issue",
+        took.expect("the replica validates a token issued elsewhere"),
+    ));
+    a.revoke(&issued.id()).unwrap();
+    let took = b.until(issued.secret(), "revoked", BOUND);
+    figures.push(("revoke", took.expect("the replica rejects a revoked token")));
+
+    let doomed = a.issue(NewToken::new("doomed")).unwrap();
+    b.until(doomed.secret(), "ok", BOUND).unwrap();
+    a.delete(&doomed.id()).unwrap();
+    let took = b.until(doomed.secret(), "unknown", BOUND);
+    figures.push(("delete", took.expect("the replica forgets a deleted token")));
+
+    let old = a.issue(NewToken::new("rotated")).unwrap();
+    b.until(old.secret(), "ok", BOUND).unwrap();
+    let new = a.rotate(&old.id(), Duration::ZERO).unwrap();
+    let took = b.until(old.secret(), "expired", BOUND);
+    figures.push(("rotate (old expires)", took.expect("the old token expires")));
+    assert_eq!(b.validate(new.secret()), "ok");
+
+    // And the other way: a change made by the other process reaches this one.
+    let answer = b.ask("issue from-b");
+    let (secret, id) = answer.split_once(' ').unwrap();
+    let took = pg::within(BOUND, || a.validate(secret).is_ok());
+    figures.push(("issue (other way)", took.expect("A validates B's token")));
+    assert_eq!(b.ask(&format!("revoke {id}")), "ok");
+    let took = pg::within(BOUND, || {
+        a.validate(secret).err() == Some(Rejection::Revoked)
+    });
+    figures.push((
+        "revoke (other way)",
+        took.expect("A rejects B's revoked token"),
+    ));
+
+    for (what, took) in &figures {
+        eprintln!("propagation to another process: {what}: {took:?}");
+    }
+    assert_eq!(b.ask("list"), printed(&listing(&a)));
+}
+
+#[test]
+fn a_revoke_reaches_a_replica_whose_listen_connection_was_killed() {
+    let url = pg::fresh_db();
+    let poll = Duration::from_millis(300);
+    let a = open(&url, Duration::from_secs(1));
+    let mut b = Replica::spawn(&url, poll);
+    let issued = a.issue(NewToken::new("ci-bot")).unwrap();
+    b.until(issued.secret(), "ok", BOUND).unwrap();
+
+    let mut admin = pg::connect(&url);
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = 'tokencache-listener' AND datname = current_database()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        killed >= 2,
+        "both replicas' listeners were killed ({killed})"
+    );
+    a.revoke(&issued.id()).unwrap();
+    let took = b
+        .until(issued.secret(), "revoked", poll + BOUND)
+        .expect("the replica rejects the token after it reconnects");
+    eprintln!("revoke with the replica's LISTEN connection killed: {took:?}");
+}
+
+#[test]
+fn a_change_committed_without_a_notification_arrives_by_the_poll() {
+    let url = pg::fresh_db();
+    let poll = Duration::from_millis(200);
+    let a = open(&url, poll);
+    let b = open(&url, poll);
+    let issued = a.issue(NewToken::new("ci-bot")).unwrap();
+    pg::within(BOUND, || b.validate(issued.secret()).is_ok()).unwrap();
+
+    // As a transaction of ours would, without its NOTIFY: as if the notification was lost.
+    let mut admin = pg::connect(&url);
+    let mut tx = admin.transaction().unwrap();
+    let version: i64 = tx
+        .query_one(
+            "UPDATE tokencache_version SET version = version + 1 RETURNING version",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    tx.execute(
+        "UPDATE tokencache_tokens SET revoked_at = 1, version = $2 WHERE id = $1",
+        &[&issued.id().to_string(), &version],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let took = pg::within(poll + BOUND, || {
+        b.validate(issued.secret()).err() == Some(Rejection::Revoked)
+    })
+    .expect("the poll finds the change");
+    eprintln!("revoke without NOTIFY, poll {poll:?}: {took:?}");
+    assert!(took < poll + Duration::from_secs(1), "{took:?}");
+}
+
+#[test]
+fn last_used_from_four_replicas_keeps_the_greatest_time_and_never_moves_back() {
+    const TOKENS: usize = 40;
+    const ROUNDS: u64 = 1000;
+    let url = pg::fresh_db();
+    let issuer = open(&url, Duration::from_secs(1));
+    let issued = issuer
+        .issue_many((0..TOKENS).map(|n| NewToken::new(format!("t{n}"))))
+        .unwrap();
+    let secrets: Arc<Vec<String>> = Arc::new(issued.iter().map(|i| i.secret().into()).collect());
+    let base = 1_700_000_000_000u64;
+    let replicas: Vec<_> = (0..4u64)
+        .map(|r| {
+            let (url, secrets) = (url.clone(), secrets.clone());
+            thread::spawn(move || {
+                let clock = ManualClock::new(base);
+                let store = TokenStore::builder(&url)
+                    .clock(clock.clone())
+                    .flush_interval(Duration::from_secs(3600))
+                    .poll_interval(Duration::from_millis(100))
+                    .open()
+                    .unwrap();
+                pg::within(BOUND, || store.list().len() == TOKENS).unwrap();
+                let mut newest: HashMap<usize, u64> = HashMap::new();
+                for round in 0..ROUNDS {
+                    // Replica 3's clock runs far behind: its batches are older.
+                    let now = match r {
+                        3 => base - 1_000_000 + round * 8,
+                        _ => base + round * 8 + r,
+                    };
+                    clock.set(now);
+                    let first = (round as usize * 3 + r as usize * 5) % TOKENS;
+                    for n in (first..first + 10).map(|n| n % TOKENS) {
+                        if store.validate(&secrets[n]).is_ok() {
+                            let at = newest.entry(n).or_default();
+                            *at = (*at).max(now);
+                        }
+                    }
+                    store.flush().expect("a flush never fails (no deadlock)");
+                }
+                store.close().unwrap();
+                newest
+            })
+        })
+        .collect();
+    let mut expected: HashMap<usize, u64> = HashMap::new();
+    for replica in replicas {
+        for (n, at) in replica.join().unwrap() {
+            let e = expected.entry(n).or_default();
+            *e = (*e).max(at);
+        }
+    }
+    let stored = |client: &mut postgres::Client| -> HashMap<String, i64> {
+        client
+            .query("SELECT id, last_used FROM tokencache_tokens", &[])
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get::<_, Option<i64>>(1).unwrap_or(0)))
+            .collect()
+    };
+    let mut client = pg::connect(&url);
+    let before = stored(&mut client);
+    for (n, token) in issued.iter().enumerate() {
+        assert_eq!(
+            before[&token.id().to_string()],
+            expected[&n] as i64,
+            "token {n}: the greatest time any replica saw"
+        );
+    }
+
+    // An older batch never moves a time back.
+    let clock = ManualClock::new(base - 5_000_000);
+    let late = TokenStore::builder(&url).clock(clock).open().unwrap();
+    for secret in secrets.iter() {
+        late.validate(secret).unwrap();
+    }
+    late.flush().unwrap();
+    assert_eq!(stored(&mut client), before);
+}
+
+/// A listing as the replica process prints it.
+fn printed(listed: &BTreeMap<String, bool>) -> String {
+    listed
+        .iter()
+        .map(|(id, revoked)| format!("{id}:{revoked}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn with_the_database_down_changes_fail_and_every_acknowledged_one_survives() {
+    let cluster = Cluster::start();
+    let url = cluster.fresh_db();
+    let interval = Duration::from_millis(200);
+    let a = TokenStore::builder(&url)
+        .flush_interval(interval)
+        .poll_interval(interval)
+        .open()
+        .unwrap();
+    let mut b = Replica::spawn(&url, interval);
+    let mut acked: Vec<TokenId> = Vec::new();
+    for n in 0..5 {
+        acked.push(a.issue(NewToken::new(format!("before-{n}"))).unwrap().id());
+    }
+    a.revoke(&acked[0]).unwrap();
+    pg::within(BOUND, || b.ask("list") == printed(&listing(&a))).expect("B caught up");
+
+    cluster.stop();
+    for n in 0..10 {
+        let issue = a.issue(NewToken::new(format!("during-{n}")));
+        assert!(
+            issue.is_err(),
+            "an issue with the database down returned Ok"
+        );
+        let answer = b.ask(&format!("issue during-b-{n}"));
+        assert!(
+            answer.starts_with("error "),
+            "B's issue with the database down: {answer}"
+        );
+    }
+    let revoke = a.revoke(&acked[1]);
+    assert!(
+        revoke.is_err(),
+        "a revoke with the database down returned Ok"
+    );
+    eprintln!("revoke with the database down: {}", revoke.unwrap_err());
+    let answer = b.ask(&format!("delete {}", acked[2]));
+    assert!(
+        answer.starts_with("error "),
+        "B's delete with the database down: {answer}"
+    );
+
+    cluster.start_again();
+    let mut after = None;
+    let took = pg::within(Duration::from_secs(15), || {
+        after = a.issue(NewToken::new("after")).ok();
+        after.is_some()
+    })
+    .expect("issue works again once the database is back");
+    eprintln!("first successful issue after the restart: {took:?}");
+    acked.push(after.unwrap().id());
+    let answer = b.ask("issue after-b");
+    let (_, id) = answer.split_once(' ').expect(&answer);
+    acked.push(id.parse().unwrap());
+    assert_eq!(b.ask(&format!("revoke {}", acked[3])), "ok");
+
+    // Memory and the table agree: the failed revoke and delete were retried (they held
+    // in memory), the failed issues are nowhere.
+    let converged = pg::within(Duration::from_secs(10), || {
+        let t = printed(&table(&url));
+        t == printed(&listing(&a)) && t == b.ask("list")
+    });
+    let t = table(&url);
+    assert!(
+        converged.is_some(),
+        "table {t:?}\nA {:?}\nB {}",
+        listing(&a),
+        b.ask("list")
+    );
+    for id in &acked {
+        if *id != acked[2] {
+            assert!(
+                t.contains_key(&id.to_string()),
+                "acknowledged {id} is missing"
+            );
+        }
+    }
+    assert!(
+        !t.contains_key(&acked[2].to_string()),
+        "the delete was retried"
+    );
+    assert!(t[&acked[1].to_string()], "the revoke was retried");
+    assert!(t[&acked[3].to_string()]);
+    assert_eq!(t.len(), acked.len() - 1);
+}
+
+#[test]
+fn a_slow_transaction_holding_a_version_does_not_make_a_replica_skip_rows() {
+    let url = pg::fresh_db();
+    let a = open(&url, Duration::from_secs(1));
+    let c = open(&url, Duration::from_secs(1));
+    let replica = open(&url, Duration::from_millis(100));
+    let slow = a.issue(NewToken::new("slow")).unwrap();
+    pg::within(BOUND, || replica.validate(slow.secret()).is_ok()).unwrap();
+
+    // Hold the row lock the revoke needs: its transaction takes a version and waits.
+    let mut blocker = pg::connect(&url);
+    let mut held = blocker.transaction().unwrap();
+    held.execute(
+        "SELECT 1 FROM tokencache_tokens WHERE id = $1 FOR UPDATE",
+        &[&slow.id().to_string()],
+    )
+    .unwrap();
+    let started = Instant::now();
+    let (revoked, issued) = thread::scope(|s| {
+        let revoke = s.spawn(|| {
+            a.revoke(&slow.id()).unwrap();
+            started.elapsed()
+        });
+        thread::sleep(Duration::from_millis(200));
+        let issue = s.spawn(|| {
+            let many = c.issue_many((0..5).map(|n| NewToken::new(format!("fast-{n}"))));
+            (many.unwrap(), started.elapsed())
+        });
+        thread::sleep(Duration::from_millis(500));
+        held.commit().unwrap();
+        (revoke.join().unwrap(), issue.join().unwrap())
+    });
+    let (fast, fast_done) = issued;
+    // The revoke held the counter row while it waited, so the issue (started at 200 ms)
+    // waited too: versions are taken in commit order.
+    assert!(revoked >= Duration::from_millis(700), "the revoke waited");
+    assert!(fast_done >= Duration::from_millis(650), "the issue waited");
+
+    pg::within(BOUND, || {
+        replica.validate(slow.secret()).err() == Some(Rejection::Revoked)
+            && fast.iter().all(|t| replica.validate(t.secret()).is_ok())
+    })
+    .expect("the replica sees the slow revoke and every later issue");
+    let mut client = pg::connect(&url);
+    let mut version = |id: &TokenId| -> i64 {
+        client
+            .query_one(
+                "SELECT version FROM tokencache_tokens WHERE id = $1",
+                &[&id.to_string()],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let slow_version = version(&slow.id());
+    assert!(fast.iter().all(|t| version(&t.id()) > slow_version));
+}
+
+#[test]
+fn max_staleness_refuses_once_the_replica_is_too_far_behind_and_the_default_keeps_serving() {
+    let cluster = Cluster::start();
+    let url = cluster.fresh_db();
+    let poll = Duration::from_millis(100);
+    let staleness = Duration::from_millis(800);
+    let strict = TokenStore::builder(&url)
+        .poll_interval(poll)
+        .max_staleness(staleness)
+        .open()
+        .unwrap();
+    let lenient = open(&url, poll);
+    let issued = lenient.issue(NewToken::new("ci-bot")).unwrap();
+    pg::within(BOUND, || strict.validate(issued.secret()).is_ok()).unwrap();
+    let lag = lenient
+        .stats()
+        .replica_lag
+        .expect("a replica reports its lag");
+    assert!(lag < Duration::from_secs(1), "{lag:?}");
+
+    let stopped = Instant::now();
+    cluster.stop();
+    let refused = pg::within(staleness + BOUND, || {
+        strict.validate(issued.secret()).err() == Some(Rejection::Unavailable)
+    })
+    .expect("the strict replica refuses once too stale");
+    eprintln!("max_staleness {staleness:?}: refused {refused:?} after the stop");
+    assert!(stopped.elapsed() >= staleness - poll);
+    assert!(
+        lenient.validate(issued.secret()).is_ok(),
+        "the default serves"
+    );
+    let stats = lenient.stats();
+    assert!(stats.replica_lag.unwrap() >= staleness - poll, "{stats:?}");
+    assert!(stats.last_catch_up_at.is_some());
+    assert_eq!(strict.stats().rejections.unavailable, 1);
+
+    cluster.start_again();
+    let back = pg::within(Duration::from_secs(15), || {
+        strict.validate(issued.secret()).is_ok()
+    })
+    .expect("the strict replica serves again once caught up");
+    eprintln!("strict replica serving again {back:?} after the restart");
+}
+
+#[test]
+fn the_schema_is_versioned_and_a_newer_one_is_refused() {
+    let url = pg::fresh_db();
+    drop(open(&url, Duration::from_secs(1)));
+    let mut client = pg::connect(&url);
+    let versions: Vec<i32> = client
+        .query(
+            "SELECT version FROM tokencache_migrations ORDER BY version",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [1]);
+    // Opening again applies nothing.
+    drop(open(&url, Duration::from_secs(1)));
+    client
+        .execute(
+            "INSERT INTO tokencache_migrations (version) VALUES (99)",
+            &[],
+        )
+        .unwrap();
+    let error = TokenStore::open(&url).unwrap_err().to_string();
+    assert!(
+        error.contains("version 99") && error.contains("upgrade"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_password_never_appears_in_errors_or_debug() {
+    let url = "postgres://someone:hunter2@127.0.0.1:1/db?password=hunter2";
+    let error = TokenStore::open(url).unwrap_err();
+    let text = format!("{error} {error:?}");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("someone:***@127.0.0.1:1"), "{text}");
+
+    // An open store (the test server trusts any password) names itself without it.
+    let url = pg::fresh_db().replace("postgres://postgres@", "postgres://postgres:hunter2@");
+    if url.contains("hunter2") {
+        let store = open(&url, Duration::from_secs(1));
+        let shown = format!("{store:?} {}", store.path().display());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("postgres:***@"), "{shown}");
+    }
+}
+
+#[cfg(feature = "cli")]
+#[test]
+fn the_cli_issues_and_lists_with_a_database_url() {
+    let url = pg::fresh_db();
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tokencache"))
+            .env("TOKENCACHE_STORE", &url)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let issued: serde_json::Value =
+        serde_json::from_str(&cli(&["issue", "ci-bot", "--json"])).unwrap();
+    let secret = issued["token"].as_str().expect("the secret").to_owned();
+    let id = issued["id"].as_str().unwrap().to_owned();
+    let listed = cli(&["list", "--json"]);
+    assert!(listed.contains(&id), "{listed}");
+    let store = open(&url, Duration::from_secs(1));
+    assert!(store.validate(&secret).is_ok());
+    let other = std::process::Command::new(env!("CARGO_BIN_EXE_tokencache"))
+        .args(["--store", &url, "revoke", &id])
+        .env_remove("TOKENCACHE_STORE")
+        .output()
+        .unwrap();
+    assert!(other.status.success());
+    pg::within(BOUND, || {
+        store.validate(&secret).err() == Some(Rejection::Revoked)
+    })
+    .unwrap();
+}
+
+/// The sync client panics if its runtime starts on a thread running another: `open` and
+/// every call must keep it off the caller's thread (a service's async `main`).
+#[test]
+fn a_store_opens_and_works_inside_an_async_runtime() {
+    let url = pg::fresh_db();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = open(&url, Duration::from_secs(1));
+        let issued = store.issue_async(NewToken::new("async")).await.unwrap();
+        assert!(store.validate(issued.secret()).is_ok());
+        store.revoke_async(&issued.id()).await.unwrap();
+        store.close_async().await.unwrap();
+    });
+    let again = open(&url, Duration::from_secs(1));
+    assert_eq!(listing(&again).len(), 1);
+}
+
+#[test]
+fn a_replica_holds_every_definition_as_issued_and_follows_limits_and_purges() {
+    let url = pg::fresh_db();
+    let a = open(&url, Duration::from_secs(1));
+    let b = open(&url, Duration::from_secs(1));
+    let requests = (0..500).map(|n| {
+        let mut request = NewToken::new(format!("token {n}"));
+        request = request.scopes((0..n % 4).map(|s| format!("scope:{s}")));
+        if n % 3 == 0 {
+            request = request.expires_in(Duration::from_secs(3600 + n));
+        }
+        if n % 5 == 0 {
+            request = request.rate_limit(RateLimit::per_second(10 + n as u32).burst(3));
+        }
+        request
+    });
+    let issued = a.issue_many(requests).unwrap();
+    let same = pg::within(BOUND, || a.list() == b.list());
+    assert!(
+        same.is_some(),
+        "B holds every definition exactly as A issued it"
+    );
+    eprintln!(
+        "issue_many of 500 reached the other store in {:?}",
+        same.unwrap()
+    );
+
+    // A rate limit set on A reaches B; A's own copy coming back does not refill A's quota.
+    let limited = &issued[1];
+    a.set_rate_limit(&limited.id(), Some(RateLimit::per_minute(1)))
+        .unwrap();
+    assert!(a.validate(limited.secret()).is_ok());
+    pg::within(BOUND, || {
+        b.get(&limited.id()).unwrap().rate_limit == Some(RateLimit::per_minute(1))
+    })
+    .expect("B has the new limit");
+    thread::sleep(Duration::from_millis(100)); // A's own notification is back by now
+    assert!(matches!(
+        a.validate(limited.secret()),
+        Err(Rejection::RateLimited { .. })
+    ));
+
+    // A purge on A is a delete everywhere.
+    let old = &issued[2];
+    a.revoke(&old.id()).unwrap();
+    assert_eq!(a.purge(Duration::ZERO).unwrap(), 1);
+    pg::within(BOUND, || b.get(&old.id()).is_none()).expect("B forgets the purged token");
+    assert_eq!(b.validate(old.secret()).err(), Some(Rejection::Unknown));
+    // (A validated a token: only `last_used` may differ until a flush and a later change.)
+    let definitions = |store: &TokenStore| {
+        let mut listed = store.list();
+        listed.iter_mut().for_each(|t| t.last_used = None);
+        listed
+    };
+    pg::within(BOUND, || definitions(&a) == definitions(&b)).expect("the same tokens");
+}
