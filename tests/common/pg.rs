@@ -116,9 +116,13 @@ impl Cluster {
     }
 
     /// Starts the (stopped) cluster, on the same port.
+    /// Tests run it with `fsync=off` (nothing here survives a power loss, and commits are
+    /// fast); with `TOKENCACHE_PG_FSYNC=on` (the replica bench sets it) commits are
+    /// flushed as in production.
     pub fn start_again(&self) {
+        let fsync = std::env::var("TOKENCACHE_PG_FSYNC").unwrap_or_else(|_| "off".into());
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={fsync} -c max_connections=300",
             self.port,
             self.dir.path().display()
         );
