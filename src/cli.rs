@@ -156,6 +156,8 @@ enum Command {
     ///
     /// Prints throughput, latency, writes and bytes written, and checks that the file
     /// matches memory afterwards; `--compare` also runs the designs tokencache replaces.
+    /// With `--store postgres://...` tokencache's store is that database (use an empty one:
+    /// the run's tokens are issued into it and stay); the other designs use scratch files.
     Stress(crate::stress::StressArgs),
     /// Show the store file's header, format version, journal and counts (without locking it).
     ///
@@ -247,7 +249,10 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Purge { older_than, json } => purge(path, older_than, json),
         Command::Rotate { id, grace, json } => rotate(path, &id, grace, json),
         Command::Inspect { json } => inspect(path, json),
-        Command::Stress(args) => crate::stress::run(&args),
+        Command::Stress(args) => {
+            let database = is_database_url(&cli.store).then_some(cli.store.as_path());
+            crate::stress::run(&args, database)
+        }
     }
 }
 

@@ -652,6 +652,44 @@ fn the_cli_issues_and_lists_with_a_database_url() {
     .unwrap();
 }
 
+/// `stress --store postgres://...` runs the main job with tokencache's store on the
+/// database: the tokens it issued are in the table, and it reports the store matching memory.
+#[cfg(feature = "cli")]
+#[test]
+fn stress_runs_on_a_database_url() {
+    let url = pg::fresh_db();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tokencache"))
+        .args([
+            "--store",
+            &url,
+            "stress",
+            "--tokens",
+            "2000",
+            "--seconds",
+            "0.5",
+            "--json",
+        ])
+        .env_remove("TOKENCACHE_STORE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let row = &rows[0];
+    assert_eq!(row["design"], "tokencache", "{rows}");
+    assert_eq!(row["verified"], true, "{rows}");
+    assert!(row["ops"].as_u64().unwrap() > 0, "{rows}");
+    assert!(!stderr.contains("tokens.snap"), "{stderr}");
+    let on_db: i64 = pg::connect(&url)
+        .query_one(
+            "SELECT count(*) FROM tokencache_tokens WHERE NOT deleted",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(on_db, 2000);
+}
+
 /// The sync client panics if its runtime starts on a thread running another: `open` and
 /// every call must keep it off the caller's thread (a service's async `main`).
 #[test]

@@ -181,23 +181,25 @@ fn thread_counts(given: &[u16]) -> Vec<usize> {
     counts
 }
 
-/// Runs `tokencache stress`.
-pub fn run(args: &StressArgs) -> Result<ExitCode, String> {
+/// Runs `tokencache stress` on a scratch store file, or on the PostgreSQL database `database`
+/// (a URL) if given: tokencache's store is then that database (the tokens are issued into it
+/// and stay), and the other designs still use scratch files.
+pub fn run(args: &StressArgs, database: Option<&Path>) -> Result<ExitCode, String> {
     let counts = thread_counts(&args.threads);
     let most = counts.iter().copied().max().unwrap_or(1);
     let dir = tempfile::tempdir().map_err(|e| format!("could not make a temp directory: {e}"))?;
-    let path = dir.path().join("tokens.snap");
+    let path = database.map_or_else(|| dir.path().join("tokens.snap"), Path::to_path_buf);
     let fail = |e: tokencache::Error| e.to_string();
 
-    eprintln!(
-        "stress: issuing {} tokens into {} ...",
-        args.tokens,
-        path.display()
-    );
     let mut store = TokenStore::builder(&path)
         .flush_interval(args.flush_interval)
         .open()
         .map_err(fail)?;
+    eprintln!(
+        "stress: issuing {} tokens into {} ...",
+        args.tokens,
+        store.path().display()
+    );
     let pool = build_pool(&store, dir.path(), args.tokens as usize).map_err(fail)?;
     // Thread `t` replays the same schedule at every count.
     let schedules: Vec<Vec<u32>> = (0..most)
