@@ -8,31 +8,77 @@
 //! - `hot_token/{same,distinct}/{1,2}`: validations per second from 1 and 2 threads, all on
 //!   one token (`same`) or one token per thread (`distinct`).
 //! - `clock/*`: `SystemTime::now` against `SystemClock`'s word.
-//! - `snapshot/{100k,1M}`: one dirty token, then `flush` (a full snapshot, fsync, rename).
-//! - `open/1M`: open a 1M-token store (closing it is not timed).
-//! - `issue/{1,8}_callers`: `issue` from 1 and from 8 concurrent callers (group commit).
+//! - `flush/{100k,1M}`: one token used, then `flush`: a scan of every token for unsaved
+//!   `last_used` and one journal record (write, fdatasync).
+//! - `compaction/{100k,1M}`: `close` after one token was used: a full snapshot (encode,
+//!   write, fsync, rename) and a fresh journal. Opening the store again is not timed.
+//! - `open/1M`: open a compacted 1M-token store (closing it is not timed).
+//! - `open_journal/{records_100k,compacted}`: open a 1M-token snapshot plus 100,000
+//!   journal records (50,000 issues alternating with 50,000 revokes, one durable call and
+//!   so one record each), against the same store compacted (1,050,000 tokens, no records).
+//!   Both fixtures live on `/dev/shm` (built there: 100,000 fsyncs), both opens read from
+//!   it; the uncompacted copy is restored before each open, untimed.
+//! - `issue/{1,8}_callers/1k`: issues per second from 1 and from 8 concurrent callers (group
+//!   commit: waiting callers share one record and one fdatasync).
+//! - `issue/1_callers/1M`: one caller issuing into a 1M-token store, against `1_callers/1k`.
 //!
-//! `cargo bench --bench store` (about 5 minutes); one group: `cargo bench --bench store -- hot_token`.
+//! The ratios that the targets name are printed after their group, from the compared cases
+//! taking turns in rounds (`take_turns`), since the disk drifts between one criterion bench
+//! and the next: `issue` prints 1M over 1k and 8 callers over 1, with per-call percentiles
+//! and issues per journal record; `open_journal` prints records over compacted. Each is the
+//! median of the rounds' ratios, with their quartiles.
+//!
+//! Every store here is opened with a flush interval of a day and a compaction floor of
+//! `u64::MAX`, so no timed write, journal size check or compaction runs while a bench
+//! measures: the stores write only what a bench asks for, and `close` compacts. The
+//! benches check that.
+//! Stores live in the default temp dir (the real disk, since fsync is the cost), except
+//! `open_journal`'s.
+//!
+//! The groups from `flush` on build their stores inside the bench on first call, so a bench
+//! that the command line filters out builds nothing.
+//!
+//! `cargo bench --bench store` (about 8 minutes); one group: `cargo bench --bench store -- hot_token`.
 
+use std::cell::{Cell, OnceCell};
 use std::collections::HashMap;
+use std::fs;
 use std::hint::black_box;
-use std::path::Path;
-use std::sync::Barrier;
+use std::path::{Path, PathBuf};
+use std::sync::{Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
-use tokencache::{IssuedToken, NewToken, Rejection, TokenStore};
+use tokencache::{Builder, IssuedToken, NewToken, Rejection, TokenId, TokenStore};
 
 const SIZES: [(usize, &str); 2] = [(100_000, "100k"), (1_000_000, "1M")];
 /// How many tokens a `hit` cycles through.
 const HIT_SET: usize = 1024;
 
-/// A store of `count` tokens (issued in one durable write) and every secret.
+/// A flush interval no bench reaches: no timed write, retention pass or journal size check
+/// runs while a bench measures.
+const NEVER: Duration = Duration::from_secs(24 * 3600);
+
+/// The store file in `dir`; its journal is beside it.
+const STORE: &str = "tokens.snap";
+const JOURNAL: &str = "tokens.snap.journal";
+
+/// The store in `dir`, quiet: it writes only when asked (an issue, a flush, close), and
+/// compacts only on close.
+fn quiet(dir: &Path) -> Builder {
+    TokenStore::builder(dir.join(STORE))
+        .flush_interval(NEVER)
+        .compaction_floor(u64::MAX)
+}
+
+/// A quiet store of `count` tokens (issued in one journal record) and every secret.
 fn filled_store(dir: &Path, count: usize) -> (TokenStore, Vec<IssuedToken>) {
-    let store = TokenStore::open(dir.join("tokens.snap")).expect("open store");
+    let store = quiet(dir).open().expect("open store");
     let issued = store
         .issue_many((0..count).map(|i| NewToken::new(format!("token-{i}")).scope("read")))
         .expect("issue tokens");
@@ -58,7 +104,8 @@ fn validate(c: &mut Criterion) {
         let hits = spread(&issued);
         // A well-formed token (right shape and checksum) that this store never issued.
         let other = TempDir::new().expect("temp dir");
-        let stranger = TokenStore::open(other.path().join("other.snap"))
+        let stranger = quiet(other.path())
+            .open()
             .and_then(|s| s.issue(NewToken::new("stranger")))
             .expect("issue elsewhere");
         assert_eq!(
@@ -151,7 +198,7 @@ fn hot_token(c: &mut Criterion) {
 fn clock(c: &mut Criterion) {
     use tokencache::{Clock, SystemClock};
     let dir = TempDir::new().expect("temp dir");
-    let store = TokenStore::open(dir.path().join("tokens.snap")).expect("open store");
+    let store = quiet(dir.path()).open().expect("open store");
     let mut group = c.benchmark_group("clock");
     group.bench_function("system_time_now", |b| {
         b.iter(|| {
@@ -165,14 +212,26 @@ fn clock(c: &mut Criterion) {
     store.close().expect("close");
 }
 
-fn snapshot(c: &mut Criterion) {
-    let mut group = c.benchmark_group("snapshot");
+/// A store of `count` tokens in `dir`, compacted (closed); returns one token's secret.
+fn compacted_store(dir: &Path, count: usize) -> String {
+    let (store, issued) = filled_store(dir, count);
+    let token = issued[0].secret().to_owned();
+    drop(issued);
+    store.close().expect("close");
+    token
+}
+
+fn flush(c: &mut Criterion) {
+    let mut group = c.benchmark_group("flush");
     group.sample_size(10);
     for (count, label) in SIZES {
         let dir = TempDir::new().expect("temp dir");
-        let (store, issued) = filled_store(dir.path(), count);
-        let token = issued[0].secret();
+        let fixture = OnceCell::new();
         group.bench_function(label, |b| {
+            let (store, token) = fixture.get_or_init(|| {
+                let token = compacted_store(dir.path(), count);
+                (quiet(dir.path()).open().expect("open"), token)
+            });
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
@@ -187,29 +246,68 @@ fn snapshot(c: &mut Criterion) {
                 total
             })
         });
-        let written = store.stats().snapshots_written;
+        let Some((store, _)) = fixture.into_inner() else {
+            continue;
+        };
+        let stats = store.stats();
         store.close().expect("close");
         assert!(
-            written > 1,
-            "flush wrote no snapshot; the bench measured nothing"
+            stats.journal_records_written > 1 && stats.snapshots_written == 0,
+            "flush appended no record, or compacted: the bench measured something else"
         );
+    }
+    group.finish();
+}
+
+fn compaction(c: &mut Criterion) {
+    let mut group = c.benchmark_group("compaction");
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    group.warm_up_time(Duration::from_millis(500));
+    for (count, label) in SIZES {
+        let dir = TempDir::new().expect("temp dir");
+        let fixture = OnceCell::new();
+        group.bench_function(label, |b| {
+            let token = fixture.get_or_init(|| compacted_store(dir.path(), count));
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let store = quiet(dir.path()).open().expect("open");
+                    // A new millisecond, so the validation changes `last_used` and close has
+                    // something to write.
+                    thread::sleep(Duration::from_millis(2));
+                    assert!(store.validate(token).is_ok());
+                    // The clone keeps the entries alive: freeing them is not the compaction.
+                    let entries = store.clone();
+                    let began = Instant::now();
+                    store.close().expect("close");
+                    total += began.elapsed();
+                    let stats = entries.stats();
+                    assert_eq!(
+                        (stats.snapshots_written, stats.journal_records_written),
+                        (1, 0),
+                        "close did not compact; the bench measured something else"
+                    );
+                }
+                total
+            })
+        });
     }
     group.finish();
 }
 
 fn open(c: &mut Criterion) {
     let dir = TempDir::new().expect("temp dir");
-    let path = dir.path().join("tokens.snap");
-    let (store, _) = filled_store(dir.path(), 1_000_000);
-    store.close().expect("close");
+    let fixture = OnceCell::new();
     let mut group = c.benchmark_group("open");
     group.sample_size(10);
     group.bench_function("1M", |b| {
+        fixture.get_or_init(|| compacted_store(dir.path(), 1_000_000));
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let began = Instant::now();
-                let store = TokenStore::open(&path).expect("open");
+                let store = quiet(dir.path()).open().expect("open");
                 total += began.elapsed();
                 // Checking and closing (freeing a million entries) are not part of `open`.
                 assert_eq!(store.stats().tokens, 1_000_000);
@@ -221,27 +319,352 @@ fn open(c: &mut Criterion) {
     group.finish();
 }
 
-fn issue(c: &mut Criterion) {
-    let mut group = c.benchmark_group("issue");
-    group.sample_size(10);
-    for callers in [1usize, 8] {
-        // A fresh 1,000-token store each time, so both runs write snapshots of similar size.
-        let dir = TempDir::new().expect("temp dir");
-        let (store, _) = filled_store(dir.path(), 1_000);
-        group.throughput(Throughput::Elements(callers as u64));
-        group.bench_function(format!("{callers}_callers"), |b| {
-            b.iter_custom(|iters| {
-                in_parallel(callers, iters, |_, n| {
-                    for _ in 0..n {
-                        store.issue(NewToken::new("bench")).expect("issue");
-                    }
-                })
-            })
-        });
-        store.close().expect("close");
+/// Tokens in `open_journal`'s snapshot, and the durable calls that follow it (half issues,
+/// half revokes).
+const JOURNAL_BASE: usize = 1_000_000;
+const JOURNAL_RECORDS: usize = 100_000;
+
+/// A temp dir on tmpfs (`/dev/shm`), where an fsync costs microseconds; the default temp
+/// dir where there is none.
+fn tmpfs_dir() -> TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm).expect("temp dir in /dev/shm")
+    } else {
+        TempDir::new().expect("temp dir")
     }
-    group.finish();
 }
 
-criterion_group!(benches, validate, hot_token, clock, snapshot, open, issue);
+/// Copies the store file and journal in `from` to `to` (created if missing).
+fn copy_store(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("create dir");
+    for name in [STORE, JOURNAL] {
+        fs::copy(from.join(name), to.join(name)).expect("copy store file");
+    }
+}
+
+/// Builds `open_journal`'s two fixtures under `root`: `journal/`, a snapshot of
+/// `JOURNAL_BASE` tokens plus `JOURNAL_RECORDS` records (an issue, then a revoke of a
+/// distinct snapshot token, and so on: each call its own record), and `compacted/`, the
+/// same store compacted. Returns both directories.
+fn journal_fixtures(root: &Path) -> (PathBuf, PathBuf) {
+    let built = root.join("built");
+    fs::create_dir(&built).expect("create dir");
+    let (store, issued) = filled_store(&built, JOURNAL_BASE);
+    let revoked: Vec<TokenId> = issued
+        .iter()
+        .step_by(JOURNAL_BASE / (JOURNAL_RECORDS / 2))
+        .map(IssuedToken::id)
+        .collect();
+    drop(issued);
+    // Closing compacts: the tokens go to the snapshot, the journal starts empty.
+    store.close().expect("close");
+    let store = quiet(&built).open().expect("open");
+    for (i, id) in revoked.iter().enumerate() {
+        store
+            .issue(NewToken::new(format!("later-{i}")).scope("read"))
+            .expect("issue");
+        store.revoke(id).expect("revoke");
+    }
+    let stats = store.stats();
+    assert_eq!(
+        (stats.journal_records_written, stats.snapshots_written),
+        (JOURNAL_RECORDS as u64, 0),
+        "each call should append one record and nothing should compact"
+    );
+    // Copied while the store is open, since closing would compact the journal away. Every
+    // call above has returned and no timer fires, so the persister is idle.
+    let journal = root.join("journal");
+    copy_store(&built, &journal);
+    let copied = fs::metadata(journal.join(JOURNAL)).expect("journal").len();
+    assert!(
+        copied >= stats.journal_bytes_written,
+        "the journal copy is short"
+    );
+    store.close().expect("close");
+
+    let compacted = root.join("compacted");
+    copy_store(&journal, &compacted);
+    quiet(&compacted)
+        .open()
+        .expect("open")
+        .close()
+        .expect("close");
+    let left = fs::metadata(compacted.join(JOURNAL))
+        .expect("journal")
+        .len();
+    assert!(
+        left < 1024,
+        "close did not compact the journal ({left} bytes left)"
+    );
+    let check = quiet(&compacted).open().expect("open");
+    let entries = check.clone();
+    check.close().expect("close");
+    let stats = entries.stats();
+    assert_eq!(stats.tokens, JOURNAL_BASE + JOURNAL_RECORDS / 2);
+    assert_eq!(
+        stats.bytes_written, 0,
+        "opening and closing the compacted store must write nothing"
+    );
+    let mb = |dir: &Path, name| fs::metadata(dir.join(name)).expect("file").len() as f64 / 1e6;
+    println!(
+        "open_journal fixtures: snapshot {:.1} MB + journal {:.1} MB ({JOURNAL_RECORDS} records); \
+         compacted: snapshot {:.1} MB",
+        mb(&journal, STORE),
+        mb(&journal, JOURNAL),
+        mb(&compacted, STORE)
+    );
+    (journal, compacted)
+}
+
+/// `iters` opens of the store in `dir`, each after `restore`; only `open` is timed.
+fn timed_opens(iters: u64, dir: &Path, restore: impl Fn()) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        restore();
+        let began = Instant::now();
+        let store = quiet(dir).open().expect("open");
+        total += began.elapsed();
+        assert_eq!(store.stats().tokens, JOURNAL_BASE + JOURNAL_RECORDS / 2);
+        // Closing the uncompacted store compacts it, which is why `restore` exists.
+        store.close().expect("close");
+    }
+    total
+}
+
+fn open_journal(c: &mut Criterion) {
+    let root = tmpfs_dir();
+    let built = OnceCell::new();
+    let fixtures = || built.get_or_init(|| journal_fixtures(root.path()));
+    let run = root.path().join("run");
+    let mut group = c.benchmark_group("open_journal");
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    group.warm_up_time(Duration::from_millis(500));
+    group.bench_function("records_100k", |b| {
+        let (journal, _) = fixtures();
+        b.iter_custom(|iters| timed_opens(iters, &run, || copy_store(journal, &run)))
+    });
+    group.bench_function("compacted", |b| {
+        let (_, compacted) = fixtures();
+        b.iter_custom(|iters| timed_opens(iters, compacted, || {}))
+    });
+    group.finish();
+    if let Some((journal, compacted)) = built.get() {
+        open_turns(journal, compacted, &run);
+    }
+}
+
+/// Rounds of `open_turns`.
+const OPEN_ROUNDS: usize = 6;
+
+/// The `open_journal` ratio with the two stores taking turns (see [`take_turns`]).
+fn open_turns(journal: &Path, compacted: &Path, run: &Path) {
+    let records = || timed_opens(1, run, || copy_store(journal, run));
+    let snapshot = || timed_opens(1, compacted, || {});
+    let times = take_turns(OPEN_ROUNDS, &[&records, &snapshot]);
+    println!("open_journal turns: {OPEN_ROUNDS} rounds of one open per store, stores taking turns");
+    for (name, times) in ["records_100k", "compacted"].iter().zip(&times) {
+        let [_, median, _] = quartiles(times.clone());
+        println!(
+            "open_journal/{name:<14} {:8.1} ms (median round)",
+            median * 1e3
+        );
+    }
+    print_ratio(
+        "100,000 records over compacted, open time",
+        ratios(&times[0], &times[1]),
+        "<= 1.5x",
+    );
+}
+
+/// Runs every turn once per round for `rounds` rounds after one unrecorded round, rotating
+/// which goes first, and returns each turn's times (seconds) by round. On a shared machine
+/// the disk and the CPUs drift by several times within minutes, more than some of the
+/// differences measured; cases that take turns see the same drift, so the ratio of their
+/// times in one round measures the store and not the drift, and a ratio of two criterion
+/// medians taken one after the other does not.
+fn take_turns(rounds: usize, turns: &[&dyn Fn() -> Duration]) -> Vec<Vec<f64>> {
+    for turn in turns {
+        turn();
+    }
+    let mut times = vec![Vec::with_capacity(rounds); turns.len()];
+    for round in 0..rounds {
+        for k in 0..turns.len() {
+            let i = (round + k) % turns.len();
+            times[i].push(turns[i]().as_secs_f64());
+        }
+    }
+    times
+}
+
+/// Round by round, `over`'s time divided by `under`'s.
+fn ratios(over: &[f64], under: &[f64]) -> Vec<f64> {
+    over.iter().zip(under).map(|(o, u)| o / u).collect()
+}
+
+/// The 25th, 50th and 75th percentiles of `values`, interpolated.
+fn quartiles(mut values: Vec<f64>) -> [f64; 3] {
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let pos = (values.len() - 1) as f64 * q;
+        let (low, high) = (pos.floor() as usize, pos.ceil() as usize);
+        values[low] + (values[high] - values[low]) * (pos - low as f64)
+    };
+    [at(0.25), at(0.5), at(0.75)]
+}
+
+/// "what: 1.02x (rounds' quartiles 0.95-1.10x; target <= 2x)".
+fn print_ratio(what: &str, ratios: Vec<f64>, target: &str) {
+    let [q1, median, q3] = quartiles(ratios);
+    println!("{what}: {median:.2}x (rounds' quartiles {q1:.2}-{q3:.2}x; target {target})");
+}
+
+/// Every call's latency, for the percentiles that per-sample means hide: an fdatasync on
+/// this disk is bimodal.
+#[derive(Default)]
+struct Latencies(Mutex<Vec<Duration>>);
+
+impl Latencies {
+    fn add(&self, calls: Vec<Duration>) {
+        self.0.lock().expect("latencies").extend(calls);
+    }
+
+    /// "p50 …, p90 …, p99 … over N calls".
+    fn summary(&self) -> String {
+        let mut calls = self.0.lock().expect("latencies").clone();
+        calls.sort_unstable();
+        let at = |q: f64| calls[((calls.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+        format!(
+            "p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms over {} calls",
+            at(0.5),
+            at(0.9),
+            at(0.99),
+            calls.len()
+        )
+    }
+}
+
+/// `n` issues, one after another, each timed into `latencies` if given.
+fn issues(store: &TokenStore, n: u64, latencies: Option<&Latencies>) {
+    let mut calls = Vec::with_capacity(if latencies.is_some() { n as usize } else { 0 });
+    for _ in 0..n {
+        let began = Instant::now();
+        store
+            .issue(NewToken::new("bench").scope("read"))
+            .expect("issue");
+        if latencies.is_some() {
+            calls.push(began.elapsed());
+        }
+    }
+    if let Some(latencies) = latencies {
+        latencies.add(calls);
+    }
+}
+
+/// The `issue` cases: callers, and the store's size.
+const ISSUE_CASES: [(usize, &str); 3] = [(1, "1k"), (8, "1k"), (1, "1M")];
+
+fn issue(c: &mut Criterion) {
+    let (small_dir, large_dir) = (TempDir::new(), TempDir::new());
+    let (small_dir, large_dir) = (small_dir.expect("temp dir"), large_dir.expect("temp dir"));
+    let (small, large) = (OnceCell::new(), OnceCell::new());
+    let mut group = c.benchmark_group("issue");
+    group.sample_size(30);
+    for (callers, size) in ISSUE_CASES {
+        let store = || match size {
+            "1k" => small.get_or_init(|| filled_store(small_dir.path(), 1_000).0),
+            _ => large.get_or_init(|| filled_store(large_dir.path(), 1_000_000).0),
+        };
+        group.throughput(Throughput::Elements(callers as u64));
+        group.bench_function(BenchmarkId::new(format!("{callers}_callers"), size), |b| {
+            let store = store();
+            b.iter_custom(|iters| in_parallel(callers, iters, |_, n| issues(store, n, None)))
+        });
+    }
+    group.finish();
+    if let (Some(small), Some(large)) = (small.get(), large.get()) {
+        issue_turns(small, large);
+    }
+    for store in [small.into_inner(), large.into_inner()]
+        .into_iter()
+        .flatten()
+    {
+        let stats = store.stats();
+        store.close().expect("close");
+        // The store's first file is its only snapshot until close.
+        assert_eq!(
+            stats.snapshots_written, 1,
+            "a compaction ran during the bench"
+        );
+    }
+}
+
+/// Rounds of `issue_turns`, and issues per caller in each turn.
+const ISSUE_ROUNDS: usize = 100;
+const ISSUE_TURN: u64 = 64;
+
+/// The `issue` ratios with the cases taking turns (see [`take_turns`]): each round, each
+/// case issues `ISSUE_TURN` tokens per caller; a case's time is per issue.
+fn issue_turns(small: &TokenStore, large: &TokenStore) {
+    let latencies: [Latencies; 3] = Default::default();
+    let (issued, records) = (Cell::new(0), Cell::new(0));
+    let turn = |i: usize| {
+        let (callers, size) = ISSUE_CASES[i];
+        let store = if size == "1k" { small } else { large };
+        // Counted only for 8 callers: `stats` scans every token, and the 1M store is large.
+        let before = (callers > 1).then(|| store.stats());
+        let took = in_parallel(callers, ISSUE_TURN, |_, n| {
+            issues(store, n, Some(&latencies[i]))
+        });
+        if let Some(before) = before {
+            let after = store.stats();
+            issued.set(issued.get() + after.tokens - before.tokens);
+            records.set(
+                records.get() + after.journal_records_written - before.journal_records_written,
+            );
+        }
+        took / (callers as u32 * ISSUE_TURN as u32)
+    };
+    let (one, eight, one_large) = (|| turn(0), || turn(1), || turn(2));
+    let times = take_turns(ISSUE_ROUNDS, &[&one, &eight, &one_large]);
+    println!(
+        "issue turns: {ISSUE_ROUNDS} rounds of {ISSUE_TURN} issues per caller per case, \
+         cases taking turns"
+    );
+    for (i, (callers, size)) in ISSUE_CASES.iter().enumerate() {
+        let [_, median, _] = quartiles(times[i].clone());
+        println!(
+            "issue/{callers}_callers/{size:<3} {:7.3} ms per issue (median round); per call {}",
+            median * 1e3,
+            latencies[i].summary()
+        );
+    }
+    println!(
+        "8 callers: {:.2} issues per journal record",
+        issued.get() as f64 / records.get() as f64
+    );
+    print_ratio(
+        "1M over 1k, one caller, time per issue",
+        ratios(&times[2], &times[0]),
+        "<= 2x",
+    );
+    print_ratio(
+        "8 callers over 1, issues per second",
+        ratios(&times[0], &times[1]),
+        ">= 4x",
+    );
+}
+
+criterion_group!(
+    benches,
+    validate,
+    hot_token,
+    clock,
+    flush,
+    compaction,
+    open,
+    open_journal,
+    issue
+);
 criterion_main!(benches);
