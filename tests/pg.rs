@@ -513,6 +513,105 @@ fn with_the_database_down_changes_fail_and_every_acknowledged_one_survives() {
     assert_eq!(t.len(), acked.len() - 1);
 }
 
+/// PostgreSQL stopped (immediate: a crash for its clients) and restarted while two threads
+/// keep issuing and revoking and a third validates: every call that returned `Ok` is in the
+/// table afterwards (an issue as a token, a revoke as revoked), the outage made calls fail,
+/// and both replicas' memory equals the table.
+#[test]
+fn postgres_restarted_in_the_middle_of_changes_loses_no_acknowledged_one() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+    let cluster = Cluster::start();
+    let url = cluster.fresh_db();
+    let interval = Duration::from_millis(200);
+    let open_a = || {
+        TokenStore::builder(&url)
+            .flush_interval(interval)
+            .poll_interval(interval)
+            .open()
+            .unwrap()
+    };
+    let a = open_a();
+    let b = open_a();
+    let stop = AtomicBool::new(false);
+    let acked_issues = Mutex::new(Vec::new());
+    let acked_revokes = Mutex::new(Vec::new());
+    let failures = Mutex::new(0usize);
+    thread::scope(|scope| {
+        for worker in 0..2 {
+            let (a, stop) = (&a, &stop);
+            let (acked_issues, acked_revokes, failures) =
+                (&acked_issues, &acked_revokes, &failures);
+            scope.spawn(move || {
+                let mut mine: Vec<(TokenId, String)> = Vec::new();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    match a.issue(NewToken::new(format!("w{worker}-{n}"))) {
+                        Ok(t) => {
+                            acked_issues.lock().unwrap().push(t.id());
+                            mine.push((t.id(), t.secret().to_owned()));
+                        }
+                        Err(_) => *failures.lock().unwrap() += 1,
+                    }
+                    if n % 3 == 0 {
+                        if let Some((id, _)) = mine.pop() {
+                            match a.revoke(&id) {
+                                Ok(()) => acked_revokes.lock().unwrap().push(id),
+                                Err(_) => *failures.lock().unwrap() += 1,
+                            }
+                        }
+                    }
+                    if let Some((_, secret)) = mine.last() {
+                        let _ = a.validate(secret);
+                    }
+                    thread::sleep(Duration::from_millis(2));
+                }
+            });
+        }
+        thread::sleep(Duration::from_millis(400));
+        cluster.stop();
+        thread::sleep(Duration::from_millis(600));
+        cluster.start_again();
+        // Until the store writes again, then a little more.
+        let issued_before = acked_issues.lock().unwrap().len();
+        pg::within(Duration::from_secs(15), || {
+            acked_issues.lock().unwrap().len() > issued_before + 5
+        })
+        .expect("issues succeed again once the database is back");
+        stop.store(true, Ordering::Relaxed);
+    });
+    let failures = *failures.lock().unwrap();
+    assert!(failures > 0, "the outage made no call fail");
+    let t = table(&url);
+    let issues = acked_issues.into_inner().unwrap();
+    let revokes = acked_revokes.into_inner().unwrap();
+    for id in &issues {
+        assert!(
+            t.contains_key(&id.to_string()),
+            "acknowledged issue {id} is missing"
+        );
+    }
+    for id in &revokes {
+        assert!(
+            t[&id.to_string()],
+            "acknowledged revoke of {id} is not in the table"
+        );
+    }
+    // Failed revokes are retried from memory; failed issues are nowhere: memory converges
+    // to the table on both replicas.
+    let converged = pg::within(Duration::from_secs(10), || {
+        let t = printed(&table(&url));
+        t == printed(&listing(&a)) && t == printed(&listing(&b))
+    });
+    assert!(converged.is_some(), "memory never matched the table");
+    eprintln!(
+        "restart in the middle: {} issues and {} revokes acknowledged, {failures} calls failed",
+        issues.len(),
+        revokes.len()
+    );
+}
+
 #[test]
 fn a_slow_transaction_holding_a_version_does_not_make_a_replica_skip_rows() {
     let url = pg::fresh_db();
