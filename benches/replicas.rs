@@ -7,6 +7,11 @@
 //!   killed (`pg_terminate_backend`): the time until B rejects (target: within B's poll
 //!   interval plus a reconnect).
 //!
+//! - `validate`: the hot path on a PostgreSQL store against a file store of the same 10,000
+//!   tokens, in one process, taking turns (10 rounds of 1M validations of each, cycling
+//!   1,024 tokens): the median of the per-round ratios. Validation reads memory only, so
+//!   the target is 1x.
+//!
 //! Starts a throwaway cluster (as `tests/pg.rs` does: Debian's `postgresql` binaries, run as
 //! the `postgres` user when root), with `fsync=on` as in production (the tests run theirs
 //! with it off), or uses `TOKENCACHE_PG_URL`. Each revoke's time includes its COMMIT.
@@ -62,6 +67,64 @@ fn report(what: &str, mut took: Vec<Duration>) {
     );
 }
 
+/// Nanoseconds per validation of `secrets` (cycled) on `store`, over `n` validations.
+fn validate_ns(store: &TokenStore, secrets: &[String], n: usize) -> f64 {
+    let start = Instant::now();
+    for i in 0..n {
+        let ok = store.validate(&secrets[i % secrets.len()]).is_ok();
+        std::hint::black_box(ok);
+    }
+    start.elapsed().as_nanos() as f64 / n as f64
+}
+
+/// The hot path on a database store against a file store, taking turns.
+fn compare_validate(url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = TokenStore::builder(dir.path().join("tokens.snap"))
+        .flush_interval(Duration::from_secs(86_400))
+        .open()
+        .unwrap();
+    let db = TokenStore::builder(url)
+        .flush_interval(Duration::from_secs(86_400))
+        .open()
+        .unwrap();
+    let secrets = |store: &TokenStore| -> Vec<String> {
+        let issued = store
+            .issue_many((0..10_000).map(|i| NewToken::new(format!("v{i}"))))
+            .unwrap();
+        issued
+            .iter()
+            .step_by(10)
+            .map(|t| t.secret().to_owned())
+            .collect()
+    };
+    let (on_file, on_db) = (secrets(&file), secrets(&db));
+    let mut ratios = Vec::new();
+    let (mut file_ns, mut db_ns) = (Vec::new(), Vec::new());
+    for round in 0..10 {
+        let (f, d) = if round % 2 == 0 {
+            let f = validate_ns(&file, &on_file, 1_000_000);
+            (f, validate_ns(&db, &on_db, 1_000_000))
+        } else {
+            let d = validate_ns(&db, &on_db, 1_000_000);
+            (validate_ns(&file, &on_file, 1_000_000), d)
+        };
+        ratios.push(d / f);
+        file_ns.push(f);
+        db_ns.push(d);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    println!(
+        "validate: file store {:.1} ns, PostgreSQL store {:.1} ns (medians of 10 rounds); PostgreSQL over file {:.3}x (median round)",
+        median(file_ns),
+        median(db_ns),
+        median(ratios)
+    );
+}
+
 fn main() {
     // Commits flushed to disk, as in production (see `pg::Cluster::start_again`).
     std::env::set_var("TOKENCACHE_PG_FSYNC", "on");
@@ -112,4 +175,6 @@ fn main() {
         took,
     );
     drop((a, b));
+
+    compare_validate(&pg::fresh_db());
 }
