@@ -27,6 +27,25 @@ pub(crate) struct Recovered {
     pub(crate) journal: Option<JournalRead>,
 }
 
+#[cfg(any(loom, feature = "postgres"))]
+impl Recovered {
+    /// A store of `entries` with nothing on disk yet (no snapshot, no journal): a database
+    /// store's tokens as loaded, or a model check's.
+    pub(crate) fn fresh(entries: Vec<entry::Entry>) -> Recovered {
+        let map = Map::with_capacity(entries.len());
+        let added = map.insert_new(entries);
+        // Callers pass entries with distinct ids (`entry::load` checks).
+        debug_assert!(added.is_ok(), "a duplicate id");
+        Recovered {
+            map,
+            snapshot_len: None,
+            seq: 0,
+            replayed: 0,
+            journal: None,
+        }
+    }
+}
+
 /// The journal as read.
 pub(crate) struct JournalRead {
     /// Its size in bytes.

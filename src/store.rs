@@ -1211,16 +1211,8 @@ pub fn open_recorded(
     }
     let entries =
         crate::entry::load(records).map_err(|p| DecodeError::from(p).at(&builder.path))?;
-    let map = Map::with_capacity(entries.len());
-    let _ = map.insert_new(entries);
     // No snapshot yet: `start` writes the first one, so the recorder holds the tokens.
-    let recovered = Recovered {
-        map,
-        snapshot_len: None,
-        seq: 0,
-        replayed: 0,
-        journal: None,
-    };
+    let recovered = Recovered::fresh(entries);
     let path = builder.path.clone();
     let store = builder.start(path, recovered, Box::new(recorder), None, None)?;
     Ok((store, issued))

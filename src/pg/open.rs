@@ -14,7 +14,6 @@ use super::sink::PgSink;
 use super::{describe, schema, LISTENER_NAME, WRITER_NAME};
 use crate::entry;
 use crate::error::Error;
-use crate::map::Map;
 use crate::recover::Recovered;
 use crate::snapshot::Record;
 use crate::store::{redact_url, Builder, TokenStore};
@@ -66,17 +65,9 @@ pub(crate) fn open(builder: Builder, url: String) -> Result<TokenStore, Error> {
         loaded.map_err(|_| fail("open", "the thread opening the database panicked".into()))??;
     let entries =
         entry::load(records).map_err(|problem| fail("load the tokens of", problem.to_string()))?;
-    let map = Map::with_capacity(entries.len());
-    let added = map.insert_new(entries);
-    debug_assert!(added.is_ok(), "the id is the primary key");
-    tracing::info!(store = %name.display(), tokens = map.len(), version, "opened a PostgreSQL store");
-    let recovered = Recovered {
-        map,
-        snapshot_len: None,
-        seq: 0,
-        replayed: 0,
-        journal: None,
-    };
+    // The id is the table's primary key: no id twice.
+    let recovered = Recovered::fresh(entries);
+    tracing::info!(store = %name.display(), tokens = recovered.map.len(), version, "opened a PostgreSQL store");
     let poll = builder.poll_interval;
     let sink = Box::new(PgSink::new(writer, name.clone()));
     let store = builder.start(name.clone(), recovered, sink, None, Some(synced_at))?;
