@@ -3,15 +3,20 @@
 //! An embeddable API-token store. Tokens live in memory and are validated on every request
 //! with no lock, no allocation and no I/O (a lock-free map lends the token's entry, one
 //! cache line of it, so one token validated from many threads scales); everything persists
-//! with write-behind to one snapshot file:
+//! to a snapshot file and a journal beside it, written by one persister thread fed by a
+//! `crossbeam-channel`:
 //!
-//! - `last_used` times reach disk in periodic atomic snapshots (at most one per
-//!   [`flush_interval`](Builder::flush_interval), none while idle), written by one
-//!   persister thread fed by a `crossbeam-channel`;
 //! - [`issue`](TokenStore::issue), [`revoke`](TokenStore::revoke),
 //!   [`delete`](TokenStore::delete), [`purge`](TokenStore::purge) and
-//!   [`rotate`](TokenStore::rotate) are durable before they return (concurrent callers
-//!   share one write: group commit); a deleted token's memory is freed.
+//!   [`rotate`](TokenStore::rotate) are durable before they return: each appends one
+//!   checksummed journal record and fsyncs it, whatever the store's size (concurrent
+//!   callers share one record: group commit); a deleted token's memory is freed. Each has
+//!   an async twin (`issue_async`...) that parks no executor thread;
+//! - `last_used` times reach disk with write-behind: at most one journal record per
+//!   [`flush_interval`](Builder::flush_interval), holding only the tokens used, none while
+//!   idle;
+//! - the journal is compacted into a new atomic snapshot when it outgrows the snapshot (on
+//!   a timer, never on the validation path) and on close.
 //!
 //! A token may carry a [`RateLimit`], checked inside `validate` with no lock (GCRA, one
 //! atomic word of state per token). With the `tower` feature, `TokenLayer` checks bearer

@@ -153,7 +153,8 @@ pub(crate) fn admit<'m>(
     Ok((ValidToken { entry }, now))
 }
 
-/// An in-memory API-token store with write-behind persistence to one snapshot file.
+/// An in-memory API-token store, persisted to a snapshot file and a journal (or, with the
+/// `postgres` feature, to a PostgreSQL database shared by replicas).
 ///
 /// `TokenStore` is `Send + Sync` and cheap to clone (clones share the store). The store
 /// closes when [`close`](Self::close) is called or the last clone is dropped.
@@ -302,9 +303,9 @@ impl TokenStore {
     /// Issues a new token. It is on disk when this returns; the secret is in the returned
     /// [`IssuedToken`] only and cannot be shown again.
     ///
-    /// Each write is a full snapshot, so its disk write costs O(tokens in the store) (adding
-    /// the token to memory is O(1)); concurrent callers share one write. To create many tokens at once, use
-    /// [`issue_many`](Self::issue_many).
+    /// The write is one journal record of this token (about 100 bytes) and one fsync,
+    /// whatever the store's size; concurrent callers share one record and one fsync. To
+    /// create many tokens at once, use [`issue_many`](Self::issue_many).
     pub fn issue(&self, new: NewToken) -> Result<IssuedToken, Error> {
         self.commit(self.issuing(vec![new]).map(Change::only))
     }
@@ -481,8 +482,8 @@ impl TokenStore {
         self.handle.shutdown().0
     }
 
-    /// The store's counters: validations, rejections by reason, snapshots and bytes
-    /// written, write errors. Counts dirty tokens by scanning, so it costs O(tokens).
+    /// The store's counters: validations, rejections by reason, journal records, snapshots
+    /// and bytes written, write errors. Counts dirty tokens by scanning, so it costs O(tokens).
     pub fn stats(&self) -> Stats {
         let shared = &self.handle.shared;
         let (tokens, dirty) = shared.map.with_all(|entries| {
