@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::error::Error;
 use crate::file;
 use crate::recover;
-use crate::snapshot::{self, HEADER_LEN};
+use crate::snapshot::HEADER_LEN;
 use crate::view;
 
 /// What [`inspect`] reads from a store's files.
@@ -52,21 +52,23 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<SnapshotInfo, Error> {
 
 /// One reading of the files of store `path` (already resolved).
 fn read(path: &Path) -> Result<SnapshotInfo, Error> {
-    let bytes = file::read_store(path)?.ok_or_else(|| Error::missing(path.to_path_buf()))?;
-    let body = snapshot::decode(&bytes).map_err(|e| e.at(path))?;
     let recovered = recover::read(path)?;
+    let snapshot = recovered
+        .snapshot
+        .as_ref()
+        .ok_or_else(|| Error::missing(path.to_path_buf()))?;
     let (tokens, revoked) = recovered.map.with_all(|entries| {
         let revoked = entries.iter().filter(|e| e.revoked_at().is_some()).count();
         (entries.len(), revoked)
     });
     let journal = recovered.journal.as_ref();
     Ok(SnapshotInfo {
-        version: snapshot::version_of(&bytes).unwrap_or_default(),
-        file_len: bytes.len() as u64,
-        body_len: (bytes.len() - HEADER_LEN) as u64,
-        body_crc: crc32fast::hash(&bytes[HEADER_LEN..]),
-        written_at_ms: body.written_at,
-        snapshot_seq: body.seq,
+        version: snapshot.version,
+        file_len: snapshot.len,
+        body_len: snapshot.len - HEADER_LEN as u64,
+        body_crc: snapshot.body_crc,
+        written_at_ms: snapshot.written_at,
+        snapshot_seq: snapshot.seq,
         journal_len: journal.map_or(0, |j| j.file_len),
         journal_records: recovered.replayed,
         journal_torn: journal.is_some_and(|j| j.torn.is_some()),

@@ -17,8 +17,8 @@ use crate::token::TokenId;
 pub(crate) struct Recovered {
     /// Every token, as of the newest record.
     pub(crate) map: Map,
-    /// The store file's size in bytes (`None`: there is none).
-    pub(crate) snapshot_len: Option<u64>,
+    /// The store file as read (`None`: there is none).
+    pub(crate) snapshot: Option<SnapshotRead>,
     /// The sequence number of the newest change on disk (the next record is one more).
     pub(crate) seq: u64,
     /// Journal records replayed onto the snapshot.
@@ -38,12 +38,26 @@ impl Recovered {
         debug_assert!(added.is_ok(), "a duplicate id");
         Recovered {
             map,
-            snapshot_len: None,
+            snapshot: None,
             seq: 0,
             replayed: 0,
             journal: None,
         }
     }
+}
+
+/// The store file as read: what `inspect` reports of it.
+pub(crate) struct SnapshotRead {
+    /// Its size in bytes.
+    pub(crate) len: u64,
+    /// The format version its header states.
+    pub(crate) version: u32,
+    /// Its body's CRC32, as its header states it (the read checked it).
+    pub(crate) body_crc: u32,
+    /// When it was written, Unix ms.
+    pub(crate) written_at: u64,
+    /// The last journal record it covers.
+    pub(crate) seq: u64,
 }
 
 /// The journal as read.
@@ -63,16 +77,23 @@ pub(crate) struct JournalRead {
 /// the journal with every check `open` runs, and replays the journal onto the snapshot.
 pub(crate) fn read(path: &Path) -> Result<Recovered, Error> {
     let bytes = file::read_store(path)?;
-    let (entries, snapshot_seq) = match &bytes {
+    let (entries, snapshot) = match &bytes {
         Some(bytes) => {
             let body = snapshot::decode(bytes).map_err(|e| e.at(path))?;
+            let read = SnapshotRead {
+                len: bytes.len() as u64,
+                version: snapshot::version_of(bytes).unwrap_or_default(),
+                body_crc: snapshot::body_crc_of(bytes).unwrap_or_default(),
+                written_at: body.written_at,
+                seq: body.seq,
+            };
             let entries =
                 entry::load(body.records).map_err(|problem| DecodeError::from(problem).at(path))?;
-            (entries, body.seq)
+            (entries, Some(read))
         }
-        None => (Vec::new(), 0),
+        None => (Vec::new(), None),
     };
-    let snapshot_len = bytes.as_ref().map(|b| b.len() as u64);
+    let snapshot_seq = snapshot.as_ref().map_or(0, |s| s.seq);
     drop(bytes);
     let map = Map::with_capacity(entries.len());
     let added = map.insert_new(entries);
@@ -83,7 +104,7 @@ pub(crate) fn read(path: &Path) -> Result<Recovered, Error> {
     let Some(bytes) = file::read_journal(&journal_path)? else {
         return Ok(Recovered {
             map,
-            snapshot_len,
+            snapshot,
             seq: snapshot_seq,
             replayed: 0,
             journal: None,
@@ -106,7 +127,7 @@ pub(crate) fn read(path: &Path) -> Result<Recovered, Error> {
     let replayed = replay_after(&map, scanned.records, snapshot_seq).map_err(at)?;
     Ok(Recovered {
         map,
-        snapshot_len,
+        snapshot,
         seq: snapshot_seq.max(end),
         replayed,
         journal: Some(JournalRead {

@@ -234,6 +234,11 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
 }
 
+/// The body CRC32 a file image's header states (its bytes 24..28), if it has them.
+pub(crate) fn body_crc_of(bytes: &[u8]) -> Option<u32> {
+    (bytes.len() >= HEADER_LEN).then(|| u32_at(bytes, 24))
+}
+
 /// The format version a file image's header states (its bytes 8..12), if it has them.
 pub(crate) fn version_of(bytes: &[u8]) -> Option<u32> {
     (bytes.len() >= HEADER_LEN).then(|| u32_at(bytes, 8))

@@ -1096,10 +1096,7 @@ impl Builder {
     ) -> Result<TokenStore, Error> {
         let (tx, rx) = channel::bounded(self.channel_capacity);
         let Recovered {
-            map,
-            snapshot_len,
-            seq,
-            ..
+            map, snapshot, seq, ..
         } = recovered;
         let shared = Arc::new(Shared {
             map,
@@ -1114,7 +1111,7 @@ impl Builder {
             let relaxed = std::sync::atomic::Ordering::Relaxed;
             shared.counters.last_sync_at.store(synced, relaxed);
         }
-        let mut snapshot_len = snapshot_len.unwrap_or(0);
+        let mut snapshot_len = snapshot.map_or(0, |s| s.len);
         let file_store = sink.compaction_holds_definitions();
         if file_store && (snapshot_len == 0 || !sink.journal_ok()) {
             snapshot_len = first_snapshot(&shared, sink.as_mut(), seq, &path)?;

@@ -67,7 +67,7 @@ impl StoreView {
     pub fn read(path: impl AsRef<Path>) -> Result<StoreView, Error> {
         let path = file::resolve(path.as_ref())?;
         let recovered = settled(&path, || recover::read(&path))?;
-        if recovered.snapshot_len.is_none() {
+        if recovered.snapshot.is_none() {
             return Err(Error::missing(path));
         }
         Ok(StoreView {
