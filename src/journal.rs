@@ -93,8 +93,32 @@ pub(crate) fn header(base: u64) -> [u8; HEADER_LEN] {
     out
 }
 
-/// Appends record `seq` holding `changes` to `out`, framed and checksummed. `Err` (and
-/// `out` as it was) if the changes take more than 4 GiB: write them in a snapshot instead.
+/// The largest record payload this build writes. A batch whose changes take more (an
+/// `issue_many` of thousands of tokens with long names and many scopes) is written as a
+/// snapshot instead, so a record, and so a torn tail after a crash, stays small enough to
+/// read and check quickly. Readers accept any length the frame can hold (4 GiB).
+pub(crate) const MAX_RECORD_LEN: usize = 64 << 20;
+
+/// Why a batch was not appended: its record would exceed [`MAX_RECORD_LEN`]. Nothing was
+/// written; the caller writes the batch in a snapshot.
+#[derive(Debug, thiserror::Error)]
+#[error("a journal record of {len} bytes is over the {MAX_RECORD_LEN}-byte limit")]
+pub(crate) struct RecordTooLarge {
+    len: usize,
+}
+
+impl RecordTooLarge {
+    /// Whether `error` is this refusal (nothing written), not a failed write.
+    pub(crate) fn is(error: &std::io::Error) -> bool {
+        error
+            .get_ref()
+            .is_some_and(|inner| inner.is::<RecordTooLarge>())
+    }
+}
+
+/// Appends record `seq` holding `changes` to `out`, framed and checksummed. Refused with
+/// [`RecordTooLarge`] (and `out` as it was) if the changes take more than
+/// [`MAX_RECORD_LEN`] bytes: write them in a snapshot instead.
 pub(crate) fn encode_record(
     seq: u64,
     changes: &[ChangeRef<'_>],
@@ -103,12 +127,16 @@ pub(crate) fn encode_record(
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_LEN]);
     snapshot::encode_into(&changes, out);
-    let Ok(len) = u32::try_from(out.len() - start - FRAME_LEN) else {
-        out.truncate(start);
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "a journal record over 4 GiB",
-        ));
+    let payload = out.len() - start - FRAME_LEN;
+    let len = match u32::try_from(payload) {
+        Ok(len) if payload <= MAX_RECORD_LEN => len,
+        _ => {
+            out.truncate(start);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                RecordTooLarge { len: payload },
+            ));
+        }
     };
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 8..start + 16].copy_from_slice(&seq.to_le_bytes());

@@ -112,18 +112,18 @@ impl Sink for FileSink {
             return Err(io::Error::other("the journal is not open"));
         };
         self.buffer.clear();
-        journal::encode_record(seq, changes, &mut self.buffer)?;
-        if let Err(e) = journal.append(&self.buffer, self.faults.as_ref()) {
+        let encoded = journal::encode_record(seq, changes, &mut self.buffer);
+        let written = encoded.and_then(|()| journal.append(&self.buffer, self.faults.as_ref()));
+        if written.as_ref().is_err_and(|e| !journal::RecordTooLarge::is(e)) {
             // Never trusted again: a retried fsync can report success for lost pages.
             self.journal = None;
-            return Err(e);
         }
-        let written = self.buffer.len() as u64;
+        let len = self.buffer.len() as u64;
         // A rare huge record (issue_many) should not pin its memory.
         if self.buffer.capacity() > 1 << 20 {
             self.buffer = Vec::new();
         }
-        Ok(written)
+        written.map(|()| len)
     }
 
     fn compact(&mut self, body: &BodyRef<'_, '_>) -> Result<Compacted, WriteError> {
@@ -714,6 +714,14 @@ impl Persister {
 
     /// The decide phase: append the batch's changes (with `last_used` if a timed write is
     /// due or a flush or close asks), compact, or nothing.
+    ///
+    /// For a file store the rule that keeps the files equal to memory: while memory holds a
+    /// change that is not on disk (`definitions_pending`: its write failed) or the journal
+    /// is not trusted (an append or its fsync failed), every write that happens is a
+    /// compaction, and close always writes one. So a revoke or delete that memory applied
+    /// before its write failed reaches disk with the next write of any kind, and a record
+    /// whose fsync failed (possibly on disk, never acknowledged) is covered by the
+    /// snapshot's `seq` and never replayed once the store has written again.
     fn decide(
         &mut self,
         changes: &[ChangeRef<'_>],
@@ -738,21 +746,25 @@ impl Persister {
         #[cfg(not(loom))]
         let flush_scans = flush_asked;
         let closing = batch.shutdown.is_some();
-        let retry = self.definitions_pending && due;
-        let untrusted = !self.sink.journal_ok();
-        let snapshots = self.sink.compaction_holds_definitions();
-        if snapshots
-            && ((closing && (has_records || definitions || self.unsaved_anywhere()))
+        if self.sink.compaction_holds_definitions() {
+            let behind = self.definitions_pending || !self.sink.journal_ok();
+            let writing = definitions || flush_asked || (due && self.waiting());
+            let compact = (closing
+                && (behind || has_records || definitions || self.unsaved_anywhere()))
                 || (size_check_due && outgrown)
-                || retry
-                || (untrusted && (definitions || flush_asked || (due && self.waiting()))))
-        {
-            return Write::Compact;
+                || (behind && writing);
+            if compact {
+                return Write::Compact;
+            }
         }
         // A database sink retries its failed changes in the next append.
-        let resend = !snapshots && self.definitions_pending && (due || closing || flush_asked);
+        let resend = !self.sink.compaction_holds_definitions()
+            && self.definitions_pending
+            && (due || closing || flush_asked);
         let used = (due && self.waiting()) || flush_asked || closing;
-        let scan = self.scan_all || flush_scans || (closing && !snapshots);
+        let scan = self.scan_all
+            || flush_scans
+            || (closing && !self.sink.compaction_holds_definitions());
         if definitions || resend || (used && (scan || !self.used.is_empty())) {
             Write::Append { used, scan }
         } else {
@@ -856,14 +868,16 @@ impl Persister {
         if changes.is_empty() && !resend {
             return Ok(());
         }
-        let seq = self.seq + 1;
-        // The number is spent even if the append fails: the record may be on disk.
-        self.seq = seq;
+        let Some(seq) = self.seq.checked_add(1) else {
+            let error = io::Error::other("the journal's sequence numbers are used up");
+            return Err(self.failed(error, "append to the journal of", "cannot number a record"));
+        };
         let written = self.sink.append(seq, &changes);
         drop(changes);
         let map = &self.shared.map;
         match written {
             Ok(bytes) => {
+                self.seq = seq;
                 for &(id, at) in &taken {
                     map.with(&id, |e| e.mark_persisted(at));
                 }
@@ -875,10 +889,18 @@ impl Persister {
                 }
                 Ok(())
             }
+            Err(error) if journal::RecordTooLarge::is(&error) => {
+                // Nothing was written, so the number stays free (a gap would make `open`
+                // refuse the journal) and the journal stays trusted: a snapshot holds a
+                // batch of any size. The taken times are in memory, which it writes.
+                self.compact(pending, now)
+            }
             Err(error) => {
-                // Nothing is lost: the taken tokens are dirty again, and the next due tick
-                // compacts (the journal is not trusted again). Pending changes are dropped
-                // with their error.
+                // The record may be on disk: its number is spent, and the next write is a
+                // compaction whose snapshot covers it, so it is never replayed (the journal
+                // is not trusted again). Nothing is lost: the taken tokens are dirty again.
+                // Pending changes are dropped with their error.
+                self.seq = seq;
                 for &(id, _) in &taken {
                     map.with(&id, |e| e.mark_dirty());
                     self.used.insert(id);
@@ -941,32 +963,24 @@ impl Persister {
                 }
                 Ok(())
             }
-            Err(WriteError {
-                error,
-                replaced: Some(bytes),
-            }) => {
-                // The new file is the store file: memory takes what it holds, so a restart
-                // brings back nothing memory lacks. Its rename may not survive a power loss,
-                // so the callers hear the error, and the next due tick writes again.
-                self.written(entries, &taken, pending, bytes, now);
-                self.definitions_pending = true;
-                Err(self.failed(error, "write a snapshot to", "the snapshot replaced the store file, but syncing its directory failed; will write again at the next tick"))
-            }
-            Err(WriteError {
-                error,
-                replaced: None,
-            }) => {
-                // Nothing is lost: every entry whose last_used is not on disk stays dirty,
-                // and the next tick retries. Pending changes are dropped with their error.
+            Err(WriteError { error, replaced }) => {
+                // The callers hear the error, so what they asked for (new tokens, shortened
+                // expiries) does not join memory, and every entry whose last_used may not be
+                // on disk stays dirty. If the new file already replaced the store file (only
+                // its directory's fsync failed), it may hold what memory lacks, and its
+                // rename may not survive a power loss: the next write of any kind compacts
+                // again, so nothing refused outlives it.
                 for entry in entries.iter().filter(|e| e.unsaved()) {
                     entry.mark_dirty();
                 }
                 self.scan_all = true;
-                Err(self.failed(
-                    error,
-                    "write a snapshot to",
-                    "snapshot write failed; will retry at the next tick",
-                ))
+                let what = if replaced.is_some() {
+                    self.definitions_pending = true;
+                    "the snapshot replaced the store file, but syncing its directory failed; the next write compacts again"
+                } else {
+                    "snapshot write failed; will retry at the next tick"
+                };
+                Err(self.failed(error, "write a snapshot to", what))
             }
         }
     }

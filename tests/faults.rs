@@ -10,7 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use common::{faulty_store, manual_store, scratch, INTERVAL};
 use tokencache::__fault::{FaultPlan, FaultStep};
-use tokencache::{Clock, Error, NewToken, Rejection, TokenStore};
+use tokencache::{Clock, Error, NewToken, RateLimit, Rejection, TokenStore};
 
 const ENOSPC: i32 = 28;
 const EIO: i32 = 5;
@@ -306,4 +306,180 @@ fn a_failed_revoke_alone_is_retried_by_the_next_tick() {
         reopened.validate(token.secret()).unwrap_err(),
         Rejection::Revoked
     );
+}
+
+/// The files as a SIGKILL between two calls leaves them (every write is synchronous with
+/// its call), copied to a fresh directory, so a test can open them while the store is live.
+fn crash_image(path: &std::path::Path) -> common::Scratch {
+    let image = scratch();
+    fs::copy(path, &image.path).unwrap();
+    let journal = common::journal_path(path);
+    if journal.exists() {
+        fs::copy(journal, common::journal_path(&image.path)).unwrap();
+    }
+    image
+}
+
+/// A revoke, delete or rate limit whose journal append (or its fsync) failed is in force in
+/// memory; a clean close must write it, so after reopening the revoked token is still
+/// revoked and the deleted one still gone. (After the first failure the journal is not
+/// trusted and each change is a compaction, so the disk stays full for those too.)
+#[test]
+fn a_revoked_token_stays_revoked_after_a_failed_write_and_close() {
+    for step in [FaultStep::Append, FaultStep::AppendSync] {
+        let s = scratch();
+        let (store, _clock, plan) = faulty_store(&s.path);
+        let revoked = store.issue(NewToken::new("revoked")).unwrap();
+        let deleted = store.issue(NewToken::new("deleted")).unwrap();
+        let limited = store.issue(NewToken::new("limited")).unwrap();
+        plan.fail(step, EIO);
+        plan.fail(FaultStep::Write, ENOSPC);
+        store.revoke(&revoked.id()).unwrap_err();
+        store.delete(&deleted.id()).unwrap_err();
+        store
+            .set_rate_limit(&limited.id(), Some(RateLimit::per_minute(1)))
+            .unwrap_err();
+        plan.clear();
+        store.close().unwrap();
+
+        let reopened = TokenStore::open(&s.path).unwrap();
+        assert_eq!(
+            reopened.validate(revoked.secret()).unwrap_err(),
+            Rejection::Revoked,
+            "{step:?}"
+        );
+        assert_eq!(
+            reopened.validate(deleted.secret()).unwrap_err(),
+            Rejection::Unknown,
+            "{step:?}"
+        );
+        let limit = reopened.get(&limited.id()).unwrap().rate_limit;
+        assert_eq!(limit, Some(RateLimit::per_minute(1)), "{step:?}");
+    }
+}
+
+/// An issue or rotation whose record was written but whose fsync failed returned an error:
+/// once the store has written again (another change, a flush, a clean close), the record
+/// is never replayed, so the refused token never appears.
+#[test]
+fn a_refused_issue_or_rotation_never_replays_once_the_store_wrote_again() {
+    type Act = fn(&TokenStore, &tokencache::IssuedToken);
+    let refused: [(&str, Act); 2] = [
+        ("issue", |store, _| {
+            store.issue(NewToken::new("refused")).unwrap_err();
+        }),
+        ("rotate", |store, old| {
+            store
+                .rotate(&old.id(), std::time::Duration::from_secs(60))
+                .unwrap_err();
+        }),
+    ];
+    type Then = fn(&TokenStore);
+    let thens: [(&str, Then); 3] = [
+        ("close", |_| {}),
+        ("flush", |store| store.flush().unwrap()),
+        ("issue", |store| drop(store.issue(NewToken::new("later")).unwrap())),
+    ];
+    for (what, refuse) in refused {
+        for (then, act) in thens {
+            let case = format!("a refused {what}, then {then}");
+            let s = scratch();
+            let (store, _clock, plan) = faulty_store(&s.path);
+            let old = store.issue(NewToken::new("old")).unwrap();
+            plan.fail(FaultStep::AppendSync, EIO);
+            refuse(&store, &old);
+            plan.clear();
+            act(&store);
+            // A crash once the store wrote again, or a clean close: neither brings the
+            // refused change back. (A crash before either may: its outcome is unknown.)
+            let image = (then != "close").then(|| crash_image(&s.path));
+            store.close().unwrap();
+            for path in image.iter().map(|i| &i.path).chain([&s.path]) {
+                let reopened = TokenStore::open(path).unwrap();
+                let names: Vec<String> = reopened.list().into_iter().map(|t| t.name).collect();
+                assert!(
+                    names.iter().all(|n| n == "old" || n == "later"),
+                    "{case}: {names:?}"
+                );
+                assert_eq!(names.iter().filter(|n| *n == "old").count(), 1, "{case}");
+                let expiry = reopened.get(&old.id()).unwrap().expires_at;
+                assert_eq!(expiry, None, "{case}");
+            }
+        }
+    }
+}
+
+/// A clock that never fires the persister's timer, so a test decides which batch is the
+/// first after a size check falls due.
+#[derive(Debug, Clone, Default)]
+struct SilentClock(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl Clock for SilentClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A compaction that fails before its rename leaves the journal trusted, but a revoke it
+/// held only in memory: the next flush must make it durable (a crash right after the flush
+/// keeps it), not append only `last_used`.
+#[test]
+fn a_flush_after_a_failed_compaction_makes_the_revoke_durable() {
+    let s = scratch();
+    let clock = SilentClock::default();
+    clock.0.store(1_767_225_600_000, std::sync::atomic::Ordering::Relaxed);
+    let plan = FaultPlan::default();
+    let store = TokenStore::builder(&s.path)
+        .clock(clock.clone())
+        .flush_interval(INTERVAL)
+        .compaction_floor(0)
+        .fault_plan(plan.clone())
+        .open()
+        .unwrap();
+    let revoked = store.issue(NewToken::new("revoked")).unwrap();
+    // The journal has outgrown the snapshot, and the revoke's batch is the first after the
+    // size check falls due: it compacts, and the compaction fails.
+    clock.0.fetch_add(INTERVAL.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    let snapshots = store.stats().snapshots_written;
+    plan.fail(FaultStep::Write, EIO);
+    store.revoke(&revoked.id()).unwrap_err();
+    plan.clear();
+    assert_eq!(store.stats().snapshots_written, snapshots);
+    store.flush().unwrap();
+    let image = crash_image(&s.path);
+    let reopened = TokenStore::open(&image.path).unwrap();
+    assert_eq!(
+        reopened.validate(revoked.secret()).unwrap_err(),
+        Rejection::Revoked
+    );
+    store.close().unwrap();
+}
+
+/// A batch whose record would exceed the journal's record limit (64 MiB) is written as a
+/// snapshot: no sequence number is spent on it, so the journal has no gap, the next change
+/// appends, and the files read beside the live store and after a crash hold every token.
+#[test]
+fn an_issue_many_too_large_for_a_record_is_written_as_a_snapshot_without_a_gap() {
+    let s = scratch();
+    let (store, _clock, _plan) = faulty_store(&s.path);
+    let scopes: Vec<String> = (0..64).map(|n| format!("{n:0>128}")).collect();
+    let requests = (0..8_000).map(|n| NewToken::new(format!("{n:0>256}")).scopes(scopes.clone()));
+    let before = store.stats();
+    let issued = store.issue_many(requests).unwrap();
+    let after = store.stats();
+    assert_eq!(after.snapshots_written, before.snapshots_written + 1);
+    assert_eq!(after.journal_records_written, before.journal_records_written);
+    let last = store.issue(NewToken::new("after")).unwrap();
+    assert_eq!(
+        store.stats().journal_records_written,
+        after.journal_records_written + 1
+    );
+    let view = tokencache::StoreView::read(&s.path).unwrap();
+    assert_eq!(view.len(), 8_001);
+    let image = crash_image(&s.path);
+    let reopened = TokenStore::open(&image.path).unwrap();
+    assert_eq!(reopened.list().len(), 8_001);
+    assert!(reopened.validate(issued[7_999].secret()).is_ok());
+    assert!(reopened.validate(last.secret()).is_ok());
+    store.close().unwrap();
 }
