@@ -747,7 +747,7 @@ fn the_schema_is_versioned_and_a_newer_one_is_refused() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1]);
+    assert_eq!(versions, [1, 2]);
     // Opening again applies nothing.
     drop(open(&url, Duration::from_secs(1)));
     client
@@ -1306,4 +1306,55 @@ fn list_on_a_database_runs_no_migration_and_says_what_to_do() {
     assert_eq!(tables, 0, "a read-only command created no table");
     drop(open(&url, Duration::from_secs(1)));
     assert!(list().status.success());
+}
+
+#[test]
+fn a_schema_1_database_is_upgraded_on_open_to_bigint_counts_and_the_commit_log() {
+    let url = pg::fresh_db();
+    // Schema version 1, as the previous build created it, with a rate-limited token.
+    pg::connect(&url)
+        .batch_execute(
+            "CREATE TABLE tokencache_migrations (version integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO tokencache_migrations (version) VALUES (1);
+             CREATE TABLE tokencache_tokens (id text PRIMARY KEY, name text NOT NULL,
+                 digest bytea NOT NULL, scopes text[] NOT NULL, created_at bigint NOT NULL,
+                 expires_at bigint, revoked_at bigint, last_used bigint, rate_period_ms bigint,
+                 rate_count integer, rate_burst integer, version bigint NOT NULL,
+                 deleted boolean NOT NULL DEFAULT false);
+             CREATE INDEX tokencache_tokens_version ON tokencache_tokens (version);
+             CREATE TABLE tokencache_version (one boolean PRIMARY KEY DEFAULT true CHECK (one),
+                 version bigint NOT NULL);
+             INSERT INTO tokencache_version (one, version) VALUES (true, 0);",
+        )
+        .unwrap();
+    // A read-only open does not upgrade it, and says so.
+    let refused = TokenStore::builder(&url)
+        .migrate_schema(false)
+        .open()
+        .expect_err("an old schema, read-only");
+    assert!(refused.to_string().contains("older"), "{refused}");
+    let a = open(&url, Duration::from_secs(1));
+    let token = a
+        .issue(NewToken::new("big").rate_limit(RateLimit::per_hour(3_000_000_000).burst(10)))
+        .unwrap();
+    let mut client = pg::connect(&url);
+    let types: Vec<String> = client
+        .query(
+            "SELECT data_type::text FROM information_schema.columns \
+             WHERE table_name = 'tokencache_tokens' AND column_name IN ('rate_count', 'rate_burst')",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(types, ["bigint", "bigint"]);
+    let stamped: i64 = client
+        .query_one("SELECT count(*) FROM tokencache_commits", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(stamped, 2, "version 0 (at the upgrade) and the issue");
+    let b = open(&url, Duration::from_secs(1));
+    assert_eq!(b.get(&token.id()), a.get(&token.id()));
 }
