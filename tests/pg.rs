@@ -1358,3 +1358,141 @@ fn a_schema_1_database_is_upgraded_on_open_to_bigint_counts_and_the_commit_log()
     let b = open(&url, Duration::from_secs(1));
     assert_eq!(b.get(&token.id()), a.get(&token.id()));
 }
+
+/// Every replica (this process's store and the replica processes) refuses every token in
+/// `refused` (revoked, or deleted), and memory equals the table everywhere.
+fn check_after(
+    phase: &str,
+    url: &str,
+    a: &TokenStore,
+    replicas: &mut [&mut Replica],
+    refused: &[String],
+) {
+    assert!(
+        converged(url, &[a], replicas),
+        "{phase}: memory never matched the table"
+    );
+    for secret in refused {
+        assert!(a.validate(secret).is_err(), "{phase}: A accepts a revoked token");
+        for replica in replicas.iter_mut() {
+            let verdict = replica.validate(secret);
+            assert!(
+                verdict == "revoked" || verdict == "unknown",
+                "{phase}: a replica process says {verdict} to a revoked or deleted token"
+            );
+        }
+    }
+    eprintln!("{phase}: converged; {} refused tokens refused everywhere", refused.len());
+}
+
+/// The replica fault test: two replica processes and this one go through a failover to a
+/// standby that missed commits (the counter set back), a restore of a `pg_dump` taken
+/// earlier, a replica frozen (SIGSTOP) inside its transaction, and a replica rotating the
+/// tokens another is revoking at the same moment. After each, every replica's memory
+/// equals the table and no revoked or deleted token is accepted anywhere.
+#[test]
+fn replicas_converge_after_a_failover_a_restore_a_frozen_writer_and_a_racing_rotate() {
+    let url = pg::fresh_db();
+    let poll = Duration::from_millis(200);
+    let a = open(&url, poll);
+    let mut r1 = Replica::spawn(&url, poll);
+    let mut r2 = Replica::spawn(&url, poll);
+    let mut refused: Vec<String> = Vec::new();
+    let issue = |r: &mut Replica, name: &str| -> (String, String) {
+        let answer = r.ask(&format!("issue {name}"));
+        let (secret, id) = answer.split_once(' ').expect(&answer);
+        (secret.to_owned(), id.to_owned())
+    };
+
+    // 1. A failover to a standby that missed the last commits.
+    let (k1, k1_id) = issue(&mut r1, "k1");
+    standby_has_up_to_here(&url);
+    let (lost1, _) = issue(&mut r1, "lost1");
+    assert_eq!(r2.until(&lost1, "ok", BOUND).map(drop), Some(()));
+    assert_eq!(r2.ask(&format!("revoke {k1_id}")), "ok");
+    refused.push(k1);
+    assert!(converged(&url, &[&a], &mut [&mut r1, &mut r2]));
+    fail_over_to_the_standby(&url);
+    let (after1, _) = issue(&mut r2, "after1");
+    check_after("failover", &url, &a, &mut [&mut r1, &mut r2], &refused);
+    assert_eq!(r1.validate(&lost1), "ok", "the lost issue is back");
+    assert_eq!(r1.validate(&after1), "ok");
+
+    // 2. A restore of a backup taken earlier.
+    let backup = pg::dump(&url);
+    let (k2, k2_id) = issue(&mut r1, "k2");
+    let (gone, gone_id) = issue(&mut r2, "gone");
+    assert!(converged(&url, &[&a], &mut [&mut r1, &mut r2]));
+    assert_eq!(r2.ask(&format!("revoke {k2_id}")), "ok");
+    assert_eq!(r1.ask(&format!("delete {gone_id}")), "ok");
+    refused.extend([k2.clone(), gone]);
+    let (backup_token, backup_id) = issue(&mut r2, "after the backup");
+    assert!(converged(&url, &[&a], &mut [&mut r1, &mut r2]));
+    pg::restore(&url, &backup);
+    let (after2, _) = issue(&mut r1, "after2");
+    check_after("restore", &url, &a, &mut [&mut r1, &mut r2], &refused);
+    assert!(table(&url)[&k2_id], "the revoke is back in the table");
+    assert_eq!(r2.validate(&backup_token), "ok");
+    assert!(table(&url).contains_key(&backup_id));
+    assert_eq!(r2.validate(&after2), "ok");
+
+    // 3. A replica frozen inside its transaction.
+    let (k3, k3_id) = issue(&mut r2, "k3");
+    assert!(converged(&url, &[&a], &mut [&mut r1, &mut r2]));
+    freeze_in_transaction(&url, &mut r1, &format!("revoke {k3_id}"), &k3_id);
+    let (during, _) = issue(&mut r2, "while r1 is frozen");
+    r1.signal("CONT");
+    let revoke = r1.read();
+    eprintln!("frozen: r2 issued meanwhile; r1's revoke answered {revoke}");
+    refused.push(k3);
+    check_after("frozen writer", &url, &a, &mut [&mut r1, &mut r2], &refused);
+    assert_eq!(r1.validate(&during), "ok");
+
+    // 4. One replica rotates the tokens another revokes, at the same moment.
+    let racing = a
+        .issue_many((0..30).map(|n| NewToken::new(format!("race-{n}"))))
+        .unwrap();
+    assert!(converged(&url, &[&a], &mut [&mut r1, &mut r2]));
+    let ids: Vec<String> = racing.iter().map(|t| t.id().to_string()).collect();
+    let rotated: Vec<(String, String)> = thread::scope(|s| {
+        let (r1, r2, ids) = (&mut r1, &mut r2, &ids);
+        s.spawn(move || {
+            for id in ids {
+                assert_eq!(r1.ask(&format!("revoke {id}")), "ok");
+            }
+        });
+        let rotating = s.spawn(move || {
+            let mut rotated = Vec::new();
+            for id in ids {
+                let answer = r2.ask(&format!("rotate {id}"));
+                if let Some((_, new)) = answer.split_once(' ').filter(|_| !answer.starts_with("error")) {
+                    rotated.push((id.clone(), new.to_owned()));
+                }
+            }
+            rotated
+        });
+        rotating.join().unwrap()
+    });
+    refused.extend(racing.iter().map(|t| t.secret().to_owned()));
+    check_after("racing rotate", &url, &a, &mut [&mut r1, &mut r2], &refused);
+    // A replacement is legitimate only if its rotation committed before the revoke: then
+    // the revoke was the old token's last change, at a later version.
+    let mut client = pg::connect(&url);
+    let version = |client: &mut postgres::Client, id: &str| -> i64 {
+        client
+            .query_one("SELECT version FROM tokencache_tokens WHERE id = $1", &[&id])
+            .unwrap()
+            .get(0)
+    };
+    for (old, new) in &rotated {
+        assert!(
+            version(&mut client, old) > version(&mut client, new),
+            "token {old} got a replacement {new} after it was revoked"
+        );
+    }
+    eprintln!(
+        "racing rotate: {} of {} rotations went through, each before its token's revoke",
+        rotated.len(),
+        ids.len()
+    );
+}
