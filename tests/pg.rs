@@ -948,8 +948,11 @@ fn commit_by_hand(url: &str, sql: &str, token: &TokenId, notify: bool) {
         .get(0);
     tx.execute(sql, &[&token.to_string(), &version]).unwrap();
     if notify {
-        tx.execute("SELECT pg_notify('tokencache', $1)", &[&version.to_string()])
-            .unwrap();
+        tx.execute(
+            "SELECT pg_notify('tokencache', $1)",
+            &[&version.to_string()],
+        )
+        .unwrap();
     }
     tx.commit().unwrap();
 }
@@ -1247,7 +1250,9 @@ fn a_failed_rate_limit_is_not_undone_by_a_catch_up_while_its_retry_is_pending() 
         Some(seven),
         "the limit A holds and has yet to write stands"
     );
-    admin.batch_execute("DROP TRIGGER refuse ON tokencache_tokens").unwrap();
+    admin
+        .batch_execute("DROP TRIGGER refuse ON tokencache_tokens")
+        .unwrap();
     a.flush().expect("the retry commits");
     let count: i64 = admin
         .query_one(
@@ -1373,7 +1378,10 @@ fn check_after(
         "{phase}: memory never matched the table"
     );
     for secret in refused {
-        assert!(a.validate(secret).is_err(), "{phase}: A accepts a revoked token");
+        assert!(
+            a.validate(secret).is_err(),
+            "{phase}: A accepts a revoked token"
+        );
         for replica in replicas.iter_mut() {
             let verdict = replica.validate(secret);
             assert!(
@@ -1382,7 +1390,10 @@ fn check_after(
             );
         }
     }
-    eprintln!("{phase}: converged; {} refused tokens refused everywhere", refused.len());
+    eprintln!(
+        "{phase}: converged; {} refused tokens refused everywhere",
+        refused.len()
+    );
 }
 
 /// The replica fault test: two replica processes and this one go through a failover to a
@@ -1465,7 +1476,10 @@ fn replicas_converge_after_a_failover_a_restore_a_frozen_writer_and_a_racing_rot
             let mut rotated = Vec::new();
             for id in ids {
                 let answer = r2.ask(&format!("rotate {id}"));
-                if let Some((_, new)) = answer.split_once(' ').filter(|_| !answer.starts_with("error")) {
+                if let Some((_, new)) = answer
+                    .split_once(' ')
+                    .filter(|_| !answer.starts_with("error"))
+                {
                     rotated.push((id.clone(), new.to_owned()));
                 }
             }
@@ -1480,7 +1494,10 @@ fn replicas_converge_after_a_failover_a_restore_a_frozen_writer_and_a_racing_rot
     let mut client = pg::connect(&url);
     let version = |client: &mut postgres::Client, id: &str| -> i64 {
         client
-            .query_one("SELECT version FROM tokencache_tokens WHERE id = $1", &[&id])
+            .query_one(
+                "SELECT version FROM tokencache_tokens WHERE id = $1",
+                &[&id],
+            )
             .unwrap()
             .get(0)
     };

@@ -244,7 +244,12 @@ impl Listener {
     /// lost that memory holds: tokens, revocations, and deletions of tokens it brought
     /// back live. Memory is read before the table, so a token memory holds and the table
     /// lacks was committed once and lost. `false` if the store is closed.
-    fn reload(&mut self, client: &mut Client, query: &Prepared, at: u64) -> Result<bool, postgres::Error> {
+    fn reload(
+        &mut self,
+        client: &mut Client,
+        query: &Prepared,
+        at: u64,
+    ) -> Result<bool, postgres::Error> {
         let held: HashMap<[u8; 8], Option<u64>> = self.shared.map.with_all(|entries| {
             entries
                 .iter()

@@ -341,7 +341,10 @@ pub(super) fn write(
         for row in tx.query(&st.lock_rows, &[&locked]).map_err(pg)? {
             let id: String = row.get(0);
             let expires_at: Option<i64> = row.get(3);
-            state.insert(id, (row.get::<_, bool>(1), row.get::<_, bool>(2), expires_at));
+            state.insert(
+                id,
+                (row.get::<_, bool>(1), row.get::<_, bool>(2), expires_at),
+            );
         }
     }
     // A rotation (its old token's expiry) needs the old token live in the table too: this
