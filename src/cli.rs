@@ -367,9 +367,14 @@ impl Checker {
 }
 
 fn list(path: &Path, json: bool) -> Result<ExitCode, Failure> {
-    // A database store has no files to read: it is opened, as a replica, for its list.
+    // A database store has no files to read: it is opened, as a replica, for its list,
+    // without creating or upgrading its schema (a read-only command runs no DDL).
     let tokens = if is_database_url(path) {
-        open_existing(path)?.list()
+        TokenStore::builder(path)
+            .migrate_schema(false)
+            .open()
+            .map_err(refusal)?
+            .list()
     } else {
         view(path)?.list()
     };

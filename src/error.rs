@@ -104,6 +104,11 @@ pub enum Error {
     #[error("invalid rate limit: {0}")]
     InvalidRateLimit(#[from] crate::rate_limit::RateLimitError),
 
+    /// A [`Builder`](crate::Builder) setting that cannot work was refused by `open`
+    /// (the message says which and why).
+    #[error("invalid store setting: {0}")]
+    InvalidSetting(String),
+
     /// The OS random number generator failed, so no secret could be made.
     #[error("the operating system's random number generator failed: {0}")]
     Random(String),

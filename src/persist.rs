@@ -70,6 +70,13 @@ pub(crate) trait Sink: Send + 'static {
             "journal append failed; will write a snapshot at the next tick",
         )
     }
+    /// PostgreSQL stores: whether `change`, read from the database, would undo a change
+    /// memory holds and this sink has yet to write (its transaction failed): then it is
+    /// not applied. A file store reads nothing back.
+    #[cfg(all(feature = "postgres", not(loom)))]
+    fn overrides(&self, _change: &journal::Change) -> bool {
+        false
+    }
 }
 
 /// What a compaction wrote.
@@ -685,6 +692,9 @@ impl Persister {
     fn apply_remote(&mut self, batch: &mut Batch) {
         for (changes, at) in batch.remote.drain(..) {
             for change in changes {
+                if self.sink.overrides(&change) {
+                    continue;
+                }
                 if let Err(problem) = crate::recover::apply_change(&self.shared.map, change) {
                     tracing::error!(store = %self.sink.path().display(), %problem, "a row in the database cannot be loaded; skipped");
                 }

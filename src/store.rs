@@ -37,6 +37,12 @@ use crate::token::{self, IssuedToken, TokenId};
 
 /// How often a PostgreSQL replica polls for changes it was not notified of.
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// PostgreSQL stores: how long a change waits for a row another writer holds. Longer than
+/// [`DEFAULT_IDLE_IN_TRANSACTION`], so a change stuck behind a frozen writer waits for the
+/// database to end that writer's session and then goes through.
+const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+/// PostgreSQL stores: how long the database keeps a session that sits in a transaction.
+const DEFAULT_IDLE_IN_TRANSACTION: Duration = Duration::from_secs(5);
 /// The default write-behind period for `last_used`.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 /// The name of every store's persister thread (in panics, debuggers and `top -H`).
@@ -47,9 +53,9 @@ const DEFAULT_COMPACTION_FLOOR: u64 = 4 << 20;
 /// The default capacity of the persister's channel.
 const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
 /// Limits on a token's definition, so a snapshot stays small and a list stays readable.
-const MAX_NAME_LEN: usize = 256;
-const MAX_SCOPES: usize = 64;
-const MAX_SCOPE_LEN: usize = 128;
+pub(crate) const MAX_NAME_LEN: usize = 256;
+pub(crate) const MAX_SCOPES: usize = 64;
+pub(crate) const MAX_SCOPE_LEN: usize = 128;
 
 /// What the validation path and the persister share.
 pub(crate) struct Shared {
@@ -267,6 +273,9 @@ impl TokenStore {
             faults: None,
             max_staleness: None,
             poll_interval: DEFAULT_POLL_INTERVAL,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            idle_in_transaction_timeout: DEFAULT_IDLE_IN_TRANSACTION,
+            migrate_schema: true,
         }
     }
 
@@ -956,9 +965,15 @@ pub struct Builder {
     retention: Option<Duration>,
     compaction_floor: u64,
     faults: Option<FaultPlan>,
-    max_staleness: Option<Duration>,
+    pub(crate) max_staleness: Option<Duration>,
     #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
     pub(crate) poll_interval: Duration,
+    #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
+    pub(crate) lock_timeout: Duration,
+    #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
+    pub(crate) idle_in_transaction_timeout: Duration,
+    #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
+    pub(crate) migrate_schema: bool,
 }
 
 impl Builder {
@@ -1012,6 +1027,10 @@ impl Builder {
     /// database is older than `staleness` (it is back as soon as a catch-up succeeds).
     /// Default: keep serving from memory however stale it gets; [`TokenStore::stats`]
     /// (`replica_lag`) and the log say how stale. See `docs/REPLICAS.md`.
+    ///
+    /// A healthy idle replica catches up once per [`poll_interval`](Self::poll_interval),
+    /// so `staleness` must be at least twice the poll interval: `open` refuses a smaller
+    /// one with [`Error::InvalidSetting`] (it would refuse good tokens on a healthy database).
     pub fn max_staleness(mut self, staleness: Duration) -> Builder {
         self.max_staleness = Some(staleness);
         self
@@ -1022,6 +1041,39 @@ impl Builder {
     /// A lost notification delays a change by at most this.
     pub fn poll_interval(mut self, interval: Duration) -> Builder {
         self.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// PostgreSQL stores only (a file store ignores it): how long a change waits for a row
+    /// lock another writer holds (PostgreSQL's `lock_timeout`; default 10 s) before it fails
+    /// with an error, as with the database down. Writers of definitions take the version
+    /// counter's row one at a time, so a writer stuck in its transaction (a paused VM, a
+    /// partition) would otherwise block every change on every replica. Keep it above
+    /// [`idle_in_transaction_timeout`](Self::idle_in_transaction_timeout): then a change
+    /// behind a frozen writer waits for the database to end that writer's session and goes
+    /// through. `Duration::ZERO` waits forever.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Builder {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// PostgreSQL stores only (a file store ignores it): the database ends this replica's
+    /// session when it sits inside a transaction this long (PostgreSQL's
+    /// `idle_in_transaction_session_timeout`; default 5 s), releasing its locks, so a
+    /// replica frozen between its `UPDATE` of the counter and its `COMMIT` blocks the
+    /// others for at most this long. Its transaction then fails (its callers hear an
+    /// error, and a revoke, delete or rate limit is written again). `Duration::ZERO`: never.
+    pub fn idle_in_transaction_timeout(mut self, timeout: Duration) -> Builder {
+        self.idle_in_transaction_timeout = timeout;
+        self
+    }
+
+    /// PostgreSQL stores only (a file store ignores it): whether `open` may create the
+    /// schema or upgrade an older one (default `true`). With `false` (a read-only tool
+    /// such as the CLI's `list`) no DDL runs: a database without the schema, or with an
+    /// older one, is refused with an error saying how to migrate it.
+    pub fn migrate_schema(mut self, migrate: bool) -> Builder {
+        self.migrate_schema = migrate;
         self
     }
 

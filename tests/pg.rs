@@ -78,8 +78,22 @@ impl Replica {
     }
 
     fn ask(&mut self, line: &str) -> String {
-        writeln!(self.stdin, "{line}").expect("write to the replica");
+        self.tell(line);
         self.read()
+    }
+
+    /// Sends a command without waiting for its answer (read it later with `read`).
+    fn tell(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").expect("write to the replica");
+    }
+
+    /// Sends the process `signal` (`STOP`, `CONT`) with kill(1).
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal}");
     }
 
     fn validate(&mut self, secret: &str) -> String {
@@ -109,7 +123,8 @@ impl Drop for Replica {
 }
 
 /// The replica process: opens the store and answers `validate SECRET`, `issue NAME`,
-/// `revoke ID`, `delete ID`, `list` and `quit`, one line each, after [`MARK`].
+/// `revoke ID`, `delete ID`, `rotate ID` (no grace), `list` and `quit`, one line each,
+/// after [`MARK`].
 #[test]
 #[ignore = "run by the tests as a replica process"]
 fn replica_child() {
@@ -138,6 +153,10 @@ fn replica_child() {
             },
             "delete" => match store.delete(&arg.parse().unwrap()) {
                 Ok(()) => "ok".into(),
+                Err(e) => format!("error {e}"),
+            },
+            "rotate" => match store.rotate(&arg.parse().unwrap(), Duration::ZERO) {
+                Ok(issued) => format!("{} {}", issued.secret(), issued.id()),
                 Err(e) => format!("error {e}"),
             },
             "list" => listing(&store)
@@ -728,7 +747,7 @@ fn the_schema_is_versioned_and_a_newer_one_is_refused() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1]);
+    assert_eq!(versions, [1, 2]);
     // Opening again applies nothing.
     drop(open(&url, Duration::from_secs(1)));
     client
@@ -912,4 +931,585 @@ fn a_replica_holds_every_definition_as_issued_and_follows_limits_and_purges() {
         listed
     };
     pg::within(BOUND, || definitions(&a) == definitions(&b)).expect("the same tokens");
+}
+
+/// Commits `sql` (`$1`: the id of `token`, `$2`: the version it takes) as another writer
+/// would, taking the next version; with `notify`, signals the replicas as tokencache does
+/// (without: as if the notification was lost).
+fn commit_by_hand(url: &str, sql: &str, token: &TokenId, notify: bool) {
+    let mut admin = pg::connect(url);
+    let mut tx = admin.transaction().unwrap();
+    let version: i64 = tx
+        .query_one(
+            "UPDATE tokencache_version SET version = version + 1 RETURNING version",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    tx.execute(sql, &[&token.to_string(), &version]).unwrap();
+    if notify {
+        tx.execute(
+            "SELECT pg_notify('tokencache', $1)",
+            &[&version.to_string()],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+/// Keeps the rows and the counter as they are now, as the standby a failover will promote
+/// has them (it will miss every commit after this).
+fn standby_has_up_to_here(url: &str) {
+    pg::connect(url)
+        .batch_execute(
+            "CREATE TABLE standby_tokens AS SELECT * FROM tokencache_tokens;
+             CREATE TABLE standby_version AS SELECT version FROM tokencache_version;",
+        )
+        .unwrap();
+}
+
+/// The failover: the database becomes the standby [`standby_has_up_to_here`] kept, which
+/// missed the commits since (rows, counter and, where there is one, the commit log).
+fn fail_over_to_the_standby(url: &str) {
+    pg::connect(url)
+        .batch_execute(
+            "BEGIN;
+             LOCK TABLE tokencache_version;
+             DELETE FROM tokencache_tokens;
+             INSERT INTO tokencache_tokens SELECT * FROM standby_tokens;
+             UPDATE tokencache_version SET version = (SELECT version FROM standby_version);
+             DO $$ BEGIN
+                 IF to_regclass('tokencache_commits') IS NOT NULL THEN
+                     DELETE FROM tokencache_commits
+                     WHERE version > (SELECT version FROM standby_version);
+                 END IF;
+             END $$;
+             DROP TABLE standby_tokens, standby_version;
+             COMMIT;",
+        )
+        .unwrap();
+}
+
+/// Until the table, `a` and every replica process list the same tokens (id, revoked).
+fn converged(url: &str, stores: &[&TokenStore], replicas: &mut [&mut Replica]) -> bool {
+    pg::within(Duration::from_secs(15), || {
+        let t = printed(&table(url));
+        stores.iter().all(|s| printed(&listing(s)) == t)
+            && replicas.iter_mut().all(|r| r.ask("list") == t)
+    })
+    .is_some()
+}
+
+#[test]
+fn a_lagging_replica_does_not_rotate_a_token_revoked_or_deleted_elsewhere() {
+    let url = pg::fresh_db();
+    // B polls once an hour: a change whose notification it missed stays unseen.
+    let b = open(&url, Duration::from_secs(3600));
+    let revoked = b.issue(NewToken::new("revoked elsewhere")).unwrap();
+    let deleted = b.issue(NewToken::new("deleted elsewhere")).unwrap();
+    let revoke = "UPDATE tokencache_tokens SET revoked_at = 1, version = $2 WHERE id = $1";
+    let delete = "UPDATE tokencache_tokens SET deleted = true, version = $2 WHERE id = $1";
+    commit_by_hand(&url, revoke, &revoked.id(), false);
+    commit_by_hand(&url, delete, &deleted.id(), false);
+    assert!(b.validate(revoked.secret()).is_ok(), "B lags behind");
+    for (token, what) in [(&revoked, "revoked"), (&deleted, "deleted")] {
+        let error = b
+            .rotate(&token.id(), Duration::ZERO)
+            .expect_err("no replacement for a token revoked or deleted elsewhere");
+        assert!(error.to_string().contains(what), "{error}");
+    }
+    let t = table(&url);
+    assert_eq!(t.len(), 1, "no replacement reached the table: {t:?}");
+    assert!(t[&revoked.id().to_string()]);
+    // B's memory is unchanged by the refused rotations: nothing of them joined it.
+    assert_eq!(b.list().len(), 2);
+}
+
+#[test]
+fn a_database_that_went_back_is_reloaded_and_loses_nothing_a_replica_held() {
+    let url = pg::fresh_db();
+    let poll = Duration::from_millis(100);
+    let a = open(&url, poll);
+    let mut b = Replica::spawn(&url, poll);
+    let kept = a.issue(NewToken::new("kept")).unwrap();
+    let revoked = a.issue(NewToken::new("revoked after")).unwrap();
+    let deleted = a.issue(NewToken::new("deleted after")).unwrap();
+    standby_has_up_to_here(&url);
+    let lost = a.issue(NewToken::new("issued after")).unwrap();
+    a.revoke(&revoked.id()).unwrap();
+    a.delete(&deleted.id()).unwrap();
+    pg::within(BOUND, || b.ask("list") == printed(&listing(&a))).expect("B caught up");
+
+    fail_over_to_the_standby(&url);
+    // A change after the failover takes a version B has already read past.
+    let after = a.issue(NewToken::new("after the failover")).unwrap();
+    b.until(after.secret(), "ok", BOUND)
+        .expect("B sees a change committed after the failover");
+    assert!(converged(&url, &[&a], &mut [&mut b]), "memory and table");
+    let t = table(&url);
+    assert!(t[&revoked.id().to_string()], "the revoke is written back");
+    assert!(!t.contains_key(&deleted.id().to_string()), "the delete too");
+    assert!(t.contains_key(&lost.id().to_string()), "and the lost issue");
+    for secret in [kept.secret(), lost.secret(), after.secret()] {
+        assert_eq!(b.validate(secret), "ok");
+        assert!(a.validate(secret).is_ok());
+    }
+    assert_eq!(b.validate(revoked.secret()), "revoked");
+    assert_eq!(b.validate(deleted.secret()), "unknown");
+    // A replica opened now loads what the table holds: the same.
+    let c = open(&url, poll);
+    assert_eq!(printed(&listing(&c)), printed(&t));
+}
+
+/// Makes `replica` stop (SIGSTOP) inside the transaction of `command`, a change to
+/// `token`: a row lock held here keeps the transaction waiting after it took the counter
+/// row, the process is stopped, then the lock is released, so the transaction sits idle,
+/// holding the counter row, with nobody to commit it.
+fn freeze_in_transaction(url: &str, replica: &mut Replica, command: &str, token: &str) {
+    let mut admin = pg::connect(url);
+    let mut held = admin.transaction().unwrap();
+    held.execute(
+        "SELECT 1 FROM tokencache_tokens WHERE id = $1 FOR UPDATE",
+        &[&token],
+    )
+    .unwrap();
+    replica.tell(command);
+    let mut watch = pg::connect(url);
+    let mut count = |condition: &str| -> i64 {
+        watch
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND application_name = 'tokencache' AND {condition}"
+                ),
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    pg::within(BOUND, || count("wait_event_type = 'Lock'") == 1)
+        .expect("the replica's transaction waits for the row");
+    replica.signal("STOP");
+    held.commit().unwrap();
+    pg::within(BOUND, || count("state = 'idle in transaction'") == 1)
+        .expect("the frozen replica's transaction sits idle");
+}
+
+#[test]
+fn a_replica_frozen_inside_its_transaction_blocks_the_others_only_until_its_session_ends() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let url = pg::fresh_db();
+    let poll = Duration::from_millis(200);
+    let a = open(&url, poll);
+    let mut b = Replica::spawn(&url, poll);
+    let answer = b.ask("issue frozen");
+    let (secret, id) = answer.split_once(' ').unwrap();
+    let (secret, id) = (secret.to_owned(), id.to_owned());
+    pg::within(BOUND, || a.validate(&secret).is_ok()).unwrap();
+
+    freeze_in_transaction(&url, &mut b, &format!("revoke {id}"), &id);
+    let done = AtomicBool::new(false);
+    let (issued, unblocked) = thread::scope(|s| {
+        let issuing = s.spawn(|| {
+            let issued = a.issue(NewToken::new("behind the frozen one"));
+            done.store(true, Ordering::SeqCst);
+            issued
+        });
+        // Far beyond the default idle-in-transaction timeout (5 s); before the fix the
+        // issue waited until the frozen process was woken.
+        let unblocked = pg::within(Duration::from_secs(30), || done.load(Ordering::SeqCst));
+        b.signal("CONT");
+        (issuing.join().unwrap(), unblocked)
+    });
+    let took = unblocked.expect("the issue went on while the other replica was still frozen");
+    eprintln!("an issue behind a frozen replica's transaction: {took:?}");
+    issued.expect("the issue went through once the database ended the frozen session");
+    // B's revoke lost its session: an error, and memory keeps it, written again.
+    let revoke = b.read();
+    eprintln!("the frozen replica's revoke: {revoke}");
+    assert!(converged(&url, &[&a], &mut [&mut b]), "memory and table");
+    assert!(table(&url)[&id], "the revoke reached the table");
+    assert_eq!(a.validate(&secret).err(), Some(Rejection::Revoked));
+}
+
+#[test]
+fn a_row_that_does_not_load_still_revokes_and_deletes_and_open_skips_it() {
+    let url = pg::fresh_db();
+    let a = open(&url, Duration::from_millis(100));
+    let revoked = a.issue(NewToken::new("revoked by hand")).unwrap();
+    let deleted = a.issue(NewToken::new("deleted by hand")).unwrap();
+    let scoped = a.issue(NewToken::new("scopes by hand")).unwrap();
+    let fine = a.issue(NewToken::new("fine")).unwrap();
+    // An operator's hand-made UPDATEs break a row's digest as they revoke or delete it.
+    let broken = "UPDATE tokencache_tokens SET digest = '\\x00', revoked_at = 1, version = $2 \
+                  WHERE id = $1";
+    commit_by_hand(&url, broken, &revoked.id(), true);
+    let broken = "UPDATE tokencache_tokens SET digest = '\\x00', deleted = true, version = $2 \
+                  WHERE id = $1";
+    commit_by_hand(&url, broken, &deleted.id(), true);
+    pg::within(BOUND, || {
+        a.validate(revoked.secret()).err() == Some(Rejection::Revoked)
+            && a.validate(deleted.secret()).err() == Some(Rejection::Unknown)
+    })
+    .expect("the revocation and the tombstone of rows that do not load still apply");
+    // More than a token may hold.
+    let many = "UPDATE tokencache_tokens SET scopes = array_fill('s'::text, ARRAY[1000]), \
+                version = $2 WHERE id = $1";
+    commit_by_hand(&url, many, &scoped.id(), true);
+
+    let b = TokenStore::builder(&url)
+        .open()
+        .expect("a replica opens beside rows that do not load");
+    assert!(b.validate(fine.secret()).is_ok());
+    for token in [&revoked, &scoped] {
+        assert_eq!(b.validate(token.secret()).err(), Some(Rejection::Unknown));
+    }
+    assert_eq!(b.list().len(), 1);
+}
+
+#[test]
+fn a_rate_count_over_i32_max_reaches_every_replica_as_set() {
+    let url = pg::fresh_db();
+    let poll = Duration::from_millis(100);
+    let a = open(&url, poll);
+    let b = open(&url, poll);
+    let token = a.issue(NewToken::new("fast")).unwrap();
+    let limit = RateLimit::per_hour(3_000_000_000).burst(10);
+    a.set_rate_limit(&token.id(), Some(limit)).unwrap();
+    pg::within(BOUND, || {
+        b.get(&token.id()).and_then(|t| t.rate_limit) == Some(limit)
+    })
+    .expect("B enforces the limit A set, not a clamped one");
+    let stored: i64 = pg::connect(&url)
+        .query_one(
+            "SELECT rate_count::bigint FROM tokencache_tokens WHERE id = $1",
+            &[&token.id().to_string()],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 3_000_000_000);
+}
+
+#[test]
+fn max_staleness_below_twice_the_poll_interval_is_refused_at_open() {
+    let url = pg::fresh_db();
+    let refused = TokenStore::builder(&url)
+        .poll_interval(Duration::from_secs(1))
+        .max_staleness(Duration::from_millis(500))
+        .open()
+        .expect_err("a bound a healthy idle replica cannot meet");
+    let text = refused.to_string();
+    assert!(
+        text.contains("max_staleness") && text.contains("poll_interval"),
+        "{text}"
+    );
+    TokenStore::builder(&url)
+        .poll_interval(Duration::from_secs(1))
+        .max_staleness(Duration::from_secs(2))
+        .open()
+        .expect("twice the poll interval is accepted");
+}
+
+#[test]
+fn a_failed_rate_limit_is_not_undone_by_a_catch_up_while_its_retry_is_pending() {
+    let url = pg::fresh_db();
+    let a = TokenStore::builder(&url)
+        .poll_interval(Duration::from_millis(100))
+        .flush_interval(Duration::from_secs(3600))
+        .open()
+        .unwrap();
+    let token = a
+        .issue(NewToken::new("limited").rate_limit(RateLimit::per_minute(100)))
+        .unwrap();
+    let sentinel = a.issue(NewToken::new("sentinel")).unwrap();
+    let mut admin = pg::connect(&url);
+    // The database refuses this one limit: A's transaction fails.
+    admin
+        .batch_execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$;
+             CREATE TRIGGER refuse BEFORE UPDATE ON tokencache_tokens FOR EACH ROW
+                 WHEN (NEW.rate_count = 7) EXECUTE FUNCTION refuse();",
+        )
+        .unwrap();
+    let seven = RateLimit::per_minute(7);
+    a.set_rate_limit(&token.id(), Some(seven))
+        .expect_err("the database refused the transaction");
+    assert_eq!(a.get(&token.id()).unwrap().rate_limit, Some(seven));
+    // Another replica changes the same row (its last catch-up brings the old limit).
+    let touch = "UPDATE tokencache_tokens SET version = $2 WHERE id = $1";
+    commit_by_hand(&url, touch, &token.id(), true);
+    let revoke = "UPDATE tokencache_tokens SET revoked_at = 1, version = $2 WHERE id = $1";
+    commit_by_hand(&url, revoke, &sentinel.id(), true);
+    pg::within(BOUND, || {
+        a.validate(sentinel.secret()).err() == Some(Rejection::Revoked)
+    })
+    .expect("A caught up");
+    assert_eq!(
+        a.get(&token.id()).unwrap().rate_limit,
+        Some(seven),
+        "the limit A holds and has yet to write stands"
+    );
+    admin
+        .batch_execute("DROP TRIGGER refuse ON tokencache_tokens")
+        .unwrap();
+    a.flush().expect("the retry commits");
+    let count: i64 = admin
+        .query_one(
+            "SELECT rate_count::bigint FROM tokencache_tokens WHERE id = $1",
+            &[&token.id().to_string()],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 7);
+}
+
+#[test]
+fn close_joins_the_listener_and_its_connection_is_gone() {
+    let url = pg::fresh_db();
+    let a = open(&url, Duration::from_secs(60));
+    let mut watch = pg::connect(&url);
+    let mut listeners = || -> i64 {
+        watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND application_name = 'tokencache-listener'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    pg::within(BOUND, || listeners() == 1).expect("the listener connected");
+    a.close().unwrap();
+    // The server notes a client's goodbye a moment after it is sent.
+    pg::within(BOUND, || listeners() == 0)
+        .expect("no listener outlives close (the poll interval is a minute)");
+}
+
+#[cfg(feature = "cli")]
+#[test]
+fn list_on_a_database_runs_no_migration_and_says_what_to_do() {
+    let url = pg::fresh_db();
+    let list = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tokencache"))
+            .args(["--store", &url, "list"])
+            .env_remove("TOKENCACHE_STORE")
+            .output()
+            .unwrap()
+    };
+    let output = list();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "list on an empty database");
+    assert!(stderr.contains("no tokencache schema"), "{stderr}");
+    let tables: i64 = pg::connect(&url)
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'tokencache%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0, "a read-only command created no table");
+    drop(open(&url, Duration::from_secs(1)));
+    assert!(list().status.success());
+}
+
+#[test]
+fn a_schema_1_database_is_upgraded_on_open_to_bigint_counts_and_the_commit_log() {
+    let url = pg::fresh_db();
+    // Schema version 1, as the previous build created it, with a rate-limited token.
+    pg::connect(&url)
+        .batch_execute(
+            "CREATE TABLE tokencache_migrations (version integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO tokencache_migrations (version) VALUES (1);
+             CREATE TABLE tokencache_tokens (id text PRIMARY KEY, name text NOT NULL,
+                 digest bytea NOT NULL, scopes text[] NOT NULL, created_at bigint NOT NULL,
+                 expires_at bigint, revoked_at bigint, last_used bigint, rate_period_ms bigint,
+                 rate_count integer, rate_burst integer, version bigint NOT NULL,
+                 deleted boolean NOT NULL DEFAULT false);
+             CREATE INDEX tokencache_tokens_version ON tokencache_tokens (version);
+             CREATE TABLE tokencache_version (one boolean PRIMARY KEY DEFAULT true CHECK (one),
+                 version bigint NOT NULL);
+             INSERT INTO tokencache_version (one, version) VALUES (true, 0);",
+        )
+        .unwrap();
+    // A read-only open does not upgrade it, and says so.
+    let refused = TokenStore::builder(&url)
+        .migrate_schema(false)
+        .open()
+        .expect_err("an old schema, read-only");
+    assert!(refused.to_string().contains("older"), "{refused}");
+    let a = open(&url, Duration::from_secs(1));
+    let token = a
+        .issue(NewToken::new("big").rate_limit(RateLimit::per_hour(3_000_000_000).burst(10)))
+        .unwrap();
+    let mut client = pg::connect(&url);
+    let types: Vec<String> = client
+        .query(
+            "SELECT data_type::text FROM information_schema.columns \
+             WHERE table_name = 'tokencache_tokens' AND column_name IN ('rate_count', 'rate_burst')",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(types, ["bigint", "bigint"]);
+    let stamped: i64 = client
+        .query_one("SELECT count(*) FROM tokencache_commits", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(stamped, 2, "version 0 (at the upgrade) and the issue");
+    let b = open(&url, Duration::from_secs(1));
+    assert_eq!(b.get(&token.id()), a.get(&token.id()));
+}
+
+/// Every replica (this process's store and the replica processes) refuses every token in
+/// `refused` (revoked, or deleted), and memory equals the table everywhere.
+fn check_after(
+    phase: &str,
+    url: &str,
+    a: &TokenStore,
+    replicas: &mut [&mut Replica],
+    refused: &[String],
+) {
+    assert!(
+        converged(url, &[a], replicas),
+        "{phase}: memory never matched the table"
+    );
+    for secret in refused {
+        assert!(
+            a.validate(secret).is_err(),
+            "{phase}: A accepts a revoked token"
+        );
+        for replica in replicas.iter_mut() {
+            let verdict = replica.validate(secret);
+            assert!(
+                verdict == "revoked" || verdict == "unknown",
+                "{phase}: a replica process says {verdict} to a revoked or deleted token"
+            );
+        }
+    }
+    eprintln!(
+        "{phase}: converged; {} refused tokens refused everywhere",
+        refused.len()
+    );
+}
+
+/// The replica fault test: two replica processes and this one go through a failover to a
+/// standby that missed commits (the counter set back), a restore of a `pg_dump` taken
+/// earlier, a replica frozen (SIGSTOP) inside its transaction, and a replica rotating the
+/// tokens another is revoking at the same moment. After each, every replica's memory
+/// equals the table and no revoked or deleted token is accepted anywhere.
+#[test]
+fn replicas_converge_after_a_failover_a_restore_a_frozen_writer_and_a_racing_rotate() {
+    let url = pg::fresh_db();
+    let poll = Duration::from_millis(200);
+    let a = open(&url, poll);
+    let mut r1 = Replica::spawn(&url, poll);
+    let mut r2 = Replica::spawn(&url, poll);
+    let mut refused: Vec<String> = Vec::new();
+    let issue = |r: &mut Replica, name: &str| -> (String, String) {
+        let answer = r.ask(&format!("issue {name}"));
+        let (secret, id) = answer.split_once(' ').expect(&answer);
+        (secret.to_owned(), id.to_owned())
+    };
+
+    // 1. A failover to a standby that missed the last commits.
+    let (k1, k1_id) = issue(&mut r1, "k1");
+    standby_has_up_to_here(&url);
+    let (lost1, _) = issue(&mut r1, "lost1");
+    assert_eq!(r2.until(&lost1, "ok", BOUND).map(drop), Some(()));
+    assert_eq!(r2.ask(&format!("revoke {k1_id}")), "ok");
+    refused.push(k1);
+    assert!(converged(&url, &[&a], &mut [&mut r1, &mut r2]));
+    fail_over_to_the_standby(&url);
+    let (after1, _) = issue(&mut r2, "after1");
+    check_after("failover", &url, &a, &mut [&mut r1, &mut r2], &refused);
+    assert_eq!(r1.validate(&lost1), "ok", "the lost issue is back");
+    assert_eq!(r1.validate(&after1), "ok");
+
+    // 2. A restore of a backup taken earlier.
+    let backup = pg::dump(&url);
+    let (k2, k2_id) = issue(&mut r1, "k2");
+    let (gone, gone_id) = issue(&mut r2, "gone");
+    assert!(converged(&url, &[&a], &mut [&mut r1, &mut r2]));
+    assert_eq!(r2.ask(&format!("revoke {k2_id}")), "ok");
+    assert_eq!(r1.ask(&format!("delete {gone_id}")), "ok");
+    refused.extend([k2.clone(), gone]);
+    let (backup_token, backup_id) = issue(&mut r2, "after the backup");
+    assert!(converged(&url, &[&a], &mut [&mut r1, &mut r2]));
+    pg::restore(&url, &backup);
+    let (after2, _) = issue(&mut r1, "after2");
+    check_after("restore", &url, &a, &mut [&mut r1, &mut r2], &refused);
+    assert!(table(&url)[&k2_id], "the revoke is back in the table");
+    assert_eq!(r2.validate(&backup_token), "ok");
+    assert!(table(&url).contains_key(&backup_id));
+    assert_eq!(r2.validate(&after2), "ok");
+
+    // 3. A replica frozen inside its transaction.
+    let (k3, k3_id) = issue(&mut r2, "k3");
+    assert!(converged(&url, &[&a], &mut [&mut r1, &mut r2]));
+    freeze_in_transaction(&url, &mut r1, &format!("revoke {k3_id}"), &k3_id);
+    let (during, _) = issue(&mut r2, "while r1 is frozen");
+    r1.signal("CONT");
+    let revoke = r1.read();
+    eprintln!("frozen: r2 issued meanwhile; r1's revoke answered {revoke}");
+    refused.push(k3);
+    check_after("frozen writer", &url, &a, &mut [&mut r1, &mut r2], &refused);
+    assert_eq!(r1.validate(&during), "ok");
+
+    // 4. One replica rotates the tokens another revokes, at the same moment.
+    let racing = a
+        .issue_many((0..30).map(|n| NewToken::new(format!("race-{n}"))))
+        .unwrap();
+    assert!(converged(&url, &[&a], &mut [&mut r1, &mut r2]));
+    let ids: Vec<String> = racing.iter().map(|t| t.id().to_string()).collect();
+    let rotated: Vec<(String, String)> = thread::scope(|s| {
+        let (r1, r2, ids) = (&mut r1, &mut r2, &ids);
+        s.spawn(move || {
+            for id in ids {
+                assert_eq!(r1.ask(&format!("revoke {id}")), "ok");
+            }
+        });
+        let rotating = s.spawn(move || {
+            let mut rotated = Vec::new();
+            for id in ids {
+                let answer = r2.ask(&format!("rotate {id}"));
+                if let Some((_, new)) = answer
+                    .split_once(' ')
+                    .filter(|_| !answer.starts_with("error"))
+                {
+                    rotated.push((id.clone(), new.to_owned()));
+                }
+            }
+            rotated
+        });
+        rotating.join().unwrap()
+    });
+    refused.extend(racing.iter().map(|t| t.secret().to_owned()));
+    check_after("racing rotate", &url, &a, &mut [&mut r1, &mut r2], &refused);
+    // A replacement is legitimate only if its rotation committed before the revoke: then
+    // the revoke was the old token's last change, at a later version.
+    let mut client = pg::connect(&url);
+    let version = |client: &mut postgres::Client, id: &str| -> i64 {
+        client
+            .query_one(
+                "SELECT version FROM tokencache_tokens WHERE id = $1",
+                &[&id],
+            )
+            .unwrap()
+            .get(0)
+    };
+    for (old, new) in &rotated {
+        assert!(
+            version(&mut client, old) > version(&mut client, new),
+            "token {old} got a replacement {new} after it was revoked"
+        );
+    }
+    eprintln!(
+        "racing rotate: {} of {} rotations went through, each before its token's revoke",
+        rotated.len(),
+        ids.len()
+    );
 }

@@ -1,21 +1,22 @@
-//! Opening a PostgreSQL store: connect, bring the schema up to date, load every token that
-//! is not a tombstone (with the version they are current to), start the persister with a
-//! [`PgSink`] and the listener.
+//! Opening a PostgreSQL store: connect, bring the schema up to date (or, for a read-only
+//! open, check it), load every token that is not a tombstone (with the position in the
+//! database's history they are current to), start the persister with a [`PgSink`] and the
+//! listener.
 
+use std::collections::HashSet;
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use postgres::{Client, Config, IsolationLevel, NoTls};
 
-use super::listen::Listener;
+use super::listen::{Listener, Position};
 use super::rows::{self, COLUMNS};
-use super::sink::PgSink;
+use super::sink::{ListenerSlot, PgSink};
 use super::{describe, schema, LISTENER_NAME, WRITER_NAME};
-use crate::entry;
+use crate::entry::{self, Entry};
 use crate::error::Error;
 use crate::recover::Recovered;
-use crate::snapshot::Record;
 use crate::store::{redact_url, Builder, TokenStore};
 
 /// How long a connection attempt may take, unless the URL says (`connect_timeout`).
@@ -34,6 +35,14 @@ pub(crate) fn open(builder: Builder, url: String) -> Result<TokenStore, Error> {
     let fail = |action: &'static str, message: String| {
         Error::io(action, name.clone(), io::Error::other(message))
     };
+    if let Some(staleness) = builder.max_staleness {
+        let poll = builder.poll_interval;
+        if staleness < poll.saturating_mul(2) {
+            return Err(Error::InvalidSetting(format!(
+                "max_staleness ({staleness:?}) must be at least twice poll_interval ({poll:?}): a healthy idle replica catches up once per poll interval, so a smaller bound refuses good tokens; raise max_staleness or lower poll_interval"
+            )));
+        }
+    }
     let mut config: Config = url
         .parse()
         .map_err(|e: postgres::Error| fail("parse the database URL", describe(&e)))?;
@@ -48,56 +57,131 @@ pub(crate) fn open(builder: Builder, url: String) -> Result<TokenStore, Error> {
         config.tcp_user_timeout(SILENT_PEER);
     }
     config.keepalives(true).keepalives_idle(SILENT_PEER);
+    // A session that waits for a lock, or sits inside a transaction, too long fails instead
+    // of blocking every writer on every replica (a frozen writer holds the counter row).
+    let mut options = config.get_options().unwrap_or_default().to_owned();
+    for (setting, value) in [
+        ("lock_timeout", builder.lock_timeout),
+        (
+            "idle_in_transaction_session_timeout",
+            builder.idle_in_transaction_timeout,
+        ),
+    ] {
+        options.push_str(&format!(" -c {setting}={}", value.as_millis()));
+    }
+    config.options(options.trim_start());
     let mut writer = config.clone();
     writer.application_name(WRITER_NAME);
     let synced_at = builder.clock.now_ms();
+    let migrate = builder.migrate_schema;
     let loaded = std::thread::scope(|s| {
         let loading = s.spawn(|| -> Result<_, Error> {
             let mut client = writer
                 .connect(NoTls)
                 .map_err(|e| fail("connect to", describe(&e)))?;
-            schema::migrate(&mut client).map_err(|e| fail("set up the schema of", e))?;
-            load(&mut client).map_err(|e| fail("load the tokens of", e))
+            match migrate {
+                true => schema::migrate(&mut client).map_err(|e| fail("set up the schema of", e)),
+                false => schema::check(&mut client).map_err(|e| fail("open", e)),
+            }?;
+            load(&mut client, &name).map_err(|e| fail("load the tokens of", e))
         });
         loading.join()
     });
-    let (records, version) =
-        loaded.map_err(|_| fail("open", "the thread opening the database panicked".into()))??;
-    let entries =
-        entry::load(records).map_err(|problem| fail("load the tokens of", problem.to_string()))?;
+    let Loaded {
+        entries,
+        position,
+        tombstones,
+        skipped,
+    } = loaded.map_err(|_| fail("open", "the thread opening the database panicked".into()))??;
     // The id is the table's primary key: no id twice.
     let recovered = Recovered::fresh(entries);
-    tracing::info!(store = %name.display(), tokens = recovered.map.len(), version, "opened a PostgreSQL store");
+    tracing::info!(store = %name.display(), tokens = recovered.map.len(), skipped, version = position.version, "opened a PostgreSQL store");
     let poll = builder.poll_interval;
-    let sink = Box::new(PgSink::new(writer, name.clone()));
+    let slot = ListenerSlot::default();
+    let sink = Box::new(PgSink::new(
+        writer,
+        name.clone(),
+        builder.clock.clone(),
+        slot.clone(),
+    ));
     let store = builder.start(name.clone(), recovered, sink, None, Some(synced_at))?;
     let mut listener = config;
     listener.application_name(LISTENER_NAME);
-    Listener::new(listener, store.shared(), version, poll, name.clone())
-        .spawn()
-        .map_err(|e| Error::io("start the listener thread for", name, e))?;
+    let handle = Listener::new(
+        listener,
+        store.shared(),
+        position,
+        tombstones,
+        poll,
+        name.clone(),
+    )
+    .spawn()
+    .map_err(|e| Error::io("start the listener thread for", name, e))?;
+    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
     Ok(store)
 }
 
-/// Every token that is not a tombstone, and the version they are current to, read in one
-/// snapshot of the database.
-fn load(client: &mut Client) -> Result<(Vec<Record>, i64), String> {
+/// What `open` reads from the database.
+struct Loaded {
+    /// Every token that is not a tombstone and loads.
+    entries: Vec<Entry>,
+    /// Where in the database's history they are current to.
+    position: Position,
+    /// The ids of every tombstone.
+    tombstones: HashSet<[u8; 8]>,
+    /// How many rows did not load (each is logged).
+    skipped: usize,
+}
+
+/// Every token that is not a tombstone, the position they are current to, and the
+/// tombstones, read in one snapshot of the database. A row that does not load (a
+/// hand-made UPDATE) is logged and skipped, not the whole database refused: the token is
+/// unknown to this replica, so it is refused, and the other rows serve.
+fn load(client: &mut Client, name: &std::path::Path) -> Result<Loaded, String> {
     let mut tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
         .map_err(|e| describe(&e))?;
-    let version: i64 = tx
-        .query_one("SELECT version FROM tokencache_version", &[])
-        .map_err(|e| describe(&e))?
-        .get(0);
+    let history = tx
+        .query_one(
+            "SELECT v.version, c.stamp FROM tokencache_version v \
+             LEFT JOIN tokencache_commits c ON c.version = v.version",
+            &[],
+        )
+        .map_err(|e| describe(&e))?;
+    let position = Position {
+        version: history.get(0),
+        stamp: history.get(1),
+    };
     let query = format!("SELECT {COLUMNS} FROM tokencache_tokens WHERE NOT deleted");
     let found = tx.query(&query, &[]).map_err(|e| describe(&e))?;
-    let records = found
+    let mut entries = Vec::with_capacity(found.len());
+    let mut skipped = 0;
+    for row in &found {
+        let loaded = rows::record(row)
+            .and_then(|(record, _, _)| entry::load_one(record).map_err(|p| p.to_string()));
+        match loaded {
+            Ok(entry) => entries.push(entry),
+            Err(problem) => {
+                skipped += 1;
+                tracing::error!(store = %name.display(), %problem, "a row in the database cannot be loaded; skipped (its token is refused until the row is fixed)");
+            }
+        }
+    }
+    let tombstones = tx
+        .query("SELECT id FROM tokencache_tokens WHERE deleted", &[])
+        .map_err(|e| describe(&e))?
         .iter()
-        .map(|row| rows::record(row).map(|(record, _, _)| record))
-        .collect::<Result<Vec<_>, _>>()?;
+        .filter_map(|row| row.try_get::<_, String>(0).ok())
+        .filter_map(|id| <[u8; 8]>::try_from(id.as_bytes()).ok())
+        .collect();
     tx.commit().map_err(|e| describe(&e))?;
-    Ok((records, version))
+    Ok(Loaded {
+        entries,
+        position,
+        tombstones,
+        skipped,
+    })
 }

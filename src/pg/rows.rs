@@ -5,6 +5,7 @@ use postgres::Row;
 
 use crate::journal::Change;
 use crate::snapshot::{RateLimitRecord, Record};
+use crate::store::{MAX_NAME_LEN, MAX_SCOPES, MAX_SCOPE_LEN};
 
 /// The columns [`record`] reads, in order.
 pub(super) const COLUMNS: &str = "id, name, digest, scopes, created_at, expires_at, revoked_at, \
@@ -39,22 +40,46 @@ pub(super) fn record(row: &Row) -> Result<(Record, bool, i64), String> {
         .map_err(|_| bad("the digest is not 32 bytes"))?;
     let get = |e: postgres::Error| bad(&e.to_string());
     let period: Option<i64> = row.try_get(8).map_err(get)?;
-    let count: Option<i32> = row.try_get(9).map_err(get)?;
-    let burst: Option<i32> = row.try_get(10).map_err(get)?;
+    let count: Option<i64> = row.try_get(9).map_err(get)?;
+    let burst: Option<i64> = row.try_get(10).map_err(get)?;
     let rate_limit = match (period, count, burst) {
         (Some(period), Some(count), Some(burst)) => Some(RateLimitRecord {
             period_ms: u64::try_from(period).map_err(|_| bad("a negative rate period"))?,
-            count: u32::try_from(count).map_err(|_| bad("a negative rate count"))?,
-            burst: u32::try_from(burst).map_err(|_| bad("a negative burst"))?,
+            count: u32::try_from(count).map_err(|_| bad("a rate count out of range"))?,
+            burst: u32::try_from(burst).map_err(|_| bad("a burst out of range"))?,
         }),
         (None, None, None) => None,
         _ => return Err(bad("a rate limit with missing parts")),
     };
+    // Bounded as `issue` bounds them, so a hand-made row cannot make every replica hold
+    // (and every `list` print) a huge name or scope list.
+    let name: String = row.try_get(1).map_err(get)?;
+    if name.len() > MAX_NAME_LEN {
+        return Err(bad(&format!(
+            "the name is {} bytes; the limit is {MAX_NAME_LEN}",
+            name.len()
+        )));
+    }
+    let scopes: Vec<String> = row.try_get(3).map_err(get)?;
+    if scopes.len() > MAX_SCOPES {
+        return Err(bad(&format!(
+            "{} scopes; the limit is {MAX_SCOPES}",
+            scopes.len()
+        )));
+    }
+    if scopes
+        .iter()
+        .any(|s| s.is_empty() || s.len() > MAX_SCOPE_LEN)
+    {
+        return Err(bad(&format!(
+            "a scope is empty or longer than {MAX_SCOPE_LEN} bytes"
+        )));
+    }
     let record = Record {
         id: id_bytes,
-        name: row.try_get(1).map_err(get)?,
+        name,
         digest,
-        scopes: row.try_get(3).map_err(get)?,
+        scopes,
         created_at: time(row.try_get(4).map_err(get)?).unwrap_or(0),
         expires_at: time(row.try_get(5).map_err(get)?),
         revoked_at: time(row.try_get(6).map_err(get)?),
@@ -66,6 +91,43 @@ pub(super) fn record(row: &Row) -> Result<(Record, bool, i64), String> {
         row.try_get(11).map_err(get)?,
         row.try_get(12).map_err(get)?,
     ))
+}
+
+/// What a row that does not load as a whole still says for sure: its id, whether it is a
+/// tombstone, when it was revoked. A revocation or a delete must reach every
+/// replica even if (say) an operator's hand-made UPDATE broke another column of the row.
+pub(super) struct Essentials {
+    pub(super) id: Option<[u8; 8]>,
+    pub(super) deleted: bool,
+    pub(super) revoked_at: Option<u64>,
+}
+
+/// The [`Essentials`] of a row read with [`COLUMNS`], each column read on its own.
+pub(super) fn essentials(row: &Row) -> Essentials {
+    let id = row
+        .try_get::<_, String>(0)
+        .ok()
+        .and_then(|id| <[u8; 8]>::try_from(id.as_bytes()).ok());
+    Essentials {
+        id,
+        deleted: row.try_get(11).unwrap_or(false),
+        revoked_at: row
+            .try_get::<_, Option<i64>>(6)
+            .ok()
+            .flatten()
+            .map(|v| u64::try_from(v).unwrap_or(0)),
+    }
+}
+
+/// The changes a row that does not load still makes: a tombstone deletes, a revocation
+/// revokes (a token memory does not hold ignores both).
+pub(super) fn essential_changes(row: &Essentials, out: &mut Vec<Change>) {
+    let Some(id) = row.id else { return };
+    if row.deleted {
+        out.push(Change::Delete { id });
+    } else if let Some(at) = row.revoked_at {
+        out.push(Change::Revoke { id, at });
+    }
 }
 
 /// The changes that bring a replica's memory to what a row says: a tombstone deletes; a

@@ -32,10 +32,62 @@ pub(super) const MIGRATIONS: &[&str] = &[
         version bigint NOT NULL
     );
     INSERT INTO tokencache_version (one, version) VALUES (true, 0);",
+    // 2: rate counts and bursts as bigint (a u32 count over i32::MAX was clamped, so
+    // replicas enforced different limits); the commit log, one random stamp per version, by
+    // which a replica tells that the counter went back (a failover to a standby that missed
+    // commits, a restore) even once it has passed the replica's last version again. The
+    // current version gets a stamp so every version from here on has one.
+    "ALTER TABLE tokencache_tokens
+        ALTER COLUMN rate_count TYPE bigint,
+        ALTER COLUMN rate_burst TYPE bigint;
+    CREATE TABLE tokencache_commits (
+        version bigint PRIMARY KEY,
+        stamp   bigint NOT NULL
+    );
+    INSERT INTO tokencache_commits (version, stamp)
+        SELECT version, (random() * 9.2e18)::bigint FROM tokencache_version;",
 ];
 
 /// Serializes migrations across replicas (`pg_advisory_xact_lock`): "tokencac" in ASCII.
 const MIGRATION_LOCK: i64 = 0x746f_6b65_6e63_6163;
+
+/// Checks, without changing anything, that the schema is exactly the one this build
+/// writes: a read-only open (`Builder::migrate_schema(false)`, the CLI's `list`) must not
+/// run DDL, so a missing or older schema is refused with what to do.
+pub(super) fn check(client: &mut Client) -> Result<i32, String> {
+    let known = MIGRATIONS.len() as i32;
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('tokencache_migrations') IS NOT NULL",
+            &[],
+        )
+        .map_err(|e| describe(&e))?
+        .get(0);
+    let found: Option<i32> = match exists {
+        false => None,
+        true => Some(
+            client
+                .query_one(
+                    "SELECT coalesce(max(version), 0) FROM tokencache_migrations",
+                    &[],
+                )
+                .map_err(|e| describe(&e))?
+                .get(0),
+        ),
+    };
+    match found {
+        Some(current) if current == known => Ok(known),
+        Some(current) if current > known => Err(format!(
+            "the database's tokencache schema is version {current}, but this build knows up to version {known}; upgrade tokencache"
+        )),
+        Some(current) => Err(format!(
+            "the database's tokencache schema is version {current}, older than this build's {known}, and a read-only open does not upgrade it; open the store once with a service (or a command that changes it) to migrate"
+        )),
+        None => Err(
+            "the database has no tokencache schema (no store was ever opened on it), and a read-only open does not create one; check the URL, or open the store once with a service or `tokencache issue`".into(),
+        ),
+    }
+}
 
 /// Brings the schema up to date; returns its version. Refuses a database whose schema is
 /// newer than this build knows.

@@ -6,25 +6,47 @@
 //! Lock order, so replicas never deadlock: the counter row first (only transactions with
 //! definitions take it, so they run one at a time), then every existing token row the
 //! transaction touches, in id order (`SELECT ... ORDER BY id FOR UPDATE`), before any write.
+//!
+//! A change that depends on a token's state (a rotation: the old token must still be live)
+//! checks that state in the database under the row lock, not only in this replica's memory,
+//! which may lag behind a revoke or delete committed elsewhere.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use postgres::{Client, Config, NoTls, Statement, Transaction};
 
 use super::rows::{id_text, sql_time};
 use super::CHANNEL;
+use crate::clock::Clock;
 use crate::file::WriteError;
-use crate::journal::ChangeRef;
+use crate::journal::{Change, ChangeRef};
 use crate::persist::{Compacted, Sink};
 use crate::snapshot::{BodyRef, RecordRef};
 
-/// Takes the next version; the row lock it holds until COMMIT makes versions become
-/// visible in commit order (a sequence would not: a reader could see version 8 committed
-/// while 7 is still in flight, and skip 7 for good).
-const BUMP: &str = "UPDATE tokencache_version SET version = version + 1 RETURNING version";
-/// Locks the existing rows a transaction touches, in id order.
-const LOCK_ROWS: &str = "SELECT 1 FROM tokencache_tokens WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+/// Takes the next version and gives it a random stamp in the commit log; the row lock it
+/// holds until COMMIT makes versions become visible in commit order (a sequence would not:
+/// a reader could see version 8 committed while 7 is still in flight, and skip 7 for
+/// good). A version already in the log (the counter was set back by hand) takes a new
+/// stamp, which is how replicas that saw the old one notice.
+const BUMP: &str = "WITH bumped AS \
+    (UPDATE tokencache_version SET version = version + 1 RETURNING version) \
+    INSERT INTO tokencache_commits (version, stamp) \
+    SELECT version, (random() * 9.2e18)::bigint FROM bumped \
+    ON CONFLICT (version) DO UPDATE SET stamp = EXCLUDED.stamp RETURNING version";
+/// Versions the commit log keeps: a replica further behind than this reloads everything
+/// (it cannot tell a rollback from a long absence).
+pub(super) const COMMITS_KEPT: i64 = 100_000;
+/// Prunes the commit log, once every [`PRUNE_EVERY`] versions.
+const PRUNE: &str = "DELETE FROM tokencache_commits WHERE version <= $1";
+const PRUNE_EVERY: i64 = 1_000;
+/// Locks the existing rows a transaction touches, in id order, and reads the state that
+/// a rotation depends on.
+const LOCK_ROWS: &str = "SELECT id, deleted, revoked_at IS NOT NULL, expires_at \
+    FROM tokencache_tokens WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 /// `last_used` for many tokens at once; never moves a time back.
 const USED: &str = "UPDATE tokencache_tokens AS t SET last_used = u.at \
     FROM unnest($1::text[], $2::bigint[]) AS u(id, at) \
@@ -36,7 +58,7 @@ const ISSUE: &str = "INSERT INTO tokencache_tokens (id, name, digest, scopes, cr
     SELECT u.id, u.name, u.digest, string_to_array(u.scopes, E'\\x1f'), u.created_at, \
     u.expires_at, u.revoked_at, u.last_used, u.period, u.count, u.burst, $12 \
     FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bigint[], $6::bigint[], \
-    $7::bigint[], $8::bigint[], $9::bigint[], $10::integer[], $11::integer[]) \
+    $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[]) \
     AS u(id, name, digest, scopes, created_at, expires_at, revoked_at, last_used, period, \
     count, burst) \
     ON CONFLICT (id) DO NOTHING";
@@ -52,8 +74,9 @@ const EXPIRE: &str = "UPDATE tokencache_tokens SET expires_at = least(expires_at
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 /// The statements above, prepared once per connection (each use is then one round trip).
-struct Statements {
+pub(super) struct Statements {
     bump: Statement,
+    prune: Statement,
     lock_rows: Statement,
     used: Statement,
     issue: Statement,
@@ -65,9 +88,10 @@ struct Statements {
 }
 
 impl Statements {
-    fn prepare(client: &mut Client) -> Result<Statements, postgres::Error> {
+    pub(super) fn prepare(client: &mut Client) -> Result<Statements, postgres::Error> {
         Ok(Statements {
             bump: client.prepare(BUMP)?,
+            prune: client.prepare(PRUNE)?,
             lock_rows: client.prepare(LOCK_ROWS)?,
             used: client.prepare(USED)?,
             issue: client.prepare(ISSUE)?,
@@ -93,17 +117,32 @@ pub(crate) struct PgSink {
     /// written first by the next append. New tokens and rotations are not kept: their
     /// callers heard the error and memory never took them.
     retry: Vec<ChangeRef<'static>>,
+    /// The time a rotation's old token must still be unexpired at.
+    clock: Arc<dyn Clock>,
+    /// The listener thread, joined when the persister drops this sink (its last act on
+    /// close), so nothing of the store outlives `close`.
+    listener: ListenerSlot,
 }
+
+/// Where `open` leaves the listener's thread for the sink to join.
+pub(super) type ListenerSlot = Arc<Mutex<Option<JoinHandle<()>>>>;
 
 impl PgSink {
     /// A sink that connects on its first write, on the persister thread: the sync client
     /// runs its own runtime, which must never start on a caller's (maybe async) thread.
-    pub(super) fn new(config: Config, name: PathBuf) -> PgSink {
+    pub(super) fn new(
+        config: Config,
+        name: PathBuf,
+        clock: Arc<dyn Clock>,
+        listener: ListenerSlot,
+    ) -> PgSink {
         PgSink {
             config,
             connection: None,
             name,
             retry: Vec::new(),
+            clock,
+            listener,
         }
     }
 
@@ -131,9 +170,10 @@ impl Sink for PgSink {
     /// used: the database's version orders changes across replicas.
     fn append(&mut self, _seq: u64, changes: &[ChangeRef<'_>]) -> io::Result<u64> {
         let retry = std::mem::take(&mut self.retry);
+        let now = self.clock.now_ms();
         let written = self
             .connection()
-            .and_then(|(client, st)| write(client, st, &retry, changes));
+            .and_then(|(client, st)| write(client, st, &retry, changes, now, false));
         self.retry = retry;
         match written {
             Ok(()) => {
@@ -156,9 +196,10 @@ impl Sink for PgSink {
             .iter()
             .filter_map(|r| r.last_used.map(|at| ChangeRef::Used { id: r.id, at }))
             .collect();
+        let now = self.clock.now_ms();
         let written = self
             .connection()
-            .and_then(|(client, st)| write(client, st, &[], &used));
+            .and_then(|(client, st)| write(client, st, &[], &used, now, false));
         written.map_err(|error| WriteError {
             error,
             replaced: None,
@@ -194,6 +235,36 @@ impl Sink for PgSink {
             "transaction failed; the changes memory holds are written again at the next tick",
         )
     }
+
+    /// A row read from the database must not undo a change this replica still has to
+    /// write: the rate limit of a token whose `set_rate_limit` failed (the row holds the
+    /// old one), or a token whose delete failed (the row is still live).
+    fn overrides(&self, change: &Change) -> bool {
+        self.retry.iter().any(|kept| match (change, kept) {
+            (Change::SetRateLimit { id, .. }, ChangeRef::SetRateLimit { id: mine, .. }) => {
+                id == mine
+            }
+            (Change::Issue(record), ChangeRef::Delete { id: mine }) => record.id == *mine,
+            _ => false,
+        })
+    }
+}
+
+impl Drop for PgSink {
+    /// Joins the listener: the persister drops its sink as it exits, after the inbox shut,
+    /// and the listener stops at its next look at the inbox (within a wait slice).
+    fn drop(&mut self) {
+        let handle = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!(store = %self.name.display(), "the listener thread panicked");
+            }
+        }
+    }
 }
 
 /// A change memory already made, to write again after a failed transaction.
@@ -222,12 +293,16 @@ fn updated_id(change: &ChangeRef<'_>) -> Option<[u8; 8]> {
     }
 }
 
-/// The transaction of one append (see [`PgSink::append`]).
-fn write(
+/// The transaction of one append (see [`PgSink::append`]), at clock time `now`. With
+/// `restore` (a listener writing back what a rollback of the database lost), a token
+/// already in the table is left as it is instead of failing the transaction.
+pub(super) fn write(
     client: &mut Client,
     st: &Statements,
     retry: &[ChangeRef<'static>],
     changes: &[ChangeRef<'_>],
+    now: u64,
+    restore: bool,
 ) -> io::Result<()> {
     let is_used = |c: &&ChangeRef<'_>| matches!(c, ChangeRef::Used { .. });
     let definitions: Vec<&ChangeRef<'_>> = retry
@@ -249,6 +324,10 @@ fn write(
         true => None,
         false => Some(tx.query_one(&st.bump, &[]).map_err(pg)?.get(0)),
     };
+    if let Some(version) = version.filter(|v| v % PRUNE_EVERY == 0) {
+        tx.execute(&st.prune, &[&(version - COMMITS_KEPT)])
+            .map_err(pg)?;
+    }
     let mut locked: Vec<String> = definitions
         .iter()
         .filter_map(|c| updated_id(c))
@@ -257,13 +336,43 @@ fn write(
         .collect();
     locked.sort_unstable();
     locked.dedup();
+    let mut state = HashMap::new();
     if !locked.is_empty() {
-        tx.execute(&st.lock_rows, &[&locked]).map_err(pg)?;
+        for row in tx.query(&st.lock_rows, &[&locked]).map_err(pg)? {
+            let id: String = row.get(0);
+            let expires_at: Option<i64> = row.get(3);
+            state.insert(
+                id,
+                (row.get::<_, bool>(1), row.get::<_, bool>(2), expires_at),
+            );
+        }
+    }
+    // A rotation (its old token's expiry) needs the old token live in the table too: this
+    // replica may not have seen a revoke or delete another replica committed, and a
+    // replacement would restore the access that ended. The whole batch fails: its callers
+    // hear the error, and memory keeps nothing of the rotation.
+    for change in changes {
+        if let ChangeRef::Expire { id, .. } = change {
+            let text = id_text(*id);
+            let why = match state.get(&text) {
+                None => Some("not in the database"),
+                Some((true, _, _)) => Some("deleted"),
+                Some((_, true, _)) => Some("revoked"),
+                Some((_, _, Some(at))) if *at <= sql_time(now) => Some("expired"),
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("token {text} is {why} (a change committed by another replica this one had not read yet), so it is not rotated; issue a new token instead"),
+                ));
+            }
+        }
     }
     if let Some(version) = version {
         // New ids only (the persister checked them against memory): no other change of
         // the batch names them, so they can go first, together.
-        issue(&mut tx, st, &definitions, version)?;
+        issue(&mut tx, st, &definitions, version, restore)?;
         for change in &definitions {
             define(&mut tx, st, change, version)?;
         }
@@ -283,6 +392,7 @@ fn issue(
     st: &Statements,
     changes: &[&ChangeRef<'_>],
     version: i64,
+    restore: bool,
 ) -> io::Result<()> {
     let new: Vec<_> = changes
         .iter()
@@ -297,7 +407,6 @@ fn issue(
     let column = |f: &dyn Fn(&&RecordRef<'_>) -> Option<u64>| -> Vec<Option<i64>> {
         new.iter().map(|r| f(r).map(sql_time)).collect()
     };
-    let small = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
     let ids: Vec<String> = new.iter().map(|r| id_text(r.id)).collect();
     let names: Vec<&str> = new.iter().map(|r| r.name).collect();
     let digests: Vec<&[u8]> = new.iter().map(|r| &r.digest[..]).collect();
@@ -320,16 +429,16 @@ fn issue(
                 &column(&|r| r.last_used),
                 &column(&|r| r.rate_limit.map(|l| l.period_ms)),
                 &new.iter()
-                    .map(|r| r.rate_limit.map(|l| small(l.count)))
+                    .map(|r| r.rate_limit.map(|l| i64::from(l.count)))
                     .collect::<Vec<_>>(),
                 &new.iter()
-                    .map(|r| r.rate_limit.map(|l| small(l.burst)))
+                    .map(|r| r.rate_limit.map(|l| i64::from(l.burst)))
                     .collect::<Vec<_>>(),
                 &version,
             ],
         )
         .map_err(pg)?;
-    if inserted != new.len() as u64 {
+    if inserted != new.len() as u64 && !restore {
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
             "a new token's id is already in the database (drawn twice); issue again",
@@ -361,8 +470,8 @@ fn define(
                 &[
                     &id_text(id),
                     &limit.map(|l| sql_time(l.period_ms)),
-                    &limit.map(|l| i32::try_from(l.count).unwrap_or(i32::MAX)),
-                    &limit.map(|l| i32::try_from(l.burst).unwrap_or(i32::MAX)),
+                    &limit.map(|l| i64::from(l.count)),
+                    &limit.map(|l| i64::from(l.burst)),
                     &version,
                 ],
             )

@@ -286,3 +286,55 @@ pub fn within(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Durati
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// `program` from the PostgreSQL binaries, as the `postgres` user when we are root.
+fn pg_command(program: &str) -> Command {
+    let path = bin_dir().join(program);
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+/// A `pg_dump` of the database at `url` (custom format), as a backup would be taken.
+pub fn dump(url: &str) -> Vec<u8> {
+    let output = pg_command("pg_dump")
+        .args(["-Fc", "-d", url])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run pg_dump");
+    assert!(
+        output.status.success(),
+        "pg_dump failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+/// Restores `backup` (from [`dump`]) over the database at `url`, dropping what is there
+/// (`pg_restore --clean`), as an operator restoring a backup would.
+pub fn restore(url: &str, backup: &[u8]) {
+    use std::io::Write;
+    let mut child = pg_command("pg_restore")
+        .args(["--clean", "--if-exists", "--single-transaction", "-d", url])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run pg_restore");
+    child
+        .stdin
+        .take()
+        .expect("pg_restore's stdin")
+        .write_all(backup)
+        .expect("feed pg_restore");
+    let output = child.wait_with_output().expect("wait for pg_restore");
+    assert!(
+        output.status.success(),
+        "pg_restore failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
