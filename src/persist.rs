@@ -121,7 +121,10 @@ impl Sink for FileSink {
         self.buffer.clear();
         let encoded = journal::encode_record(seq, changes, &mut self.buffer);
         let written = encoded.and_then(|()| journal.append(&self.buffer, self.faults.as_ref()));
-        if written.as_ref().is_err_and(|e| !journal::RecordTooLarge::is(e)) {
+        if written
+            .as_ref()
+            .is_err_and(|e| !journal::RecordTooLarge::is(e))
+        {
             // Never trusted again: a retried fsync can report success for lost pages.
             self.journal = None;
         }
@@ -772,9 +775,8 @@ impl Persister {
             && self.definitions_pending
             && (due || closing || flush_asked);
         let used = (due && self.waiting()) || flush_asked || closing;
-        let scan = self.scan_all
-            || flush_scans
-            || (closing && !self.sink.compaction_holds_definitions());
+        let scan =
+            self.scan_all || flush_scans || (closing && !self.sink.compaction_holds_definitions());
         if definitions || resend || (used && (scan || !self.used.is_empty())) {
             Write::Append { used, scan }
         } else {

@@ -378,7 +378,9 @@ fn a_refused_issue_or_rotation_never_replays_once_the_store_wrote_again() {
     let thens: [(&str, Then); 3] = [
         ("close", |_| {}),
         ("flush", |store| store.flush().unwrap()),
-        ("issue", |store| drop(store.issue(NewToken::new("later")).unwrap())),
+        ("issue", |store| {
+            drop(store.issue(NewToken::new("later")).unwrap())
+        }),
     ];
     for (what, refuse) in refused {
         for (then, act) in thens {
@@ -427,7 +429,9 @@ impl Clock for SilentClock {
 fn a_flush_after_a_failed_compaction_makes_the_revoke_durable() {
     let s = scratch();
     let clock = SilentClock::default();
-    clock.0.store(1_767_225_600_000, std::sync::atomic::Ordering::Relaxed);
+    clock
+        .0
+        .store(1_767_225_600_000, std::sync::atomic::Ordering::Relaxed);
     let plan = FaultPlan::default();
     let store = TokenStore::builder(&s.path)
         .clock(clock.clone())
@@ -439,7 +443,10 @@ fn a_flush_after_a_failed_compaction_makes_the_revoke_durable() {
     let revoked = store.issue(NewToken::new("revoked")).unwrap();
     // The journal has outgrown the snapshot, and the revoke's batch is the first after the
     // size check falls due: it compacts, and the compaction fails.
-    clock.0.fetch_add(INTERVAL.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    clock.0.fetch_add(
+        INTERVAL.as_millis() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let snapshots = store.stats().snapshots_written;
     plan.fail(FaultStep::Write, EIO);
     store.revoke(&revoked.id()).unwrap_err();
@@ -468,7 +475,10 @@ fn an_issue_many_too_large_for_a_record_is_written_as_a_snapshot_without_a_gap()
     let issued = store.issue_many(requests).unwrap();
     let after = store.stats();
     assert_eq!(after.snapshots_written, before.snapshots_written + 1);
-    assert_eq!(after.journal_records_written, before.journal_records_written);
+    assert_eq!(
+        after.journal_records_written,
+        before.journal_records_written
+    );
     let last = store.issue(NewToken::new("after")).unwrap();
     assert_eq!(
         store.stats().journal_records_written,

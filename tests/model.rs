@@ -192,7 +192,10 @@ impl Model {
             used: None,
             used_flushed: None,
         };
-        assert!(self.known.insert(id, known).is_none(), "id {id} drawn twice");
+        assert!(
+            self.known.insert(id, known).is_none(),
+            "id {id} drawn twice"
+        );
     }
 
     /// Memory changed `id` to `def` before the write that fails or succeeds.
@@ -268,7 +271,10 @@ impl Subject {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("tokens.snap");
         copy_if_there(&self.path, &path);
-        copy_if_there(&common::journal_path(&self.path), &common::journal_path(&path));
+        copy_if_there(
+            &common::journal_path(&self.path),
+            &common::journal_path(&path),
+        );
         let old = self.store.take();
         self.dir = dir;
         self.path = path;
@@ -505,7 +511,11 @@ fn apply(subject: &mut Subject, model: &mut Model, action: &Action, when: &str) 
                 return Ok(());
             };
             let memory = model.known[&id].memory.clone();
-            let result = outcome(subject.store().rotate(&id, Duration::from_secs(grace.into())));
+            let result = outcome(
+                subject
+                    .store()
+                    .rotate(&id, Duration::from_secs(grace.into())),
+            );
             let Some(old) = memory else {
                 check!(
                     matches!(result, Outcome::Refused),
@@ -655,7 +665,10 @@ fn changed(
         (true, Outcome::Failed) => model.change(id, after),
         (false, Outcome::Refused) => {}
         (true, Outcome::Refused) => check!(false, "{when}: a call on live token {id} refused"),
-        (false, _) => check!(false, "{when}: a call on deleted token {id} was not refused"),
+        (false, _) => check!(
+            false,
+            "{when}: a call on deleted token {id} was not refused"
+        ),
     }
     Ok(())
 }
