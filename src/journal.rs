@@ -215,9 +215,9 @@ const MAX_TAIL: u64 = FRAME_LEN as u64 + u32::MAX as u64;
 const TAIL_FACTOR: u64 = 4;
 /// See [`TAIL_FACTOR`].
 const TAIL_SLACK: u64 = 1 << 20;
-/// What one look at the bytes after a would-be record (an 8-byte read, a system call on
-/// a file) counts for in that budget, in bytes checksummed.
-const PROBE_COST: u64 = 4096;
+/// How much is read at a time after would-be records (see [`Lookahead`]); each such read
+/// counts in that budget as the bytes it read.
+const PROBE_LEN: u64 = 4096;
 
 /// A journal as read: the records in order and where the valid part ends.
 #[derive(Debug)]
@@ -234,8 +234,8 @@ pub(crate) struct Scanned {
     /// The file's size as read.
     pub(crate) file_len: u64,
     /// Bytes checksummed in all (each record's once, and any would-be record after a damaged
-    /// one), with each look past a would-be record counted as [`PROBE_COST`] bytes: at
-    /// most the file's size plus [`TAIL_FACTOR`] times its tail, plus [`TAIL_SLACK`].
+    /// one), and bytes read to look past would-be records: at most the file's size plus
+    /// [`TAIL_FACTOR`] times its tail, plus [`TAIL_SLACK`].
     pub(crate) checked: u64,
 }
 
@@ -490,9 +490,10 @@ fn checksum_matches<S: Source + ?Sized>(
 /// - its `seq` is plausible: from `expected` to `expected` plus one per frame that fits;
 /// - its payload ends within the file;
 /// - it is followed as a real record is: by the end of the file, a frame cut short by it,
-///   or the next record's frame, whose `seq` is this one's + 1; as that frame may be cut
-///   short or never have reached the disk (a crash in the next append), each byte of that
-///   `seq` may also be zero.
+///   the next record's frame (whose `seq` is this one's + 1), or 16 zero bytes (the next
+///   record's frame never reached the disk: a crash in the next append). Inside an honest
+///   record neither is likely: its bytes never hold 16 zeros in a row (no name or scope
+///   holds a NUL), and an exact `seq + 1` right after a would-be record is chance.
 ///
 /// What the prefilter lets through is budgeted ([`TAIL_FACTOR`]): a tail that exceeds the
 /// budget is refused as damaged (no honest one comes near it). A tail longer than any
@@ -522,6 +523,7 @@ fn valid_record_after<S: Source + ?Sized>(
         return Ok(false);
     };
     let mut window = vec![0u8; CHUNK + FRAME_LEN - 1];
+    let mut after = Lookahead::default();
     let mut start = offset + 1;
     while start <= last {
         // The would-be frames at `start..start + n`: the bytes up to the last one's end.
@@ -542,8 +544,7 @@ fn valid_record_after<S: Source + ?Sized>(
             let Some(end) = record_end(source, at, len) else {
                 continue;
             };
-            *checked = checked.saturating_add(PROBE_COST);
-            if !followed_as_a_record(source, end, seq)? {
+            if !after.followed_as_a_record(source, end, seq, checked)? {
                 continue;
             }
             let mut frame = [0u8; FRAME_LEN];
@@ -563,16 +564,42 @@ fn valid_record_after<S: Source + ?Sized>(
     Ok(false)
 }
 
-/// Whether what follows a would-be record of sequence number `seq` ending at `end` is what
-/// follows a real one (see [`valid_record_after`]).
-fn followed_as_a_record<S: Source + ?Sized>(source: &S, end: u64, seq: u64) -> io::Result<bool> {
-    if source.size() - end < FRAME_LEN as u64 {
-        return Ok(true);
+/// The bytes last read after a would-be record, kept for the next one: the would-be
+/// frames inside a real record are alike (each token's record holds the same shape), so
+/// their ends advance together, and one read serves hundreds of them.
+#[derive(Default)]
+struct Lookahead {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+impl Lookahead {
+    /// Whether what follows a would-be record of sequence number `seq` ending at `end` is
+    /// what follows a real one (see [`valid_record_after`]). A read of [`PROBE_LEN`] bytes
+    /// it needs adds that many to `checked`.
+    fn followed_as_a_record<S: Source + ?Sized>(
+        &mut self,
+        source: &S,
+        end: u64,
+        seq: u64,
+        checked: &mut u64,
+    ) -> io::Result<bool> {
+        let size = source.size();
+        if size - end < FRAME_LEN as u64 {
+            return Ok(true);
+        }
+        let held = self.start + self.bytes.len() as u64;
+        if end < self.start || end + FRAME_LEN as u64 > held {
+            let len = (size - end).min(PROBE_LEN);
+            self.bytes.resize(len as usize, 0);
+            source.read_at(end, &mut self.bytes)?;
+            self.start = end;
+            *checked = checked.saturating_add(len);
+        }
+        let from = (end - self.start) as usize;
+        let next = &self.bytes[from..from + FRAME_LEN];
+        Ok(u64_at(next, 8) == seq.wrapping_add(1) || next == &ZEROS[..FRAME_LEN])
     }
-    let mut next = [0u8; 8];
-    source.read_at(end + 8, &mut next)?;
-    let want = seq.wrapping_add(1).to_le_bytes();
-    Ok(next.iter().zip(want).all(|(&b, w)| b == 0 || b == w))
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {

@@ -154,7 +154,7 @@ pub mod __journal {
         pub valid_len: u64,
         /// Whether a torn tail follows it.
         pub torn: bool,
-        /// Bytes checksummed (each look past a would-be record counted as 4 KiB).
+        /// Bytes checksummed, and bytes read to look past would-be records after a damaged one.
         pub checked: u64,
     }
 
