@@ -549,7 +549,7 @@ fn valid_record_after<S: Source + ?Sized>(
             }
             let mut frame = [0u8; FRAME_LEN];
             frame.copy_from_slice(&bytes[i..i + FRAME_LEN]);
-            if *checked + 12 + len > budget {
+            if checked.saturating_add(12 + len) > budget {
                 return Err(at_offset(Problem::TailTooCostly { checked: *checked }));
             }
             if checksum_matches(source, at, &frame, len, checked)? {

@@ -244,7 +244,9 @@ fn store_with_a_torn_tail() -> (common::Scratch, u64) {
     let open = scratch();
     let store = TokenStore::open(&open.path).unwrap();
     store.issue(NewToken::new("kept")).unwrap();
-    let valid = fs::metadata(common::journal_path(&open.path)).unwrap().len();
+    let valid = fs::metadata(common::journal_path(&open.path))
+        .unwrap()
+        .len();
     store.issue(NewToken::new("torn")).unwrap();
     let snapshot = fs::read(&open.path).unwrap();
     let journal = fs::read(common::journal_path(&open.path)).unwrap();
@@ -300,7 +302,10 @@ fn a_journal_and_a_torn_file_open_creates_belong_to_the_store_files_owner() {
     let store = TokenStore::open(&s.path).unwrap();
     assert_eq!(store.list().len(), 1);
     store.close().unwrap();
-    let torn = s.dir.path().join(format!("tokens.snap.journal.torn-{valid}"));
+    let torn = s
+        .dir
+        .path()
+        .join(format!("tokens.snap.journal.torn-{valid}"));
     assert_eq!(owner(&torn), (store_uid, store_gid, 0o600), "the torn file");
     if root {
         assert_eq!((store_uid, store_gid), (uid, gid));
@@ -331,5 +336,8 @@ fn a_torn_tail_is_set_aside_even_when_a_thousand_names_are_taken() {
     let name = new[0].file_name().unwrap().to_string_lossy().into_owned();
     assert!(name.starts_with(&format!("{first}.")), "{name}");
     assert_eq!(fs::read(&new[0]).unwrap(), journal[valid as usize..]);
-    assert_eq!(fs::metadata(&new[0]).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(&new[0]).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 }

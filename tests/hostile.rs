@@ -271,7 +271,9 @@ fn a_sequence_number_near_u64_max_is_refused_naming_the_file() {
         journal.extend_from_slice(&record);
         journal
     };
-    let cases: Vec<(&str, Vec<u8>, Option<Vec<u8>>, &str)> = vec![
+    // (what, store file, journal, the file the error must name)
+    type Case = (&'static str, Vec<u8>, Option<Vec<u8>>, &'static str);
+    let cases: Vec<Case> = vec![
         (
             "snapshot seq u64::MAX",
             snapshot_with_seq(u64::MAX),
