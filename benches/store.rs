@@ -18,6 +18,11 @@
 //!   so one record each), against the same store compacted (1,050,000 tokens, no records).
 //!   Both fixtures live on `/dev/shm` (built there: 100,000 fsyncs), both opens read from
 //!   it; the uncompacted copy is restored before each open, untimed.
+//! - `open_torn/18MB`: open a store whose journal ends in an 18 MB torn record (an
+//!   `issue_many` of 250,000 tokens at the manual clock's start, cut one byte short, as a
+//!   crash leaves it): the check
+//!   that nothing valid follows the cut, and setting the tail aside. On `/dev/shm`; the
+//!   torn journal is restored before each open, untimed.
 //! - `issue/{1,8}_callers/1k`: issues per second from 1 and from 8 concurrent callers (group
 //!   commit: waiting callers share one record and one fdatasync).
 //! - `issue/1_callers/1M`: one caller issuing into a 1M-token store, against `1_callers/1k`.
@@ -455,6 +460,69 @@ fn open_journal(c: &mut Criterion) {
     }
 }
 
+/// Tokens in `open_torn`'s `issue_many`: one journal record of about 18 MB.
+const TORN_BATCH: usize = 250_000;
+
+/// Builds `open_torn`'s fixture under `root`: a store whose journal holds one record of
+/// [`TORN_BATCH`] tokens, cut one byte short (copied while the store is open). Returns its
+/// directory.
+fn torn_fixture(root: &Path) -> PathBuf {
+    let built = root.join("torn-built");
+    fs::create_dir(&built).expect("create dir");
+    // Issued at the manual clock's start (a round millisecond count), as the review's
+    // batch was: each token's record then holds a would-be frame whose length lands inside
+    // the file, the worst case for the old check.
+    let store = quiet(&built)
+        .clock(tokencache::ManualClock::default())
+        .open()
+        .expect("open");
+    store
+        .issue_many((0..TORN_BATCH).map(|i| NewToken::new(format!("batch-{i}")).scope("read")))
+        .expect("issue_many");
+    let torn = root.join("torn");
+    copy_store(&built, &torn);
+    drop(store);
+    let journal = torn.join(JOURNAL);
+    let len = fs::metadata(&journal).expect("journal").len();
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(&journal)
+        .expect("open journal");
+    file.set_len(len - 1).expect("cut the journal");
+    println!(
+        "open_torn fixture: a torn tail of {:.1} MB",
+        (len - 33) as f64 / 1e6
+    );
+    torn
+}
+
+fn open_torn(c: &mut Criterion) {
+    let root = tmpfs_dir();
+    let built = OnceCell::new();
+    let run = root.path().join("run-torn");
+    let mut group = c.benchmark_group("open_torn");
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    group.warm_up_time(Duration::from_millis(500));
+    group.bench_function("18MB", |b| {
+        let torn = built.get_or_init(|| torn_fixture(root.path()));
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let _ = fs::remove_dir_all(&run);
+                copy_store(torn, &run);
+                let began = Instant::now();
+                let store = quiet(&run).open().expect("open");
+                total += began.elapsed();
+                assert_eq!(store.stats().tokens, 0, "the torn record was replayed");
+                drop(store);
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
 /// Rounds of `open_turns`.
 const OPEN_ROUNDS: usize = 6;
 
@@ -665,6 +733,7 @@ criterion_group!(
     compaction,
     open,
     open_journal,
+    open_torn,
     issue
 );
 criterion_main!(benches);

@@ -275,6 +275,18 @@ pub(crate) fn write_atomic(
     faults: Option<&FaultPlan>,
     steps: &Steps,
 ) -> Result<(), WriteError> {
+    write_atomic_like(path, None, image, faults, steps)
+}
+
+/// [`write_atomic`], where a first file at `path` (none there yet) takes the owner, group
+/// and mode of the file at `like` if there is one, as if it had always been there.
+fn write_atomic_like(
+    path: &Path,
+    like: Option<&Path>,
+    image: &[u8],
+    faults: Option<&FaultPlan>,
+    steps: &Steps,
+) -> Result<(), WriteError> {
     let inject = |step| faults.map_or(Ok(()), |plan| plan.check(step));
     let dir = parent_dir(path);
     // On any error before the rename, dropping `temp` deletes the temp file: the store file
@@ -285,7 +297,11 @@ pub(crate) fn write_atomic(
         .suffix(TEMP_SUFFIX)
         .tempfile_in(dir)?;
     #[cfg(unix)]
-    if let Ok(old) = fs::metadata(path) {
+    let old = fs::metadata(path).or_else(|e| like.map_or(Err(e), fs::metadata));
+    #[cfg(not(unix))]
+    let _ = like;
+    #[cfg(unix)]
+    if let Ok(old) = old {
         use std::os::unix::fs::PermissionsExt;
         copy_owner(temp.as_file(), &old)?;
         let mode = old.permissions().mode() & 0o7777 & !LOOSE_MODE;
@@ -339,18 +355,22 @@ pub(crate) fn journal_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Reads the journal at `path` (beside a [`resolve`]d store path) whole, with the store
-/// file's rules: a regular file, not a symlink, not writable by group or others.
-/// `Ok(None)` if there is none.
-pub(crate) fn read_journal(path: &Path) -> Result<Option<Vec<u8>>, Error> {
-    let Some((mut file, meta)) = open_regular(path, "read the journal")? else {
+/// Opens the journal at `path` (beside a [`resolve`]d store path) for reading, with the
+/// store file's rules: a regular file, not a symlink, not writable by group or others.
+/// Returns it with its size; `Ok(None)` if there is none. Nothing is read yet: the reader
+/// (`journal::scan_from`) reads a piece at a time, never more than it checked the file holds.
+pub(crate) fn open_journal(path: &Path) -> Result<Option<(File, u64)>, Error> {
+    let Some((file, meta)) = open_regular(path, "read the journal")? else {
         return Ok(None);
     };
     check_mode(path, &meta)?;
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.read_to_end(&mut bytes)
-        .map_err(|e| Error::io("read the journal", path, e))?;
-    Ok(Some(bytes))
+    Ok(Some((file, meta.len())))
+}
+
+/// The store file a journal path is beside (the inverse of [`journal_path`]).
+fn store_of_journal(journal: &Path) -> Option<PathBuf> {
+    let name = journal.as_os_str().to_str()?;
+    name.strip_suffix(".journal").map(PathBuf::from)
 }
 
 /// The journal, open for appending records.
@@ -374,14 +394,19 @@ impl Appender {
     }
 
     /// Replaces the journal at `path` with an empty one whose first record will be
-    /// `base + 1`, atomically (as [`write_atomic`]), and opens it for appending.
+    /// `base + 1`, atomically (as [`write_atomic`]), and opens it for appending. The new
+    /// journal keeps the old one's owner, group and mode; a first one (none there, as for a
+    /// store written before journals existed, or one whose journal was lost) takes the
+    /// store file's, so a journal root's `tokencache` command creates still belongs to the
+    /// service that owns the store.
     pub(crate) fn reset(
         path: &Path,
         base: u64,
         faults: Option<&FaultPlan>,
     ) -> Result<Appender, WriteError> {
         let header = crate::journal::header(base);
-        write_atomic(path, &header, faults, &RESET_STEPS)?;
+        let store = store_of_journal(path);
+        write_atomic_like(path, store.as_deref(), &header, faults, &RESET_STEPS)?;
         Ok(Appender::open(path, header.len() as u64)?)
     }
 
@@ -403,47 +428,90 @@ impl Appender {
     }
 }
 
-/// Sets aside the torn tail of the journal at `path` (its bytes from `valid_len` on) in a
-/// new file named for it, `<journal>.torn-<valid_len>` (`.1`, `.2`... if that exists),
-/// then cuts the journal to `valid_len`. Both are synced before this returns. Returns the
-/// file the bytes went to.
-pub(crate) fn cut_torn_tail(path: &Path, bytes: &[u8], valid_len: u64) -> Result<PathBuf, Error> {
-    let tail = &bytes[usize::try_from(valid_len).unwrap_or(bytes.len())..];
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".torn-{valid_len}"));
-    let first = PathBuf::from(name);
-    let mut aside = first.clone();
-    let mut options = OpenOptions::new();
-    options.create_new(true).write(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut n = 0;
-    let mut file = loop {
-        match options.open(&aside) {
-            Ok(file) => break file,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 1000 => {
-                n += 1;
-                let mut name = first.as_os_str().to_owned();
-                name.push(format!(".{n}"));
-                aside = PathBuf::from(name);
-            }
-            Err(e) => return Err(Error::io("set aside the torn journal tail in", &aside, e)),
-        }
-    };
+/// How many numbered names (`.1`, `.2`...) [`cut_torn_tail`] tries before a random one.
+const TORN_NUMBERED: u32 = 1000;
+
+/// Sets aside the torn tail of the journal of store `path` (its bytes from `valid_len` to
+/// `file_len`, as scanned) in a new file named for it, `<journal>.torn-<valid_len>`
+/// (`.1`, `.2`... up to `.1000` if that exists, then a random suffix, so leftovers never
+/// stop an `open`), owned like the store file (mode 0600), then cuts the journal to
+/// `valid_len`. The bytes are copied a piece at a time. Both files are synced before this
+/// returns. Returns the file the bytes went to.
+pub(crate) fn cut_torn_tail(path: &Path, valid_len: u64, file_len: u64) -> Result<PathBuf, Error> {
+    let journal_path = journal_path(path);
     let what = "set aside the torn journal tail in";
-    file.write_all(tail)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| Error::io(what, &aside, e))?;
-    let journal = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io("cut the torn tail off", path, e))?;
+    let (mut file, aside) = create_torn_file(&journal_path, valid_len)?;
+    #[cfg(unix)]
+    if let Ok(store) = fs::metadata(path) {
+        copy_owner(&file, &store).map_err(|e| Error::io(what, &aside, e))?;
+    }
+    let mut options = OpenOptions::new();
+    options.read(true).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+    let mut journal = options
+        .open(&journal_path)
+        .map_err(|e| Error::io("cut the torn tail off", &journal_path, e))?;
+    let tail = file_len.saturating_sub(valid_len);
+    let copied = io::Seek::seek(&mut journal, io::SeekFrom::Start(valid_len))
+        .and_then(|_| io::copy(&mut (&journal).take(tail), &mut file))
+        .map_err(|e| Error::io("read the torn tail of", &journal_path, e))?;
+    if copied != tail {
+        let e = io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "the journal shrank while its torn tail was set aside ({copied} of {tail} bytes)"
+            ),
+        );
+        return Err(Error::io("read the torn tail of", &journal_path, e));
+    }
+    file.sync_all().map_err(|e| Error::io(what, &aside, e))?;
     journal
         .set_len(valid_len)
         .and_then(|()| journal.sync_all())
-        .and_then(|()| sync_dir(parent_dir(path)))
-        .map_err(|e| Error::io("cut the torn tail off", path, e))?;
+        .and_then(|()| sync_dir(parent_dir(&journal_path)))
+        .map_err(|e| Error::io("cut the torn tail off", &journal_path, e))?;
     Ok(aside)
+}
+
+/// Creates the file a torn tail at `valid_len` of `journal` goes to (see [`cut_torn_tail`]).
+fn create_torn_file(journal: &Path, valid_len: u64) -> Result<(File, PathBuf), Error> {
+    let what = "set aside the torn journal tail in";
+    let mut name = journal.as_os_str().to_owned();
+    name.push(format!(".torn-{valid_len}"));
+    let first = PathBuf::from(name);
+    let mut options = OpenOptions::new();
+    options.create_new(true).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    for n in 0..=TORN_NUMBERED {
+        let mut name = first.as_os_str().to_owned();
+        if n > 0 {
+            name.push(format!(".{n}"));
+        }
+        let aside = PathBuf::from(name);
+        match options.open(&aside) {
+            Ok(file) => return Ok((file, aside)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(what, &aside, e)),
+        }
+    }
+    // Every numbered name is taken: a random one (created exclusively, mode 0600), kept.
+    let prefix = format!(
+        "{}.",
+        first
+            .file_name()
+            .map_or_else(Default::default, |n| n.to_string_lossy())
+    );
+    tempfile::Builder::new()
+        .prefix(&prefix)
+        .rand_bytes(TEMP_RANDOM_LEN)
+        .tempfile_in(parent_dir(journal))
+        .and_then(|temp| temp.keep().map_err(|e| e.error))
+        .map_err(|e| Error::io(what, &first, e))
 }
 
 /// Makes a rename in `dir` durable.

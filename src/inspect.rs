@@ -71,7 +71,7 @@ fn read(path: &Path) -> Result<SnapshotInfo, Error> {
         snapshot_seq: snapshot.seq,
         journal_len: journal.map_or(0, |j| j.file_len),
         journal_records: recovered.replayed,
-        journal_torn: journal.is_some_and(|j| j.torn.is_some()),
+        journal_torn: journal.is_some_and(|j| j.torn),
         tokens,
         revoked,
     })

@@ -23,9 +23,12 @@
 //! snapshot covers (its `seq`), and each change is idempotent, so a crash between any two
 //! steps of a compaction applies nothing twice.
 
+use std::fs::File;
+use std::io;
+
 use serde::{Deserialize, Serialize};
 
-use crate::snapshot::{self, DecodeError, Problem, RateLimitRecord, Record, RecordRef};
+use crate::snapshot::{self, DecodeError, Problem, RateLimitRecord, Record, RecordRef, MAX_SEQ};
 
 /// The first eight bytes of every journal file.
 pub(crate) const MAGIC: [u8; 8] = *b"\x89TKJ\r\n\x1a\n";
@@ -167,6 +170,83 @@ fn record_crc(record: &[u8]) -> u32 {
     hasher.finalize()
 }
 
+/// Where a journal is read from: its bytes in memory, or the file itself, read a piece at
+/// a time so that a reader never holds more than the pieces it is checking.
+pub(crate) trait Source {
+    /// The size in bytes.
+    fn size(&self) -> u64;
+    /// Fills `buf` with the bytes from `at` on. Callers read only within [`size`](Self::size).
+    fn read_at(&self, at: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+impl Source for [u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn read_at(&self, at: u64, buf: &mut [u8]) -> io::Result<()> {
+        let piece = usize::try_from(at)
+            .ok()
+            .and_then(|at| self.get(at..at.checked_add(buf.len())?))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(piece);
+        Ok(())
+    }
+}
+
+/// A journal file, read as it was `len` bytes long (its size when opened: a record a live
+/// service appends meanwhile is not read, or, cut by `len`, reads as a torn tail).
+pub(crate) struct FileSource<'f> {
+    pub(crate) file: &'f File,
+    pub(crate) len: u64,
+}
+
+impl Source for FileSource<'_> {
+    fn size(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, at: u64, buf: &mut [u8]) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::FileExt::read_exact_at(self.file, buf, at)
+        }
+        #[cfg(not(unix))]
+        {
+            use std::io::{Read, Seek};
+            let mut file = self.file;
+            file.seek(io::SeekFrom::Start(at))?;
+            file.read_exact(buf)
+        }
+    }
+}
+
+/// A record's payload up to this size is read whole and then checksummed; a larger one is
+/// checksummed a [`CHUNK`] at a time first, and read whole only if it is what its frame
+/// says (so a damaged length costs no allocation).
+const SMALL_RECORD: u64 = 1 << 20;
+/// The piece read at a time when checksumming a large record or looking past a damaged one.
+const CHUNK: usize = 64 * 1024;
+/// All zeros, to skip pieces of a damaged tail that cannot hold a frame (a memcmp).
+static ZEROS: [u8; CHUNK + FRAME_LEN] = [0; CHUNK + FRAME_LEN];
+/// The most bytes that may follow the start of a torn record: one whole record. The
+/// journal is appended one record at a time, each made durable before the next is written
+/// (and after a failed write the journal is never appended to again), so a crash cuts
+/// short at most the one record in flight. More after a damaged record is damage, refused
+/// without reading it (a sparse file of a terabyte is refused at once).
+const MAX_TAIL: u64 = FRAME_LEN as u64 + u32::MAX as u64;
+/// What looking past a damaged record may cost, in bytes checksummed: this many times the
+/// bytes after it, plus [`TAIL_SLACK`]. An honest torn tail costs about nothing (the
+/// prefilter in [`valid_record_after`] rejects the would-be frames inside a real record
+/// in O(1) each); a tail crafted to pass the prefilter at many offsets is refused as
+/// damaged once it has cost this much, rather than costing the square of its length.
+const TAIL_FACTOR: u64 = 4;
+/// See [`TAIL_FACTOR`].
+const TAIL_SLACK: u64 = 1 << 20;
+/// How much is read at a time after would-be records (see [`Lookahead`]); each such read
+/// counts in that budget as the bytes it read.
+const PROBE_LEN: u64 = 4096;
+
 /// A journal as read: the records in order and where the valid part ends.
 #[derive(Debug)]
 pub(crate) struct Scanned {
@@ -179,6 +259,12 @@ pub(crate) struct Scanned {
     /// The file ends in a torn record (cut short, or failing its checksum with nothing
     /// valid after it) starting at `valid_len`: to be set aside and cut off.
     pub(crate) torn: bool,
+    /// The file's size as read.
+    pub(crate) file_len: u64,
+    /// Bytes checksummed in all (each record's once, and any would-be record after a damaged
+    /// one), and bytes read to look past would-be records: at most the file's size plus
+    /// [`TAIL_FACTOR`] times its tail, plus [`TAIL_SLACK`].
+    pub(crate) checked: u64,
 }
 
 /// One record as read.
@@ -197,60 +283,108 @@ pub(crate) struct JournalError {
     pub(crate) error: DecodeError,
 }
 
-/// Reads a whole journal file's bytes.
+/// Why a journal could not be read: what is wrong in it, or the error reading it.
+#[derive(Debug)]
+pub(crate) enum ScanError {
+    Bad(JournalError),
+    Io(io::Error),
+}
+
+impl From<io::Error> for ScanError {
+    fn from(e: io::Error) -> Self {
+        ScanError::Io(e)
+    }
+}
+
+impl From<JournalError> for ScanError {
+    fn from(e: JournalError) -> Self {
+        ScanError::Bad(e)
+    }
+}
+
+/// [`scan_from`] a whole journal's bytes in memory.
+pub(crate) fn scan(bytes: &[u8]) -> Result<Scanned, JournalError> {
+    scan_from(bytes).map_err(|e| match e {
+        ScanError::Bad(e) => e,
+        // Reads within a slice's length cannot fail; should one, it is no valid journal.
+        ScanError::Io(e) => JournalError {
+            offset: 0,
+            error: Problem::Undecodable(e.to_string()).into(),
+        },
+    })
+}
+
+/// Reads a journal.
 ///
 /// A torn tail is reported in [`Scanned::torn`], not as an error: it is what a crash during
 /// an append leaves, and it was never acknowledged. Anything else wrong (a damaged record
-/// with a valid one after it, a gap in sequence numbers, a record that does not decode) is
-/// an error naming the offset. A file cut inside its header (only possible by hand: a
-/// journal is created whole) reads as an empty torn journal, `base` 0.
-pub(crate) fn scan(bytes: &[u8]) -> Result<Scanned, JournalError> {
-    let at = |offset: usize, error: DecodeError| JournalError {
-        offset: offset as u64,
-        error,
-    };
-    let magic_len = bytes.len().min(MAGIC.len());
-    if bytes[..magic_len] != MAGIC[..magic_len] {
+/// with a valid one after it, a gap in sequence numbers, a record that does not decode, a
+/// sequence number above [`MAX_SEQ`]) is an error naming the offset. A file cut inside its
+/// header (only possible by hand: a journal is created whole) reads as an empty torn
+/// journal, `base` 0.
+///
+/// What it holds in memory at once is bounded by what it checks: the header, then each
+/// record once its length was checked against the bytes the file has left (a record over
+/// [`SMALL_RECORD`] only once its checksum matched, reading it a [`CHUNK`] at a time), then
+/// a [`CHUNK`] at a time of a torn tail. Its work is bounded by the file's size (see
+/// [`valid_record_after`]).
+pub(crate) fn scan_from<S: Source + ?Sized>(source: &S) -> Result<Scanned, ScanError> {
+    let at = |offset: u64, error: DecodeError| ScanError::Bad(JournalError { offset, error });
+    let file_len = source.size();
+    let mut header = [0u8; HEADER_LEN];
+    let header_len = usize::try_from(file_len).map_or(HEADER_LEN, |n| n.min(HEADER_LEN));
+    source.read_at(0, &mut header[..header_len])?;
+    let magic_len = header_len.min(MAGIC.len());
+    if header[..magic_len] != MAGIC[..magic_len] {
         return Err(at(0, Problem::Foreign.into()));
     }
-    if bytes.len() < HEADER_LEN {
+    if header_len < HEADER_LEN {
         return Ok(Scanned {
             base: 0,
             records: Vec::new(),
             valid_len: 0,
             torn: true,
+            file_len,
+            checked: 0,
         });
     }
-    if crc32fast::hash(&bytes[..28]) != u32_at(bytes, 28) {
+    if crc32fast::hash(&header[..28]) != u32_at(&header, 28) {
         return Err(at(0, Problem::HeaderChecksum.into()));
     }
-    match u32_at(bytes, 8) {
+    match u32_at(&header, 8) {
         0 => return Err(at(8, Problem::BadVersion(0).into())),
         v if v > VERSION => return Err(at(8, DecodeError::FutureVersion(v))),
         _ => {}
     }
-    let flags = u32_at(bytes, 12) | u32_at(bytes, 24);
+    let flags = u32_at(&header, 12) | u32_at(&header, 24);
     if flags != 0 {
         return Err(at(12, Problem::UnknownFlags(flags).into()));
     }
-    let base = u64_at(bytes, 16);
+    let base = u64_at(&header, 16);
+    if base > MAX_SEQ {
+        return Err(at(16, Problem::SeqTooLarge(base).into()));
+    }
     let mut records = Vec::new();
-    let mut offset = HEADER_LEN;
-    let mut expected = base.wrapping_add(1);
-    while offset < bytes.len() {
-        let Some(end) = framed_end(bytes, offset) else {
-            if valid_record_after(bytes, offset, expected) {
+    let mut checked = 0;
+    let mut offset = HEADER_LEN as u64;
+    // No overflow: `base` is at most `MAX_SEQ`, and each record adds one.
+    let mut expected = base + 1;
+    while offset < file_len {
+        let Some(record) = read_record(source, offset, &mut checked)? else {
+            if valid_record_after(source, offset, expected, &mut checked)? {
                 return Err(at(offset, Problem::BodyChecksum.into()));
             }
             return Ok(Scanned {
                 base,
                 records,
-                valid_len: offset as u64,
+                valid_len: offset,
                 torn: true,
+                file_len,
+                checked,
             });
         };
-        let seq = u64_at(bytes, offset + 8);
-        if seq != expected {
+        if record.seq != expected {
+            let seq = record.seq;
             return Err(at(
                 offset,
                 Problem::Undecodable(format!(
@@ -259,44 +393,241 @@ pub(crate) fn scan(bytes: &[u8]) -> Result<Scanned, JournalError> {
                 .into(),
             ));
         }
-        let changes = snapshot::decode_body::<Vec<Change>>(&bytes[offset + FRAME_LEN..end])
+        let changes = snapshot::decode_body::<Vec<Change>>(&record.payload)
             .map_err(|problem| at(offset, problem.into()))?;
+        drop(record.payload);
         records.push(Logged {
-            seq,
-            offset: offset as u64,
+            seq: record.seq,
+            offset,
             changes,
         });
-        expected = seq.wrapping_add(1);
-        offset = end;
+        expected = expected
+            .checked_add(1)
+            .ok_or_else(|| at(offset, Problem::SeqTooLarge(record.seq).into()))?;
+        offset = record.end;
     }
     Ok(Scanned {
         base,
         records,
-        valid_len: offset as u64,
+        valid_len: offset,
         torn: false,
+        file_len,
+        checked,
     })
 }
 
-/// The end of the record framed at `offset` if it is whole and its checksum matches.
-fn framed_end(bytes: &[u8], offset: usize) -> Option<usize> {
-    let frame = bytes.get(offset..offset + FRAME_LEN)?;
-    let len = u32_at(frame, 0) as usize;
-    let end = offset.checked_add(FRAME_LEN)?.checked_add(len)?;
-    let record = bytes.get(offset..end)?;
-    (record_crc(record) == u32_at(frame, 4)).then_some(end)
+/// A whole record whose checksum matched.
+struct Framed {
+    seq: u64,
+    payload: Vec<u8>,
+    /// Where it ends (the next record's offset).
+    end: u64,
 }
 
-/// Whether a valid record starts anywhere after `offset`: if so, the bad record at
-/// `offset` is damage in the middle of the journal, not a torn tail. Only offsets holding
-/// a plausible sequence number (after `expected`, no further on than one per frame) are
-/// checksummed, so a long damaged tail is scanned in one cheap pass.
-fn valid_record_after(bytes: &[u8], offset: usize, expected: u64) -> bool {
-    let last = bytes.len().saturating_sub(FRAME_LEN);
-    (offset + 1..=last).any(|at| {
-        let seq = u64_at(bytes, at + 8);
-        let most = expected.saturating_add(((bytes.len() - offset) / FRAME_LEN) as u64);
-        seq >= expected && seq <= most && framed_end(bytes, at).is_some()
-    })
+/// The record framed at `offset` if it is whole and its checksum matches. Adds the bytes
+/// checksummed to `checked`.
+fn read_record<S: Source + ?Sized>(
+    source: &S,
+    offset: u64,
+    checked: &mut u64,
+) -> io::Result<Option<Framed>> {
+    let Some(frame) = frame_at(source, offset)? else {
+        return Ok(None);
+    };
+    let len = u64::from(u32_at(&frame, 0));
+    let Some(end) = record_end(source, offset, len) else {
+        return Ok(None);
+    };
+    // `len` is within the file (`record_end`) and at most 4 GiB (a `u32`).
+    let Ok(size) = usize::try_from(len) else {
+        return Ok(None);
+    };
+    let payload_at = offset + FRAME_LEN as u64;
+    if len > SMALL_RECORD && !checksum_matches(source, offset, &frame, len, checked)? {
+        return Ok(None);
+    }
+    let mut payload = vec![0u8; size];
+    source.read_at(payload_at, &mut payload)?;
+    if len <= SMALL_RECORD {
+        *checked += 12 + len;
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&frame[..4]);
+        hasher.update(&frame[8..]);
+        hasher.update(&payload);
+        if hasher.finalize() != u32_at(&frame, 4) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(Framed {
+        seq: u64_at(&frame, 8),
+        payload,
+        end,
+    }))
+}
+
+/// The frame at `offset`, if the file holds all of it.
+fn frame_at<S: Source + ?Sized>(source: &S, offset: u64) -> io::Result<Option<[u8; FRAME_LEN]>> {
+    if source.size().saturating_sub(offset) < FRAME_LEN as u64 {
+        return Ok(None);
+    }
+    let mut frame = [0u8; FRAME_LEN];
+    source.read_at(offset, &mut frame)?;
+    Ok(Some(frame))
+}
+
+/// Where a record of payload `len` framed at `offset` ends, if the file holds all of it.
+fn record_end<S: Source + ?Sized>(source: &S, offset: u64, len: u64) -> Option<u64> {
+    let end = offset.checked_add(FRAME_LEN as u64)?.checked_add(len)?;
+    (end <= source.size()).then_some(end)
+}
+
+/// Whether the record framed by `frame` at `offset`, of payload `len` (within the file),
+/// has the checksum its frame gives: read a [`CHUNK`] at a time. Adds the bytes checksummed
+/// to `checked`.
+fn checksum_matches<S: Source + ?Sized>(
+    source: &S,
+    offset: u64,
+    frame: &[u8; FRAME_LEN],
+    len: u64,
+    checked: &mut u64,
+) -> io::Result<bool> {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&frame[..4]);
+    hasher.update(&frame[8..]);
+    let mut buf = vec![0u8; CHUNK.min(usize::try_from(len).unwrap_or(CHUNK))];
+    let mut at = offset + FRAME_LEN as u64;
+    let mut left = len;
+    while left > 0 {
+        let n = buf.len().min(usize::try_from(left).unwrap_or(buf.len()));
+        source.read_at(at, &mut buf[..n])?;
+        hasher.update(&buf[..n]);
+        at += n as u64;
+        left -= n as u64;
+    }
+    *checked += 12 + len;
+    Ok(hasher.finalize() == u32_at(frame, 4))
+}
+
+/// Whether a valid record starts anywhere after the bad or cut record at `offset` (whose
+/// sequence number would be `expected`): if so, the bad record is damage in the middle of
+/// the journal, not a torn tail.
+///
+/// Checksumming every would-be frame after `offset` would cost the square of the tail (a
+/// big record holds many bytes that read as a plausible frame), so a would-be frame at `at`
+/// is checksummed only if it passes an O(1) prefilter that every real record passes:
+/// - its `seq` is plausible: from `expected` to `expected` plus one per frame that fits;
+/// - its payload ends within the file;
+/// - it is followed as a real record is: by the end of the file, a frame cut short by it,
+///   the next record's frame (whose `seq` is this one's + 1), or 16 zero bytes (the next
+///   record's frame never reached the disk: a crash in the next append). Inside an honest
+///   record neither is likely: its bytes never hold 16 zeros in a row (no name or scope
+///   holds a NUL), and an exact `seq + 1` right after a would-be record is chance.
+///
+/// What the prefilter lets through is budgeted ([`TAIL_FACTOR`]): a tail that exceeds the
+/// budget is refused as damaged (no honest one comes near it). A tail longer than any
+/// record ([`MAX_TAIL`]) is refused at once. Pieces of the tail whose would-be `seq` bytes
+/// are all zero (a sparse file's holes, a torn write's unwritten pages) cannot hold a
+/// plausible `seq` (`expected` is at least 1) and are skipped with one comparison.
+fn valid_record_after<S: Source + ?Sized>(
+    source: &S,
+    offset: u64,
+    expected: u64,
+    checked: &mut u64,
+) -> Result<bool, ScanError> {
+    let at_offset = |error: Problem| {
+        ScanError::Bad(JournalError {
+            offset,
+            error: error.into(),
+        })
+    };
+    let size = source.size();
+    let tail = size - offset;
+    if tail > MAX_TAIL {
+        return Err(at_offset(Problem::TailTooLong { tail }));
+    }
+    let budget = checked.saturating_add(tail.saturating_mul(TAIL_FACTOR) + TAIL_SLACK);
+    let most = expected.saturating_add(tail / FRAME_LEN as u64);
+    let Some(last) = size.checked_sub(FRAME_LEN as u64) else {
+        return Ok(false);
+    };
+    let mut window = vec![0u8; CHUNK + FRAME_LEN - 1];
+    let mut after = Lookahead::default();
+    let mut start = offset + 1;
+    while start <= last {
+        // The would-be frames at `start..start + n`: the bytes up to the last one's end.
+        let n = usize::try_from(last - start + 1).map_or(CHUNK, |left| left.min(CHUNK));
+        let bytes = &mut window[..n + FRAME_LEN - 1];
+        source.read_at(start, bytes)?;
+        if bytes[8..] == ZEROS[..bytes.len() - 8] {
+            start += n as u64;
+            continue;
+        }
+        for i in 0..n {
+            let seq = u64_at(bytes, i + 8);
+            if seq < expected || seq > most {
+                continue;
+            }
+            let at = start + i as u64;
+            let len = u64::from(u32_at(bytes, i));
+            let Some(end) = record_end(source, at, len) else {
+                continue;
+            };
+            if !after.followed_as_a_record(source, end, seq, checked)? {
+                continue;
+            }
+            let mut frame = [0u8; FRAME_LEN];
+            frame.copy_from_slice(&bytes[i..i + FRAME_LEN]);
+            if checked.saturating_add(12 + len) > budget {
+                return Err(at_offset(Problem::TailTooCostly { checked: *checked }));
+            }
+            if checksum_matches(source, at, &frame, len, checked)? {
+                return Ok(true);
+            }
+        }
+        if *checked > budget {
+            return Err(at_offset(Problem::TailTooCostly { checked: *checked }));
+        }
+        start += n as u64;
+    }
+    Ok(false)
+}
+
+/// The bytes last read after a would-be record, kept for the next one: the would-be
+/// frames inside a real record are alike (each token's record holds the same shape), so
+/// their ends advance together, and one read serves hundreds of them.
+#[derive(Default)]
+struct Lookahead {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+impl Lookahead {
+    /// Whether what follows a would-be record of sequence number `seq` ending at `end` is
+    /// what follows a real one (see [`valid_record_after`]). A read of [`PROBE_LEN`] bytes
+    /// it needs adds that many to `checked`.
+    fn followed_as_a_record<S: Source + ?Sized>(
+        &mut self,
+        source: &S,
+        end: u64,
+        seq: u64,
+        checked: &mut u64,
+    ) -> io::Result<bool> {
+        let size = source.size();
+        if size - end < FRAME_LEN as u64 {
+            return Ok(true);
+        }
+        let held = self.start + self.bytes.len() as u64;
+        if end < self.start || end + FRAME_LEN as u64 > held {
+            let len = (size - end).min(PROBE_LEN);
+            self.bytes.resize(len as usize, 0);
+            source.read_at(end, &mut self.bytes)?;
+            self.start = end;
+            *checked = checked.saturating_add(len);
+        }
+        let from = (end - self.start) as usize;
+        let next = &self.bytes[from..from + FRAME_LEN];
+        Ok(u64_at(next, 8) == seq.wrapping_add(1) || next == &ZEROS[..FRAME_LEN])
+    }
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
@@ -310,6 +641,12 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The end of the record framed at `offset` if it is whole and its checksum matches.
+    fn framed_end(bytes: &[u8], offset: usize) -> Option<usize> {
+        let framed = read_record(bytes, offset as u64, &mut 0).unwrap()?;
+        Some(framed.end as usize)
+    }
 
     fn journal(records: &[Vec<ChangeRef<'_>>]) -> Vec<u8> {
         let mut out = header(4).to_vec();

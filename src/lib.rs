@@ -141,6 +141,39 @@ pub mod __fuzz {
     }
 }
 
+/// The journal reader's work, for tests of its cost (not a public API).
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub mod __journal {
+    /// What reading a journal file found, and what it cost.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct JournalScan {
+        /// Valid records.
+        pub records: usize,
+        /// Where the valid part ends.
+        pub valid_len: u64,
+        /// Whether a torn tail follows it.
+        pub torn: bool,
+        /// Bytes checksummed, and bytes read to look past would-be records after a damaged one.
+        pub checked: u64,
+    }
+
+    /// Reads the journal file at `path` as `open` does (without replaying it). `Err` says
+    /// why `open` would refuse it.
+    pub fn scan(path: &std::path::Path) -> Result<JournalScan, String> {
+        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        let len = file.metadata().map_err(|e| e.to_string())?.len();
+        let source = crate::journal::FileSource { file: &file, len };
+        let scanned = crate::journal::scan_from(&source).map_err(|e| format!("{e:?}"))?;
+        Ok(JournalScan {
+            records: scanned.records.len(),
+            valid_len: scanned.valid_len,
+            torn: scanned.torn,
+            checked: scanned.checked,
+        })
+    }
+}
+
 /// The token map alone, for the churn test (`tests/churn.rs`): issuing and deleting through
 /// the store writes a snapshot each time, so a million cycles drive the map the store uses,
 /// with entries shaped like the store's. Not a public API.

@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::entry;
 use crate::error::Error;
 use crate::file;
-use crate::journal::{self, Change, JournalError, Logged};
+use crate::journal::{self, Change, JournalError, Logged, ScanError};
 use crate::map::Map;
 use crate::rate_limit::RateLimit;
 use crate::snapshot::{self, DecodeError, Problem};
@@ -66,8 +66,8 @@ pub(crate) struct JournalRead {
     pub(crate) file_len: u64,
     /// Where its valid part ends: the next record goes there.
     pub(crate) valid_len: u64,
-    /// The whole file, if it ends in a torn record (to set the tail aside).
-    pub(crate) torn: Option<Vec<u8>>,
+    /// It ends in a torn record, from `valid_len` to `file_len` (to be set aside).
+    pub(crate) torn: bool,
     /// It cannot take the next record: its records all precede the snapshot's (a
     /// compaction stopped before it replaced the journal), or its header was cut.
     pub(crate) stale: bool,
@@ -101,7 +101,7 @@ pub(crate) fn read(path: &Path) -> Result<Recovered, Error> {
     debug_assert!(added.is_ok(), "entry::load let a duplicate id through");
 
     let journal_path = file::journal_path(path);
-    let Some(bytes) = file::read_journal(&journal_path)? else {
+    let Some((file, file_len)) = file::open_journal(&journal_path)? else {
         return Ok(Recovered {
             map,
             snapshot,
@@ -111,7 +111,15 @@ pub(crate) fn read(path: &Path) -> Result<Recovered, Error> {
         });
     };
     let at = |e: JournalError| journal_error(&journal_path, e);
-    let scanned = journal::scan(&bytes).map_err(at)?;
+    let source = journal::FileSource {
+        file: &file,
+        len: file_len,
+    };
+    let scanned = journal::scan_from(&source).map_err(|e| match e {
+        ScanError::Bad(e) => at(e),
+        ScanError::Io(e) => Error::io("read the journal", &journal_path, e),
+    })?;
+    drop(file);
     let header_whole = scanned.valid_len >= journal::HEADER_LEN as u64;
     if header_whole && scanned.base > snapshot_seq {
         return Err(at(JournalError {
@@ -123,7 +131,8 @@ pub(crate) fn read(path: &Path) -> Result<Recovered, Error> {
             .into(),
         }));
     }
-    let end = scanned.base + scanned.records.len() as u64;
+    // The last record's number (no arithmetic: the scan checked each follows the one before).
+    let end = scanned.records.last().map_or(scanned.base, |r| r.seq);
     let replayed = replay_after(&map, scanned.records, snapshot_seq).map_err(at)?;
     Ok(Recovered {
         map,
@@ -131,10 +140,10 @@ pub(crate) fn read(path: &Path) -> Result<Recovered, Error> {
         seq: snapshot_seq.max(end),
         replayed,
         journal: Some(JournalRead {
-            file_len: bytes.len() as u64,
+            file_len: scanned.file_len,
             valid_len: scanned.valid_len,
             stale: !header_whole || end < snapshot_seq,
-            torn: scanned.torn.then_some(bytes),
+            torn: scanned.torn,
         }),
     })
 }

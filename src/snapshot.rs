@@ -30,6 +30,12 @@ pub const HEADER_LEN: usize = 32;
 
 const BINCODE: bincode::config::Configuration = bincode::config::standard();
 
+/// The largest sequence number a file may give (a snapshot's `seq`, a journal's `base`):
+/// 2^63 - 1, so every sequence number computed from one (the next record's, the number
+/// after the last of a journal's records) fits in a `u64` with room to spare. A store
+/// writing a record every microsecond would take 290,000 years to reach it.
+pub(crate) const MAX_SEQ: u64 = u64::MAX / 2;
+
 /// The body of a snapshot.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub(crate) struct Body {
@@ -179,6 +185,12 @@ pub(crate) enum Problem {
     BadText(String),
     #[error("token {0} has a time past the year 292 million")]
     BadTime(String),
+    #[error("it gives sequence number {0}, above 2^63 - 1, which leaves no room for the records after it (no store counts that far: the file is damaged or was made by hand)")]
+    SeqTooLarge(u64),
+    #[error("a damaged record is followed by {tail} bytes, more than one record can hold (a write cut short leaves at most one record): the journal is damaged")]
+    TailTooLong { tail: u64 },
+    #[error("a damaged record is followed by bytes that look like records too often to check them all ({checked} bytes checksummed): the journal is damaged")]
+    TailTooCostly { checked: u64 },
 }
 
 /// Checks a header (the first [`HEADER_LEN`] bytes, or fewer if the file is shorter) of a
@@ -260,7 +272,11 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
     } else {
         decode_body::<Body>(body)
     };
-    decoded.map_err(DecodeError::from)
+    let body = decoded?;
+    if body.seq > MAX_SEQ {
+        return Err(Problem::SeqTooLarge(body.seq).into());
+    }
+    Ok(body)
 }
 
 /// Decodes `body` whole into a `T` (trailing bytes refused), with [`bounded_decode`].
@@ -519,7 +535,7 @@ mod tests {
             #[test]
             fn any_body_round_trips(
                 written_at in any::<u64>(),
-                seq in any::<u64>(),
+                seq in 0..=MAX_SEQ,
                 records in proptest::collection::vec(record(), 0..8),
             ) {
                 let body = Body { written_at, seq, records };

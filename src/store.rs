@@ -1099,8 +1099,8 @@ impl Builder {
         let journal_path = file::journal_path(&path);
         let mut journal = None;
         if let Some(read) = &recovered.journal {
-            if let Some(bytes) = &read.torn {
-                let aside = file::cut_torn_tail(&journal_path, bytes, read.valid_len)?;
+            if read.torn {
+                let aside = file::cut_torn_tail(&path, read.valid_len, read.file_len)?;
                 tracing::warn!(journal = %journal_path.display(), kept = read.valid_len, set_aside = %aside.display(), "the journal ended in a torn record (a crash during a write that was never acknowledged); its bytes were set aside and cut off");
             }
             if !read.stale {

@@ -242,3 +242,107 @@ fn a_filesystem_that_cannot_fsync_directories_still_takes_writes() {
     let reopened = TokenStore::open(&s.path).unwrap();
     assert!(reopened.get(&issued.id()).unwrap().revoked_at.is_some());
 }
+
+/// A store whose journal is cut inside its last record, planted in a fresh directory (as a
+/// crash leaves it): returns the scratch and the offset where the torn tail starts.
+fn store_with_a_torn_tail() -> (common::Scratch, u64) {
+    let open = scratch();
+    let store = TokenStore::open(&open.path).unwrap();
+    store.issue(NewToken::new("kept")).unwrap();
+    let valid = fs::metadata(common::journal_path(&open.path))
+        .unwrap()
+        .len();
+    store.issue(NewToken::new("torn")).unwrap();
+    let snapshot = fs::read(&open.path).unwrap();
+    let journal = fs::read(common::journal_path(&open.path)).unwrap();
+    drop(store);
+    let s = scratch();
+    fs::write(&s.path, snapshot).unwrap();
+    fs::write(common::journal_path(&s.path), &journal[..journal.len() - 3]).unwrap();
+    for path in [s.path.clone(), common::journal_path(&s.path)] {
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    (s, valid)
+}
+
+/// A journal `open` creates (none there: a store written before journals existed, or one
+/// whose journal was lost) and a torn tail it sets aside take the store file's owner and
+/// group, as the lock file does: run as root (the CLI, say) on a store a service owns, they
+/// would otherwise be root's, mode 0600, and the service would be refused its own journal.
+/// The new journal takes the store file's mode too. CI runs as root, which may give files
+/// away; as anyone else every file is the runner's own, so only that is checked.
+#[test]
+fn a_journal_and_a_torn_file_open_creates_belong_to_the_store_files_owner() {
+    let (uid, gid) = (65534, 65534);
+    let root = fs::metadata("/proc/self").unwrap().uid() == 0;
+    if !root {
+        eprintln!("not root: checking that the files are the runner's own and modes only");
+    }
+    // A lost journal.
+    let s = scratch();
+    TokenStore::open(&s.path).unwrap().close().unwrap();
+    fs::remove_file(common::journal_path(&s.path)).unwrap();
+    fs::set_permissions(&s.path, fs::Permissions::from_mode(0o640)).unwrap();
+    if root {
+        std::os::unix::fs::chown(&s.path, Some(uid), Some(gid)).unwrap();
+    }
+    let owner = |path: &Path| {
+        let meta = fs::metadata(path).unwrap();
+        (meta.uid(), meta.gid(), meta.permissions().mode() & 0o7777)
+    };
+    let want = owner(&s.path);
+    TokenStore::open(&s.path).unwrap().close().unwrap();
+    let journal = common::journal_path(&s.path);
+    assert_eq!(owner(&journal), want, "the new journal");
+    if root {
+        assert_eq!(want, (uid, gid, 0o640));
+    }
+
+    // A torn tail set aside.
+    let (s, valid) = store_with_a_torn_tail();
+    if root {
+        std::os::unix::fs::chown(&s.path, Some(uid), Some(gid)).unwrap();
+    }
+    let (store_uid, store_gid, _) = owner(&s.path);
+    let store = TokenStore::open(&s.path).unwrap();
+    assert_eq!(store.list().len(), 1);
+    store.close().unwrap();
+    let torn = s
+        .dir
+        .path()
+        .join(format!("tokens.snap.journal.torn-{valid}"));
+    assert_eq!(owner(&torn), (store_uid, store_gid, 0o600), "the torn file");
+    if root {
+        assert_eq!((store_uid, store_gid), (uid, gid));
+    }
+}
+
+/// Leftover `.torn-<offset>` files never stop `open`: after the first name and its 1,000
+/// numbered variants are taken, the tail goes to a name with a random suffix.
+#[test]
+fn a_torn_tail_is_set_aside_even_when_a_thousand_names_are_taken() {
+    let (s, valid) = store_with_a_torn_tail();
+    let first = format!("tokens.snap.journal.torn-{valid}");
+    fs::write(s.dir.path().join(&first), b"old").unwrap();
+    for n in 1..=1000 {
+        fs::write(s.dir.path().join(format!("{first}.{n}")), b"old").unwrap();
+    }
+    let journal = fs::read(common::journal_path(&s.path)).unwrap();
+    let store = TokenStore::open(&s.path).unwrap();
+    assert_eq!(store.list().len(), 1);
+    store.close().unwrap();
+    let new: Vec<_> = fs::read_dir(s.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".torn-"))
+        .filter(|p| fs::read(p).unwrap() != b"old")
+        .collect();
+    assert_eq!(new.len(), 1, "{new:?}");
+    let name = new[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with(&format!("{first}.")), "{name}");
+    assert_eq!(fs::read(&new[0]).unwrap(), journal[valid as usize..]);
+    assert_eq!(
+        fs::metadata(&new[0]).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}

@@ -216,3 +216,127 @@ fn the_fuzz_entry_points_agree_with_open() {
     assert!(tokencache::__fuzz::check_snapshot(&image[..40]).is_err());
     assert!(tokencache::__fuzz::parse_token("tc_").is_none());
 }
+
+/// A journal header (as the store writes it) whose first record will be `base + 1`.
+fn journal_header(base: u64) -> Vec<u8> {
+    let mut header = b"\x89TKJ\r\n\x1a\n".to_vec();
+    header.extend_from_slice(&1u32.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    header.extend_from_slice(&base.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    let crc = crc32fast::hash(&header);
+    header.extend_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// A store file (version 2, checksummed) holding no token and covering journal records up
+/// to `seq`: bincode's varints, `written_at` 0, `seq` as `253` and 8 bytes, no record.
+fn snapshot_with_seq(seq: u64) -> Vec<u8> {
+    let mut body = vec![0, 253];
+    body.extend_from_slice(&seq.to_le_bytes());
+    body.push(0);
+    tokencache::__fuzz::frame_body(&body)
+}
+
+/// Writes `files` (name, bytes) beside a store in a fresh directory, private.
+fn plant(files: &[(&str, &[u8])]) -> common::Scratch {
+    use std::os::unix::fs::PermissionsExt;
+    let s = scratch();
+    for (name, bytes) in files {
+        let path = s.dir.path().join(name);
+        fs::write(&path, bytes).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    s
+}
+
+/// A sequence number near `u64::MAX` in a checksummed file (a snapshot's `seq`, a
+/// journal's `base`) leaves no room for the next record: `open`, `inspect` and
+/// `StoreView::read` refuse it, naming the file, and nothing panics (in a debug build an
+/// overflow would) or wraps around (in a release build later records would be skipped).
+#[test]
+fn a_sequence_number_near_u64_max_is_refused_naming_the_file() {
+    let a_record_after = |base: u64| {
+        // One `Delete` of an id nobody has, as record `base + 1` (wrapping: as a hostile
+        // file would give it).
+        let mut journal = journal_header(base);
+        let payload = [1u8, 2, b'a', b'b', b'c', b'd', b'1', b'2', b'3', b'4'];
+        let framed = tokencache::__fuzz::frame_journal_record(&payload);
+        let mut record = framed[32..].to_vec();
+        record[8..16].copy_from_slice(&base.wrapping_add(1).to_le_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&record[..4]);
+        crc.update(&record[8..]);
+        record[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+        journal.extend_from_slice(&record);
+        journal
+    };
+    // (what, store file, journal, the file the error must name)
+    type Case = (&'static str, Vec<u8>, Option<Vec<u8>>, &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            "snapshot seq u64::MAX",
+            snapshot_with_seq(u64::MAX),
+            None,
+            "tokens.snap",
+        ),
+        (
+            "snapshot seq u64::MAX - 1, journal base u64::MAX - 1 with a record",
+            snapshot_with_seq(u64::MAX - 1),
+            Some(a_record_after(u64::MAX - 1)),
+            "tokens.snap",
+        ),
+        (
+            "snapshot seq 2^63, no record",
+            snapshot_with_seq(1 << 63),
+            Some(journal_header(1 << 63)),
+            "tokens.snap",
+        ),
+        (
+            "journal base u64::MAX - 1",
+            snapshot_with_seq(5),
+            Some(a_record_after(u64::MAX - 1)),
+            "tokens.snap.journal",
+        ),
+        (
+            "journal base u64::MAX",
+            snapshot_with_seq(5),
+            Some(a_record_after(u64::MAX)),
+            "tokens.snap.journal",
+        ),
+    ];
+    for (what, snapshot, journal, named) in cases {
+        let mut files = vec![("tokens.snap", &snapshot[..])];
+        if let Some(journal) = &journal {
+            files.push(("tokens.snap.journal", &journal[..]));
+        }
+        let s = plant(&files);
+        let named = s.dir.path().join(named);
+        let errors = [
+            TokenStore::open(&s.path).err(),
+            tokencache::inspect(&s.path).err(),
+            tokencache::StoreView::read(&s.path).err(),
+        ];
+        for error in errors {
+            let error = error.unwrap_or_else(|| panic!("{what}: accepted"));
+            let message = error.to_string();
+            assert!(matches!(error, Error::Corrupt { .. }), "{what}: {message}");
+            assert!(
+                message.contains(&format!("{} cannot be used", named.display())),
+                "{what}: {message}"
+            );
+            assert!(message.contains("2^63"), "{what}: {message}");
+        }
+        assert_eq!(fs::read(&s.path).unwrap(), snapshot, "{what}");
+    }
+    // The fuzz entry point (the journal alone, replayed onto nothing) refuses it too.
+    let error = tokencache::__fuzz::check_journal(&a_record_after(u64::MAX)).unwrap_err();
+    assert!(error.contains("SeqTooLarge"), "{error}");
+    // And one below the largest allowed (2^63 - 1) still opens and takes a change, which
+    // gets the largest.
+    let s = plant(&[("tokens.snap", &snapshot_with_seq(u64::MAX / 2 - 1))]);
+    let store = TokenStore::open(&s.path).unwrap();
+    store.issue(NewToken::new("after")).unwrap();
+    store.close().unwrap();
+    assert_eq!(TokenStore::open(&s.path).unwrap().list().len(), 1);
+}

@@ -305,3 +305,159 @@ fn a_store_file_without_a_journal_opens_and_starts_one() {
     let (store, _) = manual_store(&s.path);
     assert_eq!(store.list().len(), 2);
 }
+
+/// Tokens in the big `issue_many` below: one journal record of about 18 MB, the size at
+/// which the review measured 45 s for `open` with the old quadratic check.
+const BIG_BATCH: usize = 250_000;
+
+/// A crash in the middle of a big `issue_many` leaves up to its whole record as a torn
+/// tail. Deciding that nothing valid follows the cut costs bytes checksummed in proportion
+/// to the tail (a counter in the reader, not a timing): the old check checksummed a
+/// would-be record at every offset holding a plausible sequence number, the square of the
+/// tail. The store then opens with the tail set aside, byte for byte.
+#[test]
+fn a_big_torn_tail_costs_checksums_linear_in_its_size() {
+    let s = scratch();
+    let (builder, _) = manual_builder(&s.path);
+    let store = builder.compaction_floor(u64::MAX).open().unwrap();
+    let header = fs::metadata(journal_path(&s.path)).unwrap().len() as usize;
+    store
+        .issue_many((0..BIG_BATCH).map(|i| NewToken::new(format!("batch-{i}")).scopes(["read"])))
+        .unwrap();
+    // Copied while the store is open, as a crash would leave them.
+    let snapshot = fs::read(&s.path).unwrap();
+    let journal = fs::read(journal_path(&s.path)).unwrap();
+    drop(store);
+    let record = journal.len() - header;
+    assert!(record > 16_000_000, "one record of {record} bytes");
+    for cut in [journal.len() - 1, header + record / 2, header + 4096] {
+        let s = plant(&snapshot, &journal[..cut]);
+        let tail = (cut - header) as u64;
+        let scan = tokencache::__journal::scan(&journal_path(&s.path)).unwrap();
+        println!(
+            "torn tail of {tail} bytes: {} bytes checksummed",
+            scan.checked
+        );
+        assert!(scan.torn, "cut at {cut}");
+        assert_eq!((scan.records, scan.valid_len), (0, header as u64));
+        assert!(
+            scan.checked <= 2 * tail,
+            "cut at {cut}: {} bytes checksummed for a tail of {tail}",
+            scan.checked
+        );
+        let store = TokenStore::open(&s.path).unwrap();
+        assert!(store.list().is_empty());
+        drop(store);
+        let aside = s
+            .dir
+            .path()
+            .join(format!("tokens.snap.journal.torn-{header}"));
+        assert!(
+            fs::read(aside).unwrap() == journal[header..cut],
+            "cut at {cut}"
+        );
+        assert_eq!(
+            fs::metadata(journal_path(&s.path)).unwrap().len(),
+            header as u64
+        );
+    }
+}
+
+/// Makes the journal of store `path` `len` bytes long by extending it with a hole (a
+/// sparse file: no disk space is used, reads of the hole return zeros).
+fn extend_sparse(path: &Path, len: u64) {
+    let journal = fs::OpenOptions::new()
+        .write(true)
+        .open(journal_path(path))
+        .unwrap();
+    journal.set_len(len).unwrap();
+}
+
+/// A journal with a valid header and a terabyte hole after it (a sparse file) is refused at
+/// once by `open`, `inspect`, `StoreView::read` and the CLI's `inspect`: a crash cuts short
+/// at most the one record being written, and no record is longer than 4 GiB, so the reader
+/// neither allocates the file's size (as it once did: a SIGABRT) nor reads the hole. The
+/// error names the journal and the offset; no file is changed.
+#[test]
+fn a_sparse_terabyte_journal_is_refused_without_reading_or_allocating_it() {
+    const TIB: u64 = 1 << 40;
+    let s = scratch();
+    let (store, _) = manual_store(&s.path);
+    store.issue(NewToken::new("a")).unwrap();
+    store.close().unwrap();
+    extend_sparse(&s.path, TIB);
+    let before = fs::read(&s.path).unwrap();
+    let journal = journal_path(&s.path);
+    let errors = [
+        TokenStore::open(&s.path).err(),
+        tokencache::inspect(&s.path).err(),
+        tokencache::StoreView::read(&s.path).err(),
+    ];
+    for error in errors {
+        let error = error.expect("a terabyte of holes accepted");
+        let message = error.to_string();
+        assert!(matches!(error, Error::Corrupt { .. }), "{message}");
+        assert!(message.contains(journal.to_str().unwrap()), "{message}");
+        assert!(message.contains("at byte 32"), "{message}");
+        assert!(message.contains("more than one record"), "{message}");
+    }
+    #[cfg(feature = "cli")]
+    {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tokencache"))
+            .arg("--store")
+            .arg(&s.path)
+            .arg("inspect")
+            .env_remove("TOKENCACHE_STORE")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "stderr: {stderr}");
+        assert!(
+            output.status.code().is_some(),
+            "killed by a signal: {stderr}"
+        );
+        assert!(stderr.contains("more than one record"), "{stderr}");
+    }
+    assert_eq!(fs::metadata(&journal).unwrap().len(), TIB);
+    assert_eq!(fs::read(&s.path).unwrap(), before);
+    let names: Vec<String> = files_named(s.dir.path());
+    assert!(!names.iter().any(|n| n.contains(".torn-")), "{names:?}");
+}
+
+/// Zeros after the last record, as long as a record may be (a crash in an append whose
+/// pages never reached the disk; here a 64 MiB hole), are a torn tail: skipped a piece at a
+/// time without a checksum, set aside, and the store opens with every record.
+#[test]
+fn a_hole_after_the_last_record_is_a_torn_tail_read_a_piece_at_a_time() {
+    let open = scratch();
+    let (store, _) = manual_store(&open.path);
+    let token = store.issue(NewToken::new("a")).unwrap();
+    // Copied while the store is open, as a crash would leave them.
+    let journal = fs::read(journal_path(&open.path)).unwrap();
+    let s = plant(&fs::read(&open.path).unwrap(), &journal);
+    drop(store);
+    let valid = journal.len() as u64;
+    extend_sparse(&s.path, valid + (64 << 20));
+    let scan = tokencache::__journal::scan(&journal_path(&s.path)).unwrap();
+    assert!(scan.torn);
+    assert_eq!((scan.records, scan.valid_len), (1, valid));
+    assert!(scan.checked < 4096, "{} bytes checksummed", scan.checked);
+    let view = tokencache::StoreView::read(&s.path).unwrap();
+    assert!(view.validate(token.secret()).is_ok());
+    let (store, _) = manual_store(&s.path);
+    assert!(store.validate(token.secret()).is_ok());
+    let aside = s
+        .dir
+        .path()
+        .join(format!("tokens.snap.journal.torn-{valid}"));
+    assert_eq!(fs::metadata(aside).unwrap().len(), 64 << 20);
+    assert_eq!(fs::metadata(journal_path(&s.path)).unwrap().len(), valid);
+}
+
+/// The names of the files in `dir`.
+fn files_named(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
