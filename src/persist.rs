@@ -880,7 +880,9 @@ impl Persister {
         if changes.is_empty() && !resend {
             return Ok(());
         }
-        let Some(seq) = self.seq.checked_add(1) else {
+        // Files refuse a number above `MAX_SEQ`, so the store never writes one.
+        let next = self.seq.checked_add(1).filter(|&s| s <= snapshot::MAX_SEQ);
+        let Some(seq) = next else {
             let error = io::Error::other("the journal's sequence numbers are used up");
             return Err(self.failed(error, "append to the journal of", "cannot number a record"));
         };
