@@ -540,6 +540,11 @@ fn cli_rate_limits_follow_the_library_rules() {
             &["--rate-limit", "1/min", "--burst", "4194304"],
             RateLimit::per_minute(1).burst(4_194_304),
         ),
+        // A burst worth more than 100 years of requests (finding 16).
+        (
+            &["--rate-limit", "1/h", "--burst", "4194303"],
+            RateLimit::per_hour(1).burst(4_194_303),
+        ),
     ] {
         let message = refused
             .check()
@@ -1071,3 +1076,4 @@ fn validate_on_a_terminal_prompts_on_stderr_and_reads_without_echo() {
     );
     assert!(echo_restored, "echo is on again once validate returns");
 }
+
