@@ -198,13 +198,31 @@ impl RateLimit {
     }
 
     /// From the snapshot form; `None` if the stored limit is not one this build enforces.
+    ///
+    /// A burst worth more than [`MAX_BURST_SPAN`] of requests, which earlier versions
+    /// accepted, is lowered to the largest burst within it (logged), rather than making the
+    /// whole store refuse to open: the two limits differ only after a quiet spell of a
+    /// century.
     pub(crate) fn from_record(record: &RateLimitRecord) -> Option<RateLimit> {
         let limit = RateLimit {
             period_ms: record.period_ms,
             count: record.count,
             burst: record.burst,
         };
-        limit.check().ok().map(|()| limit)
+        match limit.check() {
+            Ok(()) => Some(limit),
+            Err(RateLimitError::BurstSpanTooLong(_)) => {
+                // `check` refuses this only after the interval and burst rules passed: T is
+                // 1 ns to 73 min, so the quotient is at least 717 536, and below the stored
+                // burst (b·T is over the span), so it fits and passes `check`.
+                let interval = limit.interval_ns();
+                let burst = u32::try_from(u128::from(MAX_BURST_SPAN_NS) / interval).ok()?;
+                let lowered = limit.burst(burst);
+                tracing::warn!(stored = %limit, enforced = %lowered, "a stored rate limit saves up more than 100 years of requests; enforcing the largest burst within 100 years");
+                lowered.check().ok().map(|()| lowered)
+            }
+            Err(_) => None,
+        }
     }
 
     fn unit(&self) -> Option<&'static str> {
@@ -920,7 +938,8 @@ mod tests {
 
         proptest! {
             /// Any stored limit either is refused or packs into a word that unpacks to its
-            /// own interval and burst: `from_record` is total and never wraps.
+            /// own interval and burst (a burst worth over 100 years lowered to the largest
+            /// within): `from_record` is total and never wraps.
             #[test]
             fn from_record_refuses_or_round_trips(
                 period_ms in any::<u64>(),
@@ -929,6 +948,16 @@ mod tests {
             ) {
                 let record = RateLimitRecord { period_ms, count, burst };
                 if let Some(limit) = RateLimit::from_record(&record) {
+                    prop_assert_eq!(limit.check(), Ok(()));
+                    let record = if limit.burst_size() == burst {
+                        record
+                    } else {
+                        let interval = limit.interval_ns();
+                        prop_assert!(u128::from(burst) * interval > u128::from(MAX_BURST_SPAN_NS));
+                        prop_assert!(u128::from(limit.burst_size() + 1) * interval > u128::from(MAX_BURST_SPAN_NS));
+                        RateLimitRecord { burst: limit.burst_size(), ..record }
+                    };
+                    let burst = record.burst;
                     let packed = limit.pack();
                     prop_assert_eq!(packed & BURST_MASK, u64::from(burst));
                     prop_assert_eq!(
@@ -1106,6 +1135,19 @@ mod tests {
                 assert_eq!(gcra.check(now.wrapping_add(period_ms)), Ok(()));
             }
         }
+    }
+
+    #[test]
+    fn a_stored_burst_worth_more_than_a_century_is_lowered_not_refused() {
+        let record = RateLimitRecord {
+            period_ms: 3_600_000,
+            count: 1,
+            burst: MAX_BURST,
+        };
+        assert_eq!(
+            RateLimit::from_record(&record),
+            Some(RateLimit::per_hour(1).burst(876_600))
+        );
     }
 
     #[test]
