@@ -10,8 +10,14 @@
 //! ```
 //!
 //! The store path is the first argument, else `$TOKENCACHE_STORE` (as the CLI), else
-//! `tokens.snap`; the address is `$TOKENCACHE_ADDR`, else `127.0.0.1:3000`. Ctrl-C closes the
-//! store, writing the pending `last_used` times.
+//! `tokens.snap`; the address is `$TOKENCACHE_ADDR`, else `127.0.0.1:3000`.
+//!
+//! SIGTERM (what Kubernetes, systemd and Docker send to stop a service) and SIGINT (Ctrl-C)
+//! both shut it down gracefully: it stops accepting connections, lets the requests in
+//! flight finish, then closes the store, which writes the pending `last_used` times, and
+//! exits 0. `tests/axum_service.rs` runs it in a child process and checks that.
+
+use std::future::Future;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -66,18 +72,56 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .or_else(|| std::env::var("TOKENCACHE_STORE").ok())
         .unwrap_or_else(|| "tokens.snap".into());
     let addr = std::env::var("TOKENCACHE_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
-    let store = TokenStore::open(&path)?;
-    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    serve(&path, &addr).await
+}
+
+/// Serves the store at `path` on `addr` until SIGTERM or SIGINT, then closes the store.
+///
+/// The signal handlers are installed before the store is opened and before the "serving"
+/// line is printed, so a SIGTERM sent as soon as the service says it is up is never the
+/// default action (death, with the pending `last_used` times lost).
+pub async fn serve(path: &str, addr: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let stop = shutdown_signal()?;
+    let store = TokenStore::open(path)?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     eprintln!(
         "serving {} tokens from {path} on http://{}",
         store.list().len(),
         listener.local_addr()?
     );
     axum::serve(listener, app(&store))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
+        .with_graceful_shutdown(async move {
+            let signal = stop.await;
+            eprintln!("{signal}: finishing the requests in flight, then closing the store");
         })
         .await?;
+    // The shutdown path: `close` writes the pending `last_used` times and reports whether
+    // it could. (Dropping the last handle does the same, without the report.)
     store.close()?;
+    eprintln!("closed the store");
     Ok(())
+}
+
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves, with the signal's
+/// name, when either arrives.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl Future<Output = &'static str>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        }
+    })
+}
+
+/// Elsewhere only Ctrl-C (installed on first poll).
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl Future<Output = &'static str>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    })
 }

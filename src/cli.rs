@@ -19,8 +19,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use tokencache::{
-    NewToken, OwnedToken, RateLimit, RateLimitError, Rejection, StoreView, TokenId, TokenInfo,
-    TokenStore, ValidToken,
+    redacted_path, NewToken, OwnedToken, RateLimit, RateLimitError, Rejection, StoreView, TokenId,
+    TokenInfo, TokenStore, ValidToken,
 };
 
 /// Exit code of a rejected token (`validate`).
@@ -272,7 +272,7 @@ fn issue(path: &Path, request: NewToken, json: bool) -> Result<ExitCode, Failure
             "issued {} ({}) into {}; the token above is shown only once",
             info.id,
             info.name,
-            path.display()
+            redacted_path(path)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -287,7 +287,7 @@ fn validate(path: &Path, scope: Option<&str>, json: bool) -> Result<ExitCode, Fa
     if read_only {
         eprintln!(
             "note: the store {} is open in another process, so the token was checked read-only against its files: this use is not recorded in last_used, and the rate limit is not checked",
-            path.display()
+            redacted_path(path)
         );
     }
     match outcome {
@@ -410,7 +410,7 @@ fn list(path: &Path, json: bool) -> Result<ExitCode, Failure> {
         ));
     }
     write_stdout(&out)?;
-    eprintln!("{} token(s) in {}", tokens.len(), path.display());
+    eprintln!("{} token(s) in {}", tokens.len(), redacted_path(path));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -522,7 +522,7 @@ fn inspect(path: &Path, json: bool) -> Result<ExitCode, Failure> {
         .map(timestamp);
     if json {
         print_json(&json!({
-            "path": path.display().to_string(),
+            "path": redacted_path(path),
             "format_version": info.version,
             "file_bytes": info.file_len,
             "body_bytes": info.body_len,
@@ -543,7 +543,7 @@ fn inspect(path: &Path, json: bool) -> Result<ExitCode, Failure> {
         };
         write_stdout(&format!(
             "file:           {}\nformat version: {}\nsize:           {} bytes ({} header + {} body)\nbody crc32:     {:08x}\nlast snapshot:  {}, covers journal records up to {}\njournal:        {} bytes, {} record(s) after the snapshot{torn}\ntokens:         {} ({} revoked)\n",
-            path.display(),
+            redacted_path(path),
             info.version,
             info.file_len,
             info.file_len - info.body_len,
@@ -580,7 +580,7 @@ fn require_existing(path: &Path) -> Result<(), Failure> {
     }
     Err(format!(
         "store {} does not exist; pass --store PATH, or create it with `tokencache issue NAME`",
-        path.display()
+        redacted_path(path)
     ))
 }
 
@@ -590,7 +590,7 @@ fn refusal(error: tokencache::Error) -> Failure {
     match error {
         tokencache::Error::Locked { path, lock } => format!(
             "the store {} is open in another process (a running service holds {}); make the change through that service, or stop it and run this command again",
-            path.display(),
+            redacted_path(&path),
             lock.display()
         ),
         error => error.to_string(),

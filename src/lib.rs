@@ -81,11 +81,12 @@ pub use inspect::{inspect, SnapshotInfo};
 pub use layer::MissingTokenLayer;
 #[cfg(feature = "tower")]
 pub use layer::{ResponseFuture, TokenLayer, TokenService};
-pub use rate_limit::{RateLimit, RateLimitError, MAX_BURST};
+pub use rate_limit::{RateLimit, RateLimitError, MAX_BURST, MAX_BURST_SPAN};
 pub use snapshot::FORMAT_VERSION;
 pub use stats::{Rejections, Stats};
 pub use store::{
-    Builder, NewToken, OwnedToken, TokenInfo, TokenStore, ValidToken, DEFAULT_FLUSH_INTERVAL,
+    redacted_path, Builder, NewToken, OwnedToken, TokenInfo, TokenStore, ValidToken,
+    DEFAULT_FLUSH_INTERVAL,
 };
 pub use token::{IssuedToken, ParseIdError, TokenId, PREFIX, TOKEN_LEN};
 pub use view::StoreView;

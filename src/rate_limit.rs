@@ -7,6 +7,14 @@
 //! time (TAT) of the next request, kept in one `AtomicU64` and advanced with a
 //! compare-exchange loop; a refused request writes nothing. All arithmetic is in integer
 //! nanoseconds: no floats, no allocation, no lock.
+//!
+//! Two things set it apart from a textbook GCRA, both because the clock reads whole
+//! milliseconds: a reading of `now` stands for any instant of that millisecond, so the
+//! limiter admits a request that some instant of it would admit (a limit faster than the
+//! clock still gets its full rate), and waits are whole milliseconds of the clock. And
+//! times are Unix nanoseconds modulo 2⁶⁴, compared by their difference, so no clock
+//! reading (the year 2554, when nanoseconds pass `u64::MAX`, or the year 10000) can
+//! saturate the state into "always allow".
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +24,24 @@ use crate::snapshot::RateLimitRecord;
 use crate::sync::{AtomicU64, Ordering};
 
 const NANOS_PER_MS: u64 = 1_000_000;
+
+/// How far past a clock reading of `now` ms the instant it stands for may be: the reading
+/// is the millisecond `[now, now + 1 ms)`, and the limiter gives a request the benefit of
+/// its last nanosecond.
+const READING_SLACK_NS: u64 = NANOS_PER_MS - 1;
+
+/// The most a burst may be worth, `b·T`: 100 years (of 365.25 days) in nanoseconds. It
+/// keeps every distance the limiter compares (at most `b·T` + 1 ms + `T`) under 2⁶³ ns,
+/// the range in which a difference of two wrapping times says which one is later.
+pub const MAX_BURST_SPAN: Duration = Duration::from_secs(36_525 * 86_400);
+const MAX_BURST_SPAN_NS: u64 = 36_525 * 86_400 * 1_000_000_000;
+
+/// The TAT of a limiter that has admitted nothing since it was created or its limit set.
+const FRESH: u64 = 0;
+
+/// Half the range of the wrapping clock: a TAT less than this ahead of `now` is ahead; one
+/// further "ahead" is in fact behind.
+const HALF_RANGE: u64 = 1 << 63;
 
 /// Bits of the packed limit word that hold the burst; the rest hold the emission interval.
 const BURST_BITS: u32 = 22;
@@ -47,8 +73,14 @@ const MAX_INTERVAL_NS: u64 = (1 << (64 - BURST_BITS)) - 1;
 /// ```
 ///
 /// Constructors never panic; a limit that cannot work (a count or burst of zero, a burst over
-/// [`MAX_BURST`], more than one request per nanosecond) is refused with a
-/// [`RateLimitError`] by [`check`](Self::check), which `issue` and `set_rate_limit` call.
+/// [`MAX_BURST`], more than one request per nanosecond, a burst worth more than
+/// [`MAX_BURST_SPAN`] of requests) is refused with a [`RateLimitError`] by
+/// [`check`](Self::check), which `issue` and `set_rate_limit` call.
+///
+/// A checked limit admits, for requests at any instants, never fewer than the textbook GCRA
+/// would at those instants, and never more than it would with two more milliseconds of
+/// burst (the clock reads milliseconds; see docs/DESIGN.md, "Rate limits"). That holds for
+/// limits faster than the clock too: `5000000/s burst 100` admits its 5 000 000 a second.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 #[must_use]
 pub struct RateLimit {
@@ -142,6 +174,9 @@ impl RateLimit {
         if interval > MAX_INTERVAL_NS as u128 {
             return Err(RateLimitError::TooSlow(*self));
         }
+        if interval * u128::from(burst) > u128::from(MAX_BURST_SPAN_NS) {
+            return Err(RateLimitError::BurstSpanTooLong(*self));
+        }
         Ok(())
     }
 
@@ -163,13 +198,31 @@ impl RateLimit {
     }
 
     /// From the snapshot form; `None` if the stored limit is not one this build enforces.
+    ///
+    /// A burst worth more than [`MAX_BURST_SPAN`] of requests, which earlier versions
+    /// accepted, is lowered to the largest burst within it (logged), rather than making the
+    /// whole store refuse to open: the two limits differ only after a quiet spell of a
+    /// century.
     pub(crate) fn from_record(record: &RateLimitRecord) -> Option<RateLimit> {
         let limit = RateLimit {
             period_ms: record.period_ms,
             count: record.count,
             burst: record.burst,
         };
-        limit.check().ok().map(|()| limit)
+        match limit.check() {
+            Ok(()) => Some(limit),
+            Err(RateLimitError::BurstSpanTooLong(_)) => {
+                // `check` refuses this only after the interval and burst rules passed: T is
+                // 1 ns to 73 min, so the quotient is at least 717 536, and below the stored
+                // burst (b·T is over the span), so it fits and passes `check`.
+                let interval = limit.interval_ns();
+                let burst = u32::try_from(u128::from(MAX_BURST_SPAN_NS) / interval).ok()?;
+                let lowered = limit.burst(burst);
+                tracing::warn!(stored = %limit, enforced = %lowered, "a stored rate limit saves up more than 100 years of requests; enforcing the largest burst within 100 years");
+                lowered.check().ok().map(|()| lowered)
+            }
+            Err(_) => None,
+        }
     }
 
     fn unit(&self) -> Option<&'static str> {
@@ -294,6 +347,10 @@ pub enum RateLimitError {
     /// Fewer than one request per 73 minutes.
     #[error("rate limit {0} spaces requests more than 73 minutes apart; give a larger count")]
     TooSlow(RateLimit),
+    /// A full burst would be worth more than [`MAX_BURST_SPAN`] (100 years) of requests
+    /// (`burst × period / count`): the limiter's times could no longer be told apart.
+    #[error("rate limit {0} lets a token save up more than 100 years of requests (burst × period ÷ count); give a smaller burst or a larger count")]
+    BurstSpanTooLong(RateLimit),
     /// The text is not a rate limit.
     #[error("cannot read {0:?} as a rate limit; write it like 100/s, 600/min or 10/h")]
     Parse(String),
@@ -302,8 +359,10 @@ pub enum RateLimitError {
 /// The GCRA limiter of one token: its limit and its state, each one atomic word.
 ///
 /// `limit` is the packed [`RateLimit`] (0 = unlimited), written only by the persister.
-/// `tat` is the theoretical arrival time in Unix nanoseconds (0 = no request yet). It lives
-/// in memory only: a restart forgets it and every limited token starts with a full burst.
+/// `tat` is the theoretical arrival time in Unix nanoseconds modulo 2⁶⁴ ([`FRESH`], 0, for
+/// no request yet); it is only ever compared with a clock reading through their wrapping
+/// difference ([`ahead`]). It lives in memory only: a restart forgets it and every limited
+/// token starts with a full burst.
 #[doc(hidden)]
 pub struct Gcra {
     limit: AtomicU64,
@@ -317,7 +376,7 @@ impl Gcra {
     pub fn new(limit: Option<RateLimit>) -> Gcra {
         Gcra {
             limit: AtomicU64::new(limit.map_or(0, |l| l.pack())),
-            tat: AtomicU64::new(0),
+            tat: AtomicU64::new(FRESH),
         }
     }
 
@@ -327,7 +386,7 @@ impl Gcra {
         // Relaxed: published by the Release store of `limit` below, so a check that sees the
         // new limit also sees this reset (or a later TAT). A check still on the old limit may
         // CAS against either TAT; each outcome is a decision one of the two limits allows.
-        self.tat.store(0, Ordering::Relaxed);
+        self.tat.store(FRESH, Ordering::Relaxed);
         // Release: pairs with the Acquire load in `check`.
         self.limit
             .store(limit.map_or(0, |l| l.pack()), Ordering::Release);
@@ -340,13 +399,15 @@ impl Gcra {
     pub fn set_reordered(&self, limit: Option<RateLimit>) {
         self.limit
             .store(limit.map_or(0, |l| l.pack()), Ordering::Release);
-        self.tat.store(0, Ordering::Relaxed);
+        self.tat.store(FRESH, Ordering::Relaxed);
     }
 
-    /// Admits or refuses one request at `now_ms`; on refusal, returns the exact wait until
-    /// one would be admitted, never more than one emission interval. A refusal writes
-    /// nothing, unless the wall clock was stepped back (see [`ceiling`]). An unlimited token
-    /// costs one load and one branch.
+    /// Admits or refuses one request at the clock reading `now_ms`; on refusal, returns how
+    /// long until the first reading at which it would be admitted: whole milliseconds, at
+    /// least one, never more than one emission interval rounded up to a millisecond, and
+    /// exact (a request one millisecond earlier would be refused). A refusal writes nothing,
+    /// unless the wall clock was stepped back (see [`horizon`]). An unlimited token costs one
+    /// load and one branch.
     #[inline]
     pub fn check(&self, now_ms: u64) -> Result<(), Duration> {
         // Acquire: pairs with the Release store in `set` (a validation that starts after
@@ -355,24 +416,27 @@ impl Gcra {
         if limit == 0 {
             return Ok(());
         }
-        let now = now_ms.saturating_mul(NANOS_PER_MS);
+        // Wrapping, like every time here: past the year 2554 nanoseconds wrap, and the
+        // comparisons in `ahead` still order them.
+        let now = now_ms.wrapping_mul(NANOS_PER_MS);
         // Relaxed throughout: the TAT word publishes nothing but itself. What keeps two
         // requests from spending the same slot is that a compare-exchange is a
         // read-modify-write: it succeeds only against the latest value in the word's
         // modification order, so admissions form one chain.
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
-            let highest = ceiling(limit, now);
-            if tat > highest {
+            let highest = horizon(limit);
+            if ahead(tat, now) > highest {
                 // The clock was stepped back: repair the state, then decide on it. This is
                 // the only write a refusal can make.
+                let repaired = stamp(now.wrapping_add(highest));
                 match self.tat.compare_exchange_weak(
                     tat,
-                    highest,
+                    repaired,
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 ) {
-                    Ok(_) => tat = highest,
+                    Ok(_) => tat = repaired,
                     Err(current) => tat = current,
                 }
                 continue;
@@ -396,7 +460,7 @@ impl Gcra {
         if limit == 0 {
             return Ok(());
         }
-        let now = now_ms.saturating_mul(NANOS_PER_MS);
+        let now = now_ms.wrapping_mul(NANOS_PER_MS);
         let tat = self.tat.load(Ordering::Relaxed);
         let next = decide(limit, tat, now).map_err(Duration::from_nanos)?;
         self.tat.store(next, Ordering::Relaxed);
@@ -404,41 +468,82 @@ impl Gcra {
     }
 }
 
-/// One GCRA decision for the packed `limit`, state `tat` and time `now` (all ns): the new
-/// TAT if the request is admitted, or the wait in ns until it would be.
+/// One GCRA decision for the packed `limit`, state `tat` and clock reading `now` (ns, the
+/// start of the reading's millisecond): the new TAT if the request is admitted, or the wait
+/// in ns (whole milliseconds) until the first reading at which it would be.
 ///
-/// With emission interval `T` and burst `b`, a request at `now` is admitted when
-/// `max(tat, now) + T - b·T <= now`, and then the TAT becomes `max(tat, now) + T`. From a
-/// fresh state (`tat <= now`) that admits exactly `b` requests at once, then one per `T`.
+/// The textbook rule, with emission interval `T` and burst `b`: a request at instant `t` is
+/// admitted when `max(tat, t) + T - b·T <= t`, and the TAT becomes `max(tat, t) + T`. A
+/// reading of `now` ms stands for any instant of `[now, now + 1 ms)`, and the request gets
+/// the benefit of the doubt both ways: it is admitted if the last instant would admit it,
+/// and charged from the first (`next = max(tat, now) + T`). So a limit whose `T` is under a
+/// millisecond still admits its full rate, where judging every request at `now` capped it
+/// at `b` per millisecond; and for a whole-millisecond `T` (every TAT then a whole
+/// millisecond) the decision is the textbook one at `now`. The proptests in this file check
+/// the result against the textbook rule at the requests' real instants: never fewer
+/// admitted, never more than with two milliseconds more of burst.
 ///
-/// Clock steps are [`ceiling`]'s concern: `check` repairs a TAT above it first.
+/// Distances are from `now` ([`ahead`]), so nothing here can overflow or saturate: `ahead`
+/// is at most [`horizon`] after the repair in `check` (below 2⁶³ by `check`'s bound on
+/// `b·T`), `T` under 2⁴², and the sum stays far below `u64::MAX`.
 #[inline]
 fn decide(limit: u64, tat: u64, now: u64) -> Result<u64, u64> {
     let interval = limit >> BURST_BITS;
-    let tolerance = interval.saturating_mul(limit & BURST_MASK);
-    let next = tat.max(now).saturating_add(interval);
-    let allow_at = next.saturating_sub(tolerance);
-    if now < allow_at {
-        Err(allow_at - now)
+    // How far past `now` the TAT will be if this request is admitted.
+    let next = ahead(tat, now).saturating_add(interval);
+    let highest = horizon(limit);
+    if next <= highest {
+        Ok(stamp(now.wrapping_add(next)))
     } else {
-        Ok(next)
+        // Each later reading moves `now` 1 ms on: the first admitted reading is the first
+        // whole millisecond that brings `next` within the horizon.
+        Err((next - highest).div_ceil(NANOS_PER_MS) * NANOS_PER_MS)
     }
 }
 
-/// The highest TAT a clock that never goes back can leave at `now`: `now + b·T` (an
-/// admission at `t` leaves `tat <= t + b·T`). A TAT above it means the wall clock was
-/// stepped back (NTP); `check` lowers it to this, which reads as "burst spent as of now",
-/// so the wait is at most one `T` instead of the size of the step. The repaired state is
-/// refused like the one it replaces, so the repair itself admits nothing. A step forward
-/// reads as a quiet spell and refills the burst, as GCRA always does.
+/// How far the TAT is ahead of the reading `now`, in ns; 0 if it is behind or fresh.
+/// Both are Unix nanoseconds modulo 2⁶⁴: a wrapping difference under 2⁶³ (292 years) is a
+/// distance ahead, any other is behind (`RateLimit::check` keeps every TAT a clock that
+/// never goes back can leave within `b·T` + 1 ms of it). A TAT more than 292 years behind
+/// `now` (a process that ran that long, a clock stepped that far) reads as ahead and is
+/// repaired like a step back: refused for at most one interval.
+#[inline]
+fn ahead(tat: u64, now: u64) -> u64 {
+    let distance = tat.wrapping_sub(now);
+    if tat == FRESH || distance >= HALF_RANGE {
+        0
+    } else {
+        distance
+    }
+}
+
+/// A TAT to store for the instant `tat`: the instant itself, except that one which wraps to
+/// [`FRESH`] is stored a nanosecond early (once every 584 years; the early side never
+/// admits fewer).
+#[inline]
+fn stamp(tat: u64) -> u64 {
+    if tat == FRESH {
+        tat.wrapping_sub(1)
+    } else {
+        tat
+    }
+}
+
+/// The furthest past a reading `now` a clock that never goes back can leave the TAT:
+/// `b·T` + 1 ms − 1 ns (an admission at the reading's last instant leaves at most that).
+/// A TAT further ahead means the wall clock was stepped back (NTP); `check` lowers it to
+/// this, which reads as "burst spent as of now", so the wait is at most one `T` (rounded up
+/// to a millisecond) instead of the size of the step. The repaired state is refused like
+/// the one it replaces, so the repair itself admits nothing. A step forward reads as a
+/// quiet spell and refills the burst, as GCRA always does.
 ///
 /// A validation that read the clock and was then preempted looks like a small step back
 /// and may lower the TAT by as long as it was delayed; that can admit the next request as
 /// much earlier.
 #[inline]
-fn ceiling(limit: u64, now: u64) -> u64 {
+fn horizon(limit: u64) -> u64 {
     let tolerance = (limit >> BURST_BITS).saturating_mul(limit & BURST_MASK);
-    now.saturating_add(tolerance)
+    tolerance.saturating_add(READING_SLACK_NS)
 }
 
 #[cfg(all(test, not(loom)))]
@@ -833,7 +938,8 @@ mod tests {
 
         proptest! {
             /// Any stored limit either is refused or packs into a word that unpacks to its
-            /// own interval and burst: `from_record` is total and never wraps.
+            /// own interval and burst (a burst worth over 100 years lowered to the largest
+            /// within): `from_record` is total and never wraps.
             #[test]
             fn from_record_refuses_or_round_trips(
                 period_ms in any::<u64>(),
@@ -842,6 +948,16 @@ mod tests {
             ) {
                 let record = RateLimitRecord { period_ms, count, burst };
                 if let Some(limit) = RateLimit::from_record(&record) {
+                    prop_assert_eq!(limit.check(), Ok(()));
+                    let record = if limit.burst_size() == burst {
+                        record
+                    } else {
+                        let interval = limit.interval_ns();
+                        prop_assert!(u128::from(burst) * interval > u128::from(MAX_BURST_SPAN_NS));
+                        prop_assert!(u128::from(limit.burst_size() + 1) * interval > u128::from(MAX_BURST_SPAN_NS));
+                        RateLimitRecord { burst: limit.burst_size(), ..record }
+                    };
+                    let burst = record.burst;
                     let packed = limit.pack();
                     prop_assert_eq!(packed & BURST_MASK, u64::from(burst));
                     prop_assert_eq!(
@@ -873,10 +989,218 @@ mod tests {
 
     #[test]
     fn uneven_intervals_round_down_and_never_admit_fewer() {
-        // 3/s: T = 333_333_333 ns, so the 4th request at +1 s is admitted.
+        // 3/s: T = 333_333_333 ns. The reading T0 + 333 stands for instants up to
+        // T0 + 333.999999 ms, one of which (333.333334 ms) the textbook rule admits; the
+        // charge is from T0 + 333.333333 ms, so no time is lost: the 4th request is due at
+        // T0 + 999.999999 ms, within the reading T0 + 999.
         let gcra = Gcra::new(Some(RateLimit::per_second(3).burst(1)));
         assert_eq!(gcra.check(T0), Ok(()));
-        assert_eq!(gcra.check(T0 + 333), Err(Duration::from_nanos(333_333)));
-        assert_eq!(gcra.check(T0 + 334), Ok(()));
+        assert_eq!(gcra.check(T0 + 1), Err(Duration::from_millis(332)));
+        assert_eq!(gcra.check(T0 + 332), Err(Duration::from_millis(1)));
+        assert_eq!(gcra.check(T0 + 333), Ok(()));
+        assert_eq!(gcra.check(T0 + 666), Ok(()));
+        assert_eq!(gcra.check(T0 + 998), Err(Duration::from_millis(1)));
+        assert_eq!(gcra.check(T0 + 999), Ok(()));
+        assert_eq!(gcra.check(T0 + 999), Err(Duration::from_millis(334)));
+    }
+
+    /// The textbook GCRA (docs/DESIGN.md, "Rate limits") at exact instants in ns: the
+    /// reference the limiter is held to. Returns, after each request, how many were admitted.
+    fn reference(interval: u64, burst: u64, extra_ns: u64, instants: &[u64]) -> Vec<u64> {
+        let tolerance = interval * burst + extra_ns;
+        let mut tat = None::<u64>;
+        let mut admitted = 0;
+        instants
+            .iter()
+            .map(|&t| {
+                let next = tat.map_or(t, |tat: u64| tat.max(t)) + interval;
+                if next - tolerance.min(next) <= t {
+                    tat = Some(next);
+                    admitted += 1;
+                }
+                admitted
+            })
+            .collect()
+    }
+
+    /// The limiter fed the millisecond readings of the same instants.
+    fn limiter(limit: RateLimit, instants: &[u64]) -> Vec<u64> {
+        let gcra = Gcra::new(Some(limit));
+        let mut admitted = 0;
+        instants
+            .iter()
+            .map(|&t| {
+                admitted += u64::from(gcra.check(t / NANOS_PER_MS).is_ok());
+                admitted
+            })
+            .collect()
+    }
+
+    mod reference_props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Limits around the clock's millisecond: intervals from 1 ns to 300 ms, small
+        /// and larger bursts.
+        fn limits() -> impl Strategy<Value = RateLimit> {
+            let period = prop_oneof![Just(1_000u64), Just(60_000), 1u64..=5_000];
+            let count = prop_oneof![1u32..=10, 1u32..=5_000, 1u32..=5_000_000];
+            let burst = prop_oneof![Just(1u32), 1u32..=4, 1u32..=300];
+            (period, count, burst)
+                .prop_map(|(period_ms, count, burst)| RateLimit::per(count, period_ms).burst(burst))
+                .prop_filter("checked", |limit| limit.check().is_ok())
+        }
+
+        /// Request instants (ns, from T0): bunched at one instant, spaced around `T`, or
+        /// around a millisecond.
+        fn instants() -> impl Strategy<Value = Vec<u64>> {
+            let gap = prop_oneof![
+                Just(0u64),
+                0u64..2_000,
+                0u64..3 * NANOS_PER_MS,
+                0u64..400 * NANOS_PER_MS,
+            ];
+            proptest::collection::vec(gap, 1..300).prop_map(|gaps| {
+                gaps.iter()
+                    .scan(T0 * NANOS_PER_MS, |t, gap| {
+                        *t += gap;
+                        Some(*t)
+                    })
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            /// Finding 17: for requests at any instants, the limiter (which sees only their
+            /// milliseconds) has admitted after every request at least as many as the
+            /// textbook GCRA at the exact instants, and never more than the textbook GCRA
+            /// with two milliseconds more of burst.
+            #[test]
+            fn never_fewer_than_the_textbook_gcra_and_at_most_two_ms_more(
+                limit in limits(),
+                instants in instants(),
+            ) {
+                let interval = limit.interval_ns() as u64;
+                let burst = u64::from(limit.burst_size());
+                let ours = limiter(limit, &instants);
+                let promised = reference(interval, burst, 0, &instants);
+                let most = reference(interval, burst, 2 * NANOS_PER_MS, &instants);
+                for (i, ((&ours, &promised), &most)) in ours.iter().zip(&promised).zip(&most).enumerate() {
+                    prop_assert!(ours >= promised, "{limit}: request {i}: {ours} < {promised}");
+                    prop_assert!(ours <= most, "{limit}: request {i}: {ours} > {most}");
+                }
+            }
+        }
+    }
+
+    /// The clock readings (ms) of 2026, 2080, just before and after `u64::MAX` ns (2554),
+    /// 9999 and the end of the `u64` millisecond range.
+    const FAR_CLOCKS: [u64; 6] = [
+        T0,
+        3_471_292_800_000,
+        u64::MAX / NANOS_PER_MS - 1,
+        u64::MAX / NANOS_PER_MS + 1,
+        253_402_214_400_000,
+        u64::MAX - 10_000,
+    ];
+
+    /// Finding 16: `per_hour(1).burst(4194303)` was accepted, and with the clock in 2080 its
+    /// TAT saturated at `u64::MAX`, after which every request was admitted. The largest
+    /// burst `check` accepts for a slow limit still admits exactly its burst and then
+    /// refuses, at every clock reading up to the end of the millisecond range.
+    #[test]
+    fn the_largest_accepted_burst_stays_a_limit_at_any_clock_reading() {
+        for limit in [RateLimit::per_hour(1), RateLimit::per(1, 4_000_000)] {
+            let burst = (1..=MAX_BURST)
+                .rev()
+                .find(|&b| limit.burst(b).check().is_ok())
+                .expect("some burst is accepted");
+            assert!(burst < MAX_BURST, "{limit}: burst {burst} is accepted");
+            let limit = limit.burst(burst);
+            for now in FAR_CLOCKS {
+                let gcra = Gcra::new(Some(limit));
+                for i in 0..burst {
+                    assert_eq!(gcra.check(now), Ok(()), "{limit} at {now}: request {i}");
+                }
+                for later in [0, 1, 1_000] {
+                    assert_eq!(
+                        gcra.check(now.wrapping_add(later)),
+                        Err(limit.emission_interval() - Duration::from_millis(later)),
+                        "{limit} at {now} + {later}"
+                    );
+                }
+                let period_ms = limit.period().as_millis() as u64;
+                assert_eq!(gcra.check(now.wrapping_add(period_ms)), Ok(()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_stored_burst_worth_more_than_a_century_is_lowered_not_refused() {
+        let record = RateLimitRecord {
+            period_ms: 3_600_000,
+            count: 1,
+            burst: MAX_BURST,
+        };
+        assert_eq!(
+            RateLimit::from_record(&record),
+            Some(RateLimit::per_hour(1).burst(876_600))
+        );
+    }
+
+    #[test]
+    fn a_burst_worth_more_than_a_century_is_refused_with_its_reason() {
+        for limit in [
+            RateLimit::per(1, 4_000_000).burst(MAX_BURST),
+            RateLimit::per_hour(1).burst(MAX_BURST),
+            RateLimit::per_hour(1).burst(876_601),
+        ] {
+            assert_eq!(limit.check(), Err(RateLimitError::BurstSpanTooLong(limit)));
+            let message = limit.check().unwrap_err().to_string();
+            assert!(message.contains("100 years"), "{message}");
+            assert!(message.contains("smaller burst"), "{message}");
+        }
+        assert_eq!(RateLimit::per_hour(1).burst(876_600).check(), Ok(()));
+        assert_eq!(
+            Duration::from_nanos(MAX_BURST_SPAN_NS),
+            MAX_BURST_SPAN,
+            "one bound"
+        );
+    }
+
+    mod far_clock_props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any accepted limit, at any clock reading: a fresh limiter admits exactly its
+            /// burst at one reading, then refuses for one interval (rounded up to a
+            /// millisecond), whatever the year: nothing saturates into "always allow".
+            #[test]
+            fn every_checked_limit_admits_its_burst_then_refuses_at_any_time(
+                period_ms in prop_oneof![Just(3_600_000u64), 1u64..=10_000_000],
+                count in prop_oneof![1u32..=10, 1u32..=1_000],
+                burst in 1u32..=500,
+                now in prop_oneof![any::<u64>(), Just(u64::MAX), Just(u64::MAX / NANOS_PER_MS)],
+            ) {
+                let limit = RateLimit::per(count, period_ms).burst(burst);
+                prop_assume!(limit.check().is_ok());
+                // A burst at one reading: the textbook `b`, plus what the rest of the
+                // reading's millisecond earns (nothing for an interval of 1 ms or more).
+                let gcra = Gcra::new(Some(limit));
+                let extra = READING_SLACK_NS / limit.interval_ns() as u64;
+                let mut admitted = 0u64;
+                while gcra.check(now).is_ok() {
+                    admitted += 1;
+                    prop_assert!(admitted <= u64::from(burst) + extra, "{limit} at {now}");
+                }
+                prop_assert_eq!(admitted, u64::from(burst) + extra, "{} at {}", limit, now);
+                let wait = gcra.check(now).unwrap_err();
+                prop_assert!(wait >= Duration::from_millis(1));
+                prop_assert!(wait <= limit.emission_interval() + Duration::from_millis(1));
+            }
+        }
     }
 }

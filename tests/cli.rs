@@ -540,6 +540,11 @@ fn cli_rate_limits_follow_the_library_rules() {
             &["--rate-limit", "1/min", "--burst", "4194304"],
             RateLimit::per_minute(1).burst(4_194_304),
         ),
+        // A burst worth more than 100 years of requests (finding 16).
+        (
+            &["--rate-limit", "1/h", "--burst", "4194303"],
+            RateLimit::per_hour(1).burst(4_194_303),
+        ),
     ] {
         let message = refused
             .check()
@@ -1070,4 +1075,76 @@ fn validate_on_a_terminal_prompts_on_stderr_and_reads_without_echo() {
         "the secret was shown: {screen:?}"
     );
     assert!(echo_restored, "echo is on again once validate returns");
+}
+
+/// Finding 15: the CLI printed the raw `--store` URL after `issue` and `list`, and the
+/// redaction stopped at the first `/` or `?` (base64 passwords hold `/`) and missed a
+/// percent-encoded `password` key. No command, succeeding or failing, may print any piece of
+/// a password, however it is written. (The test server trusts every password, so each of
+/// these URLs connects.)
+#[cfg(feature = "postgres")]
+#[test]
+fn the_cli_never_prints_a_database_password() {
+    const PIECES: [&str; 3] = ["Qz9", "Wk7", "Jx5"];
+    let base = common::pg::fresh_db();
+    let (start, rest) = base.split_once("://").expect("a URL");
+    let (user, rest) = rest.split_once('@').expect("a user part");
+    let user = user.split(':').next().unwrap_or(user);
+    let query = if rest.contains('?') { '&' } else { '?' };
+    let urls = [
+        format!("{start}://{user}:Qz9/Wk7?Jx5@{rest}"),
+        format!("{start}://{user}@{rest}{query}pass%77ord=Qz9/Wk7@Jx5"),
+    ];
+    let check = |url: &str, output: &Output, what: &str| {
+        let printed = format!("{}{}", stdout(output), stderr(output));
+        for piece in PIECES {
+            assert!(
+                !printed.contains(piece),
+                "{what} with {url} printed {piece}: {printed}"
+            );
+        }
+    };
+    for url in &urls {
+        let store = Path::new(url.as_str());
+        let output = run(store, &["issue", "bot"], b"");
+        check(url, &output, "issue");
+        assert_eq!(output.status.code(), Some(0), "{url}: {}", stderr(&output));
+        assert!(stderr(&output).contains("***"), "{}", stderr(&output));
+        let token = stdout(&output).trim_end().to_string();
+        let id = token[3..11].to_string();
+        let json = run(store, &["issue", "bot2", "--json"], b"");
+        check(url, &json, "issue --json");
+        let listed = run(store, &["list"], b"");
+        check(url, &listed, "list");
+        assert_eq!(listed.status.code(), Some(0), "{}", stderr(&listed));
+        assert!(stderr(&listed).contains("***"), "{}", stderr(&listed));
+        for (args, stdin) in [
+            (&["list", "--json"][..], &b""[..]),
+            (&["validate"], token.as_bytes()),
+            (&["limit", &id, "--rate-limit", "5/s"], b""),
+            (&["revoke", &id], b""),
+            (&["inspect"], b""),
+            (&["delete", "NoSuchId"], b""),
+        ] {
+            check(url, &run(store, args, stdin), &format!("{args:?}"));
+        }
+    }
+    // A database that cannot be reached, a password with an unescaped `@` (the client cuts
+    // it there and takes the rest for the host), and one with `&` and `=`: the error shows
+    // no piece of it.
+    let unreachable = [
+        "postgres://someone:Qz9/Wk7?Jx5@127.0.0.1:1/db".to_string(),
+        format!("{start}://{user}:Qz9%2FWk7@Jx5@{rest}"),
+        // `&` and `=` in a password parameter: the client would name the piece after the
+        // `&` in its error, so `open` refuses the URL first.
+        format!("{start}://{user}@{rest}{query}password=Qz9&Wk7=Jx5&sslmode=disable"),
+    ];
+    for url in &unreachable {
+        for args in [&["list"][..], &["issue", "bot"]] {
+            let output = run(Path::new(url.as_str()), args, b"");
+            assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+            check(url, &output, &format!("{args:?}"));
+            assert!(stderr(&output).contains("***"), "{}", stderr(&output));
+        }
+    }
 }

@@ -289,3 +289,126 @@ fn setting_a_limit_on_an_unknown_id_says_so() {
     ));
     assert_eq!(store.get(&token.id()).unwrap().rate_limit, None);
 }
+
+/// Sends requests as fast as it can for `ms` milliseconds of a manual clock (every request
+/// of a millisecond made until the first refusal, then the clock moves one millisecond);
+/// returns how many were admitted.
+fn greedy(store: &TokenStore, clock: &ManualClock, secret: &str, ms: u64) -> u64 {
+    let mut admitted = 0;
+    for _ in 0..ms {
+        while store.validate(secret).is_ok() {
+            admitted += 1;
+        }
+        clock.advance(Duration::from_millis(1));
+    }
+    admitted
+}
+
+/// Finding 17: a limit whose emission interval is under a millisecond used to be capped by
+/// the millisecond clock at `burst` per millisecond (5 000 000/s burst 100 admitted 10 100 in
+/// 100 ms; 1 000 000/s burst 1 admitted 100). The limiter now takes a reading of `now` ms
+/// as any instant of that millisecond, so it admits the promised rate, and at most two
+/// milliseconds' worth more.
+#[test]
+fn a_limit_faster_than_the_clock_admits_its_full_rate() {
+    let s = scratch();
+    let (store, clock) = manual_store(&s.path);
+    for (limit, per_ms) in [
+        (RateLimit::per_second(5_000_000).burst(100), 5_000),
+        (RateLimit::per_second(1_000_000).burst(1), 1_000),
+        (RateLimit::per_second(3_000).burst(1), 3),
+    ] {
+        let token = store
+            .issue(NewToken::new("fast").rate_limit(limit))
+            .unwrap();
+        let ms = 20;
+        let admitted = greedy(&store, &clock, token.secret(), ms);
+        // The promise of the reference GCRA over the 20 ms the requests spanned (the last
+        // reading stands for instants up to 19.999999 ms after the first): the burst, then
+        // one per interval.
+        let promised = u64::from(limit.burst_size()) + (ms - 1) * per_ms;
+        assert!(
+            admitted >= promised,
+            "{limit}: admitted {admitted} in {ms} ms, promised {promised}"
+        );
+        assert!(
+            admitted <= promised + 2 * per_ms,
+            "{limit}: admitted {admitted} in {ms} ms, promised {promised}"
+        );
+    }
+}
+
+/// Finding 17: a wait under a millisecond could not be honoured (the clock reads the same
+/// millisecond after it). A refusal now says how long until the first reading at which the
+/// request is admitted: whole milliseconds, and waiting that long admits it.
+#[test]
+fn a_retry_after_is_whole_milliseconds_and_waiting_it_out_admits() {
+    let s = scratch();
+    let (store, clock) = manual_store(&s.path);
+    for limit in [
+        RateLimit::per_second(1_000_000).burst(1),
+        RateLimit::per_second(3).burst(1),
+        RateLimit::per_second(7).burst(2),
+        RateLimit::per_minute(7),
+    ] {
+        let token = store.issue(NewToken::new("bot").rate_limit(limit)).unwrap();
+        let mut waits = 0;
+        for _ in 0..20_000 {
+            match store.validate(token.secret()) {
+                Ok(_) => continue,
+                Err(Rejection::RateLimited { retry_after }) => {
+                    assert!(retry_after >= Duration::from_millis(1), "{limit}");
+                    assert_eq!(retry_after.subsec_nanos() % 1_000_000, 0, "{limit}");
+                    assert!(
+                        retry_after <= limit.emission_interval() + Duration::from_millis(1),
+                        "{limit}: {retry_after:?}"
+                    );
+                    // One millisecond less is too early...
+                    clock.advance(retry_after - Duration::from_millis(1));
+                    assert!(store.validate(token.secret()).is_err(), "{limit}");
+                    // ...and the wait itself is enough.
+                    clock.advance(Duration::from_millis(1));
+                    store.validate(token.secret()).unwrap();
+                    waits += 1;
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+            if waits == 5 {
+                break;
+            }
+        }
+        assert_eq!(waits, 5, "{limit}");
+    }
+}
+
+/// Finding 16: a limit whose burst is worth more than a century of requests let the
+/// limiter's state saturate at `u64::MAX` (with the clock in 2080 for `1/h burst 4194303`),
+/// after which it admitted every request. `check` now refuses such limits, wherever they
+/// come from.
+#[test]
+fn a_burst_worth_centuries_is_refused_not_turned_into_no_limit() {
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    let token = store.issue(NewToken::new("bot")).unwrap();
+    for (text, limit) in [
+        (
+            "1/4000000ms burst 4194303",
+            RateLimit::per_hour(1).burst(4_194_303),
+        ),
+        ("1/h burst 4194303", RateLimit::per_hour(1).burst(4_194_303)),
+        ("1/h burst 876601", RateLimit::per_hour(1).burst(876_601)),
+    ] {
+        assert!(text.parse::<RateLimit>().is_err(), "{text}");
+        assert!(limit.check().is_err(), "{limit}");
+        assert!(matches!(
+            store.issue(NewToken::new("x").rate_limit(limit)),
+            Err(Error::InvalidRateLimit(_))
+        ));
+        assert!(matches!(
+            store.set_rate_limit(&token.id(), Some(limit)),
+            Err(Error::InvalidRateLimit(_))
+        ));
+    }
+    // A century of requests is still a limit (100 years of 1/h: 876 600).
+    assert_eq!(RateLimit::per_hour(1).burst(876_600).check(), Ok(()));
+}
