@@ -41,7 +41,10 @@ fn the_clock_word_follows_the_system_clock_while_a_store_is_open() {
     let issued = store.issue(NewToken::new("bot")).unwrap();
     // The thread names itself once it runs, which on a loaded machine can be a moment after
     // `open` spawned it.
-    assert!(eventually(clock_thread_runs), "no clock thread while a store is open");
+    assert!(
+        eventually(clock_thread_runs),
+        "no clock thread while a store is open"
+    );
     // The word is never ahead of the system clock, and catches up within a few ticks
     // (generous: the machine running the tests is shared).
     for _ in 0..50 {
