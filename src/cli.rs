@@ -174,8 +174,9 @@ enum Command {
 /// A rate limit given on the command line.
 #[derive(Debug, clap::Args)]
 struct LimitArgs {
-    /// Requests allowed per period: N/s, N/min or N/h, e.g. "100/s", optionally with the
-    /// burst, "600/min burst 20" (any limit as `list` shows it).
+    /// Requests allowed per period: N/s, N/min, N/h or N/Pms (a period of P milliseconds),
+    /// e.g. "100/s" or "5/250ms", optionally with the burst, "600/min burst 20" (any limit
+    /// as `list` shows it).
     #[arg(long, value_name = "N/UNIT")]
     rate_limit: Option<String>,
     /// Requests allowed at once (default: N).
@@ -382,36 +383,62 @@ fn list(path: &Path, json: bool) -> Result<ExitCode, Failure> {
         print_json(&Value::Array(tokens.iter().map(token_json).collect()))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut out = String::new();
-    let name_width = tokens
-        .iter()
-        .map(|t| t.name.chars().count())
-        .max()
-        .unwrap_or(0)
-        .max(4);
-    out.push_str(&format!(
-        "{:<8}  {:<name_width$}  {:<7}  {:<20}  {:<20}  {:<20}  {:<10}  SCOPES\n",
-        "ID", "NAME", "STATUS", "CREATED", "EXPIRES", "LAST USED", "RATE LIMIT"
-    ));
-    for token in &tokens {
-        let when = |t: Option<DateTime<Utc>>| t.map_or_else(|| "-".to_string(), timestamp);
-        out.push_str(&format!(
-            "{:<8}  {:<name_width$}  {:<7}  {:<20}  {:<20}  {:<20}  {:<10}  {}\n",
-            token.id,
-            token.name,
-            status(token),
-            timestamp(token.created_at),
-            when(token.expires_at),
-            when(token.last_used),
-            token
-                .rate_limit
-                .map_or_else(|| "-".to_string(), |l| l.to_string()),
-            token.scopes.join(",")
-        ));
-    }
-    write_stdout(&out)?;
+    write_stdout(&table(&tokens))?;
     eprintln!("{} token(s) in {}", tokens.len(), redacted_path(path));
     Ok(ExitCode::SUCCESS)
+}
+
+/// `list`'s table: one row per token under a header, each column as wide as its widest
+/// cell (header included), so every column starts at the same place on every row whatever
+/// a name, a status or a rate limit (`600/min burst 20`) holds. Scopes come last, unpadded.
+fn table(tokens: &[TokenInfo]) -> String {
+    const HEADER: [&str; 8] = [
+        "ID",
+        "NAME",
+        "STATUS",
+        "CREATED",
+        "EXPIRES",
+        "LAST USED",
+        "RATE LIMIT",
+        "SCOPES",
+    ];
+    let when = |t: Option<DateTime<Utc>>| t.map_or_else(|| "-".to_string(), timestamp);
+    let rows: Vec<[String; 8]> = tokens
+        .iter()
+        .map(|token| {
+            [
+                token.id.to_string(),
+                token.name.clone(),
+                status(token).to_string(),
+                timestamp(token.created_at),
+                when(token.expires_at),
+                when(token.last_used),
+                token
+                    .rate_limit
+                    .map_or_else(|| "-".to_string(), |l| l.to_string()),
+                token.scopes.join(","),
+            ]
+        })
+        .collect();
+    let mut widths = HEADER.map(|cell| cell.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header = HEADER.map(str::to_string);
+    for row in std::iter::once(&header).chain(&rows) {
+        let last = row.len() - 1;
+        for (column, (cell, width)) in row.iter().zip(widths).enumerate() {
+            out.push_str(cell);
+            if column < last {
+                out.push_str(&" ".repeat(width - cell.chars().count() + 2));
+            }
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn revoke(path: &Path, id: &str) -> Result<ExitCode, Failure> {
@@ -708,4 +735,60 @@ fn write_stdout(text: &str) -> Result<(), Failure> {
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .map_err(|e| format!("could not write to stdout: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where each column of `line` starts: after every run of two or more spaces.
+    fn column_starts(line: &str) -> Vec<usize> {
+        let mut starts = vec![0];
+        let bytes = line.as_bytes();
+        for i in 2..bytes.len() {
+            if bytes[i] != b' ' && bytes[i - 1] == b' ' && bytes[i - 2] == b' ' {
+                starts.push(i);
+            }
+        }
+        starts
+    }
+
+    #[test]
+    fn rate_limit_help_shows_a_period_in_milliseconds() {
+        use clap::CommandFactory;
+        for command in ["issue", "limit"] {
+            let mut cli = Cli::command();
+            let help = cli
+                .find_subcommand_mut(command)
+                .unwrap()
+                .render_long_help()
+                .to_string();
+            assert!(help.contains("5/250ms"), "{command} --help:\n{help}");
+        }
+    }
+
+    #[test]
+    fn list_aligns_its_columns_when_a_limit_has_a_burst() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::open(dir.path().join("tokens.snap")).unwrap();
+        let bursty = RateLimit::per_minute(600).burst(20);
+        for request in [
+            NewToken::new("bursty").rate_limit(bursty),
+            NewToken::new("plain"),
+            NewToken::new("limited").rate_limit(RateLimit::per_second(100)),
+        ] {
+            store.issue(request.scopes(["read"])).unwrap();
+        }
+        let text = table(&store.list());
+        store.close().unwrap();
+
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(text.contains("600/min burst 20"), "{text}");
+        let header = column_starts(lines[0]);
+        assert_eq!(header.len(), 8, "{text}");
+        for line in &lines[1..] {
+            assert_eq!(column_starts(line), header, "misaligned:\n{text}");
+        }
+    }
 }

@@ -91,6 +91,13 @@ pub use store::{
 pub use token::{IssuedToken, ParseIdError, TokenId, PREFIX, TOKEN_LEN};
 pub use view::StoreView;
 
+/// The README's Rust blocks as doctests, compiled (and run, but for the `no_run` ones) by
+/// `cargo test --all-features` so they cannot drift from the API. Its HTTP block needs the
+/// `axum` feature (and the `axum` and `tokio` dev-dependencies), hence the gate.
+#[cfg(all(doctest, feature = "axum"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// Fault injection for tests of the write-failure paths (not a public API): a narrow seam
 /// in the file-writing code, inert unless a test passes a plan to `Builder::fault_plan`.
 #[doc(hidden)]

@@ -258,6 +258,15 @@ enum Claim {
 impl TokenStore {
     /// Opens the store at `path` with default settings, creating an empty one if the file
     /// does not exist. See [`TokenStore::builder`] for the settings.
+    ///
+    /// A file store is `path` plus two files beside it: `<path>.journal` (the changes since
+    /// the last snapshot) and `<path>.lock` (the OS lock that makes this handle the store's
+    /// only writer; a torn journal tail a crash left is set aside as
+    /// `<path>.journal.torn-<offset>`). A store open elsewhere, in this process or another,
+    /// is refused with [`Error::Locked`]: clone the open `TokenStore` instead, or read the
+    /// files with [`StoreView::read`](crate::StoreView::read). A `postgres://` or
+    /// `postgresql://` URL in place of `path` opens a store shared by replicas (feature
+    /// `postgres`, see [`Builder::open`]).
     pub fn open(path: impl AsRef<Path>) -> Result<TokenStore, Error> {
         TokenStore::builder(path).open()
     }
@@ -282,7 +291,8 @@ impl TokenStore {
 
     /// Checks a token: shape and checksum, digest, revocation, expiry, then its rate limit
     /// (only a request that passes every other check spends quota). On success records the
-    /// use in `last_used` (written to disk by the next snapshot).
+    /// use in `last_used` (on disk with the next write-behind record, at most one
+    /// [`flush_interval`](Builder::flush_interval) later).
     ///
     /// This is the hot path: it does not allocate, block or do I/O.
     #[inline]
