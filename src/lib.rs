@@ -58,6 +58,7 @@ mod inspect;
 mod journal;
 #[cfg(feature = "tower")]
 mod layer;
+mod location;
 mod map;
 mod persist;
 #[cfg(all(feature = "postgres", not(loom)))]

@@ -21,6 +21,7 @@ use crate::entry::{self, Entry, Touch};
 use crate::error::{Error, Rejection};
 use crate::file::{self, Appender, FaultPlan};
 use crate::inbox::{self, Answer, Inbox, Message, Refused, Reply, Timer};
+use crate::location::{database_url, redact_url};
 use crate::map::{Lent, Map};
 use crate::persist::{FileSink, Persister, Sink, Start};
 use crate::rate_limit::RateLimit;
@@ -1268,49 +1269,6 @@ pub fn open_recorded(
     Ok((store, issued))
 }
 
-/// The URL in `path` if it names a PostgreSQL database (`postgres://` or `postgresql://`).
-pub(crate) fn database_url(path: &Path) -> Option<&str> {
-    let text = path.to_str()?;
-    let scheme = text.split_once("://")?.0;
-    ["postgres", "postgresql"]
-        .iter()
-        .any(|s| scheme.eq_ignore_ascii_case(s))
-        .then_some(text)
-}
-
-/// `url` with its password (in the user part, or a `password=` parameter) replaced by
-/// `***`, for errors, logs and `Debug`.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let authority = match authority.rsplit_once('@') {
-        Some((user, hosts)) => match user.split_once(':') {
-            Some((name, _)) => format!("{name}:***@{hosts}"),
-            None => format!("{user}@{hosts}"),
-        },
-        None => authority.to_owned(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let params: Vec<String> = query
-                .split('&')
-                .map(|p| match p.split_once('=') {
-                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
-                        format!("{key}=***")
-                    }
-                    _ => p.to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", params.join("&"))
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}://{authority}{tail}")
-}
-
 /// A request for a new token, given to [`TokenStore::issue`].
 ///
 /// ```
@@ -1588,36 +1546,4 @@ pub(crate) fn refuse_rotation(old: &Entry, now_ms: u64) -> Result<(), Error> {
 
 fn from_ms(ms: u64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(i64::try_from(ms).ok()?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{database_url, redact_url};
-    use std::path::Path;
-
-    #[test]
-    fn a_database_url_is_told_from_a_file_path() {
-        assert!(database_url(Path::new("postgres://h/db")).is_some());
-        assert!(database_url(Path::new("PostgreSQL://h/db")).is_some());
-        assert!(database_url(Path::new("tokens.snap")).is_none());
-        assert!(database_url(Path::new("./postgres/tokens.snap")).is_none());
-        assert!(database_url(Path::new("mysql://h/db")).is_none());
-    }
-
-    #[test]
-    fn redaction_hides_every_password_and_keeps_the_rest() {
-        let cases = [
-            ("postgres://u:pw@h:5432/db", "postgres://u:***@h:5432/db"),
-            ("postgres://u@h/db", "postgres://u@h/db"),
-            (
-                "postgres://h/db?password=pw&sslmode=disable",
-                "postgres://h/db?password=***&sslmode=disable",
-            ),
-            ("postgresql://u:p@w@h/db", "postgresql://u:***@h/db"),
-            ("postgres://u:pw@h", "postgres://u:***@h"),
-        ];
-        for (url, redacted) in cases {
-            assert_eq!(redact_url(url), redacted);
-        }
-    }
 }

@@ -16,8 +16,9 @@ use super::sink::{ListenerSlot, PgSink};
 use super::{describe, schema, LISTENER_NAME, WRITER_NAME};
 use crate::entry::{self, Entry};
 use crate::error::Error;
+use crate::location::redact_url;
 use crate::recover::Recovered;
-use crate::store::{redact_url, Builder, TokenStore};
+use crate::store::{Builder, TokenStore};
 
 /// How long a connection attempt may take, unless the URL says (`connect_timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
