@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::snapshot::{DecodeError, FORMAT_VERSION};
 use crate::token::TokenId;
 
 /// The error of a store operation (`open`, `issue`, `revoke`, `flush`, `close`...).
@@ -181,6 +182,23 @@ impl Rejection {
             Rejection::RateLimited { .. } => "rate_limited",
             Rejection::MissingScope => "missing_scope",
             Rejection::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl DecodeError {
+    /// The public error for this problem in file `path`.
+    pub(crate) fn at(self, path: &std::path::Path) -> Error {
+        match self {
+            DecodeError::Problem(problem) => Error::Corrupt {
+                path: path.to_path_buf(),
+                problem: problem.to_string(),
+            },
+            DecodeError::FutureVersion(found) => Error::FutureVersion {
+                path: path.to_path_buf(),
+                found,
+                supported: FORMAT_VERSION,
+            },
         }
     }
 }

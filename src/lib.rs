@@ -65,8 +65,6 @@ mod persist;
 mod pg;
 mod rate_limit;
 mod recover;
-#[cfg(not(loom))]
-mod room;
 mod snapshot;
 mod stats;
 mod store;

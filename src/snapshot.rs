@@ -15,11 +15,7 @@
 //! A file is trusted only when every field checks out; otherwise `open` fails naming the
 //! problem and the file is left exactly as it was.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
-
-use crate::error::Error;
 
 /// The first eight bytes of every store file.
 pub const MAGIC: [u8; 8] = *b"\x89TKC\r\n\x1a\n";
@@ -156,7 +152,7 @@ fn write_header(out: &mut [u8]) {
     out[28..32].copy_from_slice(&header_crc.to_le_bytes());
 }
 
-/// Why a file is not a snapshot this build can trust. Shown inside [`Error`] messages.
+/// Why a file is not a snapshot this build can trust. Shown inside [`Error`](crate::Error) messages.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Problem {
     #[error("it is not a tokencache store (its first bytes are not the tokencache magic number)")]
@@ -335,23 +331,6 @@ pub(crate) enum DecodeError {
 impl From<Problem> for DecodeError {
     fn from(p: Problem) -> Self {
         DecodeError::Problem(p)
-    }
-}
-
-impl DecodeError {
-    /// The public error for this problem in file `path`.
-    pub(crate) fn at(self, path: &Path) -> Error {
-        match self {
-            DecodeError::Problem(problem) => Error::Corrupt {
-                path: path.to_path_buf(),
-                problem: problem.to_string(),
-            },
-            DecodeError::FutureVersion(found) => Error::FutureVersion {
-                path: path.to_path_buf(),
-                found,
-                supported: FORMAT_VERSION,
-            },
-        }
     }
 }
 

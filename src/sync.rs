@@ -35,7 +35,7 @@ pub(crate) mod channel {
     pub(crate) use crossbeam_channel::{RecvTimeoutError, TrySendError};
 
     #[cfg(not(loom))]
-    pub(crate) use crate::room::{bounded, Receiver, Sender};
+    pub(crate) use super::room::{bounded, Receiver, Sender};
 
     #[cfg(loom)]
     pub(crate) use self::model::{bounded, Receiver, Sender};
@@ -207,6 +207,9 @@ pub(crate) mod channel {
 
 /// A caller's one-shot reply from the persister (`sync/oneshot.rs`).
 pub(crate) mod oneshot;
+#[cfg(not(loom))]
+/// Room in the channel for async senders (`sync/room.rs`).
+mod room;
 
 /// Deliberately planted bugs, so each loom model can show it would catch the mistake it
 /// guards against (a model without teeth proves little). Exists only under `--cfg loom`:
