@@ -21,7 +21,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::error::Rejection;
-use crate::store::{OwnedToken, TokenStore, ValidToken};
+use crate::store::TokenStore;
+use crate::validate::{OwnedToken, ValidToken};
 
 /// A [`Layer`] that admits only requests carrying a valid token from a [`TokenStore`].
 ///
@@ -414,7 +415,7 @@ mod axum_extractor {
     use http::request::Parts;
     use http::StatusCode;
 
-    use crate::store::OwnedToken;
+    use crate::validate::OwnedToken;
 
     /// The [`OwnedToken`] extractor was used on a route that [`TokenLayer`](crate::TokenLayer)
     /// does not cover: a server bug. The response is 500 with an empty body; the reason (this

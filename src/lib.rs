@@ -65,11 +65,13 @@ mod persist;
 mod pg;
 mod rate_limit;
 mod recover;
+mod request;
 mod snapshot;
 mod stats;
 mod store;
 mod sync;
 mod token;
+mod validate;
 mod view;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -81,12 +83,12 @@ pub use layer::MissingTokenLayer;
 #[cfg(feature = "tower")]
 pub use layer::{ResponseFuture, TokenLayer, TokenService};
 pub use rate_limit::{RateLimit, RateLimitError, MAX_BURST};
+pub use request::{NewToken, TokenInfo};
 pub use snapshot::FORMAT_VERSION;
 pub use stats::{Rejections, Stats};
-pub use store::{
-    Builder, NewToken, OwnedToken, TokenInfo, TokenStore, ValidToken, DEFAULT_FLUSH_INTERVAL,
-};
+pub use store::{Builder, TokenStore, DEFAULT_FLUSH_INTERVAL};
 pub use token::{IssuedToken, ParseIdError, TokenId, PREFIX, TOKEN_LEN};
+pub use validate::{OwnedToken, ValidToken};
 pub use view::StoreView;
 
 /// Fault injection for tests of the write-failure paths (not a public API): a narrow seam

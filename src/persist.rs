@@ -32,10 +32,10 @@ use crate::inbox::{Message, Reply};
 use crate::journal::{self, ChangeRef};
 use crate::rate_limit::RateLimit;
 use crate::snapshot::{self, BodyRef, RecordRef};
-use crate::store::Shared;
 use crate::sync::channel::{Receiver, RecvTimeoutError, Sender};
 use crate::sync::{Arc, Ordering};
 use crate::token::TokenId;
+use crate::validate::Shared;
 
 /// Where the store's bytes go. The store's files in production; a recorder in model
 /// checks; the file-writing code is the only place a test may inject a fault.
@@ -665,7 +665,7 @@ impl Persister {
         }
         for (old, until, new, reply) in batch.rotations.drain(..) {
             // Checked again here: a revoke may have been applied since the caller looked.
-            match map.with(&old, |e| crate::store::refuse_rotation(e, now)) {
+            match map.with(&old, |e| crate::request::refuse_rotation(e, now)) {
                 None => {
                     let _ = reply.send(Err(Error::UnknownId(old)));
                     continue;

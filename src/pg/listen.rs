@@ -24,8 +24,8 @@ use super::sink::{self, Statements};
 use super::CHANNEL;
 use crate::inbox::Message;
 use crate::journal::{Change, ChangeRef};
-use crate::store::Shared;
 use crate::sync::Arc;
+use crate::validate::Shared;
 
 /// The name of every listener thread.
 const THREAD: &str = "tokencache-listener";

@@ -4,8 +4,8 @@
 use postgres::Row;
 
 use crate::journal::Change;
+use crate::request::{MAX_NAME_LEN, MAX_SCOPES, MAX_SCOPE_LEN};
 use crate::snapshot::{RateLimitRecord, Record};
-use crate::store::{MAX_NAME_LEN, MAX_SCOPES, MAX_SCOPE_LEN};
 
 /// The columns [`record`] reads, in order.
 pub(super) const COLUMNS: &str = "id, name, digest, scopes, created_at, expires_at, revoked_at, \
