@@ -1,0 +1,145 @@
+//! The persister's backends: where a batch's bytes go. [`Sink`] is what the persister asks
+//! of one; [`FileSink`] writes the store file and its journal.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::file::{self, Appender, FaultPlan, WriteError};
+use crate::journal::{self, ChangeRef};
+use crate::snapshot::{self, BodyRef};
+
+/// Where the store's bytes go. The store's files in production; a recorder in model
+/// checks; the file-writing code is the only place a test may inject a fault.
+pub(crate) trait Sink: Send + 'static {
+    /// Appends journal record `seq` holding `changes`, durably; returns the bytes written.
+    /// After an error the journal is not trusted (see [`journal_ok`](Self::journal_ok)).
+    fn append(&mut self, seq: u64, changes: &[ChangeRef<'_>]) -> io::Result<u64>;
+    /// Replaces the store file with `body` (durably), then the journal with an empty one
+    /// whose first record will be `body.seq + 1`.
+    fn compact(&mut self, body: &BodyRef<'_, '_>) -> Result<Compacted, WriteError>;
+    /// Whether the journal can take the next record: false after a failed append, until a
+    /// compaction starts a fresh one.
+    fn journal_ok(&self) -> bool;
+    /// The journal's size in bytes.
+    fn journal_len(&self) -> u64;
+    /// The path to name in errors.
+    fn path(&self) -> PathBuf;
+    /// Whether [`compact`](Self::compact) writes every definition (a snapshot of the whole
+    /// store), so a compaction can stand in for an append. A database sink says no: each
+    /// change must reach it as a change (a delete is a tombstone other replicas read), so
+    /// the persister never compacts instead of appending, and the sink itself keeps the
+    /// changes memory already made (revoke, delete, rate limit) when an append fails and
+    /// writes them first in its next append.
+    fn compaction_holds_definitions(&self) -> bool {
+        true
+    }
+    /// What a failed append was doing (as the error says it, before the path), and what
+    /// the log says happens next.
+    fn append_failure(&self) -> (&'static str, &'static str) {
+        (
+            "append to the journal of",
+            "journal append failed; will write a snapshot at the next tick",
+        )
+    }
+    /// PostgreSQL stores: whether `change`, read from the database, would undo a change
+    /// memory holds and this sink has yet to write (its transaction failed): then it is
+    /// not applied. A file store reads nothing back.
+    #[cfg(all(feature = "postgres", not(loom)))]
+    fn overrides(&self, _change: &journal::Change) -> bool {
+        false
+    }
+}
+
+/// What a compaction wrote.
+pub(crate) struct Compacted {
+    /// The snapshot's size: it is durable.
+    pub(crate) snapshot_bytes: u64,
+    /// The fresh journal's size, or why it could not be started (the snapshot holds every
+    /// change regardless; the next write compacts again).
+    pub(crate) journal: io::Result<u64>,
+}
+
+/// The production sink: the store file (replaced atomically) and its journal (appended).
+pub(crate) struct FileSink {
+    path: PathBuf,
+    journal_path: PathBuf,
+    /// `None` while the journal is not trusted.
+    journal: Option<Appender>,
+    /// The test seam for write faults; always `None` unless a test set one.
+    faults: Option<FaultPlan>,
+    /// Reused for each record's bytes.
+    buffer: Vec<u8>,
+}
+
+impl FileSink {
+    /// A sink for store `path`; `journal` is its journal open for appending, if trusted.
+    pub(crate) fn new(path: PathBuf, journal: Option<Appender>, faults: Option<FaultPlan>) -> Self {
+        FileSink {
+            journal_path: file::journal_path(&path),
+            path,
+            journal,
+            faults,
+            buffer: Vec::new(),
+        }
+    }
+}
+
+impl Sink for FileSink {
+    fn append(&mut self, seq: u64, changes: &[ChangeRef<'_>]) -> io::Result<u64> {
+        let Some(journal) = self.journal.as_mut() else {
+            return Err(io::Error::other("the journal is not open"));
+        };
+        self.buffer.clear();
+        let encoded = journal::encode_record(seq, changes, &mut self.buffer);
+        let written = encoded.and_then(|()| journal.append(&self.buffer, self.faults.as_ref()));
+        if written
+            .as_ref()
+            .is_err_and(|e| !journal::RecordTooLarge::is(e))
+        {
+            // Never trusted again: a retried fsync can report success for lost pages.
+            self.journal = None;
+        }
+        let len = self.buffer.len() as u64;
+        // A rare huge record (issue_many) should not pin its memory.
+        if self.buffer.capacity() > 1 << 20 {
+            self.buffer = Vec::new();
+        }
+        written.map(|()| len)
+    }
+
+    fn compact(&mut self, body: &BodyRef<'_, '_>) -> Result<Compacted, WriteError> {
+        let image = snapshot::encode(body);
+        file::write_atomic(
+            &self.path,
+            &image,
+            self.faults.as_ref(),
+            &file::SNAPSHOT_STEPS,
+        )?;
+        let snapshot_bytes = image.len() as u64;
+        drop(image);
+        self.journal = None;
+        let journal = Appender::reset(&self.journal_path, body.seq, self.faults.as_ref())
+            .map(|appender| {
+                let len = appender.len();
+                self.journal = Some(appender);
+                len
+            })
+            .map_err(|e| e.error);
+        Ok(Compacted {
+            snapshot_bytes,
+            journal,
+        })
+    }
+
+    fn journal_ok(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    fn journal_len(&self) -> u64 {
+        self.journal.as_ref().map_or(0, Appender::len)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+}
