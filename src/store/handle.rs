@@ -48,11 +48,14 @@ impl Handle {
     /// Every call returns the outcome of the one close that ran: a concurrent caller waits
     /// for it, so no caller reports a flush it did not see through, and a close after the
     /// persister died reports that. `first` says whether this call did the closing.
+    /// (Under loom, `twins::shutdown` chooses between this and its broken twin.)
+    #[cfg(not(loom))]
     pub(super) fn shutdown(&self) -> (Result<(), Error>, bool) {
-        #[cfg(loom)]
-        if crate::sync::bug::planted(crate::sync::bug::Bug::CloseWithoutWaiting) {
-            return self.shutdown_without_waiting();
-        }
+        self.shutdown_once()
+    }
+
+    /// See [`shutdown`](Self::shutdown).
+    fn shutdown_once(&self) -> (Result<(), Error>, bool) {
         match self.claim() {
             Claim::Closer(persister) => {
                 let result = self.stop(persister);
@@ -111,20 +114,6 @@ impl Handle {
     /// the closing thread panicked.
     fn waited(&self, outcome: Result<Result<(), Error>, RecvError>) -> Result<(), Error> {
         outcome.unwrap_or_else(|_| Err(self.died()))
-    }
-
-    /// Broken twin of [`shutdown`](Self::shutdown) (loom only): takes the persister under a
-    /// short lock, so a second caller finds it gone and reports success at once, before the
-    /// first caller's final snapshot is written.
-    #[cfg(loom)]
-    fn shutdown_without_waiting(&self) -> (Result<(), Error>, bool) {
-        let mut state = self.shutdown.lock().unwrap_or_else(|e| e.into_inner());
-        let taken = std::mem::replace(&mut *state, Shutdown::Done(Ok(())));
-        drop(state);
-        match taken {
-            Shutdown::Running(persister) => (self.stop(persister), true),
-            Shutdown::Closing(_) | Shutdown::Done(_) => (Ok(()), false),
-        }
     }
 
     /// Queues `message` for the persister and waits, blocking, for its answer.
@@ -277,6 +266,39 @@ impl Drop for Handle {
     fn drop(&mut self) {
         if let (Err(e), true) = self.shutdown() {
             tracing::error!(file = %self.path.display(), error = %e, "closing the token store on drop failed");
+        }
+    }
+}
+
+/// Model checks only: the close's broken twin, and the one place that chooses between it
+/// and the real close.
+#[cfg(loom)]
+mod twins {
+    use super::{Handle, Shutdown};
+    use crate::error::Error;
+    use crate::sync::bug::{planted, Bug};
+
+    impl Handle {
+        /// `shutdown`: the real one, or its twin if `CloseWithoutWaiting` is planted.
+        pub(in crate::store) fn shutdown(&self) -> (Result<(), Error>, bool) {
+            if planted(Bug::CloseWithoutWaiting) {
+                self.shutdown_without_waiting()
+            } else {
+                self.shutdown_once()
+            }
+        }
+
+        /// Broken twin of `shutdown`: takes the persister under a
+        /// short lock, so a second caller finds it gone and reports success at once, before the
+        /// first caller's final snapshot is written.
+        fn shutdown_without_waiting(&self) -> (Result<(), Error>, bool) {
+            let mut state = self.shutdown.lock().unwrap_or_else(|e| e.into_inner());
+            let taken = std::mem::replace(&mut *state, Shutdown::Done(Ok(())));
+            drop(state);
+            match taken {
+                Shutdown::Running(persister) => (self.stop(persister), true),
+                Shutdown::Closing(_) | Shutdown::Done(_) => (Ok(()), false),
+            }
         }
     }
 }
