@@ -284,17 +284,32 @@ pub(crate) const REASONS: [Reason; 7] = [
 ];
 
 impl DecodeError {
-    /// The public error for this problem in file `path`.
+    /// The public error for this problem in store file `path`.
     pub(crate) fn at(self, path: &std::path::Path) -> Error {
+        self.in_file(path, None, FORMAT_VERSION)
+    }
+
+    /// The public error for this problem in file `path` (at byte `offset`, if known), whose
+    /// format this build reads up to version `supported`. The one conversion from a
+    /// decode problem to an [`Error`], for the store file and the journal.
+    pub(crate) fn in_file(
+        self,
+        path: &std::path::Path,
+        offset: Option<u64>,
+        supported: u32,
+    ) -> Error {
         match self {
             DecodeError::Problem(problem) => Error::Corrupt {
                 path: path.to_path_buf(),
-                problem: problem.to_string(),
+                problem: match offset {
+                    Some(offset) => format!("at byte {offset}: {problem}"),
+                    None => problem.to_string(),
+                },
             },
             DecodeError::FutureVersion(found) => Error::FutureVersion {
                 path: path.to_path_buf(),
                 found,
-                supported: FORMAT_VERSION,
+                supported,
             },
         }
     }

@@ -28,7 +28,9 @@ use std::io;
 
 use serde::{Deserialize, Serialize};
 
-use crate::snapshot::{self, DecodeError, Problem, RateLimitRecord, Record, RecordRef, MAX_SEQ};
+use crate::snapshot::{
+    self, u32_at, u64_at, DecodeError, Problem, RateLimitRecord, Record, RecordRef, MAX_SEQ,
+};
 
 /// The first eight bytes of every journal file.
 pub(crate) const MAGIC: [u8; 8] = *b"\x89TKJ\r\n\x1a\n";
@@ -334,11 +336,8 @@ pub(crate) fn scan_from<S: Source + ?Sized>(source: &S) -> Result<Scanned, ScanE
     let mut header = [0u8; HEADER_LEN];
     let header_len = usize::try_from(file_len).map_or(HEADER_LEN, |n| n.min(HEADER_LEN));
     source.read_at(0, &mut header[..header_len])?;
-    let magic_len = header_len.min(MAGIC.len());
-    if header[..magic_len] != MAGIC[..magic_len] {
-        return Err(at(0, Problem::Foreign.into()));
-    }
-    if header_len < HEADER_LEN {
+    let read = snapshot::read_header(&header[..header_len], &MAGIC, VERSION);
+    let Some(header) = read.map_err(|(offset, error)| at(offset, error))? else {
         return Ok(Scanned {
             base: 0,
             records: Vec::new(),
@@ -347,20 +346,12 @@ pub(crate) fn scan_from<S: Source + ?Sized>(source: &S) -> Result<Scanned, ScanE
             file_len,
             checked: 0,
         });
-    }
-    if crc32fast::hash(&header[..28]) != u32_at(&header, 28) {
-        return Err(at(0, Problem::HeaderChecksum.into()));
-    }
-    match u32_at(&header, 8) {
-        0 => return Err(at(8, Problem::BadVersion(0).into())),
-        v if v > VERSION => return Err(at(8, DecodeError::FutureVersion(v))),
-        _ => {}
-    }
-    let flags = u32_at(&header, 12) | u32_at(&header, 24);
+    };
+    let flags = header.flags | header.tail;
     if flags != 0 {
         return Err(at(12, Problem::UnknownFlags(flags).into()));
     }
-    let base = u64_at(&header, 16);
+    let base = header.word;
     if base > MAX_SEQ {
         return Err(at(16, Problem::SeqTooLarge(base).into()));
     }
@@ -628,14 +619,6 @@ impl Lookahead {
         let next = &self.bytes[from..from + FRAME_LEN];
         Ok(u64_at(next, 8) == seq.wrapping_add(1) || next == &ZEROS[..FRAME_LEN])
     }
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
 }
 
 #[cfg(test)]

@@ -226,15 +226,5 @@ fn token_id(id: [u8; 8]) -> Result<TokenId, Problem> {
 
 /// The public error for a journal problem: the journal's path and the byte offset.
 fn journal_error(path: &Path, e: JournalError) -> Error {
-    match e.error {
-        DecodeError::Problem(problem) => Error::Corrupt {
-            path: path.to_path_buf(),
-            problem: format!("at byte {}: {problem}", e.offset),
-        },
-        DecodeError::FutureVersion(found) => Error::FutureVersion {
-            path: path.to_path_buf(),
-            found,
-            supported: journal::VERSION,
-        },
-    }
+    e.error.in_file(path, Some(e.offset), journal::VERSION)
 }
