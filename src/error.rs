@@ -27,6 +27,18 @@ pub enum Error {
         source: Arc<io::Error>,
     },
 
+    /// A PostgreSQL store's database failed or refused (feature `postgres`): it could not
+    /// be reached, its schema is not one this build uses, or a transaction failed.
+    #[error("could not {action} {url}: {cause}")]
+    Database {
+        /// What the store was doing, e.g. "connect to".
+        action: &'static str,
+        /// The database's URL with its password redacted.
+        url: String,
+        /// The database client's message, with its causes.
+        cause: String,
+    },
+
     /// The store file exists but is damaged or is not a tokencache store. It was not changed.
     #[error("store file {} cannot be used: {problem}. It was left untouched; restore it from a backup or move it aside to start an empty store", path.display())]
     Corrupt {
@@ -128,6 +140,20 @@ impl Error {
             action,
             path: path.into(),
             source: Arc::new(source),
+        }
+    }
+
+    /// A failure of the database at `url` (already redacted) while doing `action`.
+    #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
+    pub(crate) fn database(
+        action: &'static str,
+        url: &std::path::Path,
+        cause: impl ToString,
+    ) -> Error {
+        Error::Database {
+            action,
+            url: url.display().to_string(),
+            cause: cause.to_string(),
         }
     }
 

@@ -4,6 +4,7 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::error::Error;
 use crate::file::{self, Appender, FaultPlan, WriteError};
 use crate::journal::{self, ChangeRef};
 use crate::snapshot::{self, BodyRef};
@@ -24,6 +25,11 @@ pub(crate) trait Sink: Send + 'static {
     fn journal_len(&self) -> u64;
     /// The path to name in errors.
     fn path(&self) -> PathBuf;
+    /// The public error for a failed write of this backend (`action` of its path, as the
+    /// error says it).
+    fn error(&self, action: &'static str, error: io::Error) -> Error {
+        Error::io(action, self.path(), error)
+    }
     /// Whether [`compact`](Self::compact) writes every definition (a snapshot of the whole
     /// store), so a compaction can stand in for an append. A database sink says no: each
     /// change must reach it as a change (a delete is a tombstone other replicas read), so

@@ -200,7 +200,7 @@ impl Persister {
     fn failed(&self, error: io::Error, action: &'static str, what: &'static str) -> Error {
         let path = self.sink.path();
         tracing::error!(file = %path.display(), error = %error, "{what}");
-        let error = Error::io(action, path, error);
+        let error = self.sink.error(action, error);
         self.shared.counters.record_error(error.to_string());
         error
     }

@@ -4,7 +4,6 @@
 //! loaded tokens, a [`PgSink`] for the persister and a listener to start once the store runs.
 
 use std::collections::HashSet;
-use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -92,9 +91,7 @@ impl PendingListener {
 /// persister's sink connects on the persister thread.
 pub(crate) fn open(builder: Settings, url: String) -> Result<Opened, Error> {
     let name = PathBuf::from(redact_url(&url));
-    let fail = |action: &'static str, message: String| {
-        Error::io(action, name.clone(), io::Error::other(message))
-    };
+    let fail = |action: &'static str, message: String| Error::database(action, &name, message);
     if let Some(staleness) = builder.max_staleness {
         let poll = builder.poll_interval;
         if staleness < poll.saturating_mul(2) {

@@ -22,6 +22,7 @@ use postgres::{Client, Config, NoTls, Statement, Transaction};
 use super::rows::{id_text, sql_time};
 use super::CHANNEL;
 use crate::clock::Clock;
+use crate::error::Error;
 use crate::file::WriteError;
 use crate::journal::{Change, ChangeRef};
 use crate::persist::{Compacted, Sink};
@@ -223,6 +224,10 @@ impl Sink for PgSink {
 
     fn path(&self) -> PathBuf {
         self.name.clone()
+    }
+
+    fn error(&self, action: &'static str, error: io::Error) -> Error {
+        Error::database(action, &self.name, error)
     }
 
     fn compaction_holds_definitions(&self) -> bool {
