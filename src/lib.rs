@@ -82,6 +82,7 @@ pub use inspect::{inspect, SnapshotInfo};
 pub use layer::MissingTokenLayer;
 #[cfg(feature = "tower")]
 pub use layer::{ResponseFuture, TokenLayer, TokenService};
+pub use location::Location;
 pub use rate_limit::{RateLimit, RateLimitError, MAX_BURST};
 pub use request::{NewToken, TokenInfo};
 pub use snapshot::FORMAT_VERSION;

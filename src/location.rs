@@ -1,7 +1,41 @@
 //! Where a store lives: a PostgreSQL URL told from a file path, and a URL with its password
 //! redacted for errors, logs and `Debug`.
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where a store lives: a file, or (feature `postgres`) a PostgreSQL database. From
+/// [`TokenStore::location`](crate::TokenStore::location).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Location {
+    /// A store file: the path it was opened at, with a symlink resolved to its target.
+    File(PathBuf),
+    /// A PostgreSQL database: its URL with the password redacted.
+    Database(String),
+}
+
+impl Location {
+    /// The file's path, or the redacted URL as a path (what [`TokenStore::path`] returns,
+    /// and what errors name).
+    ///
+    /// [`TokenStore::path`]: crate::TokenStore::path
+    pub fn as_path(&self) -> &Path {
+        match self {
+            Location::File(path) => path,
+            Location::Database(url) => Path::new(url),
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::File(path) => write!(f, "{}", path.display()),
+            Location::Database(url) => f.write_str(url),
+        }
+    }
+}
 
 /// The URL in `path` if it names a PostgreSQL database (`postgres://` or `postgresql://`).
 pub(crate) fn database_url(path: &Path) -> Option<&str> {

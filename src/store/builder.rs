@@ -11,7 +11,7 @@ use crate::clock::{millis, Clock, SystemClock};
 use crate::error::Error;
 use crate::file::{self, Appender, FaultPlan};
 use crate::inbox::{Inbox, Timer};
-use crate::location::database_url;
+use crate::location::{database_url, Location};
 use crate::persist::{FileSink, Persister, Sink, Start};
 use crate::recover::{self, Recovered};
 use crate::snapshot::BodyRef;
@@ -224,7 +224,7 @@ impl Builder {
             tracing::info!(file = %path.display(), records = recovered.replayed, "replayed the journal");
         }
         let sink = Box::new(FileSink::new(path.clone(), journal, self.faults.clone()));
-        self.start(path, recovered, sink, Some(lock), None)
+        self.start(Location::File(path), recovered, sink, Some(lock), None)
     }
 
     /// Opens the PostgreSQL store at `url`.
@@ -240,7 +240,7 @@ impl Builder {
         };
         let opened = crate::pg::open(settings, url)?;
         let store = self.start(
-            opened.name,
+            Location::Database(opened.name.display().to_string()),
             opened.recovered,
             opened.sink,
             None,
@@ -263,12 +263,13 @@ impl Builder {
     /// file or a usable journal is missing, and spawns the persister.
     fn start(
         self,
-        path: PathBuf,
+        location: Location,
         recovered: Recovered,
         mut sink: Box<dyn Sink>,
         lock: Option<File>,
         synced_at: Option<u64>,
     ) -> Result<TokenStore, Error> {
+        let path = location.as_path().to_path_buf();
         let (tx, rx) = channel::bounded(self.channel_capacity);
         let Recovered {
             map, snapshot, seq, ..
@@ -312,6 +313,7 @@ impl Builder {
             handle: Arc::new(Handle {
                 shared,
                 path,
+                location,
                 shutdown: Mutex::new(Shutdown::Running(thread)),
                 lock: Mutex::new(lock),
             }),
@@ -386,7 +388,7 @@ pub fn open_recorded(
         crate::entry::load(records).map_err(|p| DecodeError::from(p).at(&builder.path))?;
     // No snapshot yet: `start` writes the first one, so the recorder holds the tokens.
     let recovered = Recovered::fresh(entries);
-    let path = builder.path.clone();
-    let store = builder.start(path, recovered, Box::new(recorder), None, None)?;
+    let location = Location::File(builder.path.clone());
+    let store = builder.start(location, recovered, Box::new(recorder), None, None)?;
     Ok((store, issued))
 }

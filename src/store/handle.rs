@@ -9,6 +9,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::error::Error;
 use crate::inbox::{self, Answer, Message, Refused};
+use crate::location::Location;
 use crate::sync::oneshot::{self, AsyncReceiver, RecvError};
 use crate::sync::thread::JoinHandle;
 use crate::sync::{Arc, Mutex};
@@ -18,6 +19,7 @@ use crate::validate::Shared;
 pub(super) struct Handle {
     pub(super) shared: Arc<Shared>,
     pub(super) path: PathBuf,
+    pub(super) location: Location,
     pub(super) shutdown: Mutex<Shutdown>,
     pub(super) lock: Mutex<Option<File>>,
 }
@@ -276,6 +278,7 @@ impl Drop for Handle {
 mod twins {
     use super::{Handle, Shutdown};
     use crate::error::Error;
+    use crate::location::Location;
     use crate::sync::bug::{planted, Bug};
 
     impl Handle {

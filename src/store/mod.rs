@@ -20,6 +20,7 @@ use crate::clock::millis;
 use crate::entry::{self, Entry};
 use crate::error::{Error, Rejection};
 use crate::inbox::Message;
+use crate::location::Location;
 use crate::rate_limit::RateLimit;
 use crate::request::{
     deleting, flushing, limiting, refuse_rotation, revoking, NewToken, Request, TokenInfo,
@@ -336,9 +337,26 @@ impl TokenStore {
         shared.counters.read(tokens, dirty, shared.clock.now_ms())
     }
 
-    /// The store file's path (for a PostgreSQL store, its URL with the password redacted).
+    /// The store file's path (for a PostgreSQL store, its URL with the password redacted;
+    /// [`location`](Self::location) says which).
     pub fn path(&self) -> &Path {
         &self.handle.path
+    }
+
+    /// Where the store lives: its file, or its database's redacted URL.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// use tokencache::{Location, TokenStore};
+    ///
+    /// let store = TokenStore::open(dir.path().join("tokens.snap"))?;
+    /// assert!(matches!(store.location(), Location::File(path) if path.ends_with("tokens.snap")));
+    /// assert_eq!(store.location().as_path(), store.path());
+    /// # Ok(()) }
+    /// ```
+    pub fn location(&self) -> &Location {
+        &self.handle.location
     }
 
     /// Queues `change` for the persister and waits, blocking, for its answer.
