@@ -9,35 +9,55 @@ use crate::file::{self, Appender, FaultPlan, WriteError};
 use crate::journal::{self, ChangeRef};
 use crate::snapshot::{self, BodyRef};
 
+pub(crate) use super::write::{Facts, Write};
+
+/// The file backend's policy (the store file and its journal; the loom recorder keeps the
+/// same books). A compaction writes every definition, so it can stand in for an append:
+///
+/// - it runs when the journal has records and has outgrown both the snapshot and the floor
+///   (looked at once per interval), on close (unless nothing at all is unwritten), and
+///   instead of any write while memory holds a change that is not on disk or the journal is
+///   not trusted (an append or its fsync failed). So a revoke or delete that memory applied
+///   before its write failed reaches disk with the next write of any kind, and a record
+///   whose fsync failed (possibly on disk, never acknowledged) is covered by the
+///   snapshot's `seq` and never replayed once the store has written again;
+/// - otherwise the batch's changes are appended, with `last_used` when asked, scanning
+///   every token after a dropped id or for a flush.
+pub(crate) fn file_policy(facts: &Facts<'_>, journal_ok: bool, journal_len: u64) -> Write {
+    let has_records = journal_len > journal::HEADER_LEN as u64;
+    let outgrown = has_records && journal_len > facts.snapshot_len.max(facts.compaction_floor);
+    let behind = facts.unwritten_changes || !journal_ok;
+    let writing = facts.definitions || facts.flush_asked || (facts.due && facts.waiting);
+    let compact = (facts.closing
+        && (behind || has_records || facts.definitions || (facts.unsaved_anywhere)()))
+        || (facts.size_check_due && outgrown)
+        || (behind && writing);
+    if compact {
+        return Write::Compact;
+    }
+    facts.append(false, facts.scan_all || facts.flush_asked)
+}
+
 /// Where the store's bytes go. The store's files in production; a recorder in model
 /// checks; the file-writing code is the only place a test may inject a fault.
 pub(crate) trait Sink: Send + 'static {
     /// Appends journal record `seq` holding `changes`, durably; returns the bytes written.
-    /// After an error the journal is not trusted (see [`journal_ok`](Self::journal_ok)).
+    /// A file backend does not trust its journal after an error, until a compaction.
     fn append(&mut self, seq: u64, changes: &[ChangeRef<'_>]) -> io::Result<u64>;
     /// Replaces the store file with `body` (durably), then the journal with an empty one
     /// whose first record will be `body.seq + 1`.
     fn compact(&mut self, body: &BodyRef<'_, '_>) -> Result<Compacted, WriteError>;
-    /// Whether the journal can take the next record: false after a failed append, until a
-    /// compaction starts a fresh one.
-    fn journal_ok(&self) -> bool;
-    /// The journal's size in bytes.
-    fn journal_len(&self) -> u64;
+    /// What to write for a batch: this backend's policy.
+    fn decide(&self, facts: &Facts<'_>) -> Write;
+    /// Whether opening must write a snapshot first (a new store, or a journal that cannot
+    /// take the next record), given the size of the one it found (0: none).
+    fn snapshot_at_open(&self, snapshot_len: u64) -> bool;
     /// The path to name in errors.
     fn path(&self) -> PathBuf;
     /// The public error for a failed write of this backend (`action` of its path, as the
     /// error says it).
     fn error(&self, action: &'static str, error: io::Error) -> Error {
         Error::io(action, self.path(), error)
-    }
-    /// Whether [`compact`](Self::compact) writes every definition (a snapshot of the whole
-    /// store), so a compaction can stand in for an append. A database sink says no: each
-    /// change must reach it as a change (a delete is a tombstone other replicas read), so
-    /// the persister never compacts instead of appending, and the sink itself keeps the
-    /// changes memory already made (revoke, delete, rate limit) when an append fails and
-    /// writes them first in its next append.
-    fn compaction_holds_definitions(&self) -> bool {
-        true
     }
     /// What a failed append was doing (as the error says it, before the path), and what
     /// the log says happens next.
@@ -137,12 +157,13 @@ impl Sink for FileSink {
         })
     }
 
-    fn journal_ok(&self) -> bool {
-        self.journal.is_some()
+    fn decide(&self, facts: &Facts<'_>) -> Write {
+        let journal_len = self.journal.as_ref().map_or(0, Appender::len);
+        file_policy(facts, self.journal.is_some(), journal_len)
     }
 
-    fn journal_len(&self) -> u64 {
-        self.journal.as_ref().map_or(0, Appender::len)
+    fn snapshot_at_open(&self, snapshot_len: u64) -> bool {
+        snapshot_len == 0 || self.journal.is_none()
     }
 
     fn path(&self) -> PathBuf {

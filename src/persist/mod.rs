@@ -43,7 +43,7 @@ use crate::sync::Arc;
 use crate::token::TokenId;
 use crate::validate::Shared;
 
-pub(crate) use backend::{Compacted, FileSink, Sink};
+pub(crate) use backend::{Compacted, Facts, FileSink, Sink, Write};
 use batch::{Applied, Batch};
 #[cfg(loom)]
 pub use recorder::{Recorded, Recorder};

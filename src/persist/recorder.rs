@@ -4,6 +4,7 @@
 use std::io;
 use std::path::PathBuf;
 
+use super::backend::{file_policy, Facts, Write};
 use super::{Compacted, Sink};
 use crate::file::WriteError;
 use crate::journal::{self, ChangeRef};
@@ -149,12 +150,13 @@ impl Sink for Recorder {
         })
     }
 
-    fn journal_ok(&self) -> bool {
-        true
+    /// The file backend's policy, with the journal's "length" counted in records.
+    fn decide(&self, facts: &Facts<'_>) -> Write {
+        file_policy(facts, true, journal::HEADER_LEN as u64 + self.records)
     }
 
-    fn journal_len(&self) -> u64 {
-        journal::HEADER_LEN as u64 + self.records
+    fn snapshot_at_open(&self, snapshot_len: u64) -> bool {
+        snapshot_len == 0
     }
 
     fn path(&self) -> PathBuf {

@@ -96,10 +96,11 @@ impl Persister {
             replies,
         } = self.apply(&mut batch, now);
         let write = match self.decide(&changes, &pending, &batch, now) {
+            // The loom backend keeps the file backend's books, whose scan is this plus the
+            // flush's.
             Write::Append { used, .. } => Write::Append {
                 used,
-                scan: self.scan_all
-                    || (batch.shutdown.is_some() && !self.sink.compaction_holds_definitions()),
+                scan: self.scan_all,
             },
             other => other,
         };

@@ -16,7 +16,7 @@ use crate::token::TokenId;
 
 /// What the decide phase chose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Write {
+pub(crate) enum Write {
     /// Nothing to write.
     Nothing,
     /// One journal record: the batch's changes, and `last_used` of the tokens used since
@@ -26,17 +26,61 @@ pub(super) enum Write {
     Compact,
 }
 
+/// What a backend decides a batch's write on: the batch and the persister's state.
+pub(crate) struct Facts<'a> {
+    /// The batch changes a definition (a change made in memory, or a new token).
+    pub(crate) definitions: bool,
+    /// A timed write is due (a flush interval passed since the last attempt).
+    pub(crate) due: bool,
+    /// A `last_used` or a change waits for the next timed write.
+    pub(crate) waiting: bool,
+    /// The journal's size is due a look (once per interval).
+    pub(crate) size_check_due: bool,
+    /// A flush asks for everything seen before it.
+    pub(crate) flush_asked: bool,
+    /// The store is closing: this is the last write.
+    pub(crate) closing: bool,
+    /// A change memory holds is not written (its write failed).
+    pub(crate) unwritten_changes: bool,
+    /// A dirty id was dropped or a write failed: look at every token.
+    pub(crate) scan_all: bool,
+    /// Some tokens' `Dirty` messages arrived since their last write.
+    pub(crate) used_known: bool,
+    /// The newest snapshot's size.
+    pub(crate) snapshot_len: u64,
+    /// The journal size below which no compaction runs.
+    pub(crate) compaction_floor: u64,
+    /// Whether any token's `last_used` differs from the one written (a scan: ask last).
+    pub(crate) unsaved_anywhere: &'a dyn Fn() -> bool,
+}
+
+impl Facts<'_> {
+    /// An append if anything is to be written: the batch's changes, the backend's `resend`
+    /// of changes it holds, or `last_used` when a timed write, a flush or close asks for it
+    /// (of every token if `scan`, else of those whose messages arrived); else nothing.
+    pub(crate) fn append(&self, resend: bool, scan: bool) -> Write {
+        let used = (self.due && self.waiting) || self.flush_asked || self.closing;
+        if self.definitions || resend || (used && (scan || self.used_known)) {
+            Write::Append { used, scan }
+        } else {
+            Write::Nothing
+        }
+    }
+}
+
 impl Persister {
     /// The decide phase: append the batch's changes (with `last_used` if a timed write is
     /// due or a flush or close asks), compact, or nothing.
     ///
-    /// For a file store the rule that keeps the files equal to memory: while memory holds a
-    /// change that is not on disk (`definitions_pending`: its write failed) or the journal
-    /// is not trusted (an append or its fsync failed), every write that happens is a
-    /// compaction, and close always writes one. So a revoke or delete that memory applied
-    /// before its write failed reaches disk with the next write of any kind, and a record
-    /// whose fsync failed (possibly on disk, never acknowledged) is covered by the
-    /// snapshot's `seq` and never replayed once the store has written again.
+    /// The persister gathers the facts; its backend decides ([`Sink::decide`]): the file
+    /// backend by [`file_policy`](super::backend::file_policy) (compaction, and the rule
+    /// that keeps the files equal to memory: while memory holds a change that is not on
+    /// disk (`definitions_pending`: its write failed) or the journal is not trusted (an
+    /// append or its fsync failed), every write that happens is a compaction, and close
+    /// always writes one), the database backend by its own (it never compacts instead of
+    /// appending, and resends what failed).
+    ///
+    /// [`Sink::decide`]: super::Sink::decide
     pub(super) fn decide(
         &mut self,
         changes: &[ChangeRef<'_>],
@@ -44,40 +88,26 @@ impl Persister {
         batch: &Batch,
         now: u64,
     ) -> Write {
-        let definitions = !changes.is_empty() || !pending.issues.is_empty();
-        let due = self.interval_passed(self.last_attempt_ms, now);
         let size_check_due = self.interval_passed(self.last_size_check_ms, now);
         if size_check_due {
             self.last_size_check_ms = now;
         }
-        let has_records = self.sink.journal_len() > journal::HEADER_LEN as u64;
-        let outgrown =
-            has_records && self.sink.journal_len() > self.snapshot_len.max(self.compaction_floor);
-        let flush_asked = !batch.flushes.is_empty();
-        let closing = batch.shutdown.is_some();
-        if self.sink.compaction_holds_definitions() {
-            let behind = self.definitions_pending || !self.sink.journal_ok();
-            let writing = definitions || flush_asked || (due && self.waiting());
-            let compact = (closing
-                && (behind || has_records || definitions || self.unsaved_anywhere()))
-                || (size_check_due && outgrown)
-                || (behind && writing);
-            if compact {
-                return Write::Compact;
-            }
-        }
-        // A database sink retries its failed changes in the next append.
-        let resend = !self.sink.compaction_holds_definitions()
-            && self.definitions_pending
-            && (due || closing || flush_asked);
-        let used = (due && self.waiting()) || flush_asked || closing;
-        let scan =
-            self.scan_all || flush_asked || (closing && !self.sink.compaction_holds_definitions());
-        if definitions || resend || (used && (scan || !self.used.is_empty())) {
-            Write::Append { used, scan }
-        } else {
-            Write::Nothing
-        }
+        let unsaved_anywhere = || self.unsaved_anywhere();
+        let facts = Facts {
+            definitions: !changes.is_empty() || !pending.issues.is_empty(),
+            due: self.interval_passed(self.last_attempt_ms, now),
+            waiting: self.waiting(),
+            size_check_due,
+            flush_asked: !batch.flushes.is_empty(),
+            closing: batch.shutdown.is_some(),
+            unwritten_changes: self.definitions_pending,
+            scan_all: self.scan_all,
+            used_known: !self.used.is_empty(),
+            snapshot_len: self.snapshot_len,
+            compaction_floor: self.compaction_floor,
+            unsaved_anywhere: &unsaved_anywhere,
+        };
+        self.sink.decide(&facts)
     }
 
     /// Whether any token's `last_used` differs from the one on disk (a scan, for `close`).
@@ -157,8 +187,9 @@ impl Persister {
             id: id.to_bytes(),
             at,
         }));
-        // A database sink holding failed changes writes them even with nothing new.
-        let resend = self.definitions_pending && !self.sink.compaction_holds_definitions();
+        // A backend holding failed changes (a database's: a file store compacts instead of
+        // appending while any are pending) writes them even with nothing new.
+        let resend = self.definitions_pending;
         if changes.is_empty() && !resend {
             return Ok(());
         }
@@ -179,10 +210,9 @@ impl Persister {
                 }
                 self.join(pending);
                 self.shared.counters.record_append(bytes);
-                if !self.sink.compaction_holds_definitions() {
-                    // The append wrote the changes the sink held from failed ones first.
-                    self.definitions_pending = false;
-                }
+                // The append wrote the changes the backend held from failed ones first (a
+                // file store appends only when none are pending).
+                self.definitions_pending = false;
                 Ok(())
             }
             Err(error) if journal::RecordTooLarge::is(&error) => {

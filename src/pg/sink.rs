@@ -25,7 +25,7 @@ use crate::clock::Clock;
 use crate::error::Error;
 use crate::file::WriteError;
 use crate::journal::{Change, ChangeRef};
-use crate::persist::{Compacted, Sink};
+use crate::persist::{Compacted, Facts, Sink, Write};
 use crate::snapshot::{BodyRef, RecordRef};
 
 /// Takes the next version and gives it a random stamp in the commit log; the row lock it
@@ -189,8 +189,8 @@ impl Sink for PgSink {
     }
 
     /// A database has no snapshot to replace: this writes every record's `last_used` with
-    /// the batched statement and nothing else. (The persister never compacts a database
-    /// store to stand in for an append; see [`Sink::compaction_holds_definitions`].)
+    /// the batched statement and nothing else. (This backend's policy never compacts to
+    /// stand in for an append; see `decide`.)
     fn compact(&mut self, body: &BodyRef<'_, '_>) -> Result<Compacted, WriteError> {
         let used: Vec<ChangeRef<'_>> = body
             .records
@@ -213,13 +213,20 @@ impl Sink for PgSink {
 
     /// Always true: a broken connection is reopened by the next write, and a database
     /// store is never compacted instead of appended to.
-    fn journal_ok(&self) -> bool {
-        true
+    /// The database backend's policy: never a compaction instead of an append, since each
+    /// change must reach the database as a change (a delete is a tombstone other replicas
+    /// read); the changes memory already made (revoke, delete, rate limit) whose
+    /// transaction failed are kept here and written first by the next append, which a due
+    /// tick, a flush or close makes happen (`resend`). Close scans every token's
+    /// `last_used`.
+    fn decide(&self, facts: &Facts<'_>) -> Write {
+        let resend = facts.unwritten_changes && (facts.due || facts.closing || facts.flush_asked);
+        facts.append(resend, facts.scan_all || facts.flush_asked || facts.closing)
     }
 
-    /// No journal grows, so no compaction is ever due by size.
-    fn journal_len(&self) -> u64 {
-        0
+    /// The database is the store's first and only copy: nothing to write at open.
+    fn snapshot_at_open(&self, _snapshot_len: u64) -> bool {
+        false
     }
 
     fn path(&self) -> PathBuf {
@@ -228,10 +235,6 @@ impl Sink for PgSink {
 
     fn error(&self, action: &'static str, error: io::Error) -> Error {
         Error::database(action, &self.name, error)
-    }
-
-    fn compaction_holds_definitions(&self) -> bool {
-        false
     }
 
     fn append_failure(&self) -> (&'static str, &'static str) {

@@ -288,8 +288,7 @@ impl Builder {
             shared.counters.last_sync_at.store(synced, relaxed);
         }
         let mut snapshot_len = snapshot.map_or(0, |s| s.len);
-        let file_store = sink.compaction_holds_definitions();
-        if file_store && (snapshot_len == 0 || !sink.journal_ok()) {
+        if sink.snapshot_at_open(snapshot_len) {
             snapshot_len = first_snapshot(&shared, sink.as_mut(), seq, &path)?;
         }
         let persister = Persister::new(
