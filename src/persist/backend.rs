@@ -43,7 +43,7 @@ pub(crate) fn file_policy(facts: &Facts<'_>, journal_ok: bool, journal_len: u64)
 pub(crate) trait Sink: Send + 'static {
     /// Appends journal record `seq` holding `changes`, durably; returns the bytes written.
     /// A file backend does not trust its journal after an error, until a compaction.
-    fn append(&mut self, seq: u64, changes: &[ChangeRef<'_>]) -> io::Result<u64>;
+    fn append(&mut self, seq: u64, changes: &[ChangeRef<'_>]) -> Result<u64, AppendFailed>;
     /// Replaces the store file with `body` (durably), then the journal with an empty one
     /// whose first record will be `body.seq + 1`.
     fn compact(&mut self, body: &BodyRef<'_, '_>) -> Result<Compacted, WriteError>;
@@ -59,20 +59,33 @@ pub(crate) trait Sink: Send + 'static {
     fn error(&self, action: &'static str, error: io::Error) -> Error {
         Error::io(action, self.path(), error)
     }
-    /// What a failed append was doing (as the error says it, before the path), and what
-    /// the log says happens next.
-    fn append_failure(&self) -> (&'static str, &'static str) {
-        (
-            "append to the journal of",
-            "journal append failed; will write a snapshot at the next tick",
-        )
-    }
     /// PostgreSQL stores: whether `change`, read from the database, would undo a change
     /// memory holds and this sink has yet to write (its transaction failed): then it is
     /// not applied. A file store reads nothing back.
     #[cfg(all(feature = "postgres", not(loom)))]
     fn overrides(&self, _change: &journal::Change) -> bool {
         false
+    }
+}
+
+/// A failed append, in its backend's words.
+pub(crate) struct AppendFailed {
+    /// The OS's or the database client's error.
+    pub(crate) error: io::Error,
+    /// What the backend was doing, as the error says it before the path.
+    pub(crate) action: &'static str,
+    /// What the log says happens next.
+    pub(crate) next: &'static str,
+}
+
+impl AppendFailed {
+    /// A failed journal append: the file backend's words.
+    pub(crate) fn journal(error: io::Error) -> AppendFailed {
+        AppendFailed {
+            error,
+            action: "append to the journal of",
+            next: "journal append failed; will write a snapshot at the next tick",
+        }
     }
 }
 
@@ -111,9 +124,11 @@ impl FileSink {
 }
 
 impl Sink for FileSink {
-    fn append(&mut self, seq: u64, changes: &[ChangeRef<'_>]) -> io::Result<u64> {
+    fn append(&mut self, seq: u64, changes: &[ChangeRef<'_>]) -> Result<u64, AppendFailed> {
         let Some(journal) = self.journal.as_mut() else {
-            return Err(io::Error::other("the journal is not open"));
+            return Err(AppendFailed::journal(io::Error::other(
+                "the journal is not open",
+            )));
         };
         self.buffer.clear();
         let encoded = journal::encode_record(seq, changes, &mut self.buffer);
@@ -130,7 +145,7 @@ impl Sink for FileSink {
         if self.buffer.capacity() > 1 << 20 {
             self.buffer = Vec::new();
         }
-        written.map(|()| len)
+        written.map(|()| len).map_err(AppendFailed::journal)
     }
 
     fn compact(&mut self, body: &BodyRef<'_, '_>) -> Result<Compacted, WriteError> {

@@ -43,7 +43,9 @@ use crate::sync::Arc;
 use crate::token::TokenId;
 use crate::validate::Shared;
 
-pub(crate) use backend::{Compacted, Facts, FileSink, Sink, Write};
+// The database backend (not built under loom) uses these too.
+#[cfg_attr(loom, allow(unused_imports))]
+pub(crate) use backend::{AppendFailed, Compacted, Facts, FileSink, Sink, Write};
 use batch::{Applied, Batch};
 #[cfg(loom)]
 pub use recorder::{Recorded, Recorder};

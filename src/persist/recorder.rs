@@ -4,7 +4,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use super::backend::{file_policy, Facts, Write};
+use super::backend::{file_policy, AppendFailed, Facts, Write};
 use super::{Compacted, Sink};
 use crate::file::WriteError;
 use crate::journal::{self, ChangeRef};
@@ -99,8 +99,11 @@ impl Recorder {
 }
 
 impl Sink for Recorder {
-    fn append(&mut self, _seq: u64, changes: &[ChangeRef<'_>]) -> io::Result<u64> {
-        let id_of = |id: [u8; 8]| TokenId::from_bytes(id).ok_or(io::ErrorKind::InvalidData);
+    fn append(&mut self, _seq: u64, changes: &[ChangeRef<'_>]) -> Result<u64, AppendFailed> {
+        let id_of = |id: [u8; 8]| {
+            TokenId::from_bytes(id)
+                .ok_or_else(|| AppendFailed::journal(io::ErrorKind::InvalidData.into()))
+        };
         let mut parsed = Vec::with_capacity(changes.len());
         for change in changes {
             parsed.push(match change {

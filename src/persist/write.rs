@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io;
 
 use super::batch::{Batch, Pending};
-use super::Persister;
+use super::{AppendFailed, Persister};
 use crate::entry::Entry;
 use crate::error::Error;
 use crate::file::WriteError;
@@ -215,13 +215,17 @@ impl Persister {
                 self.definitions_pending = false;
                 Ok(())
             }
-            Err(error) if journal::RecordTooLarge::is(&error) => {
+            Err(failed) if journal::RecordTooLarge::is(&failed.error) => {
                 // Nothing was written, so the number stays free (a gap would make `open`
                 // refuse the journal) and the journal stays trusted: a snapshot holds a
                 // batch of any size. The taken times are in memory, which it writes.
                 self.compact(pending, now)
             }
-            Err(error) => {
+            Err(AppendFailed {
+                error,
+                action,
+                next,
+            }) => {
                 // The record may be on disk: its number is spent, and the next write is a
                 // compaction whose snapshot covers it, so it is never replayed (the journal
                 // is not trusted again). Nothing is lost: the taken tokens are dirty again.
@@ -231,8 +235,7 @@ impl Persister {
                     map.with(&id, |e| e.mark_dirty());
                     self.used.insert(id);
                 }
-                let (action, what) = self.sink.append_failure();
-                Err(self.failed(error, action, what))
+                Err(self.failed(error, action, next))
             }
         }
     }

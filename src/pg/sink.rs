@@ -25,7 +25,7 @@ use crate::clock::Clock;
 use crate::error::Error;
 use crate::file::WriteError;
 use crate::journal::{Change, ChangeRef};
-use crate::persist::{Compacted, Facts, Sink, Write};
+use crate::persist::{AppendFailed, Compacted, Facts, Sink, Write};
 use crate::snapshot::{BodyRef, RecordRef};
 
 /// Takes the next version and gives it a random stamp in the commit log; the row lock it
@@ -169,7 +169,7 @@ impl Sink for PgSink {
     /// One transaction: the changes kept from failed appends, then `changes` in order (one
     /// version for all of them, and a `NOTIFY`), then the `last_used` times. `seq` is not
     /// used: the database's version orders changes across replicas.
-    fn append(&mut self, _seq: u64, changes: &[ChangeRef<'_>]) -> io::Result<u64> {
+    fn append(&mut self, _seq: u64, changes: &[ChangeRef<'_>]) -> Result<u64, AppendFailed> {
         let retry = std::mem::take(&mut self.retry);
         let now = self.clock.now_ms();
         let written = self
@@ -183,7 +183,11 @@ impl Sink for PgSink {
             }
             Err(error) => {
                 self.retry.extend(changes.iter().filter_map(kept));
-                Err(error)
+                Err(AppendFailed {
+                    error,
+                    action: "commit a transaction to",
+                    next: "transaction failed; the changes memory holds are written again at the next tick",
+                })
             }
         }
     }
@@ -235,13 +239,6 @@ impl Sink for PgSink {
 
     fn error(&self, action: &'static str, error: io::Error) -> Error {
         Error::database(action, &self.name, error)
-    }
-
-    fn append_failure(&self) -> (&'static str, &'static str) {
-        (
-            "commit a transaction to",
-            "transaction failed; the changes memory holds are written again at the next tick",
-        )
     }
 
     /// A row read from the database must not undo a change this replica still has to

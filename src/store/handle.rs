@@ -278,7 +278,6 @@ impl Drop for Handle {
 mod twins {
     use super::{Handle, Shutdown};
     use crate::error::Error;
-    use crate::location::Location;
     use crate::sync::bug::{planted, Bug};
 
     impl Handle {
