@@ -52,7 +52,7 @@ pub(crate) enum Message {
     /// catch-up, as changes to apply to memory, and the clock time (Unix ms) of the
     /// catch-up that read them (memory is current as of then once they are applied).
     #[cfg(all(feature = "postgres", not(loom)))]
-    Remote(Vec<crate::journal::Change>, u64),
+    Remote(Vec<crate::change::Change>, u64),
     /// The clock jumped: re-check the deadline, then acknowledge.
     Tick(Sender<()>),
     /// Write what is pending, reply, and stop.

@@ -26,11 +26,8 @@
 use std::fs::File;
 use std::io;
 
-use serde::{Deserialize, Serialize};
-
-use crate::snapshot::{
-    self, u32_at, u64_at, DecodeError, Problem, RateLimitRecord, Record, RecordRef, MAX_SEQ,
-};
+use crate::change::{Change, ChangeRef};
+use crate::snapshot::{self, u32_at, u64_at, DecodeError, Problem, MAX_SEQ};
 
 /// The first eight bytes of every journal file.
 pub(crate) const MAGIC: [u8; 8] = *b"\x89TKJ\r\n\x1a\n";
@@ -40,52 +37,6 @@ pub(crate) const VERSION: u32 = 1;
 pub(crate) const HEADER_LEN: usize = 32;
 /// The size of a record's frame before its payload.
 pub(crate) const FRAME_LEN: usize = 16;
-
-/// One change to the store, as replayed from the journal. Times are Unix ms.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub(crate) enum Change {
-    /// A new token (from `issue`, or the replacement `rotate` made).
-    Issue(Record),
-    /// The token was revoked at `at` (a token already revoked keeps its first time).
-    Revoke { id: [u8; 8], at: u64 },
-    /// The token was deleted (`delete`, `purge`, retention); unknown ids are ignored.
-    Delete { id: [u8; 8] },
-    /// The token's rate limit was set or removed.
-    SetRateLimit {
-        id: [u8; 8],
-        limit: Option<RateLimitRecord>,
-    },
-    /// The token expires at `at` if it would expire later (`rotate`'s grace).
-    Expire { id: [u8; 8], at: u64 },
-    /// The token was last used at `at` (replayed with max).
-    Used { id: [u8; 8], at: u64 },
-}
-
-/// What a record is written from: a [`Change`] whose new token borrows its entry's text.
-/// Encodes to exactly the bytes the owned form decodes.
-#[derive(Debug, Serialize)]
-pub(crate) enum ChangeRef<'a> {
-    Issue(RecordRef<'a>),
-    Revoke {
-        id: [u8; 8],
-        at: u64,
-    },
-    Delete {
-        id: [u8; 8],
-    },
-    SetRateLimit {
-        id: [u8; 8],
-        limit: Option<RateLimitRecord>,
-    },
-    Expire {
-        id: [u8; 8],
-        at: u64,
-    },
-    Used {
-        id: [u8; 8],
-        at: u64,
-    },
-}
 
 /// The header of a journal whose first record will be `base + 1`.
 pub(crate) fn header(base: u64) -> [u8; HEADER_LEN] {

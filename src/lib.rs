@@ -49,6 +49,7 @@
 //! The design (hot path, dirty protocol, persister, atomic orderings) is in `docs/DESIGN.md`;
 //! the file format in `docs/FORMAT.md`.
 
+mod change;
 mod clock;
 mod entry;
 mod error;

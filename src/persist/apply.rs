@@ -6,9 +6,9 @@ use std::collections::HashSet;
 
 use super::batch::{Applied, Batch};
 use super::Persister;
+use crate::change::ChangeRef;
 use crate::entry::Entry;
 use crate::error::Error;
-use crate::journal::ChangeRef;
 use crate::rate_limit::RateLimit;
 use crate::token::TokenId;
 
@@ -104,7 +104,7 @@ impl Persister {
                 if self.sink.overrides(&change) {
                     continue;
                 }
-                if let Err(problem) = crate::recover::apply_change(&self.shared.map, change) {
+                if let Err(problem) = crate::change::apply(&self.shared.map, change) {
                     tracing::error!(store = %self.sink.path().display(), %problem, "a row in the database cannot be loaded; skipped");
                 }
             }

@@ -4,9 +4,10 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::change::ChangeRef;
 use crate::error::Error;
 use crate::file::{self, Appender, FaultPlan, WriteError};
-use crate::journal::{self, ChangeRef};
+use crate::journal;
 use crate::snapshot::{self, BodyRef};
 
 pub(crate) use super::write::{Facts, Write};
@@ -63,7 +64,7 @@ pub(crate) trait Sink: Send + 'static {
     /// memory holds and this sink has yet to write (its transaction failed): then it is
     /// not applied. A file store reads nothing back.
     #[cfg(all(feature = "postgres", not(loom)))]
-    fn overrides(&self, _change: &journal::Change) -> bool {
+    fn overrides(&self, _change: &crate::change::Change) -> bool {
         false
     }
 }

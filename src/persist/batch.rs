@@ -3,12 +3,10 @@
 //! the write and reply phases.
 
 use super::Persister;
+use crate::change::ChangeRef;
 use crate::entry::Entry;
 use crate::error::Error;
 use crate::inbox::{Message, Reply};
-#[cfg(all(feature = "postgres", not(loom)))]
-use crate::journal;
-use crate::journal::ChangeRef;
 use crate::rate_limit::RateLimit;
 use crate::sync::channel::Sender;
 use crate::sync::Ordering;
@@ -29,7 +27,7 @@ pub(super) struct Batch {
     pub(super) shutdown: Option<Reply>,
     /// Rows other replicas committed, with the time of the catch-up that read them.
     #[cfg(all(feature = "postgres", not(loom)))]
-    pub(super) remote: Vec<(Vec<journal::Change>, u64)>,
+    pub(super) remote: Vec<(Vec<crate::change::Change>, u64)>,
 }
 
 impl Batch {

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use super::backend::{file_policy, AppendFailed, Facts, Write};
 use super::{Compacted, Sink};
+use crate::change::ChangeRef;
 use crate::file::WriteError;
-use crate::journal::{self, ChangeRef};
+use crate::journal;
 use crate::snapshot::BodyRef;
 use crate::sync::Arc;
 use crate::token::TokenId;

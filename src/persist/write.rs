@@ -7,10 +7,11 @@ use std::io;
 
 use super::batch::{Batch, Pending};
 use super::{AppendFailed, Persister};
+use crate::change::ChangeRef;
 use crate::entry::Entry;
 use crate::error::Error;
 use crate::file::WriteError;
-use crate::journal::{self, ChangeRef};
+use crate::journal;
 use crate::snapshot::{self, BodyRef, RecordRef};
 use crate::token::TokenId;
 

@@ -3,7 +3,7 @@
 
 use postgres::Row;
 
-use crate::journal::Change;
+use crate::change::Change;
 use crate::request::{MAX_NAME_LEN, MAX_SCOPES, MAX_SCOPE_LEN};
 use crate::snapshot::{RateLimitRecord, Record};
 
@@ -132,7 +132,7 @@ pub(super) fn essential_changes(row: &Essentials, out: &mut Vec<Change>) {
 
 /// The changes that bring a replica's memory to what a row says: a tombstone deletes; a
 /// token is issued if new, then takes the row's revocation, rate limit, expiry and
-/// `last_used` (each applied idempotently, see `recover::apply_change`).
+/// `last_used` (each applied idempotently, see `change::apply`).
 pub(super) fn changes(record: Record, deleted: bool, out: &mut Vec<Change>) {
     let id = record.id;
     if deleted {

@@ -21,10 +21,10 @@ use postgres::{Client, Config, NoTls, Statement, Transaction};
 
 use super::rows::{id_text, sql_time};
 use super::CHANNEL;
+use crate::change::{Change, ChangeRef};
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::file::WriteError;
-use crate::journal::{Change, ChangeRef};
 use crate::persist::{AppendFailed, Compacted, Facts, Sink, Write};
 use crate::snapshot::{BodyRef, RecordRef};
 
