@@ -670,22 +670,15 @@ fn prompt_for_token() -> Result<String, Failure> {
     }
 }
 
+/// The rejection's name and its advice (the rejection table in `error.rs`); a rate limit
+/// adds how long to wait.
 fn explain(rejection: Rejection) -> String {
+    let (name, advice) = (rejection.as_str(), rejection.advice());
     match rejection {
-        Rejection::Malformed => {
-            "malformed: this is not a tokencache token (wrong shape or checksum; check for a copy-paste error)".into()
-        }
-        Rejection::Unknown => "unknown: no token in this store matches".into(),
-        Rejection::Revoked => "revoked: this token was revoked; issue a new one".into(),
-        Rejection::Expired => "expired: this token's lifetime is over; issue a new one".into(),
-        Rejection::MissingScope => "missing_scope: the token does not grant this scope".into(),
         Rejection::RateLimited { retry_after } => {
-            format!("rate_limited: retry after {} ms", retry_after.as_millis())
+            format!("{name}: {advice} {} ms", retry_after.as_millis())
         }
-        Rejection::Unavailable => {
-            "unavailable: this replica has not reached its database for longer than its max staleness; try again later".into()
-        }
-        // `Rejection` is matched exhaustively so that a new reason gets a message here.
+        _ => format!("{name}: {advice}"),
     }
 }
 

@@ -59,6 +59,11 @@ pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A Unix time in milliseconds as a date, `None` if it is out of chrono's range.
+pub(crate) fn from_ms(ms: u64) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp_millis(i64::try_from(ms).ok()?)
+}
+
 /// Unix milliseconds from `SystemTime`; a clock set before 1970 reads as the epoch rather
 /// than panicking.
 fn wall_ms() -> u64 {

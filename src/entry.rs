@@ -179,11 +179,21 @@ impl Entry {
         if self.hot.used.load(Ordering::Relaxed) >> 1 >= now_ms {
             return Touch::Nothing;
         }
-        // Planted bug (loom twin only): test the dirty bit, then set it (check-then-act).
-        #[cfg(loom)]
-        if crate::sync::bug::planted(crate::sync::bug::Bug::CheckThenSetDirty) {
-            return self.touch_check_then_set(now_ms);
-        }
+        self.set_dirty(now_ms)
+    }
+
+    /// The write half of [`touch`](Self::touch): `last_used` and the dirty bit set in one
+    /// read-modify-write; `Send` if this call set the bit. (Under loom, `twins::set_dirty`
+    /// chooses between this and its broken twin.)
+    #[cfg(not(loom))]
+    #[inline]
+    fn set_dirty(&self, now_ms: u64) -> Touch {
+        self.set_dirty_at_once(now_ms)
+    }
+
+    /// See [`set_dirty`](Self::set_dirty).
+    #[inline]
+    fn set_dirty_at_once(&self, now_ms: u64) -> Touch {
         // AcqRel: Release publishes this use to the persister's Acquire `fetch_and` in
         // `take_for_snapshot`. Both are read-modify-writes of one word, so they are totally
         // ordered: either the snapshot's clear comes later and returns this time, or ours
@@ -198,31 +208,16 @@ impl Entry {
         }
     }
 
-    /// Broken twin of [`touch`](Self::touch) (loom only): a load of the dirty bit, then a
-    /// separate write, so two validations can both see it clear and both send.
-    #[cfg(loom)]
-    fn touch_check_then_set(&self, now_ms: u64) -> Touch {
-        let dirty = self.hot.used.load(Ordering::Acquire) & DIRTY != 0;
-        self.hot
-            .used
-            .fetch_max((now_ms << 1) | DIRTY, Ordering::AcqRel);
-        if dirty {
-            Touch::Nothing
-        } else {
-            Touch::Send
-        }
-    }
-
     /// Clears the dirty bit and returns `last_used`, in one step: the snapshot half of the
     /// protocol (see [`touch`](Self::touch)).
+    /// (Under loom, `twins::take_for_snapshot` chooses between this and its broken twin.)
+    #[cfg(not(loom))]
     pub(crate) fn take_for_snapshot(&self) -> u64 {
-        // Planted bug (loom twin only): reading before clearing loses a racing touch.
-        #[cfg(loom)]
-        if crate::sync::bug::planted(crate::sync::bug::Bug::ReadBeforeClear) {
-            let used = self.hot.used.load(Ordering::Acquire);
-            self.hot.used.fetch_and(!DIRTY, Ordering::AcqRel);
-            return used >> 1;
-        }
+        self.take_clearing_first()
+    }
+
+    /// See [`take_for_snapshot`](Self::take_for_snapshot).
+    fn take_clearing_first(&self) -> u64 {
         // AcqRel: Acquire pairs with the Release of `touch`'s fetch_max (see there).
         self.hot.used.fetch_and(!DIRTY, Ordering::AcqRel) >> 1
     }
@@ -613,5 +608,56 @@ mod tests {
         assert_eq!(e.revoked_at(), Some(60));
         assert_eq!(e.verdict(10), Err(Rejection::Revoked));
         assert_eq!(e.expires_at(), Some(50));
+    }
+}
+
+/// Model checks only: the broken twins of the dirty-bit protocol, each its own function,
+/// and the one place that chooses between them and the real steps.
+#[cfg(loom)]
+mod twins {
+    use super::{Entry, Touch, DIRTY};
+    use crate::sync::bug::{planted, Bug};
+    use crate::sync::Ordering;
+
+    impl Entry {
+        /// `touch`'s write: the real one, or its twin if `CheckThenSetDirty` is planted.
+        #[inline]
+        pub(super) fn set_dirty(&self, now_ms: u64) -> Touch {
+            if planted(Bug::CheckThenSetDirty) {
+                self.set_dirty_check_then_set(now_ms)
+            } else {
+                self.set_dirty_at_once(now_ms)
+            }
+        }
+
+        /// The snapshot's read: the real one, or its twin if `ReadBeforeClear` is planted.
+        pub(crate) fn take_for_snapshot(&self) -> u64 {
+            if planted(Bug::ReadBeforeClear) {
+                self.take_reading_first()
+            } else {
+                self.take_clearing_first()
+            }
+        }
+
+        /// Broken twin of `set_dirty`: a load of the dirty bit, then a separate write, so
+        /// two validations can both see it clear and both send.
+        fn set_dirty_check_then_set(&self, now_ms: u64) -> Touch {
+            let dirty = self.hot.used.load(Ordering::Acquire) & DIRTY != 0;
+            self.hot
+                .used
+                .fetch_max((now_ms << 1) | DIRTY, Ordering::AcqRel);
+            if dirty {
+                Touch::Nothing
+            } else {
+                Touch::Send
+            }
+        }
+
+        /// Broken twin of `take_for_snapshot`: reading before clearing loses a racing touch.
+        fn take_reading_first(&self) -> u64 {
+            let used = self.hot.used.load(Ordering::Acquire);
+            self.hot.used.fetch_and(!DIRTY, Ordering::AcqRel);
+            used >> 1
+        }
     }
 }

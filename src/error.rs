@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::snapshot::{DecodeError, FORMAT_VERSION};
 use crate::token::TokenId;
 
 /// The error of a store operation (`open`, `issue`, `revoke`, `flush`, `close`...).
@@ -24,6 +25,18 @@ pub enum Error {
         /// The OS error (shared: one failed write can fail many waiting callers).
         #[source]
         source: Arc<io::Error>,
+    },
+
+    /// A PostgreSQL store's database failed or refused (feature `postgres`): it could not
+    /// be reached, its schema is not one this build uses, or a transaction failed.
+    #[error("could not {action} {url}: {cause}")]
+    Database {
+        /// What the store was doing, e.g. "connect to".
+        action: &'static str,
+        /// The database's URL with its password redacted.
+        url: String,
+        /// The database client's message, with its causes.
+        cause: String,
     },
 
     /// The store file exists but is damaged or is not a tokencache store. It was not changed.
@@ -130,6 +143,20 @@ impl Error {
         }
     }
 
+    /// A failure of the database at `url` (already redacted) while doing `action`.
+    #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
+    pub(crate) fn database(
+        action: &'static str,
+        url: &std::path::Path,
+        cause: impl ToString,
+    ) -> Error {
+        Error::Database {
+            action,
+            url: url.display().to_string(),
+            cause: cause.to_string(),
+        }
+    }
+
     /// A store that must exist to be read (`inspect`, `StoreView::read`) but does not.
     pub(crate) fn missing(path: PathBuf) -> Error {
         Error::BadPath {
@@ -140,7 +167,12 @@ impl Error {
 }
 
 /// Why `validate` refused a token. Cheap to copy; the hot path never allocates one.
+///
+/// New reasons may be added in a minor release (`#[non_exhaustive]`): a `match` needs a
+/// `_` arm, for which [`as_str`](Self::as_str) and [`advice`](Self::advice) describe any
+/// reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Rejection {
     /// The string is not shaped like a tokencache token, or its checksum is wrong.
     #[error("malformed token")]
@@ -173,14 +205,172 @@ pub enum Rejection {
 impl Rejection {
     /// A short stable name for logs, metrics and the CLI (`"malformed"`, `"revoked"`...).
     pub fn as_str(&self) -> &'static str {
+        self.reason().name
+    }
+
+    /// What a person should make of this rejection, in a sentence (as the CLI prints it
+    /// after the name): `"this token was revoked; issue a new one"`. For
+    /// [`RateLimited`](Rejection::RateLimited) it reads "retry after", to be followed by
+    /// the wait.
+    pub fn advice(&self) -> &'static str {
+        self.reason().advice
+    }
+
+    /// This rejection's row of [`REASONS`].
+    pub(crate) fn reason(&self) -> &'static Reason {
+        &REASONS[self.index()]
+    }
+
+    /// This rejection's place in [`REASONS`] (and in the stats' counters). The one match
+    /// over `Rejection` that every other place reads through: a new reason gets its row
+    /// here.
+    pub(crate) fn index(&self) -> usize {
         match self {
-            Rejection::Malformed => "malformed",
-            Rejection::Unknown => "unknown",
-            Rejection::Revoked => "revoked",
-            Rejection::Expired => "expired",
-            Rejection::RateLimited { .. } => "rate_limited",
-            Rejection::MissingScope => "missing_scope",
-            Rejection::Unavailable => "unavailable",
+            Rejection::Malformed => 0,
+            Rejection::Unknown => 1,
+            Rejection::Revoked => 2,
+            Rejection::Expired => 3,
+            Rejection::RateLimited { .. } => 4,
+            Rejection::MissingScope => 5,
+            Rejection::Unavailable => 6,
+        }
+    }
+}
+
+/// What the crate says about one kind of [`Rejection`]: one row of [`REASONS`], read by
+/// the stats (`counter`), the tower layer (HTTP status and RFC 6750 challenge) and the CLI.
+#[cfg_attr(not(feature = "tower"), allow(dead_code))]
+pub(crate) struct Reason {
+    /// The stable name ([`Rejection::as_str`]).
+    pub(crate) name: &'static str,
+    /// The HTTP status `TokenLayer` answers with.
+    pub(crate) http_status: u16,
+    /// The `WWW-Authenticate` challenge `TokenLayer` sends with a bearer token.
+    pub(crate) challenge: Challenge,
+    /// The CLI's explanation after the name (a rate limit adds its wait).
+    pub(crate) advice: &'static str,
+}
+
+/// The RFC 6750 challenge a refusal of a bearer token carries.
+#[cfg_attr(not(feature = "tower"), allow(dead_code))]
+pub(crate) enum Challenge {
+    /// `error="invalid_token"` with this `error_description`.
+    InvalidToken(&'static str),
+    /// `error="insufficient_scope"` with the required scope.
+    InsufficientScope,
+    /// None: the status says "wait" or "try again", not "authenticate".
+    None,
+}
+
+/// Every kind of rejection, in [`Rejection::index`] order (which is also the order of the
+/// [`Rejections`](crate::Rejections) counters).
+pub(crate) const REASONS: [Reason; 7] = [
+    Reason {
+        name: "malformed",
+        http_status: 401,
+        challenge: Challenge::InvalidToken("the token is malformed"),
+        advice: "this is not a tokencache token (wrong shape or checksum; check for a copy-paste error)",
+    },
+    Reason {
+        name: "unknown",
+        http_status: 401,
+        challenge: Challenge::InvalidToken("the token is unknown"),
+        advice: "no token in this store matches",
+    },
+    Reason {
+        name: "revoked",
+        http_status: 401,
+        challenge: Challenge::InvalidToken("the token was revoked"),
+        advice: "this token was revoked; issue a new one",
+    },
+    Reason {
+        name: "expired",
+        http_status: 401,
+        challenge: Challenge::InvalidToken("the token has expired"),
+        advice: "this token's lifetime is over; issue a new one",
+    },
+    Reason {
+        name: "rate_limited",
+        http_status: 429,
+        challenge: Challenge::None,
+        advice: "retry after",
+    },
+    Reason {
+        name: "missing_scope",
+        http_status: 403,
+        challenge: Challenge::InsufficientScope,
+        advice: "the token does not grant this scope",
+    },
+    Reason {
+        name: "unavailable",
+        http_status: 503,
+        challenge: Challenge::None,
+        advice: "this replica has not reached its database for longer than its max staleness; try again later",
+    },
+];
+
+impl DecodeError {
+    /// The public error for this problem in store file `path`.
+    pub(crate) fn at(self, path: &std::path::Path) -> Error {
+        self.in_file(path, None, FORMAT_VERSION)
+    }
+
+    /// The public error for this problem in file `path` (at byte `offset`, if known), whose
+    /// format this build reads up to version `supported`. The one conversion from a
+    /// decode problem to an [`Error`], for the store file and the journal.
+    pub(crate) fn in_file(
+        self,
+        path: &std::path::Path,
+        offset: Option<u64>,
+        supported: u32,
+    ) -> Error {
+        match self {
+            DecodeError::Problem(problem) => Error::Corrupt {
+                path: path.to_path_buf(),
+                problem: match offset {
+                    Some(offset) => format!("at byte {offset}: {problem}"),
+                    None => problem.to_string(),
+                },
+            },
+            DecodeError::FutureVersion(found) => Error::FutureVersion {
+                path: path.to_path_buf(),
+                found,
+                supported,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Rejection, REASONS};
+    use std::time::Duration;
+
+    #[test]
+    fn every_rejection_has_its_own_row_of_the_table() {
+        let all = [
+            (Rejection::Malformed, "malformed", 401),
+            (Rejection::Unknown, "unknown", 401),
+            (Rejection::Revoked, "revoked", 401),
+            (Rejection::Expired, "expired", 401),
+            (
+                Rejection::RateLimited {
+                    retry_after: Duration::from_secs(1),
+                },
+                "rate_limited",
+                429,
+            ),
+            (Rejection::MissingScope, "missing_scope", 403),
+            (Rejection::Unavailable, "unavailable", 503),
+        ];
+        assert_eq!(all.len(), REASONS.len());
+        let mut seen = [false; REASONS.len()];
+        for (rejection, name, status) in all {
+            assert!(!seen[rejection.index()], "{name} shares a row");
+            seen[rejection.index()] = true;
+            assert_eq!(rejection.as_str(), name);
+            assert_eq!(rejection.reason().http_status, status);
+            assert!(!rejection.advice().is_empty());
         }
     }
 }

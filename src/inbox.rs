@@ -52,7 +52,7 @@ pub(crate) enum Message {
     /// catch-up, as changes to apply to memory, and the clock time (Unix ms) of the
     /// catch-up that read them (memory is current as of then once they are applied).
     #[cfg(all(feature = "postgres", not(loom)))]
-    Remote(Vec<crate::journal::Change>, u64),
+    Remote(Vec<crate::change::Change>, u64),
     /// The clock jumped: re-check the deadline, then acknowledge.
     Tick(Sender<()>),
     /// Write what is pending, reply, and stop.
@@ -120,12 +120,14 @@ impl Inbox {
     }
 
     /// Queues a request for the persister, unless the store is closing or its persister died.
+    /// (Under loom, `twins::request` chooses between this and its broken twin.)
+    #[cfg(not(loom))]
     pub(crate) fn request(&self, message: Message) -> Result<(), Refused> {
-        // Planted bug (loom twin only): a request that bypasses the gate can be stranded.
-        #[cfg(loom)]
-        if crate::sync::bug::planted(crate::sync::bug::Bug::UngatedRequests) {
-            return self.tx.send(message).map_err(|_| Refused::Closed);
-        }
+        self.request_through_gate(message)
+    }
+
+    /// See [`request`](Self::request).
+    fn request_through_gate(&self, message: Message) -> Result<(), Refused> {
         let gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
         gate.admits()?;
         self.tx.send(message).map_err(|_| Refused::Dead)
@@ -134,17 +136,22 @@ impl Inbox {
     /// Like [`request`](Self::request), never blocking: `Pending` while the channel is full,
     /// with the message kept in `message` and `waker` woken once the persister takes a
     /// message (then poll again). The message leaves `message` when it is queued or refused.
+    /// (Under loom, `twins::poll_request` chooses between this and its broken twin.)
+    #[cfg(not(loom))]
     pub(crate) fn poll_request(
         &self,
         message: &mut Option<Message>,
         waker: &Waker,
     ) -> Poll<Result<(), Refused>> {
-        // Planted bug (loom twin only): a request that bypasses the gate can be stranded.
-        #[cfg(loom)]
-        if crate::sync::bug::planted(crate::sync::bug::Bug::UngatedRequests) {
-            let sent = self.poll_send(Ok(()), message, waker);
-            return sent.map_err(|_| Refused::Closed); // as the blocking twin says
-        }
+        self.poll_request_through_gate(message, waker)
+    }
+
+    /// See [`poll_request`](Self::poll_request).
+    fn poll_request_through_gate(
+        &self,
+        message: &mut Option<Message>,
+        waker: &Waker,
+    ) -> Poll<Result<(), Refused>> {
         let gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
         self.poll_send(gate.admits(), message, waker)
     }
@@ -175,15 +182,13 @@ impl Inbox {
     }
 
     /// Sends `message` if there is room, or leaves `waker` to be woken once there may be.
+    /// (Under loom, `twins::try_send_or_wait` chooses between this and its broken twin.)
+    #[cfg(not(loom))]
     fn try_send_or_wait(
         &self,
         message: Message,
         waker: &Waker,
     ) -> Result<(), TrySendError<Message>> {
-        #[cfg(loom)]
-        if crate::sync::bug::planted(crate::sync::bug::Bug::AsyncWithoutWaker) {
-            return self.tx.try_send(message);
-        }
         self.tx.try_send_or_wait(message, waker)
     }
 
@@ -291,5 +296,68 @@ impl Timer {
 impl fmt::Debug for Timer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Timer")
+    }
+}
+
+/// Model checks only: the inbox's broken twins, each its own function, and the one place
+/// that chooses between them and the real calls.
+#[cfg(loom)]
+mod twins {
+    use std::task::{Poll, Waker};
+
+    use super::{Inbox, Message, Refused};
+    use crate::sync::bug::{planted, Bug};
+    use crate::sync::channel::TrySendError;
+
+    impl Inbox {
+        /// `request`: the real one, or its twin if `UngatedRequests` is planted.
+        pub(crate) fn request(&self, message: Message) -> Result<(), Refused> {
+            if planted(Bug::UngatedRequests) {
+                self.request_ungated(message)
+            } else {
+                self.request_through_gate(message)
+            }
+        }
+
+        /// `poll_request`: the real one, or its twin if `UngatedRequests` is planted.
+        pub(crate) fn poll_request(
+            &self,
+            message: &mut Option<Message>,
+            waker: &Waker,
+        ) -> Poll<Result<(), Refused>> {
+            if planted(Bug::UngatedRequests) {
+                self.poll_request_ungated(message, waker)
+            } else {
+                self.poll_request_through_gate(message, waker)
+            }
+        }
+
+        /// `try_send_or_wait`: the real one, or its twin if `AsyncWithoutWaker` is planted.
+        pub(super) fn try_send_or_wait(
+            &self,
+            message: Message,
+            waker: &Waker,
+        ) -> Result<(), TrySendError<Message>> {
+            if planted(Bug::AsyncWithoutWaker) {
+                self.tx.try_send(message)
+            } else {
+                self.tx.try_send_or_wait(message, waker)
+            }
+        }
+
+        /// Broken twin of `request`: a request that bypasses the gate can be stranded.
+        fn request_ungated(&self, message: Message) -> Result<(), Refused> {
+            self.tx.send(message).map_err(|_| Refused::Closed)
+        }
+
+        /// Broken twin of `poll_request`: a request that bypasses the gate can be stranded.
+        fn poll_request_ungated(
+            &self,
+            message: &mut Option<Message>,
+            waker: &Waker,
+        ) -> Poll<Result<(), Refused>> {
+            let sent = self.poll_send(Ok(()), message, waker);
+            sent.map_err(|_| Refused::Closed) // as the blocking twin says
+        }
     }
 }

@@ -26,9 +26,8 @@
 use std::fs::File;
 use std::io;
 
-use serde::{Deserialize, Serialize};
-
-use crate::snapshot::{self, DecodeError, Problem, RateLimitRecord, Record, RecordRef, MAX_SEQ};
+use crate::change::{Change, ChangeRef};
+use crate::snapshot::{self, u32_at, u64_at, DecodeError, Problem, MAX_SEQ};
 
 /// The first eight bytes of every journal file.
 pub(crate) const MAGIC: [u8; 8] = *b"\x89TKJ\r\n\x1a\n";
@@ -38,52 +37,6 @@ pub(crate) const VERSION: u32 = 1;
 pub(crate) const HEADER_LEN: usize = 32;
 /// The size of a record's frame before its payload.
 pub(crate) const FRAME_LEN: usize = 16;
-
-/// One change to the store, as replayed from the journal. Times are Unix ms.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub(crate) enum Change {
-    /// A new token (from `issue`, or the replacement `rotate` made).
-    Issue(Record),
-    /// The token was revoked at `at` (a token already revoked keeps its first time).
-    Revoke { id: [u8; 8], at: u64 },
-    /// The token was deleted (`delete`, `purge`, retention); unknown ids are ignored.
-    Delete { id: [u8; 8] },
-    /// The token's rate limit was set or removed.
-    SetRateLimit {
-        id: [u8; 8],
-        limit: Option<RateLimitRecord>,
-    },
-    /// The token expires at `at` if it would expire later (`rotate`'s grace).
-    Expire { id: [u8; 8], at: u64 },
-    /// The token was last used at `at` (replayed with max).
-    Used { id: [u8; 8], at: u64 },
-}
-
-/// What a record is written from: a [`Change`] whose new token borrows its entry's text.
-/// Encodes to exactly the bytes the owned form decodes.
-#[derive(Debug, Serialize)]
-pub(crate) enum ChangeRef<'a> {
-    Issue(RecordRef<'a>),
-    Revoke {
-        id: [u8; 8],
-        at: u64,
-    },
-    Delete {
-        id: [u8; 8],
-    },
-    SetRateLimit {
-        id: [u8; 8],
-        limit: Option<RateLimitRecord>,
-    },
-    Expire {
-        id: [u8; 8],
-        at: u64,
-    },
-    Used {
-        id: [u8; 8],
-        at: u64,
-    },
-}
 
 /// The header of a journal whose first record will be `base + 1`.
 pub(crate) fn header(base: u64) -> [u8; HEADER_LEN] {
@@ -334,11 +287,8 @@ pub(crate) fn scan_from<S: Source + ?Sized>(source: &S) -> Result<Scanned, ScanE
     let mut header = [0u8; HEADER_LEN];
     let header_len = usize::try_from(file_len).map_or(HEADER_LEN, |n| n.min(HEADER_LEN));
     source.read_at(0, &mut header[..header_len])?;
-    let magic_len = header_len.min(MAGIC.len());
-    if header[..magic_len] != MAGIC[..magic_len] {
-        return Err(at(0, Problem::Foreign.into()));
-    }
-    if header_len < HEADER_LEN {
+    let read = snapshot::read_header(&header[..header_len], &MAGIC, VERSION);
+    let Some(header) = read.map_err(|(offset, error)| at(offset, error))? else {
         return Ok(Scanned {
             base: 0,
             records: Vec::new(),
@@ -347,20 +297,12 @@ pub(crate) fn scan_from<S: Source + ?Sized>(source: &S) -> Result<Scanned, ScanE
             file_len,
             checked: 0,
         });
-    }
-    if crc32fast::hash(&header[..28]) != u32_at(&header, 28) {
-        return Err(at(0, Problem::HeaderChecksum.into()));
-    }
-    match u32_at(&header, 8) {
-        0 => return Err(at(8, Problem::BadVersion(0).into())),
-        v if v > VERSION => return Err(at(8, DecodeError::FutureVersion(v))),
-        _ => {}
-    }
-    let flags = u32_at(&header, 12) | u32_at(&header, 24);
+    };
+    let flags = header.flags | header.tail;
     if flags != 0 {
         return Err(at(12, Problem::UnknownFlags(flags).into()));
     }
-    let base = u64_at(&header, 16);
+    let base = header.word;
     if base > MAX_SEQ {
         return Err(at(16, Problem::SeqTooLarge(base).into()));
     }
@@ -628,14 +570,6 @@ impl Lookahead {
         let next = &self.bytes[from..from + FRAME_LEN];
         Ok(u64_at(next, 8) == seq.wrapping_add(1) || next == &ZEROS[..FRAME_LEN])
     }
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
 }
 
 #[cfg(test)]

@@ -20,8 +20,9 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::error::Rejection;
-use crate::store::{OwnedToken, TokenStore, ValidToken};
+use crate::error::{Challenge, Rejection, REASONS};
+use crate::store::TokenStore;
+use crate::validate::{OwnedToken, ValidToken};
 
 /// A [`Layer`] that admits only requests carrying a valid token from a [`TokenStore`].
 ///
@@ -109,11 +110,8 @@ impl Config {
 struct Challenges {
     missing: HeaderValue,
     duplicate: HeaderValue,
-    malformed: HeaderValue,
-    unknown: HeaderValue,
-    revoked: HeaderValue,
-    expired: HeaderValue,
-    insufficient_scope: HeaderValue,
+    /// Per rejection, in [`Rejection::index`] order, from the rejection table's challenge.
+    rejected: Vec<Option<HeaderValue>>,
 }
 
 impl Challenges {
@@ -123,15 +121,8 @@ impl Challenges {
         match refusal {
             Refusal::Missing => Some(&self.missing),
             Refusal::Duplicate => Some(&self.duplicate),
-            Refusal::Rejected(rejection) => match rejection {
-                Rejection::Malformed => Some(&self.malformed),
-                Rejection::Unknown => Some(&self.unknown),
-                Rejection::Revoked => Some(&self.revoked),
-                Rejection::Expired => Some(&self.expired),
-                Rejection::MissingScope => Some(&self.insufficient_scope),
-                // 503 says "try again", not "authenticate".
-                Rejection::RateLimited { .. } | Rejection::Unavailable => None,
-            },
+            // 429 says "wait" and 503 "try again", not "authenticate": no challenge.
+            Refusal::Rejected(rejection) => self.rejected[rejection.index()].as_ref(),
         }
     }
 
@@ -147,14 +138,17 @@ impl Challenges {
             duplicate: header_value(format!(
                 "Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"the request has more than one Authorization header\""
             )),
-            malformed: invalid("the token is malformed"),
-            unknown: invalid("the token is unknown"),
-            revoked: invalid("the token was revoked"),
-            expired: invalid("the token has expired"),
-            insufficient_scope: header_value(format!(
-                "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{}\"",
-                quotable(scope.unwrap_or_default())
-            )),
+            rejected: REASONS
+                .iter()
+                .map(|reason| match reason.challenge {
+                    Challenge::InvalidToken(description) => Some(invalid(description)),
+                    Challenge::InsufficientScope => Some(header_value(format!(
+                        "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{}\"",
+                        quotable(scope.unwrap_or_default())
+                    ))),
+                    Challenge::None => None,
+                })
+                .collect(),
         }
     }
 }
@@ -293,15 +287,8 @@ impl Refusal {
         match self {
             Refusal::Missing => StatusCode::UNAUTHORIZED,
             Refusal::Duplicate => StatusCode::BAD_REQUEST,
-            Refusal::Rejected(rejection) => match rejection {
-                Rejection::Malformed
-                | Rejection::Unknown
-                | Rejection::Revoked
-                | Rejection::Expired => StatusCode::UNAUTHORIZED,
-                Rejection::MissingScope => StatusCode::FORBIDDEN,
-                Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-                Rejection::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            },
+            Refusal::Rejected(rejection) => StatusCode::from_u16(rejection.reason().http_status)
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         }
     }
 }
@@ -414,7 +401,7 @@ mod axum_extractor {
     use http::request::Parts;
     use http::StatusCode;
 
-    use crate::store::OwnedToken;
+    use crate::validate::OwnedToken;
 
     /// The [`OwnedToken`] extractor was used on a route that [`TokenLayer`](crate::TokenLayer)
     /// does not cover: a server bug. The response is 500 with an empty body; the reason (this

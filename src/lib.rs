@@ -49,6 +49,7 @@
 //! The design (hot path, dirty protocol, persister, atomic orderings) is in `docs/DESIGN.md`;
 //! the file format in `docs/FORMAT.md`.
 
+mod change;
 mod clock;
 mod entry;
 mod error;
@@ -58,19 +59,20 @@ mod inspect;
 mod journal;
 #[cfg(feature = "tower")]
 mod layer;
+mod location;
 mod map;
 mod persist;
 #[cfg(all(feature = "postgres", not(loom)))]
 mod pg;
 mod rate_limit;
 mod recover;
-#[cfg(not(loom))]
-mod room;
+mod request;
 mod snapshot;
 mod stats;
 mod store;
 mod sync;
 mod token;
+mod validate;
 mod view;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -81,14 +83,14 @@ pub use inspect::{inspect, SnapshotInfo};
 pub use layer::MissingTokenLayer;
 #[cfg(feature = "tower")]
 pub use layer::{ResponseFuture, TokenLayer, TokenService};
+pub use location::{redacted_path, Location};
 pub use rate_limit::{RateLimit, RateLimitError, MAX_BURST, MAX_BURST_SPAN};
+pub use request::{NewToken, TokenInfo};
 pub use snapshot::FORMAT_VERSION;
 pub use stats::{Rejections, Stats};
-pub use store::{
-    redacted_path, Builder, NewToken, OwnedToken, TokenInfo, TokenStore, ValidToken,
-    DEFAULT_FLUSH_INTERVAL,
-};
+pub use store::{Builder, TokenStore, DEFAULT_FLUSH_INTERVAL};
 pub use token::{IssuedToken, ParseIdError, TokenId, PREFIX, TOKEN_LEN};
+pub use validate::{OwnedToken, ValidToken};
 pub use view::StoreView;
 
 /// The README's Rust blocks as doctests, compiled (and run, but for the `no_run` ones) by

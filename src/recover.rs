@@ -4,14 +4,13 @@
 
 use std::path::Path;
 
+use crate::change;
 use crate::entry;
 use crate::error::Error;
 use crate::file;
-use crate::journal::{self, Change, JournalError, Logged, ScanError};
+use crate::journal::{self, JournalError, Logged, ScanError};
 use crate::map::Map;
-use crate::rate_limit::RateLimit;
 use crate::snapshot::{self, DecodeError, Problem};
-use crate::token::TokenId;
 
 /// What the files hold.
 pub(crate) struct Recovered {
@@ -167,74 +166,15 @@ pub(crate) fn replay_after(
     Ok(replayed)
 }
 
-/// Applies one record's changes to `map`, in order (see [`apply_change`]).
+/// Applies one record's changes to `map`, in order (see [`change::apply`]).
 fn replay(map: &Map, logged: Logged) -> Result<(), Problem> {
     for change in logged.changes {
-        apply_change(map, change)?;
+        change::apply(map, change)?;
     }
     Ok(())
-}
-
-/// Applies one change to `map`: a journal record's while opening, or (PostgreSQL stores) a
-/// row another replica committed, on the persister thread. Each change is idempotent (a
-/// revoke keeps the first time, a delete of an absent token and an issue of a present one
-/// change nothing, `Used` and `Expire` take the max and the min, a rate limit equal to the
-/// token's is left alone so its spent quota stands), so applying one twice is harmless.
-pub(crate) fn apply_change(map: &Map, change: Change) -> Result<(), Problem> {
-    match change {
-        Change::Issue(record) => {
-            let entry = entry::load_one(record)?;
-            if !map.contains(&entry.id) {
-                let added = map.insert_new([entry]);
-                debug_assert!(added.is_ok(), "checked just before");
-            }
-        }
-        Change::Revoke { id, at } => {
-            map.with(&token_id(id)?, |e| e.revoke(at));
-        }
-        Change::Delete { id } => {
-            map.remove(&token_id(id)?);
-        }
-        Change::SetRateLimit { id, limit } => {
-            let id = token_id(id)?;
-            let limit = match limit {
-                Some(stored) => Some(
-                    RateLimit::from_record(&stored)
-                        .ok_or_else(|| Problem::BadRateLimit(id.to_string()))?,
-                ),
-                None => None,
-            };
-            map.with(&id, |e| {
-                if e.rate_limit() != limit {
-                    e.set_rate_limit(limit);
-                }
-            });
-        }
-        Change::Expire { id, at } => {
-            map.with(&token_id(id)?, |e| e.shorten_expiry(at));
-        }
-        Change::Used { id, at } => {
-            map.with(&token_id(id)?, |e| e.replay_used(at));
-        }
-    }
-    Ok(())
-}
-
-fn token_id(id: [u8; 8]) -> Result<TokenId, Problem> {
-    TokenId::from_bytes(id).ok_or_else(|| Problem::BadId(String::from_utf8_lossy(&id).into()))
 }
 
 /// The public error for a journal problem: the journal's path and the byte offset.
 fn journal_error(path: &Path, e: JournalError) -> Error {
-    match e.error {
-        DecodeError::Problem(problem) => Error::Corrupt {
-            path: path.to_path_buf(),
-            problem: format!("at byte {}: {problem}", e.offset),
-        },
-        DecodeError::FutureVersion(found) => Error::FutureVersion {
-            path: path.to_path_buf(),
-            found,
-            supported: journal::VERSION,
-        },
-    }
+    e.error.in_file(path, Some(e.offset), journal::VERSION)
 }

@@ -15,11 +15,7 @@
 //! A file is trusted only when every field checks out; otherwise `open` fails naming the
 //! problem and the file is left exactly as it was.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
-
-use crate::error::Error;
 
 /// The first eight bytes of every store file.
 pub const MAGIC: [u8; 8] = *b"\x89TKC\r\n\x1a\n";
@@ -156,7 +152,7 @@ fn write_header(out: &mut [u8]) {
     out[28..32].copy_from_slice(&header_crc.to_le_bytes());
 }
 
-/// Why a file is not a snapshot this build can trust. Shown inside [`Error`] messages.
+/// Why a file is not a snapshot this build can trust. Shown inside [`Error`](crate::Error) messages.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Problem {
     #[error("it is not a tokencache store (its first bytes are not the tokencache magic number)")]
@@ -198,32 +194,17 @@ pub(crate) enum Problem {
 /// length it gives is exactly what the file holds. So a reader knows the file's true size
 /// before it reads (or allocates for) the body.
 pub(crate) fn check_header(bytes: &[u8], file_len: u64) -> Result<(), DecodeError> {
-    let magic_len = bytes.len().min(MAGIC.len());
-    if bytes[..magic_len] != MAGIC[..magic_len] {
-        return Err(Problem::Foreign.into());
-    }
-    if bytes.len() < HEADER_LEN {
+    let Some(header) = read_header(bytes, &MAGIC, FORMAT_VERSION).map_err(|(_, e)| e)? else {
         return Err(Problem::Truncated {
             len: file_len,
             expected: HEADER_LEN as u64,
         }
         .into());
+    };
+    if header.flags != 0 {
+        return Err(Problem::UnknownFlags(header.flags).into());
     }
-    if crc32fast::hash(&bytes[..28]) != u32_at(bytes, 28) {
-        return Err(Problem::HeaderChecksum.into());
-    }
-    let version = u32_at(bytes, 8);
-    if version > FORMAT_VERSION {
-        return Err(DecodeError::FutureVersion(version));
-    }
-    if version == 0 {
-        return Err(Problem::BadVersion(version).into());
-    }
-    let flags = u32_at(bytes, 12);
-    if flags != 0 {
-        return Err(Problem::UnknownFlags(flags).into());
-    }
-    let body_len = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    let body_len = header.word;
     let expected = (HEADER_LEN as u64).saturating_add(body_len);
     if file_len < expected {
         return Err(Problem::Truncated {
@@ -241,9 +222,60 @@ pub(crate) fn check_header(bytes: &[u8], file_len: u64) -> Result<(), DecodeErro
     Ok(())
 }
 
-/// The little-endian `u32` at `at` of a checked-length header.
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
+/// The fields of a header that [`read_header`] checked (its version is between 1 and the
+/// newest this build reads).
+pub(crate) struct Header {
+    /// The flags (bytes 12..16).
+    pub(crate) flags: u32,
+    /// Bytes 16..24: the body's length (store file) or the first record's base (journal).
+    pub(crate) word: u64,
+    /// Bytes 24..28: the body's CRC32 (store file) or more flags (journal).
+    pub(crate) tail: u32,
+}
+
+/// The header reader the store file and the journal share. Both headers are
+/// [`HEADER_LEN`] bytes: an 8-byte magic, the version, flags, a `u64`, a `u32`, and a
+/// CRC32 of the first 28 bytes. Checks the magic (of as many bytes as `bytes` has: a short
+/// file must still start like one of ours), the checksum and that the version is between 1
+/// and `newest`. `Ok(None)`: the magic matches but the header is cut short. An error comes
+/// with the offset of the field it is about.
+pub(crate) fn read_header(
+    bytes: &[u8],
+    magic: &[u8; 8],
+    newest: u32,
+) -> Result<Option<Header>, (u64, DecodeError)> {
+    let magic_len = bytes.len().min(magic.len());
+    if bytes[..magic_len] != magic[..magic_len] {
+        return Err((0, Problem::Foreign.into()));
+    }
+    if bytes.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    if crc32fast::hash(&bytes[..28]) != u32_at(bytes, 28) {
+        return Err((0, Problem::HeaderChecksum.into()));
+    }
+    let version = u32_at(bytes, 8);
+    if version > newest {
+        return Err((8, DecodeError::FutureVersion(version)));
+    }
+    if version == 0 {
+        return Err((8, Problem::BadVersion(version).into()));
+    }
+    Ok(Some(Header {
+        flags: u32_at(bytes, 12),
+        word: u64_at(bytes, 16),
+        tail: u32_at(bytes, 24),
+    }))
+}
+
+/// The little-endian `u32` at `at` of a checked-length slice.
+pub(crate) fn u32_at(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// The little-endian `u64` at `at` of a checked-length slice.
+pub(crate) fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
 }
 
 /// The body CRC32 a file image's header states (its bytes 24..28), if it has them.
@@ -335,23 +367,6 @@ pub(crate) enum DecodeError {
 impl From<Problem> for DecodeError {
     fn from(p: Problem) -> Self {
         DecodeError::Problem(p)
-    }
-}
-
-impl DecodeError {
-    /// The public error for this problem in file `path`.
-    pub(crate) fn at(self, path: &Path) -> Error {
-        match self {
-            DecodeError::Problem(problem) => Error::Corrupt {
-                path: path.to_path_buf(),
-                problem: problem.to_string(),
-            },
-            DecodeError::FutureVersion(found) => Error::FutureVersion {
-                path: path.to_path_buf(),
-                found,
-                supported: FORMAT_VERSION,
-            },
-        }
     }
 }
 

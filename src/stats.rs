@@ -59,18 +59,6 @@ fn stripe_index() -> usize {
     })
 }
 
-fn reason_index(rejection: &Rejection) -> usize {
-    match rejection {
-        Rejection::Malformed => 0,
-        Rejection::Unknown => 1,
-        Rejection::Revoked => 2,
-        Rejection::Expired => 3,
-        Rejection::RateLimited { .. } => 4,
-        Rejection::MissingScope => 5,
-        Rejection::Unavailable => 6,
-    }
-}
-
 impl Counters {
     #[inline]
     pub(crate) fn accepted(&self) {
@@ -79,7 +67,7 @@ impl Counters {
 
     #[inline]
     pub(crate) fn rejected(&self, rejection: &Rejection) {
-        self.stripes[stripe_index()].rejected[reason_index(rejection)].fetch_add(1, Relaxed);
+        self.stripes[stripe_index()].rejected[rejection.index()].fetch_add(1, Relaxed);
     }
 
     /// A journal record of `bytes` was appended.

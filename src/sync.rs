@@ -35,7 +35,7 @@ pub(crate) mod channel {
     pub(crate) use crossbeam_channel::{RecvTimeoutError, TrySendError};
 
     #[cfg(not(loom))]
-    pub(crate) use crate::room::{bounded, Receiver, Sender};
+    pub(crate) use super::room::{bounded, Receiver, Sender};
 
     #[cfg(loom)]
     pub(crate) use self::model::{bounded, Receiver, Sender};
@@ -207,10 +207,17 @@ pub(crate) mod channel {
 
 /// A caller's one-shot reply from the persister (`sync/oneshot.rs`).
 pub(crate) mod oneshot;
+/// Room in the channel for async senders (`sync/room.rs`).
+#[cfg(not(loom))]
+mod room;
 
 /// Deliberately planted bugs, so each loom model can show it would catch the mistake it
 /// guards against (a model without teeth proves little). Exists only under `--cfg loom`:
-/// normal builds contain neither the switch nor any of the `planted(..)` branches.
+/// normal builds contain neither the switch nor any twin. Each broken twin is its own
+/// function in a `cfg(loom)` `twins` module beside the code it breaks (`entry.rs`,
+/// `inbox.rs`, `store/handle.rs`, `persist/twins.rs`), which is the one place that asks
+/// [`planted`](bug::planted) and chooses between the twin and the real step; no production
+/// function asks.
 ///
 /// The switch is a `std` thread-local of the test's OS thread: loom runs every modelled
 /// thread on that OS thread, so one model sees it and tests running in parallel do not.
@@ -218,7 +225,7 @@ pub(crate) mod oneshot;
 pub mod bug {
     use std::cell::Cell;
 
-    /// One planted bug; the comment at each `planted(..)` site says what it breaks.
+    /// One planted bug; the twin function it selects says what it breaks.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     #[non_exhaustive]
     pub enum Bug {
@@ -260,7 +267,7 @@ pub mod bug {
         Planted(())
     }
 
-    /// Whether `bug` is planted (the production code asks this at each bug site).
+    /// Whether `bug` is planted (asked only by the `twins` modules' choosers).
     pub(crate) fn planted(bug: Bug) -> bool {
         PLANTED.with(|p| p.get() == Some(bug))
     }

@@ -12,8 +12,9 @@ use crate::error::{Error, Rejection};
 use crate::file;
 use crate::map::Map;
 use crate::recover;
-use crate::store::{self, TokenInfo, ValidToken};
+use crate::request::TokenInfo;
 use crate::token::TokenId;
+use crate::validate::{self, ValidToken};
 
 /// How many times a read is tried while the service keeps replacing the store file under it.
 const ATTEMPTS: usize = 5;
@@ -108,13 +109,13 @@ impl StoreView {
     /// `last_used`, no count) and does not check the rate limit: a token's quota lives in the
     /// memory of the process that has the store open.
     pub fn validate(&self, token: &str) -> Result<ValidToken<'_>, Rejection> {
-        store::admit(&self.map, &SystemClock, token, None).map(|(valid, _)| valid)
+        validate::admit(&self.map, &SystemClock, token, None).map(|(valid, _)| valid)
     }
 
     /// Like [`validate`](Self::validate), and also requires the token to grant `scope`
     /// (otherwise [`Rejection::MissingScope`]).
     pub fn validate_scope(&self, token: &str, scope: &str) -> Result<ValidToken<'_>, Rejection> {
-        store::admit(&self.map, &SystemClock, token, Some(scope)).map(|(valid, _)| valid)
+        validate::admit(&self.map, &SystemClock, token, Some(scope)).map(|(valid, _)| valid)
     }
 }
 

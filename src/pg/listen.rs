@@ -22,10 +22,10 @@ use postgres::{Client, Config, IsolationLevel, NoTls, Row, Statement, Transactio
 use super::rows::{self, COLUMNS};
 use super::sink::{self, Statements};
 use super::CHANNEL;
+use crate::change::{Change, ChangeRef};
 use crate::inbox::Message;
-use crate::journal::{Change, ChangeRef};
-use crate::store::Shared;
 use crate::sync::Arc;
+use crate::validate::Shared;
 
 /// The name of every listener thread.
 const THREAD: &str = "tokencache-listener";

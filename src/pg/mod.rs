@@ -14,7 +14,7 @@ mod rows;
 mod schema;
 mod sink;
 
-pub(crate) use open::open;
+pub(crate) use open::{open, Settings};
 
 /// The `NOTIFY` channel every commit signals on.
 const CHANNEL: &str = "tokencache";

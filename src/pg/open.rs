@@ -1,10 +1,9 @@
 //! Opening a PostgreSQL store: connect, bring the schema up to date (or, for a read-only
 //! open, check it), load every token that is not a tombstone (with the position in the
-//! database's history they are current to), start the persister with a [`PgSink`] and the
-//! listener.
+//! database's history they are current to), and hand the store's builder its parts: the
+//! loaded tokens, a [`PgSink`] for the persister and a listener to start once the store runs.
 
 use std::collections::HashSet;
-use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,10 +13,14 @@ use super::listen::{Listener, Position};
 use super::rows::{self, COLUMNS};
 use super::sink::{ListenerSlot, PgSink};
 use super::{describe, schema, LISTENER_NAME, WRITER_NAME};
+use crate::clock::Clock;
 use crate::entry::{self, Entry};
 use crate::error::Error;
+use crate::location::redact_url;
+use crate::persist::Sink;
 use crate::recover::Recovered;
-use crate::store::{redact_url, Builder, TokenStore};
+use crate::sync::Arc;
+use crate::validate::Shared;
 
 /// How long a connection attempt may take, unless the URL says (`connect_timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,16 +28,70 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// probes), unless the URL says (`tcp_user_timeout`).
 const SILENT_PEER: Duration = Duration::from_secs(10);
 
+/// The builder's settings a PostgreSQL store uses.
+pub(crate) struct Settings {
+    pub(crate) clock: std::sync::Arc<dyn Clock>,
+    pub(crate) max_staleness: Option<Duration>,
+    pub(crate) poll_interval: Duration,
+    pub(crate) lock_timeout: Duration,
+    pub(crate) idle_in_transaction_timeout: Duration,
+    pub(crate) migrate_schema: bool,
+}
+
+/// An opened database, in the parts the store's builder assembles: it starts the persister
+/// with `sink` over `recovered`, then the listener with the store's shared state.
+pub(crate) struct Opened {
+    /// The URL with its password redacted: the store's name in errors, logs and `path`.
+    pub(crate) name: PathBuf,
+    /// Every token loaded.
+    pub(crate) recovered: Recovered,
+    /// The persister's backend: one transaction per batch.
+    pub(crate) sink: Box<dyn Sink>,
+    /// When the tokens were read (Unix ms): memory's first catch-up.
+    pub(crate) synced_at: u64,
+    /// The listener, to start once the store runs.
+    pub(crate) listener: PendingListener,
+}
+
+/// A listener not yet started: it needs the running store's shared state.
+pub(crate) struct PendingListener {
+    config: Config,
+    position: Position,
+    tombstones: HashSet<[u8; 8]>,
+    poll: Duration,
+    name: PathBuf,
+    slot: ListenerSlot,
+}
+
+impl PendingListener {
+    /// Starts the listener thread over `shared`, and hands its handle to the sink (which
+    /// stops it on close).
+    pub(crate) fn start(self, shared: Arc<Shared>) -> Result<(), Error> {
+        let PendingListener {
+            mut config,
+            position,
+            tombstones,
+            poll,
+            name,
+            slot,
+        } = self;
+        config.application_name(LISTENER_NAME);
+        let handle = Listener::new(config, shared, position, tombstones, poll, name.clone())
+            .spawn()
+            .map_err(|e| Error::io("start the listener thread for", name, e))?;
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        Ok(())
+    }
+}
+
 /// Opens the store whose system of record is the database at `url`.
 ///
 /// The sync client runs its own runtime, which panics on a thread already running one (a
 /// service's async `main`), so every database call here runs on a thread of its own; the
 /// persister's sink connects on the persister thread.
-pub(crate) fn open(builder: Builder, url: String) -> Result<TokenStore, Error> {
+pub(crate) fn open(builder: Settings, url: String) -> Result<Opened, Error> {
     let name = PathBuf::from(redact_url(&url));
-    let fail = |action: &'static str, message: String| {
-        Error::io(action, name.clone(), io::Error::other(message))
-    };
+    let fail = |action: &'static str, message: String| Error::database(action, &name, message);
     if let Some(staleness) = builder.max_staleness {
         let poll = builder.poll_interval;
         if staleness < poll.saturating_mul(2) {
@@ -96,7 +153,6 @@ pub(crate) fn open(builder: Builder, url: String) -> Result<TokenStore, Error> {
     // The id is the table's primary key: no id twice.
     let recovered = Recovered::fresh(entries);
     tracing::info!(store = %name.display(), tokens = recovered.map.len(), skipped, version = position.version, "opened a PostgreSQL store");
-    let poll = builder.poll_interval;
     let slot = ListenerSlot::default();
     let sink = Box::new(PgSink::new(
         writer,
@@ -104,21 +160,20 @@ pub(crate) fn open(builder: Builder, url: String) -> Result<TokenStore, Error> {
         builder.clock.clone(),
         slot.clone(),
     ));
-    let store = builder.start(name.clone(), recovered, sink, None, Some(synced_at))?;
-    let mut listener = config;
-    listener.application_name(LISTENER_NAME);
-    let handle = Listener::new(
-        listener,
-        store.shared(),
-        position,
-        tombstones,
-        poll,
-        name.clone(),
-    )
-    .spawn()
-    .map_err(|e| Error::io("start the listener thread for", name, e))?;
-    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
-    Ok(store)
+    Ok(Opened {
+        name: name.clone(),
+        recovered,
+        sink,
+        synced_at,
+        listener: PendingListener {
+            config,
+            position,
+            tombstones,
+            poll: builder.poll_interval,
+            name,
+            slot,
+        },
+    })
 }
 
 /// What `open` reads from the database.

@@ -3,11 +3,11 @@
 
 use postgres::Row;
 
-use crate::journal::Change;
+use crate::change::Change;
+use crate::request::{MAX_NAME_LEN, MAX_SCOPES, MAX_SCOPE_LEN};
 use crate::snapshot::{RateLimitRecord, Record};
-use crate::store::{MAX_NAME_LEN, MAX_SCOPES, MAX_SCOPE_LEN};
 
-/// The columns [`record`] reads, in order.
+/// The columns [`record`] and [`essentials`] read, by name.
 pub(super) const COLUMNS: &str = "id, name, digest, scopes, created_at, expires_at, revoked_at, \
     last_used, rate_period_ms, rate_count, rate_burst, deleted, version";
 
@@ -28,20 +28,20 @@ pub(super) fn id_text(id: [u8; 8]) -> String {
 /// A row read with [`COLUMNS`]: its record (`Err` names what is wrong), whether it is a
 /// tombstone, and its version.
 pub(super) fn record(row: &Row) -> Result<(Record, bool, i64), String> {
-    let id: String = row.try_get(0).map_err(|e| e.to_string())?;
+    let id: String = row.try_get("id").map_err(|e| e.to_string())?;
     let bad = |what: &str| format!("token {id:?}: {what}");
     let id_bytes: [u8; 8] = id
         .as_bytes()
         .try_into()
         .map_err(|_| bad("the id is not 8 bytes"))?;
-    let digest: Vec<u8> = row.try_get(2).map_err(|e| bad(&e.to_string()))?;
+    let digest: Vec<u8> = row.try_get("digest").map_err(|e| bad(&e.to_string()))?;
     let digest: [u8; 32] = digest
         .try_into()
         .map_err(|_| bad("the digest is not 32 bytes"))?;
     let get = |e: postgres::Error| bad(&e.to_string());
-    let period: Option<i64> = row.try_get(8).map_err(get)?;
-    let count: Option<i64> = row.try_get(9).map_err(get)?;
-    let burst: Option<i64> = row.try_get(10).map_err(get)?;
+    let period: Option<i64> = row.try_get("rate_period_ms").map_err(get)?;
+    let count: Option<i64> = row.try_get("rate_count").map_err(get)?;
+    let burst: Option<i64> = row.try_get("rate_burst").map_err(get)?;
     let rate_limit = match (period, count, burst) {
         (Some(period), Some(count), Some(burst)) => Some(RateLimitRecord {
             period_ms: u64::try_from(period).map_err(|_| bad("a negative rate period"))?,
@@ -53,14 +53,14 @@ pub(super) fn record(row: &Row) -> Result<(Record, bool, i64), String> {
     };
     // Bounded as `issue` bounds them, so a hand-made row cannot make every replica hold
     // (and every `list` print) a huge name or scope list.
-    let name: String = row.try_get(1).map_err(get)?;
+    let name: String = row.try_get("name").map_err(get)?;
     if name.len() > MAX_NAME_LEN {
         return Err(bad(&format!(
             "the name is {} bytes; the limit is {MAX_NAME_LEN}",
             name.len()
         )));
     }
-    let scopes: Vec<String> = row.try_get(3).map_err(get)?;
+    let scopes: Vec<String> = row.try_get("scopes").map_err(get)?;
     if scopes.len() > MAX_SCOPES {
         return Err(bad(&format!(
             "{} scopes; the limit is {MAX_SCOPES}",
@@ -80,16 +80,16 @@ pub(super) fn record(row: &Row) -> Result<(Record, bool, i64), String> {
         name,
         digest,
         scopes,
-        created_at: time(row.try_get(4).map_err(get)?).unwrap_or(0),
-        expires_at: time(row.try_get(5).map_err(get)?),
-        revoked_at: time(row.try_get(6).map_err(get)?),
-        last_used: time(row.try_get(7).map_err(get)?),
+        created_at: time(row.try_get("created_at").map_err(get)?).unwrap_or(0),
+        expires_at: time(row.try_get("expires_at").map_err(get)?),
+        revoked_at: time(row.try_get("revoked_at").map_err(get)?),
+        last_used: time(row.try_get("last_used").map_err(get)?),
         rate_limit,
     };
     Ok((
         record,
-        row.try_get(11).map_err(get)?,
-        row.try_get(12).map_err(get)?,
+        row.try_get("deleted").map_err(get)?,
+        row.try_get("version").map_err(get)?,
     ))
 }
 
@@ -105,14 +105,14 @@ pub(super) struct Essentials {
 /// The [`Essentials`] of a row read with [`COLUMNS`], each column read on its own.
 pub(super) fn essentials(row: &Row) -> Essentials {
     let id = row
-        .try_get::<_, String>(0)
+        .try_get::<_, String>("id")
         .ok()
         .and_then(|id| <[u8; 8]>::try_from(id.as_bytes()).ok());
     Essentials {
         id,
-        deleted: row.try_get(11).unwrap_or(false),
+        deleted: row.try_get("deleted").unwrap_or(false),
         revoked_at: row
-            .try_get::<_, Option<i64>>(6)
+            .try_get::<_, Option<i64>>("revoked_at")
             .ok()
             .flatten()
             .map(|v| u64::try_from(v).unwrap_or(0)),
@@ -132,7 +132,7 @@ pub(super) fn essential_changes(row: &Essentials, out: &mut Vec<Change>) {
 
 /// The changes that bring a replica's memory to what a row says: a tombstone deletes; a
 /// token is issued if new, then takes the row's revocation, rate limit, expiry and
-/// `last_used` (each applied idempotently, see `recover::apply_change`).
+/// `last_used` (each applied idempotently, see `change::apply`).
 pub(super) fn changes(record: Record, deleted: bool, out: &mut Vec<Change>) {
     let id = record.id;
     if deleted {

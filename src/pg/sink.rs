@@ -21,10 +21,11 @@ use postgres::{Client, Config, NoTls, Statement, Transaction};
 
 use super::rows::{id_text, sql_time};
 use super::CHANNEL;
+use crate::change::{Change, ChangeRef};
 use crate::clock::Clock;
+use crate::error::Error;
 use crate::file::WriteError;
-use crate::journal::{Change, ChangeRef};
-use crate::persist::{Compacted, Sink};
+use crate::persist::{AppendFailed, Compacted, Facts, Sink, Write};
 use crate::snapshot::{BodyRef, RecordRef};
 
 /// Takes the next version and gives it a random stamp in the commit log; the row lock it
@@ -168,7 +169,7 @@ impl Sink for PgSink {
     /// One transaction: the changes kept from failed appends, then `changes` in order (one
     /// version for all of them, and a `NOTIFY`), then the `last_used` times. `seq` is not
     /// used: the database's version orders changes across replicas.
-    fn append(&mut self, _seq: u64, changes: &[ChangeRef<'_>]) -> io::Result<u64> {
+    fn append(&mut self, _seq: u64, changes: &[ChangeRef<'_>]) -> Result<u64, AppendFailed> {
         let retry = std::mem::take(&mut self.retry);
         let now = self.clock.now_ms();
         let written = self
@@ -182,14 +183,18 @@ impl Sink for PgSink {
             }
             Err(error) => {
                 self.retry.extend(changes.iter().filter_map(kept));
-                Err(error)
+                Err(AppendFailed {
+                    error,
+                    action: "commit a transaction to",
+                    next: "transaction failed; the changes memory holds are written again at the next tick",
+                })
             }
         }
     }
 
     /// A database has no snapshot to replace: this writes every record's `last_used` with
-    /// the batched statement and nothing else. (The persister never compacts a database
-    /// store to stand in for an append; see [`Sink::compaction_holds_definitions`].)
+    /// the batched statement and nothing else. (This backend's policy never compacts to
+    /// stand in for an append; see `decide`.)
     fn compact(&mut self, body: &BodyRef<'_, '_>) -> Result<Compacted, WriteError> {
         let used: Vec<ChangeRef<'_>> = body
             .records
@@ -212,28 +217,28 @@ impl Sink for PgSink {
 
     /// Always true: a broken connection is reopened by the next write, and a database
     /// store is never compacted instead of appended to.
-    fn journal_ok(&self) -> bool {
-        true
+    /// The database backend's policy: never a compaction instead of an append, since each
+    /// change must reach the database as a change (a delete is a tombstone other replicas
+    /// read); the changes memory already made (revoke, delete, rate limit) whose
+    /// transaction failed are kept here and written first by the next append, which a due
+    /// tick, a flush or close makes happen (`resend`). Close scans every token's
+    /// `last_used`.
+    fn decide(&self, facts: &Facts<'_>) -> Write {
+        let resend = facts.unwritten_changes && (facts.due || facts.closing || facts.flush_asked);
+        facts.append(resend, facts.scan_all || facts.flush_asked || facts.closing)
     }
 
-    /// No journal grows, so no compaction is ever due by size.
-    fn journal_len(&self) -> u64 {
-        0
+    /// The database is the store's first and only copy: nothing to write at open.
+    fn snapshot_at_open(&self, _snapshot_len: u64) -> bool {
+        false
     }
 
     fn path(&self) -> PathBuf {
         self.name.clone()
     }
 
-    fn compaction_holds_definitions(&self) -> bool {
-        false
-    }
-
-    fn append_failure(&self) -> (&'static str, &'static str) {
-        (
-            "commit a transaction to",
-            "transaction failed; the changes memory holds are written again at the next tick",
-        )
+    fn error(&self, action: &'static str, error: io::Error) -> Error {
+        Error::database(action, &self.name, error)
     }
 
     /// A row read from the database must not undo a change this replica still has to

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{RecvError, RecvTimeoutError, SendError, TryRecvError, TrySendError};
 
-use crate::sync::{fence, Arc, AtomicBool, Mutex, Ordering};
+use super::{fence, Arc, AtomicBool, Mutex, Ordering};
 
 /// A bounded channel of `capacity` messages whose receiver wakes senders waiting for room.
 pub(crate) fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {

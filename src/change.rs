@@ -1,0 +1,109 @@
+//! The one vocabulary of changes to the store's tokens: [`Change`] (read back: journal
+//! replay, rows from PostgreSQL), [`ChangeRef`] (written: the persister's batches, to the
+//! journal or the database), and [`apply`], the one way a read change reaches memory.
+//! Whatever path changes memory outside the persister's own batches (opening, a catch-up
+//! with the database) applies through here.
+
+use serde::{Deserialize, Serialize};
+
+use crate::entry;
+use crate::map::Map;
+use crate::rate_limit::RateLimit;
+use crate::snapshot::{Problem, RateLimitRecord, Record, RecordRef};
+use crate::token::TokenId;
+
+/// One change to the store, as a journal record holds it and as a row another replica
+/// committed becomes (`pg/rows.rs`). Times are Unix ms.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub(crate) enum Change {
+    /// A new token (from `issue`, or the replacement `rotate` made).
+    Issue(Record),
+    /// The token was revoked at `at` (a token already revoked keeps its first time).
+    Revoke { id: [u8; 8], at: u64 },
+    /// The token was deleted (`delete`, `purge`, retention); unknown ids are ignored.
+    Delete { id: [u8; 8] },
+    /// The token's rate limit was set or removed.
+    SetRateLimit {
+        id: [u8; 8],
+        limit: Option<RateLimitRecord>,
+    },
+    /// The token expires at `at` if it would expire later (`rotate`'s grace).
+    Expire { id: [u8; 8], at: u64 },
+    /// The token was last used at `at` (replayed with max).
+    Used { id: [u8; 8], at: u64 },
+}
+
+/// What a record is written from: a [`Change`] whose new token borrows its entry's text.
+/// Encodes to exactly the bytes the owned form decodes.
+#[derive(Debug, Serialize)]
+pub(crate) enum ChangeRef<'a> {
+    Issue(RecordRef<'a>),
+    Revoke {
+        id: [u8; 8],
+        at: u64,
+    },
+    Delete {
+        id: [u8; 8],
+    },
+    SetRateLimit {
+        id: [u8; 8],
+        limit: Option<RateLimitRecord>,
+    },
+    Expire {
+        id: [u8; 8],
+        at: u64,
+    },
+    Used {
+        id: [u8; 8],
+        at: u64,
+    },
+}
+
+/// Applies one change to `map`: a journal record's while opening (`recover`), or
+/// (PostgreSQL stores) a row another replica committed, on the persister thread. Each change is idempotent (a
+/// revoke keeps the first time, a delete of an absent token and an issue of a present one
+/// change nothing, `Used` and `Expire` take the max and the min, a rate limit equal to the
+/// token's is left alone so its spent quota stands), so applying one twice is harmless.
+pub(crate) fn apply(map: &Map, change: Change) -> Result<(), Problem> {
+    match change {
+        Change::Issue(record) => {
+            let entry = entry::load_one(record)?;
+            if !map.contains(&entry.id) {
+                let added = map.insert_new([entry]);
+                debug_assert!(added.is_ok(), "checked just before");
+            }
+        }
+        Change::Revoke { id, at } => {
+            map.with(&token_id(id)?, |e| e.revoke(at));
+        }
+        Change::Delete { id } => {
+            map.remove(&token_id(id)?);
+        }
+        Change::SetRateLimit { id, limit } => {
+            let id = token_id(id)?;
+            let limit = match limit {
+                Some(stored) => Some(
+                    RateLimit::from_record(&stored)
+                        .ok_or_else(|| Problem::BadRateLimit(id.to_string()))?,
+                ),
+                None => None,
+            };
+            map.with(&id, |e| {
+                if e.rate_limit() != limit {
+                    e.set_rate_limit(limit);
+                }
+            });
+        }
+        Change::Expire { id, at } => {
+            map.with(&token_id(id)?, |e| e.shorten_expiry(at));
+        }
+        Change::Used { id, at } => {
+            map.with(&token_id(id)?, |e| e.replay_used(at));
+        }
+    }
+    Ok(())
+}
+
+fn token_id(id: [u8; 8]) -> Result<TokenId, Problem> {
+    TokenId::from_bytes(id).ok_or_else(|| Problem::BadId(String::from_utf8_lossy(&id).into()))
+}

@@ -1,0 +1,157 @@
+//! The apply phase: revokes, rate limits, deletes and purges take effect in memory at
+//! once; new tokens and rotations wait for the write; what other replicas committed is
+//! applied as journal replay applies it.
+
+use std::collections::HashSet;
+
+use super::batch::{Applied, Batch};
+use super::Persister;
+use crate::change::ChangeRef;
+use crate::entry::Entry;
+use crate::error::Error;
+use crate::rate_limit::RateLimit;
+use crate::token::TokenId;
+
+impl Persister {
+    /// The apply phase. Revokes, rate limits, deletes and purges take effect in memory at
+    /// once (the safe side: a revoked or deleted token is refused from now on, even if the
+    /// write fails, and the next tick retries it). New tokens and rotations wait in
+    /// `pending` for the write. Requests for an unknown id are answered here.
+    pub(super) fn apply(&mut self, batch: &mut Batch, now: u64) -> Applied {
+        let mut applied = Applied::default();
+        #[cfg(all(feature = "postgres", not(loom)))]
+        self.apply_remote(batch);
+        let map = &self.shared.map;
+        for (id, reply) in batch.revokes.drain(..) {
+            let at = map.with(&id, |e| {
+                e.revoke(now);
+                e.revoked_at().unwrap_or(now)
+            });
+            applied.answer(
+                reply,
+                id,
+                at.map(|at| ChangeRef::Revoke {
+                    id: id.to_bytes(),
+                    at,
+                }),
+            );
+        }
+        for (id, limit, reply) in batch.rate_limits.drain(..) {
+            let found = map.with(&id, |e| e.set_rate_limit(limit)).is_some();
+            let change = ChangeRef::SetRateLimit {
+                id: id.to_bytes(),
+                limit: limit.map(RateLimit::to_record),
+            };
+            applied.answer(reply, id, found.then_some(change));
+        }
+        for (id, reply) in batch.deletes.drain(..) {
+            let change = ChangeRef::Delete { id: id.to_bytes() };
+            applied.answer(reply, id, map.remove(&id).then_some(change));
+        }
+        for (cutoff, reply) in batch.purges.drain(..) {
+            let purged = self.purge(cutoff, &mut applied.changes);
+            applied.replies.push((reply, purged));
+        }
+        let purge_due = self.interval_passed(self.last_purge_ms, now);
+        if let (true, Some(retention)) = (purge_due, self.retention_ms) {
+            self.last_purge_ms = now;
+            let purged = self.purge(now.saturating_sub(retention), &mut applied.changes);
+            if purged > 0 {
+                tracing::info!(purged, "retention purged revoked and expired tokens");
+            }
+        }
+        let mut taken = HashSet::new();
+        for (entries, reply) in batch.issues.drain(..) {
+            if let Some(id) = self.collision(&entries, &mut taken) {
+                let _ = reply.send(Err(drawn_twice(id)));
+                continue;
+            }
+            applied.pending.issues.extend(entries);
+            applied.replies.push((reply, 1));
+        }
+        for (old, until, new, reply) in batch.rotations.drain(..) {
+            // Checked again here: a revoke may have been applied since the caller looked.
+            match map.with(&old, |e| crate::request::refuse_rotation(e, now)) {
+                None => {
+                    let _ = reply.send(Err(Error::UnknownId(old)));
+                    continue;
+                }
+                Some(Err(refusal)) => {
+                    let _ = reply.send(Err(refusal));
+                    continue;
+                }
+                Some(Ok(())) => {}
+            }
+            let new = vec![*new];
+            if let Some(id) = self.collision(&new, &mut taken) {
+                let _ = reply.send(Err(drawn_twice(id)));
+                continue;
+            }
+            applied.pending.issues.extend(new);
+            applied.pending.expiries.push((old, until));
+            applied.replies.push((reply, 1));
+        }
+        applied
+    }
+
+    /// PostgreSQL stores: applies what other replicas committed (as journal replay does;
+    /// this replica's own changes come back too, and change nothing), then notes how
+    /// current memory is.
+    #[cfg(all(feature = "postgres", not(loom)))]
+    fn apply_remote(&mut self, batch: &mut Batch) {
+        for (changes, at) in batch.remote.drain(..) {
+            for change in changes {
+                if self.sink.overrides(&change) {
+                    continue;
+                }
+                if let Err(problem) = crate::change::apply(&self.shared.map, change) {
+                    tracing::error!(store = %self.sink.path().display(), %problem, "a row in the database cannot be loaded; skipped");
+                }
+            }
+            let counters = &self.shared.counters;
+            counters
+                .last_sync_at
+                .fetch_max(at, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Deletes every token revoked or expired at or before `cutoff` (Unix ms), noting each
+    /// in `changes`; returns how many.
+    fn purge(&self, cutoff: u64, changes: &mut Vec<ChangeRef<'static>>) -> usize {
+        let map = &self.shared.map;
+        let old = |at: Option<u64>| at.is_some_and(|at| at <= cutoff);
+        let doomed: Vec<TokenId> = map.with_all(|entries| {
+            entries
+                .iter()
+                .filter(|e| old(e.revoked_at()) || old(e.expires_at()))
+                .map(|e| e.id)
+                .collect()
+        });
+        let before = changes.len();
+        changes.extend(
+            doomed
+                .iter()
+                .filter(|id| map.remove(id))
+                .map(|id| ChangeRef::Delete { id: id.to_bytes() }),
+        );
+        changes.len() - before
+    }
+
+    /// The first id among `entries` that is already taken (in the map, or earlier in this
+    /// batch). Ids are 47 random bits and `issue` pre-checks the map, so this guards
+    /// against two concurrent requests drawing the same id; it is not a normal path.
+    fn collision(&self, entries: &[Entry], taken: &mut HashSet<TokenId>) -> Option<TokenId> {
+        let clash = entries
+            .iter()
+            .find(|e| self.shared.map.contains(&e.id) || taken.contains(&e.id))
+            .map(|e| e.id);
+        if clash.is_none() {
+            taken.extend(entries.iter().map(|e| e.id));
+        }
+        clash
+    }
+}
+
+fn drawn_twice(id: TokenId) -> Error {
+    Error::InvalidRequest(format!("token id {id} was drawn twice; issue again"))
+}

@@ -1,0 +1,105 @@
+//! The batch phase: the messages the persister takes together (every reply waits for the
+//! one write they share), the ids validations dirtied, and what the apply phase leaves for
+//! the write and reply phases.
+
+use super::Persister;
+use crate::change::ChangeRef;
+use crate::entry::Entry;
+use crate::error::Error;
+use crate::inbox::{Message, Reply};
+use crate::rate_limit::RateLimit;
+use crate::sync::channel::Sender;
+use crate::sync::Ordering;
+use crate::token::TokenId;
+
+/// Messages handled together: every reply waits for the one write they share.
+#[derive(Default)]
+pub(super) struct Batch {
+    pub(super) dirty: Vec<TokenId>,
+    pub(super) issues: Vec<(Vec<Entry>, Reply)>,
+    pub(super) revokes: Vec<(TokenId, Reply)>,
+    pub(super) rate_limits: Vec<(TokenId, Option<RateLimit>, Reply)>,
+    pub(super) deletes: Vec<(TokenId, Reply)>,
+    pub(super) purges: Vec<(u64, Reply)>,
+    pub(super) rotations: Vec<(TokenId, u64, Box<Entry>, Reply)>,
+    pub(super) flushes: Vec<Reply>,
+    pub(super) ticks: Vec<Sender<()>>,
+    pub(super) shutdown: Option<Reply>,
+    /// Rows other replicas committed, with the time of the catch-up that read them.
+    #[cfg(all(feature = "postgres", not(loom)))]
+    pub(super) remote: Vec<(Vec<crate::change::Change>, u64)>,
+}
+
+impl Batch {
+    pub(super) fn add(&mut self, message: Message) {
+        match message {
+            Message::Dirty(id) => {
+                tracing::trace!(%id, "token dirty");
+                self.dirty.push(id);
+            }
+            Message::Issue(entries, reply) => self.issues.push((entries, reply)),
+            Message::Revoke(id, reply) => self.revokes.push((id, reply)),
+            Message::SetRateLimit(id, limit, reply) => self.rate_limits.push((id, limit, reply)),
+            Message::Delete(id, reply) => self.deletes.push((id, reply)),
+            Message::Purge(cutoff, reply) => self.purges.push((cutoff, reply)),
+            Message::Rotate {
+                old,
+                until,
+                new,
+                reply,
+            } => self.rotations.push((old, until, new, reply)),
+            Message::Flush(reply) => self.flushes.push(reply),
+            Message::Tick(ack) => self.ticks.push(ack),
+            Message::Shutdown(reply) => self.shutdown = Some(reply),
+            #[cfg(all(feature = "postgres", not(loom)))]
+            Message::Remote(changes, at) => self.remote.push((changes, at)),
+        }
+    }
+}
+
+impl Persister {
+    /// Takes the ids validations dirtied into the set the next `last_used` write looks at;
+    /// if any were dropped (the channel was full), the next write scans every token.
+    pub(super) fn take_dirty(&mut self, batch: &mut Batch) {
+        // Relaxed: the flag is a hint that ids were dropped; the scan reads every entry
+        // through its own Acquire protocol.
+        let overflowed = self.shared.overflow.swap(false, Ordering::Relaxed);
+        self.scan_all |= overflowed;
+        self.used.extend(batch.dirty.drain(..));
+    }
+}
+
+/// What the apply phase leaves for the write and reply phases.
+#[derive(Default)]
+pub(super) struct Applied {
+    /// Changes made in memory (revoke, limit, delete, purge), for the journal record.
+    pub(super) changes: Vec<ChangeRef<'static>>,
+    /// What joins memory only once it is on disk.
+    pub(super) pending: Pending,
+    /// Callers waiting for the write, each with its count.
+    pub(super) replies: Vec<(Reply, usize)>,
+}
+
+/// Changes that memory takes only after the write that holds them succeeds, so a failed
+/// write leaves no trace of them: new tokens, and expiries that `rotate` shortens.
+#[derive(Default)]
+pub(super) struct Pending {
+    pub(super) issues: Vec<Entry>,
+    pub(super) expiries: Vec<(TokenId, u64)>,
+}
+
+impl Applied {
+    /// A request for `id`: waits for the write if the id was found (`change` says what
+    /// changed), else is refused now.
+    pub(super) fn answer(&mut self, reply: Reply, id: TokenId, change: Option<ChangeRef<'static>>) {
+        match change {
+            Some(change) => {
+                self.changes.push(change);
+                self.replies.push((reply, 1));
+            }
+            None => {
+                let _ = reply.send(Err(Error::UnknownId(id)));
+            }
+        }
+    }
+}

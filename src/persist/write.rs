@@ -1,0 +1,355 @@
+//! The decide and write phases: what one batch writes (a journal record, a compaction, or
+//! nothing), and writing it. New tokens and shortened expiries join memory only once
+//! written.
+
+use std::collections::HashMap;
+use std::io;
+
+use super::batch::{Batch, Pending};
+use super::{AppendFailed, Persister};
+use crate::change::ChangeRef;
+use crate::entry::Entry;
+use crate::error::Error;
+use crate::file::WriteError;
+use crate::journal;
+use crate::snapshot::{self, BodyRef, RecordRef};
+use crate::token::TokenId;
+
+/// What the decide phase chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// Nothing to write.
+    Nothing,
+    /// One journal record: the batch's changes, and `last_used` of the tokens used since
+    /// the last write if `used` (scanning every token if `scan`).
+    Append { used: bool, scan: bool },
+    /// A snapshot of everything, then a fresh journal.
+    Compact,
+}
+
+/// What a backend decides a batch's write on: the batch and the persister's state.
+pub(crate) struct Facts<'a> {
+    /// The batch changes a definition (a change made in memory, or a new token).
+    pub(crate) definitions: bool,
+    /// A timed write is due (a flush interval passed since the last attempt).
+    pub(crate) due: bool,
+    /// A `last_used` or a change waits for the next timed write.
+    pub(crate) waiting: bool,
+    /// The journal's size is due a look (once per interval).
+    pub(crate) size_check_due: bool,
+    /// A flush asks for everything seen before it.
+    pub(crate) flush_asked: bool,
+    /// The store is closing: this is the last write.
+    pub(crate) closing: bool,
+    /// A change memory holds is not written (its write failed).
+    pub(crate) unwritten_changes: bool,
+    /// A dirty id was dropped or a write failed: look at every token.
+    pub(crate) scan_all: bool,
+    /// Some tokens' `Dirty` messages arrived since their last write.
+    pub(crate) used_known: bool,
+    /// The newest snapshot's size.
+    pub(crate) snapshot_len: u64,
+    /// The journal size below which no compaction runs.
+    pub(crate) compaction_floor: u64,
+    /// Whether any token's `last_used` differs from the one written (a scan: ask last).
+    pub(crate) unsaved_anywhere: &'a dyn Fn() -> bool,
+}
+
+impl Facts<'_> {
+    /// An append if anything is to be written: the batch's changes, the backend's `resend`
+    /// of changes it holds, or `last_used` when a timed write, a flush or close asks for it
+    /// (of every token if `scan`, else of those whose messages arrived); else nothing.
+    pub(crate) fn append(&self, resend: bool, scan: bool) -> Write {
+        let used = (self.due && self.waiting) || self.flush_asked || self.closing;
+        if self.definitions || resend || (used && (scan || self.used_known)) {
+            Write::Append { used, scan }
+        } else {
+            Write::Nothing
+        }
+    }
+}
+
+impl Persister {
+    /// The decide phase: append the batch's changes (with `last_used` if a timed write is
+    /// due or a flush or close asks), compact, or nothing.
+    ///
+    /// The persister gathers the facts; its backend decides ([`Sink::decide`]): the file
+    /// backend by [`file_policy`](super::backend::file_policy) (compaction, and the rule
+    /// that keeps the files equal to memory: while memory holds a change that is not on
+    /// disk (`definitions_pending`: its write failed) or the journal is not trusted (an
+    /// append or its fsync failed), every write that happens is a compaction, and close
+    /// always writes one), the database backend by its own (it never compacts instead of
+    /// appending, and resends what failed).
+    ///
+    /// [`Sink::decide`]: super::Sink::decide
+    pub(super) fn decide(
+        &mut self,
+        changes: &[ChangeRef<'_>],
+        pending: &Pending,
+        batch: &Batch,
+        now: u64,
+    ) -> Write {
+        let size_check_due = self.interval_passed(self.last_size_check_ms, now);
+        if size_check_due {
+            self.last_size_check_ms = now;
+        }
+        let unsaved_anywhere = || self.unsaved_anywhere();
+        let facts = Facts {
+            definitions: !changes.is_empty() || !pending.issues.is_empty(),
+            due: self.interval_passed(self.last_attempt_ms, now),
+            waiting: self.waiting(),
+            size_check_due,
+            flush_asked: !batch.flushes.is_empty(),
+            closing: batch.shutdown.is_some(),
+            unwritten_changes: self.definitions_pending,
+            scan_all: self.scan_all,
+            used_known: !self.used.is_empty(),
+            snapshot_len: self.snapshot_len,
+            compaction_floor: self.compaction_floor,
+            unsaved_anywhere: &unsaved_anywhere,
+        };
+        self.sink.decide(&facts)
+    }
+
+    /// Whether any token's `last_used` differs from the one on disk (a scan, for `close`).
+    fn unsaved_anywhere(&self) -> bool {
+        self.shared
+            .map
+            .with_all(|entries| entries.iter().any(|e| e.unsaved()))
+    }
+
+    /// The write phase: carries out what the decide phase chose. A change memory already
+    /// holds whose write failed is written by the next due tick (a failing disk is not
+    /// hammered on every message).
+    pub(super) fn write(
+        &mut self,
+        write: Write,
+        changes: Vec<ChangeRef<'static>>,
+        pending: Pending,
+        now: u64,
+    ) -> Result<(), Error> {
+        let changed_memory = !changes.is_empty();
+        let result = match write {
+            Write::Nothing => Ok(()),
+            Write::Append { used, scan } => self.append(changes, pending, used, scan, now),
+            Write::Compact => self.compact(pending, now),
+        };
+        if changed_memory && result.is_err() {
+            self.definitions_pending = true;
+        }
+        result
+    }
+
+    /// `last_used` of every token used since its last write: `(id, time)` for each whose
+    /// time differs from the one on disk. Looks at the tokens whose `Dirty` messages
+    /// arrived, or at every token if `scan`.
+    fn take_used(&mut self, scan: bool) -> Vec<(TokenId, u64)> {
+        let take = |e: &Entry| {
+            let used = e.take_for_snapshot();
+            (used != e.persisted_last_used()).then_some((e.id, used))
+        };
+        let map = &self.shared.map;
+        let taken = if scan {
+            self.used.clear();
+            map.with_all(|entries| entries.iter().filter_map(|e| take(e)).collect())
+        } else {
+            let ids = self.used.drain();
+            ids.filter_map(|id| map.with(&id, take).flatten()).collect()
+        };
+        self.scan_all = false;
+        taken
+    }
+
+    /// The write phase of an append: one journal record holding `changes`, the pending
+    /// ones, and `last_used` if `used`. On success the pending changes join memory.
+    fn append(
+        &mut self,
+        changes: Vec<ChangeRef<'static>>,
+        pending: Pending,
+        used: bool,
+        scan: bool,
+        now: u64,
+    ) -> Result<(), Error> {
+        let taken = if used {
+            self.take_used(scan)
+        } else {
+            Vec::new()
+        };
+        if used {
+            self.last_attempt_ms = now;
+        }
+        let mut changes: Vec<ChangeRef<'_>> = changes;
+        changes.extend(pending.issues.iter().map(|e| ChangeRef::Issue(e.record(0))));
+        changes.extend(pending.expiries.iter().map(|&(id, at)| ChangeRef::Expire {
+            id: id.to_bytes(),
+            at,
+        }));
+        changes.extend(taken.iter().map(|&(id, at)| ChangeRef::Used {
+            id: id.to_bytes(),
+            at,
+        }));
+        // A backend holding failed changes (a database's: a file store compacts instead of
+        // appending while any are pending) writes them even with nothing new.
+        let resend = self.definitions_pending;
+        if changes.is_empty() && !resend {
+            return Ok(());
+        }
+        // Files refuse a number above `MAX_SEQ`, so the store never writes one.
+        let next = self.seq.checked_add(1).filter(|&s| s <= snapshot::MAX_SEQ);
+        let Some(seq) = next else {
+            let error = io::Error::other("the journal's sequence numbers are used up");
+            return Err(self.failed(error, "append to the journal of", "cannot number a record"));
+        };
+        let written = self.sink.append(seq, &changes);
+        drop(changes);
+        let map = &self.shared.map;
+        match written {
+            Ok(bytes) => {
+                self.seq = seq;
+                for &(id, at) in &taken {
+                    map.with(&id, |e| e.mark_persisted(at));
+                }
+                self.join(pending);
+                self.shared.counters.record_append(bytes);
+                // The append wrote the changes the backend held from failed ones first (a
+                // file store appends only when none are pending).
+                self.definitions_pending = false;
+                Ok(())
+            }
+            Err(failed) if journal::RecordTooLarge::is(&failed.error) => {
+                // Nothing was written, so the number stays free (a gap would make `open`
+                // refuse the journal) and the journal stays trusted: a snapshot holds a
+                // batch of any size. The taken times are in memory, which it writes.
+                self.compact(pending, now)
+            }
+            Err(AppendFailed {
+                error,
+                action,
+                next,
+            }) => {
+                // The record may be on disk: its number is spent, and the next write is a
+                // compaction whose snapshot covers it, so it is never replayed (the journal
+                // is not trusted again). Nothing is lost: the taken tokens are dirty again.
+                // Pending changes are dropped with their error.
+                self.seq = seq;
+                for &(id, _) in &taken {
+                    map.with(&id, |e| e.mark_dirty());
+                    self.used.insert(id);
+                }
+                Err(self.failed(error, action, next))
+            }
+        }
+    }
+
+    /// The write phase of a compaction: a snapshot of every entry plus what is pending,
+    /// covering every record so far, then a fresh journal. On success (or once the new
+    /// file replaced the old one) the pending changes join memory.
+    pub(super) fn compact(&mut self, pending: Pending, now: u64) -> Result<(), Error> {
+        let shared = self.shared.clone();
+        shared
+            .map
+            .with_all(|entries| self.write_snapshot(entries, pending, now))
+    }
+
+    fn write_snapshot(
+        &mut self,
+        entries: &[&Entry],
+        pending: Pending,
+        now: u64,
+    ) -> Result<(), Error> {
+        let taken: Vec<u64> = entries.iter().map(|e| e.take_for_snapshot()).collect();
+        self.used.clear();
+        self.scan_all = false;
+        // Two rotations of one token in a batch: the earlier expiry wins, as it does in
+        // memory (`shorten_expiry`), so the file says what memory says.
+        let mut expiries: HashMap<TokenId, u64> = HashMap::new();
+        for &(id, until) in &pending.expiries {
+            let at = expiries.entry(id).or_insert(until);
+            *at = (*at).min(until);
+        }
+        let mut records: Vec<RecordRef<'_>> = entries
+            .iter()
+            .zip(&taken)
+            .map(|(e, &lu)| with_expiry(e.record(lu), expiries.get(&e.id)))
+            .collect();
+        records.extend(pending.issues.iter().map(|e| e.record(0)));
+        self.last_attempt_ms = now;
+        let written = self.sink.compact(&BodyRef {
+            written_at: now,
+            seq: self.seq,
+            records: &records,
+        });
+        drop(records);
+        match written {
+            Ok(compacted) => {
+                self.written(entries, &taken, pending, compacted.snapshot_bytes, now);
+                match compacted.journal {
+                    Ok(bytes) => self.shared.counters.record_compaction_bytes(bytes),
+                    Err(error) => {
+                        // Every change is in the snapshot; only the next write pays: it
+                        // compacts again.
+                        let _ = self.failed(error, "start a fresh journal beside", "the snapshot is written, but starting a fresh journal failed; the next write compacts again");
+                    }
+                }
+                Ok(())
+            }
+            Err(WriteError { error, replaced }) => {
+                // The callers hear the error, so what they asked for (new tokens, shortened
+                // expiries) does not join memory, and every entry whose last_used may not be
+                // on disk stays dirty. If the new file already replaced the store file (only
+                // its directory's fsync failed), it may hold what memory lacks, and its
+                // rename may not survive a power loss: the next write of any kind compacts
+                // again, so nothing refused outlives it.
+                for entry in entries.iter().filter(|e| e.unsaved()) {
+                    entry.mark_dirty();
+                }
+                self.scan_all = true;
+                let what = if replaced.is_some() {
+                    self.definitions_pending = true;
+                    "the snapshot replaced the store file, but syncing its directory failed; the next write compacts again"
+                } else {
+                    "snapshot write failed; will retry at the next tick"
+                };
+                Err(self.failed(error, "write a snapshot to", what))
+            }
+        }
+    }
+
+    /// After the store file took a snapshot of `entries` (with `last_used` as `taken`) and
+    /// the pending changes: memory says so.
+    fn written(
+        &mut self,
+        entries: &[&Entry],
+        taken: &[u64],
+        pending: Pending,
+        bytes: u64,
+        now: u64,
+    ) {
+        for (entry, &lu) in entries.iter().zip(taken) {
+            entry.mark_persisted(lu);
+        }
+        self.join(pending);
+        self.snapshot_len = bytes;
+        self.definitions_pending = false;
+        self.shared.counters.record_compaction(bytes, now);
+    }
+
+    /// The pending changes join memory: their write succeeded.
+    fn join(&self, pending: Pending) {
+        let map = &self.shared.map;
+        for (id, until) in pending.expiries {
+            map.with(&id, |e| e.shorten_expiry(until));
+        }
+        let added = map.insert_new(pending.issues);
+        // `collision` kept only ids that are not in the map.
+        debug_assert!(added.is_ok(), "collision let a taken id through");
+    }
+}
+
+/// `record` with its expiry shortened to `until`, if `rotate` asked for that.
+fn with_expiry<'a>(mut record: RecordRef<'a>, until: Option<&u64>) -> RecordRef<'a> {
+    if let Some(&until) = until {
+        record.expires_at = Some(record.expires_at.map_or(until, |at| at.min(until)));
+    }
+    record
+}
