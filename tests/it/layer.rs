@@ -4,7 +4,7 @@
 //! What the inner service receives, the refusal future and the extractor's log are checked
 //! in-process, with tower's `oneshot`.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -1,7 +1,7 @@
 //! Closing and dying: a persister that panics fails every caller, queued or later, and
 //! `close`; concurrent closes all report the one flush that ran. Nothing is left blocked.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Barrier};

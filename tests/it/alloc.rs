@@ -1,6 +1,9 @@
 //! `validate` allocates nothing: a counting global allocator watches this thread.
+//!
+//! The allocator is the whole `it` crate's: it counts per thread, so the tests of other
+//! modules, running on their own threads, do not change the counts taken here.
 
-mod common;
+use crate::common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -1,7 +1,6 @@
 //! The `tokencache` binary, run as a real process: exit codes, stdout/stderr, stdin secrets.
-#![cfg(feature = "cli")]
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;

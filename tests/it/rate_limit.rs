@@ -1,7 +1,7 @@
 //! Per-token rate limits through the public API: exact GCRA arithmetic on a manual clock,
 //! the quota never exceeded under concurrency, durability of `set_rate_limit`, bad input.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Barrier;

@@ -1,6 +1,6 @@
 //! The store's promises, tested on real files with a manual clock (no timing assertions).
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::sync::Arc;

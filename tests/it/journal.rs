@@ -1,7 +1,7 @@
 //! The journal on real files: what a cut or a damaged journal opens as, what the
 //! write-behind appends, and when compaction runs.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -1,7 +1,7 @@
 //! The secret never leaves `IssuedToken`: not in the file, not in any `Debug`/`Display`
 //! output, not in the logs. Store and lock files are private to their owner.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

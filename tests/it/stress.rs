@@ -1,7 +1,6 @@
 //! `tokencache stress` end to end: every design runs at every thread count asked for, the
 //! JSON has its documented shape, each design's file on disk matches its memory after the
 //! run, and `--plot` draws every design. Asserts no speed.
-#![cfg(feature = "cli")]
 
 use std::process::{Command, Output};
 

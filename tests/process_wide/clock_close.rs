@@ -1,7 +1,7 @@
 //! Closing a store never stalls the clock of the others: the `SystemClock` thread asks
 //! whether each store it serves is still open without taking that store's locks, so a
-//! close waiting behind a full channel and a slow snapshot does not freeze it. Its own
-//! binary: it watches the process-wide clock word.
+//! close waiting behind a full channel and a slow snapshot does not freeze it. In
+//! `tests/process_wide/`, taking turns: it watches the process-wide clock word.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -42,6 +42,7 @@ fn wall_ms() -> u64 {
 
 #[test]
 fn a_close_stuck_behind_a_full_channel_does_not_freeze_the_clock() {
+    let _turn = crate::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let bystander = TokenStore::open(dir.path().join("bystander.snap")).unwrap();
     let token = bystander.issue(NewToken::new("bystander")).unwrap();

@@ -1,6 +1,6 @@
 //! A global allocator that counts the bytes live in the whole process (every thread), for
-//! memory measurements: `tests/churn.rs` and `examples/memory.rs` install it with
-//! `#[global_allocator]` and read [`LIVE`].
+//! memory measurements: `tests/process_wide/` and `examples/memory.rs` (the one other
+//! user, by a `#[path]` include) install it with `#[global_allocator]` and read [`LIVE`].
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};

@@ -17,9 +17,9 @@
 //!
 //! A failing case is shrunk and printed as a numbered list of steps. CI runs
 //! `TOKENCACHE_MODEL_CASES` cases (default 64); a long run:
-//! `TOKENCACHE_MODEL_CASES=5000 cargo test --release --all-features --test model -- --nocapture`.
+//! `TOKENCACHE_MODEL_CASES=5000 cargo test --release --all-features --test it model:: -- --nocapture`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,7 +1,7 @@
 //! `StoreView`: a store's files read beside the process that has the store open, with no
 //! lock taken and nothing written.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -182,4 +182,67 @@ fn views_read_while_the_service_compacts_never_fail() {
     });
     assert!(store.stats().snapshots_written > 100, "{:?}", store.stats());
     store.close().expect("close");
+}
+
+/// A read overtaken by a compaction: while a reader reads, the service closes (close
+/// compacts: a new store file replaces the old one and a fresh journal starts) and opens
+/// again. The reader notes the store file's inode before and after each read; a read across
+/// which it changed began on a file that was replaced under it. Such reads happen (the test
+/// runs until it saw several) and each returns the whole store, never an error or a mix of
+/// the old snapshot and the new journal (which would lack the records between them).
+#[test]
+fn a_read_overtaken_by_a_compaction_is_read_again_and_whole() {
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    const KEPT: usize = 2_000;
+    const WANTED: usize = 3;
+    let scratch = common::scratch();
+    let (store, _clock) = common::manual_store(&scratch.path);
+    let kept = store
+        .issue_many((0..KEPT).map(|n| NewToken::new(format!("kept-{n}"))))
+        .expect("issue");
+    store.close().expect("close");
+    let inode = || fs::metadata(&scratch.path).expect("the store file").ino();
+    let done = AtomicBool::new(false);
+    let overtaken = AtomicUsize::new(0);
+    let rounds = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                let before = inode();
+                let view = StoreView::read(&scratch.path).expect("a whole read");
+                let after = inode();
+                // Each round's one extra token is issued and deleted before its close.
+                assert!(
+                    view.len() == KEPT || view.len() == KEPT + 1,
+                    "{}",
+                    view.len()
+                );
+                for token in [&kept[0], &kept[KEPT / 2], &kept[KEPT - 1]] {
+                    assert!(view.get(&token.id()).is_some());
+                }
+                if before != after {
+                    overtaken.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        let mut rounds = 0;
+        while overtaken.load(Ordering::Relaxed) < WANTED && rounds < 5_000 {
+            let (store, _clock) = common::manual_store(&scratch.path);
+            let extra = store.issue(NewToken::new("extra")).expect("issue");
+            store.delete(&extra.id()).expect("delete");
+            store.close().expect("close compacts");
+            rounds += 1;
+        }
+        done.store(true, Ordering::Relaxed);
+        reader.join().expect("the reader");
+        rounds
+    });
+    let overtaken = overtaken.into_inner();
+    assert!(
+        overtaken >= WANTED,
+        "only {overtaken} reads were overtaken by a compaction in {rounds} rounds"
+    );
+    let view = StoreView::read(&scratch.path).expect("read");
+    assert_eq!(view.len(), KEPT);
 }

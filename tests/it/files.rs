@@ -3,10 +3,10 @@
 //! fails after the rename. Real files, real links, real FIFOs; only the directory-fsync
 //! failure is injected (through the fault seam in the file writer).
 
-mod common;
+use crate::common;
 
 use std::fs;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc;
@@ -202,6 +202,65 @@ fn writes_keep_the_store_files_owner_group_and_mode() {
     }
 }
 
+/// A lock file `open` creates takes the store file's owner and group, so a root CLI run
+/// beside a service leaves no lock file the service cannot open. As root (CI is) the store
+/// file is given to another user first; as anyone else owner and group are our own.
+#[test]
+fn a_lock_file_open_creates_belongs_to_the_store_files_owner() {
+    let s = scratch();
+    TokenStore::open(&s.path).unwrap().close().unwrap();
+    let lock = s.dir.path().join("tokens.snap.lock");
+    fs::remove_file(&lock).unwrap();
+    let root = fs::metadata(&s.path).unwrap().uid() == 0;
+    let (uid, gid) = (4242, 4343);
+    if root {
+        std::os::unix::fs::chown(&s.path, Some(uid), Some(gid)).unwrap();
+    }
+    let store = TokenStore::open(&s.path).unwrap();
+    let created = fs::metadata(&lock).unwrap();
+    let owner = fs::metadata(&s.path).unwrap();
+    assert_eq!((created.uid(), created.gid()), (owner.uid(), owner.gid()));
+    if root {
+        assert_eq!(
+            (created.uid(), created.gid()),
+            (uid, gid),
+            "root's lock file"
+        );
+    }
+    store.close().unwrap();
+}
+
+/// A UNIX socket at the store path is refused at once by `open` and `inspect`, naming the
+/// path; the refusal releases the lock (a second `open` says the same, not "locked").
+/// Opening a socket fails in the kernel (ENXIO) before the file-type check can name it, so
+/// the error is `Error::Io` with the OS's words, not `Error::BadPath` "it is a socket"
+/// (what the FIFO and device cases get): a src change to stat on ENXIO would make it so.
+#[test]
+fn a_socket_at_the_store_path_is_refused_and_releases_the_lock() {
+    let s = scratch();
+    let _listener = std::os::unix::net::UnixListener::bind(&s.path).unwrap();
+    let refused = |error: Error| {
+        let message = error.to_string();
+        assert!(
+            matches!(error, Error::Io { .. } | Error::BadPath { .. }),
+            "{message}"
+        );
+        assert!(message.contains(s.path.to_str().unwrap()), "{message}");
+        assert!(
+            message.contains("No such device or address") || message.contains("socket"),
+            "{message}"
+        );
+    };
+    for _ in 0..2 {
+        refused(open_within_deadline(&s.path).unwrap_err());
+    }
+    refused(tokencache::inspect(&s.path).unwrap_err());
+    assert!(fs::symlink_metadata(&s.path)
+        .unwrap()
+        .file_type()
+        .is_socket());
+}
+
 /// A snapshot whose rename happened but whose directory fsync failed: the caller hears the
 /// error, so the token it asked for exists neither in memory nor, once the store has written
 /// again (here: closed), in the files. Memory and disk agree.
@@ -344,5 +403,17 @@ fn a_torn_tail_is_set_aside_even_when_a_thousand_names_are_taken() {
     assert_eq!(
         fs::metadata(&new[0]).unwrap().permissions().mode() & 0o777,
         0o600
+    );
+}
+
+#[test]
+fn unusable_paths_get_clear_errors() {
+    let s = scratch();
+    let err = TokenStore::open(s.dir.path()).unwrap_err();
+    assert!(err.to_string().contains("is a directory"), "{err}");
+    let err = TokenStore::open(s.dir.path().join("missing/tokens.snap")).unwrap_err();
+    assert!(
+        err.to_string().contains("directory does not exist"),
+        "{err}"
     );
 }

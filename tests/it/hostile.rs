@@ -1,7 +1,8 @@
 //! Hostile input: strings that are not tokens, and files that are not (intact) stores.
-//! Every one gets a clear answer; nothing panics and nothing stored is changed.
+//! Every one gets a clear answer; nothing panics and nothing stored is changed (every test
+//! of a refused store file is here; a refused journal: `journal`).
 
-mod common;
+use crate::common;
 
 use std::fs;
 
@@ -339,4 +340,87 @@ fn a_sequence_number_near_u64_max_is_refused_naming_the_file() {
     store.issue(NewToken::new("after")).unwrap();
     store.close().unwrap();
     assert_eq!(TokenStore::open(&s.path).unwrap().list().len(), 1);
+}
+
+/// A valid store file holding one token, and that token.
+fn one_token_snapshot() -> (Vec<u8>, String) {
+    let s = scratch();
+    let store = TokenStore::open(&s.path).unwrap();
+    let secret = store
+        .issue(NewToken::new("bot"))
+        .unwrap()
+        .secret()
+        .to_string();
+    store.close().unwrap();
+    (fs::read(&s.path).unwrap(), secret)
+}
+
+fn assert_refused_untouched(bytes: &[u8], expect: &str) {
+    let s = scratch();
+    fs::write(&s.path, bytes).unwrap();
+    for _ in 0..2 {
+        // Twice: a refused open must also release the lock.
+        let err = TokenStore::open(&s.path).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains(s.path.to_str().unwrap()),
+            "does not name the file: {message}"
+        );
+        assert!(
+            message.contains(expect),
+            "{message:?} does not say {expect:?}"
+        );
+        assert_eq!(fs::read(&s.path).unwrap(), bytes, "the file was changed");
+    }
+}
+
+#[test]
+fn damaged_foreign_and_future_files_are_refused_and_untouched() {
+    let (image, _) = one_token_snapshot();
+    assert_refused_untouched(&image[..image.len() - 1], "truncated");
+    assert_refused_untouched(&image[..10], "truncated");
+    let mut flipped = image.clone();
+    *flipped.last_mut().unwrap() ^= 0x40;
+    assert_refused_untouched(&flipped, "damaged");
+    assert_refused_untouched(b"{\"tokens\": {}}\n", "not a tokencache store");
+    assert_refused_untouched(b"", "truncated");
+
+    let mut future = image.clone();
+    future[8..12].copy_from_slice(&7u32.to_le_bytes());
+    let crc = crc32fast::hash(&future[..28]);
+    future[28..32].copy_from_slice(&crc.to_le_bytes());
+    let s = scratch();
+    fs::write(&s.path, &future).unwrap();
+    let err = TokenStore::open(&s.path).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::FutureVersion {
+                found: 7,
+                supported: tokencache::FORMAT_VERSION,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("upgrade"));
+    assert_eq!(fs::read(&s.path).unwrap(), future);
+}
+
+/// A store that `open` refuses keeps everything beside it, its own leftover temp files
+/// included: nothing is removed before the store file was read and checked.
+#[test]
+fn a_refused_store_loses_no_file_beside_it() {
+    let s = scratch();
+    TokenStore::open(&s.path).unwrap().close().unwrap();
+    let mut image = fs::read(&s.path).unwrap();
+    let last = image.len() - 1;
+    image[last] ^= 0xff;
+    fs::write(&s.path, &image).unwrap();
+    let temp = s.dir.path().join(".tokens.snap.tcA1b2C3d4.tmp");
+    fs::write(&temp, &image[..10]).unwrap();
+    let error = TokenStore::open(&s.path).unwrap_err();
+    assert!(matches!(error, Error::Corrupt { .. }), "{error}");
+    assert_eq!(fs::read(&temp).unwrap(), &image[..10]);
+    assert_eq!(fs::read(&s.path).unwrap(), image);
 }

@@ -1,4 +1,7 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: every module of `tests/it/` reaches them as
+//! `crate::common` (and `common::pg` with the `postgres` feature); `tests/crash/` includes
+//! this module by `#[path]`, and `benches/replicas.rs` includes `pg.rs` the same way to
+//! start the same throwaway cluster. Nothing else includes them.
 #![allow(dead_code)]
 
 #[cfg(feature = "postgres")]
@@ -57,9 +60,21 @@ pub fn faulty_store(path: &std::path::Path) -> (TokenStore, ManualClock, FaultPl
     (store, clock, plan)
 }
 
-/// Runs the ignored test `name` of the current test binary in a child process, with
-/// `env` set, so a test can use real processes (SIGKILL, a second lock holder).
-pub fn child(name: &str, env: &[(&str, &str)]) -> Command {
+/// A command that runs the child-process test `name` of this test binary (the `it` crate)
+/// in a new process, with `env` set, so a test can use real processes (SIGKILL, a second
+/// lock holder, a replica).
+///
+/// `name` is the test's full path in its crate, module included (`"lock::child_try_open"`
+/// in `tests/it/`, `"child_work_until_killed"` at the root of `tests/crash/`): libtest
+/// matches it `--exact`. A child-process test is named `child_*`, is `#[ignore]`d (with a
+/// reason naming the test that runs it), and returns at once unless [`in_child`].
+pub fn spawn_child_test(name: &str, env: &[(&str, &str)]) -> Command {
+    assert!(
+        name.rsplit("::")
+            .next()
+            .is_some_and(|f| f.starts_with("child_")),
+        "{name:?}: a child-process test is named `child_*`"
+    );
     let exe = std::env::current_exe().expect("current test binary");
     let mut command = Command::new(exe);
     command
@@ -80,7 +95,34 @@ pub fn child(name: &str, env: &[(&str, &str)]) -> Command {
     command
 }
 
-/// Whether this process is a child started by [`child`].
+/// The uid and gid of `nobody`, the unprivileged user [`as_nobody`] runs a child as.
+pub const NOBODY: u32 = 65534;
+
+/// `command` (a [`spawn_child_test`]) run as the unprivileged user `nobody` through
+/// `setpriv` (util-linux), for checks that need file permissions enforced when the tests
+/// run as root. The child gets no supplementary groups and no capabilities.
+pub fn as_nobody(command: &Command) -> Command {
+    let mut wrapped = Command::new("setpriv");
+    wrapped
+        .arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .arg("--clear-groups")
+        .arg("--")
+        .arg(command.get_program())
+        .args(command.get_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    wrapped
+}
+
+/// Whether this process is a child started by [`spawn_child_test`].
 pub fn in_child() -> bool {
     std::env::var_os("TOKENCACHE_CHILD").is_some()
 }

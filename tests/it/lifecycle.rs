@@ -1,8 +1,8 @@
 //! A token's life after issue: delete, purge, retention and rotate, each durable before it
 //! returns (checked by reopening the file), and what a failed write leaves behind.
-//! SIGKILL during deletes and rotations: `tests/crash.rs`.
+//! SIGKILL during deletes and rotations: `crash`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -8,13 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use tokencache::__churn::Churn;
 use tokencache::TokenId;
 
-#[path = "common/counting.rs"]
-mod counting;
-
-use counting::LIVE;
-
-#[global_allocator]
-static GLOBAL: counting::Counting = counting::Counting;
+use crate::counting::LIVE;
 
 /// Token ids from a counter: eight decimal digits are eight base62 characters.
 fn id(n: u64) -> TokenId {
@@ -23,6 +17,7 @@ fn id(n: u64) -> TokenId {
 
 #[test]
 fn a_million_issue_delete_cycles_give_the_memory_back() {
+    let _turn = crate::one_at_a_time();
     const LIVE_TOKENS: u64 = 10_000;
     const CYCLES: u64 = 1_000_000;
     let map = Churn::new();

@@ -4,7 +4,7 @@
 //! the persister's reply, or by the persister taking a message when the channel was full.
 //! Dropping a future after it queued its change does not cancel the change.
 
-mod common;
+use crate::common;
 
 use std::future::Future;
 use std::pin::{pin, Pin};

@@ -3,7 +3,7 @@
 //! seam in the file-writing code (`Builder::fault_plan`); a read-only directory and a
 //! missing parent directory are real.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -242,28 +242,77 @@ fn permissions_are_enforced(dir: &std::path::Path) -> bool {
     enforced
 }
 
-/// Real, no injection: the store's directory turns read-only under a running store.
+/// Real, no injection: the store's directory turns read-only under a running store. When
+/// the tests run as root (CI does), a read-only directory stops no one, so the checks run
+/// in a child process as the unprivileged user `nobody` (as the PostgreSQL tests run the
+/// server as `postgres`).
 #[test]
 fn a_read_only_directory_gives_clear_errors() {
+    let probe = scratch();
+    fs::set_permissions(probe.dir.path(), fs::Permissions::from_mode(0o500)).unwrap();
+    let enforced = permissions_are_enforced(probe.dir.path());
+    fs::set_permissions(probe.dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    if enforced {
+        read_only_directory_checks();
+        return;
+    }
+    // Root (or CAP_DAC_OVERRIDE): the same checks as `nobody`, in a temp directory it owns.
+    let home = tempfile::tempdir_in("/tmp").unwrap();
+    std::os::unix::fs::chown(home.path(), Some(common::NOBODY), Some(common::NOBODY)).unwrap();
+    let child = common::spawn_child_test(
+        "faults::child_read_only_directory",
+        &[("TMPDIR", home.path().to_str().unwrap())],
+    );
+    let output = common::as_nobody(&child).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains(CHECKED_AS),
+        "the checks as nobody failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+}
+
+/// What the child prints once the read-only checks passed, with its uid.
+const CHECKED_AS: &str = "read-only directory checked as uid ";
+
+/// Child process of `a_read_only_directory_gives_clear_errors` (not a test of its own):
+/// runs its checks as the unprivileged user it was started as.
+#[test]
+#[ignore = "child process of a_read_only_directory_gives_clear_errors"]
+fn child_read_only_directory() {
+    if !common::in_child() {
+        return;
+    }
+    read_only_directory_checks();
+    let uid = fs::metadata("/proc/self").unwrap().uid();
+    println!("{CHECKED_AS}{uid}");
+}
+
+fn read_only_directory_checks() {
     let s = scratch();
     let (store, _) = manual_store(&s.path);
     let kept = store.issue(NewToken::new("kept")).unwrap();
     let dir = s.dir.path();
     fs::set_permissions(dir, fs::Permissions::from_mode(0o500)).unwrap();
-    if !permissions_are_enforced(dir) {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).unwrap();
-        println!(
-            "NOT CHECKED: running as root (or with CAP_DAC_OVERRIDE), so a read-only directory \
-             does not stop writes; the injected EACCES cases in \
-             every_write_fault_loses_nothing_and_is_retried_until_it_clears cover this path"
-        );
-        return;
-    }
-    let err = store.issue(NewToken::new("refused")).unwrap_err();
+    assert!(
+        permissions_are_enforced(dir),
+        "a read-only directory does not stop this process (uid {}) writing",
+        fs::metadata("/proc/self").unwrap().uid()
+    );
+    // An issue appends to the journal, which needs no write to the directory: it succeeds
+    // and is durable. (Before the journal, every change rewrote the store file, and this
+    // issue was refused; as root the test never ran this far to notice.)
+    let appended = store.issue(NewToken::new("appended")).unwrap();
+    // A compaction does need one (a temp file, a rename): close compacts, and says why it
+    // could not.
+    let err = store.close().unwrap_err();
     assert!(err.to_string().contains("Permission denied"), "{err}");
-    assert_eq!(store.list().len(), 1);
-    assert!(store.validate(kept.secret()).is_ok());
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).unwrap();
+    let store = TokenStore::open(&s.path).unwrap();
+    assert_eq!(store.list().len(), 2);
+    assert!(store.validate(kept.secret()).is_ok());
+    assert!(store.validate(appended.secret()).is_ok());
     store.issue(NewToken::new("after")).unwrap();
     store.close().unwrap();
 

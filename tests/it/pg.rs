@@ -1,10 +1,9 @@
-//! PostgreSQL stores against a real server (tests/common/pg.rs starts a throwaway cluster):
+//! PostgreSQL stores against a real server (tests/it/common/pg.rs starts a throwaway cluster):
 //! propagation between replicas (other processes), lost notifications, `last_used` from
 //! many replicas, an unreachable database, commit order, the CLI, and the staleness policy.
 //! Each test has its own database; the ones that stop the server have their own cluster.
-#![cfg(feature = "postgres")]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
@@ -38,7 +37,7 @@ fn verdict(store: &TokenStore, secret: &str) -> String {
     }
 }
 
-/// A replica in another process: this test binary re-run as `replica_child`, driven over
+/// A replica in another process: this test binary re-run as `child_replica`, driven over
 /// its stdin and stdout one line at a time.
 struct Replica {
     child: Child,
@@ -49,11 +48,12 @@ struct Replica {
 impl Replica {
     fn spawn(url: &str, poll: Duration) -> Replica {
         let poll = poll.as_millis().to_string();
-        let mut child = common::child("replica_child", &[(URL_VAR, url), (POLL_VAR, &poll)])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the replica");
+        let mut child =
+            common::spawn_child_test("pg::child_replica", &[(URL_VAR, url), (POLL_VAR, &poll)])
+                .stdin(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn the replica");
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let mut replica = Replica {
@@ -122,12 +122,15 @@ impl Drop for Replica {
     }
 }
 
-/// The replica process: opens the store and answers `validate SECRET`, `issue NAME`,
+/// Child process (run by [`Replica::spawn`], not a test of its own): opens the store and answers `validate SECRET`, `issue NAME`,
 /// `revoke ID`, `delete ID`, `rotate ID` (no grace), `list` and `quit`, one line each,
 /// after [`MARK`].
 #[test]
-#[ignore = "run by the tests as a replica process"]
-fn replica_child() {
+#[ignore = "child process: a replica, run by the tests through `Replica::spawn`"]
+fn child_replica() {
+    if !common::in_child() {
+        return;
+    }
     let url = std::env::var(URL_VAR).unwrap();
     let poll = Duration::from_millis(std::env::var(POLL_VAR).unwrap().parse().unwrap());
     // The flush interval paces the retries of changes whose transaction failed.
@@ -307,7 +310,7 @@ fn a_change_committed_without_a_notification_arrives_by_the_poll() {
     assert!(took < poll + Duration::from_secs(1), "{took:?}");
 }
 
-/// Environment of a `last_used_replica_child`: its number, and the secrets it validates
+/// Environment of a `child_last_used_replica`: its number, and the secrets it validates
 /// (space-separated).
 const REPLICA_VAR: &str = "TC_TEST_REPLICA";
 const SECRETS_VAR: &str = "TC_TEST_SECRETS";
@@ -316,13 +319,16 @@ const BASE_MS: u64 = 1_700_000_000_000;
 /// Rounds of validate-then-flush each replica runs.
 const ROUNDS: u64 = 1000;
 
-/// One replica process of the `last_used` test: validates ten tokens a round at its own
+/// Child process (not a test of its own): one replica of the `last_used` test: validates ten tokens a round at its own
 /// clock (replica 3's runs far behind, so its batches are older), flushes each round (one
 /// batched statement, overlapping the other replicas'), and prints the newest time it
 /// validated each token at, `n at` a line.
 #[test]
-#[ignore = "run by last_used_from_four_replicas_keeps_the_greatest_time_and_never_moves_back"]
-fn last_used_replica_child() {
+#[ignore = "child process of last_used_from_four_replicas_keeps_the_greatest_time_and_never_moves_back"]
+fn child_last_used_replica() {
+    if !common::in_child() {
+        return;
+    }
     let url = std::env::var(URL_VAR).unwrap();
     let r: u64 = std::env::var(REPLICA_VAR).unwrap().parse().unwrap();
     let secrets: Vec<String> = std::env::var(SECRETS_VAR)
@@ -337,7 +343,8 @@ fn last_used_replica_child() {
         .poll_interval(Duration::from_millis(100))
         .open()
         .unwrap();
-    pg::within(BOUND, || store.list().len() == secrets.len()).unwrap();
+    // Every token it validates is there (and one more, which it leaves alone).
+    pg::within(BOUND, || store.list().len() > secrets.len()).unwrap();
     let mut newest: BTreeMap<usize, u64> = BTreeMap::new();
     for round in 0..ROUNDS {
         let now = match r {
@@ -373,11 +380,25 @@ fn last_used_from_four_replicas_keeps_the_greatest_time_and_never_moves_back() {
         .unwrap();
     let secrets: Vec<String> = issued.iter().map(|i| i.secret().into()).collect();
     let secrets_var = secrets.join(" ");
+    // A late replica on a clock far behind, opened before any use reached the table (so it
+    // holds no time for any token), with a poll interval longer than the test: it will
+    // hold older times than the table for every token, and write them in one batch.
+    // `unused` is validated by no other replica: its time proves that batch was written.
+    let unused = issuer.issue(NewToken::new("unused")).unwrap();
+    let late_at = BASE_MS - 5_000_000;
+    let clock = ManualClock::new(late_at);
+    let late = TokenStore::builder(&url)
+        .clock(clock)
+        .poll_interval(Duration::from_secs(3600))
+        .flush_interval(Duration::from_secs(3600))
+        .open()
+        .unwrap();
+    assert_eq!(late.list().len(), TOKENS + 1);
     let replicas: Vec<_> = (0..4u64)
         .map(|r| {
             let r = r.to_string();
-            common::child(
-                "last_used_replica_child",
+            common::spawn_child_test(
+                "pg::child_last_used_replica",
                 &[
                     (URL_VAR, &url),
                     (REPLICA_VAR, &r),
@@ -426,14 +447,39 @@ fn last_used_from_four_replicas_keeps_the_greatest_time_and_never_moves_back() {
         );
     }
 
-    // An older batch never moves a time back.
-    let clock = ManualClock::new(BASE_MS - 5_000_000);
-    let late = TokenStore::builder(&url).clock(clock).open().unwrap();
-    for secret in &secrets {
+    // An older batch never moves a time back: the late replica holds older times than the
+    // table for every token, and its flush writes them.
+    for secret in secrets.iter().chain([&unused.secret().to_string()]) {
         late.validate(secret).unwrap();
     }
+    for token in issued.iter().chain([&unused]) {
+        let held = late.get(&token.id()).unwrap().last_used.unwrap();
+        assert_eq!(
+            held.timestamp_millis() as u64,
+            late_at,
+            "the late replica's time"
+        );
+    }
+    assert_eq!(
+        before[&unused.id().to_string()],
+        0,
+        "no replica used `unused`"
+    );
     late.flush().unwrap();
-    assert_eq!(stored(&mut client), before);
+    let after = stored(&mut client);
+    assert_eq!(
+        after[&unused.id().to_string()],
+        late_at as i64,
+        "the late batch was written"
+    );
+    for token in &issued {
+        let id = token.id().to_string();
+        assert_eq!(
+            after[&id], before[&id],
+            "token {id}: an older time moved it back"
+        );
+    }
+    late.close().unwrap();
 }
 
 /// A listing as the replica process prints it.
@@ -724,6 +770,35 @@ fn max_staleness_refuses_once_the_replica_is_too_far_behind_and_the_default_keep
     assert!(stats.replica_lag.unwrap() >= staleness - poll, "{stats:?}");
     assert!(stats.last_catch_up_at.is_some());
     assert_eq!(strict.stats().rejections.unavailable, 1);
+    // Through `TokenLayer`, the same refusal is a 503 without a bearer challenge (the
+    // client should try again, not authenticate again).
+    #[cfg(feature = "axum")]
+    {
+        use tower::{Layer, ServiceExt};
+        let inner = tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+        });
+        let request = http::Request::builder()
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", issued.secret()),
+            )
+            .body(())
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let layer = tokencache::TokenLayer::new(strict.clone());
+        let response = runtime
+            .block_on(layer.layer(inner).oneshot(request))
+            .unwrap();
+        assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response
+            .headers()
+            .get(http::header::WWW_AUTHENTICATE)
+            .is_none());
+        assert_eq!(strict.stats().rejections.unavailable, 2);
+    }
 
     cluster.start_again();
     let back = pg::within(Duration::from_secs(15), || {
@@ -731,6 +806,48 @@ fn max_staleness_refuses_once_the_replica_is_too_far_behind_and_the_default_keep
     })
     .expect("the strict replica serves again once caught up");
     eprintln!("strict replica serving again {back:?} after the restart");
+}
+
+/// Replicas opening a new database together do not race its creation: each migration runs
+/// once (under the advisory lock), every `open` succeeds, and they share one store.
+#[test]
+fn replicas_opening_a_new_database_together_migrate_it_once() {
+    const REPLICAS: usize = 6;
+    let url = pg::fresh_db();
+    let start = std::sync::Barrier::new(REPLICAS);
+    let stores: Vec<TokenStore> = thread::scope(|scope| {
+        let opening: Vec<_> = (0..REPLICAS)
+            .map(|_| {
+                scope.spawn(|| {
+                    start.wait();
+                    open(&url, Duration::from_millis(200))
+                })
+            })
+            .collect();
+        opening
+            .into_iter()
+            .map(|h| h.join().expect("every concurrent open succeeds"))
+            .collect()
+    });
+    let mut client = pg::connect(&url);
+    let versions: Vec<i32> = client
+        .query(
+            "SELECT version FROM tokencache_migrations ORDER BY version",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [1, 2], "each migration once");
+    let issued = stores[0].issue(NewToken::new("shared")).unwrap();
+    for store in &stores {
+        pg::within(BOUND, || store.validate(issued.secret()).is_ok())
+            .expect("every replica sees the one store");
+    }
+    for store in stores {
+        store.close().unwrap();
+    }
 }
 
 #[test]
