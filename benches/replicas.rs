@@ -12,13 +12,14 @@
 //!   1,024 tokens): the median of the per-round ratios. Validation reads memory only, so
 //!   the target is 1x.
 //!
-//! Starts a throwaway cluster (as `tests/pg.rs` does: Debian's `postgresql` binaries, run as
+//! Starts a throwaway cluster (as `tests/it/pg.rs` does: Debian's `postgresql` binaries, run as
 //! the `postgres` user when root), with `fsync=on` as in production (the tests run theirs
 //! with it off), or uses `TOKENCACHE_PG_URL`. Each revoke's time includes its COMMIT.
 //!
 //! `cargo bench --features postgres --bench replicas`
 
-#[path = "../tests/common/pg.rs"]
+// The one test helper a bench includes: the same throwaway cluster as the tests.
+#[path = "../tests/it/common/pg.rs"]
 #[allow(dead_code)]
 mod pg;
 

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use tokencache::{NewToken, TokenStore};
 
-#[path = "../tests/common/counting.rs"]
+#[path = "../tests/process_wide/counting.rs"]
 mod counting;
 
 use counting::LIVE;

@@ -19,7 +19,14 @@ if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
 else
     export RUSTC_BOOTSTRAP=1
 fi
+# Each target grows its corpus in fuzz/corpus/<target>/ (not committed) and starts from the
+# committed seeds in fuzz/seeds/<target>/ (read, never written) when there are any.
 for target in $(cargo fuzz list); do
     echo "== fuzzing $target for ${seconds}s"
-    cargo "${toolchain[@]}" fuzz run "$target" -- -max_total_time="$seconds"
+    corpus=("$PWD/fuzz/corpus/$target")
+    mkdir -p "${corpus[0]}"
+    if [ -d "fuzz/seeds/$target" ]; then
+        corpus+=("$PWD/fuzz/seeds/$target")
+    fi
+    cargo "${toolchain[@]}" fuzz run "$target" "${corpus[@]}" -- -max_total_time="$seconds"
 done

@@ -1,0 +1,149 @@
+//! `examples/axum_service.rs` in a real process, stopped as a deployment stops it: SIGTERM
+//! (Kubernetes, systemd, Docker), after a request it validated. The child runs the example's
+//! own `serve` (this file includes the example's source), so what is tested is the example.
+#![cfg(unix)]
+
+#[allow(dead_code)]
+#[path = "../../examples/axum_service.rs"]
+mod example;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::Child;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::common::{in_child, scratch, spawn_child_test};
+use tokencache::{NewToken, StoreView, TokenStore};
+
+/// Far above what shutting down takes; it only turns a hang into a failure.
+const HANG: Duration = Duration::from_secs(30);
+
+/// The service process, killed if the test fails before it exits.
+struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The child: the example's `serve` on the store in `$TC_TEST_STORE`, any free port.
+#[test]
+#[ignore = "run by sigterm_closes_the_store_and_keeps_last_used in a child process"]
+fn child_serve_the_example() {
+    assert!(
+        in_child(),
+        "run by sigterm_closes_the_store_and_keeps_last_used"
+    );
+    let path = std::env::var("TC_TEST_STORE").expect("TC_TEST_STORE");
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    if let Err(e) = runtime.block_on(example::serve(&path, "127.0.0.1:0")) {
+        panic!("the service failed: {e}");
+    }
+}
+
+/// One HTTP/1.1 request on its own connection; the whole response.
+fn get(addr: &str, path: &str, token: &str) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect to the service");
+    stream.set_read_timeout(Some(HANG)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    response
+}
+
+/// Finding 18: the example handled only Ctrl-C, so SIGTERM killed it (exit 143) before it
+/// closed the store, and the `last_used` of the requests it had served was lost. Now it
+/// shuts down gracefully on SIGTERM, closes the store and exits 0, and the store's files
+/// show the use.
+#[test]
+fn sigterm_closes_the_store_and_keeps_last_used() {
+    let s = scratch();
+    let store = TokenStore::open(&s.path).unwrap();
+    let token = store
+        .issue(NewToken::new("reader").scopes(["read"]))
+        .unwrap();
+    store.close().unwrap();
+    let path = s.path.to_str().expect("a UTF-8 temp path");
+
+    let mut service = Service(
+        spawn_child_test(
+            "axum_service::child_serve_the_example",
+            &[("TC_TEST_STORE", path)],
+        )
+        .spawn()
+        .expect("start the service"),
+    );
+    // Its stderr, line by line, on a thread (a read would block the test on a hang).
+    let stderr = service.0.stderr.take().expect("stderr");
+    let (lines, said) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    let addr = loop {
+        let line = said
+            .recv_timeout(HANG)
+            .unwrap_or_else(|_| panic!("the service never said it was up: {log:?}"));
+        log.push(line.clone());
+        if let Some(addr) = line.split("on http://").nth(1) {
+            break addr.to_string();
+        }
+    };
+
+    let response = get(&addr, "/me", token.secret());
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("name reader"), "{response}");
+    let refused = get(&addr, "/me", "tc_not-a-token");
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    // Nothing written yet: the use waits for the flush interval (60 s) or the close.
+    let before = StoreView::read(&s.path).unwrap();
+    let listed = before.list();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].last_used, None, "the test would prove nothing");
+
+    let pid = i32::try_from(service.0.id()).expect("a pid");
+    // SAFETY: kill(2) with a pid we started and have not reaped, and a valid signal.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    // Polled, so that a service that hangs is still killed by `Service`'s drop.
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = service.0.try_wait().expect("wait for the service") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < HANG,
+            "the service did not exit after SIGTERM: {log:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    while let Ok(line) = said.recv_timeout(Duration::from_secs(1)) {
+        log.push(line);
+    }
+    assert_eq!(status.code(), Some(0), "{status:?}; stderr: {log:#?}");
+    assert!(log.iter().any(|l| l.starts_with("SIGTERM")), "{log:#?}");
+    assert!(log.iter().any(|l| l == "closed the store"), "{log:#?}");
+
+    let after = StoreView::read(&s.path).unwrap();
+    let listed = after.list();
+    let used = listed[0]
+        .last_used
+        .expect("last_used written on the way out");
+    assert!(
+        used >= listed[0].created_at,
+        "{used} before {}",
+        listed[0].created_at
+    );
+}
