@@ -624,10 +624,12 @@ fn refusal(error: tokencache::Error) -> Failure {
     }
 }
 
-/// Whether `--store` names a PostgreSQL database rather than a file.
+/// Whether `--store` names a PostgreSQL database rather than a file (the library's rule).
 fn is_database_url(path: &Path) -> bool {
-    let text = path.to_string_lossy().to_ascii_lowercase();
-    text.starts_with("postgres://") || text.starts_with("postgresql://")
+    matches!(
+        tokencache::Location::of(path),
+        tokencache::Location::Database(_)
+    )
 }
 
 /// How to give `validate` a token without a terminal.

@@ -17,6 +17,23 @@ pub enum Location {
 }
 
 impl Location {
+    /// What `path` names, by the one rule [`TokenStore::open`](crate::TokenStore::open)
+    /// uses: a `postgres://` or `postgresql://` URL (scheme in any case) is a database, held
+    /// here with its password redacted; anything else is a file path, as given.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use tokencache::Location;
+    /// assert!(matches!(Location::of(Path::new("postgres://u:pw@db/t")), Location::Database(url) if url == "postgres://u:***@db/t"));
+    /// assert!(matches!(Location::of(Path::new("./postgres/tokens.snap")), Location::File(_)));
+    /// ```
+    pub fn of(path: &Path) -> Location {
+        match database_url(path) {
+            Some(url) => Location::Database(redact_url(url)),
+            None => Location::File(path.to_path_buf()),
+        }
+    }
+
     /// The file's path, or the redacted URL as a path (what [`TokenStore::path`] returns,
     /// and what errors name).
     ///
