@@ -46,6 +46,8 @@ use crate::validate::Shared;
 // The database backend (not built under loom) uses these too.
 #[cfg_attr(loom, allow(unused_imports))]
 pub(crate) use backend::{AppendFailed, FileSink, Sink};
+// What the PostgreSQL backend implements `Sink` with (loom's recorder takes them from
+// `backend` itself).
 #[cfg(all(feature = "postgres", not(loom)))]
 pub(crate) use backend::{Compacted, Facts, Write};
 use batch::{Applied, Batch};

@@ -4,8 +4,8 @@
 use std::io;
 use std::path::PathBuf;
 
-use super::backend::{file_policy, AppendFailed, Facts, Write};
-use super::{Compacted, Sink};
+use super::backend::{file_policy, AppendFailed, Compacted, Facts, Write};
+use super::Sink;
 use crate::change::ChangeRef;
 use crate::file::WriteError;
 use crate::journal;
