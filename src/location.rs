@@ -345,7 +345,9 @@ mod tests {
         assert!(spills("postgres://h/db?password=a&b"));
         assert!(spills("postgres://h/db?password=a&b=c&sslmode=disable"));
         assert!(!spills("postgres://h/db?password=a&sslmode=disable"));
-        assert!(!spills("postgres://h/db?password=a&sslrootcert=/ca.pem&sslcert=c&sslkey=k"));
+        assert!(!spills(
+            "postgres://h/db?password=a&sslrootcert=/ca.pem&sslcert=c&sslkey=k"
+        ));
         assert!(!spills("postgres://h/db?password=a%26b"));
         assert!(!spills("postgres://u:a&b@h/db"));
         assert!(

@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::error::Error;
@@ -69,11 +69,9 @@ impl FromStr for SslMode {
             "require" => SslMode::Require,
             "verify-ca" => SslMode::VerifyCa,
             "verify-full" => SslMode::VerifyFull,
-            other => {
-                return Err(Error::InvalidSetting(format!(
-                    "sslmode `{other}` is not one of disable, prefer, require, verify-ca, verify-full"
-                )))
-            }
+            other => return Err(Error::InvalidSetting(format!(
+                "sslmode `{other}` is not one of disable, prefer, require, verify-ca, verify-full"
+            ))),
         })
     }
 }
@@ -158,9 +156,9 @@ pub(crate) enum Host<'a> {
     /// An address connected to in place of the host's (`hostaddr`).
     #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
     Addr(IpAddr),
-    /// A Unix socket's directory.
+    /// A Unix socket (its directory).
     #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
-    Unix(&'a Path),
+    Unix,
 }
 
 /// The mode where none is given: [`SslMode::Disable`] (no TLS, as before TLS existed) if
@@ -170,7 +168,7 @@ pub(crate) enum Host<'a> {
 /// whoever is on the way. (A URL with no host at all: `Disable`; the client refuses it.)
 pub(crate) fn default_mode<'a>(hosts: impl IntoIterator<Item = Host<'a>>) -> SslMode {
     let remote = hosts.into_iter().any(|host| match host {
-        Host::Unix(_) => false,
+        Host::Unix => false,
         Host::Tcp(name) => !is_loopback(name),
         Host::Addr(ip) => !ip.is_loopback(),
     });
@@ -228,22 +226,25 @@ impl Builder {
 #[cfg(test)]
 mod tests {
     use super::{default_mode, Host, SslMode, TlsOptions};
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
 
     fn tcp(hosts: &[&'static str]) -> SslMode {
         default_mode(hosts.iter().map(|h| Host::Tcp(h)))
     }
 
     #[test]
-    fn without_sslmode_a_loopback_host_or_socket_keeps_plain_and_any_other_host_is_verify_full(
-    ) {
-        for loopback in ["localhost", "LocalHost.", "127.0.0.1", "127.8.9.10", "::1", "[::1]"] {
+    fn without_sslmode_a_loopback_host_or_socket_keeps_plain_and_any_other_host_is_verify_full() {
+        for loopback in [
+            "localhost",
+            "LocalHost.",
+            "127.0.0.1",
+            "127.8.9.10",
+            "::1",
+            "[::1]",
+        ] {
             assert_eq!(tcp(&[loopback]), SslMode::Disable, "{loopback}");
         }
-        assert_eq!(
-            default_mode([Host::Unix(Path::new("/var/run/postgresql"))]),
-            SslMode::Disable
-        );
+        assert_eq!(default_mode([Host::Unix]), SslMode::Disable);
         assert_eq!(default_mode([]), SslMode::Disable);
         for remote in [
             "db.example",
@@ -274,7 +275,10 @@ mod tests {
             ..TlsOptions::default()
         };
         assert_eq!(given.mode_for([Host::Tcp("127.0.0.1")]), SslMode::Require);
-        assert_eq!(TlsOptions::default().mode_for([Host::Tcp("db.example")]), SslMode::VerifyFull);
+        assert_eq!(
+            TlsOptions::default().mode_for([Host::Tcp("db.example")]),
+            SslMode::VerifyFull
+        );
     }
 
     #[test]
@@ -294,11 +298,22 @@ mod tests {
             }
         );
         let (rest, options) = TlsOptions::split_url("postgres://h/t?sslmode=require").unwrap();
-        assert_eq!((rest.as_str(), options.mode), ("postgres://h/t", Some(SslMode::Require)));
+        assert_eq!(
+            (rest.as_str(), options.mode),
+            ("postgres://h/t", Some(SslMode::Require))
+        );
         let (rest, options) = TlsOptions::split_url("postgres://h/t").unwrap();
-        assert_eq!((rest.as_str(), options), ("postgres://h/t", TlsOptions::default()));
+        assert_eq!(
+            (rest.as_str(), options),
+            ("postgres://h/t", TlsOptions::default())
+        );
         let error = TlsOptions::split_url("postgres://h/t?sslmode=allow").unwrap_err();
-        assert!(error.to_string().contains("sslmode `allow` is not one of disable, prefer, require, verify-ca, verify-full"), "{error}");
+        assert!(
+            error.to_string().contains(
+                "sslmode `allow` is not one of disable, prefer, require, verify-ca, verify-full"
+            ),
+            "{error}"
+        );
     }
 
     #[test]
@@ -313,7 +328,12 @@ mod tests {
             ..TlsOptions::default()
         };
         let error = url.clone().merge(&builder).unwrap_err();
-        assert!(error.to_string().contains("sslmode is given both in the URL and on the builder"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("sslmode is given both in the URL and on the builder"),
+            "{error}"
+        );
         let merged = TlsOptions::default().merge(&builder).unwrap();
         assert_eq!(merged, builder);
         let same = builder.clone().merge(&builder).unwrap();

@@ -46,7 +46,7 @@ impl Target {
         let hosts = config.get_hosts().iter().map(|host| match host {
             PgHost::Tcp(name) => Host::Tcp(name),
             #[cfg(unix)]
-            PgHost::Unix(dir) => Host::Unix(dir),
+            PgHost::Unix(_) => Host::Unix,
         });
         let addrs = config.get_hostaddrs().iter().map(|ip| Host::Addr(*ip));
         let hosts: Vec<Host<'_>> = hosts.chain(addrs).collect();
@@ -74,6 +74,10 @@ impl Target {
             config.ssl_mode(PgSslMode::Disable);
             return Ok(Target { config, tls: None });
         }
+        // ring builds with a C compiler alone (aws-lc-rs, rustls' default, needs more); rustls
+        // deprecates it for lacking post-quantum key exchange, which PostgreSQL servers
+        // (OpenSSL before 3.5) do not offer anyway.
+        #[allow(deprecated)]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         // `require` with a CA checks the chain, as libpq does.
         let checked = match mode {
@@ -104,16 +108,25 @@ impl Target {
             Some((cert, key)) => {
                 let chain = CertificateDer::pem_file_iter(cert)
                     .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("read sslcert `{}`: {e}; give the client certificate as a PEM file", cert.display()))?;
+                    .map_err(|e| {
+                        format!(
+                            "read sslcert `{}`: {e}; give the client certificate as a PEM file",
+                            cert.display()
+                        )
+                    })?;
                 if chain.is_empty() {
                     return Err(format!("sslcert `{}` holds no PEM certificate; give the client certificate as a PEM file", cert.display()));
                 }
                 let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
                     format!("read sslkey `{}`: {e}; give the client certificate's private key as an unencrypted PEM file (PKCS#8, PKCS#1 or SEC1)", key.display())
                 })?;
-                builder
-                    .with_client_auth_cert(chain, key_der)
-                    .map_err(|e| format!("use sslcert `{}` with sslkey `{}`: {e}; the key must be the certificate's", cert.display(), key.display()))?
+                builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                    format!(
+                        "use sslcert `{}` with sslkey `{}`: {e}; the key must be the certificate's",
+                        cert.display(),
+                        key.display()
+                    )
+                })?
             }
         };
         config.ssl_mode(match mode {
@@ -236,9 +249,8 @@ impl ServerCertVerifier for Verifier {
             ),
             other => format!("certificate verify failed: {other}"),
         };
-        Err(TlsError::InvalidCertificate(CertificateError::Other(
-            OtherError(Arc::new(Refused(text))),
-        )))
+        // `Other`, not `InvalidCertificate(Other)`: the latter shows its text as `Debug`.
+        Err(TlsError::Other(OtherError(Arc::new(Refused(text)))))
     }
 
     fn verify_tls12_signature(

@@ -166,7 +166,10 @@ fn open_ok(url: &str) -> TokenStore {
 fn refused(url: &str) -> String {
     match open(url) {
         Ok(_) => panic!("{url} was opened; it must be refused"),
-        Err(error) => error.to_string(),
+        Err(error) => {
+            eprintln!("refused, as it must be: {error}");
+            error.to_string()
+        }
     }
 }
 
@@ -285,7 +288,13 @@ fn require_with_sslrootcert_checks_the_chain_as_libpq_does() {
 fn prefer_uses_tls_where_the_server_offers_it_and_plain_where_not() {
     let server = tls_server();
     let db = fresh_db(&server.cluster);
-    let store = open_ok(&url(&server.cluster, "postgres", "127.0.0.1", &db, "sslmode=prefer"));
+    let store = open_ok(&url(
+        &server.cluster,
+        "postgres",
+        "127.0.0.1",
+        &db,
+        "sslmode=prefer",
+    ));
     assert_eq!(listener_tls(&server.cluster, &db).0, true);
     store.close().unwrap();
     let plain = plain_server();
@@ -338,7 +347,10 @@ fn a_client_certificate_is_accepted_where_pg_hba_demands_one_and_its_absence_ref
     store.close().unwrap();
     // The same URL's parameters work as well.
     let (cert, key) = (server.client_cert.display(), server.client_key.display());
-    let with_files = format!("{at}&sslrootcert={}&sslcert={cert}&sslkey={key}", server.ca.display());
+    let with_files = format!(
+        "{at}&sslrootcert={}&sslcert={cert}&sslkey={key}",
+        server.ca.display()
+    );
     open_ok(&with_files).close().unwrap();
     // Without one, the server refuses, and the error says what to set.
     let error = match TokenStore::builder(&at).ssl_root_cert(&server.ca).open() {
@@ -413,12 +425,21 @@ fn a_tls_url_shows_its_parameters_and_hides_its_password() {
 fn a_tls_mode_given_both_in_the_url_and_on_the_builder_differently_is_refused() {
     let server = tls_server();
     let db = fresh_db(&server.cluster);
-    let at = url(&server.cluster, "postgres", "127.0.0.1", &db, "sslmode=require");
+    let at = url(
+        &server.cluster,
+        "postgres",
+        "127.0.0.1",
+        &db,
+        "sslmode=require",
+    );
     let error = match TokenStore::builder(&at).ssl_mode(SslMode::Disable).open() {
         Ok(_) => panic!("opened with two different sslmodes"),
         Err(error) => error.to_string(),
     };
-    assert!(error.contains("sslmode is given both in the URL and on the builder"), "{error}");
+    assert!(
+        error.contains("sslmode is given both in the URL and on the builder"),
+        "{error}"
+    );
     // The builder's mode alone works.
     let at = url(&server.cluster, "postgres", "127.0.0.1", &db, "");
     let store = TokenStore::builder(&at)
@@ -462,5 +483,8 @@ fn the_cli_store_option_takes_the_same_tls_urls() {
     let output = list(&at.replace(&ca.to_string(), &other.to_string()));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("unknown CA") && stderr.contains("sslrootcert"), "{stderr}");
+    assert!(
+        stderr.contains("unknown CA") && stderr.contains("sslrootcert"),
+        "{stderr}"
+    );
 }
