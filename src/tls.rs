@@ -2,6 +2,8 @@
 //! `sslkey`, read from the URL or set on the [`Builder`], and the rule for the default mode.
 //! The connections themselves (rustls) are in `pg::tls`; this part has no dependency, so
 //! [`SslMode`] and the builder methods exist with or without the `postgres` feature.
+// Without the feature (or under loom) only the public part is used: a URL is refused.
+#![cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
 
 use std::fmt;
 use std::net::IpAddr;
@@ -69,9 +71,11 @@ impl FromStr for SslMode {
             "require" => SslMode::Require,
             "verify-ca" => SslMode::VerifyCa,
             "verify-full" => SslMode::VerifyFull,
-            other => return Err(Error::InvalidSetting(format!(
+            other => {
+                return Err(Error::InvalidSetting(format!(
                 "sslmode `{other}` is not one of disable, prefer, require, verify-ca, verify-full"
-            ))),
+            )))
+            }
         })
     }
 }
@@ -154,10 +158,8 @@ pub(crate) enum Host<'a> {
     /// A host name or IP address (TCP).
     Tcp(&'a str),
     /// An address connected to in place of the host's (`hostaddr`).
-    #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
     Addr(IpAddr),
     /// A Unix socket (its directory).
-    #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
     Unix,
 }
 

@@ -206,7 +206,7 @@ fn verify_full_connects_over_tls_with_the_ca_that_signed_the_servers_certificate
         &db,
         &format!("sslmode=verify-full&sslrootcert={ca}"),
     ));
-    assert_eq!(listener_tls(&server.cluster, &db).0, true);
+    assert!(listener_tls(&server.cluster, &db).0);
     store.close().unwrap();
 }
 
@@ -248,7 +248,7 @@ fn verify_ca_checks_the_chain_but_not_the_host_name() {
     let (ca, other) = (server.ca.display(), server.other_ca.display());
     let at = |params: &str| url(&server.cluster, "postgres", "127.0.0.1", &db, params);
     let store = open_ok(&at(&format!("sslmode=verify-ca&sslrootcert={ca}")));
-    assert_eq!(listener_tls(&server.cluster, &db).0, true);
+    assert!(listener_tls(&server.cluster, &db).0);
     store.close().unwrap();
     let error = refused(&at(&format!("sslmode=verify-ca&sslrootcert={other}")));
     assert!(error.contains("unknown CA"), "{error}");
@@ -265,7 +265,7 @@ fn require_connects_over_tls_without_a_ca() {
         &db,
         "sslmode=require",
     ));
-    assert_eq!(listener_tls(&server.cluster, &db).0, true);
+    assert!(listener_tls(&server.cluster, &db).0);
     store.close().unwrap();
 }
 
@@ -295,12 +295,12 @@ fn prefer_uses_tls_where_the_server_offers_it_and_plain_where_not() {
         &db,
         "sslmode=prefer",
     ));
-    assert_eq!(listener_tls(&server.cluster, &db).0, true);
+    assert!(listener_tls(&server.cluster, &db).0);
     store.close().unwrap();
     let plain = plain_server();
     let db = fresh_db(plain);
     let store = open_ok(&url(plain, "postgres", "127.0.0.1", &db, "sslmode=prefer"));
-    assert_eq!(listener_tls(plain, &db).0, false);
+    assert!(!listener_tls(plain, &db).0);
     store.close().unwrap();
 }
 
@@ -367,7 +367,7 @@ fn without_sslmode_a_host_that_is_not_loopback_is_verify_full() {
     // TLS with the certificate checked: it works with the CA...
     let ca = server.ca.display();
     let store = open_ok(&by_name(&server.cluster, &db, &format!("sslrootcert={ca}")));
-    assert_eq!(listener_tls(&server.cluster, &db).0, true);
+    assert!(listener_tls(&server.cluster, &db).0);
     store.close().unwrap();
     // ... a certificate no trusted CA signed is refused (the system's trust store does
     // not hold the test CA) ...
@@ -386,7 +386,7 @@ fn without_sslmode_a_loopback_host_connects_without_tls_as_before() {
     let db = fresh_db(&server.cluster);
     for host in ["127.0.0.1", "localhost"] {
         let store = open_ok(&url(&server.cluster, "postgres", host, &db, ""));
-        assert_eq!(listener_tls(&server.cluster, &db).0, false, "{host}");
+        assert!(!listener_tls(&server.cluster, &db).0, "{host}");
         store.close().unwrap();
     }
     // A CA given without sslmode is a mistake there, not silently ignored.
@@ -446,7 +446,7 @@ fn a_tls_mode_given_both_in_the_url_and_on_the_builder_differently_is_refused() 
         .ssl_mode(SslMode::Require)
         .open()
         .unwrap();
-    assert_eq!(listener_tls(&server.cluster, &db).0, true);
+    assert!(listener_tls(&server.cluster, &db).0);
     store.close().unwrap();
 }
 
