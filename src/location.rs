@@ -182,9 +182,14 @@ fn hidden_parts(url: &str) -> Option<(Vec<Range<usize>>, bool)> {
     Some((hidden, spilled))
 }
 
-/// The parameter keys `tokio-postgres` 0.7 accepts besides `password` (`Config::param`);
-/// it refuses any other.
-const CLIENT_PARAMETERS: [&str; 18] = [
+/// The parameter keys `tokio-postgres` 0.7 accepts besides `password` (`Config::param`),
+/// and the TLS ones `open` takes out before it (`crate::tls::TlsOptions::split_url`); any other is
+/// refused.
+const CLIENT_PARAMETERS: [&str; 21] = [
+    // Taken out of the URL by `open` (crate::tls) before the client sees it.
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
     "user",
     "dbname",
     "options",
@@ -207,7 +212,7 @@ const CLIENT_PARAMETERS: [&str; 18] = [
 
 /// `text` with its `%XX` escapes decoded, as the client decodes a parameter's key (an
 /// invalid escape is kept as written, invalid UTF-8 replaced).
-fn percent_decode(text: &str) -> String {
+pub(crate) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -319,6 +324,11 @@ mod tests {
                 "postgres://h:***@b",
             ),
             ("PostgreSQL://u:pw@h/db", "PostgreSQL://u:***@h/db"),
+            // The TLS parameters end a password value; their paths are no secret.
+            (
+                "postgres://h/db?password=a&b&sslrootcert=/ca.pem&sslmode=verify-full",
+                "postgres://h/db?password=***&sslrootcert=/ca.pem&sslmode=verify-full",
+            ),
             (
                 "postgres://ü:pä@h/dß?password=ö",
                 "postgres://ü:***@h/dß?password=***",
@@ -335,6 +345,9 @@ mod tests {
         assert!(spills("postgres://h/db?password=a&b"));
         assert!(spills("postgres://h/db?password=a&b=c&sslmode=disable"));
         assert!(!spills("postgres://h/db?password=a&sslmode=disable"));
+        assert!(!spills(
+            "postgres://h/db?password=a&sslrootcert=/ca.pem&sslcert=c&sslkey=k"
+        ));
         assert!(!spills("postgres://h/db?password=a%26b"));
         assert!(!spills("postgres://u:a&b@h/db"));
         assert!(

@@ -17,7 +17,9 @@ use std::thread;
 use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, Config, IsolationLevel, NoTls, Row, Statement, Transaction};
+use postgres::{Client, IsolationLevel, Row, Statement, Transaction};
+
+use super::tls::Target;
 
 use super::rows::{self, COLUMNS};
 use super::sink::{self, Statements};
@@ -58,7 +60,7 @@ struct Prepared {
 }
 
 pub(super) struct Listener {
-    config: Config,
+    config: Target,
     shared: Arc<Shared>,
     /// The newest version read; the next catch-up reads the rows changed after it.
     last_seen: Position,
@@ -74,7 +76,7 @@ pub(super) struct Listener {
 
 impl Listener {
     pub(super) fn new(
-        config: Config,
+        config: Target,
         shared: Arc<Shared>,
         last_seen: Position,
         tombstones: HashSet<[u8; 8]>,
@@ -141,7 +143,7 @@ impl Listener {
     /// timer and catch up again. `Ok` once the store closed; `Err` when the connection
     /// failed.
     fn session(&mut self, backoff: &mut Duration) -> Result<(), postgres::Error> {
-        let mut client = self.config.connect(NoTls)?;
+        let mut client = self.config.connect()?;
         client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
         let query = Prepared {
             history: client.prepare(HISTORY)?,

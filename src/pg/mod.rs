@@ -13,6 +13,7 @@ mod open;
 mod rows;
 mod schema;
 mod sink;
+mod tls;
 
 pub(crate) use open::{open, Settings};
 
@@ -35,6 +36,10 @@ fn describe(error: &postgres::Error) -> String {
             text.push_str(&cause_text);
         }
         source = cause.source();
+    }
+    if let Some(hint) = tls::hint(&text) {
+        text.push_str("; ");
+        text.push_str(hint);
     }
     text
 }

@@ -7,11 +7,12 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use postgres::{Client, Config, IsolationLevel, NoTls};
+use postgres::{Client, Config, IsolationLevel};
 
 use super::listen::{Listener, Position};
 use super::rows::{self, COLUMNS};
 use super::sink::{ListenerSlot, PgSink};
+use super::tls::Target;
 use super::{describe, schema, LISTENER_NAME, WRITER_NAME};
 use crate::clock::Clock;
 use crate::entry::{self, Entry};
@@ -20,6 +21,7 @@ use crate::location::redact_url;
 use crate::persist::Sink;
 use crate::recover::Recovered;
 use crate::sync::Arc;
+use crate::tls::TlsOptions;
 use crate::validate::Shared;
 
 /// How long a connection attempt may take, unless the URL says (`connect_timeout`).
@@ -36,6 +38,8 @@ pub(crate) struct Settings {
     pub(crate) lock_timeout: Duration,
     pub(crate) idle_in_transaction_timeout: Duration,
     pub(crate) migrate_schema: bool,
+    /// The builder's TLS settings (the URL's take their place where it names them).
+    pub(crate) tls: TlsOptions,
 }
 
 /// An opened database, in the parts the store's builder assembles: it starts the persister
@@ -55,7 +59,7 @@ pub(crate) struct Opened {
 
 /// A listener not yet started: it needs the running store's shared state.
 pub(crate) struct PendingListener {
-    config: Config,
+    config: Target,
     position: Position,
     tombstones: HashSet<[u8; 8]>,
     poll: Duration,
@@ -75,7 +79,7 @@ impl PendingListener {
             name,
             slot,
         } = self;
-        config.application_name(LISTENER_NAME);
+        config.config.application_name(LISTENER_NAME);
         let handle = Listener::new(config, shared, position, tombstones, poll, name.clone())
             .spawn()
             .map_err(|e| Error::io("start the listener thread for", name, e))?;
@@ -100,6 +104,10 @@ pub(crate) fn open(builder: Settings, url: String) -> Result<Opened, Error> {
             )));
         }
     }
+    // The TLS parameters out first: the client refuses `verify-ca`, `verify-full` and the
+    // file parameters.
+    let (url, tls) = TlsOptions::split_url(&url)?;
+    let tls = tls.merge(&builder.tls)?;
     let mut config: Config = url
         .parse()
         .map_err(|e: postgres::Error| fail("parse the database URL", describe(&e)))?;
@@ -127,14 +135,15 @@ pub(crate) fn open(builder: Settings, url: String) -> Result<Opened, Error> {
         options.push_str(&format!(" -c {setting}={}", value.as_millis()));
     }
     config.options(options.trim_start());
+    let config = Target::new(config, &tls).map_err(|e| fail("set up TLS for", e))?;
     let mut writer = config.clone();
-    writer.application_name(WRITER_NAME);
+    writer.config.application_name(WRITER_NAME);
     let synced_at = builder.clock.now_ms();
     let migrate = builder.migrate_schema;
     let loaded = std::thread::scope(|s| {
         let loading = s.spawn(|| -> Result<_, Error> {
             let mut client = writer
-                .connect(NoTls)
+                .connect()
                 .map_err(|e| fail("connect to", describe(&e)))?;
             match migrate {
                 true => schema::migrate(&mut client).map_err(|e| fail("set up the schema of", e)),

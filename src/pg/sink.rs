@@ -17,7 +17,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use postgres::{Client, Config, NoTls, Statement, Transaction};
+use postgres::{Client, Statement, Transaction};
+
+use super::tls::Target;
 
 use super::rows::{id_text, sql_time};
 use super::CHANNEL;
@@ -108,7 +110,7 @@ impl Statements {
 /// Writes a replica's changes to the database, on the persister thread only (the sync
 /// client runs its own runtime).
 pub(crate) struct PgSink {
-    config: Config,
+    config: Target,
     /// The connection and its prepared statements; `None` after the connection broke,
     /// until the next write reconnects.
     connection: Option<(Client, Statements)>,
@@ -132,7 +134,7 @@ impl PgSink {
     /// A sink that connects on its first write, on the persister thread: the sync client
     /// runs its own runtime, which must never start on a caller's (maybe async) thread.
     pub(super) fn new(
-        config: Config,
+        config: Target,
         name: PathBuf,
         clock: Arc<dyn Clock>,
         listener: ListenerSlot,
@@ -151,7 +153,7 @@ impl PgSink {
     fn connection(&mut self) -> io::Result<(&mut Client, &Statements)> {
         if self.connection.as_ref().is_none_or(|(c, _)| c.is_closed()) {
             let reopened = self.connection.take().is_some();
-            let mut client = self.config.connect(NoTls).map_err(pg)?;
+            let mut client = self.config.connect().map_err(pg)?;
             let statements = Statements::prepare(&mut client).map_err(pg)?;
             if reopened {
                 tracing::info!(store = %self.name.display(), "reconnected to the database");

@@ -62,6 +62,9 @@ pub struct Builder {
     idle_in_transaction_timeout: Duration,
     #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
     migrate_schema: bool,
+    /// TLS settings (`crate::tls`, which also holds their builder methods).
+    #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
+    pub(crate) tls: crate::tls::TlsOptions,
 }
 
 impl Builder {
@@ -80,6 +83,7 @@ impl Builder {
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             idle_in_transaction_timeout: DEFAULT_IDLE_IN_TRANSACTION,
             migrate_schema: true,
+            tls: Default::default(),
         }
     }
 
@@ -243,6 +247,7 @@ impl Builder {
             lock_timeout: self.lock_timeout,
             idle_in_transaction_timeout: self.idle_in_transaction_timeout,
             migrate_schema: self.migrate_schema,
+            tls: self.tls.clone(),
         };
         let opened = crate::pg::open(settings, url)?;
         let store = self.start(

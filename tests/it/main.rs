@@ -12,7 +12,7 @@
 //! change what it measures.
 //!
 //! Modules gated by a feature build only with it, as the separate binaries' `required-features`
-//! did: `cli` and `stress` need `cli`, `layer` and `axum_service` need `axum`, `pg` needs `postgres`.
+//! did: `cli` and `stress` need `cli`, `layer` and `axum_service` need `axum`, `pg` and `pg_tls` need `postgres`.
 
 mod common;
 
@@ -33,6 +33,8 @@ mod lock;
 mod model;
 #[cfg(feature = "postgres")]
 mod pg;
+#[cfg(feature = "postgres")]
+mod pg_tls;
 mod rate_limit;
 mod security;
 mod shutdown;

@@ -17,6 +17,8 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
+    /// More of the server's command line (`-c ssl=on ...`), from [`Cluster::start_with`].
+    options: String,
 }
 
 /// The binaries' directory: the newest /usr/lib/postgresql/<version>/bin with initdb.
@@ -75,6 +77,13 @@ fn free_port() -> u16 {
 impl Cluster {
     /// initdb and start a new cluster on a free port.
     pub fn start() -> Cluster {
+        Cluster::start_with("", |_| {})
+    }
+
+    /// initdb, `setup` with the data directory (to write files such as certificates and
+    /// `pg_hba.conf` there; they are then given to the `postgres` user), and start with
+    /// `options` added to the server's command line.
+    pub fn start_with(options: &str, setup: impl FnOnce(&Path)) -> Cluster {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("tokencache-pg")
@@ -102,10 +111,20 @@ impl Cluster {
                 "UTF8",
             ],
         );
+        setup(&data);
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data)
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown the cluster's files to postgres");
+        }
         let cluster = Cluster {
             dir,
             bin,
             port: free_port(),
+            options: options.to_owned(),
         };
         cluster.start_again();
         cluster
@@ -122,9 +141,10 @@ impl Cluster {
     pub fn start_again(&self) {
         let fsync = std::env::var("TOKENCACHE_PG_FSYNC").unwrap_or_else(|_| "off".into());
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={fsync} -c max_connections=300",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={fsync} -c max_connections=300 {}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.options
         );
         let log = self.dir.path().join("log");
         run_as_postgres(
@@ -153,6 +173,17 @@ impl Cluster {
     /// The URL of database `db`.
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Stops the cluster when the test binary exits (for a cluster kept in a static, which
+    /// is never dropped).
+    pub fn stop_at_exit(&self) {
+        let mut to_stop = TO_STOP.lock().unwrap();
+        if to_stop.is_empty() {
+            // SAFETY: registers a plain function with no arguments, run at process exit.
+            unsafe { libc::atexit(stop_shared) };
+        }
+        to_stop.push((self.bin.clone(), self.data()));
     }
 
     /// A new empty database; its URL.
@@ -184,11 +215,12 @@ enum Server {
 }
 
 static SHARED: OnceLock<Server> = OnceLock::new();
-/// The shared cluster, for the exit hook to stop (statics are never dropped).
-static TO_STOP: Mutex<Option<(PathBuf, String)>> = Mutex::new(None);
+/// The clusters kept in statics, for the exit hook to stop (statics are never dropped).
+static TO_STOP: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
 
 extern "C" fn stop_shared() {
-    if let Some((bin, data)) = TO_STOP.lock().ok().and_then(|mut t| t.take()) {
+    let clusters = TO_STOP.lock().map(|mut t| std::mem::take(&mut *t));
+    for (bin, data) in clusters.unwrap_or_default() {
         let mut command = if is_root() {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(bin.join("pg_ctl"));
@@ -210,9 +242,7 @@ fn shared() -> &'static Server {
             return Server::External(url);
         }
         let cluster = Cluster::start();
-        *TO_STOP.lock().unwrap() = Some((cluster.bin.clone(), cluster.data()));
-        // SAFETY: registers a plain function with no arguments, run at process exit.
-        unsafe { libc::atexit(stop_shared) };
+        cluster.stop_at_exit();
         Server::Local(cluster)
     })
 }
