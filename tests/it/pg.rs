@@ -1472,7 +1472,9 @@ fn a_schema_1_database_is_upgraded_on_open_to_bigint_counts_and_the_commit_log()
              CREATE INDEX tokencache_tokens_version ON tokencache_tokens (version);
              CREATE TABLE tokencache_version (one boolean PRIMARY KEY DEFAULT true CHECK (one),
                  version bigint NOT NULL);
-             INSERT INTO tokencache_version (one, version) VALUES (true, 0);",
+             INSERT INTO tokencache_version (one, version) VALUES (true, 0);
+             INSERT INTO tokencache_tokens (id, name, digest, scopes, created_at, version, deleted)
+                 VALUES ('tombston', 'old', '\\x00', '{}', 0, 0, true);",
         )
         .unwrap();
     // A read-only open does not upgrade it, and says so.
@@ -1502,6 +1504,22 @@ fn a_schema_1_database_is_upgraded_on_open_to_bigint_counts_and_the_commit_log()
         .unwrap()
         .get(0);
     assert_eq!(stamped, 2, "version 0 (at the upgrade) and the issue");
+    // Schema 3: the tombstone already there is dated at the upgrade (so it is kept one
+    // horizon from now), and the pruned mark starts at 0.
+    let (dated, mark): (bool, i64) = (
+        client
+            .query_one(
+                "SELECT deleted_at > 0 FROM tokencache_tokens WHERE id = 'tombston'",
+                &[],
+            )
+            .unwrap()
+            .get(0),
+        client
+            .query_one("SELECT version FROM tokencache_pruned", &[])
+            .unwrap()
+            .get(0),
+    );
+    assert!(dated && mark == 0, "dated {dated}, mark {mark}");
     let b = open(&url, Duration::from_secs(1));
     assert_eq!(b.get(&token.id()), a.get(&token.id()));
 }
