@@ -10,6 +10,17 @@
 //! backup), it reloads: memory takes every row, and what memory holds that the table lost
 //! (tokens, revocations, deletions) is written back, so a rollback of the database never
 //! makes a revoked or deleted token valid again, and nothing a replica acknowledged is lost.
+//! It reloads too when tombstones it had not read were removed (`prune.rs`: the pruned
+//! mark is above `last_seen`), so it cannot miss a delete whose tombstone is gone; then the
+//! tokens memory holds and the table lacks are dropped, not written back.
+//!
+//! Beside the rows whose version changed, each catch-up reads the rows whose `last_used`
+//! moved since its last look, by transaction id: a flush sets `used_xid` to its own
+//! transaction's id, and a catch-up reads the rows with `used_xid` at or above the oldest
+//! transaction still running at its previous look (`pg_snapshot_xmin`). Every transaction
+//! that had not committed then has an id at or above that, so none is missed, without a
+//! counter row that flushes would queue on; a row read twice changes nothing (`last_used`
+//! takes the later time).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -21,10 +32,12 @@ use postgres::{Client, IsolationLevel, Row, Statement, Transaction};
 
 use super::tls::Target;
 
+use super::prune::{self, Horizon, Pruned};
 use super::rows::{self, COLUMNS};
 use super::sink::{self, Statements};
 use super::CHANNEL;
 use crate::change::{Change, ChangeRef};
+use crate::clock::millis;
 use crate::inbox::Message;
 use crate::sync::Arc;
 use crate::validate::Shared;
@@ -37,24 +50,37 @@ const LAST_BACKOFF: Duration = Duration::from_secs(2);
 /// The longest the listener waits before it looks whether the store closed (`close` joins
 /// it, so this bounds how long `close` waits for it).
 const SLICE: Duration = Duration::from_millis(50);
-/// The counter, its stamp, and the stamp of version `$1` now (`NULL`: not in the log).
+/// The counter, its stamp, the stamp of version `$1` now (`NULL`: not in the log), the
+/// pruned mark (the greatest version of a tombstone removed), and the snapshot's oldest
+/// running and next transaction ids (`xmin`, `xmax`).
 const HISTORY: &str = "SELECT v.version, \
     (SELECT stamp FROM tokencache_commits c WHERE c.version = v.version), \
-    (SELECT stamp FROM tokencache_commits c WHERE c.version = $1) \
+    (SELECT stamp FROM tokencache_commits c WHERE c.version = $1), \
+    (SELECT version FROM tokencache_pruned), \
+    pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
+    pg_snapshot_xmax(pg_current_snapshot())::text::bigint \
     FROM tokencache_version v";
+/// The live rows whose `last_used` a flush moved in a transaction at or after `$1`
+/// (indexed on `used_xid`).
+pub(super) const USED_SINCE: &str = "SELECT id, last_used FROM tokencache_tokens \
+    WHERE used_xid >= $1 AND NOT deleted AND last_used IS NOT NULL";
 
 /// Where a replica's memory stands in the database's history: the newest version read,
-/// and that version's stamp in the commit log.
+/// that version's stamp in the commit log, and where its next look at `last_used` starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Position {
     pub(super) version: i64,
     pub(super) stamp: Option<i64>,
+    /// The oldest transaction id still running when memory last read `last_used` (that
+    /// snapshot's `xmin`): the next look reads the rows with `used_xid` at or above it.
+    pub(super) used_since: i64,
 }
 
 /// The prepared statements of a listener's connection.
 struct Prepared {
     history: Statement,
     since: Statement,
+    used: Statement,
     all: Statement,
     write: Statements,
 }
@@ -68,6 +94,10 @@ pub(super) struct Listener {
     /// that brings one back live is undone (the delete is written again).
     tombstones: HashSet<[u8; 8]>,
     poll: Duration,
+    /// The tombstone horizon, and whether this replica prunes.
+    horizon: Horizon,
+    /// When (store clock, Unix ms) this replica next tries to prune.
+    next_prune: u64,
     /// The URL with its password redacted, for the log.
     name: PathBuf,
     /// Whether the connection is lost (logged once per outage, then at each retry).
@@ -81,6 +111,7 @@ impl Listener {
         last_seen: Position,
         tombstones: HashSet<[u8; 8]>,
         poll: Duration,
+        horizon: Horizon,
         name: PathBuf,
     ) -> Listener {
         Listener {
@@ -89,6 +120,8 @@ impl Listener {
             last_seen,
             tombstones,
             poll,
+            horizon,
+            next_prune: 0,
             name,
             lost: false,
         }
@@ -150,10 +183,11 @@ impl Listener {
             since: client.prepare(&format!(
                 "SELECT {COLUMNS} FROM tokencache_tokens WHERE version > $1 ORDER BY version"
             ))?,
+            used: client.prepare(USED_SINCE)?,
             all: client.prepare(&format!("SELECT {COLUMNS} FROM tokencache_tokens"))?,
             write: Statements::prepare(&mut client)?,
         };
-        if !self.catch_up(&mut client, &query)? {
+        if !self.prune_and_catch_up(&mut client, &query)? {
             return Ok(());
         }
         if self.lost {
@@ -176,36 +210,97 @@ impl Listener {
                 let mut pending = notifications.iter();
                 while pending.next()?.is_some() {}
             }
-            if !self.shared.inbox.is_open() || !self.catch_up(&mut client, &query)? {
+            if !self.shared.inbox.is_open() || !self.prune_and_catch_up(&mut client, &query)? {
                 return Ok(());
             }
         }
     }
 
-    /// Reads every row changed since `last_seen` and hands it to the persister (an empty
-    /// batch too: it tells how current memory is), in one snapshot of the database. If the
-    /// database no longer holds the history memory was read from, reloads instead.
-    /// `false` if the store is closed.
-    fn catch_up(&mut self, client: &mut Client, query: &Prepared) -> Result<bool, postgres::Error> {
+    /// Prunes if it is time (see [`prune_if_due`](Self::prune_if_due)), then catches up, both
+    /// at one clock reading: a catch-up reported at time `t` (`stats().last_catch_up_at`)
+    /// follows the prune tried at `t`. `false` if the store is closed.
+    fn prune_and_catch_up(
+        &mut self,
+        client: &mut Client,
+        query: &Prepared,
+    ) -> Result<bool, postgres::Error> {
         let at = self.shared.clock.now_ms();
+        self.prune_if_due(client, at);
+        self.catch_up(client, query, at)
+    }
+
+    /// Removes the tombstones older than the horizon, at most once per `prune::EVERY_MS`
+    /// of the store's clock, unless another replica is at it (`prune.rs`). A failure is
+    /// logged and left to the next try: the catch-up after it finds a broken connection.
+    fn prune_if_due(&mut self, client: &mut Client, now: u64) {
+        if !self.horizon.prunes || now < self.next_prune {
+            return;
+        }
+        self.next_prune = now.saturating_add(prune::EVERY_MS);
+        let cutoff = now.saturating_sub(millis(self.horizon.age));
+        match prune::run(client, cutoff) {
+            Ok(Pruned::Elsewhere) => {
+                tracing::debug!(store = %self.name.display(), "another replica is removing old tombstones; skipped");
+            }
+            Ok(Pruned::Removed { count, through }) if count > 0 => {
+                tracing::info!(store = %self.name.display(), count, through_version = through, "removed tombstones older than the tombstone horizon");
+            }
+            Ok(Pruned::Removed { .. }) => {}
+            Err(error) => {
+                let error = super::describe(&error);
+                tracing::warn!(store = %self.name.display(), %error, "removing old tombstones failed; will try again later");
+            }
+        }
+    }
+
+    /// Reads every row changed since `last_seen`, and every `last_used` moved since, and
+    /// hands them to the persister (an empty batch too: it tells how current memory is, as
+    /// of clock time `at`), in one snapshot of the database. If the database no longer
+    /// holds the history memory was read from, or removed tombstones memory had not read,
+    /// reloads instead. `false` if the store is closed.
+    fn catch_up(
+        &mut self,
+        client: &mut Client,
+        query: &Prepared,
+        at: u64,
+    ) -> Result<bool, postgres::Error> {
         let mut tx = snapshot(client)?;
         let history = tx.query_one(&query.history, &[&self.last_seen.version])?;
         let now = Position {
             version: history.get(0),
             stamp: history.get(1),
+            used_since: history.get(4),
         };
         let then: Option<i64> = history.get(2);
-        if now.version < self.last_seen.version || then != self.last_seen.stamp {
+        let pruned: i64 = history.get(3);
+        let went_back = now.version < self.last_seen.version || then != self.last_seen.stamp;
+        if went_back || pruned > self.last_seen.version {
             tx.commit()?;
-            tracing::warn!(store = %self.name.display(), last_seen = self.last_seen.version, counter = now.version, "the database went back in its history (a failover to a standby that missed commits, or a restore); reloading every token and writing back what it lost");
-            return self.reload(client, query, at);
+            match went_back {
+                true => {
+                    tracing::warn!(store = %self.name.display(), last_seen = self.last_seen.version, counter = now.version, "the database went back in its history (a failover to a standby that missed commits, or a restore); reloading every token and writing back what it lost")
+                }
+                false => {
+                    tracing::warn!(store = %self.name.display(), last_seen = self.last_seen.version, pruned_through = pruned, "tombstones this replica had not read were removed (it was behind by more than the tombstone horizon); reloading every token and dropping those the table no longer holds")
+                }
+            }
+            return self.reload(client, query, at, went_back);
         }
         let found = tx.query(&query.since, &[&self.last_seen.version])?;
+        // Transaction ids below the last look's (a failover, a restore into another
+        // cluster): read every `last_used` once.
+        let xmax: i64 = history.get(5);
+        let used_from = match xmax < self.last_seen.used_since {
+            true => 0,
+            false => self.last_seen.used_since,
+        };
+        let used = tx.query(&query.used, &[&used_from])?;
         tx.commit()?;
         let mut changes = Vec::new();
         for row in &found {
             self.read_row(row, &mut changes);
         }
+        changes.extend(used.iter().filter_map(rows::used));
         if !self.send(changes, at) {
             return Ok(false);
         }
@@ -241,21 +336,29 @@ impl Listener {
             .is_ok()
     }
 
-    /// After the database went back: memory takes every row (a token it lacks is added, a
-    /// tombstone deletes, revocations and expiries join), and the table takes back what it
-    /// lost that memory holds: tokens, revocations, and deletions of tokens it brought
-    /// back live. Memory is read before the table, so a token memory holds and the table
-    /// lacks was committed once and lost. `false` if the store is closed.
+    /// After the database went back (`went_back`), or removed tombstones memory had not
+    /// read: memory takes every row (a token it lacks is added, a tombstone deletes,
+    /// revocations and expiries join), and the table takes back what it lost that memory
+    /// holds: revocations, deletions of tokens it brought back live, and, after it went
+    /// back, tokens. Memory is read before the table, so a token memory holds and the
+    /// table lacks was committed once, and then either lost by the rollback or deleted
+    /// with its tombstone since removed. It is written back only after the database went
+    /// back and only if it was issued less than a horizon ago (a tombstone is removed only
+    /// once older than the horizon, and a token is deleted after it is issued, so such a
+    /// token's tombstone cannot be gone); any other is dropped from memory, the safe side.
+    /// `false` if the store is closed.
     fn reload(
         &mut self,
         client: &mut Client,
         query: &Prepared,
         at: u64,
+        went_back: bool,
     ) -> Result<bool, postgres::Error> {
-        let held: HashMap<[u8; 8], Option<u64>> = self.shared.map.with_all(|entries| {
+        // Each token memory holds: when it was revoked, and issued.
+        let held: HashMap<[u8; 8], (Option<u64>, u64)> = self.shared.map.with_all(|entries| {
             entries
                 .iter()
-                .map(|e| (e.id.to_bytes(), e.revoked_at()))
+                .map(|e| (e.id.to_bytes(), (e.revoked_at(), e.created_at)))
                 .collect()
         });
         let mut tx = snapshot(client)?;
@@ -263,6 +366,7 @@ impl Listener {
         let now = Position {
             version: history.get(0),
             stamp: history.get(1),
+            used_since: history.get(4),
         };
         let found = tx.query(&query.all, &[])?;
         tx.commit()?;
@@ -279,7 +383,7 @@ impl Listener {
                 changes.push(Change::Delete { id });
                 continue;
             }
-            if let (false, None, Some(Some(at))) =
+            if let (false, None, Some((Some(at), _))) =
                 (essentials.deleted, essentials.revoked_at, held.get(&id))
             {
                 revoke_again.push((id, *at));
@@ -293,14 +397,29 @@ impl Listener {
             }
             changes.extend(row_changes);
         }
-        let lost: HashSet<[u8; 8]> = held
-            .keys()
-            .filter(|id| !in_table.contains(*id))
-            .copied()
-            .collect();
+        let clock_now = self.shared.clock.now_ms();
+        let horizon = millis(self.horizon.age);
+        let mut lost = HashSet::new();
+        let mut gone = Vec::new();
+        for (id, (_, created)) in &held {
+            if in_table.contains(id) {
+                continue;
+            }
+            if went_back && created.saturating_add(horizon) > clock_now {
+                lost.insert(*id);
+            } else {
+                gone.push(*id);
+            }
+        }
+        if !gone.is_empty() {
+            tracing::warn!(store = %self.name.display(), dropped = gone.len(), "tokens this replica held are not in the table, not even as tombstones (deleted, their tombstones removed after the horizon; or issued before the horizon and lost by a rollback); dropped from memory");
+        }
+        for id in gone {
+            self.tombstones.insert(id);
+            changes.push(Change::Delete { id });
+        }
         let (restored, revoked, deleted) = (lost.len(), revoke_again.len(), delete_again.len());
         if restored + revoked + deleted > 0 {
-            let clock_now = self.shared.clock.now_ms();
             let written = self.shared.map.with_all(|entries| {
                 let mut back: Vec<ChangeRef<'_>> = entries
                     .iter()

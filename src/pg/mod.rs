@@ -10,6 +10,7 @@
 
 mod listen;
 mod open;
+mod prune;
 mod rows;
 mod schema;
 mod sink;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use postgres::{Client, Config, IsolationLevel};
 
 use super::listen::{Listener, Position};
+use super::prune::Horizon;
 use super::rows::{self, COLUMNS};
 use super::sink::{ListenerSlot, PgSink};
 use super::tls::Target;
@@ -40,6 +41,8 @@ pub(crate) struct Settings {
     pub(crate) migrate_schema: bool,
     /// The builder's TLS settings (the URL's take their place where it names them).
     pub(crate) tls: TlsOptions,
+    /// Tombstones older than this are removed (`Builder::tombstone_horizon`).
+    pub(crate) tombstone_horizon: Duration,
 }
 
 /// An opened database, in the parts the store's builder assembles: it starts the persister
@@ -63,6 +66,7 @@ pub(crate) struct PendingListener {
     position: Position,
     tombstones: HashSet<[u8; 8]>,
     poll: Duration,
+    horizon: Horizon,
     name: PathBuf,
     slot: ListenerSlot,
 }
@@ -76,13 +80,22 @@ impl PendingListener {
             position,
             tombstones,
             poll,
+            horizon,
             name,
             slot,
         } = self;
         config.config.application_name(LISTENER_NAME);
-        let handle = Listener::new(config, shared, position, tombstones, poll, name.clone())
-            .spawn()
-            .map_err(|e| Error::io("start the listener thread for", name, e))?;
+        let handle = Listener::new(
+            config,
+            shared,
+            position,
+            tombstones,
+            poll,
+            horizon,
+            name.clone(),
+        )
+        .spawn()
+        .map_err(|e| Error::io("start the listener thread for", name, e))?;
         *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok(())
     }
@@ -101,6 +114,12 @@ pub(crate) fn open(builder: Settings, url: String) -> Result<Opened, Error> {
         if staleness < poll.saturating_mul(2) {
             return Err(Error::InvalidSetting(format!(
                 "max_staleness ({staleness:?}) must be at least twice poll_interval ({poll:?}): a healthy idle replica catches up once per poll interval, so a smaller bound refuses good tokens; raise max_staleness or lower poll_interval"
+            )));
+        }
+        let horizon = builder.tombstone_horizon;
+        if horizon < staleness {
+            return Err(Error::InvalidSetting(format!(
+                "tombstone_horizon ({horizon:?}) must not be shorter than max_staleness ({staleness:?}): a replica may serve from memory that old, and its deletes must stay readable as tombstones that long; raise tombstone_horizon or lower max_staleness"
             )));
         }
     }
@@ -179,6 +198,10 @@ pub(crate) fn open(builder: Settings, url: String) -> Result<Opened, Error> {
             position,
             tombstones,
             poll: builder.poll_interval,
+            horizon: Horizon {
+                age: builder.tombstone_horizon,
+                prunes: migrate,
+            },
             name,
             slot,
         },
@@ -210,7 +233,8 @@ fn load(client: &mut Client, name: &std::path::Path) -> Result<Loaded, String> {
         .map_err(|e| describe(&e))?;
     let history = tx
         .query_one(
-            "SELECT v.version, c.stamp FROM tokencache_version v \
+            "SELECT v.version, c.stamp, \
+             pg_snapshot_xmin(pg_current_snapshot())::text::bigint FROM tokencache_version v \
              LEFT JOIN tokencache_commits c ON c.version = v.version",
             &[],
         )
@@ -218,6 +242,7 @@ fn load(client: &mut Client, name: &std::path::Path) -> Result<Loaded, String> {
     let position = Position {
         version: history.get(0),
         stamp: history.get(1),
+        used_since: history.get(2),
     };
     let query = format!("SELECT {COLUMNS} FROM tokencache_tokens WHERE NOT deleted");
     let found = tx.query(&query, &[]).map_err(|e| describe(&e))?;

@@ -157,3 +157,16 @@ pub(super) fn changes(record: Record, deleted: bool, out: &mut Vec<Change>) {
         out.push(Change::Used { id, at });
     }
 }
+
+/// A row read with `listen::USED_SINCE` (`id, last_used`): the change that brings memory's
+/// `last_used` to it (`change::apply` keeps the later time). `None` for a row whose id or
+/// time does not load.
+pub(super) fn used(row: &Row) -> Option<Change> {
+    let id: String = row.try_get(0).ok()?;
+    let id: [u8; 8] = id.as_bytes().try_into().ok()?;
+    let at: i64 = row.try_get::<_, Option<i64>>(1).ok()??;
+    Some(Change::Used {
+        id,
+        at: u64::try_from(at).ok()?,
+    })
+}

@@ -9,8 +9,9 @@ use super::describe;
 /// The migrations, in order; migration `n` is `MIGRATIONS[n - 1]`. Never edit one that
 /// shipped: add the next.
 pub(super) const MIGRATIONS: &[&str] = &[
-    // 1: tokens (one row per token, never removed: a delete is a tombstone, so it reaches
-    // the other replicas through the version poll), the commit-ordered version counter.
+    // 1: tokens (one row per token, removed only as a tombstone older than the horizon,
+    // from migration 3 on: a delete is a tombstone, so it reaches the other replicas
+    // through the version poll), the commit-ordered version counter.
     "CREATE TABLE tokencache_tokens (
         id             text PRIMARY KEY,
         name           text NOT NULL,
@@ -46,6 +47,27 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO tokencache_commits (version, stamp)
         SELECT version, (random() * 9.2e18)::bigint FROM tokencache_version;",
+    // 3: bounded tables and `last_used` across replicas. `deleted_at` (Unix ms, the
+    // deleting replica's clock) dates each tombstone, so tombstones older than the horizon
+    // can be removed; the tombstones already there are dated at this upgrade (by the
+    // database's clock), so none goes before one horizon from now. `tokencache_pruned`
+    // holds the greatest version of a tombstone removed: a replica whose last version read
+    // is below it may have missed a delete, and reloads. `used_xid` is the transaction that
+    // last moved `last_used` forward, by which a replica reads the `last_used` changes
+    // committed since its last look (see `listen.rs`). No column is rewritten.
+    "ALTER TABLE tokencache_tokens
+        ADD COLUMN deleted_at bigint,
+        ADD COLUMN used_xid bigint;
+    UPDATE tokencache_tokens SET deleted_at = (extract(epoch FROM now()) * 1000)::bigint
+        WHERE deleted;
+    CREATE INDEX tokencache_tokens_deleted_at ON tokencache_tokens (deleted_at) WHERE deleted;
+    CREATE INDEX tokencache_tokens_used_xid ON tokencache_tokens (used_xid)
+        WHERE used_xid IS NOT NULL;
+    CREATE TABLE tokencache_pruned (
+        one     boolean PRIMARY KEY DEFAULT true CHECK (one),
+        version bigint NOT NULL
+    );
+    INSERT INTO tokencache_pruned (one, version) VALUES (true, 0);",
 ];
 
 /// Serializes migrations across replicas (`pg_advisory_xact_lock`): "tokencac" in ASCII.

@@ -50,8 +50,11 @@ const PRUNE_EVERY: i64 = 1_000;
 /// a rotation depends on.
 const LOCK_ROWS: &str = "SELECT id, deleted, revoked_at IS NOT NULL, expires_at \
     FROM tokencache_tokens WHERE id = ANY($1) ORDER BY id FOR UPDATE";
-/// `last_used` for many tokens at once; never moves a time back.
-const USED: &str = "UPDATE tokencache_tokens AS t SET last_used = u.at \
+/// `last_used` for many tokens at once; never moves a time back. A row it moves takes this
+/// transaction's id in `used_xid`, by which other replicas read the `last_used` changes
+/// committed since their last look (see `listen.rs`).
+const USED: &str = "UPDATE tokencache_tokens AS t SET last_used = u.at, \
+    used_xid = pg_current_xact_id()::text::bigint \
     FROM unnest($1::text[], $2::bigint[]) AS u(id, at) \
     WHERE t.id = u.id AND (t.last_used IS NULL OR t.last_used < u.at)";
 /// Every new token of a batch in one statement: one array per column (scopes joined by
@@ -68,8 +71,10 @@ const ISSUE: &str = "INSERT INTO tokencache_tokens (id, name, digest, scopes, cr
 const SCOPE_SEPARATOR: &str = "\u{1f}";
 const REVOKE: &str = "UPDATE tokencache_tokens SET revoked_at = coalesce(revoked_at, $2), \
     version = $3 WHERE id = $1 AND NOT deleted";
-const DELETE: &str =
-    "UPDATE tokencache_tokens SET deleted = true, version = $2 WHERE id = $1 AND NOT deleted";
+/// A tombstone, dated (`deleted_at`, this replica's clock) so that it can be removed once
+/// older than the tombstone horizon (`prune.rs`).
+const DELETE: &str = "UPDATE tokencache_tokens SET deleted = true, version = $2, \
+    deleted_at = $3 WHERE id = $1 AND NOT deleted";
 const LIMIT: &str = "UPDATE tokencache_tokens SET rate_period_ms = $2, rate_count = $3, \
     rate_burst = $4, version = $5 WHERE id = $1 AND NOT deleted";
 const EXPIRE: &str = "UPDATE tokencache_tokens SET expires_at = least(expires_at, $2), \
@@ -381,7 +386,7 @@ pub(super) fn write(
         // the batch names them, so they can go first, together.
         issue(&mut tx, st, &definitions, version, restore)?;
         for change in &definitions {
-            define(&mut tx, st, change, version)?;
+            define(&mut tx, st, change, version, now)?;
         }
         let payload = version.to_string();
         tx.execute(&st.notify, &[&CHANNEL, &payload]).map_err(pg)?;
@@ -454,12 +459,14 @@ fn issue(
     Ok(())
 }
 
-/// Writes one change to an existing token's definition as version `version`.
+/// Writes one change to an existing token's definition as version `version`, at clock
+/// time `now` (a tombstone's date).
 fn define(
     tx: &mut Transaction<'_>,
     st: &Statements,
     change: &ChangeRef<'_>,
     version: i64,
+    now: u64,
 ) -> io::Result<()> {
     match *change {
         ChangeRef::Issue(_) | ChangeRef::Used { .. } => {}
@@ -468,7 +475,7 @@ fn define(
                 .map_err(pg)?;
         }
         ChangeRef::Delete { id } => {
-            tx.execute(&st.delete, &[&id_text(id), &version])
+            tx.execute(&st.delete, &[&id_text(id), &version, &sql_time(now)])
                 .map_err(pg)?;
         }
         ChangeRef::SetRateLimit { id, limit } => {

@@ -33,6 +33,8 @@ const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 /// PostgreSQL stores: how long the database keeps a session that sits in a transaction.
 const DEFAULT_IDLE_IN_TRANSACTION: Duration = Duration::from_secs(5);
+/// PostgreSQL stores: how long a tombstone is kept before a replica removes it.
+const DEFAULT_TOMBSTONE_HORIZON: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The default write-behind period for `last_used`.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 /// The name of every store's persister thread (in panics, debuggers and `top -H`).
@@ -65,6 +67,8 @@ pub struct Builder {
     /// TLS settings (`crate::tls`, which also holds their builder methods).
     #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
     pub(crate) tls: crate::tls::TlsOptions,
+    #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
+    tombstone_horizon: Duration,
 }
 
 impl Builder {
@@ -84,6 +88,7 @@ impl Builder {
             idle_in_transaction_timeout: DEFAULT_IDLE_IN_TRANSACTION,
             migrate_schema: true,
             tls: Default::default(),
+            tombstone_horizon: DEFAULT_TOMBSTONE_HORIZON,
         }
     }
 
@@ -187,6 +192,22 @@ impl Builder {
         self
     }
 
+    /// PostgreSQL stores only (a file store ignores it): how long the row of a deleted (or
+    /// purged) token stays in the table as a tombstone (default 7 days). Older tombstones
+    /// are removed by one replica at a time, so the table stays bounded. A replica that
+    /// had not read a removed tombstone (it was stopped or cut off longer than this)
+    /// reloads the whole table at its next catch-up instead of replaying changes, so it
+    /// still drops the deleted token. Give every replica the same horizon; their clocks must
+    /// agree to well within it.
+    ///
+    /// It must not be shorter than [`max_staleness`](Self::max_staleness) where one is
+    /// set: `open` refuses a shorter one with [`Error::InvalidSetting`]. See
+    /// `docs/REPLICAS.md`.
+    pub fn tombstone_horizon(mut self, horizon: Duration) -> Builder {
+        self.tombstone_horizon = horizon;
+        self
+    }
+
     /// Opens the store: resolves the path (a symlink means the file it points to), takes
     /// the lock, reads and checks the store file and its journal and replays the journal
     /// (refusing, with every file untouched, anything damaged but a torn last record),
@@ -248,6 +269,7 @@ impl Builder {
             idle_in_transaction_timeout: self.idle_in_transaction_timeout,
             migrate_schema: self.migrate_schema,
             tls: self.tls.clone(),
+            tombstone_horizon: self.tombstone_horizon,
         };
         let opened = crate::pg::open(settings, url)?;
         let store = self.start(

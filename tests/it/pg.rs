@@ -123,8 +123,8 @@ impl Drop for Replica {
 }
 
 /// Child process (run by [`Replica::spawn`], not a test of its own): opens the store and answers `validate SECRET`, `issue NAME`,
-/// `revoke ID`, `delete ID`, `rotate ID` (no grace), `list` and `quit`, one line each,
-/// after [`MARK`].
+/// `revoke ID`, `delete ID`, `rotate ID` (no grace), `flush`, `used ID` (its `last_used`
+/// in Unix ms, or `none`), `list` and `quit`, one line each, after [`MARK`].
 #[test]
 #[ignore = "child process: a replica, run by the tests through `Replica::spawn`"]
 fn child_replica() {
@@ -162,6 +162,11 @@ fn child_replica() {
                 Ok(issued) => format!("{} {}", issued.secret(), issued.id()),
                 Err(e) => format!("error {e}"),
             },
+            "flush" => match store.flush() {
+                Ok(()) => "ok".into(),
+                Err(e) => format!("error {e}"),
+            },
+            "used" => last_used_ms(&store, &arg.parse().unwrap()),
             "list" => listing(&store)
                 .iter()
                 .map(|(id, revoked)| format!("{id}:{revoked}"))
@@ -173,6 +178,14 @@ fn child_replica() {
         out.flush().unwrap();
     }
     store.close().unwrap();
+}
+
+/// What `get(id)` says of a token's `last_used`: Unix ms, or `none`.
+fn last_used_ms(store: &TokenStore, id: &TokenId) -> String {
+    match store.get(id).and_then(|t| t.last_used) {
+        Some(at) => at.timestamp_millis().to_string(),
+        None => "none".into(),
+    }
 }
 
 /// A store's tokens: id and whether revoked.
@@ -839,7 +852,7 @@ fn replicas_opening_a_new_database_together_migrate_it_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2], "each migration once");
+    assert_eq!(versions, [1, 2, 3], "each migration once");
     let issued = stores[0].issue(NewToken::new("shared")).unwrap();
     for store in &stores {
         pg::within(BOUND, || store.validate(issued.secret()).is_ok())
@@ -864,7 +877,7 @@ fn the_schema_is_versioned_and_a_newer_one_is_refused() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
     // Opening again applies nothing.
     drop(open(&url, Duration::from_secs(1)));
     client
@@ -1459,7 +1472,9 @@ fn a_schema_1_database_is_upgraded_on_open_to_bigint_counts_and_the_commit_log()
              CREATE INDEX tokencache_tokens_version ON tokencache_tokens (version);
              CREATE TABLE tokencache_version (one boolean PRIMARY KEY DEFAULT true CHECK (one),
                  version bigint NOT NULL);
-             INSERT INTO tokencache_version (one, version) VALUES (true, 0);",
+             INSERT INTO tokencache_version (one, version) VALUES (true, 0);
+             INSERT INTO tokencache_tokens (id, name, digest, scopes, created_at, version, deleted)
+                 VALUES ('tombston', 'old', '\\x00', '{}', 0, 0, true);",
         )
         .unwrap();
     // A read-only open does not upgrade it, and says so.
@@ -1489,6 +1504,22 @@ fn a_schema_1_database_is_upgraded_on_open_to_bigint_counts_and_the_commit_log()
         .unwrap()
         .get(0);
     assert_eq!(stamped, 2, "version 0 (at the upgrade) and the issue");
+    // Schema 3: the tombstone already there is dated at the upgrade (so it is kept one
+    // horizon from now), and the pruned mark starts at 0.
+    let (dated, mark): (bool, i64) = (
+        client
+            .query_one(
+                "SELECT deleted_at > 0 FROM tokencache_tokens WHERE id = 'tombston'",
+                &[],
+            )
+            .unwrap()
+            .get(0),
+        client
+            .query_one("SELECT version FROM tokencache_pruned", &[])
+            .unwrap()
+            .get(0),
+    );
+    assert!(dated && mark == 0, "dated {dated}, mark {mark}");
     let b = open(&url, Duration::from_secs(1));
     assert_eq!(b.get(&token.id()), a.get(&token.id()));
 }
@@ -1641,4 +1672,273 @@ fn replicas_converge_after_a_failover_a_restore_a_frozen_writer_and_a_racing_rot
         rotated.len(),
         ids.len()
     );
+}
+
+/// `pg_try_advisory_xact_lock` key of the tombstone prune (`src/pg/prune.rs`, REPLICAS.md).
+const PRUNE_LOCK: i64 = 0x7463_7072_756e_6531;
+
+/// Every row of the table, tombstones included: id and whether deleted.
+fn rows(url: &str) -> BTreeMap<String, bool> {
+    pg::connect(url)
+        .query("SELECT id, deleted FROM tokencache_tokens", &[])
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+/// Waits until `store` reports a catch-up at `clock`'s time or later: its listener has then
+/// also tried to prune at that time (it tries just before the catch-up, at one clock
+/// reading).
+fn caught_up_at(store: &TokenStore, clock: &ManualClock) {
+    use tokencache::Clock;
+    let now = clock.now_ms() as i64;
+    pg::within(BOUND, || {
+        store
+            .stats()
+            .last_catch_up_at
+            .is_some_and(|at| at.timestamp_millis() >= now)
+    })
+    .expect("a catch-up at the clock's time");
+}
+
+/// A manual clock at the real time (child replicas run on the system clock, and must not
+/// find this store's tombstones a horizon old).
+fn clock_at_now() -> ManualClock {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    ManualClock::new(now.as_millis() as u64)
+}
+
+/// Tombstones older than the horizon are removed, newer ones stay, and nobody prunes while
+/// another holds the prune's advisory lock; the pruned mark holds the removed version.
+#[test]
+fn tombstones_older_than_the_horizon_are_removed_by_one_replica_at_a_time() {
+    let url = pg::fresh_db();
+    let clock = ManualClock::default();
+    let a = TokenStore::builder(&url)
+        .clock(clock.clone())
+        .poll_interval(Duration::from_millis(20))
+        .tombstone_horizon(Duration::from_secs(3600))
+        .open()
+        .unwrap();
+    let old = a.issue(NewToken::new("deleted first")).unwrap();
+    let young = a.issue(NewToken::new("deleted later")).unwrap();
+    let live = a.issue(NewToken::new("live")).unwrap();
+    a.delete(&old.id()).unwrap();
+    clock.advance(Duration::from_secs(30 * 60));
+    a.delete(&young.id()).unwrap();
+    let expected = |old_row: bool| {
+        let mut m = BTreeMap::from([
+            (young.id().to_string(), true),
+            (live.id().to_string(), false),
+        ]);
+        if old_row {
+            m.insert(old.id().to_string(), true);
+        }
+        m
+    };
+
+    // Another replica (here a plain session) holds the lock: the old tombstone stays.
+    let mut holder = pg::connect(&url);
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&PRUNE_LOCK])
+        .unwrap();
+    clock.advance(Duration::from_secs(31 * 60));
+    caught_up_at(&a, &clock);
+    assert_eq!(
+        rows(&url),
+        expected(true),
+        "nobody prunes while the lock is held"
+    );
+
+    holder
+        .execute("SELECT pg_advisory_unlock($1)", &[&PRUNE_LOCK])
+        .unwrap();
+    clock.advance(Duration::from_secs(60));
+    caught_up_at(&a, &clock);
+    assert_eq!(
+        rows(&url),
+        expected(false),
+        "61 minutes old: removed; 31 minutes old: kept"
+    );
+    let mut client = pg::connect(&url);
+    let (mark, old_version): (i64, i64) = (
+        client
+            .query_one("SELECT version FROM tokencache_pruned", &[])
+            .unwrap()
+            .get(0),
+        client
+            .query_one("SELECT version FROM tokencache_version", &[])
+            .unwrap()
+            .get::<_, i64>(0)
+            - 1,
+    );
+    assert_eq!(
+        mark, old_version,
+        "the mark is the removed tombstone's version"
+    );
+    assert!(a.validate(live.secret()).is_ok());
+    assert_eq!(a.validate(old.secret()).unwrap_err(), Rejection::Unknown);
+}
+
+/// A replica stopped (SIGSTOP) while another deletes a token and, a horizon later, removes
+/// its tombstone: at its next catch-up it finds the tombstone gone, reloads, and refuses the
+/// token (replaying the versions since would not tell it), without writing it back.
+#[test]
+fn a_replica_stopped_past_the_tombstone_horizon_reloads_and_refuses_a_token_deleted_meanwhile() {
+    let url = pg::fresh_db();
+    let poll = Duration::from_millis(50);
+    let clock = clock_at_now();
+    let a = TokenStore::builder(&url)
+        .clock(clock.clone())
+        .poll_interval(poll)
+        .tombstone_horizon(Duration::from_secs(3600))
+        .open()
+        .unwrap();
+    let doomed = a.issue(NewToken::new("doomed")).unwrap();
+    let kept = a.issue(NewToken::new("kept")).unwrap();
+    let mut b = Replica::spawn(&url, poll);
+    b.until(doomed.secret(), "ok", BOUND)
+        .expect("B has the token");
+
+    b.signal("STOP");
+    a.delete(&doomed.id()).unwrap();
+    clock.advance(Duration::from_secs(2 * 3600));
+    caught_up_at(&a, &clock);
+    assert!(
+        !rows(&url).contains_key(&doomed.id().to_string()),
+        "A removed the tombstone"
+    );
+    b.signal("CONT");
+
+    let took = b
+        .until(doomed.secret(), "unknown", BOUND)
+        .expect("B reloads and drops the token whose tombstone it never read");
+    println!(
+        "a replica stopped past the horizon refuses the deleted token {took:?} after it resumes"
+    );
+    assert_eq!(b.validate(kept.secret()), "ok");
+    assert!(
+        !rows(&url).contains_key(&doomed.id().to_string()),
+        "B did not write the token back"
+    );
+    assert_eq!(a.validate(doomed.secret()).unwrap_err(), Rejection::Unknown);
+    assert!(converged(&url, &[&a], &mut [&mut b]), "memory and table");
+}
+
+#[test]
+fn a_tombstone_horizon_shorter_than_max_staleness_is_refused_at_open() {
+    let url = pg::fresh_db();
+    let refused = TokenStore::builder(&url)
+        .poll_interval(Duration::from_secs(1))
+        .max_staleness(Duration::from_secs(60))
+        .tombstone_horizon(Duration::from_secs(30))
+        .open()
+        .expect_err("a horizon shorter than max_staleness");
+    let text = refused.to_string();
+    assert!(
+        text.contains("tombstone_horizon") && text.contains("max_staleness"),
+        "{text}"
+    );
+    TokenStore::builder(&url)
+        .poll_interval(Duration::from_secs(1))
+        .max_staleness(Duration::from_secs(60))
+        .tombstone_horizon(Duration::from_secs(60))
+        .open()
+        .expect("a horizon equal to max_staleness is accepted");
+}
+
+/// A token validated on a replica in another process: this process's replica learns its
+/// `last_used` without any change to the token's definition (flush intervals of 100 ms,
+/// held to the generous `BOUND`), and the other way; `get` and `list` agree with the table.
+#[test]
+fn last_used_reaches_every_replica_within_two_flush_intervals() {
+    let url = pg::fresh_db();
+    let interval = Duration::from_millis(100);
+    let a = TokenStore::builder(&url)
+        .poll_interval(interval)
+        .flush_interval(interval)
+        .open()
+        .unwrap();
+    let token = a.issue(NewToken::new("shared")).unwrap();
+    let id = token.id();
+    let mut b = Replica::spawn(&url, interval);
+    b.until(token.secret(), "ok", BOUND)
+        .expect("B has the token");
+    let b_used = b.ask(&format!("used {id}"));
+    assert_ne!(b_used, "none");
+    let table_used = |url: &str| -> String {
+        let at: Option<i64> = pg::connect(url)
+            .query_one(
+                "SELECT last_used FROM tokencache_tokens WHERE id = $1",
+                &[&id.to_string()],
+            )
+            .unwrap()
+            .get(0);
+        at.map_or("none".into(), |at| at.to_string())
+    };
+
+    let took = pg::within(BOUND, || last_used_ms(&a, &id) == b_used)
+        .expect("A learns the last_used of a validation on B");
+    println!("B's last_used reached A in {took:?} (flush and poll intervals 100 ms)");
+    let listed = a.list().into_iter().find(|t| t.id == id).unwrap();
+    assert_eq!(
+        listed.last_used.map(|at| at.timestamp_millis().to_string()),
+        Some(b_used.clone())
+    );
+    assert_eq!(table_used(&url), b_used);
+
+    thread::sleep(Duration::from_millis(5));
+    a.validate(token.secret()).unwrap();
+    let a_used = last_used_ms(&a, &id);
+    assert!(a_used.parse::<i64>().unwrap() > b_used.parse::<i64>().unwrap());
+    pg::within(BOUND, || b.ask(&format!("used {id}")) == a_used)
+        .expect("B learns A's later last_used");
+    assert_eq!(table_used(&url), a_used);
+    assert_eq!(last_used_ms(&a, &id), a_used, "never moved back");
+}
+
+/// After a rollback of the database (a failover to a standby that missed commits), a token
+/// memory holds and the table lacks is written back only if issued less than one horizon
+/// ago: an older one's row may be missing because it was deleted and its tombstone
+/// removed, so it is dropped (the safe side), never made valid again.
+#[test]
+fn after_a_rollback_a_lost_token_older_than_the_horizon_is_dropped_not_written_back() {
+    let url = pg::fresh_db();
+    let clock = ManualClock::default();
+    let replica = || {
+        TokenStore::builder(&url)
+            .clock(clock.clone())
+            .poll_interval(Duration::from_millis(50))
+            .tombstone_horizon(Duration::from_secs(3600))
+            .open()
+            .unwrap()
+    };
+    let (a, b) = (replica(), replica());
+    standby_has_up_to_here(&url);
+    let old = a.issue(NewToken::new("issued two hours before")).unwrap();
+    clock.advance(Duration::from_secs(2 * 3600));
+    let young = a.issue(NewToken::new("issued just now")).unwrap();
+    pg::within(BOUND, || b.validate(young.secret()).is_ok()).expect("B has both");
+    assert!(b.validate(old.secret()).is_ok());
+
+    fail_over_to_the_standby(&url);
+    let after = a.issue(NewToken::new("after the failover")).unwrap();
+    pg::within(BOUND, || b.validate(after.secret()).is_ok()).expect("B reloaded");
+    assert!(converged(&url, &[&a, &b], &mut []), "memory and table");
+    let t = table(&url);
+    assert!(
+        t.contains_key(&young.id().to_string()),
+        "the young token is written back"
+    );
+    assert!(!t.contains_key(&old.id().to_string()), "the old one is not");
+    for store in [&a, &b] {
+        assert!(store.validate(young.secret()).is_ok());
+        assert_eq!(
+            store.validate(old.secret()).unwrap_err(),
+            Rejection::Unknown
+        );
+    }
 }
