@@ -141,6 +141,7 @@ impl Listener {
     /// timer and catch up again. `Ok` once the store closed; `Err` when the connection
     /// failed.
     fn session(&mut self, backoff: &mut Duration) -> Result<(), postgres::Error> {
+        let reconnect = self.lost.then(crate::observe::Op::reconnect);
         let mut client = self.config.connect(NoTls)?;
         client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
         let query = Prepared {
@@ -156,6 +157,7 @@ impl Listener {
         }
         if self.lost {
             tracing::info!(store = %self.name.display(), "reconnected to the database and caught up");
+            crate::observe::reconnected(reconnect);
             self.lost = false;
         }
         *backoff = FIRST_BACKOFF;
@@ -185,6 +187,7 @@ impl Listener {
     /// database no longer holds the history memory was read from, reloads instead.
     /// `false` if the store is closed.
     fn catch_up(&mut self, client: &mut Client, query: &Prepared) -> Result<bool, postgres::Error> {
+        let op = crate::observe::Op::catch_up();
         let at = self.shared.clock.now_ms();
         let mut tx = snapshot(client)?;
         let history = tx.query_one(&query.history, &[&self.last_seen.version])?;
@@ -199,6 +202,7 @@ impl Listener {
             return self.reload(client, query, at);
         }
         let found = tx.query(&query.since, &[&self.last_seen.version])?;
+        op.records(found.len());
         tx.commit()?;
         let mut changes = Vec::new();
         for row in &found {
