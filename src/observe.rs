@@ -198,15 +198,47 @@ mod facade {
     pub(super) fn describe() {
         describe_counter!(VALIDATIONS, Unit::Count, "Validations by outcome: accepted, or the rejection's reason (published by the persister at least once a second)");
         describe_counter!(CHANGES, Unit::Count, "Changes written, by kind: tokens issued, revoked, deleted, rotated, rate limits set, tokens purged");
-        describe_counter!(WRITE_FAILURES, Unit::Count, "Durable writes that failed (each is retried)");
-        describe_counter!(JOURNAL_RECORDS, Unit::Count, "Journal records appended (PostgreSQL stores: transactions committed)");
+        describe_counter!(
+            WRITE_FAILURES,
+            Unit::Count,
+            "Durable writes that failed (each is retried)"
+        );
+        describe_counter!(
+            JOURNAL_RECORDS,
+            Unit::Count,
+            "Journal records appended (PostgreSQL stores: transactions committed)"
+        );
         describe_counter!(JOURNAL_BYTES, Unit::Bytes, "Bytes appended to the journal");
-        describe_counter!(COMPACTIONS, Unit::Count, "Compactions: snapshots replacing the store file");
-        describe_histogram!(WRITE_SECONDS, Unit::Seconds, "One durable write: journal append and fsync, or the database transaction");
-        describe_histogram!(COMPACTION_SECONDS, Unit::Seconds, "One compaction: the snapshot and a fresh journal");
-        describe_gauge!(TOKENS, Unit::Count, "Tokens in memory, revoked ones included, summed over the open stores");
-        describe_gauge!(REPLICA_LAG, Unit::Seconds, "PostgreSQL stores: time since this replica last caught up with the database");
-        describe_counter!(RECONNECTS, Unit::Count, "PostgreSQL stores: reconnections of the replica's listener after it lost the database");
+        describe_counter!(
+            COMPACTIONS,
+            Unit::Count,
+            "Compactions: snapshots replacing the store file"
+        );
+        describe_histogram!(
+            WRITE_SECONDS,
+            Unit::Seconds,
+            "One durable write: journal append and fsync, or the database transaction"
+        );
+        describe_histogram!(
+            COMPACTION_SECONDS,
+            Unit::Seconds,
+            "One compaction: the snapshot and a fresh journal"
+        );
+        describe_gauge!(
+            TOKENS,
+            Unit::Count,
+            "Tokens in memory, revoked ones included, summed over the open stores"
+        );
+        describe_gauge!(
+            REPLICA_LAG,
+            Unit::Seconds,
+            "PostgreSQL stores: time since this replica last caught up with the database"
+        );
+        describe_counter!(
+            RECONNECTS,
+            Unit::Count,
+            "PostgreSQL stores: reconnections of the replica's listener after it lost the database"
+        );
     }
 
     pub(super) fn appended(bytes: u64, took: Duration) {
@@ -261,7 +293,9 @@ mod facade {
             }
             self.at = Some(Instant::now());
             let counts = shared.counters.outcomes();
-            for ((count, last), outcome) in counts.iter().zip(&mut self.validations).zip(OUTCOME_NAMES) {
+            for ((count, last), outcome) in
+                counts.iter().zip(&mut self.validations).zip(OUTCOME_NAMES)
+            {
                 // The striped counters only grow.
                 let grown = count.saturating_sub(*last);
                 if grown > 0 || *last == 0 {
@@ -269,7 +303,11 @@ mod facade {
                 }
                 *last = *count;
             }
-            let tokens = if closing { 0.0 } else { shared.map.len() as f64 };
+            let tokens = if closing {
+                0.0
+            } else {
+                shared.map.len() as f64
+            };
             gauge!(TOKENS).increment(tokens - self.tokens);
             self.tokens = tokens;
             let synced = shared.counters.last_sync_at.load(Relaxed);

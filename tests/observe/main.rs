@@ -37,9 +37,11 @@ pub fn one_at_a_time() -> MutexGuard<'static, ()> {
 /// A temp directory and a store path in it.
 pub struct Scratch {
     _dir: tempfile::TempDir,
+    /// `tokens.snap` in the directory.
     pub path: PathBuf,
 }
 
+/// A new temp directory (removed on drop) and a store path in it.
 pub fn scratch() -> Scratch {
     let dir = tempfile::tempdir().expect("a temp dir");
     let path = dir.path().join("tokens.snap");

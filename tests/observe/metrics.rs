@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use metrics::{
@@ -33,30 +33,78 @@ fn snapshotter() -> &'static Snapshotter {
 }
 
 /// What the recorder holds: counters and gauges as they stand, histograms' samples since
-/// the last reading (reading drains them), and each name's unit.
+/// the last reading, and each name's unit.
 pub struct Readings {
-    values: HashMap<(String, Vec<(String, String)>), DebugValue>,
+    values: HashMap<(String, Vec<(String, String)>), Value>,
     units: HashMap<String, Option<Unit>>,
 }
 
+/// A value as read.
+#[derive(Debug, Clone)]
+enum Value {
+    Counter(u64),
+    Gauge(f64),
+    Histogram(Vec<f64>),
+}
+
+impl From<DebugValue> for Value {
+    fn from(value: DebugValue) -> Value {
+        match value {
+            DebugValue::Counter(n) => Value::Counter(n),
+            DebugValue::Gauge(x) => Value::Gauge(x.into_inner()),
+            DebugValue::Histogram(xs) => {
+                Value::Histogram(xs.iter().map(|x| x.into_inner()).collect())
+            }
+        }
+    }
+}
+
+/// The gauges the store sets (the others it moves by increments).
+const SET_GAUGES: [&str; 1] = ["tokencache_replica_lag_seconds"];
+
+/// Reads the recorder. Its snapshots drain what they read (counters and gauges back to 0,
+/// histograms emptied), so the totals are kept here: counters and the gauges the store
+/// moves by increments add up, a set gauge keeps the value set last.
 pub fn read() -> Readings {
-    let mut values = HashMap::new();
-    let mut units = HashMap::new();
+    static TOTALS: Mutex<Option<Readings>> = Mutex::new(None);
+    let mut totals = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+    let totals = totals.get_or_insert_with(|| Readings {
+        values: HashMap::new(),
+        units: HashMap::new(),
+    });
+    let mut histograms = HashMap::new();
     for (key, unit, _description, value) in snapshotter().snapshot().into_vec() {
         let key = key.key();
         let name = key.name().to_string();
-        let labels = key
+        let labels: Vec<(String, String)> = key
             .labels()
             .map(|l| (l.key().to_string(), l.value().to_string()))
             .collect();
-        units.insert(name.clone(), unit);
-        values.insert((name, labels), value);
+        totals.units.insert(name.clone(), unit);
+        let id = (name, labels);
+        let total = match (totals.values.remove(&id), Value::from(value)) {
+            (Some(Value::Counter(a)), Value::Counter(b)) => Value::Counter(a + b),
+            (Some(Value::Gauge(a)), Value::Gauge(b)) if !SET_GAUGES.contains(&id.0.as_str()) => {
+                Value::Gauge(a + b)
+            }
+            (_, Value::Histogram(xs)) => {
+                histograms.insert(id, Value::Histogram(xs));
+                continue;
+            }
+            (_, value) => value,
+        };
+        totals.values.insert(id, total);
     }
-    Readings { values, units }
+    let mut values = totals.values.clone();
+    values.extend(histograms);
+    Readings {
+        values,
+        units: totals.units.clone(),
+    }
 }
 
 impl Readings {
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<&Value> {
         let labels = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -67,7 +115,7 @@ impl Readings {
     /// A counter (0 until first published).
     pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         match self.get(name, labels) {
-            Some(DebugValue::Counter(n)) => *n,
+            Some(Value::Counter(n)) => *n,
             None => 0,
             Some(other) => panic!("{name} is no counter: {other:?}"),
         }
@@ -75,7 +123,7 @@ impl Readings {
 
     pub fn gauge(&self, name: &str) -> Option<f64> {
         match self.get(name, &[]) {
-            Some(DebugValue::Gauge(x)) => Some(x.into_inner()),
+            Some(Value::Gauge(x)) => Some(*x),
             None => None,
             Some(other) => panic!("{name} is no gauge: {other:?}"),
         }
@@ -84,7 +132,7 @@ impl Readings {
     /// A histogram's samples since the last reading.
     pub fn samples(&self, name: &str) -> Vec<f64> {
         match self.get(name, &[]) {
-            Some(DebugValue::Histogram(xs)) => xs.iter().map(|x| x.into_inner()).collect(),
+            Some(Value::Histogram(xs)) => xs.clone(),
             None => Vec::new(),
             Some(other) => panic!("{name} is no histogram: {other:?}"),
         }
@@ -122,9 +170,7 @@ fn validations_are_published_by_outcome() {
     let s = scratch();
     let (builder, clock) = manual_builder(&s.path);
     let store = builder.open().unwrap();
-    let good = store
-        .issue(NewToken::new("good").scopes(["read"]))
-        .unwrap();
+    let good = store.issue(NewToken::new("good").scopes(["read"])).unwrap();
     let revoked = store.issue(NewToken::new("revoked")).unwrap();
     store.revoke(&revoked.id()).unwrap();
     let gone = store.issue(NewToken::new("gone")).unwrap();
@@ -155,7 +201,8 @@ fn validations_are_published_by_outcome() {
     let grown: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
     assert_eq!(grown, [4, 1, 1, 1, 1, 1, 1, 0], "in the order {OUTCOMES:?}");
     let stats = store.stats();
-    assert_eq!(after[0], stats.validations);
+    assert_eq!(grown[0], stats.validations);
+    assert_eq!(grown[1..].iter().sum::<u64>(), stats.rejections.total());
     store.close().unwrap();
 }
 
@@ -196,7 +243,7 @@ fn changes_are_counted_by_kind_once_written() {
     let before = kinds.map(|k| changes(&r, k));
 
     let issued = store
-        .issue_many((0..4).map(|i| NewToken::new(format!("t{i}"))).collect())
+        .issue_many((0..4).map(|i| NewToken::new(format!("t{i}"))))
         .unwrap();
     store.issue(NewToken::new("one more")).unwrap();
     store.revoke(&issued[0].id()).unwrap();
@@ -239,14 +286,20 @@ fn journal_records_bytes_and_write_seconds_follow_each_write() {
     let stats_after = store.stats();
     let records = "tokencache_journal_records_total";
     let bytes = "tokencache_journal_bytes_total";
-    assert_eq!(after.counter(records, &[]) - before.counter(records, &[]), 5);
+    assert_eq!(
+        after.counter(records, &[]) - before.counter(records, &[]),
+        5
+    );
     assert_eq!(
         after.counter(bytes, &[]) - before.counter(bytes, &[]),
         stats_after.journal_bytes_written - stats_before.journal_bytes_written
     );
     let samples = after.samples("tokencache_write_seconds");
     assert_eq!(samples.len(), 5, "{samples:?}");
-    assert!(samples.iter().all(|&x| x > 0.0 && x < 3600.0), "{samples:?}");
+    assert!(
+        samples.iter().all(|&x| x > 0.0 && x < 3600.0),
+        "{samples:?}"
+    );
     store.close().unwrap();
 }
 
@@ -267,7 +320,10 @@ fn compactions_are_counted_and_tokens_leave_the_gauge_at_close() {
     let open = read();
     assert_eq!(open.gauge("tokencache_tokens"), Some(tokens_before + 3.0));
     let compactions = "tokencache_compactions_total";
-    assert_eq!(open.counter(compactions, &[]), before.counter(compactions, &[]));
+    assert_eq!(
+        open.counter(compactions, &[]),
+        before.counter(compactions, &[])
+    );
 
     store.close().unwrap(); // The journal has records: close compacts.
     let closed = read();
@@ -412,9 +468,7 @@ fn the_hot_path_never_calls_the_facade() {
     let s = scratch();
     let (builder, _clock) = manual_builder(&s.path);
     let store: TokenStore = builder.open().unwrap();
-    let good = store
-        .issue(NewToken::new("good").scopes(["read"]))
-        .unwrap();
+    let good = store.issue(NewToken::new("good").scopes(["read"])).unwrap();
     let limited = store
         .issue(NewToken::new("limited").rate_limit(RateLimit::per_second(1)))
         .unwrap();
@@ -435,6 +489,10 @@ fn the_hot_path_never_calls_the_facade() {
             let _ = std::hint::black_box(store.validate("tc_not-a-token"));
         }
     });
-    assert_eq!(recorder.calls(), before, "validate called the metrics facade");
+    assert_eq!(
+        recorder.calls(),
+        before,
+        "validate called the metrics facade"
+    );
     store.close().unwrap();
 }

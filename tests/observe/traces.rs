@@ -32,8 +32,11 @@ impl Seen {
     }
 
     pub fn number(&self, name: &str) -> u64 {
-        let text = self.field(name).unwrap_or_else(|| panic!("no {name}: {self:?}"));
-        text.parse().unwrap_or_else(|_| panic!("{name} is no number: {self:?}"))
+        let text = self
+            .field(name)
+            .unwrap_or_else(|| panic!("no {name}: {self:?}"));
+        text.parse()
+            .unwrap_or_else(|_| panic!("{name} is no number: {self:?}"))
     }
 }
 
@@ -169,9 +172,7 @@ fn validations_leave_no_span_and_no_event() {
     let s = scratch();
     let (builder, _clock) = manual_builder(&s.path);
     let store: TokenStore = builder.open().unwrap();
-    let good = store
-        .issue(NewToken::new("good").scopes(["read"]))
-        .unwrap();
+    let good = store.issue(NewToken::new("good").scopes(["read"])).unwrap();
     let revoked = store.issue(NewToken::new("revoked")).unwrap();
     store.revoke(&revoked.id()).unwrap();
     capture();
@@ -182,11 +183,7 @@ fn validations_leave_no_span_and_no_event() {
         assert!(store.validate(revoked.secret()).is_err());
         assert!(store.validate("tc_not-a-token").is_err());
     }
-    let mine: Vec<Seen> = seen()
-        .iter()
-        .filter(|s| s.thread == me)
-        .cloned()
-        .collect();
+    let mine: Vec<Seen> = seen().iter().filter(|s| s.thread == me).cloned().collect();
     assert!(mine.is_empty(), "{mine:#?}");
     store.close().unwrap();
 }
