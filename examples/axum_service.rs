@@ -95,7 +95,8 @@ pub async fn serve(path: &str, addr: &str) -> Result<(), Box<dyn std::error::Err
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-        .try_init()?;
+        .try_init()
+        .map_err(|e| e.to_string())?;
     // Before the store opens, so it describes its metrics (with their units) to this one.
     let metrics = PrometheusBuilder::new().install_recorder()?;
     let upkeep = metrics.clone();
