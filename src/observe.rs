@@ -81,6 +81,7 @@ impl Op {
     }
 
     /// A replica's catch-up: the rows other replicas changed since the last one.
+    #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
     pub(crate) fn catch_up() -> Op {
         Op::new(tracing::info_span!(
             "catch_up",
@@ -90,11 +91,13 @@ impl Op {
     }
 
     /// A replica's listener connecting (and catching up) again after it lost the database.
+    #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
     pub(crate) fn reconnect() -> Op {
         Op::new(tracing::info_span!("reconnect", duration = Empty))
     }
 
     /// Notes how many records (rows) the operation read.
+    #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
     pub(crate) fn records(&self, records: usize) {
         self.span.record("records", records);
     }
@@ -119,6 +122,7 @@ impl Drop for Op {
 }
 
 /// The listener is connected and caught up again (`reconnect` is its [`Op::reconnect`]).
+#[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
 pub(crate) fn reconnected(reconnect: Option<Op>) {
     if reconnect.is_some() {
         facade::reconnected();
@@ -335,6 +339,7 @@ mod facade {
     pub(super) fn appended(_bytes: u64, _took: Duration) {}
     #[inline]
     pub(super) fn compacted(_took: Duration) {}
+    #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
     #[inline]
     pub(super) fn reconnected() {}
     #[inline]
