@@ -44,6 +44,8 @@
 //! that the command line filters out builds nothing.
 //!
 //! `cargo bench --bench store` (about 8 minutes); one group: `cargo bench --bench store -- hot_token`.
+//! `TOKENCACHE_BENCH_RECORDER=1 cargo bench --features metrics --bench store -- validate`:
+//! the same with a metrics recorder installed.
 
 use std::cell::{Cell, OnceCell};
 use std::collections::HashMap;
@@ -102,6 +104,17 @@ fn spread(issued: &[IssuedToken]) -> Vec<String> {
 }
 
 fn validate(c: &mut Criterion) {
+    // `TOKENCACHE_BENCH_RECORDER=1` with `--features metrics`: a Prometheus recorder is
+    // installed before the stores open, as in a service that exports metrics, so the
+    // persisters publish to it every second while validations run (docs/BENCHMARKS.md
+    // compares the two, taking turns).
+    #[cfg(feature = "metrics")]
+    if std::env::var_os("TOKENCACHE_BENCH_RECORDER").is_some() {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("install the Prometheus recorder");
+        eprintln!("validate: a Prometheus recorder is installed");
+    }
     let mut group = c.benchmark_group("validate");
     for (count, label) in SIZES {
         let dir = TempDir::new().expect("temp dir");

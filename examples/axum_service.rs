@@ -3,11 +3,17 @@
 //! ```sh
 //! tokencache --store demo.snap issue reader --scope read            # prints a token
 //! tokencache --store demo.snap issue writer --scope write           # issue before starting:
-//! cargo run --example axum_service --features axum -- demo.snap     # the server locks the store
+//! cargo run --example axum_service --features axum,metrics -- demo.snap  # it locks the store
 //! curl -i localhost:3000/health
 //! curl -i -H "Authorization: Bearer $TOKEN" localhost:3000/me
 //! curl -i -X POST -H "Authorization: Bearer $TOKEN" localhost:3000/items
+//! curl -s localhost:3000/metrics | grep tokencache_validations_total
 //! ```
+//!
+//! `/metrics` is the Prometheus text of the store's metrics (docs/OBSERVABILITY.md):
+//! `metrics-exporter-prometheus` records them and an axum route renders them, so the
+//! service needs no second listener. The store's spans (one per durable write, compaction,
+//! catch-up, reconnect) are logged to stderr by `tracing-subscriber` when they close.
 //!
 //! The store path is the first argument, else `$TOKENCACHE_STORE` (as the CLI), else
 //! `tokens.snap`; the address is `$TOKENCACHE_ADDR`, else `127.0.0.1:3000`.
@@ -21,6 +27,7 @@ use std::future::Future;
 
 use axum::routing::{get, post};
 use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokencache::{OwnedToken, TokenLayer, TokenStore};
 
 /// Public: no token needed.
@@ -44,11 +51,12 @@ async fn create_item(token: OwnedToken) -> String {
     format!("created an item for {}\n", token.name())
 }
 
-/// The service: `/health` public, `/me` for any valid token, `POST /items` for `write`.
+/// The service: `/health` and `/metrics` public, `/me` for any valid token, `POST /items`
+/// for `write`.
 ///
 /// Each protected group gets its own `route_layer`, so no route passes two `TokenLayer`s
 /// (each validation spends rate-limit quota).
-fn app(store: &TokenStore) -> Router {
+fn app(store: &TokenStore, metrics: PrometheusHandle) -> Router {
     let readers = Router::new()
         .route("/me", get(me))
         .route_layer(TokenLayer::new(store.clone()).realm("demo"));
@@ -61,6 +69,7 @@ fn app(store: &TokenStore) -> Router {
         );
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(move || async move { metrics.render() }))
         .merge(readers)
         .merge(writers)
 }
@@ -82,6 +91,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// default action (death, with the pending `last_used` times lost).
 pub async fn serve(path: &str, addr: &str) -> Result<(), Box<dyn std::error::Error>> {
     let stop = shutdown_signal()?;
+    // Spans on stderr as they close (with their fields: records, bytes, duration...).
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .try_init()
+        .map_err(|e| e.to_string())?;
+    // Before the store opens, so it describes its metrics (with their units) to this one.
+    let metrics = PrometheusBuilder::new().install_recorder()?;
+    let upkeep = metrics.clone();
+    // Histograms keep their samples until upkeep drains them into the summaries.
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        upkeep.run_upkeep();
+    });
     let store = TokenStore::open(path)?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     eprintln!(
@@ -89,7 +112,7 @@ pub async fn serve(path: &str, addr: &str) -> Result<(), Box<dyn std::error::Err
         store.list().len(),
         listener.local_addr()?
     );
-    axum::serve(listener, app(&store))
+    axum::serve(listener, app(&store, metrics))
         .with_graceful_shutdown(async move {
             let signal = stop.await;
             eprintln!("{signal}: finishing the requests in flight, then closing the store");

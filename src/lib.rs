@@ -61,6 +61,7 @@ mod journal;
 mod layer;
 mod location;
 mod map;
+mod observe;
 mod persist;
 #[cfg(all(feature = "postgres", not(loom)))]
 mod pg;

@@ -15,7 +15,24 @@ use crossbeam_utils::CachePadded;
 use crate::error::Rejection;
 
 const STRIPES: usize = 16;
-const REASONS: usize = 7;
+const REASONS: usize = crate::error::REASONS.len();
+
+/// The outcomes of a validation: accepted, then each rejection reason.
+#[cfg(all(feature = "metrics", not(loom)))]
+pub(crate) const OUTCOMES: usize = 1 + REASONS;
+
+/// The outcomes' names, as `tokencache_validations_total` labels them: `accepted`, then each
+/// rejection's name ([`Rejection::as_str`]) in [`Rejection::index`] order.
+#[cfg(all(feature = "metrics", not(loom)))]
+pub(crate) const OUTCOME_NAMES: [&str; OUTCOMES] = {
+    let mut names = ["accepted"; OUTCOMES];
+    let mut i = 0;
+    while i < REASONS {
+        names[1 + i] = crate::error::REASONS[i].name;
+        i += 1;
+    }
+    names
+};
 
 #[derive(Default)]
 struct Stripe {
@@ -93,6 +110,19 @@ impl Counters {
     pub(crate) fn record_error(&self, message: String) {
         self.write_errors.fetch_add(1, Relaxed);
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+    }
+
+    /// The validation counts in [`OUTCOME_NAMES`] order, summed over the stripes.
+    #[cfg(all(feature = "metrics", not(loom)))]
+    pub(crate) fn outcomes(&self) -> [u64; OUTCOMES] {
+        let mut counts = [0; OUTCOMES];
+        for stripe in &self.stripes {
+            counts[0] += stripe.accepted.load(Relaxed);
+            for (count, reason) in counts[1..].iter_mut().zip(&stripe.rejected) {
+                *count += reason.load(Relaxed);
+            }
+        }
+        counts
     }
 
     /// The counters as [`Stats`], `now_ms` being the clock's time (for the replica lag).

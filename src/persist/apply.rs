@@ -9,6 +9,7 @@ use super::Persister;
 use crate::change::ChangeRef;
 use crate::entry::Entry;
 use crate::error::Error;
+use crate::observe::Kind;
 use crate::rate_limit::RateLimit;
 use crate::token::TokenId;
 
@@ -27,6 +28,7 @@ impl Persister {
                 e.revoke(now);
                 e.revoked_at().unwrap_or(now)
             });
+            applied.kinds.add(Kind::Revoke, usize::from(at.is_some()));
             applied.answer(
                 reply,
                 id,
@@ -38,6 +40,7 @@ impl Persister {
         }
         for (id, limit, reply) in batch.rate_limits.drain(..) {
             let found = map.with(&id, |e| e.set_rate_limit(limit)).is_some();
+            applied.kinds.add(Kind::RateLimit, usize::from(found));
             let change = ChangeRef::SetRateLimit {
                 id: id.to_bytes(),
                 limit: limit.map(RateLimit::to_record),
@@ -46,16 +49,20 @@ impl Persister {
         }
         for (id, reply) in batch.deletes.drain(..) {
             let change = ChangeRef::Delete { id: id.to_bytes() };
-            applied.answer(reply, id, map.remove(&id).then_some(change));
+            let removed = map.remove(&id);
+            applied.kinds.add(Kind::Delete, usize::from(removed));
+            applied.answer(reply, id, removed.then_some(change));
         }
         for (cutoff, reply) in batch.purges.drain(..) {
             let purged = self.purge(cutoff, &mut applied.changes);
+            applied.kinds.add(Kind::Purge, purged);
             applied.replies.push((reply, purged));
         }
         let purge_due = self.interval_passed(self.last_purge_ms, now);
         if let (true, Some(retention)) = (purge_due, self.retention_ms) {
             self.last_purge_ms = now;
             let purged = self.purge(now.saturating_sub(retention), &mut applied.changes);
+            applied.kinds.add(Kind::Purge, purged);
             if purged > 0 {
                 tracing::info!(purged, "retention purged revoked and expired tokens");
             }
@@ -66,6 +73,7 @@ impl Persister {
                 let _ = reply.send(Err(drawn_twice(id)));
                 continue;
             }
+            applied.kinds.add(Kind::Issue, entries.len());
             applied.pending.issues.extend(entries);
             applied.replies.push((reply, 1));
         }
@@ -89,6 +97,7 @@ impl Persister {
             }
             applied.pending.issues.extend(new);
             applied.pending.expiries.push((old, until));
+            applied.kinds.add(Kind::Rotate, 1);
             applied.replies.push((reply, 1));
         }
         applied

@@ -7,6 +7,7 @@ use crate::change::ChangeRef;
 use crate::entry::Entry;
 use crate::error::Error;
 use crate::inbox::{Message, Reply};
+use crate::observe::Kinds;
 use crate::rate_limit::RateLimit;
 use crate::sync::channel::Sender;
 use crate::sync::Ordering;
@@ -78,6 +79,8 @@ pub(super) struct Applied {
     pub(super) pending: Pending,
     /// Callers waiting for the write, each with its count.
     pub(super) replies: Vec<(Reply, usize)>,
+    /// The changes by kind, for the metrics once written.
+    pub(super) kinds: Kinds,
 }
 
 /// Changes that memory takes only after the write that holds them succeeds, so a failed

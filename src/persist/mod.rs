@@ -38,6 +38,7 @@ use std::time::Duration;
 use crate::clock::millis;
 use crate::error::Error;
 use crate::inbox::Message;
+use crate::observe::{self, Publisher};
 use crate::sync::channel::{Receiver, RecvTimeoutError};
 use crate::sync::Arc;
 use crate::token::TokenId;
@@ -82,6 +83,8 @@ pub(crate) struct Persister {
     scan_all: bool,
     /// A change made in memory is not yet on disk (its write failed).
     definitions_pending: bool,
+    /// Publishes the counters (with the `metrics` feature).
+    published: Publisher,
 }
 
 /// How many messages one batch takes at most, so a flood cannot starve the writes.
@@ -119,6 +122,7 @@ impl Persister {
             used: HashSet::new(),
             scan_all: false,
             definitions_pending: false,
+            published: Publisher::new(),
         }
     }
 
@@ -170,9 +174,10 @@ impl Persister {
     }
 
     /// How long to sleep: until the next timed write is due if something waits for one,
-    /// else one interval (the journal's size and retention are checked once per interval).
+    /// else one interval (the journal's size and retention are checked once per interval);
+    /// with the `metrics` feature, at most a second (the counters are published that often).
     fn wait(&self) -> Duration {
-        let interval = Duration::from_millis(self.interval_ms);
+        let interval = Duration::from_millis(self.interval_ms).min(Publisher::MAX_WAIT);
         if !self.waiting() {
             return interval;
         }
@@ -189,9 +194,17 @@ impl Persister {
             changes,
             pending,
             replies,
+            kinds,
         } = self.apply(&mut batch, now);
         let write = self.decide(&changes, &pending, &batch, now);
         let result = self.write(write, changes, pending, now);
+        if result.is_ok() {
+            observe::committed(&kinds);
+        }
+        // Before the replies: what a flush or close saw counted is published when it returns.
+        let asked = !batch.flushes.is_empty();
+        let closing = batch.shutdown.is_some();
+        self.published.batch_done(&self.shared, asked, closing);
         reply::send(result, replies, batch)
     }
 
@@ -208,6 +221,7 @@ impl Persister {
         tracing::error!(file = %path.display(), error = %error, "{what}");
         let error = self.sink.error(action, error);
         self.shared.counters.record_error(error.to_string());
+        observe::write_failed();
         error
     }
 }

@@ -75,6 +75,7 @@ impl Persister {
             changes,
             pending,
             replies,
+            ..
         } = self.apply(&mut batch, now);
         let write = self.decide(&changes, &pending, &batch, now);
         let early = replies.into_iter().map(|(reply, _)| reply);
@@ -94,6 +95,7 @@ impl Persister {
             changes,
             pending,
             replies,
+            ..
         } = self.apply(&mut batch, now);
         let write = match self.decide(&changes, &pending, &batch, now) {
             // The loom backend keeps the file backend's books, whose scan is this plus the
@@ -117,6 +119,7 @@ impl Persister {
             changes,
             pending,
             replies,
+            ..
         } = self.apply(&mut batch, now);
         let write = self.decide(&changes, &pending, &batch, now);
         let result = self.write(write, changes, pending, now);
@@ -136,6 +139,7 @@ impl Persister {
             changes,
             pending,
             replies,
+            ..
         } = self.apply(&mut batch, now);
         let write = self.decide(&changes, &pending, &batch, now);
         let result = self.write(write, changes, pending, now);

@@ -12,6 +12,7 @@ use crate::entry::Entry;
 use crate::error::Error;
 use crate::file::WriteError;
 use crate::journal;
+use crate::observe::Op;
 use crate::snapshot::{self, BodyRef, RecordRef};
 use crate::token::TokenId;
 
@@ -200,7 +201,12 @@ impl Persister {
             let error = io::Error::other("the journal's sequence numbers are used up");
             return Err(self.failed(error, "append to the journal of", "cannot number a record"));
         };
+        let op = Op::write(changes.len());
         let written = self.sink.append(seq, &changes);
+        if let Ok(bytes) = &written {
+            op.appended(*bytes);
+        }
+        drop(op);
         drop(changes);
         let map = &self.shared.map;
         match written {
@@ -274,11 +280,16 @@ impl Persister {
             .collect();
         records.extend(pending.issues.iter().map(|e| e.record(0)));
         self.last_attempt_ms = now;
+        let op = Op::compaction(records.len());
         let written = self.sink.compact(&BodyRef {
             written_at: now,
             seq: self.seq,
             records: &records,
         });
+        if let Ok(compacted) = &written {
+            op.compacted(compacted.snapshot_bytes);
+        }
+        drop(op);
         drop(records);
         match written {
             Ok(compacted) => {

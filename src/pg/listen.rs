@@ -176,6 +176,7 @@ impl Listener {
     /// timer and catch up again. `Ok` once the store closed; `Err` when the connection
     /// failed.
     fn session(&mut self, backoff: &mut Duration) -> Result<(), postgres::Error> {
+        let reconnect = self.lost.then(crate::observe::Op::reconnect);
         let mut client = self.config.connect()?;
         client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
         let query = Prepared {
@@ -192,6 +193,7 @@ impl Listener {
         }
         if self.lost {
             tracing::info!(store = %self.name.display(), "reconnected to the database and caught up");
+            crate::observe::reconnected(reconnect);
             self.lost = false;
         }
         *backoff = FIRST_BACKOFF;
@@ -264,6 +266,7 @@ impl Listener {
         query: &Prepared,
         at: u64,
     ) -> Result<bool, postgres::Error> {
+        let op = crate::observe::Op::catch_up();
         let mut tx = snapshot(client)?;
         let history = tx.query_one(&query.history, &[&self.last_seen.version])?;
         let now = Position {
@@ -295,6 +298,7 @@ impl Listener {
             false => self.last_seen.used_since,
         };
         let used = tx.query(&query.used, &[&used_from])?;
+        op.records(found.len());
         tx.commit()?;
         let mut changes = Vec::new();
         for row in &found {

@@ -108,6 +108,26 @@ fn sigterm_closes_the_store_and_keeps_last_used() {
     assert!(response.contains("name reader"), "{response}");
     let refused = get(&addr, "/me", "tc_not-a-token");
     assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    // Issue 20: `/metrics` shows both validations, published by the store's persister
+    // within a second (polled: the bound only turns a hang into a failure).
+    let started = Instant::now();
+    let metrics = loop {
+        let metrics = get(&addr, "/metrics", "");
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        if metrics.contains("tokencache_validations_total{outcome=\"malformed\"} 1") {
+            break metrics;
+        }
+        assert!(started.elapsed() < HANG, "never published: {metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        metrics.contains("tokencache_validations_total{outcome=\"accepted\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE tokencache_validations_total counter"),
+        "{metrics}"
+    );
     // Nothing written yet: the use waits for the flush interval (60 s) or the close.
     let before = StoreView::read(&s.path).unwrap();
     let listed = before.list();

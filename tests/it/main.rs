@@ -12,13 +12,14 @@
 //! change what it measures.
 //!
 //! Modules gated by a feature build only with it, as the separate binaries' `required-features`
-//! did: `cli` and `stress` need `cli`, `layer` and `axum_service` need `axum`, `pg` and `pg_tls` need `postgres`.
+//! did: `cli` and `stress` need `cli`, `layer` needs `axum`, `axum_service` (the example's
+//! `/metrics`) `axum` and `metrics`, `pg` and `pg_tls` need `postgres`.
 
 mod common;
 
 mod alloc;
 mod async_calls;
-#[cfg(feature = "axum")]
+#[cfg(all(feature = "axum", feature = "metrics"))]
 mod axum_service;
 #[cfg(feature = "cli")]
 mod cli;
