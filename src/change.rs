@@ -64,20 +64,27 @@ pub(crate) enum ChangeRef<'a> {
 /// revoke keeps the first time, a delete of an absent token and an issue of a present one
 /// change nothing, `Used` and `Expire` take the max and the min, a rate limit equal to the
 /// token's is left alone so its spent quota stands), so applying one twice is harmless.
-pub(crate) fn apply(map: &Map, change: Change) -> Result<(), Problem> {
+/// Returns whether memory changed (a `last_used` is not counted): the change feed
+/// publishes only changes that did.
+pub(crate) fn apply(map: &Map, change: Change) -> Result<bool, Problem> {
+    let mut changed = false;
     match change {
         Change::Issue(record) => {
             let entry = entry::load_one(record)?;
             if !map.contains(&entry.id) {
                 let added = map.insert_new([entry]);
                 debug_assert!(added.is_ok(), "checked just before");
+                changed = true;
             }
         }
         Change::Revoke { id, at } => {
-            map.with(&token_id(id)?, |e| e.revoke(at));
+            map.with(&token_id(id)?, |e| {
+                changed = e.revoked_at().is_none();
+                e.revoke(at);
+            });
         }
         Change::Delete { id } => {
-            map.remove(&token_id(id)?);
+            changed = map.remove(&token_id(id)?);
         }
         Change::SetRateLimit { id, limit } => {
             let id = token_id(id)?;
@@ -91,17 +98,22 @@ pub(crate) fn apply(map: &Map, change: Change) -> Result<(), Problem> {
             map.with(&id, |e| {
                 if e.rate_limit() != limit {
                     e.set_rate_limit(limit);
+                    changed = true;
                 }
             });
         }
         Change::Expire { id, at } => {
-            map.with(&token_id(id)?, |e| e.shorten_expiry(at));
+            map.with(&token_id(id)?, |e| {
+                let before = e.expires_at();
+                e.shorten_expiry(at);
+                changed = e.expires_at() != before;
+            });
         }
         Change::Used { id, at } => {
             map.with(&token_id(id)?, |e| e.replay_used(at));
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 fn token_id(id: [u8; 8]) -> Result<TokenId, Problem> {

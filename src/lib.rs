@@ -53,6 +53,7 @@ mod change;
 mod clock;
 mod entry;
 mod error;
+mod feed;
 mod file;
 mod inbox;
 mod inspect;
@@ -79,6 +80,10 @@ mod view;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Rejection};
+pub use feed::{
+    ChangeEvent, ChangeKind, Changes, Feed, FeedError, Origin, DEFAULT_FEED_CAPACITY,
+    MAX_FEED_CAPACITY,
+};
 pub use inbox::Timer;
 pub use inspect::{inspect, SnapshotInfo};
 #[cfg(feature = "axum")]

@@ -4,11 +4,12 @@
 
 use std::collections::HashSet;
 
-use super::batch::{Applied, Batch};
+use super::batch::{Applied, Batch, Events};
 use super::Persister;
 use crate::change::ChangeRef;
 use crate::entry::Entry;
 use crate::error::Error;
+use crate::feed::ChangeKind;
 use crate::observe::Kind;
 use crate::rate_limit::RateLimit;
 use crate::token::TokenId;
@@ -20,12 +21,17 @@ impl Persister {
     /// `pending` for the write. Requests for an unknown id are answered here.
     pub(super) fn apply(&mut self, batch: &mut Batch, now: u64) -> Applied {
         let mut applied = Applied::default();
+        let mut events = Events::new(self.feed.active());
         #[cfg(all(feature = "postgres", not(loom)))]
-        self.apply_remote(batch);
+        self.apply_remote(batch, events.recording);
         let map = &self.shared.map;
         for (id, reply) in batch.revokes.drain(..) {
             let at = map.with(&id, |e| {
-                e.revoke(now);
+                // A token already revoked keeps its time: no change, no event.
+                if e.revoked_at().is_none() {
+                    e.revoke(now);
+                    events.applied(ChangeKind::Revoked, id, events.owner(e), now);
+                }
                 e.revoked_at().unwrap_or(now)
             });
             applied.kinds.add(Kind::Revoke, usize::from(at.is_some()));
@@ -39,7 +45,12 @@ impl Persister {
             );
         }
         for (id, limit, reply) in batch.rate_limits.drain(..) {
-            let found = map.with(&id, |e| e.set_rate_limit(limit)).is_some();
+            let found = map
+                .with(&id, |e| {
+                    e.set_rate_limit(limit);
+                    events.applied(ChangeKind::RateLimitSet, id, events.owner(e), now);
+                })
+                .is_some();
             applied.kinds.add(Kind::RateLimit, usize::from(found));
             let change = ChangeRef::SetRateLimit {
                 id: id.to_bytes(),
@@ -49,19 +60,24 @@ impl Persister {
         }
         for (id, reply) in batch.deletes.drain(..) {
             let change = ChangeRef::Delete { id: id.to_bytes() };
+            let owner = map.with(&id, |e| events.owner(e)).flatten();
             let removed = map.remove(&id);
+            if removed {
+                events.applied(ChangeKind::Deleted, id, owner, now);
+            }
             applied.kinds.add(Kind::Delete, usize::from(removed));
             applied.answer(reply, id, removed.then_some(change));
         }
         for (cutoff, reply) in batch.purges.drain(..) {
-            let purged = self.purge(cutoff, &mut applied.changes);
+            let purged = self.purge(cutoff, now, &mut applied.changes, &mut events);
             applied.kinds.add(Kind::Purge, purged);
             applied.replies.push((reply, purged));
         }
         let purge_due = self.interval_passed(self.last_purge_ms, now);
         if let (true, Some(retention)) = (purge_due, self.retention_ms) {
             self.last_purge_ms = now;
-            let purged = self.purge(now.saturating_sub(retention), &mut applied.changes);
+            let cutoff = now.saturating_sub(retention);
+            let purged = self.purge(cutoff, now, &mut applied.changes, &mut events);
             applied.kinds.add(Kind::Purge, purged);
             if purged > 0 {
                 tracing::info!(purged, "retention purged revoked and expired tokens");
@@ -74,12 +90,18 @@ impl Persister {
                 continue;
             }
             applied.kinds.add(Kind::Issue, entries.len());
+            for e in &entries {
+                events.pending(ChangeKind::Issued, e.id, events.owner(e), now);
+            }
             applied.pending.issues.extend(entries);
             applied.replies.push((reply, 1));
         }
         for (old, until, new, reply) in batch.rotations.drain(..) {
             // Checked again here: a revoke may have been applied since the caller looked.
-            match map.with(&old, |e| crate::request::refuse_rotation(e, now)) {
+            let checked = map.with(&old, |e| {
+                crate::request::refuse_rotation(e, now).map(|()| events.owner(e))
+            });
+            let old_owner = match checked {
                 None => {
                     let _ = reply.send(Err(Error::UnknownId(old)));
                     continue;
@@ -88,33 +110,59 @@ impl Persister {
                     let _ = reply.send(Err(refusal));
                     continue;
                 }
-                Some(Ok(())) => {}
-            }
+                Some(Ok(owner)) => owner,
+            };
             let new = vec![*new];
             if let Some(id) = self.collision(&new, &mut taken) {
                 let _ = reply.send(Err(drawn_twice(id)));
                 continue;
             }
+            let replaced = ChangeKind::Rotated { old };
+            events.pending(replaced, new[0].id, events.owner(&new[0]), now);
+            events.pending(ChangeKind::ExpiryShortened, old, old_owner, now);
             applied.pending.issues.extend(new);
             applied.pending.expiries.push((old, until));
             applied.kinds.add(Kind::Rotate, 1);
             applied.replies.push((reply, 1));
         }
+        applied.events = events;
         applied
     }
 
     /// PostgreSQL stores: applies what other replicas committed (as journal replay does;
     /// this replica's own changes come back too, and change nothing), then notes how
-    /// current memory is.
+    /// current memory is. If `recording`, each change that changed memory is published to
+    /// the feed at once (it is durable: committed), with origin `Replica`; this replica's
+    /// own changes coming back change nothing, so they are not published twice.
     #[cfg(all(feature = "postgres", not(loom)))]
-    fn apply_remote(&mut self, batch: &mut Batch) {
+    fn apply_remote(&mut self, batch: &mut Batch, recording: bool) {
+        let map = &self.shared.map;
+        let mut events = Vec::new();
         for (changes, at) in batch.remote.drain(..) {
             for change in changes {
                 if self.sink.overrides(&change) {
                     continue;
                 }
-                if let Err(problem) = crate::change::apply(&self.shared.map, change) {
-                    tracing::error!(store = %self.sink.path().display(), %problem, "a row in the database cannot be loaded; skipped");
+                let about = recording.then(|| remote_event(&change, at)).flatten();
+                // A deleted token's owner is read before it goes.
+                let owner_before = about
+                    .as_ref()
+                    .and_then(|(_, id, _)| map.with(id, crate::feed::owner_of))
+                    .flatten();
+                match crate::change::apply(map, change) {
+                    Ok(true) => {
+                        if let Some((kind, id, when)) = about {
+                            let owner = match kind {
+                                ChangeKind::Deleted => owner_before,
+                                _ => map.with(&id, crate::feed::owner_of).flatten(),
+                            };
+                            events.push(crate::feed::replica(kind, id, owner, when));
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(problem) => {
+                        tracing::error!(store = %self.sink.path().display(), %problem, "a row in the database cannot be loaded; skipped");
+                    }
                 }
             }
             let counters = &self.shared.counters;
@@ -122,27 +170,36 @@ impl Persister {
                 .last_sync_at
                 .fetch_max(at, std::sync::atomic::Ordering::Relaxed);
         }
+        if !events.is_empty() {
+            self.feed.publish(&events);
+        }
     }
 
     /// Deletes every token revoked or expired at or before `cutoff` (Unix ms), noting each
-    /// in `changes`; returns how many.
-    fn purge(&self, cutoff: u64, changes: &mut Vec<ChangeRef<'static>>) -> usize {
+    /// in `changes` and `events` (at `now`); returns how many.
+    fn purge(
+        &self,
+        cutoff: u64,
+        now: u64,
+        changes: &mut Vec<ChangeRef<'static>>,
+        events: &mut Events,
+    ) -> usize {
         let map = &self.shared.map;
         let old = |at: Option<u64>| at.is_some_and(|at| at <= cutoff);
-        let doomed: Vec<TokenId> = map.with_all(|entries| {
+        let doomed: Vec<(TokenId, Option<String>)> = map.with_all(|entries| {
             entries
                 .iter()
                 .filter(|e| old(e.revoked_at()) || old(e.expires_at()))
-                .map(|e| e.id)
+                .map(|e| (e.id, events.owner(e)))
                 .collect()
         });
         let before = changes.len();
-        changes.extend(
-            doomed
-                .iter()
-                .filter(|id| map.remove(id))
-                .map(|id| ChangeRef::Delete { id: id.to_bytes() }),
-        );
+        for (id, owner) in doomed {
+            if map.remove(&id) {
+                changes.push(ChangeRef::Delete { id: id.to_bytes() });
+                events.applied(ChangeKind::Purged, id, owner, now);
+            }
+        }
         changes.len() - before
     }
 
@@ -163,4 +220,25 @@ impl Persister {
 
 fn drawn_twice(id: TokenId) -> Error {
     Error::InvalidRequest(format!("token id {id} was drawn twice; issue again"))
+}
+
+/// What a change another replica committed is, for the feed, if it is an event: its kind,
+/// its token, and its time (the row's for an issue or a revocation, else `read_at`, when
+/// this replica read it). A replica cannot tell a rotation from an issue, nor a purge from
+/// a delete, by the rows. `last_used` is no event.
+#[cfg(all(feature = "postgres", not(loom)))]
+fn remote_event(
+    change: &crate::change::Change,
+    read_at: u64,
+) -> Option<(ChangeKind, TokenId, u64)> {
+    use crate::change::Change;
+    let (kind, id, at) = match change {
+        Change::Issue(record) => (ChangeKind::Issued, record.id, record.created_at),
+        Change::Revoke { id, at } => (ChangeKind::Revoked, *id, *at),
+        Change::Delete { id } => (ChangeKind::Deleted, *id, read_at),
+        Change::SetRateLimit { id, .. } => (ChangeKind::RateLimitSet, *id, read_at),
+        Change::Expire { id, .. } => (ChangeKind::ExpiryShortened, *id, read_at),
+        Change::Used { .. } => return None,
+    };
+    Some((kind, TokenId::from_bytes(id)?, at))
 }

@@ -6,6 +6,7 @@ use super::Persister;
 use crate::change::ChangeRef;
 use crate::entry::Entry;
 use crate::error::Error;
+use crate::feed::{self, ChangeEvent, ChangeKind};
 use crate::inbox::{Message, Reply};
 use crate::observe::Kinds;
 use crate::rate_limit::RateLimit;
@@ -81,6 +82,54 @@ pub(super) struct Applied {
     pub(super) replies: Vec<(Reply, usize)>,
     /// The changes by kind, for the metrics once written.
     pub(super) kinds: Kinds,
+    /// The change feed's events of these changes.
+    pub(super) events: Events,
+}
+
+/// The change feed's events of a batch's changes (none while no one is subscribed).
+#[derive(Default)]
+pub(super) struct Events {
+    /// Whether to make any: someone is subscribed.
+    pub(super) recording: bool,
+    /// Of the changes made in memory (revoke, limit, delete, purge): published by the write
+    /// that makes them durable, this batch's or a later one.
+    pub(super) applied: Vec<ChangeEvent>,
+    /// Of the new tokens and rotations: published if this batch's write succeeds, else
+    /// dropped with them.
+    pub(super) pending: Vec<ChangeEvent>,
+}
+
+impl Events {
+    /// Events of the changes of a batch, if `recording`.
+    pub(super) fn new(recording: bool) -> Events {
+        Events {
+            recording,
+            ..Events::default()
+        }
+    }
+
+    /// The owner of `entry` for an event, if events are made at all.
+    pub(super) fn owner(&self, entry: &Entry) -> Option<String> {
+        if self.recording {
+            feed::owner_of(entry)
+        } else {
+            None
+        }
+    }
+
+    /// A change made in memory now (`at`), to `id`.
+    pub(super) fn applied(&mut self, kind: ChangeKind, id: TokenId, owner: Option<String>, at: u64) {
+        if self.recording {
+            self.applied.push(feed::local(kind, id, owner, at));
+        }
+    }
+
+    /// A change that joins memory once written.
+    pub(super) fn pending(&mut self, kind: ChangeKind, id: TokenId, owner: Option<String>, at: u64) {
+        if self.recording {
+            self.pending.push(feed::local(kind, id, owner, at));
+        }
+    }
 }
 
 /// Changes that memory takes only after the write that holds them succeeds, so a failed

@@ -51,7 +51,8 @@ pub(crate) use backend::{AppendFailed, FileSink, Sink};
 // `backend` itself).
 #[cfg(all(feature = "postgres", not(loom)))]
 pub(crate) use backend::{Compacted, Facts, Write};
-use batch::{Applied, Batch};
+use batch::{Applied, Batch, Events};
+use crate::feed::{ChangeEvent, Hub};
 #[cfg(loom)]
 pub use recorder::{Recorded, Recorder};
 
@@ -85,6 +86,11 @@ pub(crate) struct Persister {
     definitions_pending: bool,
     /// Publishes the counters (with the `metrics` feature).
     published: Publisher,
+    /// The change feed's subscribers.
+    feed: std::sync::Arc<Hub>,
+    /// Events of changes memory holds whose write failed: published by the write that
+    /// makes them durable (`publish`).
+    unpublished: Vec<ChangeEvent>,
 }
 
 /// How many messages one batch takes at most, so a flood cannot starve the writes.
@@ -97,6 +103,8 @@ pub(crate) struct Start {
     pub(crate) compaction_floor: u64,
     pub(crate) snapshot_len: u64,
     pub(crate) seq: u64,
+    /// The change feed's subscribers.
+    pub(crate) feed: std::sync::Arc<Hub>,
 }
 
 impl Persister {
@@ -123,6 +131,8 @@ impl Persister {
             scan_all: false,
             definitions_pending: false,
             published: Publisher::new(),
+            feed: start.feed,
+            unpublished: Vec::new(),
         }
     }
 
@@ -140,6 +150,8 @@ impl Persister {
             tracing::error!(file = %self.sink.path().display(), panic = message, "the persister thread panicked; the store can no longer write, and every change now fails");
             self.shared.inbox.die(&self.rx);
         }
+        // Nothing more will be published: every feed ends once read.
+        self.feed.close();
     }
 
     /// The message loop.
@@ -195,17 +207,37 @@ impl Persister {
             pending,
             replies,
             kinds,
+            events,
         } = self.apply(&mut batch, now);
         let write = self.decide(&changes, &pending, &batch, now);
         let result = self.write(write, changes, pending, now);
         if result.is_ok() {
             observe::committed(&kinds);
         }
+        // Before the replies: a caller whose change is durable finds its event queued.
+        self.publish(events, result.is_ok());
         // Before the replies: what a flush or close saw counted is published when it returns.
         let asked = !batch.flushes.is_empty();
         let closing = batch.shutdown.is_some();
         self.published.batch_done(&self.shared, asked, closing);
         reply::send(result, replies, batch)
+    }
+
+    /// The publish phase: once a write succeeded and memory holds no change that is not
+    /// durable, the events of every change it made durable go to the feed, in order (those
+    /// of changes that waited for it after a failed write first). A failed write publishes
+    /// nothing: the events of the changes memory keeps wait for the write that makes them
+    /// durable, and those of new tokens and rotations, which the failure dropped, are
+    /// dropped too. Also queues the `Missed` counts owed where there is room now.
+    fn publish(&mut self, events: Events, written: bool) {
+        self.unpublished.extend(events.applied);
+        if !written || self.definitions_pending {
+            self.feed.publish(&[]);
+            return;
+        }
+        self.unpublished.extend(events.pending);
+        self.feed.publish(&self.unpublished);
+        self.unpublished.clear();
     }
 
     /// Whether a flush interval has passed since `since` at `now`; a clock that went back

@@ -324,6 +324,7 @@ impl Builder {
         if sink.snapshot_at_open(snapshot_len) {
             snapshot_len = first_snapshot(&shared, sink.as_mut(), seq, &path)?;
         }
+        let feed = std::sync::Arc::new(crate::feed::Hub::default());
         let persister = Persister::new(
             shared.clone(),
             rx,
@@ -334,6 +335,7 @@ impl Builder {
                 compaction_floor: self.compaction_floor,
                 snapshot_len,
                 seq,
+                feed: feed.clone(),
             },
         );
         let thread = thread::Builder::new()
@@ -348,6 +350,7 @@ impl Builder {
                 location,
                 shutdown: Mutex::new(Shutdown::Running(thread)),
                 lock: Mutex::new(lock),
+                feed,
             }),
         })
     }

@@ -22,6 +22,8 @@ pub(super) struct Handle {
     pub(super) location: Location,
     pub(super) shutdown: Mutex<Shutdown>,
     pub(super) lock: Mutex<Option<File>>,
+    /// The change feed's subscribers (the persister publishes to them).
+    pub(super) feed: std::sync::Arc<crate::feed::Hub>,
 }
 
 /// Where the store is in its life.

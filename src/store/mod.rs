@@ -369,6 +369,11 @@ impl TokenStore {
         &self.handle.location
     }
 
+    /// The change feed's subscribers (`feed.rs` adds to them).
+    pub(crate) fn feed_hub(&self) -> &crate::feed::Hub {
+        &self.handle.feed
+    }
+
     /// Queues `change` for the persister and waits, blocking, for its answer.
     fn commit<T>(
         &self,
