@@ -118,14 +118,26 @@ impl Events {
     }
 
     /// A change made in memory now (`at`), to `id`.
-    pub(super) fn applied(&mut self, kind: ChangeKind, id: TokenId, owner: Option<String>, at: u64) {
+    pub(super) fn applied(
+        &mut self,
+        kind: ChangeKind,
+        id: TokenId,
+        owner: Option<String>,
+        at: u64,
+    ) {
         if self.recording {
             self.applied.push(feed::local(kind, id, owner, at));
         }
     }
 
     /// A change that joins memory once written.
-    pub(super) fn pending(&mut self, kind: ChangeKind, id: TokenId, owner: Option<String>, at: u64) {
+    pub(super) fn pending(
+        &mut self,
+        kind: ChangeKind,
+        id: TokenId,
+        owner: Option<String>,
+        at: u64,
+    ) {
         if self.recording {
             self.pending.push(feed::local(kind, id, owner, at));
         }

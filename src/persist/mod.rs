@@ -49,10 +49,10 @@ use crate::validate::Shared;
 pub(crate) use backend::{AppendFailed, FileSink, Sink};
 // What the PostgreSQL backend implements `Sink` with (loom's recorder takes them from
 // `backend` itself).
+use crate::feed::{ChangeEvent, Hub};
 #[cfg(all(feature = "postgres", not(loom)))]
 pub(crate) use backend::{Compacted, Facts, Write};
 use batch::{Applied, Batch, Events};
-use crate::feed::{ChangeEvent, Hub};
 #[cfg(loom)]
 pub use recorder::{Recorded, Recorder};
 

@@ -24,6 +24,7 @@ mod axum_service;
 #[cfg(feature = "cli")]
 mod cli;
 mod faults;
+mod feed;
 mod files;
 mod hostile;
 mod journal;

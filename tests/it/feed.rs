@@ -1,0 +1,298 @@
+//! The change feed (`TokenStore::subscribe`): every durable change once, in order, when its
+//! call returns; nothing for a failed write; a subscriber that never reads blocks nothing
+//! and is told exactly how many events it missed; the feed ends after close. (Replica
+//! origins: `pg::a_revoke_on_another_replica_arrives_with_origin_replica_and_a_local_one_once`.)
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::{faulty_store, manual_store, scratch, INTERVAL};
+use tokencache::__fault::FaultStep;
+use tokencache::{
+    ChangeEvent, ChangeKind, Changes, Clock, Error, Feed, FeedError, NewToken, Origin, RateLimit,
+    TokenId,
+};
+
+const EIO: i32 = 5;
+
+/// Every item queued right now, without waiting.
+fn queued(changes: &Changes) -> Vec<Feed> {
+    let mut items = Vec::new();
+    loop {
+        match changes.try_recv() {
+            Ok(item) => items.push(item),
+            Err(FeedError::Empty) => return items,
+            Err(FeedError::Closed) => panic!("the feed ended while the store is open"),
+        }
+    }
+}
+
+/// The queued items, each an event: `(kind, id)`.
+fn queued_events(changes: &Changes) -> Vec<(ChangeKind, TokenId)> {
+    queued(changes)
+        .into_iter()
+        .map(|item| match item {
+            Feed::Event(event) => (event.kind, event.id),
+            Feed::Missed(n) => panic!("missed {n} events with a queue that has room"),
+        })
+        .collect()
+}
+
+fn event(item: Feed) -> ChangeEvent {
+    match item {
+        Feed::Event(event) => event,
+        Feed::Missed(n) => panic!("expected an event, got Missed({n})"),
+    }
+}
+
+#[test]
+fn every_change_arrives_once_in_order_when_its_call_returns() {
+    let s = scratch();
+    let (store, clock) = manual_store(&s.path);
+    let before = store.issue(NewToken::new("before")).unwrap();
+    let changes = store.subscribe();
+    assert_eq!(
+        queued(&changes),
+        [],
+        "a change before subscribe is not sent"
+    );
+
+    clock.advance(Duration::from_secs(5));
+    let a = store.issue(NewToken::new("a")).unwrap();
+    // Queued before `issue` returned: read without waiting.
+    let issued = event(changes.try_recv().unwrap());
+    assert_eq!(issued.kind, ChangeKind::Issued);
+    assert_eq!(issued.id, a.id());
+    assert_eq!(issued.origin, Origin::Local);
+    assert_eq!(issued.owner, None);
+    assert_eq!(issued.at.timestamp_millis() as u64, clock.now_ms());
+    assert_eq!(changes.try_recv(), Err(FeedError::Empty));
+
+    let many = store
+        .issue_many([NewToken::new("m1"), NewToken::new("m2")])
+        .unwrap();
+    assert_eq!(
+        queued_events(&changes),
+        [
+            (ChangeKind::Issued, many[0].id()),
+            (ChangeKind::Issued, many[1].id())
+        ]
+    );
+
+    store
+        .set_rate_limit(&a.id(), Some(RateLimit::per_second(5)))
+        .unwrap();
+    assert_eq!(
+        queued_events(&changes),
+        [(ChangeKind::RateLimitSet, a.id())]
+    );
+
+    let new = store.rotate(&a.id(), Duration::from_secs(60)).unwrap();
+    assert_eq!(
+        queued_events(&changes),
+        [
+            (ChangeKind::Rotated { old: a.id() }, new.id()),
+            (ChangeKind::ExpiryShortened, a.id())
+        ]
+    );
+
+    store.revoke(&many[0].id()).unwrap();
+    assert_eq!(
+        queued_events(&changes),
+        [(ChangeKind::Revoked, many[0].id())]
+    );
+    // A token already revoked keeps its time: no change, no event.
+    store.revoke(&many[0].id()).unwrap();
+    assert_eq!(queued_events(&changes), []);
+
+    store.delete(&many[1].id()).unwrap();
+    assert_eq!(
+        queued_events(&changes),
+        [(ChangeKind::Deleted, many[1].id())]
+    );
+
+    store.revoke(&before.id()).unwrap();
+    assert_eq!(
+        queued_events(&changes),
+        [(ChangeKind::Revoked, before.id())]
+    );
+    assert_eq!(store.purge(Duration::ZERO).unwrap(), 2);
+    let mut purged = queued_events(&changes);
+    purged.sort_by_key(|&(_, id)| id);
+    let mut expected = vec![
+        (ChangeKind::Purged, before.id()),
+        (ChangeKind::Purged, many[0].id()),
+    ];
+    expected.sort_by_key(|&(_, id)| id);
+    assert_eq!(purged, expected);
+
+    // `last_used` is no event, nor is a flush.
+    store.validate(new.secret()).unwrap();
+    store.flush().unwrap();
+    assert_eq!(queued_events(&changes), []);
+    store.close().unwrap();
+}
+
+#[test]
+fn the_retention_purge_is_published_as_purged() {
+    let s = scratch();
+    let (builder, clock) = common::manual_builder(&s.path);
+    let store = builder.retention(Duration::from_secs(1)).open().unwrap();
+    let changes = store.subscribe();
+    let old = store.issue(NewToken::new("old")).unwrap();
+    store.revoke(&old.id()).unwrap();
+    assert_eq!(queued(&changes).len(), 2);
+    // `advance` returns once the persister's timed tick (which purges) is done.
+    clock.advance(INTERVAL * 2);
+    assert!(store.get(&old.id()).is_none(), "purged by the tick");
+    assert_eq!(queued_events(&changes), [(ChangeKind::Purged, old.id())]);
+    store.close().unwrap();
+}
+
+#[test]
+fn a_failed_write_publishes_nothing_for_its_change() {
+    let s = scratch();
+    let (store, _clock, plan) = faulty_store(&s.path);
+    let kept = store.issue(NewToken::new("kept")).unwrap();
+    let changes = store.subscribe();
+
+    // A failed issue: no token, and no event, ever.
+    plan.fail(FaultStep::Append, EIO);
+    plan.fail(FaultStep::Write, EIO);
+    store.issue(NewToken::new("never")).unwrap_err();
+    assert_eq!(queued(&changes), []);
+
+    // A failed revoke: revoked in memory (the safe side), but not durable: no event yet.
+    store.revoke(&kept.id()).unwrap_err();
+    assert_eq!(queued(&changes), []);
+
+    // The next write that succeeds makes the revoke durable: its event comes then, once,
+    // before the new change's; the failed issue's never does.
+    plan.clear();
+    let later = store.issue(NewToken::new("later")).unwrap();
+    assert_eq!(
+        queued_events(&changes),
+        [
+            (ChangeKind::Revoked, kept.id()),
+            (ChangeKind::Issued, later.id())
+        ]
+    );
+    store.flush().unwrap();
+    assert_eq!(queued(&changes), []);
+    store.close().unwrap();
+}
+
+#[test]
+fn a_subscriber_that_never_reads_blocks_nothing_and_learns_exactly_what_it_missed() {
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    let changes = store.subscribe_with_capacity(16).unwrap();
+    // 10,000 tokens in 100 calls, none read meanwhile: every call returns.
+    let mut ids = Vec::new();
+    for chunk in 0..100 {
+        let requests = (0..100).map(|n| NewToken::new(format!("t{chunk}-{n}")));
+        ids.extend(store.issue_many(requests).unwrap().iter().map(|t| t.id()));
+    }
+    assert_eq!(store.list().len(), 10_000);
+
+    // The first 16 fit; the rest were counted.
+    let first: Vec<TokenId> = (0..16)
+        .map(|_| event(changes.try_recv().unwrap()).id)
+        .collect();
+    assert_eq!(first, ids[..16]);
+    // Room again: the persister's next batch queues the count.
+    store.flush().unwrap();
+    assert_eq!(changes.try_recv(), Ok(Feed::Missed(10_000 - 16)));
+    assert_eq!(changes.try_recv(), Err(FeedError::Empty));
+
+    // Later events follow as usual.
+    store.revoke(&ids[0]).unwrap();
+    assert_eq!(queued_events(&changes), [(ChangeKind::Revoked, ids[0])]);
+    store.close().unwrap();
+}
+
+#[test]
+fn a_missed_count_comes_before_the_next_event_and_at_close_comes_last() {
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    let changes = store.subscribe_with_capacity(2).unwrap();
+    let three = store
+        .issue_many((0..3).map(|n| NewToken::new(format!("t{n}"))))
+        .unwrap();
+    let first = event(changes.try_recv().unwrap());
+    assert_eq!(first.id, three[0].id());
+    // One slot free: the count takes it; the revoke does not fit and is counted too.
+    store.revoke(&three[0].id()).unwrap();
+    let second = event(changes.try_recv().unwrap());
+    assert_eq!(second.id, three[1].id());
+    assert_eq!(changes.try_recv(), Ok(Feed::Missed(1)));
+    assert_eq!(changes.try_recv(), Err(FeedError::Empty));
+    // Nothing read while the store closes: the count owed comes after the queue, last.
+    store.revoke(&three[1].id()).unwrap(); // queued (Missed(1) first: 2 slots)
+    store.revoke(&three[2].id()).unwrap(); // full: counted
+    store.close().unwrap();
+    let rest: Vec<Feed> = changes.collect();
+    assert_eq!(rest.len(), 3, "{rest:?}");
+    assert_eq!(rest[0], Feed::Missed(1));
+    assert_eq!(event(rest[1].clone()).id, three[1].id());
+    assert_eq!(rest[2], Feed::Missed(1));
+}
+
+#[test]
+fn dropping_a_subscriber_leaves_the_store_and_the_others_working() {
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    let kept = store.subscribe();
+    let dropped = store.subscribe_with_capacity(1).unwrap();
+    let a = store.issue(NewToken::new("a")).unwrap();
+    drop(dropped);
+    let b = store.issue(NewToken::new("b")).unwrap();
+    store.revoke(&a.id()).unwrap();
+    assert_eq!(
+        queued_events(&kept),
+        [
+            (ChangeKind::Issued, a.id()),
+            (ChangeKind::Issued, b.id()),
+            (ChangeKind::Revoked, a.id())
+        ]
+    );
+    drop(kept);
+    // With no subscriber left, changes go on.
+    store.delete(&b.id()).unwrap();
+    store.close().unwrap();
+}
+
+#[test]
+fn the_feed_ends_after_close_and_a_late_subscriber_gets_an_ended_feed() {
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    let changes = store.subscribe();
+    let reader = std::thread::spawn(move || changes.collect::<Vec<Feed>>());
+    let a = store.issue(NewToken::new("a")).unwrap();
+    let clone = store.clone();
+    store.close().unwrap();
+    let read = reader.join().unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(event(read[0].clone()).id, a.id());
+
+    let late = clone.subscribe();
+    assert_eq!(late.try_recv(), Err(FeedError::Closed));
+    assert_eq!(late.recv(), None);
+    assert_eq!(
+        late.recv_timeout(Duration::from_secs(1)),
+        Err(FeedError::Closed)
+    );
+}
+
+#[test]
+fn a_feed_capacity_of_zero_or_too_many_is_refused() {
+    let s = scratch();
+    let (store, _clock) = manual_store(&s.path);
+    for capacity in [0, tokencache::MAX_FEED_CAPACITY + 1] {
+        let error = store.subscribe_with_capacity(capacity).unwrap_err();
+        assert!(matches!(error, Error::InvalidRequest(_)), "{error}");
+        assert!(error.to_string().contains("1 to"), "{error}");
+    }
+    store.close().unwrap();
+}
