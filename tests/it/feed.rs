@@ -1,7 +1,8 @@
 //! The change feed (`TokenStore::subscribe`): every durable change once, in order, when its
 //! call returns; nothing for a failed write; a subscriber that never reads blocks nothing
 //! and is told exactly how many events it missed; the feed ends after close. (Replica
-//! origins: `pg::a_revoke_on_another_replica_arrives_with_origin_replica_and_a_local_one_once`.)
+//! origins, with the `postgres` feature:
+//! `a_revoke_on_another_replica_arrives_with_origin_replica_and_a_local_one_once`.)
 
 use crate::common;
 
@@ -295,4 +296,73 @@ fn a_feed_capacity_of_zero_or_too_many_is_refused() {
         assert!(error.to_string().contains("1 to"), "{error}");
     }
     store.close().unwrap();
+}
+
+/// Two replicas of one PostgreSQL store in this process: B's issue and revoke reach A's
+/// feed with origin `Replica`; A's own issue and revoke arrive once each, with origin
+/// `Local`, and not again when A reads its own commits back from the database.
+#[cfg(feature = "postgres")]
+#[test]
+fn a_revoke_on_another_replica_arrives_with_origin_replica_and_a_local_one_once() {
+    use common::pg;
+    /// Far above what a catch-up takes; it only turns a hang into a failure.
+    const HANG: Duration = Duration::from_secs(30);
+    let url = pg::fresh_db();
+    let open = || {
+        tokencache::TokenStore::builder(&url)
+            .poll_interval(Duration::from_secs(1))
+            .open()
+            .expect("open the PostgreSQL store")
+    };
+    let (a, b) = (open(), open());
+    let feed = a.subscribe();
+    let theirs = b.issue(NewToken::new("theirs")).unwrap();
+    let mine = a.issue(NewToken::new("mine")).unwrap();
+    b.revoke(&theirs.id()).unwrap();
+    a.revoke(&mine.id()).unwrap();
+    // Committed after all of the above: versions are read in commit order, so once A has
+    // read the marker it has read its own commits back too.
+    let marker = b.issue(NewToken::new("marker")).unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let item = feed
+            .recv_timeout(HANG)
+            .expect("the marker reaches A's feed");
+        let event = event(item);
+        let last = event.id == marker.id();
+        seen.push((event.kind, event.id, event.origin));
+        if last {
+            break;
+        }
+    }
+    // Anything A published with the marker's catch-up is queued by now.
+    a.flush().unwrap();
+    seen.extend(queued(&feed).into_iter().map(|item| {
+        let event = event(item);
+        (event.kind, event.id, event.origin)
+    }));
+    let about = |id: TokenId| -> Vec<(ChangeKind, Origin)> {
+        seen.iter()
+            .filter(|(_, of, _)| *of == id)
+            .map(|&(kind, _, origin)| (kind, origin))
+            .collect()
+    };
+    assert_eq!(
+        about(theirs.id()),
+        [
+            (ChangeKind::Issued, Origin::Replica),
+            (ChangeKind::Revoked, Origin::Replica)
+        ],
+        "{seen:?}"
+    );
+    assert_eq!(
+        about(mine.id()),
+        [
+            (ChangeKind::Issued, Origin::Local),
+            (ChangeKind::Revoked, Origin::Local)
+        ],
+        "{seen:?}"
+    );
+    assert_eq!(about(marker.id()), [(ChangeKind::Issued, Origin::Replica)]);
+    assert_eq!(seen.len(), 5, "{seen:?}");
 }
