@@ -10,6 +10,10 @@
 //! curl -s localhost:3000/metrics | grep tokencache_validations_total
 //! ```
 //!
+//! Every change to the store (issued, revoked, deleted, rotated...), once durable, is
+//! printed on stdout as one JSON object per line: an audit log (see [`audit_line`]). The
+//! store's change feed is read on a thread of its own, which ends when the store closes.
+//!
 //! `/metrics` is the Prometheus text of the store's metrics (docs/OBSERVABILITY.md):
 //! `metrics-exporter-prometheus` records them and an axum route renders them, so the
 //! service needs no second listener. The store's spans (one per durable write, compaction,
@@ -28,7 +32,7 @@ use std::future::Future;
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokencache::{OwnedToken, TokenLayer, TokenStore};
+use tokencache::{ChangeKind, Feed, OwnedToken, TokenLayer, TokenStore};
 
 /// Public: no token needed.
 async fn health() -> &'static str {
@@ -106,6 +110,13 @@ pub async fn serve(path: &str, addr: &str) -> Result<(), Box<dyn std::error::Err
         upkeep.run_upkeep();
     });
     let store = TokenStore::open(path)?;
+    // The audit log: the feed ends once the store is closed and every change was printed.
+    let changes = store.subscribe();
+    let audit = std::thread::spawn(move || {
+        for item in changes {
+            println!("{}", audit_line(&item));
+        }
+    });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     eprintln!(
         "serving {} tokens from {path} on http://{}",
@@ -121,8 +132,32 @@ pub async fn serve(path: &str, addr: &str) -> Result<(), Box<dyn std::error::Err
     // The shutdown path: `close` writes the pending `last_used` times and reports whether
     // it could. (Dropping the last handle does the same, without the report.)
     store.close()?;
+    if audit.join().is_err() {
+        eprintln!("the audit log thread panicked");
+    }
     eprintln!("closed the store");
     Ok(())
+}
+
+/// One line of the audit log: a change as a JSON object (`kind`, `id`, `owner`, `at` in
+/// RFC 3339, `origin`, and `old` for a rotation), or `{"missed": n}` when the log read too
+/// slowly and `n` changes were not queued for it.
+pub fn audit_line(item: &Feed) -> String {
+    let event = match item {
+        Feed::Event(event) => event,
+        Feed::Missed(n) => return serde_json::json!({ "missed": n }).to_string(),
+    };
+    let mut line = serde_json::json!({
+        "kind": event.kind.as_str(),
+        "id": event.id.as_str(),
+        "owner": event.owner,
+        "at": event.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "origin": event.origin.as_str(),
+    });
+    if let ChangeKind::Rotated { old } = event.kind {
+        line["old"] = old.as_str().into();
+    }
+    line.to_string()
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the future resolves, with the signal's

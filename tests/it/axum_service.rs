@@ -167,3 +167,44 @@ fn sigterm_closes_the_store_and_keeps_last_used() {
         listed[0].created_at
     );
 }
+
+/// The example's audit log: each change of the store's feed, once durable, as one JSON
+/// object per line, with its kind, token id, owner, time and origin (and the old id of a
+/// rotation); a missed count as `{"missed": n}`.
+#[test]
+fn the_audit_log_prints_each_change_as_one_json_object() {
+    let s = scratch();
+    let store = TokenStore::open(&s.path).unwrap();
+    let changes = store.subscribe();
+    let old = store.issue(NewToken::new("reader")).unwrap();
+    let new = store.rotate(&old.id(), Duration::from_secs(60)).unwrap();
+    store.close().unwrap();
+    let lines: Vec<String> = changes.map(|item| example::audit_line(&item)).collect();
+    let parsed: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|line| {
+            assert!(!line.contains('\n'), "{line}");
+            serde_json::from_str(line).expect("a JSON object")
+        })
+        .collect();
+    assert_eq!(parsed.len(), 3, "{lines:#?}");
+    let field = |n: usize, key: &str| parsed[n][key].clone();
+    assert_eq!(field(0, "kind"), "issued");
+    assert_eq!(field(0, "id"), old.id().as_str());
+    assert_eq!(field(0, "origin"), "local");
+    assert_eq!(field(0, "owner"), serde_json::Value::Null);
+    let at = field(0, "at");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(at.as_str().unwrap()).is_ok(),
+        "{at}"
+    );
+    assert_eq!(field(1, "kind"), "rotated");
+    assert_eq!(field(1, "id"), new.id().as_str());
+    assert_eq!(field(1, "old"), old.id().as_str());
+    assert_eq!(field(2, "kind"), "expiry_shortened");
+    assert_eq!(field(2, "id"), old.id().as_str());
+    assert_eq!(
+        example::audit_line(&tokencache::Feed::Missed(7)),
+        r#"{"missed":7}"#
+    );
+}
