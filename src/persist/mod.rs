@@ -12,7 +12,9 @@
 //! Each batch goes through its phases, one file each: `batch` (the messages taken
 //! together, and the ids validations dirtied), `apply` (changes that are safe to make in
 //! memory first: revoke, rate limit, delete, purge), `write` (decide: append a record,
-//! compact, or nothing; then write: the new tokens join memory only once written), `reply`.
+//! compact, or nothing; then write: the new tokens join memory only once written), then
+//! `publish` (in this file: the events of what the write made durable go to the change
+//! feed's subscribers, `feed.rs`), and `reply`.
 //! Under `--cfg loom`, `twins.rs` holds the broken twins the model checks must catch.
 //!
 //! Compaction writes a full snapshot covering every record so far, then starts an empty
