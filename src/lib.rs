@@ -53,6 +53,7 @@ mod change;
 mod clock;
 mod entry;
 mod error;
+mod extras;
 mod file;
 mod inbox;
 mod inspect;
@@ -62,6 +63,7 @@ mod layer;
 mod location;
 mod map;
 mod observe;
+mod owner;
 mod persist;
 #[cfg(all(feature = "postgres", not(loom)))]
 mod pg;
@@ -87,7 +89,7 @@ pub use layer::MissingTokenLayer;
 pub use layer::{ResponseFuture, TokenLayer, TokenService};
 pub use location::{redacted_path, Location};
 pub use rate_limit::{RateLimit, RateLimitError, MAX_BURST, MAX_BURST_SPAN};
-pub use request::{NewToken, TokenInfo};
+pub use request::{ImportedToken, NewToken, TokenInfo};
 pub use snapshot::FORMAT_VERSION;
 pub use stats::{Rejections, Stats};
 pub use store::{Builder, TokenStore, DEFAULT_FLUSH_INTERVAL};
@@ -117,9 +119,12 @@ pub mod __fuzz {
     use crate::snapshot;
     use crate::token::{self, TokenId};
 
-    /// The first step of `validate`: shape and checksum. `Some(id)` if both pass.
+    /// The first step of `validate`: shape, prefix and checksum, with the default prefix
+    /// and `sk_live` accepted. `Some(id)` if all pass.
     pub fn parse_token(candidate: &str) -> Option<TokenId> {
-        token::parse(candidate)
+        let prefixes = token::Prefixes::default();
+        let _ = prefixes.add("sk_live");
+        token::parse(candidate, &prefixes)
     }
 
     /// `body` behind a valid header (magic, version, length and both checksums), so a

@@ -54,6 +54,7 @@ pub(crate) use backend::{Compacted, Facts, Write};
 use batch::{Applied, Batch};
 #[cfg(loom)]
 pub use recorder::{Recorded, Recorder};
+pub(crate) use write::compact;
 
 /// The persister's state; [`Persister::run`] is the thread's body.
 pub(crate) struct Persister {
@@ -85,6 +86,8 @@ pub(crate) struct Persister {
     definitions_pending: bool,
     /// Publishes the counters (with the `metrics` feature).
     published: Publisher,
+    /// The prefix this store issues under, while no file (or the database) records it.
+    unrecorded_prefix: Option<String>,
 }
 
 /// How many messages one batch takes at most, so a flood cannot starve the writes.
@@ -97,6 +100,8 @@ pub(crate) struct Start {
     pub(crate) compaction_floor: u64,
     pub(crate) snapshot_len: u64,
     pub(crate) seq: u64,
+    /// The prefix this store issues under, if its files do not record it yet.
+    pub(crate) unrecorded_prefix: Option<String>,
 }
 
 impl Persister {
@@ -123,6 +128,7 @@ impl Persister {
             scan_all: false,
             definitions_pending: false,
             published: Publisher::new(),
+            unrecorded_prefix: start.unrecorded_prefix,
         }
     }
 
@@ -195,11 +201,15 @@ impl Persister {
             pending,
             replies,
             kinds,
+            records_prefix,
         } = self.apply(&mut batch, now);
         let write = self.decide(&changes, &pending, &batch, now);
         let result = self.write(write, changes, pending, now);
         if result.is_ok() {
             observe::committed(&kinds);
+            if records_prefix {
+                self.unrecorded_prefix = None;
+            }
         }
         // Before the replies: what a flush or close saw counted is published when it returns.
         let asked = !batch.flushes.is_empty();

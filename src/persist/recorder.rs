@@ -115,6 +115,14 @@ impl Sink for Recorder {
                 ChangeRef::SetRateLimit { id, .. } | ChangeRef::Expire { id, .. } => {
                     (id_of(*id)?, Some((None, None)))
                 }
+                ChangeRef::Extras(extras) => (id_of(extras.id)?, Some((None, None))),
+                // The models change single tokens only.
+                ChangeRef::RevokeOwner { .. }
+                | ChangeRef::DeleteOwner { .. }
+                | ChangeRef::OwnerRateLimit { .. }
+                | ChangeRef::Prefix(_) => {
+                    return Err(AppendFailed::journal(io::ErrorKind::Unsupported.into()));
+                }
             });
         }
         self.records += 1;

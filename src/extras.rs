@@ -1,0 +1,172 @@
+//! A token's extras: its owner, its metadata and whether it was imported. Most tokens have
+//! none, and an entry without them holds one null pointer. With them, an entry points at
+//! one immutable [`Extras`]; `set_meta` swaps in a new one whole.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use crate::owner::{self, Owner, Owners};
+use crate::snapshot::{ExtrasRecord, ExtrasRef, Problem};
+use crate::token::TokenId;
+
+/// The most bytes of metadata one token carries (keys and values together).
+pub(crate) const MAX_META_BYTES: usize = 4096;
+/// Separates keys and values in packed metadata (none holds it).
+const SEPARATOR: char = '\0';
+
+/// A token's owner, metadata and import mark, as one immutable value.
+pub(crate) struct Extras {
+    pub(crate) owner: Option<Arc<Owner>>,
+    /// Each key, then its value, each followed by [`SEPARATOR`], in the order given.
+    meta: Box<str>,
+    pub(crate) imported: bool,
+}
+
+impl Extras {
+    /// Extras from their parts; `meta` must come from [`pack_meta`].
+    pub(crate) fn new(owner: Option<Arc<Owner>>, meta: Box<str>, imported: bool) -> Extras {
+        Extras {
+            owner,
+            meta,
+            imported,
+        }
+    }
+
+    /// The extras a record describes, checked as `NewToken` checks them (a file or a row
+    /// holding what no call could have made is refused), with the owner shared through
+    /// `owners`.
+    pub(crate) fn from_record(
+        record: ExtrasRecord,
+        owners: &Owners,
+    ) -> Result<(TokenId, Extras), Problem> {
+        let id = TokenId::from_bytes(record.id)
+            .ok_or_else(|| Problem::BadId(String::from_utf8_lossy(&record.id).into()))?;
+        let bad = |why: String| Problem::BadExtras {
+            id: id.to_string(),
+            why,
+        };
+        let meta = pack_meta(&record.meta).map_err(bad)?;
+        let owner = match &record.owner {
+            Some(name) => {
+                owner::check_name(name).map_err(bad)?;
+                Some(owners.get_or_add(name))
+            }
+            None => None,
+        };
+        Ok((id, Extras::new(owner, meta, record.imported)))
+    }
+
+    /// The same owner and import mark with other metadata.
+    pub(crate) fn with_meta(&self, meta: Box<str>) -> Extras {
+        Extras::new(self.owner.clone(), meta, self.imported)
+    }
+
+    /// Whether there is nothing to keep: no owner, no metadata, not imported.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.owner.is_none() && self.meta.is_empty() && !self.imported
+    }
+
+    /// The owner's id.
+    pub(crate) fn owner_name(&self) -> Option<&str> {
+        self.owner.as_deref().map(Owner::name)
+    }
+
+    /// The value of metadata `key`: a scan of at most 4 KiB, no allocation.
+    pub(crate) fn meta(&self, key: &str) -> Option<&str> {
+        self.meta_pairs().find(|&(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Every metadata pair, in the order given.
+    pub(crate) fn meta_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut parts = self.meta.split_terminator(SEPARATOR);
+        std::iter::from_fn(move || Some((parts.next()?, parts.next().unwrap_or_default())))
+    }
+
+    /// The packed metadata (to copy into a new [`Extras`]).
+    pub(crate) fn packed_meta(&self) -> &str {
+        &self.meta
+    }
+
+    /// As a snapshot or journal record of token `id` stores it.
+    pub(crate) fn record(&self, id: TokenId) -> ExtrasRef<'_> {
+        ExtrasRef {
+            id: id.to_bytes(),
+            owner: self.owner_name().map(Cow::Borrowed),
+            meta: self
+                .meta_pairs()
+                .map(|(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v)))
+                .collect(),
+            imported: self.imported,
+        }
+    }
+}
+
+/// Checks metadata pairs and packs them in one allocation: keys 1 to 128 bytes, unique,
+/// without control characters; values without NUL; at most [`MAX_META_BYTES`] of keys and
+/// values together. The error says which rule a pair broke.
+pub(crate) fn pack_meta<K: AsRef<str>, V: AsRef<str>>(
+    pairs: &[(K, V)],
+) -> Result<Box<str>, String> {
+    let total: usize = pairs
+        .iter()
+        .map(|(k, v)| k.as_ref().len() + v.as_ref().len())
+        .sum();
+    if total > MAX_META_BYTES {
+        return Err(format!(
+            "metadata takes {total} bytes (keys and values); the limit is {MAX_META_BYTES}"
+        ));
+    }
+    let mut packed = String::with_capacity(total + 2 * pairs.len());
+    for (n, (key, value)) in pairs.iter().enumerate() {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        if key.is_empty() || key.len() > 128 || key.chars().any(char::is_control) {
+            return Err(format!(
+                "metadata key {key:?} must be 1 to 128 bytes without control characters"
+            ));
+        }
+        if value.contains(SEPARATOR) {
+            return Err(format!(
+                "the value of metadata key {key:?} holds a NUL character"
+            ));
+        }
+        if pairs[..n].iter().any(|(k, _)| k.as_ref() == key) {
+            return Err(format!(
+                "metadata key {key:?} is given twice; keys are unique"
+            ));
+        }
+        packed.push_str(key);
+        packed.push(SEPARATOR);
+        packed.push_str(value);
+        packed.push(SEPARATOR);
+    }
+    Ok(packed.into_boxed_str())
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_packs_in_order_and_reads_back_by_key() {
+        let packed = pack_meta(&[("plan", "pro"), ("tenant", ""), ("region", "eu")]).unwrap();
+        let extras = Extras::new(None, packed, false);
+        assert_eq!(extras.meta("plan"), Some("pro"));
+        assert_eq!(extras.meta("tenant"), Some(""));
+        assert_eq!(extras.meta("absent"), None);
+        let pairs: Vec<_> = extras.meta_pairs().collect();
+        assert_eq!(pairs, [("plan", "pro"), ("tenant", ""), ("region", "eu")]);
+        assert!(!extras.is_empty());
+        assert!(Extras::new(None, "".into(), false).is_empty());
+    }
+
+    #[test]
+    fn metadata_over_the_limit_a_repeated_key_or_a_nul_is_refused() {
+        let big = "v".repeat(MAX_META_BYTES);
+        assert!(pack_meta(&[("k", big.as_str())]).is_err());
+        assert!(pack_meta(&[("k", &big[1..])]).is_ok(), "exactly the limit");
+        assert!(pack_meta(&[("k", "1"), ("k", "2")]).is_err());
+        assert!(pack_meta(&[("", "1")]).is_err());
+        assert!(pack_meta(&[("k", "a\0b")]).is_err());
+        assert!(pack_meta(&[("k\0", "a")]).is_err());
+    }
+}
