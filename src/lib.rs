@@ -246,6 +246,6 @@ pub mod __churn {
 pub mod __loom {
     pub use crate::persist::{Recorded, Recorder};
     pub use crate::rate_limit::Gcra;
-    pub use crate::store::open_recorded;
+    pub use crate::store::{open_recorded, open_recorded_owned};
     pub use crate::sync::bug::{plant, Bug, Planted};
 }

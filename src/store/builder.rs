@@ -425,12 +425,23 @@ pub fn open_recorded(
     tokens: usize,
     recorder: crate::persist::Recorder,
 ) -> Result<(TokenStore, Vec<IssuedToken>), Error> {
+    open_recorded_owned(builder, tokens, None, recorder)
+}
+
+/// Model checks only: [`open_recorded`], with every token belonging to `owner` if given.
+#[cfg(loom)]
+pub fn open_recorded_owned(
+    builder: Builder,
+    tokens: usize,
+    owner: Option<&str>,
+    recorder: crate::persist::Recorder,
+) -> Result<(TokenStore, Vec<IssuedToken>), Error> {
     let now = builder.clock.now_ms();
     let mut issued = Vec::with_capacity(tokens);
     let mut records = Vec::with_capacity(tokens);
     for n in 0..tokens {
-        let (secret, id) = token::generate(token::DEFAULT_PREFIX)
-            .map_err(|e| Error::Random(e.to_string()))?;
+        let (secret, id) =
+            token::generate(token::DEFAULT_PREFIX).map_err(|e| Error::Random(e.to_string()))?;
         records.push(snapshot::Record {
             id: id.to_bytes(),
             name: format!("loom-{n}"),
@@ -448,6 +459,15 @@ pub fn open_recorded(
         crate::entry::load(records).map_err(|p| DecodeError::from(p).at(&builder.path))?;
     // No snapshot yet: `start` writes the first one, so the recorder holds the tokens.
     let recovered = Recovered::fresh(entries);
+    if let Some(owner) = owner {
+        let map = &recovered.map;
+        map.with_all(|entries| {
+            for entry in entries {
+                let owner = Some(map.owners.get_or_add(owner));
+                entry.set_extras(Some(crate::extras::Extras::new(owner, "".into(), false)));
+            }
+        });
+    }
     let location = Location::File(builder.path.clone());
     let store = builder.start(location, recovered, Box::new(recorder), None, None)?;
     Ok((store, issued))
