@@ -77,7 +77,7 @@ pub(crate) struct JournalRead {
 
 /// Loads what a snapshot holds besides its token records into `map`: each token's extras
 /// (refused if no token has the id), owners' limits, recorded prefixes.
-fn load_shared(
+pub(crate) fn load_shared(
     map: &Map,
     extras: Vec<ExtrasRecord>,
     owners: Vec<OwnerRecord>,
