@@ -7,9 +7,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::entry;
+use crate::extras::Extras;
 use crate::map::Map;
 use crate::rate_limit::RateLimit;
-use crate::snapshot::{Problem, RateLimitRecord, Record, RecordRef};
+use crate::snapshot::{ExtrasRecord, ExtrasRef, Problem, RateLimitRecord, Record, RecordRef};
 use crate::token::TokenId;
 
 /// One change to the store, as a journal record holds it and as a row another replica
@@ -31,6 +32,20 @@ pub(crate) enum Change {
     Expire { id: [u8; 8], at: u64 },
     /// The token was last used at `at` (replayed with max).
     Used { id: [u8; 8], at: u64 },
+    // Journal version 2 appends the variants below; version 1 records decode unchanged.
+    /// The token's owner, metadata and import mark are now these (at issue, `set_meta`).
+    Extras(ExtrasRecord),
+    /// Every token of `owner` present at this point was revoked at `at`.
+    RevokeOwner { owner: String, at: u64 },
+    /// Every token of `owner` present at this point was deleted.
+    DeleteOwner { owner: String },
+    /// The owner's shared rate limit was set or removed.
+    OwnerRateLimit {
+        owner: String,
+        limit: Option<RateLimitRecord>,
+    },
+    /// The store issues (or issued) tokens under this prefix: it stays accepted.
+    Prefix(String),
 }
 
 /// What a record is written from: a [`Change`] whose new token borrows its entry's text.
@@ -57,6 +72,19 @@ pub(crate) enum ChangeRef<'a> {
         id: [u8; 8],
         at: u64,
     },
+    Extras(ExtrasRef<'a>),
+    RevokeOwner {
+        owner: String,
+        at: u64,
+    },
+    DeleteOwner {
+        owner: String,
+    },
+    OwnerRateLimit {
+        owner: String,
+        limit: Option<RateLimitRecord>,
+    },
+    Prefix(String),
 }
 
 /// Applies one change to `map`: a journal record's while opening (`recover`), or
@@ -111,6 +139,31 @@ pub(crate) fn apply(map: &Map, change: Change) -> Result<bool, Problem> {
         }
         Change::Used { id, at } => {
             map.with(&token_id(id)?, |e| e.replay_used(at));
+        }
+        Change::Extras(record) => {
+            let (id, extras) = Extras::from_record(record, &map.owners)?;
+            map.set_extras(&id, extras);
+        }
+        Change::RevokeOwner { owner, at } => {
+            map.revoke_owner(&owner, at);
+        }
+        Change::DeleteOwner { owner } => {
+            map.delete_owner(&owner);
+        }
+        Change::OwnerRateLimit { owner, limit } => {
+            let limit = match limit {
+                Some(stored) => Some(
+                    RateLimit::from_record(&stored)
+                        .ok_or_else(|| Problem::BadRateLimit(format!("of owner {owner:?}")))?,
+                ),
+                None => None,
+            };
+            map.owners.set_rate_limit(&owner, limit);
+        }
+        Change::Prefix(prefix) => {
+            map.prefixes
+                .add(&prefix)
+                .map_err(|_| Problem::BadPrefix(prefix))?;
         }
     }
     Ok(changed)

@@ -333,7 +333,7 @@ fn validate(path: &Path, scope: Option<&str>, json: bool) -> Result<ExitCode, Fa
 /// open, a read-only view of its files.
 enum Checker {
     Store(TokenStore),
-    View(StoreView),
+    View(Box<StoreView>),
 }
 
 impl Checker {
@@ -342,7 +342,7 @@ impl Checker {
         require_existing(path)?;
         match TokenStore::open(path) {
             Ok(store) => Ok(Checker::Store(store)),
-            Err(tokencache::Error::Locked { .. }) => view(path).map(Checker::View),
+            Err(tokencache::Error::Locked { .. }) => view(path).map(|v| Checker::View(Box::new(v))),
             Err(e) => Err(e.to_string()),
         }
     }

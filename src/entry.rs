@@ -5,6 +5,10 @@
 //! with its dirty bit, and the rate limiter. The second holds what only lists, snapshots
 //! and the persister read: the id, name and scopes, times, the rate limit as set.
 //!
+//! A token's owner, metadata and import mark ([`Extras`]) hang off the second line; the
+//! status word's owner bit tells `validate` whether to look there, so a token without an
+//! owner pays one bit test for owners.
+//!
 //! `last_used` and the dirty bit share one word: a validation's `fetch_max` stamps the time
 //! and sets the bit in one step, and a snapshot's `fetch_and` clears the bit and returns the
 //! time in one step, so there is no ordering argument between two atomics: a validation
@@ -15,6 +19,7 @@ use std::collections::HashSet;
 use subtle::ConstantTimeEq;
 
 use crate::error::Rejection;
+use crate::extras::Extras;
 use crate::rate_limit::{Gcra, RateLimit};
 use crate::snapshot::{Problem, Record, RecordRef, Scopes};
 use crate::sync::{AtomicU64, Ordering};
@@ -22,8 +27,13 @@ use crate::token::{Digest, TokenId};
 
 /// `0` in a time word means "never".
 const NEVER: u64 = 0;
-/// The revoked bit of the status word; the other bits hold the expiry (Unix ms, 0 = never).
+/// The revoked bit of the status word; the low 62 bits hold the expiry (Unix ms, 0 = never).
 const REVOKED: u64 = 1 << 63;
+/// The owner bit of the status word: the token has an owner, whose shared rate limit
+/// `validate` checks too.
+const OWNED: u64 = 1 << 62;
+/// The expiry bits of the status word (an expiry past the year 146 million is clamped).
+const EXPIRY: u64 = OWNED - 1;
 /// The dirty bit of the `used` word; the other bits hold `last_used << 1`.
 const DIRTY: u64 = 1;
 /// The latest time either word can hold (63 bits of milliseconds: the year 292 million).
@@ -36,7 +46,8 @@ const SEPARATOR: char = '\0';
 #[repr(C, align(64))]
 pub(crate) struct Hot {
     digest: Digest,
-    /// Expiry in Unix ms (0 = never), with [`REVOKED`] set once the token is revoked.
+    /// Expiry in Unix ms (0 = never), with [`REVOKED`] set once the token is revoked and
+    /// [`OWNED`] while it has an owner.
     status: AtomicU64,
     /// `last_used << 1 | dirty`.
     used: AtomicU64,
@@ -58,6 +69,8 @@ pub(crate) struct Entry {
     /// The rate limit as set, for `get`, `list` and snapshots; written by the persister
     /// only, never read on the hot path (which reads `hot.limiter`).
     rate_limit: RateLimitCell,
+    /// Owner, metadata, import mark: null for most tokens; swapped whole by the persister.
+    extras: ExtrasCell,
 }
 
 #[cfg(not(loom))]
@@ -89,7 +102,7 @@ impl Entry {
             hot: Hot {
                 digest,
                 // An expiry of 0 (1970) means expired, not "never".
-                status: AtomicU64::new(expires_at.map_or(NEVER, |at| at.clamp(1, LATEST))),
+                status: AtomicU64::new(expires_at.map_or(NEVER, |at| at.clamp(1, EXPIRY))),
                 used: AtomicU64::new(NEVER),
                 limiter: Gcra::new(rate_limit),
             },
@@ -99,7 +112,13 @@ impl Entry {
             revoked_at: AtomicU64::new(NEVER),
             persisted_last_used: AtomicU64::new(NEVER),
             rate_limit: RateLimitCell::new(rate_limit),
+            extras: ExtrasCell::default(),
         }
+    }
+
+    /// The SHA-256 digest the token is stored under.
+    pub(crate) fn digest(&self) -> &Digest {
+        &self.hot.digest
     }
 
     /// An entry as loaded from a snapshot (with its checked id, text and rate limit):
@@ -155,10 +174,67 @@ impl Entry {
         if status & REVOKED != 0 {
             return Err(Rejection::Revoked);
         }
-        if status != NEVER && now_ms >= status {
+        let expiry = status & EXPIRY;
+        if expiry != NEVER && now_ms >= expiry {
             return Err(Rejection::Expired);
         }
         Ok(())
+    }
+
+    /// Spends one request of the owner's shared rate limit at `now_ms`, if the token has an
+    /// owner; a token without one costs a load of the status word (in the line `verdict`
+    /// just read) and a branch.
+    #[inline]
+    pub(crate) fn check_owner_rate(&self, now_ms: u64) -> Result<(), std::time::Duration> {
+        // Acquire: pairs with the Release in `set_extras`, which stores the extras before
+        // setting the bit, so a check that sees the bit finds the owner.
+        if self.hot.status.load(Ordering::Acquire) & OWNED == 0 {
+            return Ok(());
+        }
+        self.check_owner_rate_slow(now_ms)
+    }
+
+    #[inline(never)]
+    fn check_owner_rate_slow(&self, now_ms: u64) -> Result<(), std::time::Duration> {
+        match self.extras.load().as_ref().and_then(|x| x.owner.as_ref()) {
+            Some(owner) => owner.check_rate(now_ms),
+            None => Ok(()),
+        }
+    }
+
+    /// The token's extras (owner, metadata, import mark), if it has any.
+    pub(crate) fn extras(&self) -> ExtrasGuard {
+        self.extras.load()
+    }
+
+    /// The token's extras as a counted reference (for the persister's records).
+    pub(crate) fn extras_arc(&self) -> Option<std::sync::Arc<Extras>> {
+        Option::clone(&*self.extras.load())
+    }
+
+    /// Whether the token belongs to `owner`.
+    pub(crate) fn owner_is(&self, owner: &str) -> bool {
+        self.extras.load().as_ref().and_then(|x| x.owner_name()) == Some(owner)
+    }
+
+    /// Whether the token was imported (its digest is of a key minted elsewhere).
+    pub(crate) fn is_imported(&self) -> bool {
+        self.extras.load().as_ref().is_some_and(|x| x.imported)
+    }
+
+    /// Replaces the token's extras (empty ones are kept as none) and sets the owner bit to
+    /// match. Called by the persister only (and while loading, before the entry is shared),
+    /// like every other write of the status word.
+    pub(crate) fn set_extras(&self, extras: Option<Extras>) {
+        let extras = extras.filter(|x| !x.is_empty());
+        let owned = extras.as_ref().is_some_and(|x| x.owner.is_some());
+        self.extras.store(extras);
+        // Release: pairs with the Acquire in `check_owner_rate` (the extras first).
+        if owned {
+            self.hot.status.fetch_or(OWNED, Ordering::Release);
+        } else {
+            self.hot.status.fetch_and(!OWNED, Ordering::Release);
+        }
     }
 
     /// Spends one request of the token's rate limit at `now_ms`, or says how long to wait.
@@ -285,7 +361,7 @@ impl Entry {
 
     /// When the token expires, in Unix ms.
     pub(crate) fn expires_at(&self) -> Option<u64> {
-        nonzero(self.hot.status.load(Ordering::Acquire) & !REVOKED)
+        nonzero(self.hot.status.load(Ordering::Acquire) & EXPIRY)
     }
 
     /// Marks the token revoked at `now_ms`, keeping the first revocation time if it already
@@ -303,15 +379,15 @@ impl Entry {
     /// Makes the token expire at `at_ms` if it would otherwise expire later (or never).
     /// Called by the persister only (`rotate`).
     pub(crate) fn shorten_expiry(&self, at_ms: u64) {
-        let at = at_ms.clamp(1, REVOKED - 1);
+        let at = at_ms.clamp(1, EXPIRY);
         // Relaxed loads: only the persister writes the word, and this thread is it.
         let status = self.hot.status.load(Ordering::Relaxed);
-        let expiry = status & !REVOKED;
+        let expiry = status & EXPIRY;
         if expiry == NEVER || at < expiry {
             // Release: pairs with the Acquire in `verdict`.
             self.hot
                 .status
-                .store((status & REVOKED) | at, Ordering::Release);
+                .store((status & !EXPIRY) | at, Ordering::Release);
         }
     }
 
@@ -428,6 +504,54 @@ impl RateLimitCell {
     }
 }
 
+/// A token's extras: swapped whole, read without a lock (the loom build uses a lock).
+#[cfg(not(loom))]
+#[derive(Default)]
+struct ExtrasCell(arc_swap::ArcSwapOption<Extras>);
+
+/// What reading an entry's extras holds: the extras stay alive while it lives.
+#[cfg(not(loom))]
+pub(crate) type ExtrasGuard = arc_swap::Guard<Option<std::sync::Arc<Extras>>>;
+
+#[cfg(not(loom))]
+impl ExtrasCell {
+    fn load(&self) -> ExtrasGuard {
+        self.0.load()
+    }
+
+    fn store(&self, extras: Option<Extras>) {
+        self.0.store(extras.map(std::sync::Arc::new));
+    }
+}
+
+#[cfg(loom)]
+#[derive(Default)]
+struct ExtrasCell(std::sync::Mutex<Option<std::sync::Arc<Extras>>>);
+
+/// What reading an entry's extras holds (a clone under loom).
+#[cfg(loom)]
+pub(crate) struct ExtrasGuard(Option<std::sync::Arc<Extras>>);
+
+#[cfg(loom)]
+impl std::ops::Deref for ExtrasGuard {
+    type Target = Option<std::sync::Arc<Extras>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+#[cfg(loom)]
+impl ExtrasCell {
+    fn load(&self) -> ExtrasGuard {
+        ExtrasGuard(self.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    fn store(&self, extras: Option<Extras>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = extras.map(std::sync::Arc::new);
+    }
+}
+
 #[cfg(loom)]
 struct RateLimitCell(crate::sync::Mutex<Option<RateLimit>>);
 
@@ -537,12 +661,11 @@ mod tests {
             written_at: 3,
             seq: 5,
             records: &records,
+            extras: &[],
+            owners: &[],
+            prefixes: &[],
         });
-        let owned = Body {
-            written_at: 3,
-            seq: 5,
-            records: entries.iter().map(|e| e.to_record(42)).collect(),
-        };
+        let owned = Body::tokens(3, 5, entries.iter().map(|e| e.to_record(42)).collect());
         assert_eq!(image, encode(&owned));
         assert_eq!(decode(&image).unwrap(), owned);
     }
@@ -559,7 +682,8 @@ mod tests {
         );
         let far = Entry::new(id, [0; 32], text(), 0, Some(u64::MAX), None);
         assert_eq!(far.verdict(u64::MAX - 1), Err(Rejection::Expired));
-        assert_eq!(far.verdict(LATEST - 1), Ok(()));
+        assert_eq!(far.verdict(EXPIRY - 1), Ok(()), "an expiry keeps 62 bits");
+        assert_eq!(far.expires_at(), Some(EXPIRY));
         assert_eq!(far.touch(u64::MAX), Touch::Send);
         assert_eq!(far.last_used(), Some(LATEST));
         let mut record = epoch.to_record(0);

@@ -288,6 +288,7 @@ pub(crate) fn local(kind: ChangeKind, id: TokenId, owner: Option<String>, at: u6
 }
 
 /// An event about a change another replica committed.
+#[cfg(all(feature = "postgres", not(loom)))]
 pub(crate) fn replica(
     kind: ChangeKind,
     id: TokenId,

@@ -36,6 +36,14 @@ pub(crate) enum Message {
     SetRateLimit(TokenId, Option<RateLimit>, Reply),
     /// Delete this token durably, then reply.
     Delete(TokenId, Reply),
+    /// Revoke every token of this owner durably, then reply with how many.
+    RevokeOwner(String, Reply),
+    /// Delete every token of this owner durably, then reply with how many.
+    DeleteOwner(String, Reply),
+    /// Set or remove this owner's shared rate limit durably, then reply.
+    SetOwnerRateLimit(String, Option<RateLimit>, Reply),
+    /// Replace this token's metadata (packed, checked) durably, then reply.
+    SetMeta(TokenId, Box<str>, Reply),
     /// Delete every token revoked or expired at or before this time (Unix ms) durably, then
     /// reply with how many.
     Purge(u64, Reply),

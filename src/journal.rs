@@ -6,7 +6,7 @@
 //! ```text
 //! header (32 bytes)
 //! 0   8  magic      89 54 4B 4A 0D 0A 1A 0A  ("\x89TKJ\r\n\x1a\n")
-//! 8   4  version    u32, currently 1
+//! 8   4  version    u32, currently 2 (1: no extras, owner or prefix changes; still read)
 //! 12  4  flags      u32, must be 0
 //! 16  8  base       u64, the sequence number the first record follows
 //! 24  4  reserved   u32, must be 0
@@ -32,7 +32,7 @@ use crate::snapshot::{self, u32_at, u64_at, DecodeError, Problem, MAX_SEQ};
 /// The first eight bytes of every journal file.
 pub(crate) const MAGIC: [u8; 8] = *b"\x89TKJ\r\n\x1a\n";
 /// The journal format version this build writes, and the newest it reads.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 /// The size of the journal's header in bytes.
 pub(crate) const HEADER_LEN: usize = 32;
 /// The size of a record's frame before its payload.
@@ -203,6 +203,8 @@ const PROBE_LEN: u64 = 4096;
 /// A journal as read: the records in order and where the valid part ends.
 #[derive(Debug)]
 pub(crate) struct Scanned {
+    /// The format version its header states (0: the header is cut short).
+    pub(crate) version: u32,
     /// The sequence number the first record follows (from the header).
     pub(crate) base: u64,
     /// The records, in file order.
@@ -294,6 +296,7 @@ pub(crate) fn scan_from<S: Source + ?Sized>(source: &S) -> Result<Scanned, ScanE
     let read = snapshot::read_header(&header[..header_len], &MAGIC, VERSION);
     let Some(header) = read.map_err(|(offset, error)| at(offset, error))? else {
         return Ok(Scanned {
+            version: 0,
             base: 0,
             records: Vec::new(),
             valid_len: 0,
@@ -321,6 +324,7 @@ pub(crate) fn scan_from<S: Source + ?Sized>(source: &S) -> Result<Scanned, ScanE
                 return Err(at(offset, Problem::BodyChecksum.into()));
             }
             return Ok(Scanned {
+                version: header.version,
                 base,
                 records,
                 valid_len: offset,
@@ -353,6 +357,7 @@ pub(crate) fn scan_from<S: Source + ?Sized>(source: &S) -> Result<Scanned, ScanE
         offset = record.end;
     }
     Ok(Scanned {
+        version: header.version,
         base,
         records,
         valid_len: offset,

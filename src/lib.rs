@@ -53,6 +53,7 @@ mod change;
 mod clock;
 mod entry;
 mod error;
+mod extras;
 mod feed;
 mod file;
 mod inbox;
@@ -63,6 +64,7 @@ mod layer;
 mod location;
 mod map;
 mod observe;
+mod owner;
 mod persist;
 #[cfg(all(feature = "postgres", not(loom)))]
 mod pg;
@@ -92,7 +94,7 @@ pub use layer::MissingTokenLayer;
 pub use layer::{ResponseFuture, TokenLayer, TokenService};
 pub use location::{redacted_path, Location};
 pub use rate_limit::{RateLimit, RateLimitError, MAX_BURST, MAX_BURST_SPAN};
-pub use request::{NewToken, TokenInfo};
+pub use request::{ImportedToken, NewToken, TokenInfo};
 pub use snapshot::FORMAT_VERSION;
 pub use stats::{Rejections, Stats};
 pub use store::{Builder, TokenStore, DEFAULT_FLUSH_INTERVAL};
@@ -122,9 +124,12 @@ pub mod __fuzz {
     use crate::snapshot;
     use crate::token::{self, TokenId};
 
-    /// The first step of `validate`: shape and checksum. `Some(id)` if both pass.
+    /// The first step of `validate`: shape, prefix and checksum, with the default prefix
+    /// and `sk_live` accepted. `Some(id)` if all pass.
     pub fn parse_token(candidate: &str) -> Option<TokenId> {
-        token::parse(candidate)
+        let prefixes = token::Prefixes::default();
+        let _ = prefixes.add("sk_live");
+        token::parse(candidate, &prefixes)
     }
 
     /// `body` behind a valid header (magic, version, length and both checksums), so a
@@ -134,11 +139,17 @@ pub mod __fuzz {
     }
 
     /// Checks a store file image as `open` does (header, checksums, body, every record's id,
-    /// uniqueness and rate limit). `Ok(tokens)` if it would open; `Err` says why not.
+    /// uniqueness and rate limit, then each token's extras, owners' limits and recorded
+    /// prefixes loaded onto the tokens). `Ok(tokens)` if it would open; `Err` says why not.
     pub fn check_snapshot(bytes: &[u8]) -> Result<usize, String> {
         let body = snapshot::decode(bytes).map_err(|e| format!("{e:?}"))?;
         let entries = entry::load(body.records).map_err(|e| e.to_string())?;
-        Ok(entries.len())
+        let map = crate::map::Map::with_capacity(entries.len());
+        map.insert_new(entries)
+            .map_err(|e| format!("token {} twice", e.0))?;
+        crate::recover::load_shared(&map, body.extras, body.owners, body.prefixes)
+            .map_err(|e| e.to_string())?;
+        Ok(map.len())
     }
 
     /// `payload` as the one record of a journal with a valid header and frame (length,
@@ -246,6 +257,6 @@ pub mod __churn {
 pub mod __loom {
     pub use crate::persist::{Recorded, Recorder};
     pub use crate::rate_limit::Gcra;
-    pub use crate::store::open_recorded;
+    pub use crate::store::{open_recorded, open_recorded_owned};
     pub use crate::sync::bug::{plant, Bug, Planted};
 }

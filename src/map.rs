@@ -1,4 +1,5 @@
-//! The token map: id to entry, the one structure that holds the tokens.
+//! The token map: id to entry, the one structure that holds the tokens, with what the
+//! tokens share: the index of imported keys by digest, the owners, the accepted prefixes.
 //!
 //! Normally a `papaya::HashMap` (chosen by measurement: docs/DESIGN.md, "The token map").
 //! Reads take no lock and write no memory another thread reads: a reader announces itself
@@ -14,19 +15,229 @@
 //! and `read` hands out an `Arc` clone instead of a borrow.
 
 use std::ops::Deref;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::entry::Entry;
-use crate::token::TokenId;
+use crate::extras::Extras;
+use crate::owner::Owners;
+use crate::token::{Digest, Prefixes, TokenId};
+
+/// The tokens, by id, and what they share.
+pub(crate) struct Map {
+    entries: Entries,
+    /// Imported keys' ids by digest: a key minted elsewhere has no id in it to look up.
+    imported: DigestIndex,
+    /// How many imported keys the store holds: 0 keeps a foreign string's fast `Malformed`.
+    imported_count: AtomicUsize,
+    /// Every owner some token or shared limit names.
+    pub(crate) owners: Owners,
+    /// The prefixes tokens are accepted under.
+    pub(crate) prefixes: Prefixes,
+}
+
+impl Map {
+    pub(crate) fn with_capacity(capacity: usize) -> Map {
+        Map {
+            entries: Entries::with_capacity(capacity),
+            imported: DigestIndex::default(),
+            imported_count: AtomicUsize::new(0),
+            owners: Owners::default(),
+            prefixes: Prefixes::default(),
+        }
+    }
+
+    /// The entry, lent: no lock, no clone, no write to memory other threads read.
+    #[inline]
+    pub(crate) fn read(&self, id: &TokenId) -> Option<Lent<'_>> {
+        self.entries.read(id)
+    }
+
+    /// Whether the store holds any imported key (a load: the validation path asks it of
+    /// every string not in our format).
+    #[inline]
+    pub(crate) fn has_imported(&self) -> bool {
+        // Relaxed: a hint; an import racing a validation may or may not be seen by it.
+        self.imported_count.load(Ordering::Relaxed) != 0
+    }
+
+    /// The imported key whose digest is `digest`, lent.
+    pub(crate) fn read_imported(&self, digest: &Digest) -> Option<Lent<'_>> {
+        self.entries.read(&self.imported.get(digest)?)
+    }
+
+    /// Runs `f` on the entry, if there is one.
+    pub(crate) fn with<R>(&self, id: &TokenId, f: impl FnOnce(&Entry) -> R) -> Option<R> {
+        self.entries.with(id, f)
+    }
+
+    pub(crate) fn contains(&self, id: &TokenId) -> bool {
+        self.entries.contains(id)
+    }
+
+    /// Whether an imported key has this digest.
+    pub(crate) fn contains_imported(&self, digest: &Digest) -> bool {
+        self.imported.get(digest).is_some()
+    }
+
+    /// Adds new entries. Stops at the first id already present (`Err`); the entries
+    /// before it stay added.
+    pub(crate) fn insert_new(
+        &self,
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> Result<(), Duplicate> {
+        for entry in entries {
+            let imported = entry.is_imported().then(|| (*entry.digest(), entry.id));
+            self.entries.insert_new(entry)?;
+            if let Some((digest, id)) = imported {
+                self.index(digest, id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the entry; it is freed once no reader holds it. `false` if there was none.
+    pub(crate) fn remove(&self, id: &TokenId) -> bool {
+        let imported = self
+            .entries
+            .with(id, |e| e.is_imported().then(|| *e.digest()))
+            .flatten();
+        let removed = self.entries.remove(id);
+        if let (true, Some(digest)) = (removed, imported) {
+            self.unindex(&digest);
+        }
+        removed
+    }
+
+    /// Replaces token `id`'s extras (persister, or loading), keeping the digest index in
+    /// step with its import mark. `false` if there is no such token.
+    pub(crate) fn set_extras(&self, id: &TokenId, extras: Extras) -> bool {
+        let found = self.entries.with(id, |e| {
+            let was = e.is_imported();
+            let now = extras.imported;
+            e.set_extras(Some(extras));
+            (was, now, *e.digest())
+        });
+        match found {
+            Some((false, true, digest)) => self.index(digest, *id),
+            Some((true, false, digest)) => self.unindex(&digest),
+            _ => {}
+        }
+        found.is_some()
+    }
+
+    /// Revokes at `at` every token of `owner` not revoked yet; returns their ids.
+    pub(crate) fn revoke_owner(&self, owner: &str, at: u64) -> Vec<TokenId> {
+        self.with_all(|entries| {
+            entries
+                .iter()
+                .filter(|e| e.revoked_at().is_none() && e.owner_is(owner))
+                .map(|e| {
+                    e.revoke(at);
+                    e.id
+                })
+                .collect()
+        })
+    }
+
+    /// Deletes every token of `owner`; returns their ids.
+    pub(crate) fn delete_owner(&self, owner: &str) -> Vec<TokenId> {
+        let doomed: Vec<TokenId> = self.owned_by(owner);
+        let deleted = doomed.into_iter().filter(|id| self.remove(id)).collect();
+        self.owners.forget_unused();
+        deleted
+    }
+
+    /// The ids of `owner`'s tokens.
+    pub(crate) fn owned_by(&self, owner: &str) -> Vec<TokenId> {
+        self.with_all(|entries| {
+            entries
+                .iter()
+                .filter(|e| e.owner_is(owner))
+                .map(|e| e.id)
+                .collect()
+        })
+    }
+
+    /// Calls `f` with every entry (in no particular order), all held under one guard:
+    /// entries removed meanwhile stay valid until it returns.
+    pub(crate) fn with_all<R>(&self, f: impl FnOnce(&[&Entry]) -> R) -> R {
+        self.entries.with_all(f)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn index(&self, digest: Digest, id: TokenId) {
+        if self.imported.insert(digest, id) {
+            self.imported_count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn unindex(&self, digest: &Digest) {
+        if self.imported.remove(digest) {
+            self.imported_count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Imported keys' ids by digest. Lock-free reads (papaya) outside loom; a lock under it.
+#[cfg(not(loom))]
+#[derive(Default)]
+struct DigestIndex(papaya::HashMap<Digest, TokenId, foldhash::fast::RandomState>);
+
+#[cfg(not(loom))]
+impl DigestIndex {
+    fn get(&self, digest: &Digest) -> Option<TokenId> {
+        self.0.pin().get(digest).copied()
+    }
+
+    /// `true` if the digest was not indexed before.
+    fn insert(&self, digest: Digest, id: TokenId) -> bool {
+        self.0.pin().insert(digest, id).is_none()
+    }
+
+    fn remove(&self, digest: &Digest) -> bool {
+        self.0.pin().remove(digest).is_some()
+    }
+}
+
+#[cfg(loom)]
+#[derive(Default)]
+struct DigestIndex(std::sync::Mutex<std::collections::HashMap<Digest, TokenId>>);
+
+#[cfg(loom)]
+impl DigestIndex {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Digest, TokenId>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, digest: &Digest) -> Option<TokenId> {
+        self.lock().get(digest).copied()
+    }
+
+    fn insert(&self, digest: Digest, id: TokenId) -> bool {
+        self.lock().insert(digest, id).is_none()
+    }
+
+    fn remove(&self, digest: &Digest) -> bool {
+        self.lock().remove(digest).is_some()
+    }
+}
 
 /// The id already in the map that an insert refused.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Duplicate(pub(crate) TokenId);
 
 #[cfg(not(loom))]
-pub(crate) use self::papaya_map::{Lent, Map};
+use self::papaya_map::Entries;
+#[cfg(not(loom))]
+pub(crate) use self::papaya_map::Lent;
 
 #[cfg(loom)]
-pub(crate) use self::loom_map::{Lent, Map};
+use self::loom_map::Entries;
+#[cfg(loom)]
+pub(crate) use self::loom_map::Lent;
 
 #[cfg(not(loom))]
 mod papaya_map {
@@ -36,7 +247,7 @@ mod papaya_map {
     type Hasher = foldhash::fast::RandomState;
 
     /// The concurrent map.
-    pub(crate) struct Map {
+    pub(crate) struct Entries {
         inner: papaya::HashMap<TokenId, Box<Entry>, Hasher>,
     }
 
@@ -62,9 +273,9 @@ mod papaya_map {
         }
     }
 
-    impl Map {
-        pub(crate) fn with_capacity(capacity: usize) -> Map {
-            Map {
+    impl Entries {
+        pub(crate) fn with_capacity(capacity: usize) -> Entries {
+            Entries {
                 inner: papaya::HashMap::builder()
                     .capacity(capacity)
                     .hasher(Hasher::default())
@@ -104,20 +315,14 @@ mod papaya_map {
             self.inner.contains_key(id, &self.inner.guard())
         }
 
-        /// Adds new entries. Stops at the first id already present (`Err`); the entries
-        /// before it stay added.
-        pub(crate) fn insert_new(
-            &self,
-            entries: impl IntoIterator<Item = Entry>,
-        ) -> Result<(), Duplicate> {
+        /// Adds a new entry, unless its id is present (`Err`).
+        pub(crate) fn insert_new(&self, entry: Entry) -> Result<(), Duplicate> {
+            let id = entry.id;
             let guard = self.inner.guard();
-            for entry in entries {
-                let id = entry.id;
-                if self.inner.try_insert(id, Box::new(entry), &guard).is_err() {
-                    return Err(Duplicate(id));
-                }
+            match self.inner.try_insert(id, Box::new(entry), &guard) {
+                Ok(_) => Ok(()),
+                Err(_) => Err(Duplicate(id)),
             }
-            Ok(())
         }
 
         /// Removes the entry; it is freed once no reader holds it. `false` if there was none.
@@ -149,14 +354,14 @@ mod loom_map {
     use super::*;
     use crate::sync::{Arc, RwLock};
 
-    pub(crate) struct Map {
+    pub(crate) struct Entries {
         inner: RwLock<Vec<Arc<Entry>>>,
     }
 
     /// A clone: the loom map cannot lend past its lock.
     pub(crate) struct Lent<'a> {
         entry: Arc<Entry>,
-        _map: std::marker::PhantomData<&'a Map>,
+        _map: std::marker::PhantomData<&'a Entries>,
     }
 
     impl Deref for Lent<'_> {
@@ -167,9 +372,9 @@ mod loom_map {
         }
     }
 
-    impl Map {
-        pub(crate) fn with_capacity(capacity: usize) -> Map {
-            Map {
+    impl Entries {
+        pub(crate) fn with_capacity(capacity: usize) -> Entries {
+            Entries {
                 inner: RwLock::new(Vec::with_capacity(capacity)),
             }
         }
@@ -194,17 +399,12 @@ mod loom_map {
             self.find(id).is_some()
         }
 
-        pub(crate) fn insert_new(
-            &self,
-            entries: impl IntoIterator<Item = Entry>,
-        ) -> Result<(), Duplicate> {
+        pub(crate) fn insert_new(&self, entry: Entry) -> Result<(), Duplicate> {
             let mut all = self.inner.write().unwrap_or_else(|e| e.into_inner());
-            for entry in entries {
-                if all.iter().any(|e| e.id == entry.id) {
-                    return Err(Duplicate(entry.id));
-                }
-                all.push(Arc::new(entry));
+            if all.iter().any(|e| e.id == entry.id) {
+                return Err(Duplicate(entry.id));
             }
+            all.push(Arc::new(entry));
             Ok(())
         }
 

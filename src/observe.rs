@@ -18,7 +18,17 @@ use tracing::field::{debug, Empty};
 use crate::validate::Shared;
 
 /// The kinds of change `tokencache_changes_total` counts, as its `kind` label spells them.
-const KINDS: [&str; 6] = ["issue", "revoke", "delete", "rotate", "rate_limit", "purge"];
+const KINDS: [&str; 9] = [
+    "issue",
+    "revoke",
+    "delete",
+    "rotate",
+    "rate_limit",
+    "purge",
+    "import",
+    "meta",
+    "owner_rate_limit",
+];
 
 /// A kind of change a caller (or retention) asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +39,9 @@ pub(crate) enum Kind {
     Rotate = 3,
     RateLimit = 4,
     Purge = 5,
+    Import = 6,
+    Meta = 7,
+    OwnerRateLimit = 8,
 }
 
 /// Changes of one batch by kind, counted once their write succeeded.

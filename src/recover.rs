@@ -7,10 +7,12 @@ use std::path::Path;
 use crate::change;
 use crate::entry;
 use crate::error::Error;
+use crate::extras::Extras;
 use crate::file;
 use crate::journal::{self, JournalError, Logged, ScanError};
 use crate::map::Map;
-use crate::snapshot::{self, DecodeError, Problem};
+use crate::rate_limit::RateLimit;
+use crate::snapshot::{self, DecodeError, ExtrasRecord, OwnerRecord, Problem};
 
 /// What the files hold.
 pub(crate) struct Recovered {
@@ -68,17 +70,54 @@ pub(crate) struct JournalRead {
     /// It ends in a torn record, from `valid_len` to `file_len` (to be set aside).
     pub(crate) torn: bool,
     /// It cannot take the next record: its records all precede the snapshot's (a
-    /// compaction stopped before it replaced the journal), or its header was cut.
+    /// compaction stopped before it replaced the journal), its header was cut, or it has an
+    /// older format version.
     pub(crate) stale: bool,
+}
+
+/// Loads what a snapshot holds besides its token records into `map`: each token's extras
+/// (refused if no token has the id), owners' limits, recorded prefixes.
+pub(crate) fn load_shared(
+    map: &Map,
+    extras: Vec<ExtrasRecord>,
+    owners: Vec<OwnerRecord>,
+    prefixes: Vec<String>,
+) -> Result<(), Problem> {
+    for record in extras {
+        let (id, extras) = Extras::from_record(record, &map.owners)?;
+        if !map.set_extras(&id, extras) {
+            return Err(Problem::BadExtras {
+                id: id.to_string(),
+                why: "no token in the file has this id".into(),
+            });
+        }
+    }
+    for owner in owners {
+        let limit = RateLimit::from_record(&owner.rate_limit)
+            .ok_or_else(|| Problem::BadRateLimit(format!("of owner {:?}", owner.owner)))?;
+        map.owners.set_rate_limit(&owner.owner, Some(limit));
+    }
+    for prefix in prefixes {
+        map.prefixes
+            .add(&prefix)
+            .map_err(|_| Problem::BadPrefix(prefix.clone()))?;
+    }
+    Ok(())
 }
 
 /// Reads the store at `path` (already [`resolve`](file::resolve)d): checks the snapshot and
 /// the journal with every check `open` runs, and replays the journal onto the snapshot.
 pub(crate) fn read(path: &Path) -> Result<Recovered, Error> {
     let bytes = file::read_store(path)?;
+    let mut shared = None;
     let (entries, snapshot) = match &bytes {
         Some(bytes) => {
-            let body = snapshot::decode(bytes).map_err(|e| e.at(path))?;
+            let mut body = snapshot::decode(bytes).map_err(|e| e.at(path))?;
+            shared = Some((
+                std::mem::take(&mut body.extras),
+                std::mem::take(&mut body.owners),
+                std::mem::take(&mut body.prefixes),
+            ));
             let read = SnapshotRead {
                 len: bytes.len() as u64,
                 version: snapshot::version_of(bytes).unwrap_or_default(),
@@ -98,6 +137,10 @@ pub(crate) fn read(path: &Path) -> Result<Recovered, Error> {
     let added = map.insert_new(entries);
     // `entry::load` refused any id that appears twice.
     debug_assert!(added.is_ok(), "entry::load let a duplicate id through");
+    if let Some((extras, owners, prefixes)) = shared {
+        load_shared(&map, extras, owners, prefixes)
+            .map_err(|problem| DecodeError::from(problem).at(path))?;
+    }
 
     let journal_path = file::journal_path(path);
     let Some((file, file_len)) = file::open_journal(&journal_path)? else {
@@ -141,7 +184,9 @@ pub(crate) fn read(path: &Path) -> Result<Recovered, Error> {
         journal: Some(JournalRead {
             file_len: scanned.file_len,
             valid_len: scanned.valid_len,
-            stale: !header_whole || end < snapshot_seq,
+            // A journal of an older version is replayed, then replaced by a fresh one (after
+            // a snapshot), so no record of the new version follows its old header.
+            stale: !header_whole || end < snapshot_seq || scanned.version < journal::VERSION,
             torn: scanned.torn,
         }),
     })

@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::clock::from_ms;
-use crate::entry::Entry;
+use crate::clock::{from_ms, millis};
+use crate::entry::{self, Entry};
 use crate::error::{Error, Rejection};
+use crate::extras::{self, Extras};
 use crate::inbox::{self, Answer, Message, Reply};
 use crate::map::Map;
+use crate::owner::{self, Owners};
 use crate::rate_limit::RateLimit;
-use crate::token::{IssuedToken, TokenId};
+use crate::token::{Digest, IssuedToken, TokenId};
 
 /// Limits on a token's definition, so a snapshot stays small and a list stays readable.
 pub(crate) const MAX_NAME_LEN: usize = 256;
@@ -35,6 +37,8 @@ pub struct NewToken {
     pub(crate) scopes: Vec<String>,
     pub(crate) expires_in: Option<Duration>,
     pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) owner: Option<String>,
+    pub(crate) meta: Vec<(String, String)>,
 }
 
 impl NewToken {
@@ -46,6 +50,8 @@ impl NewToken {
             scopes: Vec::new(),
             expires_in: None,
             rate_limit: None,
+            owner: None,
+            meta: Vec::new(),
         }
     }
 
@@ -78,9 +84,56 @@ impl NewToken {
         self
     }
 
+    /// The customer, team or account the token belongs to: an opaque id of 1 to 128 bytes.
+    /// An owner's tokens are listed ([`TokenStore::owned_by`](crate::TokenStore::owned_by)),
+    /// revoked and deleted together, and may share a rate limit
+    /// ([`TokenStore::set_owner_rate_limit`](crate::TokenStore::set_owner_rate_limit)).
+    pub fn owner(mut self, owner: impl Into<String>) -> NewToken {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// Adds one metadata pair (the plan, the tenant, an account id...), readable on every
+    /// validation with [`ValidToken::meta`](crate::ValidToken::meta). Keys are unique and
+    /// 1 to 128 bytes; keys and values take at most 4 KiB per token.
+    pub fn meta(mut self, key: impl Into<String>, value: impl Into<String>) -> NewToken {
+        self.meta.push((key.into(), value.into()));
+        self
+    }
+
+    /// The entry this request makes: token `id` with `digest`, issued at `now`, its owner
+    /// shared through `owners`. Checks the request first ([`check`](Self::check)).
+    pub(crate) fn entry(
+        &self,
+        id: TokenId,
+        digest: Digest,
+        now: u64,
+        owners: &Owners,
+        imported: bool,
+    ) -> Result<Entry, Error> {
+        self.check()?;
+        let expires_at = self.expires_in.map(|d| now.saturating_add(millis(d)));
+        let entry = Entry::new(
+            id,
+            digest,
+            entry::pack_text(&self.name, &self.scopes),
+            now,
+            expires_at,
+            self.rate_limit,
+        );
+        let meta = extras::pack_meta(&self.meta).map_err(Error::InvalidRequest)?;
+        let owner = self.owner.as_deref().map(|name| owners.get_or_add(name));
+        entry.set_extras(Some(Extras::new(owner, meta, imported)));
+        Ok(entry)
+    }
+
     /// Refuses names and scopes that would make lists unreadable or snapshots huge, and rate
     /// limits that cannot work.
     pub(crate) fn check(&self) -> Result<(), Error> {
+        if let Some(owner) = &self.owner {
+            owner::check_name(owner).map_err(Error::InvalidRequest)?;
+        }
+        extras::pack_meta(&self.meta).map_err(Error::InvalidRequest)?;
         if let Some(limit) = &self.rate_limit {
             limit.check()?;
         }
@@ -141,6 +194,13 @@ pub struct TokenInfo {
     pub last_used: Option<DateTime<Utc>>,
     /// Its rate limit, if it has one.
     pub rate_limit: Option<RateLimit>,
+    /// Its owner, if it has one.
+    pub owner: Option<String>,
+    /// Its metadata pairs, in the order given.
+    pub meta: Vec<(String, String)>,
+    /// Whether it was imported ([`TokenStore::import`](crate::TokenStore::import)): its
+    /// digest is of a key minted elsewhere.
+    pub imported: bool,
 }
 
 impl TokenInfo {
@@ -154,6 +214,8 @@ impl TokenInfo {
 
     /// The details of one token.
     pub(crate) fn of(entry: &Entry) -> TokenInfo {
+        let extras = entry.extras();
+        let extras = extras.as_deref();
         TokenInfo {
             id: entry.id,
             name: entry.name().to_string(),
@@ -163,8 +225,131 @@ impl TokenInfo {
             revoked_at: entry.revoked_at().and_then(from_ms),
             last_used: entry.last_used().and_then(from_ms),
             rate_limit: entry.rate_limit(),
+            owner: extras.and_then(Extras::owner_name).map(str::to_string),
+            meta: extras.map_or_else(Vec::new, |x| {
+                x.meta_pairs()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            }),
+            imported: extras.is_some_and(|x| x.imported),
         }
     }
+}
+
+/// A key minted elsewhere, given to [`TokenStore::import`](crate::TokenStore::import): only
+/// the SHA-256 of the key is given and kept. Everything else is as for a [`NewToken`]
+/// (named `"imported"` unless [`name`](Self::name) says otherwise).
+///
+/// ```
+/// use tokencache::ImportedToken;
+/// let key = ImportedToken::sha256("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")?
+///     .name("legacy-ci")
+///     .scopes(["read"])
+///     .owner("acme");
+/// # Ok::<(), tokencache::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ImportedToken {
+    pub(crate) digest: Digest,
+    pub(crate) token: NewToken,
+    pub(crate) created_at: Option<DateTime<Utc>>,
+    pub(crate) expires_at: Option<DateTime<Utc>>,
+}
+
+impl ImportedToken {
+    /// A key whose SHA-256 digest (of its exact text, UTF-8) is `hex`: 64 hexadecimal
+    /// characters, either case. Anything else is [`Error::InvalidRequest`].
+    pub fn sha256(hex: &str) -> Result<ImportedToken, Error> {
+        let digest = decode_hex_digest(hex).ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "{:?} is not a SHA-256 digest: give 64 hexadecimal characters (e.g. the output of `sha256sum`)",
+                hex.chars().take(80).collect::<String>()
+            ))
+        })?;
+        Ok(ImportedToken {
+            digest,
+            token: NewToken::new("imported"),
+            created_at: None,
+            expires_at: None,
+        })
+    }
+
+    /// The name shown in lists and logs.
+    pub fn name(mut self, name: impl Into<String>) -> ImportedToken {
+        self.token.name = name.into();
+        self
+    }
+
+    /// The scopes the key grants (replacing any set before).
+    pub fn scopes<I, S>(mut self, scopes: I) -> ImportedToken
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.token = self.token.scopes(scopes);
+        self
+    }
+
+    /// The key expires at `at` (as it did where it was minted).
+    pub fn expires_at(mut self, at: DateTime<Utc>) -> ImportedToken {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// When the key was minted (default: when it is imported).
+    pub fn created_at(mut self, at: DateTime<Utc>) -> ImportedToken {
+        self.created_at = Some(at);
+        self
+    }
+
+    /// Limits how often the key is accepted (see [`NewToken::rate_limit`]).
+    pub fn rate_limit(mut self, limit: RateLimit) -> ImportedToken {
+        self.token = self.token.rate_limit(limit);
+        self
+    }
+
+    /// The key's owner (see [`NewToken::owner`]).
+    pub fn owner(mut self, owner: impl Into<String>) -> ImportedToken {
+        self.token = self.token.owner(owner);
+        self
+    }
+
+    /// Adds one metadata pair (see [`NewToken::meta`]).
+    pub fn meta(mut self, key: impl Into<String>, value: impl Into<String>) -> ImportedToken {
+        self.token = self.token.meta(key, value);
+        self
+    }
+
+    /// The SHA-256 digest given, as 64 lowercase hexadecimal characters.
+    pub fn digest_hex(&self) -> String {
+        self.digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The entry this import makes under `id`, at `now`.
+    pub(crate) fn entry(&self, id: TokenId, now: u64, owners: &Owners) -> Result<Entry, Error> {
+        let ms = |at: DateTime<Utc>| u64::try_from(at.timestamp_millis()).unwrap_or(0);
+        let created = self.created_at.map_or(now, ms);
+        let entry = self.token.entry(id, self.digest, created, owners, true)?;
+        if let Some(at) = self.expires_at {
+            entry.shorten_expiry(ms(at));
+        }
+        Ok(entry)
+    }
+}
+
+/// 64 hexadecimal characters as 32 bytes.
+fn decode_hex_digest(hex: &str) -> Option<Digest> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let nibble = |b: u8| (b as char).to_digit(16);
+    let mut digest = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        digest[i] = u8::try_from(nibble(pair[0])? * 16 + nibble(pair[1])?).ok()?;
+    }
+    Some(digest)
 }
 
 /// Whether `old` may be rotated at `now_ms`: not if it is revoked or expired, since a
@@ -246,6 +431,48 @@ pub(crate) fn limiting(
     }
     Ok(Request::new(
         |reply| Message::SetRateLimit(*id, limit, reply),
+        drop,
+    ))
+}
+
+/// Prepares the revocation of every token of `owner`; the result is how many were revoked.
+pub(crate) fn revoking_owner(owner: &str) -> Request<impl FnOnce(usize) -> usize> {
+    let owner = owner.to_string();
+    Request::new(|reply| Message::RevokeOwner(owner, reply), |n| n)
+}
+
+/// Prepares the deletion of every token of `owner`; the result is how many were deleted.
+pub(crate) fn deleting_owner(owner: &str) -> Request<impl FnOnce(usize) -> usize> {
+    let owner = owner.to_string();
+    Request::new(|reply| Message::DeleteOwner(owner, reply), |n| n)
+}
+
+/// Checks `owner` and `limit` and prepares setting (or, `None`, removing) the owner's
+/// shared rate limit.
+pub(crate) fn limiting_owner(
+    owner: &str,
+    limit: Option<RateLimit>,
+) -> Result<Request<impl FnOnce(usize)>, Error> {
+    owner::check_name(owner).map_err(Error::InvalidRequest)?;
+    if let Some(limit) = &limit {
+        limit.check()?;
+    }
+    let owner = owner.to_string();
+    Ok(Request::new(
+        |reply| Message::SetOwnerRateLimit(owner, limit, reply),
+        drop,
+    ))
+}
+
+/// Prepares replacing token `id`'s metadata with `packed` (from `extras::pack_meta`, which
+/// refused what breaks the rules).
+pub(crate) fn setting_meta(
+    id: &TokenId,
+    packed: Result<Box<str>, String>,
+) -> Result<Request<impl FnOnce(usize)>, Error> {
+    let packed = packed.map_err(Error::InvalidRequest)?;
+    Ok(Request::new(
+        |reply| Message::SetMeta(*id, packed, reply),
         drop,
     ))
 }

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! 0   8  magic      89 54 4B 43 0D 0A 1A 0A  ("\x89TKC\r\n\x1a\n")
-//! 8   4  version    u32, currently 2 (1: no `seq` in the body; still read)
+//! 8   4  version    u32, currently 3 (2: no extras, owners or prefixes; 1: no `seq` either;
+//!                   both still read)
 //! 12  4  flags      u32, must be 0
 //! 16  8  body_len   u64, bytes after the header
 //! 24  4  body_crc   u32, CRC32 (IEEE) of the body
@@ -15,12 +16,14 @@
 //! A file is trusted only when every field checks out; otherwise `open` fails naming the
 //! problem and the file is left exactly as it was.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 /// The first eight bytes of every store file.
 pub const MAGIC: [u8; 8] = *b"\x89TKC\r\n\x1a\n";
 /// The format version this build writes, and the newest it reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The size of the fixed header in bytes.
 pub const HEADER_LEN: usize = 32;
 
@@ -41,6 +44,36 @@ pub(crate) struct Body {
     /// records up to it (0: none).
     pub(crate) seq: u64,
     pub(crate) records: Vec<Record>,
+    /// The owners, tokens' metadata and import marks of the tokens that have any (most
+    /// have none, and pay nothing for them here).
+    pub(crate) extras: Vec<ExtrasRecord>,
+    /// The owners with a shared rate limit.
+    pub(crate) owners: Vec<OwnerRecord>,
+    /// Every prefix the store has issued tokens under (without the `_` that follows it).
+    pub(crate) prefixes: Vec<String>,
+}
+
+impl Body {
+    /// A body of tokens only: no extras, no owner limits, no recorded prefix (as every
+    /// version 1 or 2 file is).
+    pub(crate) fn tokens(written_at: u64, seq: u64, records: Vec<Record>) -> Body {
+        Body {
+            written_at,
+            seq,
+            records,
+            extras: Vec::new(),
+            owners: Vec::new(),
+            prefixes: Vec::new(),
+        }
+    }
+}
+
+/// The body of a version 2 snapshot: the tokens only.
+#[derive(Deserialize)]
+struct BodyV2 {
+    written_at: u64,
+    seq: u64,
+    records: Vec<Record>,
 }
 
 /// The body of a version 1 snapshot, written before the journal existed: no `seq`.
@@ -48,6 +81,50 @@ pub(crate) struct Body {
 struct BodyV1 {
     written_at: u64,
     records: Vec<Record>,
+}
+
+/// A token's extras as stored: its owner, metadata (key-value pairs in order) and whether
+/// it was imported (its digest is of a key minted elsewhere).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct ExtrasRecord {
+    pub(crate) id: [u8; 8],
+    pub(crate) owner: Option<String>,
+    pub(crate) meta: Vec<(String, String)>,
+    pub(crate) imported: bool,
+}
+
+/// An [`ExtrasRecord`] borrowing its text, or owning it where the record outlives the
+/// token's extras (encodes to the same bytes either way).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ExtrasRef<'a> {
+    pub(crate) id: [u8; 8],
+    pub(crate) owner: Option<Cow<'a, str>>,
+    pub(crate) meta: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    pub(crate) imported: bool,
+}
+
+impl ExtrasRef<'_> {
+    /// The same record, owning its text.
+    pub(crate) fn into_owned(self) -> ExtrasRef<'static> {
+        let own = |text: Cow<'_, str>| Cow::Owned(text.into_owned());
+        ExtrasRef {
+            id: self.id,
+            owner: self.owner.map(own),
+            meta: self
+                .meta
+                .into_iter()
+                .map(|(k, v)| (own(k), own(v)))
+                .collect(),
+            imported: self.imported,
+        }
+    }
+}
+
+/// An owner's shared rate limit, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct OwnerRecord {
+    pub(crate) owner: String,
+    pub(crate) rate_limit: RateLimitRecord,
 }
 
 /// One token as stored on disk. Times are Unix ms.
@@ -73,6 +150,9 @@ pub(crate) struct BodyRef<'r, 'a> {
     pub(crate) written_at: u64,
     pub(crate) seq: u64,
     pub(crate) records: &'r [RecordRef<'a>],
+    pub(crate) extras: &'r [ExtrasRef<'a>],
+    pub(crate) owners: &'r [OwnerRecord],
+    pub(crate) prefixes: &'r [&'a str],
 }
 
 /// A [`Record`] borrowing its name and scopes.
@@ -181,6 +261,10 @@ pub(crate) enum Problem {
     BadText(String),
     #[error("token {0} has a time past the year 292 million")]
     BadTime(String),
+    #[error("token {id} has extras this version refuses: {why}")]
+    BadExtras { id: String, why: String },
+    #[error("it records prefix {0:?}, which is not 1 to 16 letters, digits or underscores")]
+    BadPrefix(String),
     #[error("it gives sequence number {0}, above 2^63 - 1, which leaves no room for the records after it (no store counts that far: the file is damaged or was made by hand)")]
     SeqTooLarge(u64),
     #[error("a damaged record is followed by {tail} bytes, more than one record can hold (a write cut short leaves at most one record): the journal is damaged")]
@@ -225,6 +309,8 @@ pub(crate) fn check_header(bytes: &[u8], file_len: u64) -> Result<(), DecodeErro
 /// The fields of a header that [`read_header`] checked (its version is between 1 and the
 /// newest this build reads).
 pub(crate) struct Header {
+    /// The format version (bytes 8..12).
+    pub(crate) version: u32,
     /// The flags (bytes 12..16).
     pub(crate) flags: u32,
     /// Bytes 16..24: the body's length (store file) or the first record's base (journal).
@@ -262,6 +348,7 @@ pub(crate) fn read_header(
         return Err((8, Problem::BadVersion(version).into()));
     }
     Ok(Some(Header {
+        version,
         flags: u32_at(bytes, 12),
         word: u64_at(bytes, 16),
         tail: u32_at(bytes, 24),
@@ -295,14 +382,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
     if crc32fast::hash(body) != u32_at(bytes, 24) {
         return Err(Problem::BodyChecksum.into());
     }
-    let decoded = if u32_at(bytes, 8) == 1 {
-        decode_body::<BodyV1>(body).map(|v1| Body {
-            written_at: v1.written_at,
-            seq: 0,
-            records: v1.records,
-        })
-    } else {
-        decode_body::<Body>(body)
+    let decoded = match u32_at(bytes, 8) {
+        1 => decode_body::<BodyV1>(body).map(|v1| Body::tokens(v1.written_at, 0, v1.records)),
+        2 => decode_body::<BodyV2>(body).map(|v2| Body::tokens(v2.written_at, v2.seq, v2.records)),
+        _ => decode_body::<Body>(body),
     };
     let body = decoded?;
     if body.seq > MAX_SEQ {
@@ -376,6 +459,21 @@ mod tests {
 
     fn sample() -> Body {
         Body {
+            extras: vec![ExtrasRecord {
+                id: *b"abcd1234",
+                owner: Some("acme".into()),
+                meta: vec![("plan".into(), "pro".into())],
+                imported: true,
+            }],
+            owners: vec![OwnerRecord {
+                owner: "acme".into(),
+                rate_limit: RateLimitRecord {
+                    period_ms: 1000,
+                    count: 5,
+                    burst: 5,
+                },
+            }],
+            prefixes: vec!["sk_live".into()],
             written_at: 42,
             seq: 9,
             records: vec![Record {
@@ -432,10 +530,10 @@ mod tests {
     #[test]
     fn future_version_is_named() {
         let mut image = encode(&sample());
-        image[8..12].copy_from_slice(&3u32.to_le_bytes());
+        image[8..12].copy_from_slice(&4u32.to_le_bytes());
         let crc = crc32fast::hash(&image[..28]);
         image[28..32].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode(&image), Err(DecodeError::FutureVersion(3)));
+        assert_eq!(decode(&image), Err(DecodeError::FutureVersion(4)));
     }
 
     #[test]
@@ -455,6 +553,28 @@ mod tests {
         image[28..32].copy_from_slice(&crc.to_le_bytes());
         let body = decode(&image).unwrap();
         assert_eq!((body.seq, body.records), (0, sample.records));
+    }
+
+    #[test]
+    fn a_version_2_file_reads_as_tokens_without_extras_owners_or_prefixes() {
+        #[derive(Serialize)]
+        struct V2<'a> {
+            written_at: u64,
+            seq: u64,
+            records: &'a [Record],
+        }
+        let sample = sample();
+        let mut image = encode(&V2 {
+            written_at: sample.written_at,
+            seq: sample.seq,
+            records: &sample.records,
+        });
+        image[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let crc = crc32fast::hash(&image[..28]);
+        image[28..32].copy_from_slice(&crc.to_le_bytes());
+        let body = decode(&image).unwrap();
+        let expected = Body::tokens(sample.written_at, sample.seq, sample.records);
+        assert_eq!(body, expected);
     }
 
     #[test]
@@ -504,11 +624,7 @@ mod tests {
             }),
         };
         for n in [1, 100, 20_000] {
-            let body = Body {
-                written_at: 0,
-                seq: 0,
-                records: vec![record.clone(); n],
-            };
+            let body = Body::tokens(0, 0, vec![record.clone(); n]);
             assert_eq!(decode(&encode(&body)), Ok(body), "{n} records");
         }
     }
@@ -546,14 +662,45 @@ mod tests {
                 })
         }
 
+        fn extras() -> impl Strategy<Value = ExtrasRecord> {
+            (
+                any::<[u8; 8]>(),
+                proptest::option::of(".{0,12}"),
+                proptest::collection::vec((".{0,8}", ".{0,8}"), 0..3),
+                any::<bool>(),
+            )
+                .prop_map(|(id, owner, meta, imported)| ExtrasRecord {
+                    id,
+                    owner,
+                    meta,
+                    imported,
+                })
+        }
+
+        fn owner() -> impl Strategy<Value = OwnerRecord> {
+            (".{0,12}", any::<(u64, u32, u32)>()).prop_map(|(owner, (period_ms, count, burst))| {
+                OwnerRecord {
+                    owner,
+                    rate_limit: RateLimitRecord {
+                        period_ms,
+                        count,
+                        burst,
+                    },
+                }
+            })
+        }
+
         proptest! {
             #[test]
             fn any_body_round_trips(
                 written_at in any::<u64>(),
                 seq in 0..=MAX_SEQ,
                 records in proptest::collection::vec(record(), 0..8),
+                extras in proptest::collection::vec(extras(), 0..4),
+                owners in proptest::collection::vec(owner(), 0..3),
+                prefixes in proptest::collection::vec("[a-z_]{1,16}", 0..3),
             ) {
-                let body = Body { written_at, seq, records };
+                let body = Body { written_at, seq, records, extras, owners, prefixes };
                 prop_assert_eq!(decode(&encode(&body)), Ok(body));
             }
 
@@ -563,7 +710,7 @@ mod tests {
             fn any_decoded_record_loads_or_is_refused(
                 records in proptest::collection::vec(record(), 0..8),
             ) {
-                let body = decode(&encode(&Body { written_at: 0, seq: 0, records })).unwrap();
+                let body = decode(&encode(&Body::tokens(0, 0, records))).unwrap();
                 let _ = crate::entry::load(body.records);
             }
 
@@ -586,7 +733,7 @@ mod tests {
                 at in any::<proptest::sample::Index>(),
                 xor in 1u8..=255,
             ) {
-                let mut image = encode(&Body { written_at: 7, seq: 7, records });
+                let mut image = encode(&Body::tokens(7, 7, records));
                 let at = at.index(image.len());
                 image[at] ^= xor;
                 prop_assert!(decode(&image).is_err());

@@ -1,8 +1,11 @@
-//! The token format: `tc_<id>_<secret><checksum>`, and the only type that holds a secret.
+//! The token format: `<prefix>_<id>_<secret><checksum>`, and the only type that holds a
+//! secret.
 //!
-//! A token is 40 ASCII characters: the prefix `tc_`, an 8-character public id (base62, the
-//! lookup key shown in logs and lists), `_`, a 22-character base62 secret (≥ 130 bits from
-//! the OS CSPRNG), and a 6-character base62 CRC32 of everything before it. The checksum lets
+//! A token is ASCII: a prefix (`tc` unless the store sets one: 1 to 16 letters, digits or
+//! underscores, e.g. `sk_live`), `_`, an 8-character public id (base62, the lookup key
+//! shown in logs and lists), `_`, a 22-character base62 secret (≥ 130 bits from the OS
+//! CSPRNG), and a 6-character base62 CRC32 of everything before it. With `tc` it is 40
+//! characters. The checksum lets
 //! [`parse`] refuse a mistyped or random string before any map lookup (the way GitHub's
 //! `ghp_` tokens carry one for secret scanners): CRC32 detects every single-character change.
 //! Only the SHA-256 digest of the whole token is ever stored.
@@ -12,17 +15,21 @@ use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
 
-/// Every token starts with this.
+/// How a token with the default prefix starts (every store accepts it).
 pub const PREFIX: &str = "tc_";
+/// The default prefix, without its `_`.
+pub(crate) const DEFAULT_PREFIX: &str = "tc";
+/// The longest prefix a store may set.
+pub(crate) const MAX_PREFIX_LEN: usize = 16;
+/// The most prefixes one store records (each `Builder::prefix` ever used adds one).
+pub(crate) const MAX_PREFIXES: usize = 32;
 const ID_LEN: usize = 8;
 const SECRET_LEN: usize = 22;
 const CHECKSUM_LEN: usize = 6;
-const ID_START: usize = PREFIX.len();
-const SEPARATOR_AT: usize = ID_START + ID_LEN;
-const SECRET_START: usize = SEPARATOR_AT + 1;
-const CHECKSUM_START: usize = SECRET_START + SECRET_LEN;
-/// The length of every token, in bytes.
-pub const TOKEN_LEN: usize = CHECKSUM_START + CHECKSUM_LEN;
+/// What follows the prefix: `_`, the id, `_`, the secret, the checksum.
+const TAIL_LEN: usize = 1 + ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN;
+/// The length of a token with the default prefix, in bytes.
+pub const TOKEN_LEN: usize = DEFAULT_PREFIX.len() + TAIL_LEN;
 
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
@@ -94,28 +101,108 @@ impl FromStr for TokenId {
     }
 }
 
-/// Checks a candidate token's shape and checksum and returns its id, without allocating.
+/// The prefixes a store accepts: the default `tc`, and every prefix it recorded. Append
+/// only, so a reader needs no lock: each slot is set once (by the persister, or while
+/// loading) and read with one load.
+#[derive(Default)]
+pub(crate) struct Prefixes {
+    /// Boxed: the slots are 24 bytes each, and a map holding them inline makes every value
+    /// holding a map (a `StoreView`) large.
+    slots: Box<[std::sync::OnceLock<Box<str>>; MAX_PREFIXES]>,
+}
+
+impl Prefixes {
+    /// Whether tokens with this prefix (the bytes before the `_` that precedes the id)
+    /// are accepted.
+    #[inline]
+    pub(crate) fn contains(&self, prefix: &[u8]) -> bool {
+        prefix == DEFAULT_PREFIX.as_bytes()
+            || self
+                .slots
+                .iter()
+                .map_while(|slot| slot.get())
+                .any(|p| p.as_bytes() == prefix)
+    }
+
+    /// Accepts `prefix` from now on; `Ok(true)` if it is new. Refused if it is not a
+    /// prefix ([`check_prefix`]) or the store already records [`MAX_PREFIXES`].
+    pub(crate) fn add(&self, prefix: &str) -> Result<bool, String> {
+        check_prefix(prefix)?;
+        if self.contains(prefix.as_bytes()) {
+            return Ok(false);
+        }
+        for slot in self.slots.iter() {
+            // Only one thread adds (the persister, or the opening one), so a slot found
+            // empty stays free for this `set`.
+            if slot.get().is_none() {
+                return Ok(slot.set(prefix.into()).is_ok());
+            }
+        }
+        Err(format!(
+            "the store already records {MAX_PREFIXES} prefixes, the most it keeps; reuse one of them"
+        ))
+    }
+
+    /// The recorded prefixes, in the order they were added (the default is not recorded).
+    pub(crate) fn recorded(&self) -> Vec<&str> {
+        self.slots
+            .iter()
+            .map_while(|slot| slot.get())
+            .map(|p| &**p)
+            .filter(|&p| p != DEFAULT_PREFIX)
+            .collect()
+    }
+}
+
+/// Whether `prefix` can prefix tokens: 1 to 16 ASCII letters, digits or underscores. The
+/// error says what is wrong.
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), String> {
+    let fits = (1..=MAX_PREFIX_LEN).contains(&prefix.len());
+    if !fits
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(format!(
+            "prefix {prefix:?} must be 1 to {MAX_PREFIX_LEN} ASCII letters, digits or underscores"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a candidate token's shape, prefix and checksum and returns its id, without
+/// allocating.
 ///
-/// The length is checked first, so a megabyte-long string costs one comparison.
-pub(crate) fn parse(token: &str) -> Option<TokenId> {
+/// The length is checked first, so a megabyte-long string costs one comparison; the
+/// prefix next, so a token of another product or environment costs a few more.
+#[inline]
+pub(crate) fn parse(token: &str, prefixes: &Prefixes) -> Option<TokenId> {
     let bytes = token.as_bytes();
-    if bytes.len() != TOKEN_LEN
-        || &bytes[..ID_START] != PREFIX.as_bytes()
-        || bytes[SEPARATOR_AT] != b'_'
+    let len = bytes.len();
+    if !(TAIL_LEN + 1..=TAIL_LEN + MAX_PREFIX_LEN).contains(&len) {
+        return None;
+    }
+    let id_start = len - TAIL_LEN + 1;
+    let separator_at = id_start + ID_LEN;
+    let secret_start = separator_at + 1;
+    let checksum_start = secret_start + SECRET_LEN;
+    if bytes[id_start - 1] != b'_'
+        || bytes[separator_at] != b'_'
+        || !prefixes.contains(&bytes[..id_start - 1])
     {
         return None;
     }
     let base62 =
         |range: std::ops::Range<usize>| bytes[range].iter().all(|&b| DIGIT[b as usize] != INVALID);
-    if !base62(ID_START..SEPARATOR_AT) || !base62(SECRET_START..TOKEN_LEN) {
+    if !base62(id_start..separator_at) || !base62(secret_start..len) {
         return None;
     }
-    let expected = decode_checksum(&bytes[CHECKSUM_START..])?;
-    if crc32fast::hash(&bytes[..CHECKSUM_START]) != expected {
+    let expected = decode_checksum(&bytes[checksum_start..])?;
+    if crc32fast::hash(&bytes[..checksum_start]) != expected {
         return None;
     }
     let mut id = [0; ID_LEN];
-    id.copy_from_slice(&bytes[ID_START..SEPARATOR_AT]);
+    id.copy_from_slice(&bytes[id_start..separator_at]);
     Some(TokenId(id))
 }
 
@@ -124,19 +211,32 @@ pub(crate) fn digest(token: &str) -> Digest {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// A fresh random token and its id, from the OS CSPRNG.
-pub(crate) fn generate() -> Result<(String, TokenId), getrandom::Error> {
-    let mut text = [0u8; TOKEN_LEN];
-    text[..ID_START].copy_from_slice(PREFIX.as_bytes());
-    fill_base62(&mut text[ID_START..SEPARATOR_AT])?;
-    text[SEPARATOR_AT] = b'_';
-    fill_base62(&mut text[SECRET_START..CHECKSUM_START])?;
-    let checksum = crc32fast::hash(&text[..CHECKSUM_START]);
-    encode_checksum(checksum, &mut text[CHECKSUM_START..]);
+/// A fresh random token under `prefix` (one [`check_prefix`] accepts) and its id, from
+/// the OS CSPRNG.
+pub(crate) fn generate(prefix: &str) -> Result<(String, TokenId), getrandom::Error> {
+    let mut text = [0u8; MAX_PREFIX_LEN + TAIL_LEN];
+    let len = prefix.len() + TAIL_LEN;
+    let id_start = prefix.len() + 1;
+    let separator_at = id_start + ID_LEN;
+    let checksum_start = separator_at + 1 + SECRET_LEN;
+    text[..prefix.len()].copy_from_slice(prefix.as_bytes());
+    text[prefix.len()] = b'_';
+    fill_base62(&mut text[id_start..separator_at])?;
+    text[separator_at] = b'_';
+    fill_base62(&mut text[separator_at + 1..checksum_start])?;
+    let checksum = crc32fast::hash(&text[..checksum_start]);
+    encode_checksum(checksum, &mut text[checksum_start..len]);
     let mut id = [0; ID_LEN];
-    id.copy_from_slice(&text[ID_START..SEPARATOR_AT]);
-    let token: String = text.iter().map(|&b| char::from(b)).collect();
+    id.copy_from_slice(&text[id_start..separator_at]);
+    let token: String = text[..len].iter().map(|&b| char::from(b)).collect();
     Ok((token, TokenId(id)))
+}
+
+/// A fresh random id (for an imported key, which brings none), from the OS CSPRNG.
+pub(crate) fn generate_id() -> Result<TokenId, getrandom::Error> {
+    let mut id = [0; ID_LEN];
+    fill_base62(&mut id)?;
+    Ok(TokenId(id))
 }
 
 /// Fills `out` with uniformly random base62 characters (rejection sampling: bytes ≥ 248
@@ -212,20 +312,92 @@ impl fmt::Debug for IssuedToken {
 mod tests {
     use super::*;
 
+    const CHECKSUM_START: usize = TOKEN_LEN - CHECKSUM_LEN;
+    const SECRET_START: usize = CHECKSUM_START - SECRET_LEN;
+
+    /// Parses with the default prefixes only.
+    fn parse_tc(token: &str) -> Option<TokenId> {
+        parse(token, &Prefixes::default())
+    }
+
+    #[test]
+    fn a_recorded_prefix_is_accepted_and_any_other_refused() {
+        let prefixes = Prefixes::default();
+        let (token, id) = generate("sk_live").unwrap();
+        assert!(token.starts_with("sk_live_") && token.len() == 7 + TAIL_LEN);
+        assert_eq!(parse(&token, &prefixes), None, "not recorded yet");
+        assert_eq!(prefixes.add("sk_live"), Ok(true));
+        assert_eq!(prefixes.add("sk_live"), Ok(false));
+        assert_eq!(parse(&token, &prefixes), Some(id));
+        let (old, old_id) = generate(DEFAULT_PREFIX).unwrap();
+        assert_eq!(
+            parse(&old, &prefixes),
+            Some(old_id),
+            "tc is always accepted"
+        );
+        let other = format!("sk_test{}", &token[7..]);
+        assert_eq!(parse(&other, &prefixes), None, "another prefix, same tail");
+        assert_eq!(prefixes.recorded(), ["sk_live"]);
+        let longest = "p".repeat(MAX_PREFIX_LEN);
+        let (long, long_id) = generate(&longest).unwrap();
+        prefixes.add(&longest).unwrap();
+        assert_eq!(parse(&long, &prefixes), Some(long_id));
+    }
+
+    #[test]
+    fn prefixes_are_short_and_plain() {
+        for good in ["tc", "sk_live", "ghp", "A1_", &"x".repeat(MAX_PREFIX_LEN)] {
+            assert!(check_prefix(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "sk-live",
+            "sk live",
+            "é",
+            &"x".repeat(MAX_PREFIX_LEN + 1),
+        ] {
+            assert!(check_prefix(bad).is_err(), "{bad:?}");
+        }
+        let prefixes = Prefixes::default();
+        for n in 0..MAX_PREFIXES {
+            prefixes.add(&format!("p{n}")).unwrap();
+        }
+        assert!(prefixes.add("onemore").is_err());
+        assert!(prefixes.contains(b"p0") && prefixes.contains(b"tc"));
+    }
+
+    #[test]
+    fn every_single_character_change_of_a_prefixed_token_is_refused() {
+        let prefixes = Prefixes::default();
+        prefixes.add("sk_live").unwrap();
+        let (token, _) = generate("sk_live").unwrap();
+        for pos in 0..token.len() {
+            for &replacement in ALPHABET.iter().chain(b"_-. ") {
+                let mut bytes = token.clone().into_bytes();
+                if bytes[pos] == replacement {
+                    continue;
+                }
+                bytes[pos] = replacement;
+                let mutated = String::from_utf8(bytes).unwrap();
+                assert_eq!(parse(&mutated, &prefixes), None, "accepted {mutated}");
+            }
+        }
+    }
+
     #[test]
     fn generated_tokens_parse_to_their_id() {
         for _ in 0..1000 {
-            let (token, id) = generate().unwrap();
+            let (token, id) = generate(DEFAULT_PREFIX).unwrap();
             assert_eq!(token.len(), TOKEN_LEN);
             assert!(token.starts_with(PREFIX));
-            assert_eq!(parse(&token), Some(id));
+            assert_eq!(parse_tc(&token), Some(id));
             assert_eq!(id.as_str().parse::<TokenId>(), Ok(id));
         }
     }
 
     #[test]
     fn every_single_character_change_is_refused() {
-        let (token, _) = generate().unwrap();
+        let (token, _) = generate(DEFAULT_PREFIX).unwrap();
         let mut changed = 0;
         for pos in 0..token.len() {
             for &replacement in ALPHABET.iter().chain(b"_-. ") {
@@ -235,7 +407,11 @@ mod tests {
                 }
                 bytes[pos] = replacement;
                 let mutated = String::from_utf8(bytes).unwrap();
-                assert_eq!(parse(&mutated), None, "accepted {mutated} (position {pos})");
+                assert_eq!(
+                    parse_tc(&mutated),
+                    None,
+                    "accepted {mutated} (position {pos})"
+                );
                 changed += 1;
             }
         }
@@ -260,7 +436,7 @@ mod tests {
 
     #[test]
     fn issued_token_debug_hides_the_secret() {
-        let (secret, id) = generate().unwrap();
+        let (secret, id) = generate(DEFAULT_PREFIX).unwrap();
         let issued = IssuedToken {
             secret: secret.clone(),
             id,
@@ -277,7 +453,7 @@ mod tests {
         proptest! {
             #[test]
             fn any_string_parses_without_panicking(candidate in any::<String>()) {
-                if parse(&candidate).is_some() {
+                if parse_tc(&candidate).is_some() {
                     // Only a well-formed token with a correct checksum gets through.
                     let bytes = candidate.as_bytes();
                     prop_assert_eq!(bytes.len(), TOKEN_LEN);
@@ -297,13 +473,13 @@ mod tests {
                 let mut expected = [0u8; CHECKSUM_LEN];
                 encode_checksum(crc32fast::hash(&bytes[..CHECKSUM_START]), &mut expected);
                 let good = bytes[CHECKSUM_START..] == expected;
-                prop_assert_eq!(parse(&candidate).is_some(), good);
+                prop_assert_eq!(parse_tc(&candidate).is_some(), good);
             }
 
             #[test]
             fn generated_tokens_round_trip(_n in 0..64u8) {
-                let (token, id) = generate().unwrap();
-                prop_assert_eq!(parse(&token), Some(id));
+                let (token, id) = generate(DEFAULT_PREFIX).unwrap();
+                prop_assert_eq!(parse_tc(&token), Some(id));
                 prop_assert_eq!(token.parse::<TokenId>().ok(), None);
                 prop_assert_eq!(id.as_str().parse::<TokenId>(), Ok(id));
             }

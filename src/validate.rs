@@ -5,13 +5,15 @@
 //! `Shared` is what the validating threads and the persister share; it sits here, below
 //! both the store and the persister, so neither imports the other for it.
 
+use std::cell::OnceCell;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 
 use crate::clock::{from_ms, Clock};
-use crate::entry::{self, Touch};
+use crate::entry::{self, ExtrasGuard, Touch};
 use crate::error::Rejection;
+use crate::extras::Extras;
 use crate::inbox::{Inbox, Message};
 use crate::map::{Lent, Map};
 use crate::stats::Counters;
@@ -52,6 +54,11 @@ impl Shared {
         // Rate limit last: only a request that would otherwise be accepted spends quota, so
         // a revoked, expired, forged or out-of-scope request never drains a token's budget.
         if let Err(retry_after) = entry.check_rate(now) {
+            return Err(Rejection::RateLimited { retry_after });
+        }
+        // The owner's shared limit after the token's own: both must admit. (A request the
+        // owner's limit refuses has spent the token's quota; the owner's is the one shared.)
+        if let Err(retry_after) = entry.check_owner_rate(now) {
             return Err(Rejection::RateLimited { retry_after });
         }
         if entry.touch(now) == Touch::Send {
@@ -98,8 +105,14 @@ impl Shared {
     }
 }
 
-/// The checks of a validation that only read: shape and checksum, digest, revocation and
-/// expiry at the clock's time, then `scope`. Returns the token, lent from `map`, and the time
+/// The longest string looked up among imported keys; a longer one is `Malformed`, so a
+/// hostile megabyte costs no hash.
+pub(crate) const MAX_IMPORTED_LEN: usize = 1024;
+
+/// The checks of a validation that only read: shape, prefix and checksum, digest,
+/// revocation and expiry at the clock's time, then `scope`. A string that is not one of
+/// ours (or whose id is unknown) is looked up by digest among imported keys, if the store
+/// holds any. Returns the token, lent from `map`, and the time
 /// it was judged at. Writes nothing: the store's hot path and a [`StoreView`] share it.
 ///
 /// [`StoreView`]: crate::StoreView
@@ -110,19 +123,41 @@ pub(crate) fn admit<'m>(
     token: &str,
     scope: Option<&str>,
 ) -> Result<(ValidToken<'m>, u64), Rejection> {
-    let id = token::parse(token).ok_or(Rejection::Malformed)?;
-    // Hash before the lookup so an unknown id pays for the hash like a known one.
-    let digest = token::digest(token);
-    let entry = map.read(&id).ok_or(Rejection::Unknown)?;
-    if !entry.digest_matches(&digest) {
-        return Err(Rejection::Unknown);
-    }
+    let entry = match token::parse(token, &map.prefixes) {
+        Some(id) => {
+            // Hash before the lookup so an unknown id pays for the hash like a known one.
+            let digest = token::digest(token);
+            match map.read(&id) {
+                Some(entry) if entry.digest_matches(&digest) => entry,
+                _ => imported(map, &digest)?,
+            }
+        }
+        None if map.has_imported() && token.len() <= MAX_IMPORTED_LEN => {
+            imported(map, &token::digest(token))?
+        }
+        None => return Err(Rejection::Malformed),
+    };
     let now = clock.now_ms();
     entry.verdict(now)?;
     if scope.is_some_and(|scope| !entry.has_scope(scope)) {
         return Err(Rejection::MissingScope);
     }
-    Ok((ValidToken { entry }, now))
+    let valid = ValidToken {
+        entry,
+        extras: OnceCell::new(),
+    };
+    Ok((valid, now))
+}
+
+/// The imported key with this digest (compared in constant time), or `Unknown`.
+#[cold]
+fn imported<'m>(map: &'m Map, digest: &token::Digest) -> Result<Lent<'m>, Rejection> {
+    if !map.has_imported() {
+        return Err(Rejection::Unknown);
+    }
+    map.read_imported(digest)
+        .filter(|entry| entry.digest_matches(digest))
+        .ok_or(Rejection::Unknown)
 }
 
 /// A token that passed validation, borrowed from the store.
@@ -139,6 +174,8 @@ pub(crate) fn admit<'m>(
 /// `ValidToken` kept for a long time, or leaked, delays reclaiming their memory.
 pub struct ValidToken<'store> {
     entry: Lent<'store>,
+    /// The entry's extras, read on first use (most requests never ask).
+    extras: OnceCell<ExtrasGuard>,
 }
 
 impl ValidToken<'_> {
@@ -149,7 +186,27 @@ impl ValidToken<'_> {
             id: self.entry.id,
             text: self.entry.text().into(),
             expires_at: self.entry.expires_at(),
+            extras: self.entry.extras_arc(),
         }))
+    }
+
+    /// The token's owner, if it has one.
+    pub fn owner(&self) -> Option<&str> {
+        self.extras()?.owner_name()
+    }
+
+    /// The value of the token's metadata `key` (no allocation).
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.extras()?.meta(key)
+    }
+
+    /// Every metadata pair of the token, in the order given.
+    pub fn meta_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.extras().into_iter().flat_map(|x| x.meta_pairs())
+    }
+
+    fn extras(&self) -> Option<&Extras> {
+        self.extras.get_or_init(|| self.entry.extras()).as_deref()
     }
 
     /// The token's public id.
@@ -200,6 +257,7 @@ struct Detached {
     /// The name and scopes, packed as the entry packs them.
     text: Box<str>,
     expires_at: Option<u64>,
+    extras: Option<std::sync::Arc<Extras>>,
 }
 
 impl OwnedToken {
@@ -226,6 +284,21 @@ impl OwnedToken {
     /// When the token expires, if it does.
     pub fn expires_at(&self) -> Option<DateTime<Utc>> {
         self.0.expires_at.and_then(from_ms)
+    }
+
+    /// The token's owner, if it has one.
+    pub fn owner(&self) -> Option<&str> {
+        self.0.extras.as_deref()?.owner_name()
+    }
+
+    /// The value of the token's metadata `key`.
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.0.extras.as_deref()?.meta(key)
+    }
+
+    /// Every metadata pair of the token, in the order given.
+    pub fn meta_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.extras.iter().flat_map(|x| x.meta_pairs())
     }
 }
 

@@ -9,10 +9,11 @@ use super::Persister;
 use crate::change::ChangeRef;
 use crate::entry::Entry;
 use crate::error::Error;
+use crate::extras::Extras;
 use crate::feed::ChangeKind;
 use crate::observe::Kind;
 use crate::rate_limit::RateLimit;
-use crate::token::TokenId;
+use crate::token::{Digest, TokenId};
 
 impl Persister {
     /// The apply phase. Revokes, rate limits, deletes and purges take effect in memory at
@@ -44,6 +45,36 @@ impl Persister {
                 }),
             );
         }
+        for (owner, reply) in batch.owner_revokes.drain(..) {
+            let revoked = map.revoke_owner(&owner, now);
+            applied.kinds.add(Kind::Revoke, revoked.len());
+            applied
+                .changes
+                .push(ChangeRef::RevokeOwner { owner, at: now });
+            applied.replies.push((reply, revoked.len()));
+        }
+        for (owner, limit, reply) in batch.owner_limits.drain(..) {
+            map.owners.set_rate_limit(&owner, limit);
+            applied.kinds.add(Kind::OwnerRateLimit, 1);
+            let limit = limit.map(RateLimit::to_record);
+            applied
+                .changes
+                .push(ChangeRef::OwnerRateLimit { owner, limit });
+            applied.replies.push((reply, 1));
+        }
+        for (id, meta, reply) in batch.metas.drain(..) {
+            let extras = map.with(&id, |e| {
+                let extras = match e.extras().as_deref() {
+                    Some(old) => old.with_meta(meta),
+                    None => Extras::new(None, meta, false),
+                };
+                let record = extras.record(id).into_owned();
+                e.set_extras(Some(extras));
+                ChangeRef::Extras(record)
+            });
+            applied.kinds.add(Kind::Meta, usize::from(extras.is_some()));
+            applied.answer(reply, id, extras);
+        }
         for (id, limit, reply) in batch.rate_limits.drain(..) {
             let found = map
                 .with(&id, |e| {
@@ -68,6 +99,12 @@ impl Persister {
             applied.kinds.add(Kind::Delete, usize::from(removed));
             applied.answer(reply, id, removed.then_some(change));
         }
+        for (owner, reply) in batch.owner_deletes.drain(..) {
+            let deleted = map.delete_owner(&owner);
+            applied.kinds.add(Kind::Delete, deleted.len());
+            applied.changes.push(ChangeRef::DeleteOwner { owner });
+            applied.replies.push((reply, deleted.len()));
+        }
         for (cutoff, reply) in batch.purges.drain(..) {
             let purged = self.purge(cutoff, now, &mut applied.changes, &mut events);
             applied.kinds.add(Kind::Purge, purged);
@@ -84,15 +121,18 @@ impl Persister {
             }
         }
         let mut taken = HashSet::new();
+        let mut digests = HashSet::new();
         for (entries, reply) in batch.issues.drain(..) {
-            if let Some(id) = self.collision(&entries, &mut taken) {
-                let _ = reply.send(Err(drawn_twice(id)));
+            if let Some(refusal) = self.refusal(&entries, &mut taken, &mut digests) {
+                let _ = reply.send(Err(refusal));
                 continue;
             }
-            applied.kinds.add(Kind::Issue, entries.len());
             for e in &entries {
                 events.pending(ChangeKind::Issued, e.id, events.owner(e), now);
             }
+            let imported = entries.iter().filter(|e| e.is_imported()).count();
+            applied.kinds.add(Kind::Import, imported);
+            applied.kinds.add(Kind::Issue, entries.len() - imported);
             applied.pending.issues.extend(entries);
             applied.replies.push((reply, 1));
         }
@@ -113,8 +153,8 @@ impl Persister {
                 Some(Ok(owner)) => owner,
             };
             let new = vec![*new];
-            if let Some(id) = self.collision(&new, &mut taken) {
-                let _ = reply.send(Err(drawn_twice(id)));
+            if let Some(refusal) = self.refusal(&new, &mut taken, &mut digests) {
+                let _ = reply.send(Err(refusal));
                 continue;
             }
             let replaced = ChangeKind::Rotated { old };
@@ -126,6 +166,13 @@ impl Persister {
             applied.replies.push((reply, 1));
         }
         applied.events = events;
+        // The first token issued under a prefix the files do not hold records it, in the
+        // same write, so a reopened store accepts the token whatever prefix it is given.
+        let native = applied.pending.issues.iter().any(|e| !e.is_imported());
+        if let (true, Some(prefix)) = (native, &self.unrecorded_prefix) {
+            applied.changes.push(ChangeRef::Prefix(prefix.clone()));
+            applied.records_prefix = true;
+        }
         applied
     }
 
@@ -203,23 +250,42 @@ impl Persister {
         changes.len() - before
     }
 
-    /// The first id among `entries` that is already taken (in the map, or earlier in this
-    /// batch). Ids are 47 random bits and `issue` pre-checks the map, so this guards
-    /// against two concurrent requests drawing the same id; it is not a normal path.
-    fn collision(&self, entries: &[Entry], taken: &mut HashSet<TokenId>) -> Option<TokenId> {
-        let clash = entries
+    /// Why `entries` cannot join the store, if they cannot: an id already taken (in the
+    /// map, or earlier in this batch), or an imported key's digest already imported. Ids
+    /// are 47 random bits and `issue` pre-checks the map, so a taken id comes from two
+    /// concurrent requests drawing the same one; it is not a normal path. On `None`, the
+    /// entries' ids and imported digests count as taken.
+    fn refusal(
+        &self,
+        entries: &[Entry],
+        taken: &mut HashSet<TokenId>,
+        digests: &mut HashSet<Digest>,
+    ) -> Option<Error> {
+        let map = &self.shared.map;
+        let mut ids = HashSet::new();
+        if let Some(e) = entries
             .iter()
-            .find(|e| self.shared.map.contains(&e.id) || taken.contains(&e.id))
-            .map(|e| e.id);
-        if clash.is_none() {
-            taken.extend(entries.iter().map(|e| e.id));
+            .find(|e| map.contains(&e.id) || taken.contains(&e.id) || !ids.insert(e.id))
+        {
+            return Some(Error::InvalidRequest(format!(
+                "token id {} was drawn twice; issue again",
+                e.id
+            )));
         }
-        clash
+        let mut imported = HashSet::new();
+        let twice = entries.iter().filter(|e| e.is_imported()).find(|e| {
+            let digest = e.digest();
+            map.contains_imported(digest) || digests.contains(digest) || !imported.insert(*digest)
+        });
+        if twice.is_some() {
+            return Some(Error::InvalidRequest(
+                "a key with this SHA-256 digest is already imported (each key is imported once); nothing was imported".into(),
+            ));
+        }
+        taken.extend(ids);
+        digests.extend(imported);
+        None
     }
-}
-
-fn drawn_twice(id: TokenId) -> Error {
-    Error::InvalidRequest(format!("token id {id} was drawn twice; issue again"))
 }
 
 /// What a change another replica committed is, for the feed, if it is an event: its kind,
@@ -238,7 +304,13 @@ fn remote_event(
         Change::Delete { id } => (ChangeKind::Deleted, *id, read_at),
         Change::SetRateLimit { id, .. } => (ChangeKind::RateLimitSet, *id, read_at),
         Change::Expire { id, .. } => (ChangeKind::ExpiryShortened, *id, read_at),
-        Change::Used { .. } => return None,
+        // LEAD (issue 21, feed): the keys changes are wired to the feed after this merge.
+        Change::Used { .. }
+        | Change::Extras(_)
+        | Change::RevokeOwner { .. }
+        | Change::DeleteOwner { .. }
+        | Change::OwnerRateLimit { .. }
+        | Change::Prefix(_) => return None,
     };
     Some((kind, TokenId::from_bytes(id)?, at))
 }

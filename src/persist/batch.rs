@@ -22,6 +22,10 @@ pub(super) struct Batch {
     pub(super) revokes: Vec<(TokenId, Reply)>,
     pub(super) rate_limits: Vec<(TokenId, Option<RateLimit>, Reply)>,
     pub(super) deletes: Vec<(TokenId, Reply)>,
+    pub(super) owner_revokes: Vec<(String, Reply)>,
+    pub(super) owner_deletes: Vec<(String, Reply)>,
+    pub(super) owner_limits: Vec<(String, Option<RateLimit>, Reply)>,
+    pub(super) metas: Vec<(TokenId, Box<str>, Reply)>,
     pub(super) purges: Vec<(u64, Reply)>,
     pub(super) rotations: Vec<(TokenId, u64, Box<Entry>, Reply)>,
     pub(super) flushes: Vec<Reply>,
@@ -43,6 +47,12 @@ impl Batch {
             Message::Revoke(id, reply) => self.revokes.push((id, reply)),
             Message::SetRateLimit(id, limit, reply) => self.rate_limits.push((id, limit, reply)),
             Message::Delete(id, reply) => self.deletes.push((id, reply)),
+            Message::RevokeOwner(owner, reply) => self.owner_revokes.push((owner, reply)),
+            Message::DeleteOwner(owner, reply) => self.owner_deletes.push((owner, reply)),
+            Message::SetOwnerRateLimit(owner, limit, reply) => {
+                self.owner_limits.push((owner, limit, reply));
+            }
+            Message::SetMeta(id, meta, reply) => self.metas.push((id, meta, reply)),
             Message::Purge(cutoff, reply) => self.purges.push((cutoff, reply)),
             Message::Rotate {
                 old,
@@ -78,6 +88,8 @@ pub(super) struct Applied {
     pub(super) changes: Vec<ChangeRef<'static>>,
     /// What joins memory only once it is on disk.
     pub(super) pending: Pending,
+    /// The record holds the store's prefix, which the files did not hold before.
+    pub(super) records_prefix: bool,
     /// Callers waiting for the write, each with its count.
     pub(super) replies: Vec<(Reply, usize)>,
     /// The changes by kind, for the metrics once written.

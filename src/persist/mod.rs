@@ -57,6 +57,7 @@ pub(crate) use backend::{Compacted, Facts, Write};
 use batch::{Applied, Batch, Events};
 #[cfg(loom)]
 pub use recorder::{Recorded, Recorder};
+pub(crate) use write::compact;
 
 /// The persister's state; [`Persister::run`] is the thread's body.
 pub(crate) struct Persister {
@@ -93,6 +94,8 @@ pub(crate) struct Persister {
     /// Events of changes memory holds whose write failed: published by the write that
     /// makes them durable (`publish`).
     unpublished: Vec<ChangeEvent>,
+    /// The prefix this store issues under, while no file (or the database) records it.
+    unrecorded_prefix: Option<String>,
 }
 
 /// How many messages one batch takes at most, so a flood cannot starve the writes.
@@ -107,6 +110,8 @@ pub(crate) struct Start {
     pub(crate) seq: u64,
     /// The change feed's subscribers.
     pub(crate) feed: std::sync::Arc<Hub>,
+    /// The prefix this store issues under, if its files do not record it yet.
+    pub(crate) unrecorded_prefix: Option<String>,
 }
 
 impl Persister {
@@ -135,6 +140,7 @@ impl Persister {
             published: Publisher::new(),
             feed: start.feed,
             unpublished: Vec::new(),
+            unrecorded_prefix: start.unrecorded_prefix,
         }
     }
 
@@ -210,11 +216,15 @@ impl Persister {
             replies,
             kinds,
             events,
+            records_prefix,
         } = self.apply(&mut batch, now);
         let write = self.decide(&changes, &pending, &batch, now);
         let result = self.write(write, changes, pending, now);
         if result.is_ok() {
             observe::committed(&kinds);
+            if records_prefix {
+                self.unrecorded_prefix = None;
+            }
         }
         // Before the replies: a caller whose change is durable finds its event queued.
         self.publish(events, result.is_ok());

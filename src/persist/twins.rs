@@ -64,6 +64,14 @@ impl Persister {
             let _ = reply.send(Ok(1));
             map.remove(&id);
         }
+        for (owner, reply) in batch.owner_revokes.drain(..) {
+            let _ = reply.send(Ok(1));
+            map.revoke_owner(&owner, now);
+        }
+        for (owner, reply) in batch.owner_deletes.drain(..) {
+            let _ = reply.send(Ok(1));
+            map.delete_owner(&owner);
+        }
         self.apply_write_reply(batch, now)
     }
 

@@ -4,16 +4,19 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::Arc;
 
 use super::batch::{Batch, Pending};
 use super::{AppendFailed, Persister};
 use crate::change::ChangeRef;
 use crate::entry::Entry;
 use crate::error::Error;
+use crate::extras::Extras;
 use crate::file::WriteError;
 use crate::journal;
+use crate::map::Map;
 use crate::observe::Op;
-use crate::snapshot::{self, BodyRef, RecordRef};
+use crate::snapshot::{self, BodyRef, ExtrasRef, RecordRef};
 use crate::token::TokenId;
 
 /// What the decide phase chose.
@@ -180,7 +183,15 @@ impl Persister {
             self.last_attempt_ms = now;
         }
         let mut changes: Vec<ChangeRef<'_>> = changes;
-        changes.extend(pending.issues.iter().map(|e| ChangeRef::Issue(e.record(0))));
+        // Each new token's extras right after it (held here: the record borrows them).
+        let extras = extras_of(&pending.issues);
+        let mut extras = extras.iter().peekable();
+        for entry in &pending.issues {
+            changes.push(ChangeRef::Issue(entry.record(0)));
+            if let Some((_, x)) = extras.next_if(|(id, _)| *id == entry.id) {
+                changes.push(ChangeRef::Extras(x.record(entry.id)));
+            }
+        }
         changes.extend(pending.expiries.iter().map(|&(id, at)| ChangeRef::Expire {
             id: id.to_bytes(),
             at,
@@ -281,11 +292,16 @@ impl Persister {
         records.extend(pending.issues.iter().map(|e| e.record(0)));
         self.last_attempt_ms = now;
         let op = Op::compaction(records.len());
-        let written = self.sink.compact(&BodyRef {
-            written_at: now,
-            seq: self.seq,
-            records: &records,
-        });
+        let all = entries.iter().copied().chain(&pending.issues);
+        let shared = self.shared.clone();
+        let written = compact(
+            self.sink.as_mut(),
+            &shared.map,
+            all,
+            &records,
+            now,
+            self.seq,
+        );
         if let Ok(compacted) = &written {
             op.compacted(compacted.snapshot_bytes);
         }
@@ -342,6 +358,9 @@ impl Persister {
         self.join(pending);
         self.snapshot_len = bytes;
         self.definitions_pending = false;
+        // The snapshot holds every prefix memory accepts, this store's own among them.
+        self.unrecorded_prefix = None;
+        self.shared.map.owners.forget_unused();
         self.shared.counters.record_compaction(bytes, now);
     }
 
@@ -355,6 +374,38 @@ impl Persister {
         // `collision` kept only ids that are not in the map.
         debug_assert!(added.is_ok(), "collision let a taken id through");
     }
+}
+
+/// Writes a snapshot of `records` (of `entries`, in order) with what the tokens share in
+/// `map` (owners' limits, prefixes), covering record `seq`.
+pub(crate) fn compact<'e>(
+    sink: &mut dyn super::Sink,
+    map: &Map,
+    entries: impl IntoIterator<Item = &'e Entry>,
+    records: &[RecordRef<'_>],
+    written_at: u64,
+    seq: u64,
+) -> Result<super::backend::Compacted, WriteError> {
+    let extras = extras_of(entries);
+    let extras: Vec<ExtrasRef<'_>> = extras.iter().map(|(id, x)| x.record(*id)).collect();
+    let owners = map.owners.records();
+    let prefixes = map.prefixes.recorded();
+    sink.compact(&BodyRef {
+        written_at,
+        seq,
+        records,
+        extras: &extras,
+        owners: &owners,
+        prefixes: &prefixes,
+    })
+}
+
+/// The extras of those `entries` that have any, in order, each with its token's id.
+fn extras_of<'e>(entries: impl IntoIterator<Item = &'e Entry>) -> Vec<(TokenId, Arc<Extras>)> {
+    entries
+        .into_iter()
+        .filter_map(|e| Some((e.id, e.extras_arc()?)))
+        .collect()
 }
 
 /// `record` with its expiry shortened to `until`, if `rotate` asked for that.

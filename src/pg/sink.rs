@@ -302,6 +302,11 @@ fn updated_id(change: &ChangeRef<'_>) -> Option<[u8; 8]> {
         | ChangeRef::SetRateLimit { id, .. }
         | ChangeRef::Expire { id, .. }
         | ChangeRef::Used { id, .. } => Some(id),
+        ChangeRef::Extras(ref extras) => Some(extras.id),
+        ChangeRef::RevokeOwner { .. }
+        | ChangeRef::DeleteOwner { .. }
+        | ChangeRef::OwnerRateLimit { .. }
+        | ChangeRef::Prefix(_) => None,
     }
 }
 
@@ -494,6 +499,16 @@ fn define(
         ChangeRef::Expire { id, at } => {
             tx.execute(&st.expire, &[&id_text(id), &sql_time(at), &version])
                 .map_err(pg)?;
+        }
+        ChangeRef::Extras(_)
+        | ChangeRef::RevokeOwner { .. }
+        | ChangeRef::DeleteOwner { .. }
+        | ChangeRef::OwnerRateLimit { .. }
+        | ChangeRef::Prefix(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "owners, metadata, imported keys and prefixes are not stored in PostgreSQL yet",
+            ));
         }
     }
     Ok(())

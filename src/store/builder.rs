@@ -14,7 +14,6 @@ use crate::inbox::{Inbox, Timer};
 use crate::location::{database_url, Location};
 use crate::persist::{FileSink, Persister, Sink, Start};
 use crate::recover::{self, Recovered};
-use crate::snapshot::BodyRef;
 #[cfg(loom)]
 use crate::snapshot::{self, DecodeError};
 use crate::stats::Counters;
@@ -69,6 +68,8 @@ pub struct Builder {
     pub(crate) tls: crate::tls::TlsOptions,
     #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
     tombstone_horizon: Duration,
+    /// The prefix new tokens get (checked at `open`).
+    prefix: String,
 }
 
 impl Builder {
@@ -89,6 +90,7 @@ impl Builder {
             migrate_schema: true,
             tls: Default::default(),
             tombstone_horizon: DEFAULT_TOMBSTONE_HORIZON,
+            prefix: crate::token::DEFAULT_PREFIX.to_string(),
         }
     }
 
@@ -192,6 +194,21 @@ impl Builder {
         self
     }
 
+    /// The prefix of new tokens: `<prefix>_<id>_<secret><checksum>`, e.g. `sk_live` for
+    /// `sk_live_a1B2c3D4_...` (1 to 16 ASCII letters, digits or underscores; default `tc`).
+    /// A prefix per product or environment lets people and secret scanners tell keys apart.
+    ///
+    /// The store records every prefix it issues under (in its files, or its database), and
+    /// keeps accepting tokens of each after the prefix changes: a key in a client's hands
+    /// never stops working because the store was reopened with another prefix. A token
+    /// with a prefix the store never issued under is [`Rejection::Malformed`](crate::Rejection::Malformed)
+    /// before any lookup. A prefix that breaks the rules is refused at `open` with
+    /// [`Error::InvalidSetting`]; so is a 33rd prefix.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Builder {
+        self.prefix = prefix.into();
+        self
+    }
+
     /// PostgreSQL stores only (a file store ignores it): how long the row of a deleted (or
     /// purged) token stays in the table as a tombstone (default 7 days). Older tombstones
     /// are removed by one replica at a time, so the table stays bounded. A replica that
@@ -218,6 +235,7 @@ impl Builder {
     /// whose system of record is that database instead (feature `postgres`; see
     /// `docs/REPLICAS.md`). No file is touched, and any number of stores may open it.
     pub fn open(mut self) -> Result<TokenStore, Error> {
+        crate::token::check_prefix(&self.prefix).map_err(Error::InvalidSetting)?;
         if let Some(url) = database_url(&self.path).map(str::to_owned) {
             return self.open_database(url);
         }
@@ -307,6 +325,10 @@ impl Builder {
         let Recovered {
             map, snapshot, seq, ..
         } = recovered;
+        let new_prefix = map
+            .prefixes
+            .add(&self.prefix)
+            .map_err(Error::InvalidSetting)?;
         let shared = Arc::new(Shared {
             map,
             clock: self.clock,
@@ -336,6 +358,7 @@ impl Builder {
                 snapshot_len,
                 seq,
                 feed: feed.clone(),
+                unrecorded_prefix: new_prefix.then(|| self.prefix.clone()),
             },
         );
         let thread = thread::Builder::new()
@@ -348,6 +371,7 @@ impl Builder {
                 shared,
                 path,
                 location,
+                prefix: self.prefix,
                 shutdown: Mutex::new(Shutdown::Running(thread)),
                 lock: Mutex::new(lock),
                 feed,
@@ -371,11 +395,14 @@ fn first_snapshot(
             .iter()
             .map(|e| e.record(e.persisted_last_used()))
             .collect();
-        sink.compact(&BodyRef {
-            written_at: now,
+        crate::persist::compact(
+            sink,
+            &shared.map,
+            entries.iter().copied(),
+            &records,
+            now,
             seq,
-            records: &records,
-        })
+        )
     });
     let action = if shared.map.len() == 0 && seq == 0 {
         "create the store file"
@@ -401,11 +428,23 @@ pub fn open_recorded(
     tokens: usize,
     recorder: crate::persist::Recorder,
 ) -> Result<(TokenStore, Vec<IssuedToken>), Error> {
+    open_recorded_owned(builder, tokens, None, recorder)
+}
+
+/// Model checks only: [`open_recorded`], with every token belonging to `owner` if given.
+#[cfg(loom)]
+pub fn open_recorded_owned(
+    builder: Builder,
+    tokens: usize,
+    owner: Option<&str>,
+    recorder: crate::persist::Recorder,
+) -> Result<(TokenStore, Vec<IssuedToken>), Error> {
     let now = builder.clock.now_ms();
     let mut issued = Vec::with_capacity(tokens);
     let mut records = Vec::with_capacity(tokens);
     for n in 0..tokens {
-        let (secret, id) = token::generate().map_err(|e| Error::Random(e.to_string()))?;
+        let (secret, id) =
+            token::generate(token::DEFAULT_PREFIX).map_err(|e| Error::Random(e.to_string()))?;
         records.push(snapshot::Record {
             id: id.to_bytes(),
             name: format!("loom-{n}"),
@@ -423,6 +462,15 @@ pub fn open_recorded(
         crate::entry::load(records).map_err(|p| DecodeError::from(p).at(&builder.path))?;
     // No snapshot yet: `start` writes the first one, so the recorder holds the tokens.
     let recovered = Recovered::fresh(entries);
+    if let Some(owner) = owner {
+        let map = &recovered.map;
+        map.with_all(|entries| {
+            for entry in entries {
+                let owner = Some(map.owners.get_or_add(owner));
+                entry.set_extras(Some(crate::extras::Extras::new(owner, "".into(), false)));
+            }
+        });
+    }
     let location = Location::File(builder.path.clone());
     let store = builder.start(location, recovered, Box::new(recorder), None, None)?;
     Ok((store, issued))

@@ -20,6 +20,8 @@ pub(super) struct Handle {
     pub(super) shared: Arc<Shared>,
     pub(super) path: PathBuf,
     pub(super) location: Location,
+    /// The prefix new tokens get.
+    pub(super) prefix: String,
     pub(super) shutdown: Mutex<Shutdown>,
     pub(super) lock: Mutex<Option<File>>,
     /// The change feed's subscribers (the persister publishes to them).

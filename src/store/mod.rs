@@ -9,6 +9,7 @@
 
 mod builder;
 mod handle;
+mod keys;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -17,8 +18,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::clock::millis;
-use crate::entry::{self, Entry};
+use crate::entry::Entry;
 use crate::error::{Error, Rejection};
+use crate::extras::Extras;
 use crate::inbox::Message;
 use crate::location::Location;
 use crate::rate_limit::RateLimit;
@@ -31,7 +33,7 @@ use crate::token::{self, IssuedToken, TokenId};
 use crate::validate::ValidToken;
 
 #[cfg(loom)]
-pub use builder::open_recorded;
+pub use builder::{open_recorded, open_recorded_owned};
 pub use builder::{Builder, DEFAULT_FLUSH_INTERVAL};
 use handle::Handle;
 
@@ -187,15 +189,8 @@ impl TokenStore {
             new.check()?;
             let (secret, id) = self.fresh_id(&drawn)?;
             drawn.insert(id);
-            let expires_at = new.expires_in.map(|d| now.saturating_add(millis(d)));
-            entries.push(Entry::new(
-                id,
-                token::digest(&secret),
-                entry::pack_text(&new.name, &new.scopes),
-                now,
-                expires_at,
-                new.rate_limit,
-            ));
+            let digest = token::digest(&secret);
+            entries.push(new.entry(id, digest, now, &shared.map.owners, false)?);
             issued.push(IssuedToken { secret, id });
         }
         let finish = move |_| issued;
@@ -238,9 +233,10 @@ impl TokenStore {
         Request::new(|reply| Message::Purge(cutoff, reply), |purged| purged)
     }
 
-    /// Issues a new token with the same name, scopes and rate limit as token `id` (and the
-    /// same lifetime, if it had one), and makes the old one expire at the earlier of its own
-    /// expiry and now + `grace`, both in one durable write. Returns the new token; its
+    /// Issues a new token with the same name, scopes, rate limit, owner and metadata as
+    /// token `id` (and the same lifetime, if it had one), and makes the old one expire at the
+    /// earlier of its own expiry and now + `grace`, both in one durable write. Rotating an
+    /// imported key replaces it with a token of this store's format. Returns the new token; its
     /// secret is shown only here. Clients switch to it within `grace`. A revoked or expired
     /// token is not rotated ([`Error::InvalidRequest`]): a replacement would restore the
     /// access that ended.
@@ -263,9 +259,10 @@ impl TokenStore {
         let template = shared.map.with(id, |old| {
             refuse_rotation(old, now)?;
             let lifetime = old.expires_at().map(|at| at.saturating_sub(old.created_at));
-            Ok::<_, Error>((old.text().into(), lifetime, old.rate_limit()))
+            let extras = old.extras_arc();
+            Ok::<_, Error>((old.text().into(), lifetime, old.rate_limit(), extras))
         });
-        let (text, lifetime, rate_limit): (Box<str>, Option<u64>, _) =
+        let (text, lifetime, rate_limit, extras): (Box<str>, Option<u64>, _, _) =
             template.ok_or(Error::UnknownId(*id))??;
         let (secret, new_id) = self.fresh_id(&HashSet::new())?;
         let expires_at = lifetime.map(|l| now.saturating_add(l));
@@ -277,6 +274,11 @@ impl TokenStore {
             expires_at,
             rate_limit,
         ));
+        // Owner and metadata pass on; a replacement is ours, so never imported.
+        if let Some(extras) = extras {
+            let meta = extras.packed_meta().into();
+            new.set_extras(Some(Extras::new(extras.owner.clone(), meta, false)));
+        }
         let until = now.saturating_add(millis(grace));
         let message = |reply| Message::Rotate {
             old: *id,
@@ -305,7 +307,8 @@ impl TokenStore {
     /// A new secret and an id that neither the map nor `drawn` holds.
     fn fresh_id(&self, drawn: &HashSet<TokenId>) -> Result<(String, TokenId), Error> {
         loop {
-            let (secret, id) = token::generate().map_err(|e| Error::Random(e.to_string()))?;
+            let (secret, id) =
+                token::generate(&self.handle.prefix).map_err(|e| Error::Random(e.to_string()))?;
             if !self.handle.shared.map.contains(&id) && !drawn.contains(&id) {
                 return Ok((secret, id));
             }

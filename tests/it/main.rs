@@ -28,6 +28,7 @@ mod feed;
 mod files;
 mod hostile;
 mod journal;
+mod keys;
 #[cfg(feature = "axum")]
 mod layer;
 mod lifecycle;
