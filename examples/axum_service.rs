@@ -139,9 +139,10 @@ pub async fn serve(path: &str, addr: &str) -> Result<(), Box<dyn std::error::Err
     Ok(())
 }
 
-/// One line of the audit log: a change as a JSON object (`kind`, `id`, `owner`, `at` in
-/// RFC 3339, `origin`, and `old` for a rotation), or `{"missed": n}` when the log read too
-/// slowly and `n` changes were not queued for it.
+/// One line of the audit log: a change as a JSON object (`kind`, `id` (`null` for an
+/// owner's shared limit), `owner`, `owner_wide` (one call over all of the owner's tokens),
+/// `at` in RFC 3339, `origin`, and `old` for a rotation), or `{"missed": n}` when the log
+/// read too slowly and `n` changes were not queued for it.
 pub fn audit_line(item: &Feed) -> String {
     let event = match item {
         Feed::Event(event) => event,
@@ -149,8 +150,9 @@ pub fn audit_line(item: &Feed) -> String {
     };
     let mut line = serde_json::json!({
         "kind": event.kind.as_str(),
-        "id": event.id.as_str(),
+        "id": event.id.as_ref().map(|id| id.as_str()),
         "owner": event.owner,
+        "owner_wide": event.owner_wide,
         "at": event.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "origin": event.origin.as_str(),
     });

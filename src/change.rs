@@ -87,32 +87,52 @@ pub(crate) enum ChangeRef<'a> {
     Prefix(String),
 }
 
+/// What [`apply`] changed in memory, for the change feed (a `last_used` is no change).
+#[derive(Debug, PartialEq)]
+pub(crate) enum Changed {
+    /// Nothing: the change was there already, its token is gone, or it is a `last_used`
+    /// or a prefix.
+    Nothing,
+    /// Token `id` (new, revoked, deleted, its limit, expiry or extras).
+    Token(TokenId),
+    /// These tokens, by one owner-wide revoke or delete.
+    Tokens(Vec<TokenId>),
+    /// An owner's shared rate limit; no token.
+    Owner,
+}
+
 /// Applies one change to `map`: a journal record's while opening (`recover`), or
-/// (PostgreSQL stores) a row another replica committed, on the persister thread. Each change is idempotent (a
-/// revoke keeps the first time, a delete of an absent token and an issue of a present one
-/// change nothing, `Used` and `Expire` take the max and the min, a rate limit equal to the
-/// token's is left alone so its spent quota stands), so applying one twice is harmless.
-/// Returns whether memory changed (a `last_used` is not counted): the change feed
-/// publishes only changes that did.
-pub(crate) fn apply(map: &Map, change: Change) -> Result<bool, Problem> {
+/// (PostgreSQL stores) a row another replica committed, on the persister thread. Each
+/// change is idempotent (a revoke keeps the first time, a delete of an absent token and an
+/// issue of a present one change nothing, `Used` and `Expire` take the max and the min, a
+/// rate limit equal to the token's or the owner's is left alone so its spent quota stands,
+/// extras equal to the token's are no change), so applying one twice is harmless.
+/// Returns what changed: the change feed publishes only changes that did.
+pub(crate) fn apply(map: &Map, change: Change) -> Result<Changed, Problem> {
     let mut changed = false;
-    match change {
+    let id = match change {
         Change::Issue(record) => {
             let entry = entry::load_one(record)?;
-            if !map.contains(&entry.id) {
+            let id = entry.id;
+            if !map.contains(&id) {
                 let added = map.insert_new([entry]);
                 debug_assert!(added.is_ok(), "checked just before");
                 changed = true;
             }
+            id
         }
         Change::Revoke { id, at } => {
-            map.with(&token_id(id)?, |e| {
+            let id = token_id(id)?;
+            map.with(&id, |e| {
                 changed = e.revoked_at().is_none();
                 e.revoke(at);
             });
+            id
         }
         Change::Delete { id } => {
-            changed = map.remove(&token_id(id)?);
+            let id = token_id(id)?;
+            changed = map.remove(&id);
+            id
         }
         Change::SetRateLimit { id, limit } => {
             let id = token_id(id)?;
@@ -129,26 +149,37 @@ pub(crate) fn apply(map: &Map, change: Change) -> Result<bool, Problem> {
                     changed = true;
                 }
             });
+            id
         }
         Change::Expire { id, at } => {
-            map.with(&token_id(id)?, |e| {
+            let id = token_id(id)?;
+            map.with(&id, |e| {
                 let before = e.expires_at();
                 e.shorten_expiry(at);
                 changed = e.expires_at() != before;
             });
+            id
         }
         Change::Used { id, at } => {
             map.with(&token_id(id)?, |e| e.replay_used(at));
+            return Ok(Changed::Nothing);
         }
         Change::Extras(record) => {
             let (id, extras) = Extras::from_record(record, &map.owners)?;
+            changed = map
+                .with(&id, |e| match e.extras().as_deref() {
+                    Some(old) => !old.same_as(&extras),
+                    None => !extras.is_empty(),
+                })
+                .unwrap_or(false);
             map.set_extras(&id, extras);
+            id
         }
         Change::RevokeOwner { owner, at } => {
-            map.revoke_owner(&owner, at);
+            return Ok(Changed::Tokens(map.revoke_owner(&owner, at)));
         }
         Change::DeleteOwner { owner } => {
-            map.delete_owner(&owner);
+            return Ok(Changed::Tokens(map.delete_owner(&owner)));
         }
         Change::OwnerRateLimit { owner, limit } => {
             let limit = match limit {
@@ -158,17 +189,116 @@ pub(crate) fn apply(map: &Map, change: Change) -> Result<bool, Problem> {
                 ),
                 None => None,
             };
+            let before = map.owners.rate_limit(&owner);
             map.owners.set_rate_limit(&owner, limit);
+            return Ok(if before == limit {
+                Changed::Nothing
+            } else {
+                Changed::Owner
+            });
         }
         Change::Prefix(prefix) => {
             map.prefixes
                 .add(&prefix)
                 .map_err(|_| Problem::BadPrefix(prefix))?;
+            return Ok(Changed::Nothing);
         }
-    }
-    Ok(changed)
+    };
+    Ok(if changed {
+        Changed::Token(id)
+    } else {
+        Changed::Nothing
+    })
 }
 
 fn token_id(id: [u8; 8]) -> Result<TokenId, Problem> {
     TokenId::from_bytes(id).ok_or_else(|| Problem::BadId(String::from_utf8_lossy(&id).into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::ExtrasRecord;
+
+    fn issue(id: TokenId) -> Change {
+        Change::Issue(Record {
+            id: id.to_bytes(),
+            name: "t".into(),
+            digest: [7; 32],
+            scopes: vec![],
+            created_at: 1,
+            expires_at: None,
+            revoked_at: None,
+            last_used: None,
+            rate_limit: None,
+        })
+    }
+
+    fn extras(id: TokenId, owner: &str, plan: &str) -> Change {
+        Change::Extras(ExtrasRecord {
+            id: id.to_bytes(),
+            owner: Some(owner.into()),
+            meta: vec![("plan".into(), plan.into())],
+            imported: false,
+        })
+    }
+
+    /// What a replica's feed publishes rests on this: each change says what it changed,
+    /// and the same change applied again (a replica's own, read back) changes nothing.
+    #[test]
+    fn apply_says_what_changed_and_a_second_apply_changes_nothing() {
+        let map = Map::with_capacity(0);
+        let ids: Vec<TokenId> = (0..3u8)
+            .map(|n| format!("0000000{n}").parse().unwrap())
+            .collect();
+        for &id in &ids {
+            assert_eq!(apply(&map, issue(id)), Ok(Changed::Token(id)));
+            assert_eq!(apply(&map, issue(id)), Ok(Changed::Nothing));
+        }
+        for &id in &ids[..2] {
+            assert_eq!(
+                apply(&map, extras(id, "acme", "pro")),
+                Ok(Changed::Token(id))
+            );
+            assert_eq!(apply(&map, extras(id, "acme", "pro")), Ok(Changed::Nothing));
+        }
+        let other = extras(ids[0], "acme", "free");
+        assert_eq!(apply(&map, other), Ok(Changed::Token(ids[0])));
+
+        let limit = || Change::OwnerRateLimit {
+            owner: "acme".into(),
+            limit: Some(RateLimit::per_second(5).to_record()),
+        };
+        assert_eq!(apply(&map, limit()), Ok(Changed::Owner));
+        assert_eq!(apply(&map, limit()), Ok(Changed::Nothing));
+
+        let revoke = || Change::RevokeOwner {
+            owner: "acme".into(),
+            at: 9,
+        };
+        let Ok(Changed::Tokens(mut revoked)) = apply(&map, revoke()) else {
+            panic!("an owner-wide revoke names its tokens");
+        };
+        revoked.sort();
+        assert_eq!(revoked, ids[..2]);
+        assert_eq!(apply(&map, revoke()), Ok(Changed::Tokens(vec![])));
+
+        let delete = Change::DeleteOwner {
+            owner: "acme".into(),
+        };
+        let Ok(Changed::Tokens(deleted)) = apply(&map, delete) else {
+            panic!("an owner-wide delete names its tokens");
+        };
+        assert_eq!(deleted.len(), 2);
+        assert!(map.contains(&ids[2]), "a token without the owner stays");
+        let used = Change::Used {
+            id: ids[2].to_bytes(),
+            at: 5,
+        };
+        assert_eq!(apply(&map, used), Ok(Changed::Nothing));
+        assert_eq!(
+            apply(&map, Change::Prefix("sk_live".into())),
+            Ok(Changed::Nothing)
+        );
+    }
 }

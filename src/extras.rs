@@ -66,6 +66,14 @@ impl Extras {
         self.owner.is_none() && self.meta.is_empty() && !self.imported
     }
 
+    /// Whether `other` holds the same owner, metadata and import mark (a replica's own
+    /// change coming back is no change).
+    pub(crate) fn same_as(&self, other: &Extras) -> bool {
+        self.owner_name() == other.owner_name()
+            && self.meta == other.meta
+            && self.imported == other.imported
+    }
+
     /// The owner's id.
     pub(crate) fn owner_name(&self) -> Option<&str> {
         self.owner.as_deref().map(Owner::name)

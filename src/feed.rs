@@ -36,16 +36,25 @@ pub const DEFAULT_FEED_CAPACITY: usize = 4096;
 pub const MAX_FEED_CAPACITY: usize = 1 << 20;
 
 /// What changed.
+///
+/// Owner-wide calls: `revoke_owner` and `delete_owner` are one event per token they
+/// changed ([`Revoked`](ChangeKind::Revoked), [`Deleted`](ChangeKind::Deleted), with
+/// [`ChangeEvent::owner_wide`] set and one `at`), so a reader following one token sees
+/// every change to it, whatever call made it; `set_owner_rate_limit` changes no token and
+/// is one [`OwnerRateLimitSet`](ChangeKind::OwnerRateLimitSet) event without an id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ChangeKind {
     /// A token was issued (`issue`, `issue_many`; on a replica, any new token, including
     /// the replacement of a rotation made elsewhere).
     Issued,
-    /// A token was revoked. Revoking a token already revoked changes nothing and is no
-    /// event.
+    /// A token was revoked (`revoke`, or `revoke_owner` with
+    /// [`owner_wide`](ChangeEvent::owner_wide)). Revoking a token already revoked changes
+    /// nothing and is no event.
     Revoked,
-    /// A token was deleted (`delete`; on a replica, any delete or purge made elsewhere).
+    /// A token was deleted (`delete`, or `delete_owner` with
+    /// [`owner_wide`](ChangeEvent::owner_wide); on a replica, also any purge made
+    /// elsewhere).
     Deleted,
     /// A token was issued by `rotate` as the replacement of token `old` (whose shortened
     /// expiry is an [`ExpiryShortened`](ChangeKind::ExpiryShortened) event right after).
@@ -53,18 +62,21 @@ pub enum ChangeKind {
         /// The token it replaces.
         old: TokenId,
     },
-    /// A token's expiry was brought forward: the old token of a rotation.
+    /// A token's expiry was brought forward: the old token of a rotation (expired by
+    /// rotation once its grace ends).
     ExpiryShortened,
     /// A token's rate limit was set or removed.
     RateLimitSet,
     /// A token was deleted by `purge` or by the retention purge.
     Purged,
-    /// A token's metadata was set.
+    /// A token's metadata was set (`set_meta`; metadata given at issue or import is part
+    /// of that event).
     MetaSet,
-    /// A token minted elsewhere was imported (only its digest is kept).
+    /// A key minted elsewhere was imported (`import`, `import_many`; only its digest is
+    /// kept).
     Imported,
-    /// The rate limit shared by every token of an owner was set or removed (`id` is the
-    /// token the event is about).
+    /// The rate limit shared by every token of an owner was set or removed: one event for
+    /// the owner, whose `id` is `None` (it changes no token, and an owner may have none).
     OwnerRateLimitSet,
 }
 
@@ -106,16 +118,22 @@ impl Origin {
     }
 }
 
-/// One durable change to one token, as the feed delivers it.
+/// One durable change, as the feed delivers it: to one token, or (an owner's shared rate
+/// limit) to one owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ChangeEvent {
     /// What changed.
     pub kind: ChangeKind,
-    /// The token it changed.
-    pub id: TokenId,
-    /// The token's owner, if it has one.
+    /// The token it changed; `None` only for [`ChangeKind::OwnerRateLimitSet`].
+    pub id: Option<TokenId>,
+    /// The token's owner, if it has one (as the token was when the change was made: a
+    /// deleted token's owner is read before it goes); the owner itself for
+    /// [`ChangeKind::OwnerRateLimitSet`].
     pub owner: Option<String>,
+    /// The change was one call over every token of `owner` (`revoke_owner`,
+    /// `delete_owner`, `set_owner_rate_limit`), not a call about this token.
+    pub owner_wide: bool,
     /// When the change was made, by the store's clock: for a local change, the persister's
     /// time when it took the change; for a replica's, the time the row records (issue,
     /// revocation) or else the time this replica read it.
@@ -277,13 +295,30 @@ impl TokenStore {
 /// The token's owner for an event about it. The one place events learn a token's owner:
 /// every event about a token the store holds takes it from here (a delete or purge reads it
 /// just before the entry is removed).
-// LEAD (issue 21, owners): return the entry's owner once `Entry` carries one.
-pub(crate) fn owner_of(_entry: &Entry) -> Option<String> {
-    None
+pub(crate) fn owner_of(entry: &Entry) -> Option<String> {
+    entry
+        .extras()
+        .as_ref()
+        .and_then(|x| x.owner_name())
+        .map(String::from)
+}
+
+/// The kind of the event that a new token joining the store is: imported or issued.
+pub(crate) fn arrival(entry: &Entry) -> ChangeKind {
+    if entry.is_imported() {
+        ChangeKind::Imported
+    } else {
+        ChangeKind::Issued
+    }
 }
 
 /// An event made now by this process (`at`: Unix ms of the store's clock).
-pub(crate) fn local(kind: ChangeKind, id: TokenId, owner: Option<String>, at: u64) -> ChangeEvent {
+pub(crate) fn local(
+    kind: ChangeKind,
+    id: Option<TokenId>,
+    owner: Option<String>,
+    at: u64,
+) -> ChangeEvent {
     event(kind, id, owner, at, Origin::Local)
 }
 
@@ -291,7 +326,7 @@ pub(crate) fn local(kind: ChangeKind, id: TokenId, owner: Option<String>, at: u6
 #[cfg(all(feature = "postgres", not(loom)))]
 pub(crate) fn replica(
     kind: ChangeKind,
-    id: TokenId,
+    id: Option<TokenId>,
     owner: Option<String>,
     at: u64,
 ) -> ChangeEvent {
@@ -300,7 +335,7 @@ pub(crate) fn replica(
 
 fn event(
     kind: ChangeKind,
-    id: TokenId,
+    id: Option<TokenId>,
     owner: Option<String>,
     at: u64,
     origin: Origin,
@@ -309,8 +344,17 @@ fn event(
         kind,
         id,
         owner,
+        owner_wide: false,
         at: from_ms(at).unwrap_or_default(),
         origin,
+    }
+}
+
+impl ChangeEvent {
+    /// The same event, marked as part of one call over every token of its owner.
+    pub(crate) fn marked_owner_wide(mut self) -> ChangeEvent {
+        self.owner_wide = true;
+        self
     }
 }
 

@@ -10,7 +10,7 @@ use crate::change::ChangeRef;
 use crate::entry::Entry;
 use crate::error::Error;
 use crate::extras::Extras;
-use crate::feed::ChangeKind;
+use crate::feed::{self, ChangeKind};
 use crate::observe::Kind;
 use crate::rate_limit::RateLimit;
 use crate::token::{Digest, TokenId};
@@ -47,6 +47,7 @@ impl Persister {
         }
         for (owner, reply) in batch.owner_revokes.drain(..) {
             let revoked = map.revoke_owner(&owner, now);
+            events.owner_wide(ChangeKind::Revoked, &revoked, &owner, now);
             applied.kinds.add(Kind::Revoke, revoked.len());
             applied
                 .changes
@@ -55,6 +56,7 @@ impl Persister {
         }
         for (owner, limit, reply) in batch.owner_limits.drain(..) {
             map.owners.set_rate_limit(&owner, limit);
+            events.owner_limit(&owner, now);
             applied.kinds.add(Kind::OwnerRateLimit, 1);
             let limit = limit.map(RateLimit::to_record);
             applied
@@ -70,6 +72,7 @@ impl Persister {
                 };
                 let record = extras.record(id).into_owned();
                 e.set_extras(Some(extras));
+                events.applied(ChangeKind::MetaSet, id, events.owner(e), now);
                 ChangeRef::Extras(record)
             });
             applied.kinds.add(Kind::Meta, usize::from(extras.is_some()));
@@ -101,6 +104,7 @@ impl Persister {
         }
         for (owner, reply) in batch.owner_deletes.drain(..) {
             let deleted = map.delete_owner(&owner);
+            events.owner_wide(ChangeKind::Deleted, &deleted, &owner, now);
             applied.kinds.add(Kind::Delete, deleted.len());
             applied.changes.push(ChangeRef::DeleteOwner { owner });
             applied.replies.push((reply, deleted.len()));
@@ -128,7 +132,7 @@ impl Persister {
                 continue;
             }
             for e in &entries {
-                events.pending(ChangeKind::Issued, e.id, events.owner(e), now);
+                events.pending(feed::arrival(e), e.id, events.owner(e), now);
             }
             let imported = entries.iter().filter(|e| e.is_imported()).count();
             applied.kinds.add(Kind::Import, imported);
@@ -183,32 +187,68 @@ impl Persister {
     /// own changes coming back change nothing, so they are not published twice.
     #[cfg(all(feature = "postgres", not(loom)))]
     fn apply_remote(&mut self, batch: &mut Batch, recording: bool) {
+        use crate::change::{Change, Changed};
         let map = &self.shared.map;
         let mut events = Vec::new();
         for (changes, at) in batch.remote.drain(..) {
+            // The tokens this group (one transaction) adds: their extras come with them.
+            let mut arrived = HashSet::new();
+            let first = events.len();
             for change in changes {
                 if self.sink.overrides(&change) {
                     continue;
                 }
                 let about = recording.then(|| remote_event(&change, at)).flatten();
                 // A deleted token's owner is read before it goes.
-                let owner_before = about
-                    .as_ref()
-                    .and_then(|(_, id, _)| map.with(id, crate::feed::owner_of))
-                    .flatten();
-                match crate::change::apply(map, change) {
-                    Ok(true) => {
-                        if let Some((kind, id, when)) = about {
-                            let owner = match kind {
-                                ChangeKind::Deleted => owner_before,
-                                _ => map.with(&id, crate::feed::owner_of).flatten(),
-                            };
-                            events.push(crate::feed::replica(kind, id, owner, when));
-                        }
-                    }
-                    Ok(false) => {}
+                let owner_before = match (&about, &change) {
+                    (Some(_), Change::Delete { id }) => TokenId::from_bytes(*id)
+                        .and_then(|id| map.with(&id, feed::owner_of))
+                        .flatten(),
+                    _ => None,
+                };
+                let changed = match crate::change::apply(map, change) {
+                    Ok(changed) => changed,
                     Err(problem) => {
                         tracing::error!(store = %self.sink.path().display(), %problem, "a row in the database cannot be loaded; skipped");
+                        continue;
+                    }
+                };
+                let Some(about) = about else { continue };
+                match changed {
+                    Changed::Nothing => {}
+                    Changed::Token(id) => {
+                        if about.kind == ChangeKind::Issued {
+                            arrived.insert(id);
+                        } else if about.kind == ChangeKind::MetaSet && arrived.contains(&id) {
+                            // An issue's or import's extras: part of its event.
+                            continue;
+                        }
+                        let owner = match about.kind {
+                            ChangeKind::Deleted => owner_before,
+                            _ => map.with(&id, feed::owner_of).flatten(),
+                        };
+                        events.push(feed::replica(about.kind, Some(id), owner, about.at));
+                    }
+                    Changed::Tokens(ids) => {
+                        events.extend(ids.into_iter().map(|id| {
+                            feed::replica(about.kind, Some(id), about.owner.clone(), about.at)
+                                .marked_owner_wide()
+                        }));
+                    }
+                    Changed::Owner => {
+                        let event = feed::replica(about.kind, None, about.owner, about.at);
+                        events.push(event.marked_owner_wide());
+                    }
+                }
+            }
+            // A new token's kind (issued or imported) and owner, once its extras are in.
+            for event in &mut events[first..] {
+                if let (ChangeKind::Issued, Some(id)) = (event.kind, event.id) {
+                    if let Some((kind, owner)) =
+                        map.with(&id, |e| (feed::arrival(e), feed::owner_of(e)))
+                    {
+                        event.kind = kind;
+                        event.owner = owner;
                     }
                 }
             }
@@ -288,29 +328,35 @@ impl Persister {
     }
 }
 
-/// What a change another replica committed is, for the feed, if it is an event: its kind,
-/// its token, and its time (the row's for an issue or a revocation, else `read_at`, when
-/// this replica read it). A replica cannot tell a rotation from an issue, nor a purge from
-/// a delete, by the rows. `last_used` is no event.
+/// What a change another replica committed is, for the feed, if it is an event.
 #[cfg(all(feature = "postgres", not(loom)))]
-fn remote_event(
-    change: &crate::change::Change,
-    read_at: u64,
-) -> Option<(ChangeKind, TokenId, u64)> {
+struct Remote {
+    kind: ChangeKind,
+    /// The row's time for an issue or a revocation, else when this replica read it.
+    at: u64,
+    /// The owner of an owner-wide change.
+    owner: Option<String>,
+}
+
+/// The event a change another replica committed makes, if it is one. A replica cannot
+/// tell a rotation from an issue, nor a purge from a delete, by the rows (an import it
+/// tells once the token's extras are in). `last_used` and prefixes are no events.
+#[cfg(all(feature = "postgres", not(loom)))]
+fn remote_event(change: &crate::change::Change, read_at: u64) -> Option<Remote> {
     use crate::change::Change;
-    let (kind, id, at) = match change {
-        Change::Issue(record) => (ChangeKind::Issued, record.id, record.created_at),
-        Change::Revoke { id, at } => (ChangeKind::Revoked, *id, *at),
-        Change::Delete { id } => (ChangeKind::Deleted, *id, read_at),
-        Change::SetRateLimit { id, .. } => (ChangeKind::RateLimitSet, *id, read_at),
-        Change::Expire { id, .. } => (ChangeKind::ExpiryShortened, *id, read_at),
-        // LEAD (issue 21, feed): the keys changes are wired to the feed after this merge.
-        Change::Used { .. }
-        | Change::Extras(_)
-        | Change::RevokeOwner { .. }
-        | Change::DeleteOwner { .. }
-        | Change::OwnerRateLimit { .. }
-        | Change::Prefix(_) => return None,
+    let (kind, at, owner) = match change {
+        Change::Issue(record) => (ChangeKind::Issued, record.created_at, None),
+        Change::Revoke { at, .. } => (ChangeKind::Revoked, *at, None),
+        Change::Delete { .. } => (ChangeKind::Deleted, read_at, None),
+        Change::SetRateLimit { .. } => (ChangeKind::RateLimitSet, read_at, None),
+        Change::Expire { .. } => (ChangeKind::ExpiryShortened, read_at, None),
+        Change::Extras(_) => (ChangeKind::MetaSet, read_at, None),
+        Change::RevokeOwner { owner, at } => (ChangeKind::Revoked, *at, Some(owner.clone())),
+        Change::DeleteOwner { owner } => (ChangeKind::Deleted, read_at, Some(owner.clone())),
+        Change::OwnerRateLimit { owner, .. } => {
+            (ChangeKind::OwnerRateLimitSet, read_at, Some(owner.clone()))
+        }
+        Change::Used { .. } | Change::Prefix(_) => return None,
     };
-    Some((kind, TokenId::from_bytes(id)?, at))
+    Some(Remote { kind, at, owner })
 }

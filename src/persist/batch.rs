@@ -103,11 +103,12 @@ pub(super) struct Applied {
 pub(super) struct Events {
     /// Whether to make any: someone is subscribed.
     pub(super) recording: bool,
-    /// Of the changes made in memory (revoke, limit, delete, purge): published by the write
-    /// that makes them durable, this batch's or a later one.
+    /// Of the changes made in memory (revoke, limit, delete, purge, metadata, and the
+    /// owner-wide ones): published by the write that makes them durable, this batch's or a
+    /// later one.
     pub(super) applied: Vec<ChangeEvent>,
-    /// Of the new tokens and rotations: published if this batch's write succeeds, else
-    /// dropped with them.
+    /// Of the new tokens (issued, imported) and rotations: published if this batch's write
+    /// succeeds, else dropped with them.
     pub(super) pending: Vec<ChangeEvent>,
 }
 
@@ -138,7 +139,26 @@ impl Events {
         at: u64,
     ) {
         if self.recording {
-            self.applied.push(feed::local(kind, id, owner, at));
+            self.applied.push(feed::local(kind, Some(id), owner, at));
+        }
+    }
+
+    /// Changes made in memory now (`at`) by one call over every token of `owner`
+    /// (`revoke_owner`, `delete_owner`): one event per token in `ids`.
+    pub(super) fn owner_wide(&mut self, kind: ChangeKind, ids: &[TokenId], owner: &str, at: u64) {
+        if self.recording {
+            self.applied.extend(ids.iter().map(|&id| {
+                feed::local(kind, Some(id), Some(owner.to_owned()), at).marked_owner_wide()
+            }));
+        }
+    }
+
+    /// Owner `owner`'s shared rate limit was set in memory now (`at`): one event, no token.
+    pub(super) fn owner_limit(&mut self, owner: &str, at: u64) {
+        if self.recording {
+            let kind = ChangeKind::OwnerRateLimitSet;
+            let event = feed::local(kind, None, Some(owner.to_owned()), at);
+            self.applied.push(event.marked_owner_wide());
         }
     }
 
@@ -151,7 +171,7 @@ impl Events {
         at: u64,
     ) {
         if self.recording {
-            self.pending.push(feed::local(kind, id, owner, at));
+            self.pending.push(feed::local(kind, Some(id), owner, at));
         }
     }
 }

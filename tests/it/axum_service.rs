@@ -178,6 +178,9 @@ fn the_audit_log_prints_each_change_as_one_json_object() {
     let changes = store.subscribe();
     let old = store.issue(NewToken::new("reader")).unwrap();
     let new = store.rotate(&old.id(), Duration::from_secs(60)).unwrap();
+    store
+        .set_owner_rate_limit("acme", Some(tokencache::RateLimit::per_second(5)))
+        .unwrap();
     store.close().unwrap();
     let lines: Vec<String> = changes.map(|item| example::audit_line(&item)).collect();
     let parsed: Vec<serde_json::Value> = lines
@@ -187,7 +190,7 @@ fn the_audit_log_prints_each_change_as_one_json_object() {
             serde_json::from_str(line).expect("a JSON object")
         })
         .collect();
-    assert_eq!(parsed.len(), 3, "{lines:#?}");
+    assert_eq!(parsed.len(), 4, "{lines:#?}");
     let field = |n: usize, key: &str| parsed[n][key].clone();
     assert_eq!(field(0, "kind"), "issued");
     assert_eq!(field(0, "id"), old.id().as_str());
@@ -203,6 +206,11 @@ fn the_audit_log_prints_each_change_as_one_json_object() {
     assert_eq!(field(1, "old"), old.id().as_str());
     assert_eq!(field(2, "kind"), "expiry_shortened");
     assert_eq!(field(2, "id"), old.id().as_str());
+    assert_eq!(field(2, "owner_wide"), false);
+    assert_eq!(field(3, "kind"), "owner_rate_limit_set");
+    assert_eq!(field(3, "id"), serde_json::Value::Null);
+    assert_eq!(field(3, "owner"), "acme");
+    assert_eq!(field(3, "owner_wide"), true);
     assert_eq!(
         example::audit_line(&tokencache::Feed::Missed(7)),
         r#"{"missed":7}"#

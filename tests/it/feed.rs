@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::{faulty_store, manual_store, scratch, INTERVAL};
 use tokencache::__fault::FaultStep;
 use tokencache::{
-    ChangeEvent, ChangeKind, Changes, Clock, Error, Feed, FeedError, NewToken, Origin, RateLimit,
-    TokenId,
+    ChangeEvent, ChangeKind, Changes, Clock, Error, Feed, FeedError, ImportedToken, NewToken,
+    Origin, RateLimit, TokenId,
 };
 
 const EIO: i32 = 5;
@@ -34,10 +34,36 @@ fn queued_events(changes: &Changes) -> Vec<(ChangeKind, TokenId)> {
     queued(changes)
         .into_iter()
         .map(|item| match item {
-            Feed::Event(event) => (event.kind, event.id),
+            Feed::Event(event) => (event.kind, token(&event)),
             Feed::Missed(n) => panic!("missed {n} events with a queue that has room"),
         })
         .collect()
+}
+
+/// The token an event is about (every kind but an owner's limit has one).
+fn token(event: &ChangeEvent) -> TokenId {
+    event
+        .id
+        .unwrap_or_else(|| panic!("an event about no token: {event:?}"))
+}
+
+/// One event as the keys tests compare it: kind, token, owner, owner-wide.
+type Keyed = (ChangeKind, Option<TokenId>, Option<String>, bool);
+
+/// The queued items, each an event, as [`Keyed`], in order.
+fn queued_keyed(changes: &Changes) -> Vec<Keyed> {
+    queued(changes)
+        .into_iter()
+        .map(|item| {
+            let e = event(item);
+            (e.kind, e.id, e.owner, e.owner_wide)
+        })
+        .collect()
+}
+
+/// `(kind, Some(id), owner, owner_wide)`.
+fn keyed(kind: ChangeKind, id: TokenId, owner: Option<&str>, owner_wide: bool) -> Keyed {
+    (kind, Some(id), owner.map(String::from), owner_wide)
 }
 
 fn event(item: Feed) -> ChangeEvent {
@@ -64,7 +90,7 @@ fn every_change_arrives_once_in_order_when_its_call_returns() {
     // Queued before `issue` returned: read without waiting.
     let issued = event(changes.try_recv().unwrap());
     assert_eq!(issued.kind, ChangeKind::Issued);
-    assert_eq!(issued.id, a.id());
+    assert_eq!(issued.id, Some(a.id()));
     assert_eq!(issued.origin, Origin::Local);
     assert_eq!(issued.owner, None);
     assert_eq!(issued.at.timestamp_millis() as u64, clock.now_ms());
@@ -135,6 +161,207 @@ fn every_change_arrives_once_in_order_when_its_call_returns() {
     store.close().unwrap();
 }
 
+/// Issue 21's keys changes: each arrives once, with the owner the token had; an owner's
+/// shared limit is one event without a token (also for an owner with no token yet).
+#[test]
+fn keys_changes_arrive_once_each_with_the_tokens_owner() {
+    let s = scratch();
+    let (store, clock) = manual_store(&s.path);
+    let changes = store.subscribe();
+    let acme = Some("acme");
+
+    let a = store
+        .issue(NewToken::new("a").owner("acme").meta("plan", "pro"))
+        .unwrap();
+    let plain = store.issue(NewToken::new("plain")).unwrap();
+    assert_eq!(
+        queued_keyed(&changes),
+        [
+            keyed(ChangeKind::Issued, a.id(), acme, false),
+            keyed(ChangeKind::Issued, plain.id(), None, false),
+        ],
+        "metadata given at issue is part of the issue's event"
+    );
+
+    // SHA-256 of "test": a key minted elsewhere.
+    let digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    let imported = store
+        .import(ImportedToken::sha256(digest).unwrap().owner("acme"))
+        .unwrap();
+    assert_eq!(
+        queued_keyed(&changes),
+        [keyed(ChangeKind::Imported, imported, acme, false)]
+    );
+    assert!(store.validate("test").is_ok());
+    assert_eq!(queued(&changes), [], "a validation is no event");
+
+    store.set_meta(&a.id(), &[("plan", "free")]).unwrap();
+    store.set_meta(&plain.id(), &[("team", "ops")]).unwrap();
+    assert_eq!(
+        queued_keyed(&changes),
+        [
+            keyed(ChangeKind::MetaSet, a.id(), acme, false),
+            keyed(ChangeKind::MetaSet, plain.id(), None, false),
+        ]
+    );
+
+    clock.advance(Duration::from_secs(3));
+    store
+        .set_owner_rate_limit("acme", Some(RateLimit::per_second(5)))
+        .unwrap();
+    store
+        .set_owner_rate_limit("no-token-yet", Some(RateLimit::per_minute(60)))
+        .unwrap();
+    store.set_owner_rate_limit("acme", None).unwrap();
+    let limits: Vec<ChangeEvent> = queued(&changes).into_iter().map(event).collect();
+    let owners: Vec<(ChangeKind, Option<TokenId>, Option<&str>, bool)> = limits
+        .iter()
+        .map(|e| (e.kind, e.id, e.owner.as_deref(), e.owner_wide))
+        .collect();
+    let limit_set = (ChangeKind::OwnerRateLimitSet, None, acme, true);
+    assert_eq!(
+        owners,
+        [
+            limit_set,
+            (
+                ChangeKind::OwnerRateLimitSet,
+                None,
+                Some("no-token-yet"),
+                true
+            ),
+            limit_set,
+        ],
+        "one event per call, set or removed, about no token"
+    );
+    assert_eq!(limits[0].at.timestamp_millis() as u64, clock.now_ms());
+
+    // A rotation keeps the owner: both of its events carry it.
+    let next = store.rotate(&a.id(), Duration::from_secs(60)).unwrap();
+    assert_eq!(
+        queued_keyed(&changes),
+        [
+            keyed(ChangeKind::Rotated { old: a.id() }, next.id(), acme, false),
+            keyed(ChangeKind::ExpiryShortened, a.id(), acme, false),
+        ]
+    );
+
+    // A delete and a purge carry the owner the token had before it went.
+    let gone = store.issue(NewToken::new("gone").owner("globex")).unwrap();
+    let old = store.issue(NewToken::new("old").owner("initech")).unwrap();
+    store.delete(&gone.id()).unwrap();
+    store.revoke(&old.id()).unwrap();
+    assert_eq!(store.purge(Duration::ZERO).unwrap(), 1);
+    assert_eq!(
+        queued_keyed(&changes),
+        [
+            keyed(ChangeKind::Issued, gone.id(), Some("globex"), false),
+            keyed(ChangeKind::Issued, old.id(), Some("initech"), false),
+            keyed(ChangeKind::Deleted, gone.id(), Some("globex"), false),
+            keyed(ChangeKind::Revoked, old.id(), Some("initech"), false),
+            keyed(ChangeKind::Purged, old.id(), Some("initech"), false),
+        ]
+    );
+    store.close().unwrap();
+}
+
+/// `revoke_owner` and `delete_owner` are one event per token they changed, each marked
+/// owner-wide, all at one time: a reader following a token sees every change to it, and a
+/// reader of the log sees which changes one call made. A token already revoked is no event,
+/// and a call that changes nothing makes none.
+#[test]
+fn an_owner_wide_revoke_or_delete_is_one_event_per_token_it_changed() {
+    let s = scratch();
+    let (store, clock) = manual_store(&s.path);
+    let owned: Vec<TokenId> = store
+        .issue_many((0..3).map(|n| NewToken::new(format!("acme-{n}")).owner("acme")))
+        .unwrap()
+        .iter()
+        .map(|t| t.id())
+        .collect();
+    let other = store.issue(NewToken::new("other").owner("globex")).unwrap();
+    store.revoke(&owned[0]).unwrap();
+    let changes = store.subscribe();
+
+    clock.advance(Duration::from_secs(7));
+    assert_eq!(store.revoke_owner("acme").unwrap(), 2);
+    let revoked: Vec<ChangeEvent> = queued(&changes).into_iter().map(event).collect();
+    let mut ids: Vec<TokenId> = revoked.iter().map(token).collect();
+    ids.sort();
+    let mut expected = owned[1..].to_vec();
+    expected.sort();
+    assert_eq!(ids, expected, "the token revoked before is no event");
+    for e in &revoked {
+        assert_eq!(e.kind, ChangeKind::Revoked, "{e:?}");
+        assert_eq!(e.owner.as_deref(), Some("acme"), "{e:?}");
+        assert!(e.owner_wide, "{e:?}");
+        assert_eq!(e.origin, Origin::Local);
+        assert_eq!(e.at.timestamp_millis() as u64, clock.now_ms());
+    }
+    assert_eq!(store.revoke_owner("acme").unwrap(), 0);
+    assert_eq!(queued(&changes), [], "nothing changed, nothing published");
+
+    assert_eq!(store.delete_owner("acme").unwrap(), 3);
+    let deleted: Vec<ChangeEvent> = queued(&changes).into_iter().map(event).collect();
+    let mut ids: Vec<TokenId> = deleted.iter().map(token).collect();
+    ids.sort();
+    let mut expected = owned.clone();
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert!(
+        deleted.iter().all(|e| e.kind == ChangeKind::Deleted
+            && e.owner.as_deref() == Some("acme")
+            && e.owner_wide),
+        "{deleted:?}"
+    );
+    assert!(
+        store.get(&other.id()).is_some(),
+        "another owner's token stays"
+    );
+    assert_eq!(store.delete_owner("acme").unwrap(), 0);
+    assert_eq!(queued(&changes), []);
+    store.close().unwrap();
+}
+
+/// An owner-wide revoke whose write failed holds in memory but is not durable: its events
+/// come with the next write that succeeds, once, before that write's own.
+#[test]
+fn an_owner_wide_revoke_whose_write_failed_is_published_once_it_is_durable() {
+    let s = scratch();
+    let (store, _clock, plan) = faulty_store(&s.path);
+    let owned: Vec<TokenId> = store
+        .issue_many((0..2).map(|n| NewToken::new(format!("acme-{n}")).owner("acme")))
+        .unwrap()
+        .iter()
+        .map(|t| t.id())
+        .collect();
+    let changes = store.subscribe();
+    plan.fail(FaultStep::Append, EIO);
+    plan.fail(FaultStep::Write, EIO);
+    store.revoke_owner("acme").unwrap_err();
+    store.set_meta(&owned[0], &[("plan", "pro")]).unwrap_err();
+    assert_eq!(queued(&changes), []);
+
+    plan.clear();
+    let later = store.issue(NewToken::new("later")).unwrap();
+    let mut got = queued_keyed(&changes);
+    assert_eq!(
+        got.pop(),
+        Some(keyed(ChangeKind::Issued, later.id(), None, false))
+    );
+    let meta = keyed(ChangeKind::MetaSet, owned[0], Some("acme"), false);
+    assert_eq!(got.pop(), Some(meta), "in the order they were made");
+    got.sort_by_key(|e| e.1);
+    let mut expected: Vec<Keyed> = owned
+        .iter()
+        .map(|&id| keyed(ChangeKind::Revoked, id, Some("acme"), true))
+        .collect();
+    expected.sort_by_key(|e| e.1);
+    assert_eq!(got, expected);
+    store.flush().unwrap();
+    assert_eq!(queued(&changes), []);
+    store.close().unwrap();
+}
+
 #[test]
 fn the_retention_purge_is_published_as_purged() {
     let s = scratch();
@@ -199,7 +426,7 @@ fn a_subscriber_that_never_reads_blocks_nothing_and_learns_exactly_what_it_misse
 
     // The first 16 fit; the rest were counted.
     let first: Vec<TokenId> = (0..16)
-        .map(|_| event(changes.try_recv().unwrap()).id)
+        .map(|_| token(&event(changes.try_recv().unwrap())))
         .collect();
     assert_eq!(first, ids[..16]);
     // Room again: the persister's next batch queues the count.
@@ -222,11 +449,11 @@ fn a_missed_count_comes_before_the_next_event_and_at_close_comes_last() {
         .issue_many((0..3).map(|n| NewToken::new(format!("t{n}"))))
         .unwrap();
     let first = event(changes.try_recv().unwrap());
-    assert_eq!(first.id, three[0].id());
+    assert_eq!(first.id, Some(three[0].id()));
     // One slot free: the count takes it; the revoke does not fit and is counted too.
     store.revoke(&three[0].id()).unwrap();
     let second = event(changes.try_recv().unwrap());
-    assert_eq!(second.id, three[1].id());
+    assert_eq!(second.id, Some(three[1].id()));
     assert_eq!(changes.try_recv(), Ok(Feed::Missed(1)));
     assert_eq!(changes.try_recv(), Err(FeedError::Empty));
     // Nothing read while the store closes: the count owed comes after the queue, last.
@@ -236,7 +463,7 @@ fn a_missed_count_comes_before_the_next_event_and_at_close_comes_last() {
     let rest: Vec<Feed> = changes.collect();
     assert_eq!(rest.len(), 3, "{rest:?}");
     assert_eq!(rest[0], Feed::Missed(1));
-    assert_eq!(event(rest[1].clone()).id, three[1].id());
+    assert_eq!(event(rest[1].clone()).id, Some(three[1].id()));
     assert_eq!(rest[2], Feed::Missed(1));
 }
 
@@ -275,7 +502,7 @@ fn the_feed_ends_after_close_and_a_late_subscriber_gets_an_ended_feed() {
     store.close().unwrap();
     let read = reader.join().unwrap();
     assert_eq!(read.len(), 1);
-    assert_eq!(event(read[0].clone()).id, a.id());
+    assert_eq!(event(read[0].clone()).id, Some(a.id()));
 
     let late = clone.subscribe();
     assert_eq!(late.try_recv(), Err(FeedError::Closed));
@@ -329,8 +556,8 @@ fn a_revoke_on_another_replica_arrives_with_origin_replica_and_a_local_one_once(
             .recv_timeout(HANG)
             .expect("the marker reaches A's feed");
         let event = event(item);
-        let last = event.id == marker.id();
-        seen.push((event.kind, event.id, event.origin));
+        let last = event.id == Some(marker.id());
+        seen.push((event.kind, token(&event), event.origin));
         if last {
             break;
         }
@@ -339,7 +566,7 @@ fn a_revoke_on_another_replica_arrives_with_origin_replica_and_a_local_one_once(
     a.flush().unwrap();
     seen.extend(queued(&feed).into_iter().map(|item| {
         let event = event(item);
-        (event.kind, event.id, event.origin)
+        (event.kind, token(&event), event.origin)
     }));
     let about = |id: TokenId| -> Vec<(ChangeKind, Origin)> {
         seen.iter()
