@@ -429,8 +429,8 @@ pub fn open_recorded(
     let mut issued = Vec::with_capacity(tokens);
     let mut records = Vec::with_capacity(tokens);
     for n in 0..tokens {
-        let (secret, id) = token::generate(token::DEFAULT_PREFIX)
-            .map_err(|e| Error::Random(e.to_string()))?;
+        let (secret, id) =
+            token::generate(token::DEFAULT_PREFIX).map_err(|e| Error::Random(e.to_string()))?;
         records.push(snapshot::Record {
             id: id.to_bytes(),
             name: format!("loom-{n}"),
