@@ -5,6 +5,11 @@
 //! - `validate/floor/{100k,1M}`: SHA-256 of a token plus one probe of a plain hash map
 //!   (std `HashMap`, the same seeded foldhash as the store), the least any digest-keyed
 //!   store can do; `validate/hit` is compared to it.
+//! - `keys/{plain,owner,owner_limit,meta,imported}`: on one store of 100,000 plain tokens
+//!   plus 1,024 of each kind, a hit cycling through 1,024 tokens of that kind: without
+//!   owner or metadata; with an owner (no limit); with an owner holding a shared limit
+//!   (each its own owner, so no quota runs out); plain, reading `meta("plan")` of a token
+//!   with three pairs; an imported key (a string not in our format, found by digest).
 //! - `hot_token/{same,distinct}/{1,2}`: validations per second from 1 and 2 threads, all on
 //!   one token (`same`) or one token per thread (`distinct`).
 //! - `clock/*`: `SystemTime::now` against `SystemClock`'s word.
@@ -61,7 +66,9 @@ use criterion::{
 };
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
-use tokencache::{Builder, IssuedToken, NewToken, Rejection, TokenId, TokenStore};
+use tokencache::{
+    Builder, ImportedToken, IssuedToken, NewToken, RateLimit, Rejection, TokenId, TokenStore,
+};
 
 const SIZES: [(usize, &str); 2] = [(100_000, "100k"), (1_000_000, "1M")];
 /// How many tokens a `hit` cycles through.
@@ -101,6 +108,68 @@ fn spread(issued: &[IssuedToken]) -> Vec<String> {
         .take(HIT_SET)
         .map(|t| t.secret().to_owned())
         .collect()
+}
+
+/// What keys as a product cost a validation (see the top of this file).
+fn keys(c: &mut Criterion) {
+    let dir = TempDir::new().expect("temp dir");
+    let (store, _plain) = filled_store(dir.path(), 100_000);
+    let kind = |f: &dyn Fn(usize) -> NewToken| {
+        let issued = store.issue_many((0..HIT_SET).map(f)).expect("issue tokens");
+        issued
+            .iter()
+            .map(|t| t.secret().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let plain = kind(&|i| NewToken::new(format!("plain-{i}")).scope("read"));
+    let owned = kind(&|i| NewToken::new(format!("owned-{i}")).owner(format!("o-{}", i % 64)));
+    let limited = kind(&|i| NewToken::new(format!("limited-{i}")).owner(format!("lim-{i}")));
+    for i in 0..HIT_SET {
+        let limit = RateLimit::per_second(1_000_000);
+        store
+            .set_owner_rate_limit(&format!("lim-{i}"), Some(limit))
+            .expect("owner limit");
+    }
+    let meta = kind(&|i| {
+        NewToken::new(format!("meta-{i}"))
+            .meta("tenant", format!("t-{i}"))
+            .meta("region", "eu")
+            .meta("plan", "pro")
+    });
+    let imported: Vec<String> = (0..HIT_SET).map(|i| format!("legacy_key_{i:06}")).collect();
+    let keys = imported.iter().map(|key| {
+        let hex: String = Sha256::digest(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        ImportedToken::sha256(&hex).expect("digest")
+    });
+    store.import_many(keys).expect("import");
+    let mut group = c.benchmark_group("keys");
+    let mut next = 0;
+    for (label, secrets) in [
+        ("plain", &plain),
+        ("owner", &owned),
+        ("owner_limit", &limited),
+        ("imported", &imported),
+    ] {
+        assert!(secrets.iter().all(|s| store.validate(s).is_ok()), "{label}");
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                next = (next + 1) % secrets.len();
+                store.validate(black_box(&secrets[next])).is_ok()
+            })
+        });
+    }
+    group.bench_function("meta", |b| {
+        b.iter(|| {
+            next = (next + 1) % meta.len();
+            let token = store.validate(black_box(&meta[next])).expect("valid");
+            token.meta("plan").map(str::len)
+        })
+    });
+    group.finish();
+    store.close().expect("close");
 }
 
 fn validate(c: &mut Criterion) {
@@ -740,6 +809,7 @@ fn issue_turns(small: &TokenStore, large: &TokenStore) {
 criterion_group!(
     benches,
     validate,
+    keys,
     hot_token,
     clock,
     flush,

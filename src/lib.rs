@@ -134,11 +134,17 @@ pub mod __fuzz {
     }
 
     /// Checks a store file image as `open` does (header, checksums, body, every record's id,
-    /// uniqueness and rate limit). `Ok(tokens)` if it would open; `Err` says why not.
+    /// uniqueness and rate limit, then each token's extras, owners' limits and recorded
+    /// prefixes loaded onto the tokens). `Ok(tokens)` if it would open; `Err` says why not.
     pub fn check_snapshot(bytes: &[u8]) -> Result<usize, String> {
         let body = snapshot::decode(bytes).map_err(|e| format!("{e:?}"))?;
         let entries = entry::load(body.records).map_err(|e| e.to_string())?;
-        Ok(entries.len())
+        let map = crate::map::Map::with_capacity(entries.len());
+        map.insert_new(entries)
+            .map_err(|e| format!("token {} twice", e.0))?;
+        crate::recover::load_shared(&map, body.extras, body.owners, body.prefixes)
+            .map_err(|e| e.to_string())?;
+        Ok(map.len())
     }
 
     /// `payload` as the one record of a journal with a valid header and frame (length,
@@ -246,6 +252,6 @@ pub mod __churn {
 pub mod __loom {
     pub use crate::persist::{Recorded, Recorder};
     pub use crate::rate_limit::Gcra;
-    pub use crate::store::open_recorded;
+    pub use crate::store::{open_recorded, open_recorded_owned};
     pub use crate::sync::bug::{plant, Bug, Planted};
 }

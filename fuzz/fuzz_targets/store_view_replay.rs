@@ -1,9 +1,11 @@
 //! Journal replay over a loaded store file, through the public readers `StoreView::read`
 //! and `inspect` (which read and replay as `open` does, without writing): a real store file
-//! of five tokens (revoked, expiring, rate-limited, used; built once per process) and a
-//! journal made from the input, a run of records after it. They must never panic, must
-//! agree with each other, and a view that reads holds at most the store file's tokens plus
-//! the records' issues.
+//! of eight tokens (revoked, expiring, rate-limited, used; two with an owner that has a
+//! shared limit, one with metadata, one imported, one under the prefix `sk_live`; built once
+//! per process) and a journal made from the input, a run of records after it. They must
+//! never panic, must agree with each other, a view that reads holds at most the store
+//! file's tokens plus the records' issues, and no token it holds has an owner or metadata
+//! that `issue` would refuse.
 //!
 //! Input: a flags byte, then records. Each record is a length byte and that many bytes:
 //! taken as the record's payload as it is (flags bit 0 clear), or read as a list of changes
@@ -19,7 +21,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use tokencache::{ManualClock, NewToken, RateLimit, StoreView, TokenStore};
+use tokencache::{ImportedToken, ManualClock, NewToken, RateLimit, StoreView, TokenStore};
 
 const JOURNAL_MAGIC: [u8; 8] = *b"\x89TKJ\r\n\x1a\n";
 
@@ -53,15 +55,38 @@ fn loaded() -> &'static Loaded {
             .expect("issue");
         store.revoke(&issued[4].id()).expect("revoke");
         store.validate(issued[0].secret()).expect("valid");
+        let owned = store
+            .issue_many([
+                NewToken::new("owned").owner("acme").meta("plan", "pro"),
+                NewToken::new("owned too").owner("acme"),
+            ])
+            .expect("issue owned");
+        store
+            .set_owner_rate_limit("acme", Some(RateLimit::per_second(2)))
+            .expect("owner limit");
+        let digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let imported = store
+            .import(ImportedToken::sha256(digest).expect("a digest").owner("globex"))
+            .expect("import");
         clock.advance(Duration::from_secs(120));
+        store.close().expect("close (compacts)");
+        let store = TokenStore::builder(&path)
+            .clock(clock.clone())
+            .prefix("sk_live")
+            .open()
+            .expect("open under sk_live");
+        let prefixed = store.issue(NewToken::new("sk_live")).expect("issue");
         store.close().expect("close (compacts)");
         let seq = tokencache::inspect(&path).expect("inspect").snapshot_seq;
         let ids = issued
             .iter()
-            .map(|t| {
-                let mut id = [0u8; 8];
-                id.copy_from_slice(t.id().as_str().as_bytes());
-                id
+            .chain(&owned)
+            .map(|t| t.id())
+            .chain([imported, prefixed.id()])
+            .map(|id| {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(id.as_str().as_bytes());
+                bytes
             })
             .collect();
         let image = std::fs::read(&path).expect("read the store file");
@@ -111,6 +136,18 @@ impl Bytes<'_> {
         (1_767_225_600_000 + offset * 1000).saturating_sub(30_000_000)
     }
 
+    /// An owner: one the loaded tokens have, another, or (rarely) one `issue` refuses.
+    fn owner(&mut self, out: &mut Vec<u8>) {
+        let owner: &[u8] = match self.byte() % 8 {
+            0..=3 => b"acme",
+            4 | 5 => b"globex",
+            6 => b"",
+            _ => b"a\nb",
+        };
+        varint(out, owner.len() as u64);
+        out.extend_from_slice(owner);
+    }
+
     fn id(&mut self, ids: &[[u8; 8]]) -> [u8; 8] {
         let pick = self.byte() as usize;
         match ids.get(pick % (ids.len() + 1)) {
@@ -126,15 +163,16 @@ impl Bytes<'_> {
 }
 
 /// A record's payload from a list of changes: a count byte, then per change a kind byte
-/// and its fields (a token by index into the loaded ids, or a new id; times around the
-/// store's clock; a rate limit's numbers as bytes).
+/// (the `Change` variant, journal version 2's eleven) and its fields (a token by index into
+/// the loaded ids, or a new id; times around the store's clock; a rate limit's numbers as
+/// bytes; owners, metadata and prefixes from short lists, some that `issue` refuses).
 fn changes(input: &[u8], ids: &[[u8; 8]]) -> Vec<u8> {
     let mut input = Bytes(input);
     let count = input.byte() % 16;
     let mut out = Vec::new();
     varint(&mut out, u64::from(count));
     for _ in 0..count {
-        let kind = input.byte() % 6;
+        let kind = input.byte() % 11;
         varint(&mut out, u64::from(kind));
         match kind {
             0 => {
@@ -171,9 +209,57 @@ fn changes(input: &[u8], ids: &[[u8; 8]]) -> Vec<u8> {
                 varint(&mut out, at);
             }
             2 => out.extend_from_slice(&input.id(ids)),
-            _ => {
+            3 => {
                 out.extend_from_slice(&input.id(ids));
                 rate_limit(&mut out, &mut input);
+            }
+            6 => {
+                // Extras(ExtrasRecord): id, owner, meta pairs, imported.
+                out.extend_from_slice(&input.id(ids));
+                if input.byte() & 1 == 1 {
+                    out.push(1);
+                    input.owner(&mut out);
+                } else {
+                    out.push(0);
+                }
+                let pairs = input.byte() % 4;
+                varint(&mut out, u64::from(pairs));
+                for _ in 0..pairs {
+                    // Keys from a short list, so some repeat (refused); a value of up to
+                    // 5 KiB now and then (over the limit: refused).
+                    let key = [b'k', b'0' + input.byte() % 3];
+                    varint(&mut out, 2);
+                    out.extend_from_slice(&key);
+                    let len = match input.byte() {
+                        250.. => 5000,
+                        n => usize::from(n % 8),
+                    };
+                    varint(&mut out, len as u64);
+                    out.extend(std::iter::repeat_n(b'v', len));
+                }
+                out.push(input.byte() & 1);
+            }
+            7 => {
+                // RevokeOwner: owner, at.
+                input.owner(&mut out);
+                let at = input.time();
+                varint(&mut out, at);
+            }
+            8 => input.owner(&mut out),
+            9 => {
+                input.owner(&mut out);
+                rate_limit(&mut out, &mut input);
+            }
+            _ => {
+                // Prefix: a valid one, or one that breaks the rules.
+                let prefix: &[u8] = match input.byte() % 4 {
+                    0 => b"sk_live",
+                    1 => b"sk_test",
+                    2 => b"bad-prefix",
+                    _ => b"",
+                };
+                varint(&mut out, prefix.len() as u64);
+                out.extend_from_slice(prefix);
             }
         }
     }
@@ -199,7 +285,7 @@ fn rate_limit(out: &mut Vec<u8>, input: &mut Bytes<'_>) {
 fn journal(base: u64, payloads: &[(Vec<u8>, u64)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(32);
     out.extend_from_slice(&JOURNAL_MAGIC);
-    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&2u32.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&base.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
@@ -262,6 +348,15 @@ fuzz_target!(|data: &[u8]| {
             assert!(view.len() <= loaded.ids.len() + 16 * payloads.len());
             for token in view.list() {
                 assert_eq!(view.get(&token.id).as_ref(), Some(&token));
+                // Replay admits only what a call could have made.
+                let meta_bytes: usize = token.meta.iter().map(|(k, v)| k.len() + v.len()).sum();
+                assert!(meta_bytes <= 4096, "{} bytes of metadata", meta_bytes);
+                for (n, (key, _)) in token.meta.iter().enumerate() {
+                    assert!(token.meta[..n].iter().all(|(k, _)| k != key), "key {key} twice");
+                }
+                if let Some(owner) = &token.owner {
+                    assert!(!owner.is_empty() && !owner.contains('\n'), "owner {owner:?}");
+                }
             }
         }
         (Err(_), Err(_)) => {}

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use loom::thread;
-use tokencache::__loom::{open_recorded, plant, Bug, Recorder};
-use tokencache::{Error, ManualClock, NewToken, Rejection, TokenId, TokenStore};
+use tokencache::__loom::{open_recorded, open_recorded_owned, plant, Bug, Recorder};
+use tokencache::{Error, ManualClock, NewToken, RateLimit, Rejection, TokenId, TokenStore};
 
 /// The start time of every model (Unix ms).
 const T0: u64 = ManualClock::DEFAULT_START_MS;
@@ -46,12 +46,17 @@ struct Fixture {
 }
 
 fn open(tokens: usize) -> Fixture {
+    open_with(tokens, None)
+}
+
+/// [`open`], with every token belonging to `owner` if given.
+fn open_with(tokens: usize, owner: Option<&str>) -> Fixture {
     let clock = ManualClock::new(T0);
     let recorder = Recorder::default();
     let builder = TokenStore::builder("loom-model.snap")
         .clock(clock.clone())
         .flush_interval(INTERVAL);
-    let (store, issued) = open_recorded(builder, tokens, recorder.clone()).unwrap();
+    let (store, issued) = open_recorded_owned(builder, tokens, owner, recorder.clone()).unwrap();
     Fixture {
         store,
         clock,
@@ -500,22 +505,78 @@ fn twin_delete_answered_before_memory_changes_accepts_a_deleted_token() {
     model(2, || change_racing_validate(Change::Delete));
 }
 
+/// `revoke_owner` racing a validation of one of the owner's tokens: as for `revoke`, once
+/// it has returned every validation says `Revoked`. Bound 2.
+#[test]
+fn a_validation_after_revoke_owner_returned_says_revoked() {
+    model(2, || change_racing_validate(Change::RevokeOwner));
+}
+
+/// Twin: the persister answers `revoke_owner` before it marks the owner's tokens.
+#[test]
+#[should_panic(expected = "accepted after the change returned")]
+fn twin_revoke_owner_answered_before_memory_changes_accepts_a_revoked_token() {
+    let _bug = plant(Bug::ChangeAfterReply);
+    model(2, || change_racing_validate(Change::RevokeOwner));
+}
+
+/// `delete_owner` racing a validation: once it has returned, `Unknown`. Bound 2.
+#[test]
+fn a_validation_after_delete_owner_returned_says_unknown() {
+    model(2, || change_racing_validate(Change::DeleteOwner));
+}
+
+/// Twin: the persister answers `delete_owner` before it removes the owner's tokens.
+#[test]
+#[should_panic(expected = "accepted after the change returned")]
+fn twin_delete_owner_answered_before_memory_changes_accepts_a_deleted_token() {
+    let _bug = plant(Bug::ChangeAfterReply);
+    model(2, || change_racing_validate(Change::DeleteOwner));
+}
+
+/// Two tokens of one owner validated on two threads at once, under an owner limit with a
+/// burst of one: exactly one is accepted (one budget, spent by one compare-exchange chain
+/// whichever token's validation gets there first). Bound 2.
+#[test]
+fn two_tokens_of_one_owner_share_its_budget() {
+    model(2, || {
+        let clock = ManualClock::new(T0);
+        let builder = TokenStore::builder("loom-model.snap")
+            .clock(clock)
+            .flush_interval(INTERVAL);
+        let (store, issued) =
+            open_recorded_owned(builder, 2, Some("acme"), Recorder::default()).unwrap();
+        let limit = RateLimit::per_hour(1);
+        store.set_owner_rate_limit("acme", Some(limit)).unwrap();
+        let other = {
+            let (store, secret) = (store.clone(), issued[1].secret().to_owned());
+            thread::spawn(move || store.validate(&secret).is_ok())
+        };
+        let mine = store.validate(issued[0].secret()).is_ok();
+        let theirs = other.join().unwrap();
+        assert_eq!(usize::from(mine) + usize::from(theirs), 1, "one budget");
+    });
+}
+
 #[derive(Clone, Copy)]
 enum Change {
     Revoke,
     Delete,
+    RevokeOwner,
+    DeleteOwner,
 }
 
 fn change_racing_validate(change: Change) {
+    let owned = matches!(change, Change::RevokeOwner | Change::DeleteOwner);
     let Fixture {
         store,
         secrets,
         ids,
         ..
-    } = open(1);
+    } = open_with(1, owned.then_some("acme"));
     let refused = match change {
-        Change::Revoke => Rejection::Revoked,
-        Change::Delete => Rejection::Unknown,
+        Change::Revoke | Change::RevokeOwner => Rejection::Revoked,
+        Change::Delete | Change::DeleteOwner => Rejection::Unknown,
     };
     let returned = Arc::new(loom::sync::atomic::AtomicBool::new(false));
     let changer = {
@@ -524,6 +585,8 @@ fn change_racing_validate(change: Change) {
             match change {
                 Change::Revoke => store.revoke(&id).unwrap(),
                 Change::Delete => store.delete(&id).unwrap(),
+                Change::RevokeOwner => assert_eq!(store.revoke_owner("acme").unwrap(), 1),
+                Change::DeleteOwner => assert_eq!(store.delete_owner("acme").unwrap(), 1),
             }
             // Release: pairs with the Acquire below; the validation then starts after the
             // change's call returned.

@@ -23,6 +23,7 @@
 mod apply;
 mod backend;
 mod batch;
+mod decide;
 #[cfg(loom)]
 mod recorder;
 mod reply;
@@ -46,11 +47,11 @@ use crate::validate::Shared;
 
 // The database backend (not built under loom) uses these too.
 #[cfg_attr(loom, allow(unused_imports))]
-pub(crate) use backend::{AppendFailed, FileSink, Sink};
+pub(crate) use backend::{FileSink, Sink};
 // What the PostgreSQL backend implements `Sink` with (loom's recorder takes them from
 // `backend` itself).
 #[cfg(all(feature = "postgres", not(loom)))]
-pub(crate) use backend::{Compacted, Facts, Write};
+pub(crate) use backend::{AppendFailed, Compacted, Facts, Write};
 use batch::{Applied, Batch};
 #[cfg(loom)]
 pub use recorder::{Recorded, Recorder};

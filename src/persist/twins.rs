@@ -4,8 +4,8 @@
 //! which. Nothing here is compiled outside `--cfg loom`.
 
 use super::batch::{Applied, Batch};
+use super::decide::Write;
 use super::reply;
-use super::write::Write;
 use super::Persister;
 use crate::sync::bug::{planted, Bug};
 use crate::sync::Ordering;
@@ -63,6 +63,14 @@ impl Persister {
         for (id, reply) in batch.deletes.drain(..) {
             let _ = reply.send(Ok(1));
             map.remove(&id);
+        }
+        for (owner, reply) in batch.owner_revokes.drain(..) {
+            let _ = reply.send(Ok(1));
+            map.revoke_owner(&owner, now);
+        }
+        for (owner, reply) in batch.owner_deletes.drain(..) {
+            let _ = reply.send(Ok(1));
+            map.delete_owner(&owner);
         }
         self.apply_write_reply(batch, now)
     }

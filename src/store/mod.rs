@@ -33,7 +33,7 @@ use crate::token::{self, IssuedToken, TokenId};
 use crate::validate::ValidToken;
 
 #[cfg(loom)]
-pub use builder::open_recorded;
+pub use builder::{open_recorded, open_recorded_owned};
 pub use builder::{Builder, DEFAULT_FLUSH_INTERVAL};
 use handle::Handle;
 

@@ -1,9 +1,15 @@
 //! Crash torture with real processes and real SIGKILL (every SIGKILL test is here).
 //!
 //! A child process (this test binary, re-executed) opens a store with a 50 ms flush interval
-//! on the real clock and loops: issue, validate in bursts, revoke, delete, rotate. It prints
+//! on the real clock, under the prefix `sk_live` or the default one at random, and loops:
+//! issue (some tokens with an owner; each with a metadata counter), import a foreign key,
+//! validate in bursts, revoke, delete, rotate, set metadata, revoke or delete every token
+//! of an owner. It prints
 //! each change only after the call returned. The parent kills it with SIGKILL at a random moment, reopens the
-//! store and checks that every acknowledged change survived, that the file opens, that no
+//! store (always with the default prefix) and checks that every acknowledged change
+//! survived (tokens issued under `sk_live` and imported keys validate, metadata reads back,
+//! an owner's revoked or deleted tokens stay so), that a change cut short by the kill is all
+//! or nothing (an owner's tokens are all revoked, or none), that the file opens, that no
 //! temp file is left to trip a later open, and that `last_used` on disk is at most about one
 //! flush interval behind the kill.
 //!
@@ -33,7 +39,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{in_child, scratch, spawn_child_test};
 use tokencache::__fault::{FaultPlan, FaultStep};
-use tokencache::{Clock, IssuedToken, NewToken, Rejection, TokenStore};
+use tokencache::{Clock, ImportedToken, NewToken, Rejection, TokenId, TokenStore};
 
 const PATH_VAR: &str = "TOKENCACHE_TEST_PATH";
 const SEED_VAR: &str = "TOKENCACHE_CHILD_SEED";
@@ -49,6 +55,29 @@ const SLACK_MS: u64 = 400;
 const ISSUES_PER_CHILD: usize = 24;
 /// A fresh store every this many rounds, so files stay small and rounds stay fast.
 const ROUNDS_PER_STORE: usize = 25;
+/// The owners of the children's tokens (shared by every child of a store, so one child's
+/// `revoke_owner` reaches tokens an earlier child issued).
+const OWNERS: [&str; 3] = ["acme", "globex", "initech"];
+/// The prefix half the children issue under; the parent reopens with the default.
+const OTHER_PREFIX: &str = "sk_live";
+/// The metadata key holding each token's counter (bumped by `set_meta`).
+const META_KEY: &str = "rev";
+
+/// A token the child may still use: its id, secret (or foreign key) and owner.
+struct Live {
+    id: TokenId,
+    secret: String,
+    owner: Option<&'static str>,
+}
+
+/// The hex SHA-256 of a foreign key, as an importer would have it.
+fn sha256_hex(key: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// splitmix64: a tiny seeded PRNG, enough to spread kill times and child choices.
 struct Rng(u64);
@@ -86,11 +115,18 @@ fn child_work_until_killed() {
     let path = std::env::var(PATH_VAR).unwrap();
     let mut rng = Rng(std::env::var(SEED_VAR).unwrap().parse().unwrap());
     let plan = FaultPlan::default();
+    let seed = rng.next();
+    let prefix = if rng.below(2) == 0 {
+        OTHER_PREFIX
+    } else {
+        "tc"
+    };
     // A floor of 0: the journal is compacted whenever it outgrows the snapshot (checked
     // once per interval), so kills land in compactions too.
     let store = TokenStore::builder(&path)
         .flush_interval(FLUSH_INTERVAL)
         .compaction_floor(0)
+        .prefix(prefix)
         .fault_plan(plan.clone())
         .open()
         .unwrap();
@@ -105,47 +141,106 @@ fn child_work_until_killed() {
     });
     let mut changes_left = 5 + rng.below(40);
     println!("@READY");
-    let mut live: Vec<IssuedToken> = Vec::new();
+    let mut live: Vec<Live> = Vec::new();
     let mut issued = 0;
+    let mut revision = 0u64;
+    let owner_of = |n: u64| (n < OWNERS.len() as u64).then(|| OWNERS[n as usize]);
+    let shown = |owner: Option<&str>| owner.unwrap_or("-").to_string();
     // The bound only keeps an orphan from lingering if the parent dies.
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(30) {
         if issued < ISSUES_PER_CHILD && (live.is_empty() || rng.below(4) == 0) {
-            let token = store.issue(NewToken::new("crash")).unwrap();
-            println!("@I {} {}", token.id(), token.secret());
-            live.push(token);
+            let owner = owner_of(rng.below(5));
+            let mut new = NewToken::new("crash").meta(META_KEY, "0");
+            if let Some(owner) = owner {
+                new = new.owner(owner);
+            }
+            let token = store.issue(new).unwrap();
+            println!("@I {} {} {}", token.id(), token.secret(), shown(owner));
+            live.push(Live {
+                id: token.id(),
+                secret: token.secret().to_string(),
+                owner,
+            });
+            issued += 1;
+        }
+        if issued < ISSUES_PER_CHILD && rng.below(16) == 0 {
+            // A key minted elsewhere: only its digest reaches the store.
+            let key = format!("legacy-{seed:x}-{issued}");
+            let owner = owner_of(rng.below(5));
+            let mut import = ImportedToken::sha256(&sha256_hex(&key))
+                .unwrap()
+                .name("imported")
+                .meta(META_KEY, "0");
+            if let Some(owner) = owner {
+                import = import.owner(owner);
+            }
+            let id = store.import(import).unwrap();
+            println!("@P {id} {key} {}", shown(owner));
+            live.push(Live {
+                id,
+                secret: key,
+                owner,
+            });
             issued += 1;
         }
         if !live.is_empty() {
             let token = &live[rng.below(live.len() as u64) as usize];
             for _ in 0..200 {
-                store.validate(token.secret()).unwrap();
+                store.validate(&token.secret).unwrap();
             }
             // `validate` stamps last_used with a later read of the same clock (the store's
             // `SystemClock` word, which may lag the system clock by a tick).
             let before = tokencache::SystemClock.now_ms();
-            store.validate(token.secret()).unwrap();
-            println!("@V {} {before}", token.id());
+            store.validate(&token.secret).unwrap();
+            println!("@V {} {before}", token.id);
         }
         if live.len() > 1 && rng.below(12) == 0 {
             let token = live.swap_remove(rng.below(live.len() as u64) as usize);
             // Intent first: a revoke cut short by the kill may or may not be on disk.
-            println!("@r {}", token.id());
-            store.revoke(&token.id()).unwrap();
-            println!("@R {}", token.id());
+            println!("@r {}", token.id);
+            store.revoke(&token.id).unwrap();
+            println!("@R {}", token.id);
         }
         if live.len() > 1 && rng.below(12) == 0 {
             let token = live.swap_remove(rng.below(live.len() as u64) as usize);
-            println!("@d {}", token.id());
-            store.delete(&token.id()).unwrap();
-            println!("@D {}", token.id());
+            println!("@d {}", token.id);
+            store.delete(&token.id).unwrap();
+            println!("@D {}", token.id);
+        }
+        if !live.is_empty() && rng.below(8) == 0 {
+            let id = live[rng.below(live.len() as u64) as usize].id;
+            revision += 1;
+            let value = format!("{seed:x}.{revision}");
+            println!("@m {id} {value}");
+            store.set_meta(&id, &[(META_KEY, value.as_str())]).unwrap();
+            println!("@M {id} {value}");
+        }
+        if live.len() > 1 && rng.below(24) == 0 {
+            // Every token of the owner, this child's and earlier children's, in one write.
+            let owner = OWNERS[rng.below(OWNERS.len() as u64) as usize];
+            let delete = rng.below(3) == 0;
+            let (intent, done) = if delete { ("x", "X") } else { ("o", "O") };
+            println!("@{intent} {owner}");
+            let n = if delete {
+                store.delete_owner(owner).unwrap()
+            } else {
+                store.revoke_owner(owner).unwrap()
+            };
+            println!("@{done} {owner} {n}");
+            live.retain(|t| t.owner != Some(owner));
         }
         if issued < ISSUES_PER_CHILD && !live.is_empty() && rng.below(12) == 0 {
-            let old = live[rng.below(live.len() as u64) as usize].id();
-            // The old token keeps validating for the hour of grace.
-            let new = store.rotate(&old, Duration::from_secs(3600)).unwrap();
-            println!("@T {old} {} {}", new.id(), new.secret());
-            live.push(new);
+            let old = &live[rng.below(live.len() as u64) as usize];
+            // The old token keeps validating for the hour of grace; the new one keeps its
+            // owner and metadata (and is native, if the old one was imported).
+            let new = store.rotate(&old.id, Duration::from_secs(3600)).unwrap();
+            println!("@T {} {} {}", old.id, new.id(), new.secret());
+            live.push(Live {
+                id: new.id(),
+                secret: new.secret().to_string(),
+                owner: old.owner,
+            });
             issued += 1;
         }
         if crash_step.is_some() {
@@ -153,8 +248,10 @@ fn child_work_until_killed() {
             if changes_left == 0 {
                 // A change, so close has a record to compact; the plan aborts the process at
                 // the armed step (unless a timed compaction reached it already).
-                let token = store.issue(NewToken::new("last")).unwrap();
-                println!("@I {} {}", token.id(), token.secret());
+                let token = store
+                    .issue(NewToken::new("last").meta(META_KEY, "0"))
+                    .unwrap();
+                println!("@I {} {} -", token.id(), token.secret());
                 let _ = store.close();
                 unreachable!("close compacted without reaching the crash step");
             }
@@ -178,6 +275,20 @@ struct Known {
     state: State,
     /// A revoke or delete was started but not acknowledged: either outcome is correct.
     intent: Option<State>,
+    owner: Option<String>,
+    imported: bool,
+    /// The metadata counter as last acknowledged.
+    meta: String,
+    /// A `set_meta` to this value was started but not acknowledged.
+    meta_intent: Option<String>,
+}
+
+/// A `revoke_owner` or `delete_owner` started but not acknowledged: the owner, what it
+/// would make of its tokens, and the tokens it reaches (as the parent knows them).
+struct OwnerIntent {
+    owner: String,
+    state: State,
+    ids: Vec<String>,
 }
 
 /// The acknowledged lines of one child: complete lines only (a line cut by the kill was
@@ -211,6 +322,18 @@ struct Torture {
     acked_rotations: usize,
     acked_revokes: usize,
     acked_deletes: usize,
+    acked_imports: usize,
+    acked_metas: usize,
+    acked_owner_revokes: usize,
+    acked_owner_deletes: usize,
+    /// Tokens an acknowledged `revoke_owner` or `delete_owner` reached.
+    owner_tokens: usize,
+    /// Owner revokes or deletes cut short by the kill (each found all or nothing).
+    owner_cut_short: usize,
+    /// Acknowledged tokens issued under [`OTHER_PREFIX`] checked after a reopen with the
+    /// default prefix.
+    prefixed_checks: usize,
+    owner_intent: Option<OwnerIntent>,
     last_used_checks: usize,
     max_lag_ms: u64,
     cut_short: usize,
@@ -232,27 +355,106 @@ struct Round {
 }
 
 impl Torture {
+    /// Adds an acknowledged token.
+    fn learn(
+        &mut self,
+        id: &str,
+        secret: &str,
+        owner: Option<String>,
+        imported: bool,
+        meta: String,
+    ) {
+        let known = Known {
+            secret: secret.to_string(),
+            state: State::Live,
+            intent: None,
+            owner,
+            imported,
+            meta,
+            meta_intent: None,
+        };
+        self.known.insert(id.to_string(), known);
+    }
+
     /// Takes in what the child acknowledged; returns the validation times per token.
     fn acknowledge(&mut self, round: &Round) -> HashMap<String, Vec<u64>> {
         let mut validated: HashMap<String, Vec<u64>> = HashMap::new();
         for line in &round.lines {
             let parts: Vec<&str> = line.split(' ').collect();
+            let owner_of = |shown: &str| (shown != "-").then(|| shown.to_string());
             match parts[..] {
                 ["READY"] => {}
-                ["I", id, secret] | ["T", _, id, secret] => {
-                    if parts[0] == "T" {
-                        self.acked_rotations += 1;
+                ["I", id, secret, owner] | ["P", id, secret, owner] => {
+                    let imported = parts[0] == "P";
+                    if imported {
+                        self.acked_imports += 1;
                     } else {
                         self.acked_issues += 1;
                     }
-                    self.known.insert(
-                        id.to_string(),
-                        Known {
-                            secret: secret.to_string(),
-                            state: State::Live,
-                            intent: None,
-                        },
+                    self.learn(id, secret, owner_of(owner), imported, "0".into());
+                }
+                ["T", old, id, secret] => {
+                    self.acked_rotations += 1;
+                    let old = &self.known[old];
+                    let (owner, meta) = (old.owner.clone(), old.meta.clone());
+                    self.learn(id, secret, owner, false, meta);
+                }
+                ["m", id, value] => {
+                    self.known.get_mut(id).unwrap().meta_intent = Some(value.to_string());
+                }
+                ["M", id, value] => {
+                    self.acked_metas += 1;
+                    let token = self.known.get_mut(id).unwrap();
+                    token.meta = value.to_string();
+                    token.meta_intent = None;
+                }
+                ["o", owner] | ["x", owner] => {
+                    // A revoke reaches the owner's live tokens; a delete, revoked ones too.
+                    let state = if parts[0] == "o" {
+                        State::Revoked
+                    } else {
+                        State::Deleted
+                    };
+                    let mut ids = Vec::new();
+                    for (id, token) in &mut self.known {
+                        let reached = match state {
+                            State::Revoked => token.state == State::Live,
+                            _ => token.state != State::Deleted,
+                        };
+                        if reached && token.owner.as_deref() == Some(owner) {
+                            token.intent = Some(state);
+                            ids.push(id.clone());
+                        }
+                    }
+                    self.owner_intent = Some(OwnerIntent {
+                        owner: owner.to_string(),
+                        state,
+                        ids,
+                    });
+                }
+                ["O", owner, n] | ["X", owner, n] => {
+                    let intent = self.owner_intent.take().unwrap();
+                    assert_eq!(intent.owner, owner);
+                    if parts[0] == "O" {
+                        self.acked_owner_revokes += 1;
+                    } else {
+                        self.acked_owner_deletes += 1;
+                    }
+                    // The count also holds tokens whose issue the kill cut short before
+                    // the child printed them (unknown here), so it is at least ours.
+                    let n: usize = n.parse().unwrap();
+                    assert!(
+                        n >= intent.ids.len(),
+                        "round {}: {line:?} but the owner had {} tokens",
+                        round.round,
+                        intent.ids.len()
                     );
+                    self.owner_tokens += intent.ids.len();
+                    for id in &intent.ids {
+                        let token = self.known.get_mut(id).unwrap();
+                        token.state = intent.state;
+                        token.intent = None;
+                    }
                 }
                 ["V", id, at] => validated
                     .entry(id.to_string())
@@ -338,15 +540,58 @@ impl Torture {
             }
         }
 
-        // Every acknowledged issue and rotation validates; every acknowledged revoke stays
-        // revoked and every acknowledged delete stays deleted.
+        // Every acknowledged issue, import and rotation validates (under either prefix);
+        // every acknowledged revoke stays revoked and every acknowledged delete stays
+        // deleted; owner and metadata read back.
+        let mut seen_states = HashMap::new();
         for (id, token) in &mut self.known {
             let seen = match store.validate(&token.secret) {
                 Ok(_) => State::Live,
                 Err(Rejection::Revoked) => State::Revoked,
                 Err(Rejection::Unknown) => State::Deleted,
-                Err(r) => panic!("round {n} (seed {seed}): token {id} gives {r}"),
+                // A store left with no imported key answers a foreign string `Malformed`
+                // without a lookup: for an imported token, as unknown as `Unknown`.
+                Err(Rejection::Malformed) if token.imported => State::Deleted,
+                Err(r) => panic!(
+                    "round {n} (seed {seed}): token {id} gives {r} (state {:?}, intent {:?}, imported {}, secret starts {:?})",
+                    token.state,
+                    token.intent,
+                    token.imported,
+                    &token.secret[..token.secret.len().min(10)]
+                ),
             };
+            seen_states.insert(id.clone(), seen);
+            if token.secret.starts_with(OTHER_PREFIX) && token.state == State::Live {
+                self.prefixed_checks += 1;
+            }
+            if let Some(info) = store.get(&id.parse().unwrap()) {
+                assert_eq!(
+                    (info.owner.as_ref(), info.imported),
+                    (token.owner.as_ref(), token.imported),
+                    "round {n} (seed {seed}): token {id} lost its owner or import mark"
+                );
+                let meta = info
+                    .meta
+                    .iter()
+                    .find(|(k, _)| k == META_KEY)
+                    .map(|(_, v)| v);
+                let meta = meta.unwrap_or_else(|| {
+                    panic!("round {n} (seed {seed}): token {id} lost its metadata")
+                });
+                match token.meta_intent.take() {
+                    Some(started) => assert!(
+                        *meta == token.meta || *meta == started,
+                        "round {n} (seed {seed}): token {id} has metadata {meta}, neither \
+                         {} nor the {started} cut short",
+                        token.meta
+                    ),
+                    None => assert_eq!(
+                        *meta, token.meta,
+                        "round {n} (seed {seed}): acknowledged metadata of {id} changed"
+                    ),
+                }
+                token.meta = meta.clone();
+            }
             match token.intent.take() {
                 // Whatever this open sees is final: the child is dead, nobody else writes.
                 Some(intent) => {
@@ -364,6 +609,28 @@ impl Torture {
                     "round {n} (seed {seed}): acknowledged token {id} changed"
                 ),
             }
+        }
+        // An owner's revoke or delete cut short by the kill: one journal record, so every
+        // token it reaches changed, or none did.
+        if let Some(intent) = self.owner_intent.take() {
+            self.owner_cut_short += 1;
+            let changed: Vec<bool> = intent
+                .ids
+                .iter()
+                .map(|id| seen_states[id] == intent.state)
+                .collect();
+            assert!(
+                changed.iter().all(|&c| c) || changed.iter().all(|&c| !c),
+                "round {n} (seed {seed}): {:?} of owner {} cut short left some of its tokens \
+                 changed and some not: {:?}",
+                intent.state,
+                intent.owner,
+                intent
+                    .ids
+                    .iter()
+                    .map(|id| (id, seen_states[id]))
+                    .collect::<Vec<_>>()
+            );
         }
         store.close().unwrap();
         // The close compacted: the next round's child starts from a fresh snapshot.
@@ -465,7 +732,10 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
          revokes and {} deletes all survived; {} rounds ran a compaction; {} last_used bounds \
          checked, the newest validation of a checked token was at most {} ms ahead of disk; \
          {} rounds left temp files (removed by open); {} kills before the store opened; {} \
-         revokes or deletes cut short by the kill",
+         revokes or deletes cut short by the kill; {} imports, {} set_meta, {} revoke_owner \
+         and {} delete_owner (reaching {} tokens) acknowledged and kept, {} owner changes cut \
+         short found all or nothing; {} checks of {OTHER_PREFIX} tokens after reopening with \
+         the default prefix",
         started.elapsed().as_secs_f64(),
         t.acked_issues,
         t.acked_rotations,
@@ -477,11 +747,20 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         t.rounds_with_temps,
         t.killed_before_ready,
         t.cut_short,
+        t.acked_imports,
+        t.acked_metas,
+        t.acked_owner_revokes,
+        t.acked_owner_deletes,
+        t.owner_tokens,
+        t.owner_cut_short,
+        t.prefixed_checks,
     );
     // Not vacuous: the run must have exercised what it claims to check.
     if rounds >= 50 {
         assert!(t.acked_issues > 0 && t.acked_revokes > 0 && t.last_used_checks > 0);
         assert!(t.acked_deletes > 0 && t.acked_rotations > 0);
+        assert!(t.acked_imports > 0 && t.acked_metas > 0 && t.prefixed_checks > 0);
+        assert!(t.acked_owner_revokes > 0 && t.owner_tokens > 0);
         assert!(t.rounds_with_compactions > 0, "no compaction ran");
     }
 }
@@ -527,8 +806,16 @@ fn a_crash_at_every_compaction_step_loses_nothing_acknowledged() {
     let t = totals;
     println!(
         "compaction crashes: {round} crashes; {} acknowledged issues, {} rotations, {} revokes \
-         and {} deletes all survived; {} rounds left temp files (removed by open)",
-        t.acked_issues, t.acked_rotations, t.acked_revokes, t.acked_deletes, t.rounds_with_temps,
+         and {} deletes all survived, with {} imports, {} set_meta and {} owner revokes or \
+         deletes; {} rounds left temp files (removed by open)",
+        t.acked_issues,
+        t.acked_rotations,
+        t.acked_revokes,
+        t.acked_deletes,
+        t.acked_imports,
+        t.acked_metas,
+        t.acked_owner_revokes + t.acked_owner_deletes,
+        t.rounds_with_temps,
     );
     assert!(t.acked_issues > 0 && t.acked_revokes + t.acked_deletes > 0);
 }
@@ -540,6 +827,13 @@ impl Torture {
         self.acked_rotations += other.acked_rotations;
         self.acked_revokes += other.acked_revokes;
         self.acked_deletes += other.acked_deletes;
+        self.acked_imports += other.acked_imports;
+        self.acked_metas += other.acked_metas;
+        self.acked_owner_revokes += other.acked_owner_revokes;
+        self.acked_owner_deletes += other.acked_owner_deletes;
+        self.owner_tokens += other.owner_tokens;
+        self.owner_cut_short += other.owner_cut_short;
+        self.prefixed_checks += other.prefixed_checks;
         self.last_used_checks += other.last_used_checks;
         self.max_lag_ms = self.max_lag_ms.max(other.max_lag_ms);
         self.cut_short += other.cut_short;

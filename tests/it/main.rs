@@ -27,6 +27,7 @@ mod faults;
 mod files;
 mod hostile;
 mod journal;
+mod keys;
 #[cfg(feature = "axum")]
 mod layer;
 mod lifecycle;
