@@ -6,6 +6,7 @@
 //! cargo run --example axum_service --features axum,metrics -- demo.snap  # it locks the store
 //! curl -i localhost:3000/health
 //! curl -i -H "Authorization: Bearer $TOKEN" localhost:3000/me
+//! curl -i -H "Authorization: Bearer $TOKEN" localhost:3000/plan    # its --meta plan=...
 //! curl -i -X POST -H "Authorization: Bearer $TOKEN" localhost:3000/items
 //! curl -s localhost:3000/metrics | grep tokencache_validations_total
 //! ```
@@ -50,19 +51,30 @@ async fn me(token: OwnedToken) -> String {
     )
 }
 
+/// Any valid token: the caller's plan and owner, read from the token's metadata and owner
+/// (`tokencache issue NAME --owner acme --meta plan=pro`), with no lookup elsewhere.
+pub async fn plan(token: OwnedToken) -> String {
+    format!(
+        "plan {} owner {}\n",
+        token.meta("plan").unwrap_or("none"),
+        token.owner().unwrap_or("none")
+    )
+}
+
 /// Needs the `write` scope (checked by the layer; the handler just uses the token).
 async fn create_item(token: OwnedToken) -> String {
     format!("created an item for {}\n", token.name())
 }
 
-/// The service: `/health` and `/metrics` public, `/me` for any valid token, `POST /items`
-/// for `write`.
+/// The service: `/health` and `/metrics` public, `/me` and `/plan` for any valid token,
+/// `POST /items` for `write`.
 ///
 /// Each protected group gets its own `route_layer`, so no route passes two `TokenLayer`s
 /// (each validation spends rate-limit quota).
 fn app(store: &TokenStore, metrics: PrometheusHandle) -> Router {
     let readers = Router::new()
         .route("/me", get(me))
+        .route("/plan", get(plan))
         .route_layer(TokenLayer::new(store.clone()).realm("demo"));
     let writers = Router::new()
         .route("/items", post(create_item))

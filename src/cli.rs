@@ -9,6 +9,9 @@
 //! `list` and `inspect` read the store's files without the lock, so they work beside a
 //! service that has the store open; `validate` then checks read-only. The commands that
 //! change a store refuse one another process holds, and say how to make the change.
+//!
+//! `import` takes keys minted elsewhere by their SHA-256 only: a line holding a plaintext
+//! key is refused, and nothing from it is echoed.
 
 use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -22,6 +25,8 @@ use tokencache::{
     redacted_path, NewToken, OwnedToken, RateLimit, RateLimitError, Rejection, StoreView, TokenId,
     TokenInfo, TokenStore, ValidToken,
 };
+
+mod import;
 
 /// Exit code of a rejected token (`validate`).
 const EXIT_REJECTED: u8 = 1;
@@ -42,6 +47,13 @@ pub struct Cli {
         default_value = "tokens.snap"
     )]
     store: PathBuf,
+
+    /// The prefix of the tokens `issue` and `rotate` mint (`<prefix>_<id>_<secret>`), e.g.
+    /// `sk_live`: letters, digits and `_`, at most 16 characters; default `tc`. The store
+    /// records each prefix it issues under and keeps accepting tokens of all of them, so
+    /// changing it never breaks a key in a client's hands. Other commands ignore it.
+    #[arg(long, global = true, value_name = "PREFIX", env = "TOKENCACHE_PREFIX")]
+    prefix: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -64,6 +76,14 @@ enum Command {
         expires_in: Option<Duration>,
         #[command(flatten)]
         limit: LimitArgs,
+        /// The customer, team or account the token belongs to (an opaque id, 1 to 128
+        /// bytes): `list --owner`, `revoke --owner` and `owner-limit` act on all its tokens.
+        #[arg(long, value_name = "ID")]
+        owner: Option<String>,
+        /// A metadata pair handlers read on every request (repeat for several; keys unique,
+        /// at most 4 KiB in all), e.g. `--meta plan=pro`.
+        #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_pair)]
+        meta: Vec<(String, String)>,
         /// Print the token and its details as one JSON object.
         #[arg(long)]
         json: bool,
@@ -91,23 +111,44 @@ enum Command {
     /// that has the store open: it shows every change the service made, but `last_used` only
     /// as the service last wrote it (once per its flush interval).
     List {
+        /// Only the tokens of this owner.
+        #[arg(long, value_name = "ID")]
+        owner: Option<String>,
         /// Print a JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a token by its id (durable when the command returns).
+    /// Revoke a token by its id, or every token of an owner (durable when the command
+    /// returns).
+    ///
+    /// With --owner, all the owner's tokens are revoked in one durable write (all or none),
+    /// and stdout says how many were revoked now (tokens already revoked are not counted).
     Revoke {
-        /// The token's id: the 8 characters after `tc_`, as `list` shows them.
-        id: String,
+        /// The token's id: the 8 characters after the prefix (`tc_`), as `list` shows them.
+        #[arg(required_unless_present = "owner")]
+        id: Option<String>,
+        /// Revoke every token of this owner instead.
+        #[arg(long, value_name = "ID", conflicts_with = "id")]
+        owner: Option<String>,
+        /// Print `{"revoked": ID}`, or `{"owner": ID, "revoked": N}` with --owner.
+        #[arg(long)]
+        json: bool,
     },
     /// Delete a token by its id, keeping no trace (durable when the command returns).
     ///
     /// Unlike `revoke`, nothing is kept: `validate` then says "unknown" and `list` no longer
     /// shows it. Prints `deleted ID`.
+    ///
+    /// With --owner, deletes every token of the owner in one durable write (all or none)
+    /// and prints `deleted N tokens of owner ID`.
     Delete {
         /// The token's id, as `list` shows it.
-        id: String,
-        /// Print `{"deleted": ID}` instead.
+        #[arg(required_unless_present = "owner")]
+        id: Option<String>,
+        /// Delete every token of this owner instead.
+        #[arg(long, value_name = "ID", conflicts_with = "id")]
+        owner: Option<String>,
+        /// Print `{"deleted": ID}` (with --owner, `{"owner": ID, "deleted": N}`) instead.
         #[arg(long)]
         json: bool,
     },
@@ -151,6 +192,58 @@ enum Command {
         /// Remove the token's rate limit.
         #[arg(long, conflicts_with_all = ["rate_limit", "burst"], required_unless_present = "rate_limit")]
         none: bool,
+    },
+    /// Set or remove the rate limit every token of an owner shares (durable when the command
+    /// returns).
+    ///
+    /// One budget for all the owner's tokens, checked beside each token's own limit (both
+    /// must admit). It starts with a full burst, and applies to tokens issued later too.
+    OwnerLimit {
+        /// The owner, as given to `issue --owner`.
+        owner: String,
+        #[command(flatten)]
+        limit: LimitArgs,
+        /// Remove the owner's shared limit.
+        #[arg(long, conflicts_with_all = ["rate_limit", "burst"], required_unless_present = "rate_limit")]
+        none: bool,
+    },
+    /// Replace a token's metadata with the KEY=VALUE pairs given (durable when the command
+    /// returns).
+    ///
+    /// Every pair the token had is replaced; `--clear` removes them all. Requests validated
+    /// afterwards read the new pairs.
+    Meta {
+        /// The token's id, as `list` shows it.
+        id: String,
+        /// The new pairs, e.g. `plan=pro tenant=t-42` (keys unique, at most 4 KiB in all).
+        #[arg(value_name = "KEY=VALUE", value_parser = parse_pair, required_unless_present = "clear")]
+        pairs: Vec<(String, String)>,
+        /// Remove every pair.
+        #[arg(long, conflicts_with = "pairs")]
+        clear: bool,
+    },
+    /// Import keys minted elsewhere, by their SHA-256: one JSON object per line on stdin.
+    ///
+    /// Each line: {"sha256": "<64 hex>", "name": ..., "scopes": [...], "owner": ...,
+    /// "meta": {"k": "v"}, "expires_at": RFC 3339, "created_at": RFC 3339, "rate_limit":
+    /// "100/min burst 20" or {"count", "period_ms", "burst"} as `list --json` shows it};
+    /// only "sha256" is required, and blank lines are skipped. The digest is of the key's
+    /// exact text, e.g. `printf %s "$KEY" | sha256sum`. A line with a plaintext key field
+    /// ("key", "token", "secret"...) is refused.
+    ///
+    /// Every line is checked first, by the same rules as the library's `import`; if any is
+    /// bad, the errors name their lines and nothing is imported. Otherwise all the keys are
+    /// imported in one durable write, and stdout gives each line's new id (`line N: ID`).
+    /// Creates the store file if it does not exist.
+    Import {
+        /// Check the lines (also against the keys already in a store file) and print what
+        /// would be imported, writing nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON object per imported line: `{"line": N, "id": ID}` (with
+        /// --dry-run, the line's `sha256`, `name` and `owner` instead of an id).
+        #[arg(long)]
+        json: bool,
     },
     /// Benchmark: hammer a scratch store with a realistic request mix from many threads.
     ///
@@ -225,12 +318,15 @@ type Failure = String;
 
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let path = cli.store.as_path();
+    let prefix = cli.prefix.as_deref();
     match cli.command {
         Command::Issue {
             name,
             scopes,
             expires_in,
             limit,
+            owner,
+            meta,
             json,
         } => {
             let mut request = NewToken::new(name).scopes(scopes);
@@ -240,15 +336,32 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             if let Some(limit) = limit.get()? {
                 request = request.rate_limit(limit);
             }
-            issue(path, request, json)
+            if let Some(owner) = owner {
+                request = request.owner(owner);
+            }
+            for (key, value) in meta {
+                request = request.meta(key, value);
+            }
+            issue(path, prefix, request, json)
         }
         Command::Validate { scope, json } => validate(path, scope.as_deref(), json),
-        Command::List { json } => list(path, json),
-        Command::Revoke { id } => revoke(path, &id),
+        Command::List { owner, json } => list(path, owner.as_deref(), json),
+        Command::Revoke { id, owner, json } => match (id, owner) {
+            (_, Some(owner)) => revoke_owner(path, &owner, json),
+            (Some(id), None) => revoke(path, &id, json),
+            (None, None) => Err("give a token id, or --owner ID".into()),
+        },
         Command::Limit { id, limit, .. } => set_limit(path, &id, limit.get()?),
-        Command::Delete { id, json } => delete(path, &id, json),
+        Command::OwnerLimit { owner, limit, .. } => set_owner_limit(path, &owner, limit.get()?),
+        Command::Meta { id, pairs, .. } => set_meta(path, &id, &pairs),
+        Command::Import { dry_run, json } => import::run(path, dry_run, json),
+        Command::Delete { id, owner, json } => match (id, owner) {
+            (_, Some(owner)) => delete_owner(path, &owner, json),
+            (Some(id), None) => delete(path, &id, json),
+            (None, None) => Err("give a token id, or --owner ID".into()),
+        },
         Command::Purge { older_than, json } => purge(path, older_than, json),
-        Command::Rotate { id, grace, json } => rotate(path, &id, grace, json),
+        Command::Rotate { id, grace, json } => rotate(path, prefix, &id, grace, json),
         Command::Inspect { json } => inspect(path, json),
         Command::Stress(args) => {
             let database = is_database_url(&cli.store).then_some(cli.store.as_path());
@@ -257,8 +370,33 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     }
 }
 
-fn issue(path: &Path, request: NewToken, json: bool) -> Result<ExitCode, Failure> {
-    let store = TokenStore::open(path).map_err(refusal)?;
+/// A `KEY=VALUE` pair from the command line (split at the first `=`; the value may hold
+/// more). The library checks the key's length and uniqueness.
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not KEY=VALUE (e.g. plan=pro)")),
+    }
+}
+
+/// Opens the store at `path` to mint tokens, under `prefix` if one was given.
+fn open_to_mint(path: &Path, prefix: Option<&str>) -> Result<TokenStore, Failure> {
+    let builder = TokenStore::builder(path);
+    match prefix {
+        Some(prefix) => builder.prefix(prefix),
+        None => builder,
+    }
+    .open()
+    .map_err(refusal)
+}
+
+fn issue(
+    path: &Path,
+    prefix: Option<&str>,
+    request: NewToken,
+    json: bool,
+) -> Result<ExitCode, Failure> {
+    let store = open_to_mint(path, prefix)?;
     let issued = store.issue(request).map_err(|e| e.to_string())?;
     let info = store.get(&issued.id());
     store.close().map_err(|e| e.to_string())?;
@@ -301,6 +439,8 @@ fn validate(path: &Path, scope: Option<&str>, json: bool) -> Result<ExitCode, Fa
                     "name": valid.name(),
                     "scopes": valid.scopes().collect::<Vec<_>>(),
                     "expires_at": valid.expires_at().map(timestamp),
+                    "owner": valid.owner(),
+                    "meta": meta_json(valid.meta_pairs()),
                 });
                 print_json(&info)?;
             } else {
@@ -367,7 +507,7 @@ impl Checker {
     }
 }
 
-fn list(path: &Path, json: bool) -> Result<ExitCode, Failure> {
+fn list(path: &Path, owner: Option<&str>, json: bool) -> Result<ExitCode, Failure> {
     // A database store has no files to read: it is opened, as a replica, for its list,
     // without creating or upgrading its schema (a read-only command runs no DDL).
     let tokens = if is_database_url(path) {
@@ -378,6 +518,13 @@ fn list(path: &Path, json: bool) -> Result<ExitCode, Failure> {
             .list()
     } else {
         view(path)?.list()
+    };
+    let tokens: Vec<TokenInfo> = match owner {
+        Some(owner) => tokens
+            .into_iter()
+            .filter(|t| t.owner.as_deref() == Some(owner))
+            .collect(),
+        None => tokens,
     };
     if json {
         print_json(&Value::Array(tokens.iter().map(token_json).collect()))?;
@@ -390,33 +537,44 @@ fn list(path: &Path, json: bool) -> Result<ExitCode, Failure> {
 
 /// `list`'s table: one row per token under a header, each column as wide as its widest
 /// cell (header included), so every column starts at the same place on every row whatever
-/// a name, a status or a rate limit (`600/min burst 20`) holds. Scopes come last, unpadded.
+/// a name, a status or a rate limit (`600/min burst 20`) holds. An imported key's status
+/// says so (`active, imported`). Metadata comes last, unpadded, as `key=value` pairs.
 fn table(tokens: &[TokenInfo]) -> String {
-    const HEADER: [&str; 8] = [
+    const HEADER: [&str; 10] = [
         "ID",
         "NAME",
+        "OWNER",
         "STATUS",
         "CREATED",
         "EXPIRES",
         "LAST USED",
         "RATE LIMIT",
         "SCOPES",
+        "META",
     ];
     let when = |t: Option<DateTime<Utc>>| t.map_or_else(|| "-".to_string(), timestamp);
-    let rows: Vec<[String; 8]> = tokens
+    let dash_if_empty = |text: String| if text.is_empty() { "-".into() } else { text };
+    let rows: Vec<[String; 10]> = tokens
         .iter()
         .map(|token| {
+            let status = match token.imported {
+                true => format!("{}, imported", status(token)),
+                false => status(token).to_string(),
+            };
+            let meta: Vec<String> = token.meta.iter().map(|(k, v)| format!("{k}={v}")).collect();
             [
                 token.id.to_string(),
                 token.name.clone(),
-                status(token).to_string(),
+                token.owner.clone().unwrap_or_else(|| "-".into()),
+                status,
                 timestamp(token.created_at),
                 when(token.expires_at),
                 when(token.last_used),
                 token
                     .rate_limit
                     .map_or_else(|| "-".to_string(), |l| l.to_string()),
-                token.scopes.join(","),
+                dash_if_empty(token.scopes.join(",")),
+                dash_if_empty(meta.join(",")),
             ]
         })
         .collect();
@@ -441,9 +599,91 @@ fn table(tokens: &[TokenInfo]) -> String {
     out
 }
 
-fn revoke(path: &Path, id: &str) -> Result<ExitCode, Failure> {
+fn revoke(path: &Path, id: &str, json: bool) -> Result<ExitCode, Failure> {
     let id = change(path, id, |store, id| store.revoke(id))?;
+    if json {
+        print_json(&json!({ "revoked": id.as_str() }))?;
+    }
     eprintln!("revoked {id}; every later validation of it is rejected");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `revoke --owner`: one durable write for all the owner's tokens.
+fn revoke_owner(path: &Path, owner: &str, json: bool) -> Result<ExitCode, Failure> {
+    let (had, revoked) = with_store(path, |store| {
+        let had = store.owned_by(owner).len();
+        Ok((had, store.revoke_owner(owner)?))
+    })?;
+    if json {
+        print_json(&json!({ "owner": owner, "revoked": revoked }))?;
+    } else {
+        print_line(&format!(
+            "revoked {revoked} {} of owner {owner}",
+            tokens_noun(revoked)
+        ))?;
+    }
+    warn_if_unknown_owner(path, owner, had);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `delete --owner`: one durable write for all the owner's tokens.
+fn delete_owner(path: &Path, owner: &str, json: bool) -> Result<ExitCode, Failure> {
+    let deleted = with_store(path, |store| store.delete_owner(owner))?;
+    if json {
+        print_json(&json!({ "owner": owner, "deleted": deleted }))?;
+    } else {
+        print_line(&format!(
+            "deleted {deleted} {} of owner {owner}",
+            tokens_noun(deleted)
+        ))?;
+    }
+    warn_if_unknown_owner(path, owner, deleted);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An owner with no tokens is no error (revoking twice is fine), but a mistyped one would
+/// pass silently: say so on stderr.
+fn warn_if_unknown_owner(path: &Path, owner: &str, tokens: usize) {
+    if tokens == 0 {
+        eprintln!(
+            "note: owner {owner:?} has no tokens in {}; check the spelling with `tokencache list --json`",
+            redacted_path(path)
+        );
+    }
+}
+
+fn tokens_noun(count: usize) -> &'static str {
+    if count == 1 {
+        "token"
+    } else {
+        "tokens"
+    }
+}
+
+fn set_owner_limit(
+    path: &Path,
+    owner: &str,
+    limit: Option<RateLimit>,
+) -> Result<ExitCode, Failure> {
+    let had = with_store(path, |store| {
+        store.set_owner_rate_limit(owner, limit)?;
+        Ok(store.owned_by(owner).len())
+    })?;
+    match limit {
+        Some(limit) => eprintln!("the tokens of owner {owner} now share a limit of {limit}"),
+        None => eprintln!("the tokens of owner {owner} share no rate limit now"),
+    }
+    if had == 0 && limit.is_some() {
+        eprintln!(
+            "note: owner {owner:?} has no tokens yet; the limit applies to those issued later"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn set_meta(path: &Path, id: &str, pairs: &[(String, String)]) -> Result<ExitCode, Failure> {
+    let id = change(path, id, |store, id| store.set_meta(id, pairs))?;
+    eprintln!("{id} now has {} metadata pair(s)", pairs.len());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -477,9 +717,17 @@ fn purge(path: &Path, older_than: Duration, json: bool) -> Result<ExitCode, Fail
     Ok(ExitCode::SUCCESS)
 }
 
-fn rotate(path: &Path, id: &str, grace: Duration, json: bool) -> Result<ExitCode, Failure> {
+fn rotate(
+    path: &Path,
+    prefix: Option<&str>,
+    id: &str,
+    grace: Duration,
+    json: bool,
+) -> Result<ExitCode, Failure> {
     let old_id = parse_id(id)?;
-    let (issued, new, old) = with_store(path, |store| {
+    require_existing(path)?;
+    let store = open_to_mint(path, prefix)?;
+    let (issued, new, old) = with_open(store, |store| {
         let issued = store.rotate(&old_id, grace)?;
         let (new, old) = (store.get(&issued.id()), store.get(&old_id));
         Ok((issued, new, old))
@@ -524,7 +772,14 @@ fn with_store<T>(
     path: &Path,
     work: impl FnOnce(&TokenStore) -> Result<T, tokencache::Error>,
 ) -> Result<T, Failure> {
-    let store = open_existing(path)?;
+    with_open(open_existing(path)?, work)
+}
+
+/// Runs `work` on `store` and closes it. The work's error is reported before the close's.
+fn with_open<T>(
+    store: TokenStore,
+    work: impl FnOnce(&TokenStore) -> Result<T, tokencache::Error>,
+) -> Result<T, Failure> {
     let result = work(&store);
     let closed = store.close();
     let value = result.map_err(|e| e.to_string())?;
@@ -709,7 +964,19 @@ fn token_json(token: &TokenInfo) -> Value {
             "period_ms": l.period().as_millis() as u64,
             "burst": l.burst_size(),
         })),
+        "owner": token.owner,
+        "meta": meta_json(token.meta.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+        "imported": token.imported,
     })
+}
+
+/// Metadata pairs as one JSON object (keys are unique, so nothing is lost).
+fn meta_json<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Value {
+    Value::Object(
+        pairs
+            .map(|(k, v)| (k.to_string(), Value::from(v)))
+            .collect(),
+    )
 }
 
 fn timestamp(at: DateTime<Utc>) -> String {
@@ -751,7 +1018,7 @@ mod tests {
     #[test]
     fn rate_limit_help_shows_a_period_in_milliseconds() {
         use clap::CommandFactory;
-        for command in ["issue", "limit"] {
+        for command in ["issue", "limit", "owner-limit"] {
             let mut cli = Cli::command();
             let help = cli
                 .find_subcommand_mut(command)
@@ -781,7 +1048,7 @@ mod tests {
         assert_eq!(lines.len(), 4, "{text}");
         assert!(text.contains("600/min burst 20"), "{text}");
         let header = column_starts(lines[0]);
-        assert_eq!(header.len(), 8, "{text}");
+        assert_eq!(header.len(), 10, "{text}");
         for line in &lines[1..] {
             assert_eq!(column_starts(line), header, "misaligned:\n{text}");
         }

@@ -1,5 +1,6 @@
 //! The `tokencache` command-line tool: issue, validate, list, revoke, delete, purge, rotate,
-//! limit and inspect tokens in a store file, and `stress`, the benchmark. Built with the `cli`
+//! limit and inspect tokens in a store file, act on an owner's tokens, set metadata, import
+//! keys minted elsewhere, and `stress`, the benchmark. Built with the `cli`
 //! feature; `tokencache --help` lists the commands.
 
 mod cli;

@@ -223,3 +223,174 @@ fn replay(map: &Map, logged: Logged) -> Result<(), Problem> {
 fn journal_error(path: &Path, e: JournalError) -> Error {
     e.error.in_file(path, Some(e.offset), journal::VERSION)
 }
+
+/// Arbitrary stored extras, owners' limits and prefixes (what a damaged or hand-made file,
+/// or a row written by another build, may hold) either load or are refused with a
+/// `Problem`: never a panic, and never a value a call could not have made.
+#[cfg(all(test, not(loom)))]
+mod proptests {
+    use proptest::prelude::*;
+
+    use crate::extras::{Extras, MAX_META_BYTES};
+    use crate::map::Map;
+    use crate::owner::{self, Owners};
+    use crate::snapshot::ExtrasRecord;
+    use crate::snapshot::{OwnerRecord, RateLimitRecord, Record};
+    use crate::token::{check_prefix, Prefixes, MAX_PREFIXES};
+
+    /// Ids: mostly from a pool of four valid ones (so extras meet their tokens, twice at
+    /// times), now and then any bytes.
+    fn id() -> impl Strategy<Value = [u8; 8]> {
+        prop_oneof![
+            4 => proptest::sample::select(vec![*b"AAAAAAAA", *b"BBBBBBBB", *b"cccccccc", *b"01234567"]),
+            1 => any::<[u8; 8]>(),
+        ]
+    }
+
+    /// Text near the rules' edges: empty, control characters, NULs, long.
+    fn text(max: usize) -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => "[a-z]{1,8}",
+            1 => Just(String::new()),
+            1 => "[a-z\\x00\\n\\t]{1,6}",
+            1 => (0..=max).prop_map(|n| "x".repeat(n)),
+        ]
+    }
+
+    fn extras_record() -> impl Strategy<Value = ExtrasRecord> {
+        let meta = proptest::collection::vec((text(200), text(5000)), 0..4);
+        (id(), proptest::option::of(text(200)), meta, any::<bool>()).prop_map(
+            |(id, owner, meta, imported)| ExtrasRecord {
+                id,
+                owner,
+                meta,
+                imported,
+            },
+        )
+    }
+
+    /// The rules as the docs state them, written out apart from the code that checks them.
+    fn follows_the_rules(record: &ExtrasRecord) -> bool {
+        let base62 = record.id.iter().all(u8::is_ascii_alphanumeric);
+        let owner = record
+            .owner
+            .as_ref()
+            .is_none_or(|o| (1..=128).contains(&o.len()) && !o.chars().any(char::is_control));
+        let total: usize = record.meta.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let pairs = record.meta.iter().enumerate().all(|(n, (k, v))| {
+            (1..=128).contains(&k.len())
+                && !k.chars().any(char::is_control)
+                && !v.contains('\0')
+                && record.meta[..n].iter().all(|(other, _)| other != k)
+        });
+        base62 && owner && total <= MAX_META_BYTES && pairs
+    }
+
+    fn token(id: [u8; 8]) -> Record {
+        Record {
+            id,
+            name: "t".into(),
+            digest: [7; 32],
+            scopes: Vec::new(),
+            created_at: 1,
+            expires_at: None,
+            revoked_at: None,
+            last_used: None,
+            rate_limit: None,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_extras_record_loads_as_stored_or_is_refused(record in extras_record()) {
+            let owners = Owners::default();
+            match Extras::from_record(record.clone(), &owners) {
+                Ok((id, extras)) => {
+                    prop_assert!(follows_the_rules(&record), "loaded {record:?}");
+                    let back = extras.record(id).into_owned();
+                    prop_assert_eq!(id.to_bytes(), record.id);
+                    prop_assert_eq!(back.owner.map(|o| o.into_owned()), record.owner.clone());
+                    let meta: Vec<(String, String)> = back
+                        .meta
+                        .into_iter()
+                        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                        .collect();
+                    prop_assert_eq!(meta, record.meta.clone());
+                    prop_assert_eq!(back.imported, record.imported);
+                    for (key, value) in &record.meta {
+                        prop_assert_eq!(extras.meta(key), Some(value.as_str()));
+                    }
+                }
+                Err(_) => prop_assert!(!follows_the_rules(&record), "refused {record:?}"),
+            }
+        }
+
+        #[test]
+        fn any_prefixes_are_added_or_refused(
+            prefixes in proptest::collection::vec(
+                prop_oneof!["[a-zA-Z0-9_]{0,18}", ".{0,4}", Just("tc".to_string())],
+                0..48,
+            ),
+        ) {
+            let accepted = Prefixes::default();
+            for prefix in &prefixes {
+                let full = accepted.recorded().len() == MAX_PREFIXES;
+                match accepted.add(prefix) {
+                    Ok(_) => prop_assert!(accepted.contains(prefix.as_bytes())),
+                    Err(_) => prop_assert!(check_prefix(prefix).is_err() || full, "{prefix:?}"),
+                }
+                prop_assert!(accepted.contains(b"tc"));
+            }
+            prop_assert!(accepted.recorded().len() <= MAX_PREFIXES);
+            for recorded in accepted.recorded() {
+                prop_assert!(check_prefix(recorded).is_ok());
+            }
+        }
+
+        /// The path `open` takes for a version 3 snapshot's shared parts, on tokens loaded
+        /// from the same file.
+        #[test]
+        fn any_shared_parts_of_a_snapshot_load_or_are_refused(
+            tokens in proptest::collection::btree_set(id(), 0..4),
+            extras in proptest::collection::vec(extras_record(), 0..4),
+            owners in proptest::collection::vec(
+                (text(200), any::<(u64, u32, u32)>()), 0..3),
+            prefixes in proptest::collection::vec(
+                prop_oneof!["[a-z_]{1,17}", ".{0,4}"], 0..3),
+        ) {
+            let records = tokens.iter().copied().map(token).collect();
+            let Ok(entries) = crate::entry::load(records) else {
+                return Ok(()); // an id that is not base62: refused before this step
+            };
+            let map = Map::with_capacity(entries.len());
+            prop_assert!(map.insert_new(entries).is_ok());
+            let owners: Vec<OwnerRecord> = owners
+                .into_iter()
+                .map(|(owner, (period_ms, count, burst))| OwnerRecord {
+                    owner,
+                    rate_limit: RateLimitRecord { period_ms, count, burst },
+                })
+                .collect();
+            let loaded = crate::recover::load_shared(&map, extras.clone(), owners.clone(), prefixes.clone());
+            if loaded.is_ok() {
+                // Everything held is what the records said, on tokens the file holds.
+                for record in &extras {
+                    prop_assert!(tokens.contains(&record.id));
+                    prop_assert!(follows_the_rules(record));
+                }
+                let mut limits = std::collections::HashMap::new();
+                for owner in &owners {
+                    prop_assert!(owner::check_name(&owner.owner).is_ok(), "owner {:?}", owner.owner);
+                    let limit = crate::rate_limit::RateLimit::from_record(&owner.rate_limit);
+                    limits.insert(owner.owner.as_str(), limit);
+                }
+                for (name, limit) in limits {
+                    prop_assert_eq!(map.owners.rate_limit(name), limit);
+                }
+                for prefix in &prefixes {
+                    prop_assert!(map.prefixes.contains(prefix.as_bytes()));
+                }
+            }
+        }
+    }
+}

@@ -12,7 +12,6 @@ use std::str::FromStr;
 
 use crate::error::Error;
 use crate::location::percent_decode;
-use crate::store::Builder;
 
 /// How a PostgreSQL store's connections use TLS: libpq's `sslmode`, from the URL
 /// (`?sslmode=verify-full`) or [`Builder::ssl_mode`].
@@ -192,37 +191,6 @@ fn is_loopback(host: &str) -> bool {
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
     bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// The TLS settings of a PostgreSQL store (feature `postgres`; a file store ignores them).
-/// Each is also a URL parameter (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`, as libpq
-/// names them); a setting given both here and in the URL with different values is refused
-/// by `open`. See `docs/REPLICAS.md`, section "TLS".
-impl Builder {
-    /// How connections use TLS (URL parameter `sslmode`). Default: none for a loopback
-    /// host or Unix socket, [`SslMode::VerifyFull`] for any other host (see [`SslMode`]).
-    pub fn ssl_mode(mut self, mode: SslMode) -> Builder {
-        self.tls.mode = Some(mode);
-        self
-    }
-
-    /// The CA certificates (a PEM file, e.g. a cloud provider's bundle) the server's
-    /// certificate must be signed by under `verify-ca` and `verify-full` (URL parameter
-    /// `sslrootcert`; the path `system` means the system's trust store, also used when none
-    /// is given). With `require`, giving one makes the chain checked as under `verify-ca`.
-    pub fn ssl_root_cert(mut self, path: impl Into<PathBuf>) -> Builder {
-        self.tls.root_cert = Some(path.into());
-        self
-    }
-
-    /// A client certificate chain and its private key (PEM files; URL parameters `sslcert`
-    /// and `sslkey`), for servers whose `pg_hba.conf` asks for one (`cert` authentication,
-    /// or `clientcert=verify-full`). The key must not be encrypted.
-    pub fn ssl_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Builder {
-        self.tls.client_cert = Some(cert.into());
-        self.tls.client_key = Some(key.into());
-        self
-    }
 }
 
 #[cfg(test)]

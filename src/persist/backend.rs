@@ -10,7 +10,7 @@ use crate::file::{self, Appender, FaultPlan, WriteError};
 use crate::journal;
 use crate::snapshot::{self, BodyRef};
 
-pub(crate) use super::write::{Facts, Write};
+pub(crate) use super::decide::{Facts, Write};
 
 /// The file backend's policy (the store file and its journal; the loom recorder keeps the
 /// same books). A compaction writes every definition, so it can stand in for an append:

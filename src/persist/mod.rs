@@ -25,6 +25,7 @@
 mod apply;
 mod backend;
 mod batch;
+mod decide;
 #[cfg(loom)]
 mod recorder;
 mod reply;
@@ -39,6 +40,7 @@ use std::time::Duration;
 
 use crate::clock::millis;
 use crate::error::Error;
+use crate::feed::{ChangeEvent, Hub};
 use crate::inbox::Message;
 use crate::observe::{self, Publisher};
 use crate::sync::channel::{Receiver, RecvTimeoutError};
@@ -48,12 +50,11 @@ use crate::validate::Shared;
 
 // The database backend (not built under loom) uses these too.
 #[cfg_attr(loom, allow(unused_imports))]
-pub(crate) use backend::{AppendFailed, FileSink, Sink};
+pub(crate) use backend::{FileSink, Sink};
 // What the PostgreSQL backend implements `Sink` with (loom's recorder takes them from
 // `backend` itself).
-use crate::feed::{ChangeEvent, Hub};
 #[cfg(all(feature = "postgres", not(loom)))]
-pub(crate) use backend::{Compacted, Facts, Write};
+pub(crate) use backend::{AppendFailed, Compacted, Facts, Write};
 use batch::{Applied, Batch, Events};
 #[cfg(loom)]
 pub use recorder::{Recorded, Recorder};

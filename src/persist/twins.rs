@@ -4,8 +4,8 @@
 //! which. Nothing here is compiled outside `--cfg loom`.
 
 use super::batch::{Applied, Batch};
+use super::decide::Write;
 use super::reply;
-use super::write::Write;
 use super::Persister;
 use crate::sync::bug::{planted, Bug};
 use crate::sync::Ordering;

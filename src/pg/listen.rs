@@ -76,12 +76,21 @@ pub(super) struct Position {
     pub(super) used_since: i64,
 }
 
+/// Owners' limits set or removed after version `$1`.
+const OWNERS_SINCE: &str = "SELECT owner, rate_period_ms, rate_count, rate_burst \
+    FROM tokencache_owners WHERE version > $1 ORDER BY version";
+/// Prefixes first recorded after version `$1`.
+const PREFIXES_SINCE: &str =
+    "SELECT prefix FROM tokencache_prefixes WHERE version > $1 ORDER BY version, prefix";
+
 /// The prepared statements of a listener's connection.
 struct Prepared {
     history: Statement,
     since: Statement,
     used: Statement,
     all: Statement,
+    owners: Statement,
+    prefixes: Statement,
     write: Statements,
 }
 
@@ -186,6 +195,8 @@ impl Listener {
             ))?,
             used: client.prepare(USED_SINCE)?,
             all: client.prepare(&format!("SELECT {COLUMNS} FROM tokencache_tokens"))?,
+            owners: client.prepare(OWNERS_SINCE)?,
+            prefixes: client.prepare(PREFIXES_SINCE)?,
             write: Statements::prepare(&mut client)?,
         };
         if !self.prune_and_catch_up(&mut client, &query)? {
@@ -298,9 +309,12 @@ impl Listener {
             false => self.last_seen.used_since,
         };
         let used = tx.query(&query.used, &[&used_from])?;
+        let shared = self.shared_since(&mut tx, query, self.last_seen.version)?;
         op.records(found.len());
         tx.commit()?;
-        let mut changes = Vec::new();
+        // Prefixes and owners' limits first: a token read in the same catch-up is
+        // accepted, and limited with its owner, from the moment memory holds it.
+        let mut changes = shared;
         for row in &found {
             self.read_row(row, &mut changes);
         }
@@ -312,14 +326,43 @@ impl Listener {
         Ok(true)
     }
 
+    /// The prefixes recorded and the owners' limits set or removed after `version`, as
+    /// changes, read in `tx`. Both tables are small and indexed by version (prefixes are
+    /// at most 32), so each catch-up reads them by version as it reads the tokens.
+    fn shared_since(
+        &self,
+        tx: &mut Transaction<'_>,
+        query: &Prepared,
+        version: i64,
+    ) -> Result<Vec<Change>, postgres::Error> {
+        let prefixes = tx.query(&query.prefixes, &[&version])?;
+        let owners = tx.query(&query.owners, &[&version])?;
+        let mut changes: Vec<Change> = prefixes
+            .iter()
+            .filter_map(|row| row.try_get::<_, String>(0).ok())
+            .map(Change::Prefix)
+            .collect();
+        for row in &owners {
+            match rows::owner_limit(row) {
+                Ok(change) => changes.push(change),
+                Err(problem) => {
+                    tracing::error!(store = %self.name.display(), %problem, "an owner's rate limit in the database cannot be loaded; skipped");
+                }
+            }
+        }
+        Ok(changes)
+    }
+
     /// The changes one row makes (as much of it as loads), noting tombstones.
     fn read_row(&mut self, row: &Row, changes: &mut Vec<Change>) {
-        match rows::record(row) {
-            Ok((record, deleted, _)) => {
+        let loaded = rows::record(row)
+            .and_then(|(record, deleted, _)| Ok((record, deleted, rows::extras(row)?)));
+        match loaded {
+            Ok((record, deleted, extras)) => {
                 if deleted {
                     self.tombstones.insert(record.id);
                 }
-                rows::changes(record, deleted, changes);
+                rows::changes(record, extras, deleted, changes);
             }
             Err(problem) => {
                 let essentials = rows::essentials(row);
@@ -373,8 +416,15 @@ impl Listener {
             used_since: history.get(4),
         };
         let found = tx.query(&query.all, &[])?;
+        let mut changes = self.shared_since(&mut tx, query, -1)?;
+        let table_prefixes: HashSet<String> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Prefix(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
         tx.commit()?;
-        let mut changes = Vec::new();
         let mut in_table = HashSet::new();
         let mut revoke_again = Vec::new();
         let mut delete_again = Vec::new();
@@ -422,14 +472,37 @@ impl Listener {
             self.tombstones.insert(id);
             changes.push(Change::Delete { id });
         }
+        // Prefixes memory accepts that the table lost (a token issued under one may be in
+        // a client's hands): written back with the rest.
+        let prefixes_lost: Vec<String> = match went_back {
+            true => self
+                .shared
+                .map
+                .prefixes
+                .recorded()
+                .into_iter()
+                .filter(|p| !table_prefixes.contains(*p))
+                .map(str::to_owned)
+                .collect(),
+            false => Vec::new(),
+        };
         let (restored, revoked, deleted) = (lost.len(), revoke_again.len(), delete_again.len());
-        if restored + revoked + deleted > 0 {
+        if restored + revoked + deleted + prefixes_lost.len() > 0 {
             let written = self.shared.map.with_all(|entries| {
-                let mut back: Vec<ChangeRef<'_>> = entries
+                let restore: Vec<_> = entries
                     .iter()
                     .filter(|e| lost.contains(&e.id.to_bytes()))
-                    .map(|e| ChangeRef::Issue(e.record(e.persisted_last_used())))
+                    .map(|e| (e, e.extras_arc()))
                     .collect();
+                let mut back: Vec<ChangeRef<'_>> = Vec::new();
+                for (e, extras) in &restore {
+                    back.push(ChangeRef::Issue(e.record(e.persisted_last_used())));
+                    // Its owner, metadata and import mark go in the same row.
+                    if let Some(extras) = extras {
+                        back.push(ChangeRef::Extras(extras.record(e.id)));
+                    }
+                }
+                back.extend(prefixes_lost.iter().cloned().map(ChangeRef::Prefix));
                 back.extend(
                     revoke_again
                         .iter()
@@ -447,7 +520,8 @@ impl Listener {
                 }
                 return Ok(true);
             }
-            tracing::warn!(store = %self.name.display(), restored, revoked, deleted, "wrote back what the database lost: tokens, revocations and deletions this replica held");
+            let prefixes = prefixes_lost.len();
+            tracing::warn!(store = %self.name.display(), restored, revoked, deleted, prefixes, "wrote back what the database lost: tokens, revocations, deletions and prefixes this replica held");
         }
         if !self.send(changes, at) {
             return Ok(false);

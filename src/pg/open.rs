@@ -11,10 +11,11 @@ use postgres::{Client, Config, IsolationLevel};
 
 use super::listen::{Listener, Position};
 use super::prune::Horizon;
-use super::rows::{self, COLUMNS};
+use super::rows::{self, COLUMNS, OWNER_COLUMNS};
 use super::sink::{ListenerSlot, PgSink};
 use super::tls::Target;
 use super::{describe, schema, LISTENER_NAME, WRITER_NAME};
+use crate::change::{self, Change};
 use crate::clock::Clock;
 use crate::entry::{self, Entry};
 use crate::error::Error;
@@ -174,12 +175,20 @@ pub(crate) fn open(builder: Settings, url: String) -> Result<Opened, Error> {
     });
     let Loaded {
         entries,
+        shared,
         position,
         tombstones,
         skipped,
     } = loaded.map_err(|_| fail("open", "the thread opening the database panicked".into()))??;
     // The id is the table's primary key: no id twice.
     let recovered = Recovered::fresh(entries);
+    // Then what the tokens share and carry beside their records, as a snapshot's are
+    // loaded: each token's extras, owners' limits, prefixes (all checked while read).
+    for change in shared {
+        if let Err(problem) = change::apply(&recovered.map, change) {
+            tracing::error!(store = %name.display(), %problem, "a row in the database cannot be loaded; skipped");
+        }
+    }
     tracing::info!(store = %name.display(), tokens = recovered.map.len(), skipped, version = position.version, "opened a PostgreSQL store");
     let slot = ListenerSlot::default();
     let sink = Box::new(PgSink::new(
@@ -212,6 +221,9 @@ pub(crate) fn open(builder: Settings, url: String) -> Result<Opened, Error> {
 struct Loaded {
     /// Every token that is not a tombstone and loads.
     entries: Vec<Entry>,
+    /// What to apply once they are in the map: their extras (the tokens that have any),
+    /// owners' limits, prefixes.
+    shared: Vec<Change>,
     /// Where in the database's history they are current to.
     position: Position,
     /// The ids of every tombstone.
@@ -247,18 +259,54 @@ fn load(client: &mut Client, name: &std::path::Path) -> Result<Loaded, String> {
     let query = format!("SELECT {COLUMNS} FROM tokencache_tokens WHERE NOT deleted");
     let found = tx.query(&query, &[]).map_err(|e| describe(&e))?;
     let mut entries = Vec::with_capacity(found.len());
+    let mut shared = Vec::new();
     let mut skipped = 0;
     for row in &found {
-        let loaded = rows::record(row)
-            .and_then(|(record, _, _)| entry::load_one(record).map_err(|p| p.to_string()));
+        let loaded = rows::record(row).and_then(|(record, _, _)| {
+            let extras = rows::extras(row)?;
+            Ok((entry::load_one(record).map_err(|p| p.to_string())?, extras))
+        });
         match loaded {
-            Ok(entry) => entries.push(entry),
+            Ok((entry, extras)) => {
+                entries.push(entry);
+                if rows::has_extras(&extras) {
+                    shared.push(Change::Extras(extras));
+                }
+            }
             Err(problem) => {
                 skipped += 1;
                 tracing::error!(store = %name.display(), %problem, "a row in the database cannot be loaded; skipped (its token is refused until the row is fixed)");
             }
         }
     }
+    let limits = tx
+        .query(
+            &format!(
+                "SELECT {OWNER_COLUMNS} FROM tokencache_owners WHERE rate_period_ms IS NOT NULL"
+            ),
+            &[],
+        )
+        .map_err(|e| describe(&e))?;
+    for row in &limits {
+        match rows::owner_limit(row) {
+            Ok(change) => shared.push(change),
+            Err(problem) => {
+                tracing::error!(store = %name.display(), %problem, "an owner's rate limit in the database cannot be loaded; skipped (the owner's tokens are not limited together until it is fixed)");
+            }
+        }
+    }
+    let prefixes = tx
+        .query(
+            "SELECT prefix FROM tokencache_prefixes ORDER BY version, prefix",
+            &[],
+        )
+        .map_err(|e| describe(&e))?;
+    shared.extend(
+        prefixes
+            .iter()
+            .filter_map(|row| row.try_get::<_, String>(0).ok())
+            .map(Change::Prefix),
+    );
     let tombstones = tx
         .query("SELECT id FROM tokencache_tokens WHERE deleted", &[])
         .map_err(|e| describe(&e))?
@@ -269,6 +317,7 @@ fn load(client: &mut Client, name: &std::path::Path) -> Result<Loaded, String> {
     tx.commit().map_err(|e| describe(&e))?;
     Ok(Loaded {
         entries,
+        shared,
         position,
         tombstones,
         skipped,

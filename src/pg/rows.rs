@@ -4,12 +4,18 @@
 use postgres::Row;
 
 use crate::change::Change;
+use crate::extras;
+use crate::owner;
 use crate::request::{MAX_NAME_LEN, MAX_SCOPES, MAX_SCOPE_LEN};
-use crate::snapshot::{RateLimitRecord, Record};
+use crate::snapshot::{ExtrasRecord, RateLimitRecord, Record};
 
-/// The columns [`record`] and [`essentials`] read, by name.
+/// The columns [`record`], [`extras`] and [`essentials`] read, by name (the metadata as
+/// its JSON text: the client reads no jsonb without a feature of its own).
 pub(super) const COLUMNS: &str = "id, name, digest, scopes, created_at, expires_at, revoked_at, \
-    last_used, rate_period_ms, rate_count, rate_burst, deleted, version";
+    last_used, rate_period_ms, rate_count, rate_burst, deleted, version, owner, \
+    meta::text AS meta, imported";
+/// The columns [`owner_limit`] reads, of `tokencache_owners`.
+pub(super) const OWNER_COLUMNS: &str = "owner, rate_period_ms, rate_count, rate_burst";
 
 /// A time (Unix ms) as a `bigint`.
 pub(super) fn sql_time(ms: u64) -> i64 {
@@ -39,18 +45,12 @@ pub(super) fn record(row: &Row) -> Result<(Record, bool, i64), String> {
         .try_into()
         .map_err(|_| bad("the digest is not 32 bytes"))?;
     let get = |e: postgres::Error| bad(&e.to_string());
-    let period: Option<i64> = row.try_get("rate_period_ms").map_err(get)?;
-    let count: Option<i64> = row.try_get("rate_count").map_err(get)?;
-    let burst: Option<i64> = row.try_get("rate_burst").map_err(get)?;
-    let rate_limit = match (period, count, burst) {
-        (Some(period), Some(count), Some(burst)) => Some(RateLimitRecord {
-            period_ms: u64::try_from(period).map_err(|_| bad("a negative rate period"))?,
-            count: u32::try_from(count).map_err(|_| bad("a rate count out of range"))?,
-            burst: u32::try_from(burst).map_err(|_| bad("a burst out of range"))?,
-        }),
-        (None, None, None) => None,
-        _ => return Err(bad("a rate limit with missing parts")),
-    };
+    let rate_limit = rate_limit(
+        row.try_get("rate_period_ms").map_err(get)?,
+        row.try_get("rate_count").map_err(get)?,
+        row.try_get("rate_burst").map_err(get)?,
+    )
+    .map_err(bad)?;
     // Bounded as `issue` bounds them, so a hand-made row cannot make every replica hold
     // (and every `list` print) a huge name or scope list.
     let name: String = row.try_get("name").map_err(get)?;
@@ -93,6 +93,85 @@ pub(super) fn record(row: &Row) -> Result<(Record, bool, i64), String> {
     ))
 }
 
+/// Metadata pairs as the `meta` column holds them: a JSON array of `[key, value]` pairs.
+pub(super) fn meta_json<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> String {
+    let pairs: Vec<[&str; 2]> = pairs
+        .iter()
+        .map(|(k, v)| [k.as_ref(), v.as_ref()])
+        .collect();
+    // An array of strings always serializes.
+    serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into())
+}
+
+/// The owner, metadata and import mark of a row read with [`COLUMNS`], checked as
+/// `NewToken` checks them (so applying them cannot fail halfway: a row holding what no call
+/// could have made does not load, as a broken rate limit does not).
+pub(super) fn extras(row: &Row) -> Result<ExtrasRecord, String> {
+    let id: String = row.try_get("id").map_err(|e| e.to_string())?;
+    let bad = |what: &str| format!("token {id:?}: {what}");
+    let get = |e: postgres::Error| bad(&e.to_string());
+    let id_bytes: [u8; 8] = id
+        .as_bytes()
+        .try_into()
+        .map_err(|_| bad("the id is not 8 bytes"))?;
+    let owner: Option<String> = row.try_get("owner").map_err(get)?;
+    if let Some(owner) = &owner {
+        owner::check_name(owner).map_err(|e| bad(&e))?;
+    }
+    let meta: String = row.try_get("meta").map_err(get)?;
+    let meta: Vec<(String, String)> = serde_json::from_str(&meta).map_err(|e| {
+        bad(&format!(
+            "the metadata is not an array of [key, value] pairs: {e}"
+        ))
+    })?;
+    extras::pack_meta(&meta).map_err(|e| bad(&e))?;
+    Ok(ExtrasRecord {
+        id: id_bytes,
+        owner,
+        meta,
+        imported: row.try_get("imported").map_err(get)?,
+    })
+}
+
+/// Whether `extras` holds anything (a token without owner, metadata or import mark keeps
+/// no extras in memory).
+pub(super) fn has_extras(extras: &ExtrasRecord) -> bool {
+    extras.owner.is_some() || !extras.meta.is_empty() || extras.imported
+}
+
+/// A row of `tokencache_owners` read with [`OWNER_COLUMNS`]: the change that sets (or,
+/// with NULLs, removes) the owner's shared limit.
+pub(super) fn owner_limit(row: &Row) -> Result<Change, String> {
+    let owner: String = row.try_get("owner").map_err(|e| e.to_string())?;
+    let bad = |what: &str| format!("owner {owner:?}: {what}");
+    let get = |e: postgres::Error| bad(&e.to_string());
+    owner::check_name(&owner).map_err(|e| bad(&e))?;
+    let limit = rate_limit(
+        row.try_get("rate_period_ms").map_err(get)?,
+        row.try_get("rate_count").map_err(get)?,
+        row.try_get("rate_burst").map_err(get)?,
+    )
+    .map_err(bad)?;
+    Ok(Change::OwnerRateLimit { owner, limit })
+}
+
+/// A rate limit from its three columns: all set, or all NULL.
+fn rate_limit(
+    period: Option<i64>,
+    count: Option<i64>,
+    burst: Option<i64>,
+) -> Result<Option<RateLimitRecord>, &'static str> {
+    match (period, count, burst) {
+        (Some(period), Some(count), Some(burst)) => Ok(Some(RateLimitRecord {
+            period_ms: u64::try_from(period).map_err(|_| "a negative rate period")?,
+            count: u32::try_from(count).map_err(|_| "a rate count out of range")?,
+            burst: u32::try_from(burst).map_err(|_| "a burst out of range")?,
+        })),
+        (None, None, None) => Ok(None),
+        _ => Err("a rate limit with missing parts"),
+    }
+}
+
 /// What a row that does not load as a whole still says for sure: its id, whether it is a
 /// tombstone, when it was revoked. A revocation or a delete must reach every
 /// replica even if (say) an operator's hand-made UPDATE broke another column of the row.
@@ -131,13 +210,20 @@ pub(super) fn essential_changes(row: &Essentials, out: &mut Vec<Change>) {
 }
 
 /// The changes that bring a replica's memory to what a row says: a tombstone deletes; a
-/// token is issued if new, then takes the row's revocation, rate limit, expiry and
-/// `last_used` (each applied idempotently, see `change::apply`).
-pub(super) fn changes(record: Record, deleted: bool, out: &mut Vec<Change>) {
+/// token is issued if new, then takes the row's owner, metadata and import mark (always:
+/// a `set_meta` that removed every pair must reach the replicas too), revocation, rate
+/// limit, expiry and `last_used` (each applied idempotently, see `change::apply`). A token
+/// with an owner has its extras before its issue as well: a replica whose delete of that
+/// owner is still to be written holds the whole row back by them (`PgSink::overrides`);
+/// for a token memory lacks they change nothing.
+pub(super) fn changes(record: Record, extras: ExtrasRecord, deleted: bool, out: &mut Vec<Change>) {
     let id = record.id;
     if deleted {
         out.push(Change::Delete { id });
         return;
+    }
+    if extras.owner.is_some() {
+        out.push(Change::Extras(extras.clone()));
     }
     let (revoked, expires, used, limit) = (
         record.revoked_at,
@@ -146,6 +232,7 @@ pub(super) fn changes(record: Record, deleted: bool, out: &mut Vec<Change>) {
         record.rate_limit,
     );
     out.push(Change::Issue(record));
+    out.push(Change::Extras(extras));
     if let Some(at) = revoked {
         out.push(Change::Revoke { id, at });
     }

@@ -68,6 +68,32 @@ pub(super) const MIGRATIONS: &[&str] = &[
         version bigint NOT NULL
     );
     INSERT INTO tokencache_pruned (one, version) VALUES (true, 0);",
+    // 4: keys as a product. Each token's owner (indexed: `revoke_owner` and `delete_owner`
+    // are one UPDATE by owner), its metadata as a jsonb array of `[key, value]` pairs in
+    // the order given (pairs stay pairs and keep their order, an operator can query them
+    // with jsonb operators, and a batch of new tokens passes them as one text per row
+    // through the batched INSERT), and whether it was imported (its digest is of a key
+    // minted elsewhere). Owners' shared rate limits, a removed one kept as NULLs so the
+    // removal reaches the other replicas by its version. The prefixes the store issued
+    // under, each with the version that first recorded it, read by version as the rest.
+    // The new columns have constant defaults: no row is rewritten.
+    "ALTER TABLE tokencache_tokens
+        ADD COLUMN owner text,
+        ADD COLUMN meta jsonb NOT NULL DEFAULT '[]',
+        ADD COLUMN imported boolean NOT NULL DEFAULT false;
+    CREATE INDEX tokencache_tokens_owner ON tokencache_tokens (owner) WHERE owner IS NOT NULL;
+    CREATE TABLE tokencache_owners (
+        owner          text PRIMARY KEY,
+        rate_period_ms bigint,
+        rate_count     bigint,
+        rate_burst     bigint,
+        version        bigint NOT NULL
+    );
+    CREATE INDEX tokencache_owners_version ON tokencache_owners (version);
+    CREATE TABLE tokencache_prefixes (
+        prefix  text PRIMARY KEY,
+        version bigint NOT NULL
+    );",
 ];
 
 /// Serializes migrations across replicas (`pg_advisory_xact_lock`): "tokencac" in ASCII.

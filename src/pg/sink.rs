@@ -5,13 +5,20 @@
 //!
 //! Lock order, so replicas never deadlock: the counter row first (only transactions with
 //! definitions take it, so they run one at a time), then every existing token row the
-//! transaction touches, in id order (`SELECT ... ORDER BY id FOR UPDATE`), before any write.
+//! transaction touches, in id order (`SELECT ... ORDER BY id FOR UPDATE`), before any write;
+//! an owner's revoke or delete first reads which rows it writes (`OWNED`), so those are
+//! locked in that order too, with the rest.
+//!
+//! An owner's revoke or delete is one statement over the owner's rows (indexed on
+//! `owner`), in the batch's one transaction, so all of an owner's tokens change together,
+//! as one version, or none do.
 //!
 //! A change that depends on a token's state (a rotation: the old token must still be live)
 //! checks that state in the database under the row lock, not only in this replica's memory,
 //! which may lag behind a revoke or delete committed elsewhere.
 
-use std::collections::HashMap;
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -21,14 +28,14 @@ use postgres::{Client, Statement, Transaction};
 
 use super::tls::Target;
 
-use super::rows::{id_text, sql_time};
+use super::rows::{self, id_text, sql_time};
 use super::CHANNEL;
 use crate::change::{Change, ChangeRef};
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::file::WriteError;
 use crate::persist::{AppendFailed, Compacted, Facts, Sink, Write};
-use crate::snapshot::{BodyRef, RecordRef};
+use crate::snapshot::{BodyRef, ExtrasRef, RecordRef};
 
 /// Takes the next version and gives it a random stamp in the commit log; the row lock it
 /// holds until COMMIT makes versions become visible in commit order (a sequence would not:
@@ -58,15 +65,19 @@ const USED: &str = "UPDATE tokencache_tokens AS t SET last_used = u.at, \
     FROM unnest($1::text[], $2::bigint[]) AS u(id, at) \
     WHERE t.id = u.id AND (t.last_used IS NULL OR t.last_used < u.at)";
 /// Every new token of a batch in one statement: one array per column (scopes joined by
-/// [`SCOPE_SEPARATOR`], which a scope cannot contain: scopes refuse control characters).
+/// [`SCOPE_SEPARATOR`], which a scope cannot contain: scopes refuse control characters;
+/// each token's metadata as its JSON text), with its owner, metadata and import mark.
 const ISSUE: &str = "INSERT INTO tokencache_tokens (id, name, digest, scopes, created_at, \
-    expires_at, revoked_at, last_used, rate_period_ms, rate_count, rate_burst, version) \
+    expires_at, revoked_at, last_used, rate_period_ms, rate_count, rate_burst, owner, meta, \
+    imported, version) \
     SELECT u.id, u.name, u.digest, string_to_array(u.scopes, E'\\x1f'), u.created_at, \
-    u.expires_at, u.revoked_at, u.last_used, u.period, u.count, u.burst, $12 \
+    u.expires_at, u.revoked_at, u.last_used, u.period, u.count, u.burst, u.owner, \
+    u.meta::jsonb, u.imported, $15 \
     FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bigint[], $6::bigint[], \
-    $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[]) \
+    $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], \
+    $13::text[], $14::boolean[]) \
     AS u(id, name, digest, scopes, created_at, expires_at, revoked_at, last_used, period, \
-    count, burst) \
+    count, burst, owner, meta, imported) \
     ON CONFLICT (id) DO NOTHING";
 const SCOPE_SEPARATOR: &str = "\u{1f}";
 const REVOKE: &str = "UPDATE tokencache_tokens SET revoked_at = coalesce(revoked_at, $2), \
@@ -79,6 +90,31 @@ const LIMIT: &str = "UPDATE tokencache_tokens SET rate_period_ms = $2, rate_coun
     rate_burst = $4, version = $5 WHERE id = $1 AND NOT deleted";
 const EXPIRE: &str = "UPDATE tokencache_tokens SET expires_at = least(expires_at, $2), \
     version = $3 WHERE id = $1 AND NOT deleted";
+/// A token's whole extras (`set_meta`; a new token's go in its INSERT).
+const EXTRAS: &str = "UPDATE tokencache_tokens SET owner = $2, meta = $3::text::jsonb, \
+    imported = $4, version = $5 WHERE id = $1 AND NOT deleted";
+/// The live rows of the owners `$1`, to lock in id order with the rest (see the lock
+/// order above) before `REVOKE_OWNER` or `DELETE_OWNER` writes them. No other writer adds
+/// or changes an owner's row meanwhile: only transactions holding the counter row do.
+const OWNED: &str = "SELECT id FROM tokencache_tokens WHERE owner = ANY($1) AND NOT deleted";
+/// Every token of owner `$1` not revoked yet, revoked at `$2` as version `$3`: one
+/// statement, in the batch's one transaction. The batch's own new tokens (`$4`) are left
+/// alone: memory revoked the owner's tokens before they joined it.
+const REVOKE_OWNER: &str = "UPDATE tokencache_tokens SET revoked_at = $2, version = $3 \
+    WHERE owner = $1 AND revoked_at IS NULL AND NOT deleted AND id <> ALL($4)";
+/// Every token of owner `$1` as a tombstone, as [`DELETE`] makes one, but the batch's own
+/// new tokens (`$4`).
+const DELETE_OWNER: &str = "UPDATE tokencache_tokens SET deleted = true, version = $2, \
+    deleted_at = $3 WHERE owner = $1 AND NOT deleted AND id <> ALL($4)";
+/// An owner's shared limit set (or, NULLs, removed) as version `$5`.
+const OWNER_LIMIT: &str = "INSERT INTO tokencache_owners \
+    (owner, rate_period_ms, rate_count, rate_burst, version) VALUES ($1, $2, $3, $4, $5) \
+    ON CONFLICT (owner) DO UPDATE SET rate_period_ms = EXCLUDED.rate_period_ms, \
+    rate_count = EXCLUDED.rate_count, rate_burst = EXCLUDED.rate_burst, \
+    version = EXCLUDED.version";
+/// A prefix the store issues under, as of version `$2` (a prefix recorded keeps its first).
+const PREFIX: &str = "INSERT INTO tokencache_prefixes (prefix, version) VALUES ($1, $2) \
+    ON CONFLICT (prefix) DO NOTHING";
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 /// The statements above, prepared once per connection (each use is then one round trip).
@@ -92,6 +128,12 @@ pub(super) struct Statements {
     delete: Statement,
     limit: Statement,
     expire: Statement,
+    extras: Statement,
+    owned: Statement,
+    revoke_owner: Statement,
+    delete_owner: Statement,
+    owner_limit: Statement,
+    prefix: Statement,
     notify: Statement,
 }
 
@@ -107,6 +149,12 @@ impl Statements {
             delete: client.prepare(DELETE)?,
             limit: client.prepare(LIMIT)?,
             expire: client.prepare(EXPIRE)?,
+            extras: client.prepare(EXTRAS)?,
+            owned: client.prepare(OWNED)?,
+            revoke_owner: client.prepare(REVOKE_OWNER)?,
+            delete_owner: client.prepare(DELETE_OWNER)?,
+            owner_limit: client.prepare(OWNER_LIMIT)?,
+            prefix: client.prepare(PREFIX)?,
             notify: client.prepare(NOTIFY)?,
         })
     }
@@ -130,6 +178,10 @@ pub(crate) struct PgSink {
     /// The listener thread, joined when the persister drops this sink (its last act on
     /// close), so nothing of the store outlives `close`.
     listener: ListenerSlot,
+    /// The token whose row [`overrides`](Sink::overrides) holds back: a row of an owner
+    /// whose delete is among `retry` (its extras come before its issue, see
+    /// `rows::changes`).
+    held_back: Cell<Option<[u8; 8]>>,
 }
 
 /// Where `open` leaves the listener's thread for the sink to join.
@@ -151,6 +203,7 @@ impl PgSink {
             retry: Vec::new(),
             clock,
             listener,
+            held_back: Cell::new(None),
         }
     }
 
@@ -186,10 +239,13 @@ impl Sink for PgSink {
         match written {
             Ok(()) => {
                 self.retry.clear();
+                self.held_back.set(None);
                 Ok(0)
             }
             Err(error) => {
-                self.retry.extend(changes.iter().filter_map(kept));
+                let new = new_ids(changes.iter());
+                self.retry
+                    .extend(changes.iter().filter_map(|c| kept(c, &new)));
                 Err(AppendFailed {
                     error,
                     action: "commit a transaction to",
@@ -250,13 +306,39 @@ impl Sink for PgSink {
 
     /// A row read from the database must not undo a change this replica still has to
     /// write: the rate limit of a token whose `set_rate_limit` failed (the row holds the
-    /// old one), or a token whose delete failed (the row is still live).
+    /// old one), a token whose delete failed (the row is still live), a token's metadata
+    /// whose `set_meta` failed, an owner's limit whose `set_owner_rate_limit` failed, or a
+    /// token of an owner whose `delete_owner` failed (held back by its extras, which come
+    /// first: its issue and extras are skipped, its revocation is not). A failed
+    /// `revoke_owner` needs nothing here: a live row does not make a token live again.
     fn overrides(&self, change: &Change) -> bool {
+        if let Change::Extras(extras) = change {
+            if let Some(owner) = &extras.owner {
+                let deleting = self.retry.iter().any(
+                    |kept| matches!(kept, ChangeRef::DeleteOwner { owner: mine } if mine == owner),
+                );
+                if deleting {
+                    self.held_back.set(Some(extras.id));
+                    return true;
+                }
+            }
+        }
+        let held = self.held_back.get();
+        match change {
+            Change::Issue(record) if held == Some(record.id) => return true,
+            Change::Extras(extras) if held == Some(extras.id) => return true,
+            _ => {}
+        }
         self.retry.iter().any(|kept| match (change, kept) {
             (Change::SetRateLimit { id, .. }, ChangeRef::SetRateLimit { id: mine, .. }) => {
                 id == mine
             }
             (Change::Issue(record), ChangeRef::Delete { id: mine }) => record.id == *mine,
+            (Change::Extras(extras), ChangeRef::Extras(mine)) => extras.id == mine.id,
+            (
+                Change::OwnerRateLimit { owner, .. },
+                ChangeRef::OwnerRateLimit { owner: mine, .. },
+            ) => owner == mine,
             _ => false,
         })
     }
@@ -279,14 +361,41 @@ impl Drop for PgSink {
     }
 }
 
-/// A change memory already made, to write again after a failed transaction.
-fn kept(change: &ChangeRef<'_>) -> Option<ChangeRef<'static>> {
-    match *change {
-        ChangeRef::Revoke { id, at } => Some(ChangeRef::Revoke { id, at }),
-        ChangeRef::Delete { id } => Some(ChangeRef::Delete { id }),
-        ChangeRef::SetRateLimit { id, limit } => Some(ChangeRef::SetRateLimit { id, limit }),
+/// A change memory already made, to write again after a failed transaction: revokes,
+/// deletes, rate limits, an owner's revoke, delete and limit, and a `set_meta`'s extras
+/// (not those of a new token among `new`: its caller heard the error and memory never
+/// took it). A prefix is not kept: the persister records it again with the next issue.
+fn kept(change: &ChangeRef<'_>, new: &HashSet<[u8; 8]>) -> Option<ChangeRef<'static>> {
+    match change {
+        &ChangeRef::Revoke { id, at } => Some(ChangeRef::Revoke { id, at }),
+        &ChangeRef::Delete { id } => Some(ChangeRef::Delete { id }),
+        &ChangeRef::SetRateLimit { id, limit } => Some(ChangeRef::SetRateLimit { id, limit }),
+        ChangeRef::RevokeOwner { owner, at } => Some(ChangeRef::RevokeOwner {
+            owner: owner.clone(),
+            at: *at,
+        }),
+        ChangeRef::DeleteOwner { owner } => Some(ChangeRef::DeleteOwner {
+            owner: owner.clone(),
+        }),
+        ChangeRef::OwnerRateLimit { owner, limit } => Some(ChangeRef::OwnerRateLimit {
+            owner: owner.clone(),
+            limit: *limit,
+        }),
+        ChangeRef::Extras(extras) if !new.contains(&extras.id) => {
+            Some(ChangeRef::Extras(extras.clone().into_owned()))
+        }
         _ => None,
     }
+}
+
+/// The ids of the new tokens among `changes`.
+fn new_ids<'c, 'a: 'c>(changes: impl Iterator<Item = &'c ChangeRef<'a>>) -> HashSet<[u8; 8]> {
+    changes
+        .filter_map(|c| match c {
+            ChangeRef::Issue(record) => Some(record.id),
+            _ => None,
+        })
+        .collect()
 }
 
 fn pg(error: postgres::Error) -> io::Error {
@@ -345,12 +454,29 @@ pub(super) fn write(
         tx.execute(&st.prune, &[&(version - COMMITS_KEPT)])
             .map_err(pg)?;
     }
+    let new = new_ids(definitions.iter().copied());
     let mut locked: Vec<String> = definitions
         .iter()
         .filter_map(|c| updated_id(c))
+        .filter(|id| !new.contains(id))
         .map(id_text)
         .chain(used_ids.iter().cloned())
         .collect();
+    // The rows an owner's revoke or delete writes, locked in id order with the rest.
+    let owners: Vec<&str> = definitions
+        .iter()
+        .filter_map(|c| match c {
+            ChangeRef::RevokeOwner { owner, .. } | ChangeRef::DeleteOwner { owner } => {
+                Some(owner.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    if !owners.is_empty() {
+        for row in tx.query(&st.owned, &[&owners]).map_err(pg)? {
+            locked.push(row.get(0));
+        }
+    }
     locked.sort_unstable();
     locked.dedup();
     let mut state = HashMap::new();
@@ -390,8 +516,15 @@ pub(super) fn write(
         // New ids only (the persister checked them against memory): no other change of
         // the batch names them, so they can go first, together.
         issue(&mut tx, st, &definitions, version, restore)?;
+        let new_text: Vec<String> = new.iter().copied().map(id_text).collect();
+        let batch = Batch {
+            version,
+            now,
+            new: &new,
+            new_text: &new_text,
+        };
         for change in &definitions {
-            define(&mut tx, st, change, version, now)?;
+            define(&mut tx, st, change, &batch)?;
         }
         let payload = version.to_string();
         tx.execute(&st.notify, &[&CHANNEL, &payload]).map_err(pg)?;
@@ -421,6 +554,27 @@ fn issue(
     if new.is_empty() {
         return Ok(());
     }
+    // Each new token's extras (the change right after its issue) fill the same row.
+    let extras: HashMap<[u8; 8], &ExtrasRef<'_>> = changes
+        .iter()
+        .filter_map(|c| match c {
+            ChangeRef::Extras(x) => Some((x.id, x)),
+            _ => None,
+        })
+        .collect();
+    let extras_of = |r: &&RecordRef<'_>| extras.get(&r.id).copied();
+    let owners: Vec<Option<&str>> = new
+        .iter()
+        .map(|r| extras_of(r).and_then(|x| x.owner.as_deref()))
+        .collect();
+    let metas: Vec<String> = new
+        .iter()
+        .map(|r| extras_of(r).map_or_else(|| "[]".into(), |x| rows::meta_json(&x.meta)))
+        .collect();
+    let imported: Vec<bool> = new
+        .iter()
+        .map(|r| extras_of(r).is_some_and(|x| x.imported))
+        .collect();
     let column = |f: &dyn Fn(&&RecordRef<'_>) -> Option<u64>| -> Vec<Option<i64>> {
         new.iter().map(|r| f(r).map(sql_time)).collect()
     };
@@ -451,6 +605,9 @@ fn issue(
                 &new.iter()
                     .map(|r| r.rate_limit.map(|l| i64::from(l.burst)))
                     .collect::<Vec<_>>(),
+                &owners,
+                &metas,
+                &imported,
                 &version,
             ],
         )
@@ -464,15 +621,26 @@ fn issue(
     Ok(())
 }
 
-/// Writes one change to an existing token's definition as version `version`, at clock
-/// time `now` (a tombstone's date).
+/// What every change of one transaction is written with.
+struct Batch<'b> {
+    /// The version the transaction takes.
+    version: i64,
+    /// The clock time (a tombstone's date).
+    now: u64,
+    /// The ids of the transaction's new tokens, and as text.
+    new: &'b HashSet<[u8; 8]>,
+    new_text: &'b [String],
+}
+
+/// Writes one change to existing tokens' definitions (or to what they share: owners'
+/// limits, prefixes) as version `batch.version`.
 fn define(
     tx: &mut Transaction<'_>,
     st: &Statements,
     change: &ChangeRef<'_>,
-    version: i64,
-    now: u64,
+    batch: &Batch<'_>,
 ) -> io::Result<()> {
+    let (version, now) = (batch.version, batch.now);
     match *change {
         ChangeRef::Issue(_) | ChangeRef::Used { .. } => {}
         ChangeRef::Revoke { id, at } => {
@@ -500,15 +668,50 @@ fn define(
             tx.execute(&st.expire, &[&id_text(id), &sql_time(at), &version])
                 .map_err(pg)?;
         }
-        ChangeRef::Extras(_)
-        | ChangeRef::RevokeOwner { .. }
-        | ChangeRef::DeleteOwner { .. }
-        | ChangeRef::OwnerRateLimit { .. }
-        | ChangeRef::Prefix(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "owners, metadata, imported keys and prefixes are not stored in PostgreSQL yet",
-            ));
+        // A new token's extras went in with its row (`issue`).
+        ChangeRef::Extras(ref extras) if batch.new.contains(&extras.id) => {}
+        ChangeRef::Extras(ref extras) => {
+            tx.execute(
+                &st.extras,
+                &[
+                    &id_text(extras.id),
+                    &extras.owner.as_deref(),
+                    &rows::meta_json(&extras.meta),
+                    &extras.imported,
+                    &version,
+                ],
+            )
+            .map_err(pg)?;
+        }
+        ChangeRef::RevokeOwner { ref owner, at } => {
+            tx.execute(
+                &st.revoke_owner,
+                &[owner, &sql_time(at), &version, &batch.new_text],
+            )
+            .map_err(pg)?;
+        }
+        ChangeRef::DeleteOwner { ref owner } => {
+            tx.execute(
+                &st.delete_owner,
+                &[owner, &version, &sql_time(now), &batch.new_text],
+            )
+            .map_err(pg)?;
+        }
+        ChangeRef::OwnerRateLimit { ref owner, limit } => {
+            tx.execute(
+                &st.owner_limit,
+                &[
+                    owner,
+                    &limit.map(|l| sql_time(l.period_ms)),
+                    &limit.map(|l| i64::from(l.count)),
+                    &limit.map(|l| i64::from(l.burst)),
+                    &version,
+                ],
+            )
+            .map_err(pg)?;
+        }
+        ChangeRef::Prefix(ref prefix) => {
+            tx.execute(&st.prefix, &[prefix, &version]).map_err(pg)?;
         }
     }
     Ok(())

@@ -63,7 +63,7 @@ pub struct Builder {
     idle_in_transaction_timeout: Duration,
     #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
     migrate_schema: bool,
-    /// TLS settings (`crate::tls`, which also holds their builder methods).
+    /// TLS settings (`crate::tls`; their builder methods are at the end of this file).
     #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
     pub(crate) tls: crate::tls::TlsOptions,
     #[cfg_attr(not(all(feature = "postgres", not(loom))), allow(dead_code))]
@@ -474,4 +474,35 @@ pub fn open_recorded_owned(
     let location = Location::File(builder.path.clone());
     let store = builder.start(location, recovered, Box::new(recorder), None, None)?;
     Ok((store, issued))
+}
+
+/// The TLS settings of a PostgreSQL store (feature `postgres`; a file store ignores them).
+/// Each is also a URL parameter (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`, as libpq
+/// names them); a setting given both here and in the URL with different values is refused
+/// by `open`. See `docs/REPLICAS.md`, section "TLS".
+impl Builder {
+    /// How connections use TLS (URL parameter `sslmode`). Default: none for a loopback
+    /// host or Unix socket, [`SslMode::VerifyFull`](crate::tls::SslMode::VerifyFull) for any other host (see [`SslMode`](crate::tls::SslMode)).
+    pub fn ssl_mode(mut self, mode: crate::tls::SslMode) -> Builder {
+        self.tls.mode = Some(mode);
+        self
+    }
+
+    /// The CA certificates (a PEM file, e.g. a cloud provider's bundle) the server's
+    /// certificate must be signed by under `verify-ca` and `verify-full` (URL parameter
+    /// `sslrootcert`; the path `system` means the system's trust store, also used when none
+    /// is given). With `require`, giving one makes the chain checked as under `verify-ca`.
+    pub fn ssl_root_cert(mut self, path: impl Into<PathBuf>) -> Builder {
+        self.tls.root_cert = Some(path.into());
+        self
+    }
+
+    /// A client certificate chain and its private key (PEM files; URL parameters `sslcert`
+    /// and `sslkey`), for servers whose `pg_hba.conf` asks for one (`cert` authentication,
+    /// or `clientcert=verify-full`). The key must not be encrypted.
+    pub fn ssl_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Builder {
+        self.tls.client_cert = Some(cert.into());
+        self.tls.client_key = Some(key.into());
+        self
+    }
 }

@@ -216,3 +216,40 @@ fn the_audit_log_prints_each_change_as_one_json_object() {
         r#"{"missed":7}"#
     );
 }
+
+/// Issue 21: a handler behind `TokenLayer` reads the caller's metadata and owner from the
+/// `OwnedToken` extractor, with no lookup of its own. The example's own `/plan` handler,
+/// over real loopback HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_examples_plan_handler_reads_the_callers_meta_and_owner_from_the_extractor() {
+    use axum::routing::get as route_get;
+    use tokencache::TokenLayer;
+
+    let s = scratch();
+    let store = TokenStore::open(&s.path).unwrap();
+    let pro = store
+        .issue(NewToken::new("pro").owner("acme").meta("plan", "pro"))
+        .unwrap();
+    let plain = store.issue(NewToken::new("plain")).unwrap();
+    let app = axum::Router::new()
+        .route("/plan", route_get(example::plan))
+        .route_layer(TokenLayer::new(store.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let ask = |token: String| {
+        let addr = addr.clone();
+        tokio::task::spawn_blocking(move || get(&addr, "/plan", &token))
+    };
+    let answer = ask(pro.secret().to_string()).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("plan pro owner acme\n"), "{answer}");
+    let answer = ask(plain.secret().to_string()).await.unwrap();
+    assert!(answer.ends_with("plan none owner none\n"), "{answer}");
+    // Metadata set later is what the next request reads.
+    store.set_meta(&pro.id(), &[("plan", "team")]).unwrap();
+    let answer = ask(pro.secret().to_string()).await.unwrap();
+    assert!(answer.ends_with("plan team owner acme\n"), "{answer}");
+    store.close_async().await.unwrap();
+}

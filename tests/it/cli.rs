@@ -23,6 +23,7 @@ fn command(store: &Path, args: &[&str]) -> Command {
         .arg(store)
         .args(args)
         .env_remove("TOKENCACHE_STORE")
+        .env_remove("TOKENCACHE_PREFIX")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     command
@@ -1146,4 +1147,459 @@ fn the_cli_never_prints_a_database_password() {
             assert!(stderr(&output).contains("***"), "{}", stderr(&output));
         }
     }
+}
+
+// Issue 21: owners, metadata, prefixes and imported keys on the command line.
+
+/// The SHA-256 of `key`, as `sha256sum` prints it.
+fn sha256_hex(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The token's id: the 8 characters after its prefix and `_`.
+fn id_of(token: &str) -> &str {
+    let start = token.rfind('_').expect("a token") - 8;
+    &token[start..start + 8]
+}
+
+/// The bytes of the store's files (store and journal), to show a command wrote nothing.
+fn files_of(store: &Path) -> (Vec<u8>, Option<Vec<u8>>) {
+    (
+        std::fs::read(store).expect("the store file"),
+        std::fs::read(common::journal_path(store)).ok(),
+    )
+}
+
+#[test]
+fn issue_with_owner_and_meta_shows_them_in_list_json_and_validate_json() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let owned = issue(
+        store,
+        &[
+            "billing",
+            "--owner",
+            "acme",
+            "--meta",
+            "plan=pro",
+            "--meta",
+            "tenant=t=42",
+        ],
+    );
+    let plain = issue(store, &["plain"]);
+
+    let tokens = list_json(store);
+    assert_eq!(tokens.len(), 2);
+    assert_eq!(tokens[0]["id"], id_of(&owned));
+    assert_eq!(tokens[0]["owner"], "acme");
+    assert_eq!(tokens[0]["meta"], json!({"plan": "pro", "tenant": "t=42"}));
+    assert_eq!(tokens[0]["imported"], false);
+    assert!(tokens[1]["owner"].is_null());
+    assert_eq!(tokens[1]["meta"], json!({}));
+
+    let only = run(store, &["list", "--owner", "acme", "--json"], b"");
+    assert_eq!(only.status.code(), Some(0), "{}", stderr(&only));
+    let only: Vec<Value> = serde_json::from_str(&stdout(&only)).expect("JSON array");
+    assert_eq!(only.len(), 1, "{only:?}");
+    assert_eq!(only[0]["id"], id_of(&owned));
+    let table = stdout(&run(store, &["list", "--owner", "acme"], b""));
+    assert!(
+        table.contains("acme") && table.contains("plan=pro,tenant=t=42"),
+        "{table}"
+    );
+    assert!(!table.contains(id_of(&plain)), "{table}");
+
+    let valid = run(store, &["validate", "--json"], owned.as_bytes());
+    assert_eq!(valid.status.code(), Some(0), "{}", stderr(&valid));
+    let outcome: Value = serde_json::from_str(&stdout(&valid)).expect("JSON outcome");
+    assert_eq!(outcome["owner"], "acme");
+    assert_eq!(outcome["meta"]["plan"], "pro");
+
+    for bad in [
+        &["issue", "x", "--meta", "novalue"][..],
+        &["issue", "x", "--meta", "=v"],
+        &["issue", "x", "--meta", "k=1", "--meta", "k=2"],
+        &["issue", "x", "--owner", ""],
+    ] {
+        let output = run(store, bad, b"");
+        assert_eq!(output.status.code(), Some(2), "{bad:?}");
+        assert_eq!(stdout(&output), "", "{bad:?}: nothing issued");
+    }
+    assert_eq!(list_json(store).len(), 2, "refused requests issued nothing");
+}
+
+#[test]
+fn meta_replaces_a_tokens_pairs_and_clear_removes_them() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let token = issue(store, &["svc", "--meta", "plan=pro", "--meta", "region=eu"]);
+    let id = id_of(&token);
+
+    let replaced = run(store, &["meta", id, "plan=team"], b"");
+    assert_eq!(replaced.status.code(), Some(0), "{}", stderr(&replaced));
+    assert_eq!(list_json(store)[0]["meta"], json!({"plan": "team"}));
+
+    let refused = run(store, &["meta", id, "k=1", "k=2"], b"");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(stderr(&refused).contains("twice"), "{}", stderr(&refused));
+    assert_eq!(list_json(store)[0]["meta"], json!({"plan": "team"}));
+
+    assert_eq!(
+        run(store, &["meta", id], b"").status.code(),
+        Some(2),
+        "no pairs, no --clear"
+    );
+    let cleared = run(store, &["meta", id, "--clear"], b"");
+    assert_eq!(cleared.status.code(), Some(0), "{}", stderr(&cleared));
+    assert_eq!(list_json(store)[0]["meta"], json!({}));
+}
+
+#[test]
+fn revoke_owner_revokes_exactly_that_owners_tokens() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let acme = [
+        issue(store, &["a1", "--owner", "acme"]),
+        issue(store, &["a2", "--owner", "acme"]),
+    ];
+    let globex = issue(store, &["g1", "--owner", "globex"]);
+    let nobody = issue(store, &["n1"]);
+
+    let revoked = run(store, &["revoke", "--owner", "acme"], b"");
+    assert_eq!(revoked.status.code(), Some(0), "{}", stderr(&revoked));
+    assert_eq!(stdout(&revoked), "revoked 2 tokens of owner acme\n");
+    for token in &acme {
+        assert_eq!(verdict(store, token), "revoked");
+    }
+    assert_eq!(verdict(store, &globex), "valid");
+    assert_eq!(verdict(store, &nobody), "valid");
+
+    // Again: nothing left to revoke, which is no error.
+    let again = run(store, &["revoke", "--owner", "acme", "--json"], b"");
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    let again: Value = serde_json::from_str(&stdout(&again)).expect("JSON");
+    assert_eq!(again, json!({"owner": "acme", "revoked": 0}));
+
+    // A mistyped owner revokes nothing, and stderr says the owner has no tokens.
+    let typo = run(store, &["revoke", "--owner", "acm"], b"");
+    assert_eq!(typo.status.code(), Some(0));
+    assert!(stderr(&typo).contains("has no tokens"), "{}", stderr(&typo));
+
+    let both = run(store, &["revoke", id_of(&globex), "--owner", "globex"], b"");
+    assert_eq!(
+        both.status.code(),
+        Some(2),
+        "an id and --owner together are refused"
+    );
+    assert_eq!(run(store, &["revoke"], b"").status.code(), Some(2));
+    assert_eq!(verdict(store, &globex), "valid");
+}
+
+#[test]
+fn delete_owner_deletes_exactly_that_owners_tokens() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let acme = issue(store, &["a1", "--owner", "acme"]);
+    issue(store, &["a2", "--owner", "acme"]);
+    let other = issue(store, &["o1", "--owner", "other"]);
+
+    let deleted = run(store, &["delete", "--owner", "acme", "--json"], b"");
+    assert_eq!(deleted.status.code(), Some(0), "{}", stderr(&deleted));
+    let deleted: Value = serde_json::from_str(&stdout(&deleted)).expect("JSON");
+    assert_eq!(deleted, json!({"owner": "acme", "deleted": 2}));
+    assert_eq!(listed_ids(store), vec![id_of(&other).to_string()]);
+    assert_eq!(verdict(store, &acme), "unknown");
+}
+
+#[test]
+fn owner_limit_is_set_shown_by_the_store_and_removed() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    issue(store, &["a1", "--owner", "acme"]);
+    let limit_of = |owner: &str| {
+        let opened = TokenStore::open(store).expect("open");
+        let limit = opened.owner_rate_limit(owner);
+        opened.close().expect("close");
+        limit
+    };
+
+    let set = run(
+        store,
+        &[
+            "owner-limit",
+            "acme",
+            "--rate-limit",
+            "100/min",
+            "--burst",
+            "5",
+        ],
+        b"",
+    );
+    assert_eq!(set.status.code(), Some(0), "{}", stderr(&set));
+    assert_eq!(limit_of("acme"), Some(RateLimit::per_minute(100).burst(5)));
+
+    let refused = run(store, &["owner-limit", "acme", "--rate-limit", "0/s"], b"");
+    assert_eq!(refused.status.code(), Some(2));
+    assert_eq!(
+        run(store, &["owner-limit", "acme"], b"").status.code(),
+        Some(2)
+    );
+    assert_eq!(limit_of("acme"), Some(RateLimit::per_minute(100).burst(5)));
+
+    let removed = run(store, &["owner-limit", "acme", "--none"], b"");
+    assert_eq!(removed.status.code(), Some(0), "{}", stderr(&removed));
+    assert_eq!(limit_of("acme"), None);
+}
+
+/// Three keys minted elsewhere, as `import` lines, with their plaintexts.
+fn three_legacy_keys() -> (Vec<String>, String) {
+    let keys: Vec<String> = ["legacy-one", "sk_old_2f9a", "x"]
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    let lines = [
+        json!({"sha256": sha256_hex(&keys[0]), "name": "ci", "scopes": ["read", "write"],
+               "owner": "acme", "meta": {"plan": "pro"}, "created_at": "2024-05-01T10:00:00Z"}),
+        json!({"sha256": sha256_hex(&keys[1]).to_uppercase(), "expires_at": "2999-01-01T00:00:00Z",
+               "rate_limit": "10/s burst 2"}),
+        json!({"sha256": sha256_hex(&keys[2]),
+               "rate_limit": {"count": 5, "period_ms": 60000, "burst": 5}}),
+    ];
+    let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    text.insert(text.find('\n').expect("a line") + 1, '\n'); // a blank line 2 is skipped
+    (keys, text)
+}
+
+#[test]
+fn import_of_three_lines_makes_keys_that_validate() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    issue(store, &["native"]);
+    let (keys, input) = three_legacy_keys();
+
+    let output = run(store, &["import", "--json"], input.as_bytes());
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let answers: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let lines: Vec<u64> = answers
+        .iter()
+        .map(|a| a["line"].as_u64().expect("line"))
+        .collect();
+    assert_eq!(lines, [1, 3, 4], "line numbers count the blank line");
+
+    let tokens = list_json(store);
+    assert_eq!(tokens.len(), 4);
+    let ci = tokens
+        .iter()
+        .find(|t| t["id"] == answers[0]["id"])
+        .expect("the first key");
+    assert_eq!(ci["name"], "ci");
+    assert_eq!(ci["imported"], true);
+    assert_eq!(ci["owner"], "acme");
+    assert_eq!(ci["meta"], json!({"plan": "pro"}));
+    assert_eq!(ci["created_at"], "2024-05-01T10:00:00Z");
+    let second = tokens
+        .iter()
+        .find(|t| t["id"] == answers[1]["id"])
+        .expect("the second key");
+    assert_eq!(second["expires_at"], "2999-01-01T00:00:00Z");
+    assert_eq!(
+        second["rate_limit"],
+        json!({"count": 10, "period_ms": 1000, "burst": 2})
+    );
+
+    for (key, answer) in keys.iter().zip(&answers) {
+        let valid = run(store, &["validate", "--json"], key.as_bytes());
+        assert_eq!(valid.status.code(), Some(0), "{key}: {}", stderr(&valid));
+        let outcome: Value = serde_json::from_str(&stdout(&valid)).expect("JSON outcome");
+        assert_eq!(outcome["id"], answer["id"]);
+    }
+    // Once a store holds imported keys, a foreign string is looked up by digest.
+    assert_eq!(verdict(store, "legacy-two"), "unknown");
+    let scoped = run(store, &["validate", "--scope", "write"], keys[0].as_bytes());
+    assert_eq!(scoped.status.code(), Some(0), "{}", stderr(&scoped));
+}
+
+#[test]
+fn import_with_a_bad_line_imports_nothing_and_names_the_line() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    issue(store, &["native"]);
+    let good = |key: &str| json!({"sha256": sha256_hex(key)}).to_string();
+    let before = files_of(store);
+
+    // Line 2: not 64 hex characters (the key itself, by mistake: never echoed).
+    let input = format!(
+        "{}\n{}\n{}\n",
+        good("k1"),
+        json!({"sha256": "my-secret-plaintext"}),
+        good("k3")
+    );
+    let output = run(store, &["import"], input.as_bytes());
+    assert_eq!(output.status.code(), Some(2));
+    let error = stderr(&output);
+    assert!(
+        error.contains("line 2:") && error.contains("64 hexadecimal"),
+        "{error}"
+    );
+    assert!(error.contains("nothing was imported"), "{error}");
+    assert!(
+        !error.contains("line 1") && !error.contains("line 3"),
+        "{error}"
+    );
+    assert!(!error.contains("my-secret-plaintext"), "{error}");
+    assert_eq!(stdout(&output), "");
+
+    // A plaintext key field, a misspelt field, a bad time, a digest given twice.
+    let input = format!(
+        "{}\n{}\n{}\n{}\n{}\n",
+        json!({"sha256": sha256_hex("k1"), "key": "k1-plaintext"}),
+        json!({"sha256": sha256_hex("k2"), "expires": "2030-01-01T00:00:00Z"}),
+        json!({"sha256": sha256_hex("k3"), "expires_at": "tomorrow"}),
+        good("k4"),
+        good("k4"),
+    );
+    let output = run(store, &["import"], input.as_bytes());
+    assert_eq!(output.status.code(), Some(2));
+    let error = stderr(&output);
+    for expected in [
+        "line 1: field \"key\" would hold the key itself",
+        "line 2: unknown field `expires`",
+        "line 3: \"expires_at\" \"tomorrow\" is not an RFC 3339 time",
+        "line 5: the same sha256 as line 4",
+    ] {
+        assert!(error.contains(expected), "{expected:?} in {error}");
+    }
+    assert!(!error.contains("k1-plaintext"), "{error}");
+
+    // Line 3 breaks a rule only the library checks (an empty name): named all the same.
+    let input = format!(
+        "{}\n{}\n{}\n",
+        good("k1"),
+        good("k2"),
+        json!({"sha256": sha256_hex("k3"), "name": " "})
+    );
+    let output = run(store, &["import"], input.as_bytes());
+    assert_eq!(output.status.code(), Some(2));
+    let error = stderr(&output);
+    assert!(
+        error.contains("line 3:") && error.contains("name is empty"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("line 1") && !error.contains("line 2"),
+        "{error}"
+    );
+
+    assert_eq!(files_of(store), before, "nothing was written");
+    assert_eq!(list_json(store).len(), 1);
+    assert_eq!(verdict(store, "k1"), "malformed");
+}
+
+#[test]
+fn import_refuses_a_key_already_imported_naming_its_line() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let first = json!({"sha256": sha256_hex("k1")}).to_string();
+    let output = run(store, &["import"], format!("{first}\n").as_bytes());
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let before = files_of(store);
+
+    let input = format!("{}\n{first}\n", json!({"sha256": sha256_hex("k2")}));
+    for args in [&["import"][..], &["import", "--dry-run"]] {
+        let output = run(store, args, input.as_bytes());
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let error = stderr(&output);
+        assert!(
+            error.contains("line 2:") && error.contains("already imported"),
+            "{args:?}: {error}"
+        );
+    }
+    assert_eq!(files_of(store), before);
+    assert_eq!(verdict(store, "k2"), "unknown");
+}
+
+#[test]
+fn import_dry_run_checks_and_shows_the_keys_and_writes_nothing() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let native = issue(store, &["native"]);
+    // A journal beside the snapshot, so both files are checked unchanged.
+    let revoked = run(store, &["revoke", id_of(&native)], b"");
+    assert_eq!(revoked.status.code(), Some(0), "{}", stderr(&revoked));
+    let before = files_of(store);
+    let (keys, input) = three_legacy_keys();
+
+    let output = run(store, &["import", "--dry-run", "--json"], input.as_bytes());
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let shown: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(shown.len(), 3);
+    assert_eq!(shown[0]["line"], 1);
+    assert_eq!(shown[0]["name"], "ci");
+    assert_eq!(shown[0]["owner"], "acme");
+    assert_eq!(shown[0]["sha256"], sha256_hex(&keys[0]));
+    assert!(
+        shown[0].get("id").is_none(),
+        "ids are drawn when imported for real"
+    );
+    assert_eq!(shown[1]["sha256"], sha256_hex(&keys[1]), "lowercased");
+    let text = run(store, &["import", "--dry-run"], input.as_bytes());
+    assert_eq!(text.status.code(), Some(0));
+    assert!(
+        stdout(&text).starts_with("line 1: would import \"ci\" of owner acme"),
+        "{}",
+        stdout(&text)
+    );
+    assert!(stderr(&text).contains("nothing was written"));
+
+    assert_eq!(files_of(store), before, "the store's bytes are unchanged");
+    assert_eq!(verdict(store, &keys[0]), "malformed", "not imported");
+
+    // On a store that does not exist: checked, and not created.
+    let absent = scratch.path.with_file_name("absent.snap");
+    let output = run(&absent, &["import", "--dry-run"], input.as_bytes());
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(!absent.exists());
+}
+
+#[test]
+fn a_prefix_names_new_tokens_and_the_store_keeps_accepting_the_old_ones() {
+    let scratch = common::scratch();
+    let store = scratch.path.as_path();
+    let plain = issue(store, &["old"]);
+    assert!(plain.starts_with("tc_"), "{plain}");
+    let live = issue(store, &["--prefix", "sk_live", "new"]);
+    assert!(live.starts_with("sk_live_"), "{live}");
+    assert_eq!(id_of(&live).len(), 8);
+    assert_eq!(verdict(store, &live), "valid");
+    assert_eq!(
+        verdict(store, &plain),
+        "valid",
+        "the old prefix still works"
+    );
+
+    // `rotate` mints too: under $TOKENCACHE_PREFIX, as a deployment would set it.
+    let output = command(store, &["rotate", id_of(&plain), "--grace", "1h"])
+        .env("TOKENCACHE_PREFIX", "sk_test")
+        .output()
+        .expect("run rotate");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let rotated = stdout(&output).trim_end().to_string();
+    assert!(rotated.starts_with("sk_test_"), "{rotated}");
+    assert_eq!(verdict(store, &rotated), "valid");
+    assert_eq!(verdict(store, "sk_prod_a1B2c3D4_whatever"), "malformed");
+
+    let bad = run(store, &["--prefix", "sk-live!", "issue", "x"], b"");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("sk-live!"), "{}", stderr(&bad));
+    assert_eq!(stdout(&bad), "");
 }
