@@ -132,7 +132,9 @@ pub struct ChangeEvent {
     /// [`ChangeKind::OwnerRateLimitSet`].
     pub owner: Option<String>,
     /// The change was one call over every token of `owner` (`revoke_owner`,
-    /// `delete_owner`, `set_owner_rate_limit`), not a call about this token.
+    /// `delete_owner`, `set_owner_rate_limit`), not a call about this token. Another
+    /// replica's owner-wide revoke or delete reaches this one as rows, one per token, and
+    /// is not marked.
     pub owner_wide: bool,
     /// When the change was made, by the store's clock: for a local change, the persister's
     /// time when it took the change; for a replica's, the time the row records (issue,

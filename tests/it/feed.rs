@@ -593,3 +593,107 @@ fn a_revoke_on_another_replica_arrives_with_origin_replica_and_a_local_one_once(
     assert_eq!(about(marker.id()), [(ChangeKind::Issued, Origin::Replica)]);
     assert_eq!(seen.len(), 5, "{seen:?}");
 }
+
+/// The keys changes across two replicas of one PostgreSQL store. A replica sees rows, not
+/// calls: B's issue with an owner, `set_meta`, import and owner limit reach A's feed as
+/// `Issued` (with the owner), `MetaSet`, `Imported` and `OwnerRateLimitSet` (no id), and
+/// B's `revoke_owner` as one `Revoked` per token, with the owner, origin `Replica`. A's own
+/// owner-wide revoke arrives once, `Local` and marked owner-wide, and A's own changes read
+/// back from the database are not published again.
+#[cfg(feature = "postgres")]
+#[test]
+fn keys_changes_on_another_replica_arrive_with_their_owner_and_origin_replica() {
+    use common::pg;
+    /// Far above what a catch-up takes; it only turns a hang into a failure.
+    const HANG: Duration = Duration::from_secs(30);
+    let url = pg::fresh_db();
+    let open = || {
+        tokencache::TokenStore::builder(&url)
+            .poll_interval(Duration::from_secs(1))
+            .open()
+            .expect("open the PostgreSQL store")
+    };
+    let (a, b) = (open(), open());
+    let feed = a.subscribe();
+    let theirs = b
+        .issue(NewToken::new("theirs").owner("acme").meta("plan", "pro"))
+        .unwrap();
+    b.set_meta(&theirs.id(), &[("plan", "team")]).unwrap();
+    // SHA-256 of "test".
+    let digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    let imported = b
+        .import(ImportedToken::sha256(digest).unwrap().owner("acme"))
+        .unwrap();
+    b.set_owner_rate_limit("acme", Some(RateLimit::per_second(5)))
+        .unwrap();
+    assert_eq!(b.revoke_owner("acme").unwrap(), 2);
+    let mine = a.issue(NewToken::new("mine").owner("globex")).unwrap();
+    assert_eq!(a.revoke_owner("globex").unwrap(), 1);
+    // Committed after all of the above (see the test before).
+    let marker = b.issue(NewToken::new("marker")).unwrap();
+    let mut seen: Vec<ChangeEvent> = Vec::new();
+    loop {
+        let item = feed
+            .recv_timeout(HANG)
+            .expect("the marker reaches A's feed");
+        let event = event(item);
+        let last = event.id == Some(marker.id());
+        seen.push(event);
+        if last {
+            break;
+        }
+    }
+    a.flush().unwrap();
+    seen.extend(queued(&feed).into_iter().map(event));
+    let about = |id: Option<TokenId>| -> Vec<(ChangeKind, Option<&str>, bool, Origin)> {
+        seen.iter()
+            .filter(|e| e.id == id && e.kind != ChangeKind::OwnerRateLimitSet)
+            .map(|e| (e.kind, e.owner.as_deref(), e.owner_wide, e.origin))
+            .collect()
+    };
+    let acme = Some("acme");
+    let replica = Origin::Replica;
+    // One read may hold the issue and the later metadata of `theirs` together (a row is
+    // its latest state): then the issue's event carries it and there is no `MetaSet`.
+    let mut of_theirs = about(Some(theirs.id()));
+    of_theirs.retain(|e| e.0 != ChangeKind::MetaSet);
+    assert_eq!(
+        of_theirs,
+        [
+            (ChangeKind::Issued, acme, false, replica),
+            (ChangeKind::Revoked, acme, false, replica),
+        ],
+        "{seen:#?}"
+    );
+    assert_eq!(
+        about(Some(imported)),
+        [
+            (ChangeKind::Imported, acme, false, replica),
+            (ChangeKind::Revoked, acme, false, replica),
+        ],
+        "{seen:#?}"
+    );
+    let limits: Vec<&ChangeEvent> = seen
+        .iter()
+        .filter(|e| e.kind == ChangeKind::OwnerRateLimitSet)
+        .collect();
+    assert_eq!(limits.len(), 1, "{seen:#?}");
+    assert_eq!(
+        (limits[0].id, limits[0].owner.as_deref(), limits[0].origin),
+        (None, acme, replica)
+    );
+    assert_eq!(
+        about(Some(mine.id())),
+        [
+            (ChangeKind::Issued, Some("globex"), false, Origin::Local),
+            (ChangeKind::Revoked, Some("globex"), true, Origin::Local),
+        ],
+        "{seen:#?}"
+    );
+    let metas = seen
+        .iter()
+        .filter(|e| e.kind == ChangeKind::MetaSet)
+        .count();
+    assert!(metas <= 1, "{seen:#?}");
+    assert_eq!(seen.len(), 8 + metas, "{seen:#?}");
+}
