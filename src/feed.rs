@@ -1,4 +1,4 @@
-//! The change feed: [`TokenStore::subscribe`] hands out a [`Changes`] receiver, and the
+//! The change feed: [`TokenStore::subscribe`](crate::TokenStore::subscribe) hands out a [`Changes`] receiver, and the
 //! persister publishes every change to it once the change is durable.
 //!
 //! Each subscriber has its own bounded queue (a crossbeam array channel). The persister
@@ -10,7 +10,7 @@
 //! handed over beside the channel, so it is the last item the subscriber reads.
 //!
 //! The subscriber list is a `Mutex` taken only by the persister (once per batch, and only
-//! if someone subscribed) and by [`TokenStore::subscribe`]; validation never touches it.
+//! if someone subscribed) and by [`TokenStore::subscribe`](crate::TokenStore::subscribe); validation never touches it.
 //! It is no part of the write-behind protocol the loom models check, hence `std::sync`.
 
 use std::fmt;
@@ -23,15 +23,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySen
 
 use crate::clock::from_ms;
 use crate::entry::Entry;
-use crate::error::Error;
-use crate::store::TokenStore;
 use crate::token::TokenId;
 
-/// How many items a [`TokenStore::subscribe`] queue holds before events are counted as
+/// How many items a [`TokenStore::subscribe`](crate::TokenStore::subscribe) queue holds before events are counted as
 /// missed instead.
 pub const DEFAULT_FEED_CAPACITY: usize = 4096;
 
-/// The largest queue [`TokenStore::subscribe_with_capacity`] accepts (its memory is taken
+/// The largest queue [`TokenStore::subscribe_with_capacity`](crate::TokenStore::subscribe_with_capacity) accepts (its memory is taken
 /// when the subscriber is made).
 pub const MAX_FEED_CAPACITY: usize = 1 << 20;
 
@@ -174,7 +172,7 @@ impl fmt::Display for FeedError {
 
 impl std::error::Error for FeedError {}
 
-/// A subscriber's end of the change feed (see [`TokenStore::subscribe`]): a bounded queue
+/// A subscriber's end of the change feed (see [`TokenStore::subscribe`](crate::TokenStore::subscribe)): a bounded queue
 /// of [`Feed`] items, read blocking ([`recv`](Changes::recv), or as an iterator), with a
 /// timeout, or without waiting.
 ///
@@ -238,59 +236,6 @@ impl fmt::Debug for Changes {
         f.debug_struct("Changes")
             .field("queued", &self.rx.len())
             .finish()
-    }
-}
-
-impl TokenStore {
-    /// Subscribes to the change feed, with a queue of [`DEFAULT_FEED_CAPACITY`] items. See
-    /// [`subscribe_with_capacity`](Self::subscribe_with_capacity).
-    pub fn subscribe(&self) -> Changes {
-        self.feed_hub().subscribe(DEFAULT_FEED_CAPACITY)
-    }
-
-    /// Subscribes to the change feed: every change to a token (issue, revoke, delete,
-    /// rotate, rate limit, purge...) made by a call that starts after this returns, and on a
-    /// PostgreSQL store every change another replica commits that this replica reads
-    /// afterwards, arrives as one [`Feed::Event`], in the order the changes became durable.
-    ///
-    /// - An event is queued once its change is durable, before the call that made it
-    ///   returns: a change whose write failed is not published (a failed issue never is; a
-    ///   revoke, delete or rate limit that memory kept is published by the later write that
-    ///   makes it durable). `last_used` updates are not events.
-    /// - The queue holds `capacity` items. A subscriber that reads too slowly never slows
-    ///   the store: the events that do not fit are counted, and [`Feed::Missed`] with the
-    ///   count takes their place in the queue as soon as there is room.
-    /// - The feed ends (the iterator returns `None`) once the store is closed and every
-    ///   item was read. Subscribing to a closed store gives a feed that has already ended.
-    ///
-    /// `capacity` must be 1 to [`MAX_FEED_CAPACITY`], else [`Error::InvalidRequest`].
-    ///
-    /// ```
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let dir = tempfile::tempdir()?;
-    /// use tokencache::{ChangeKind, Feed, NewToken, Origin, TokenStore};
-    ///
-    /// let store = TokenStore::open(dir.path().join("tokens.snap"))?;
-    /// let changes = store.subscribe_with_capacity(100)?;
-    /// let issued = store.issue(NewToken::new("ci-bot"))?;
-    /// store.revoke(&issued.id())?;
-    /// store.close()?;
-    /// let kinds: Vec<ChangeKind> = changes
-    ///     .filter_map(|item| match item {
-    ///         Feed::Event(event) => Some(event.kind),
-    ///         Feed::Missed(_) => None,
-    ///     })
-    ///     .collect();
-    /// assert_eq!(kinds, [ChangeKind::Issued, ChangeKind::Revoked]);
-    /// # Ok(()) }
-    /// ```
-    pub fn subscribe_with_capacity(&self, capacity: usize) -> Result<Changes, Error> {
-        if capacity == 0 || capacity > MAX_FEED_CAPACITY {
-            return Err(Error::InvalidRequest(format!(
-                "a change feed holds 1 to {MAX_FEED_CAPACITY} items; {capacity} was asked"
-            )));
-        }
-        Ok(self.feed_hub().subscribe(capacity))
     }
 }
 
@@ -439,7 +384,7 @@ impl Hub {
     }
 
     /// A new subscriber with a queue of `capacity` (already checked).
-    fn subscribe(&self, capacity: usize) -> Changes {
+    pub(crate) fn subscribe(&self, capacity: usize) -> Changes {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         let owed = Arc::new(AtomicU64::new(0));
         let mut subscribers = self.lock();

@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::location::percent_decode;
 
 /// How a PostgreSQL store's connections use TLS: libpq's `sslmode`, from the URL
-/// (`?sslmode=verify-full`) or [`Builder::ssl_mode`].
+/// (`?sslmode=verify-full`) or [`Builder::ssl_mode`](crate::Builder::ssl_mode).
 ///
 /// Where neither names one, a URL whose hosts are all loopback (`localhost`, `127.0.0.0/8`,
 /// `::1`) or Unix sockets connects without TLS, as tokencache always did, and any other

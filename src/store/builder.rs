@@ -140,7 +140,7 @@ impl Builder {
     }
 
     /// PostgreSQL stores only (a file store ignores it): refuse every validation with
-    /// [`Rejection::Unavailable`] once this replica's last successful catch-up with the
+    /// [`Rejection::Unavailable`](crate::Rejection::Unavailable) once this replica's last successful catch-up with the
     /// database is older than `staleness` (it is back as soon as a catch-up succeeds).
     /// Default: keep serving from memory however stale it gets; [`TokenStore::stats`]
     /// (`replica_lag`) and the log say how stale. See `docs/REPLICAS.md`.

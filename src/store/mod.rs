@@ -10,6 +10,7 @@
 mod builder;
 mod handle;
 mod keys;
+mod subscribe;
 
 use std::collections::HashSet;
 use std::fmt;
