@@ -399,14 +399,19 @@ fn last_used_from_four_replicas_keeps_the_greatest_time_and_never_moves_back() {
     // `unused` is validated by no other replica: its time proves that batch was written.
     let unused = issuer.issue(NewToken::new("unused")).unwrap();
     let late_at = BASE_MS - 5_000_000;
-    let clock = ManualClock::new(late_at);
+    let clock = ManualClock::new(late_at - 1);
     let late = TokenStore::builder(&url)
-        .clock(clock)
+        .clock(clock.clone())
         .poll_interval(Duration::from_secs(3600))
         .flush_interval(Duration::from_secs(3600))
         .open()
         .unwrap();
     assert_eq!(late.list().len(), TOKENS + 1);
+    // Its listener catches up once when it connects, which on a loaded machine may come
+    // after the replicas below wrote their times: wait for that catch-up (the clock moved
+    // on, so it is not the one `open` did) before they start.
+    clock.set(late_at);
+    caught_up_at(&late, &clock);
     let replicas: Vec<_> = (0..4u64)
         .map(|r| {
             let r = r.to_string();
