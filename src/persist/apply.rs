@@ -241,16 +241,31 @@ impl Persister {
                     }
                 }
             }
-            // A new token's kind (issued or imported) and owner, once its extras are in.
-            for event in &mut events[first..] {
+            // A new token's kind (issued or imported) and owner, once its extras are in. A
+            // row read first when already revoked (its issue and revoke in one catch-up)
+            // is followed by its `Revoked`, so a follower never takes it for a live token.
+            let read = events.split_off(first);
+            for mut event in read {
+                let mut revoked = false;
                 if let (ChangeKind::Issued, Some(id)) = (event.kind, event.id) {
-                    if let Some((kind, owner)) =
-                        map.with(&id, |e| (feed::arrival(e), feed::owner_of(e)))
-                    {
+                    if let Some((kind, owner, was_revoked)) = map.with(&id, |e| {
+                        (
+                            feed::arrival(e),
+                            feed::owner_of(e),
+                            e.revoked_at().is_some(),
+                        )
+                    }) {
                         event.kind = kind;
                         event.owner = owner;
+                        revoked = was_revoked;
                     }
                 }
+                let then = revoked.then(|| feed::ChangeEvent {
+                    kind: ChangeKind::Revoked,
+                    ..event.clone()
+                });
+                events.push(event);
+                events.extend(then);
             }
             let counters = &self.shared.counters;
             counters
