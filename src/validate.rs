@@ -39,7 +39,7 @@ impl Shared {
     /// The hot path. No allocation, no lock, no I/O, and no write to memory another thread
     /// reads except `last_used` (at most once per millisecond per token) and a rate-limited
     /// token's limiter word.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn check(
         &self,
         token: &str,
@@ -116,7 +116,7 @@ pub(crate) const MAX_IMPORTED_LEN: usize = 1024;
 /// it was judged at. Writes nothing: the store's hot path and a [`StoreView`] share it.
 ///
 /// [`StoreView`]: crate::StoreView
-#[inline]
+#[inline(always)]
 pub(crate) fn admit<'m>(
     map: &'m Map,
     clock: &dyn Clock,
