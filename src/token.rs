@@ -371,17 +371,25 @@ mod tests {
         let prefixes = Prefixes::default();
         prefixes.add("sk_live").unwrap();
         let (token, _) = generate("sk_live").unwrap();
-        for pos in 0..token.len() {
-            for &replacement in ALPHABET.iter().chain(b"_-. ") {
-                let mut bytes = token.clone().into_bytes();
-                if bytes[pos] == replacement {
-                    continue;
-                }
-                bytes[pos] = replacement;
-                let mutated = String::from_utf8(bytes).unwrap();
-                assert_eq!(parse(&mutated, &prefixes), None, "accepted {mutated}");
-            }
+        for (_, mutated) in single_character_changes(&token) {
+            assert_eq!(parse(&mutated, &prefixes), None, "accepted {mutated}");
         }
+    }
+
+    /// Every string that differs from `token` in one character (a base62 one, or one of
+    /// `_-. `), with the position changed.
+    fn single_character_changes(token: &str) -> impl Iterator<Item = (usize, String)> + '_ {
+        (0..token.len()).flat_map(move |pos| {
+            ALPHABET
+                .iter()
+                .chain(b"_-. ")
+                .filter(move |&&replacement| token.as_bytes()[pos] != replacement)
+                .map(move |&replacement| {
+                    let mut bytes = token.as_bytes().to_vec();
+                    bytes[pos] = replacement;
+                    (pos, String::from_utf8(bytes).unwrap())
+                })
+        })
     }
 
     #[test]
@@ -399,21 +407,13 @@ mod tests {
     fn every_single_character_change_is_refused() {
         let (token, _) = generate(DEFAULT_PREFIX).unwrap();
         let mut changed = 0;
-        for pos in 0..token.len() {
-            for &replacement in ALPHABET.iter().chain(b"_-. ") {
-                let mut bytes = token.clone().into_bytes();
-                if bytes[pos] == replacement {
-                    continue;
-                }
-                bytes[pos] = replacement;
-                let mutated = String::from_utf8(bytes).unwrap();
-                assert_eq!(
-                    parse_tc(&mutated),
-                    None,
-                    "accepted {mutated} (position {pos})"
-                );
-                changed += 1;
-            }
+        for (pos, mutated) in single_character_changes(&token) {
+            assert_eq!(
+                parse_tc(&mutated),
+                None,
+                "accepted {mutated} (position {pos})"
+            );
+            changed += 1;
         }
         assert!(changed > 40 * 60);
     }

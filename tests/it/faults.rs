@@ -357,18 +357,6 @@ fn a_failed_revoke_alone_is_retried_by_the_next_tick() {
     );
 }
 
-/// The files as a SIGKILL between two calls leaves them (every write is synchronous with
-/// its call), copied to a fresh directory, so a test can open them while the store is live.
-fn crash_image(path: &std::path::Path) -> common::Scratch {
-    let image = scratch();
-    fs::copy(path, &image.path).unwrap();
-    let journal = common::journal_path(path);
-    if journal.exists() {
-        fs::copy(journal, common::journal_path(&image.path)).unwrap();
-    }
-    image
-}
-
 /// A revoke, delete or rate limit whose journal append (or its fsync) failed is in force in
 /// memory; a clean close must write it, so after reopening the revoked token is still
 /// revoked and the deleted one still gone. (After the first failure the journal is not
@@ -443,7 +431,7 @@ fn a_refused_issue_or_rotation_never_replays_once_the_store_wrote_again() {
             act(&store);
             // A crash once the store wrote again, or a clean close: neither brings the
             // refused change back. (A crash before either may: its outcome is unknown.)
-            let image = (then != "close").then(|| crash_image(&s.path));
+            let image = (then != "close").then(|| common::crash_image(&s.path));
             store.close().unwrap();
             for path in image.iter().map(|i| &i.path).chain([&s.path]) {
                 let reopened = TokenStore::open(path).unwrap();
@@ -502,7 +490,7 @@ fn a_flush_after_a_failed_compaction_makes_the_revoke_durable() {
     plan.clear();
     assert_eq!(store.stats().snapshots_written, snapshots);
     store.flush().unwrap();
-    let image = crash_image(&s.path);
+    let image = common::crash_image(&s.path);
     let reopened = TokenStore::open(&image.path).unwrap();
     assert_eq!(
         reopened.validate(revoked.secret()).unwrap_err(),
@@ -535,7 +523,7 @@ fn an_issue_many_too_large_for_a_record_is_written_as_a_snapshot_without_a_gap()
     );
     let view = tokencache::StoreView::read(&s.path).unwrap();
     assert_eq!(view.len(), 8_001);
-    let image = crash_image(&s.path);
+    let image = common::crash_image(&s.path);
     let reopened = TokenStore::open(&image.path).unwrap();
     assert_eq!(reopened.list().len(), 8_001);
     assert!(reopened.validate(issued[7_999].secret()).is_ok());

@@ -714,9 +714,7 @@ fn a_revoked_owner_has_every_token_revoked_after_reopen() {
         );
     }
     // Crash: the files as they are now (the journal holds the revoke_owner record).
-    let crashed = scratch();
-    std::fs::copy(&s.path, &crashed.path).unwrap();
-    std::fs::copy(journal_path(&s.path), journal_path(&crashed.path)).unwrap();
+    let crashed = common::crash_image(&s.path);
     store.close().unwrap();
     for path in [&s.path, &crashed.path] {
         let (store, _clock) = manual_store(path);
@@ -756,9 +754,7 @@ fn a_deleted_owner_has_every_token_gone_after_reopen() {
         .issue(NewToken::new("globex").owner("globex"))
         .unwrap();
     assert_eq!(store.delete_owner("acme").unwrap(), 3);
-    let crashed = scratch();
-    std::fs::copy(&s.path, &crashed.path).unwrap();
-    std::fs::copy(journal_path(&s.path), journal_path(&crashed.path)).unwrap();
+    let crashed = common::crash_image(&s.path);
     store.close().unwrap();
     for path in [&s.path, &crashed.path] {
         let (store, _clock) = manual_store(path);
@@ -806,9 +802,7 @@ fn metadata_survives_journal_replay_and_compaction() {
     };
     expected(&store);
     // Journal replay: the files as they are before any compaction.
-    let replayed = scratch();
-    std::fs::copy(&s.path, &replayed.path).unwrap();
-    std::fs::copy(journal_path(&s.path), journal_path(&replayed.path)).unwrap();
+    let replayed = common::crash_image(&s.path);
     assert!(tokencache::inspect(&replayed.path).unwrap().journal_records > 0);
     let (copy, _clock) = manual_store(&replayed.path);
     expected(&copy);
@@ -919,9 +913,7 @@ fn an_imported_key_validates_and_rotates_into_a_native_token() {
         Rejection::Unknown
     );
     // After a reopen from the journal, and after a compaction.
-    let replayed = scratch();
-    std::fs::copy(&s.path, &replayed.path).unwrap();
-    std::fs::copy(journal_path(&s.path), journal_path(&replayed.path)).unwrap();
+    let replayed = common::crash_image(&s.path);
     let (copy, _clock) = manual_store(&replayed.path);
     assert_eq!(copy.validate(key).unwrap().id(), id);
     copy.close().unwrap();
@@ -1012,9 +1004,7 @@ fn tokens_of_an_earlier_prefix_stay_valid_after_the_prefix_changes() {
     let live = store.issue(NewToken::new("live")).unwrap();
     assert!(live.secret().starts_with("sk_live_"), "{}", live.secret());
     // The crash copy: the prefix is recorded in the journal with the first token.
-    let crashed = scratch();
-    std::fs::copy(&s.path, &crashed.path).unwrap();
-    std::fs::copy(journal_path(&s.path), journal_path(&crashed.path)).unwrap();
+    let crashed = common::crash_image(&s.path);
     store.close().unwrap();
     let (copy, _clock) = manual_store(&crashed.path);
     assert!(copy.validate(live.secret()).is_ok(), "from the journal");
@@ -1191,9 +1181,7 @@ fn a_version_2_store_opens_and_is_upgraded() {
     store.revoke(&revoked.id()).unwrap();
     store.delete(&deleted.id()).unwrap();
     let late = store.issue(NewToken::new("late")).unwrap();
-    let old = scratch();
-    std::fs::copy(&s.path, &old.path).unwrap();
-    std::fs::copy(journal_path(&s.path), journal_path(&old.path)).unwrap();
+    let old = common::crash_image(&s.path);
     store.close().unwrap();
     downgrade_snapshot(&old.path);
     downgrade_journal(&journal_path(&old.path));
@@ -1224,9 +1212,7 @@ fn a_version_2_store_opens_and_is_upgraded() {
     let owned = store
         .issue(NewToken::new("owned").owner("acme").meta("plan", "pro"))
         .unwrap();
-    let copy = scratch();
-    std::fs::copy(&old.path, &copy.path).unwrap();
-    std::fs::copy(journal_path(&old.path), journal_path(&copy.path)).unwrap();
+    let copy = common::crash_image(&old.path);
     store.close().unwrap();
     let (store, _clock) = manual_store(&copy.path);
     assert_eq!(

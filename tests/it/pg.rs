@@ -1068,30 +1068,6 @@ fn a_replica_holds_every_definition_as_issued_and_follows_limits_and_purges() {
     pg::within(BOUND, || definitions(&a) == definitions(&b)).expect("the same tokens");
 }
 
-/// Commits `sql` (`$1`: the id of `token`, `$2`: the version it takes) as another writer
-/// would, taking the next version; with `notify`, signals the replicas as tokencache does
-/// (without: as if the notification was lost).
-fn commit_by_hand(url: &str, sql: &str, token: &TokenId, notify: bool) {
-    let mut admin = pg::connect(url);
-    let mut tx = admin.transaction().unwrap();
-    let version: i64 = tx
-        .query_one(
-            "UPDATE tokencache_version SET version = version + 1 RETURNING version",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    tx.execute(sql, &[&token.to_string(), &version]).unwrap();
-    if notify {
-        tx.execute(
-            "SELECT pg_notify('tokencache', $1)",
-            &[&version.to_string()],
-        )
-        .unwrap();
-    }
-    tx.commit().unwrap();
-}
-
 /// Keeps the rows and the counter as they are now, as the standby a failover will promote
 /// has them (it will miss every commit after this).
 fn standby_has_up_to_here(url: &str) {
@@ -1150,8 +1126,8 @@ fn a_lagging_replica_does_not_rotate_a_token_revoked_or_deleted_elsewhere() {
         std::thread::sleep(Duration::from_millis(300));
         let revoke = "UPDATE tokencache_tokens SET revoked_at = 1, version = $2 WHERE id = $1";
         let delete = "UPDATE tokencache_tokens SET deleted = true, version = $2 WHERE id = $1";
-        commit_by_hand(&url, revoke, &revoked.id(), false);
-        commit_by_hand(&url, delete, &deleted.id(), false);
+        pg::commit_by_hand(&url, revoke, &revoked.id(), false);
+        pg::commit_by_hand(&url, delete, &deleted.id(), false);
         let lags = b.validate(revoked.secret()).is_ok() && b.validate(deleted.secret()).is_ok();
         lags.then_some((url, b, revoked, deleted))
     });
@@ -1290,10 +1266,10 @@ fn a_row_that_does_not_load_still_revokes_and_deletes_and_open_skips_it() {
     // An operator's hand-made UPDATEs break a row's digest as they revoke or delete it.
     let broken = "UPDATE tokencache_tokens SET digest = '\\x00', revoked_at = 1, version = $2 \
                   WHERE id = $1";
-    commit_by_hand(&url, broken, &revoked.id(), true);
+    pg::commit_by_hand(&url, broken, &revoked.id(), true);
     let broken = "UPDATE tokencache_tokens SET digest = '\\x00', deleted = true, version = $2 \
                   WHERE id = $1";
-    commit_by_hand(&url, broken, &deleted.id(), true);
+    pg::commit_by_hand(&url, broken, &deleted.id(), true);
     pg::within(BOUND, || {
         a.validate(revoked.secret()).err() == Some(Rejection::Revoked)
             && a.validate(deleted.secret()).err() == Some(Rejection::Unknown)
@@ -1302,7 +1278,7 @@ fn a_row_that_does_not_load_still_revokes_and_deletes_and_open_skips_it() {
     // More than a token may hold.
     let many = "UPDATE tokencache_tokens SET scopes = array_fill('s'::text, ARRAY[1000]), \
                 version = $2 WHERE id = $1";
-    commit_by_hand(&url, many, &scoped.id(), true);
+    pg::commit_by_hand(&url, many, &scoped.id(), true);
 
     let b = TokenStore::builder(&url)
         .open()
@@ -1385,9 +1361,9 @@ fn a_failed_rate_limit_is_not_undone_by_a_catch_up_while_its_retry_is_pending() 
     assert_eq!(a.get(&token.id()).unwrap().rate_limit, Some(seven));
     // Another replica changes the same row (its last catch-up brings the old limit).
     let touch = "UPDATE tokencache_tokens SET version = $2 WHERE id = $1";
-    commit_by_hand(&url, touch, &token.id(), true);
+    pg::commit_by_hand(&url, touch, &token.id(), true);
     let revoke = "UPDATE tokencache_tokens SET revoked_at = 1, version = $2 WHERE id = $1";
-    commit_by_hand(&url, revoke, &sentinel.id(), true);
+    pg::commit_by_hand(&url, revoke, &sentinel.id(), true);
     pg::within(BOUND, || {
         a.validate(sentinel.secret()).err() == Some(Rejection::Revoked)
     })

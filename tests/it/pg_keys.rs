@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::pg;
 use sha2::{Digest, Sha256};
-use tokencache::{ImportedToken, NewToken, RateLimit, Rejection, TokenId, TokenStore};
+use tokencache::{ImportedToken, NewToken, RateLimit, Rejection, TokenStore};
 
 /// The bound every propagation is held to (generous: a loaded CI machine).
 const BOUND: Duration = Duration::from_secs(2);
@@ -36,27 +36,6 @@ fn verdict(store: &TokenStore, secret: &str) -> Result<(), Rejection> {
     store.validate(secret).map(|_| ())
 }
 
-/// Commits `sql` (`$1`: the id of `token`, `$2`: the version it takes) as another replica
-/// would, taking the next version, and signals the replicas.
-fn commit_by_hand(url: &str, sql: &str, token: &TokenId) {
-    let mut admin = pg::connect(url);
-    let mut tx = admin.transaction().unwrap();
-    let version: i64 = tx
-        .query_one(
-            "UPDATE tokencache_version SET version = version + 1 RETURNING version",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    tx.execute(sql, &[&token.to_string(), &version]).unwrap();
-    tx.execute(
-        "SELECT pg_notify('tokencache', $1)",
-        &[&version.to_string()],
-    )
-    .unwrap();
-    tx.commit().unwrap();
-}
-
 /// Makes the database refuse every statement on `table` whose new row matches `when` (a
 /// trigger condition on `NEW`), so the transaction holding it fails.
 fn refuse(url: &str, table: &str, when: &str) {
@@ -80,7 +59,7 @@ fn stop_refusing(url: &str, table: &str) {
 /// committed before is in its memory.
 fn caught_up(url: &str, store: &TokenStore, sentinel: &tokencache::IssuedToken) {
     let revoke = "UPDATE tokencache_tokens SET revoked_at = 1, version = $2 WHERE id = $1";
-    commit_by_hand(url, revoke, &sentinel.id());
+    pg::commit_by_hand(url, revoke, &sentinel.id(), true);
     pg::within(BOUND, || {
         verdict(store, sentinel.secret()) == Err(Rejection::Revoked)
     })
@@ -366,7 +345,7 @@ fn a_failed_set_meta_and_owner_limit_are_written_again_and_not_undone_meanwhile(
     // Another replica changes the row (a catch-up brings the old metadata) and sets the
     // owner's limit (the old one) meanwhile.
     let touch = "UPDATE tokencache_tokens SET version = $2 WHERE id = $1";
-    commit_by_hand(&url, touch, &token.id());
+    pg::commit_by_hand(&url, touch, &token.id(), true);
     let mut admin = pg::connect(&url);
     admin
         .batch_execute(
@@ -409,7 +388,7 @@ fn a_failed_owner_delete_is_written_again_and_no_catch_up_brings_its_tokens_back
     assert_eq!(verdict(&a, doomed.secret()), Err(Rejection::Unknown));
     // Another replica changes the row: a catch-up reads it live.
     let touch = "UPDATE tokencache_tokens SET version = $2 WHERE id = $1";
-    commit_by_hand(&url, touch, &doomed.id());
+    pg::commit_by_hand(&url, touch, &doomed.id(), true);
     caught_up(&url, &a, &sentinel);
     assert_eq!(
         verdict(&a, doomed.secret()),

@@ -35,6 +35,18 @@ pub fn journal_path(path: &std::path::Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The files as a SIGKILL between two calls leaves them (every write is synchronous with
+/// its call), copied to a fresh directory, so a test can open them while the store is live.
+pub fn crash_image(path: &std::path::Path) -> Scratch {
+    let image = scratch();
+    std::fs::copy(path, &image.path).unwrap();
+    let journal = journal_path(path);
+    if journal.exists() {
+        std::fs::copy(journal, journal_path(&image.path)).unwrap();
+    }
+    image
+}
+
 pub const INTERVAL: Duration = Duration::from_secs(60);
 
 /// A builder for a store on a manual clock with the default 60 s interval.

@@ -368,3 +368,27 @@ pub fn restore(url: &str, backup: &[u8]) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Commits `sql` (`$1`: the id of `token`, `$2`: the version it takes) as another writer
+/// would, taking the next version; with `notify`, signals the replicas as tokencache does
+/// (without: as if the notification was lost).
+pub fn commit_by_hand(url: &str, sql: &str, token: &tokencache::TokenId, notify: bool) {
+    let mut admin = connect(url);
+    let mut tx = admin.transaction().unwrap();
+    let version: i64 = tx
+        .query_one(
+            "UPDATE tokencache_version SET version = version + 1 RETURNING version",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    tx.execute(sql, &[&token.to_string(), &version]).unwrap();
+    if notify {
+        tx.execute(
+            "SELECT pg_notify('tokencache', $1)",
+            &[&version.to_string()],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
