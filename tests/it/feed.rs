@@ -525,23 +525,51 @@ fn a_feed_capacity_of_zero_or_too_many_is_refused() {
     store.close().unwrap();
 }
 
-/// Two replicas of one PostgreSQL store in this process: B's issue and revoke reach A's
-/// feed with origin `Replica`; A's own issue and revoke arrive once each, with origin
-/// `Local`, and not again when A reads its own commits back from the database.
+/// Two replicas, A and B, of one fresh PostgreSQL store in this process.
 #[cfg(feature = "postgres")]
-#[test]
-fn a_revoke_on_another_replica_arrives_with_origin_replica_and_a_local_one_once() {
-    use common::pg;
-    /// Far above what a catch-up takes; it only turns a hang into a failure.
-    const HANG: Duration = Duration::from_secs(30);
-    let url = pg::fresh_db();
+fn two_replicas() -> (tokencache::TokenStore, tokencache::TokenStore) {
+    let url = common::pg::fresh_db();
     let open = || {
         tokencache::TokenStore::builder(&url)
             .poll_interval(Duration::from_secs(1))
             .open()
             .expect("open the PostgreSQL store")
     };
-    let (a, b) = (open(), open());
+    (open(), open())
+}
+
+/// A's events up to and including the one about `marker` (committed by B after everything
+/// the test looks at: versions are read in commit order, so once A has read the marker it
+/// has read its own commits back too), then whatever A published with that catch-up.
+#[cfg(feature = "postgres")]
+fn through_marker(a: &tokencache::TokenStore, feed: &Changes, marker: TokenId) -> Vec<ChangeEvent> {
+    /// Far above what a catch-up takes; it only turns a hang into a failure.
+    const HANG: Duration = Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        let item = feed
+            .recv_timeout(HANG)
+            .expect("the marker reaches A's feed");
+        let event = event(item);
+        let last = event.id == Some(marker);
+        seen.push(event);
+        if last {
+            break;
+        }
+    }
+    // Anything A published with the marker's catch-up is queued by now.
+    a.flush().unwrap();
+    seen.extend(queued(feed).into_iter().map(event));
+    seen
+}
+
+/// Two replicas of one PostgreSQL store in this process: B's issue and revoke reach A's
+/// feed with origin `Replica`; A's own issue and revoke arrive once each, with origin
+/// `Local`, and not again when A reads its own commits back from the database.
+#[cfg(feature = "postgres")]
+#[test]
+fn a_revoke_on_another_replica_arrives_with_origin_replica_and_a_local_one_once() {
+    let (a, b) = two_replicas();
     let feed = a.subscribe();
     let theirs = b.issue(NewToken::new("theirs")).unwrap();
     let mine = a.issue(NewToken::new("mine")).unwrap();
@@ -550,24 +578,10 @@ fn a_revoke_on_another_replica_arrives_with_origin_replica_and_a_local_one_once(
     // Committed after all of the above: versions are read in commit order, so once A has
     // read the marker it has read its own commits back too.
     let marker = b.issue(NewToken::new("marker")).unwrap();
-    let mut seen = Vec::new();
-    loop {
-        let item = feed
-            .recv_timeout(HANG)
-            .expect("the marker reaches A's feed");
-        let event = event(item);
-        let last = event.id == Some(marker.id());
-        seen.push((event.kind, token(&event), event.origin));
-        if last {
-            break;
-        }
-    }
-    // Anything A published with the marker's catch-up is queued by now.
-    a.flush().unwrap();
-    seen.extend(queued(&feed).into_iter().map(|item| {
-        let event = event(item);
-        (event.kind, token(&event), event.origin)
-    }));
+    let seen: Vec<_> = through_marker(&a, &feed, marker.id())
+        .iter()
+        .map(|event| (event.kind, token(event), event.origin))
+        .collect();
     let about = |id: TokenId| -> Vec<(ChangeKind, Origin)> {
         seen.iter()
             .filter(|(_, of, _)| *of == id)
@@ -603,17 +617,7 @@ fn a_revoke_on_another_replica_arrives_with_origin_replica_and_a_local_one_once(
 #[cfg(feature = "postgres")]
 #[test]
 fn keys_changes_on_another_replica_arrive_with_their_owner_and_origin_replica() {
-    use common::pg;
-    /// Far above what a catch-up takes; it only turns a hang into a failure.
-    const HANG: Duration = Duration::from_secs(30);
-    let url = pg::fresh_db();
-    let open = || {
-        tokencache::TokenStore::builder(&url)
-            .poll_interval(Duration::from_secs(1))
-            .open()
-            .expect("open the PostgreSQL store")
-    };
-    let (a, b) = (open(), open());
+    let (a, b) = two_replicas();
     let feed = a.subscribe();
     let theirs = b
         .issue(NewToken::new("theirs").owner("acme").meta("plan", "pro"))
@@ -631,20 +635,7 @@ fn keys_changes_on_another_replica_arrive_with_their_owner_and_origin_replica() 
     assert_eq!(a.revoke_owner("globex").unwrap(), 1);
     // Committed after all of the above (see the test before).
     let marker = b.issue(NewToken::new("marker")).unwrap();
-    let mut seen: Vec<ChangeEvent> = Vec::new();
-    loop {
-        let item = feed
-            .recv_timeout(HANG)
-            .expect("the marker reaches A's feed");
-        let event = event(item);
-        let last = event.id == Some(marker.id());
-        seen.push(event);
-        if last {
-            break;
-        }
-    }
-    a.flush().unwrap();
-    seen.extend(queued(&feed).into_iter().map(event));
+    let seen = through_marker(&a, &feed, marker.id());
     let about = |id: Option<TokenId>| -> Vec<(ChangeKind, Option<&str>, bool, Origin)> {
         seen.iter()
             .filter(|e| e.id == id && e.kind != ChangeKind::OwnerRateLimitSet)
