@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use sha2::{Digest as _, Sha256};
 use tokencache::{
     Clock, Error, ImportedToken, ManualClock, NewToken, RateLimit, Rejection, StoreView, TokenId,
@@ -656,28 +656,14 @@ fn apply(subject: &mut Subject, model: &mut Model, action: &Action, when: &str) 
     Ok(())
 }
 
-fn cases() -> u32 {
-    std::env::var("TOKENCACHE_KEYS_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(48)
-}
-
 /// The property: every sequence of calls, closes and reopens under other prefixes keeps
 /// the model's promises (see the module docs).
 #[test]
 fn random_sequences_of_owner_meta_import_and_prefix_calls_match_the_model() {
-    let config = Config {
-        cases: cases(),
-        failure_persistence: None,
-        max_shrink_iters: 2048,
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new(config);
     let steps = proptest::collection::vec(action(), 1..32).prop_map(Steps);
-    if let Err(failure) = runner.run(&steps, |steps| run(&steps)) {
-        panic!("{failure}");
-    }
+    common::run_model("TOKENCACHE_KEYS_CASES", 48, 2048, &steps, |steps| {
+        run(&steps)
+    });
 }
 
 /// A store on a manual clock issuing under `prefix`.

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use tokencache::__fault::{FaultPlan, FaultStep};
 use tokencache::{Clock, Error, ManualClock, NewToken, RateLimit, Rejection, TokenId, TokenStore};
 
@@ -673,28 +673,13 @@ fn changed(
     Ok(())
 }
 
-fn cases() -> u32 {
-    std::env::var("TOKENCACHE_MODEL_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(64)
-}
-
 /// The property: every sequence of calls, faults, closes and crashes keeps the model's
 /// promises (see the module docs).
 #[test]
 fn random_sequences_with_write_faults_and_crashes_keep_every_promise() {
-    let config = Config {
-        cases: cases(),
-        failure_persistence: None,
-        max_shrink_iters: 4096,
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new(config);
-    let result = runner.run(&steps(), |steps| run(&steps));
-    if let Err(failure) = result {
-        panic!("{failure}");
-    }
+    common::run_model("TOKENCACHE_MODEL_CASES", 64, 4096, &steps(), |steps| {
+        run(&steps)
+    });
 }
 
 /// The sequence the model test finds first on a store that closes without writing a

@@ -28,6 +28,32 @@ pub fn scratch() -> Scratch {
     Scratch { dir, path }
 }
 
+/// Runs a model-based property test: as many cases as the environment variable `var` says
+/// (else `default`), no failure file, shrinking up to `max_shrink` steps; a failure panics
+/// with the shrunk input.
+pub fn run_model<S: proptest::strategy::Strategy>(
+    var: &str,
+    default: u32,
+    max_shrink: u32,
+    strategy: &S,
+    test: impl Fn(S::Value) -> Result<(), proptest::test_runner::TestCaseError>,
+) {
+    let cases = std::env::var(var)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default);
+    let config = proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        max_shrink_iters: max_shrink,
+        ..proptest::test_runner::Config::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    if let Err(failure) = runner.run(strategy, test) {
+        panic!("{failure}");
+    }
+}
+
 /// The journal beside store `path`.
 pub fn journal_path(path: &std::path::Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
