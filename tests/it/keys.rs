@@ -16,7 +16,7 @@
 //! `TOKENCACHE_KEYS_CASES` sets the number of cases (default 48). Beside it, one test per
 //! promise.
 
-use crate::common::{self, journal_path, manual_builder, manual_store, scratch};
+use crate::common::{self, journal_path, manual_builder, manual_store, scratch, Steps};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -122,20 +122,6 @@ fn action() -> impl Strategy<Value = Action> {
         2 => (1u16..400).prop_map(Action::Advance),
         2 => (0..PREFIXES.len()).prop_map(Action::Reopen),
     ]
-}
-
-/// A sequence printed one numbered step a line.
-#[derive(Clone)]
-struct Steps(Vec<Action>);
-
-impl fmt::Debug for Steps {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f)?;
-        for (n, step) in self.0.iter().enumerate() {
-            writeln!(f, "  {:>2}. {step:?}", n + 1)?;
-        }
-        Ok(())
-    }
 }
 
 /// What the model knows of one token.
@@ -383,7 +369,7 @@ fn check_all(subject: &Subject, model: &Model, when: &str) -> Checked {
     Ok(())
 }
 
-fn run(steps: &Steps) -> Checked {
+fn run(steps: &Steps<Action>) -> Checked {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("tokens.snap");
     let mut subject = Subject {

@@ -20,6 +20,7 @@
 //! `TOKENCACHE_MODEL_CASES=5000 cargo test --release --all-features --test it model:: -- --nocapture`.
 
 use crate::common;
+use common::Steps;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -76,20 +77,6 @@ impl fmt::Debug for Step {
     }
 }
 
-/// A sequence printed one numbered step a line, as a person reads it.
-#[derive(Clone)]
-struct Steps(Vec<Step>);
-
-impl fmt::Debug for Steps {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f)?;
-        for (n, step) in self.0.iter().enumerate() {
-            writeln!(f, "  {:>2}. {step:?}", n + 1)?;
-        }
-        Ok(())
-    }
-}
-
 fn action() -> impl Strategy<Value = Action> {
     let lifetime = proptest::option::of(30u16..600);
     prop_oneof![
@@ -127,7 +114,7 @@ fn fault() -> impl Strategy<Value = Option<FaultStep>> {
     ]
 }
 
-fn steps() -> impl Strategy<Value = Steps> {
+fn steps() -> impl Strategy<Value = Steps<Step>> {
     let step = (action(), fault()).prop_map(|(action, fault)| Step { action, fault });
     proptest::collection::vec(step, 1..40).prop_map(Steps)
 }
@@ -406,7 +393,7 @@ fn check_crash(store: &TokenStore, model: &mut Model) -> Checked {
     Ok(())
 }
 
-fn run(steps: &Steps) -> Checked {
+fn run(steps: &Steps<Step>) -> Checked {
     let mut subject = Subject::new();
     let mut model = Model::default();
     for (n, step) in steps.0.iter().enumerate() {

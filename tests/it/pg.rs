@@ -300,21 +300,8 @@ fn a_change_committed_without_a_notification_arrives_by_the_poll() {
     pg::within(BOUND, || b.validate(issued.secret()).is_ok()).unwrap();
 
     // As a transaction of ours would, without its NOTIFY: as if the notification was lost.
-    let mut admin = pg::connect(&url);
-    let mut tx = admin.transaction().unwrap();
-    let version: i64 = tx
-        .query_one(
-            "UPDATE tokencache_version SET version = version + 1 RETURNING version",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    tx.execute(
-        "UPDATE tokencache_tokens SET revoked_at = 1, version = $2 WHERE id = $1",
-        &[&issued.id().to_string(), &version],
-    )
-    .unwrap();
-    tx.commit().unwrap();
+    let revoke = "UPDATE tokencache_tokens SET revoked_at = 1, version = $2 WHERE id = $1";
+    pg::commit_by_hand(&url, revoke, &issued.id(), false);
     let took = pg::within(poll + BOUND, || {
         b.validate(issued.secret()).err() == Some(Rejection::Revoked)
     })

@@ -28,6 +28,21 @@ pub fn scratch() -> Scratch {
     Scratch { dir, path }
 }
 
+/// A model test's sequence, printed one numbered step a line, as a person reads it (what a
+/// shrunk failure shows).
+#[derive(Clone)]
+pub struct Steps<T>(pub Vec<T>);
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Steps<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f)?;
+        for (n, step) in self.0.iter().enumerate() {
+            writeln!(f, "  {:>2}. {step:?}", n + 1)?;
+        }
+        Ok(())
+    }
+}
+
 /// Runs a model-based property test: as many cases as the environment variable `var` says
 /// (else `default`), no failure file, shrinking up to `max_shrink` steps; a failure panics
 /// with the shrunk input.
