@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Miri on the crate's one `unsafe` (map.rs: a lent entry kept alive by its reader's guard).
+# Miri on the crate's `unsafe` (map.rs: a lent entry, and the extras borrowed through it, kept
+# alive by the reader's guard; extras.rs: the pointer the extras hang from).
 # Needs the nightly toolchain's miri component: `rustup component add --toolchain nightly miri`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -167,7 +167,7 @@ pub(crate) fn apply(map: &Map, change: Change) -> Result<Changed, Problem> {
         Change::Extras(record) => {
             let (id, extras) = Extras::from_record(record, &map.owners)?;
             changed = map
-                .with(&id, |e| match e.extras().as_deref() {
+                .with(&id, |e| match e.extras() {
                     Some(old) => !old.same_as(&extras),
                     None => !extras.is_empty(),
                 })

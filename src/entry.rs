@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use subtle::ConstantTimeEq;
 
 use crate::error::Rejection;
-use crate::extras::Extras;
+use crate::extras::{Extras, ExtrasSlot, Unlinked};
 use crate::rate_limit::{Gcra, RateLimit};
 use crate::snapshot::{Problem, Record, RecordRef, Scopes};
 use crate::sync::{AtomicU64, Ordering};
@@ -70,7 +70,7 @@ pub(crate) struct Entry {
     /// only, never read on the hot path (which reads `hot.limiter`).
     rate_limit: RateLimitCell,
     /// Owner, metadata, import mark: null for most tokens; swapped whole by the persister.
-    extras: ExtrasCell,
+    extras: ExtrasSlot,
 }
 
 #[cfg(not(loom))]
@@ -78,6 +78,16 @@ const _: () = {
     assert!(std::mem::size_of::<Hot>() == 64);
     assert!(std::mem::size_of::<Entry>() == 128);
 };
+
+/// What `verdict` read of an admitted token besides revocation and expiry: whether it has
+/// an owner, whose shared limit `validate` checks too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// No owner.
+    Plain,
+    /// An owner.
+    Owned,
+}
 
 /// What [`Entry::touch`] asks of the caller.
 #[derive(Debug, PartialEq, Eq)]
@@ -112,7 +122,7 @@ impl Entry {
             revoked_at: AtomicU64::new(NEVER),
             persisted_last_used: AtomicU64::new(NEVER),
             rate_limit: RateLimitCell::new(rate_limit),
-            extras: ExtrasCell::default(),
+            extras: ExtrasSlot::default(),
         }
     }
 
@@ -165,12 +175,22 @@ impl Entry {
         bool::from(difference.ct_eq(&0))
     }
 
-    /// Revoked, expired at `now_ms`, or neither: one load of the status word.
+    /// Revoked, expired at `now_ms`, or neither: one load of the status word, whose
+    /// [`Standing`] the rest of the validation reads instead of loading it again.
     #[inline]
-    pub(crate) fn verdict(&self, now_ms: u64) -> Result<(), Rejection> {
+    pub(crate) fn verdict(&self, now_ms: u64) -> Result<Standing, Rejection> {
         // Acquire: pairs with the Release in `revoke` and `shorten_expiry`; a validation
         // that starts after `revoke` returned sees it (the persister's reply also orders it).
+        // And with the Release in `mark_owned`, which comes after the extras: a validation
+        // that sees the owner bit finds the owner.
         let status = self.hot.status.load(Ordering::Acquire);
+        // Most tokens: neither flag, so the word is the expiry itself.
+        if status & (REVOKED | OWNED) == 0 {
+            if status != NEVER && now_ms >= status {
+                return Err(Rejection::Expired);
+            }
+            return Ok(Standing::Plain);
+        }
         if status & REVOKED != 0 {
             return Err(Rejection::Revoked);
         }
@@ -178,57 +198,73 @@ impl Entry {
         if expiry != NEVER && now_ms >= expiry {
             return Err(Rejection::Expired);
         }
-        Ok(())
+        Ok(Standing::Owned)
     }
 
     /// Spends one request of the owner's shared rate limit at `now_ms`, if the token has an
-    /// owner; a token without one costs a load of the status word (in the line `verdict`
-    /// just read) and a branch.
+    /// owner as of `standing` (its `verdict`); a token without one costs a bit test.
     #[inline]
-    pub(crate) fn check_owner_rate(&self, now_ms: u64) -> Result<(), std::time::Duration> {
-        // Acquire: pairs with the Release in `set_extras`, which stores the extras before
-        // setting the bit, so a check that sees the bit finds the owner.
-        if self.hot.status.load(Ordering::Acquire) & OWNED == 0 {
-            return Ok(());
+    pub(crate) fn check_owner_rate(
+        &self,
+        standing: Standing,
+        now_ms: u64,
+    ) -> Result<(), std::time::Duration> {
+        match standing {
+            Standing::Plain => Ok(()),
+            Standing::Owned => self.check_owner_rate_slow(now_ms),
         }
-        self.check_owner_rate_slow(now_ms)
     }
 
     #[inline(never)]
     fn check_owner_rate_slow(&self, now_ms: u64) -> Result<(), std::time::Duration> {
-        match self.extras.load().as_ref().and_then(|x| x.owner.as_ref()) {
+        match self.extras().and_then(|x| x.owner.as_ref()) {
             Some(owner) => owner.check_rate(now_ms),
             None => Ok(()),
         }
     }
 
-    /// The token's extras (owner, metadata, import mark), if it has any.
-    pub(crate) fn extras(&self) -> ExtrasGuard {
-        self.extras.load()
+    /// The token's extras (owner, metadata, import mark), if it has any: borrowed, no
+    /// count taken.
+    #[inline]
+    pub(crate) fn extras(&self) -> Option<&Extras> {
+        self.extras.get()
     }
 
-    /// The token's extras as a counted reference (for the persister's records).
+    /// The token's extras as a counted reference, to keep beyond the borrow of the entry.
     pub(crate) fn extras_arc(&self) -> Option<std::sync::Arc<Extras>> {
-        Option::clone(&*self.extras.load())
+        self.extras.arc()
     }
 
     /// Whether the token belongs to `owner`.
     pub(crate) fn owner_is(&self, owner: &str) -> bool {
-        self.extras.load().as_ref().and_then(|x| x.owner_name()) == Some(owner)
+        self.extras().and_then(|x| x.owner_name()) == Some(owner)
     }
 
     /// Whether the token was imported (its digest is of a key minted elsewhere).
     pub(crate) fn is_imported(&self) -> bool {
-        self.extras.load().as_ref().is_some_and(|x| x.imported)
+        self.extras().is_some_and(|x| x.imported)
     }
 
-    /// Replaces the token's extras (empty ones are kept as none) and sets the owner bit to
-    /// match. Called by the persister only (and while loading, before the entry is shared),
-    /// like every other write of the status word.
-    pub(crate) fn set_extras(&self, extras: Option<Extras>) {
-        let extras = extras.filter(|x| !x.is_empty());
-        let owned = extras.as_ref().is_some_and(|x| x.owner.is_some());
-        self.extras.store(extras);
+    /// Sets the extras of an entry no other thread sees yet (empty ones are kept as none),
+    /// and the owner bit to match.
+    pub(crate) fn set_extras(&mut self, extras: Option<Extras>) {
+        let owned = owns(&extras);
+        self.extras.set(extras);
+        self.mark_owned(owned);
+    }
+
+    /// Replaces a shared entry's extras and sets the owner bit to match; the old extras
+    /// may still be borrowed, so the map retires them (`Map::set_extras`, its only caller).
+    /// Called by the persister only (and while loading), like every other write of the
+    /// status word.
+    pub(crate) fn replace_extras(&self, extras: Option<Extras>) -> Option<Unlinked> {
+        let owned = owns(&extras);
+        let old = self.extras.replace(extras);
+        self.mark_owned(owned);
+        old
+    }
+
+    fn mark_owned(&self, owned: bool) {
         // Release: pairs with the Acquire in `check_owner_rate` (the extras first).
         if owned {
             self.hot.status.fetch_or(OWNED, Ordering::Release);
@@ -504,54 +540,6 @@ impl RateLimitCell {
     }
 }
 
-/// A token's extras: swapped whole, read without a lock (the loom build uses a lock).
-#[cfg(not(loom))]
-#[derive(Default)]
-struct ExtrasCell(arc_swap::ArcSwapOption<Extras>);
-
-/// What reading an entry's extras holds: the extras stay alive while it lives.
-#[cfg(not(loom))]
-pub(crate) type ExtrasGuard = arc_swap::Guard<Option<std::sync::Arc<Extras>>>;
-
-#[cfg(not(loom))]
-impl ExtrasCell {
-    fn load(&self) -> ExtrasGuard {
-        self.0.load()
-    }
-
-    fn store(&self, extras: Option<Extras>) {
-        self.0.store(extras.map(std::sync::Arc::new));
-    }
-}
-
-#[cfg(loom)]
-#[derive(Default)]
-struct ExtrasCell(std::sync::Mutex<Option<std::sync::Arc<Extras>>>);
-
-/// What reading an entry's extras holds (a clone under loom).
-#[cfg(loom)]
-pub(crate) struct ExtrasGuard(Option<std::sync::Arc<Extras>>);
-
-#[cfg(loom)]
-impl std::ops::Deref for ExtrasGuard {
-    type Target = Option<std::sync::Arc<Extras>>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-#[cfg(loom)]
-impl ExtrasCell {
-    fn load(&self) -> ExtrasGuard {
-        ExtrasGuard(self.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
-    }
-
-    fn store(&self, extras: Option<Extras>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = extras.map(std::sync::Arc::new);
-    }
-}
-
 #[cfg(loom)]
 struct RateLimitCell(crate::sync::Mutex<Option<RateLimit>>);
 
@@ -682,7 +670,7 @@ mod tests {
         );
         let far = Entry::new(id, [0; 32], text(), 0, Some(u64::MAX), None);
         assert_eq!(far.verdict(u64::MAX - 1), Err(Rejection::Expired));
-        assert_eq!(far.verdict(EXPIRY - 1), Ok(()), "an expiry keeps 62 bits");
+        assert!(far.verdict(EXPIRY - 1).is_ok(), "an expiry keeps 62 bits");
         assert_eq!(far.expires_at(), Some(EXPIRY));
         assert_eq!(far.touch(u64::MAX), Touch::Send);
         assert_eq!(far.last_used(), Some(LATEST));
@@ -721,7 +709,7 @@ mod tests {
     fn status_word_says_revoked_before_expired_and_keeps_the_first_revocation() {
         let id: TokenId = "abcd1234".parse().unwrap();
         let e = Entry::new(id, [0; 32], pack_text::<&str>("x", &[]), 1, Some(100), None);
-        assert_eq!(e.verdict(99), Ok(()));
+        assert!(e.verdict(99).is_ok());
         assert_eq!(e.verdict(100), Err(Rejection::Expired));
         e.shorten_expiry(50);
         assert_eq!(e.expires_at(), Some(50));
@@ -784,4 +772,9 @@ mod twins {
             used >> 1
         }
     }
+}
+
+/// Whether these extras name an owner (the status word's owner bit).
+fn owns(extras: &Option<Extras>) -> bool {
+    extras.as_ref().is_some_and(|x| x.owner.is_some())
 }

@@ -178,3 +178,106 @@ mod tests {
         assert!(pack_meta(&[("k\0", "a")]).is_err());
     }
 }
+
+/// Where an entry keeps its [`Extras`]: null, or a pointer from [`Arc::into_raw`] holding
+/// one count. A reader borrows the extras without a lock and without touching the count,
+/// for as long as it borrows the entry; a validation that never asks pays nothing, and a
+/// [`ValidToken`](crate::ValidToken) stays as small as the entry's pointer.
+///
+/// This is sound because of how entries are reached. A shared entry is only ever borrowed
+/// from the map under its guard (`Map::read`, `with`, `with_all`), and only the map
+/// replaces a shared entry's extras (`Map::set_extras`), retiring the old ones into the
+/// same collector that frees removed entries: they are freed once every guard that was
+/// active when they were unlinked, so every reader that may have loaded them, is gone.
+/// An entry no one else sees yet is changed through `&mut` ([`ExtrasSlot::set`]).
+#[derive(Default)]
+pub(crate) struct ExtrasSlot(std::sync::atomic::AtomicPtr<Extras>);
+
+/// Extras unlinked from a shared entry that readers may still borrow: the map retires
+/// them (`Map::set_extras`). Dropped without that, they leak rather than dangle.
+#[must_use = "extras unlinked from a shared entry must be retired by its map"]
+pub(crate) struct Unlinked(std::ptr::NonNull<Extras>);
+
+// SAFETY: the pointer is an `Arc<Extras>`'s, and `Extras` is `Send + Sync`; moving the
+// count to another thread is what `Arc` allows.
+unsafe impl Send for Unlinked {}
+
+impl ExtrasSlot {
+    /// The extras, borrowed for as long as the entry is.
+    #[inline]
+    pub(crate) fn get(&self) -> Option<&Extras> {
+        // SeqCst: what seize's `Guard::protect` uses for a load under a guard (a plain load
+        // on x86), so a reader whose guard began after an unlink sees the new value.
+        let ptr = self.0.load(std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: non-null values come from `Arc::into_raw` and keep their count while
+        // linked; once unlinked they are freed only after every reader that may have loaded
+        // them is gone (see the type's docs), and `&self` does not outlive the reader.
+        unsafe { ptr.as_ref() }
+    }
+
+    /// The extras as a counted reference, to keep beyond the borrow of the entry.
+    pub(crate) fn arc(&self) -> Option<Arc<Extras>> {
+        let extras: *const Extras = self.get()?;
+        // SAFETY: `extras` came from `Arc::into_raw` and is alive (see `get`): one more
+        // count, handed to the `Arc` built from it.
+        unsafe {
+            Arc::increment_strong_count(extras);
+            Some(Arc::from_raw(extras))
+        }
+    }
+
+    /// Replaces the extras of an entry no other thread can see, freeing the old ones.
+    pub(crate) fn set(&mut self, extras: Option<Extras>) {
+        let old = std::mem::replace(self.0.get_mut(), into_raw(extras));
+        // SAFETY: `&mut self`: no reader borrows the old value.
+        drop(unsafe { from_raw(old) });
+    }
+
+    /// Links `extras` into a shared entry and returns the old ones, still borrowed maybe.
+    pub(crate) fn replace(&self, extras: Option<Extras>) -> Option<Unlinked> {
+        let old = self
+            .0
+            .swap(into_raw(extras), std::sync::atomic::Ordering::SeqCst);
+        std::ptr::NonNull::new(old).map(Unlinked)
+    }
+}
+
+impl Drop for ExtrasSlot {
+    fn drop(&mut self) {
+        // SAFETY: the entry is being dropped, so no reader borrows it or its extras.
+        drop(unsafe { from_raw(*self.0.get_mut()) });
+    }
+}
+
+impl Unlinked {
+    /// The pointer, to retire into a collector with [`Unlinked::free`] as its reclaimer.
+    pub(crate) fn into_raw(self) -> *mut Extras {
+        self.0.as_ptr()
+    }
+
+    /// Frees extras retired with [`Unlinked::into_raw`].
+    ///
+    /// # Safety
+    ///
+    /// `ptr` came from `into_raw`, is freed once, and no reader can still borrow it.
+    pub(crate) unsafe fn free(ptr: *mut Extras) {
+        // SAFETY: the caller's contract.
+        drop(unsafe { from_raw(ptr) });
+    }
+}
+
+/// Null for none (empty extras count as none).
+fn into_raw(extras: Option<Extras>) -> *mut Extras {
+    match extras.filter(|x| !x.is_empty()) {
+        Some(extras) => Arc::into_raw(Arc::new(extras)).cast_mut(),
+        None => std::ptr::null_mut(),
+    }
+}
+
+/// # Safety
+///
+/// `ptr` is null or came from [`into_raw`], and its count is not used again.
+unsafe fn from_raw(ptr: *mut Extras) -> Option<Arc<Extras>> {
+    // SAFETY: the caller's contract.
+    (!ptr.is_null()).then(|| unsafe { Arc::from_raw(ptr) })
+}

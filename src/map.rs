@@ -18,7 +18,7 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::entry::Entry;
-use crate::extras::Extras;
+use crate::extras::{Extras, Unlinked};
 use crate::owner::Owners;
 use crate::token::{Digest, Prefixes, TokenId};
 
@@ -114,7 +114,9 @@ impl Map {
         let found = self.entries.with(id, |e| {
             let was = e.is_imported();
             let now = extras.imported;
-            e.set_extras(Some(extras));
+            if let Some(old) = e.replace_extras(Some(extras)) {
+                self.entries.retire(old);
+            }
             (was, now, *e.digest())
         });
         match found {
@@ -346,6 +348,19 @@ mod papaya_map {
         pub(crate) fn len(&self) -> usize {
             self.inner.len()
         }
+
+        /// Frees extras unlinked from one of this map's entries once every guard that was
+        /// active meanwhile, so every reader that may borrow them, is gone.
+        pub(crate) fn retire(&self, old: Unlinked) {
+            let guard = self.inner.guard();
+            // SAFETY: `old` came from `Entry::replace_extras` on an entry of this map, so no
+            // new reader can load it, and it is retired once (`Unlinked` is consumed). The
+            // readers that may hold it borrowed the entry under a guard of this map's
+            // collector, which frees it only after all such guards are dropped.
+            unsafe { guard.defer_retire(old.into_raw(), |ptr, _| Unlinked::free(ptr)) };
+            // Into the collector now, not when this thread's batch fills (as `remove`).
+            guard.flush();
+        }
     }
 }
 
@@ -356,6 +371,8 @@ mod loom_map {
 
     pub(crate) struct Entries {
         inner: RwLock<Vec<Arc<Entry>>>,
+        /// Extras unlinked from entries, which `Lent` clones may still borrow.
+        retired: std::sync::Mutex<Vec<Unlinked>>,
     }
 
     /// A clone: the loom map cannot lend past its lock.
@@ -376,6 +393,7 @@ mod loom_map {
         pub(crate) fn with_capacity(capacity: usize) -> Entries {
             Entries {
                 inner: RwLock::new(Vec::with_capacity(capacity)),
+                retired: std::sync::Mutex::default(),
             }
         }
 
@@ -424,6 +442,28 @@ mod loom_map {
         pub(crate) fn len(&self) -> usize {
             self.inner.read().unwrap_or_else(|e| e.into_inner()).len()
         }
+
+        /// Keeps unlinked extras until the map drops: a loom model replaces a few at most.
+        pub(crate) fn retire(&self, old: Unlinked) {
+            self.retired
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(old);
+        }
+    }
+
+    impl Drop for Entries {
+        fn drop(&mut self) {
+            for old in self
+                .retired
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain(..)
+            {
+                // SAFETY: the map is being dropped: no entry of it is borrowed any more.
+                unsafe { Unlinked::free(old.into_raw()) };
+            }
+        }
     }
 }
 
@@ -436,7 +476,7 @@ mod tests {
         Entry::new(id, [1; 32], pack_text("lent", &["read"]), 0, None, None)
     }
 
-    /// The one `unsafe` in the crate: a lent entry stays valid while held, though another
+    /// The first `unsafe`: a lent entry stays valid while held, though another
     /// thread removes it and the map reclaims what it can meanwhile. Run under Miri:
     /// `cargo +nightly miri test --lib map::tests` (scripts/miri.sh).
     #[test]
@@ -466,5 +506,43 @@ mod tests {
         assert!(lent.digest_matches(&[1; 32]));
         drop(lent);
         assert_eq!(map.len(), 0);
+    }
+
+    /// The other `unsafe`: extras borrowed through a lent entry stay valid while it is held,
+    /// though another thread replaces them, and are freed once it is dropped (the owner's
+    /// count, which the first extras hold, comes back). Miri: `scripts/miri.sh`.
+    #[test]
+    fn borrowed_extras_outlive_their_replacement_while_the_entry_is_held() {
+        use crate::extras::{pack_meta, Extras};
+        let map = Map::with_capacity(0);
+        let id: TokenId = "00000001".parse().unwrap();
+        map.insert_new([entry(id)]).unwrap();
+        let extras =
+            |owner, plan: &str| Extras::new(owner, pack_meta(&[("plan", plan)]).unwrap(), false);
+        let acme = map.owners.get_or_add("acme");
+        map.set_extras(&id, extras(Some(acme.clone()), "first"));
+        let held = std::sync::Arc::strong_count(&acme);
+        let lent = map.read(&id).unwrap();
+        let plan = lent.extras().unwrap().meta("plan").unwrap();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for n in 0..40 {
+                    assert!(map.set_extras(&id, extras(None, &n.to_string())));
+                }
+            });
+        });
+        assert_eq!(plan, "first");
+        assert_eq!(lent.extras().unwrap().meta("plan"), Some("39"));
+        assert_eq!(
+            std::sync::Arc::strong_count(&acme),
+            held,
+            "freed while borrowed"
+        );
+        drop(lent);
+        let freed = (0..1000).any(|n| {
+            map.set_extras(&id, extras(None, &n.to_string()));
+            std::sync::Arc::strong_count(&acme) == held - 1
+        });
+        assert!(freed, "the replaced extras were never freed");
     }
 }

@@ -113,7 +113,7 @@ impl NewToken {
     ) -> Result<Entry, Error> {
         self.check()?;
         let expires_at = self.expires_in.map(|d| now.saturating_add(millis(d)));
-        let entry = Entry::new(
+        let mut entry = Entry::new(
             id,
             digest,
             entry::pack_text(&self.name, &self.scopes),
@@ -215,7 +215,6 @@ impl TokenInfo {
     /// The details of one token.
     pub(crate) fn of(entry: &Entry) -> TokenInfo {
         let extras = entry.extras();
-        let extras = extras.as_deref();
         TokenInfo {
             id: entry.id,
             name: entry.name().to_string(),
@@ -356,7 +355,7 @@ fn decode_hex_digest(hex: &str) -> Option<Digest> {
 /// replacement would restore the access its revocation or expiry ended.
 pub(crate) fn refuse_rotation(old: &Entry, now_ms: u64) -> Result<(), Error> {
     let why = match old.verdict(now_ms) {
-        Ok(()) => return Ok(()),
+        Ok(_) => return Ok(()),
         Err(Rejection::Revoked) => "revoked",
         Err(_) => "expired",
     };

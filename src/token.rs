@@ -35,6 +35,8 @@ const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmn
 
 /// `DIGIT[b]` is the base62 value of byte `b`, or `INVALID`.
 const INVALID: u8 = 0xFF;
+/// The bit every `INVALID` byte has and no digit value (0-61) has.
+const INVALID_BIT: u8 = 0x80;
 const DIGIT: [u8; 256] = {
     let mut table = [INVALID; 256];
     let mut i = 0;
@@ -179,22 +181,40 @@ pub(crate) fn check_prefix(prefix: &str) -> Result<(), String> {
 pub(crate) fn parse(token: &str, prefixes: &Prefixes) -> Option<TokenId> {
     let bytes = token.as_bytes();
     let len = bytes.len();
-    if !(TAIL_LEN + 1..=TAIL_LEN + MAX_PREFIX_LEN).contains(&len) {
-        return None;
+    // The default prefix on its own path: with the length and offsets constants (an
+    // array), the compiler drops the bounds checks and unrolls the loops.
+    if let Ok(fixed) = <&[u8; DEFAULT_PREFIX.len() + TAIL_LEN]>::try_from(bytes) {
+        if fixed.starts_with(DEFAULT_PREFIX.as_bytes()) {
+            return parse_tail(fixed, DEFAULT_PREFIX.len());
+        }
     }
-    let id_start = len - TAIL_LEN + 1;
-    let separator_at = id_start + ID_LEN;
-    let secret_start = separator_at + 1;
-    let checksum_start = secret_start + SECRET_LEN;
-    if bytes[id_start - 1] != b'_'
-        || bytes[separator_at] != b'_'
-        || !prefixes.contains(&bytes[..id_start - 1])
+    if !(TAIL_LEN + 1..=TAIL_LEN + MAX_PREFIX_LEN).contains(&len)
+        || !prefixes.contains(&bytes[..len - TAIL_LEN])
     {
         return None;
     }
-    let base62 =
-        |range: std::ops::Range<usize>| bytes[range].iter().all(|&b| DIGIT[b as usize] != INVALID);
-    if !base62(id_start..separator_at) || !base62(secret_start..len) {
+    parse_tail(bytes, len - TAIL_LEN)
+}
+
+/// The checks after the prefix, which takes the first `prefix_len` bytes (the caller
+/// checked it and that `bytes` is `prefix_len + TAIL_LEN` long).
+#[inline(always)]
+fn parse_tail(bytes: &[u8], prefix_len: usize) -> Option<TokenId> {
+    let id_start = prefix_len + 1;
+    let separator_at = id_start + ID_LEN;
+    let secret_start = separator_at + 1;
+    let checksum_start = secret_start + SECRET_LEN;
+    if bytes[prefix_len] != b'_' || bytes[separator_at] != b'_' {
+        return None;
+    }
+    // OR of every digit value, no branch per byte: valid digits are below 62, so the
+    // high bit is set only by an `INVALID` byte.
+    let digits = |range: std::ops::Range<usize>| {
+        bytes[range]
+            .iter()
+            .fold(0, |acc, &b| acc | DIGIT[b as usize])
+    };
+    if (digits(id_start..separator_at) | digits(secret_start..bytes.len())) & INVALID_BIT != 0 {
         return None;
     }
     let expected = decode_checksum(&bytes[checksum_start..])?;

@@ -5,13 +5,12 @@
 //! `Shared` is what the validating threads and the persister share; it sits here, below
 //! both the store and the persister, so neither imports the other for it.
 
-use std::cell::OnceCell;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 
 use crate::clock::{from_ms, Clock};
-use crate::entry::{self, Touch};
+use crate::entry::{self, Standing, Touch};
 use crate::error::Rejection;
 use crate::extras::Extras;
 use crate::inbox::{Inbox, Message};
@@ -45,7 +44,7 @@ impl Shared {
         token: &str,
         scope: Option<&str>,
     ) -> Result<ValidToken<'_>, Rejection> {
-        let (valid, now) = admit(&self.map, &*self.clock, token, scope)?;
+        let (valid, now, standing) = admit(&self.map, &*self.clock, token, scope)?;
         let entry = &valid.entry;
         // A plain field read when the policy is off (the default, and every file store).
         if self.max_staleness_ms != 0 && self.too_stale(now) {
@@ -58,7 +57,7 @@ impl Shared {
         }
         // The owner's shared limit after the token's own: both must admit. (A request the
         // owner's limit refuses has spent the token's quota; the owner's is the one shared.)
-        if let Err(retry_after) = entry.check_owner_rate(now) {
+        if let Err(retry_after) = entry.check_owner_rate(standing, now) {
             return Err(Rejection::RateLimited { retry_after });
         }
         if entry.touch(now) == Touch::Send {
@@ -112,8 +111,8 @@ pub(crate) const MAX_IMPORTED_LEN: usize = 1024;
 /// The checks of a validation that only read: shape, prefix and checksum, digest,
 /// revocation and expiry at the clock's time, then `scope`. A string that is not one of
 /// ours (or whose id is unknown) is looked up by digest among imported keys, if the store
-/// holds any. Returns the token, lent from `map`, and the time
-/// it was judged at. Writes nothing: the store's hot path and a [`StoreView`] share it.
+/// holds any. Returns the token, lent from `map`, the time it was judged at, and the
+/// status word it was judged by. Writes nothing: the store's hot path and a [`StoreView`] share it.
 ///
 /// [`StoreView`]: crate::StoreView
 #[inline(always)]
@@ -122,7 +121,7 @@ pub(crate) fn admit<'m>(
     clock: &dyn Clock,
     token: &str,
     scope: Option<&str>,
-) -> Result<(ValidToken<'m>, u64), Rejection> {
+) -> Result<(ValidToken<'m>, u64, Standing), Rejection> {
     let entry = match token::parse(token, &map.prefixes) {
         Some(id) => {
             // Hash before the lookup so an unknown id pays for the hash like a known one.
@@ -138,15 +137,11 @@ pub(crate) fn admit<'m>(
         None => return Err(Rejection::Malformed),
     };
     let now = clock.now_ms();
-    entry.verdict(now)?;
+    let standing = entry.verdict(now)?;
     if scope.is_some_and(|scope| !entry.has_scope(scope)) {
         return Err(Rejection::MissingScope);
     }
-    let valid = ValidToken {
-        entry,
-        extras: OnceCell::new(),
-    };
-    Ok((valid, now))
+    Ok((ValidToken { entry }, now, standing))
 }
 
 /// The imported key with this digest (compared in constant time), or `Unknown`.
@@ -173,49 +168,36 @@ fn imported<'m>(map: &'m Map, digest: &token::Digest) -> Result<Lent<'m>, Reject
 /// freed (the map frees a deleted entry once no reader that might hold it remains), so a
 /// `ValidToken` kept for a long time, or leaked, delays reclaiming their memory.
 pub struct ValidToken<'store> {
+    /// One pointer: the owner and metadata are borrowed through it too, uncounted.
     entry: Lent<'store>,
-    /// The entry's extras, counted on first use (most requests never ask, and most tokens
-    /// have none). One word, so a validation moves little more than the entry's.
-    extras: OnceCell<std::sync::Arc<Extras>>,
 }
 
 impl ValidToken<'_> {
     /// A copy of this token's details that does not borrow the store (one allocation; no
     /// memory shared with other requests is written, but for a token with an owner or
-    /// metadata the reference count of those).
+    /// metadata the reference count of those, which it shares).
     pub fn into_owned(self) -> OwnedToken {
         OwnedToken(std::sync::Arc::new(Detached {
             id: self.entry.id,
             text: self.entry.text().into(),
             expires_at: self.entry.expires_at(),
-            extras: self.extras.into_inner().or_else(|| self.entry.extras_arc()),
+            extras: self.entry.extras_arc(),
         }))
     }
 
-    /// The token's owner, if it has one. The first call of this, [`meta`](Self::meta) or
-    /// [`meta_pairs`](Self::meta_pairs) on a token that has an owner or metadata takes a
-    /// reference to them (one atomic increment, released when this value drops); a token
-    /// without either costs a load.
+    /// The token's owner, if it has one (borrowed: no allocation, no reference count).
     pub fn owner(&self) -> Option<&str> {
-        self.extras()?.owner_name()
+        self.entry.extras()?.owner_name()
     }
 
     /// The value of the token's metadata `key` (no allocation).
     pub fn meta(&self, key: &str) -> Option<&str> {
-        self.extras()?.meta(key)
+        self.entry.extras()?.meta(key)
     }
 
     /// Every metadata pair of the token, in the order given.
     pub fn meta_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.extras().into_iter().flat_map(|x| x.meta_pairs())
-    }
-
-    fn extras(&self) -> Option<&Extras> {
-        if let Some(extras) = self.extras.get() {
-            return Some(extras);
-        }
-        let extras = self.entry.extras_arc()?;
-        Some(self.extras.get_or_init(|| extras))
+        self.entry.extras().into_iter().flat_map(|x| x.meta_pairs())
     }
 
     /// The token's public id.

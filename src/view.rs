@@ -109,13 +109,13 @@ impl StoreView {
     /// `last_used`, no count) and does not check the rate limit: a token's quota lives in the
     /// memory of the process that has the store open.
     pub fn validate(&self, token: &str) -> Result<ValidToken<'_>, Rejection> {
-        validate::admit(&self.map, &SystemClock, token, None).map(|(valid, _)| valid)
+        validate::admit(&self.map, &SystemClock, token, None).map(|(valid, ..)| valid)
     }
 
     /// Like [`validate`](Self::validate), and also requires the token to grant `scope`
     /// (otherwise [`Rejection::MissingScope`]).
     pub fn validate_scope(&self, token: &str, scope: &str) -> Result<ValidToken<'_>, Rejection> {
-        validate::admit(&self.map, &SystemClock, token, Some(scope)).map(|(valid, _)| valid)
+        validate::admit(&self.map, &SystemClock, token, Some(scope)).map(|(valid, ..)| valid)
     }
 }
 

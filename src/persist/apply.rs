@@ -66,13 +66,16 @@ impl Persister {
         }
         for (id, meta, reply) in batch.metas.drain(..) {
             let extras = map.with(&id, |e| {
-                let extras = match e.extras().as_deref() {
+                let extras = match e.extras() {
                     Some(old) => old.with_meta(meta),
                     None => Extras::new(None, meta, false),
                 };
-                let record = extras.record(id).into_owned();
-                e.set_extras(Some(extras));
                 events.applied(ChangeKind::MetaSet, id, events.owner(e), now);
+                extras
+            });
+            let extras = extras.map(|extras| {
+                let record = extras.record(id).into_owned();
+                map.set_extras(&id, extras);
                 ChangeRef::Extras(record)
             });
             applied.kinds.add(Kind::Meta, usize::from(extras.is_some()));

@@ -464,12 +464,11 @@ pub fn open_recorded_owned(
     let recovered = Recovered::fresh(entries);
     if let Some(owner) = owner {
         let map = &recovered.map;
-        map.with_all(|entries| {
-            for entry in entries {
-                let owner = Some(map.owners.get_or_add(owner));
-                entry.set_extras(Some(crate::extras::Extras::new(owner, "".into(), false)));
-            }
-        });
+        let ids = map.with_all(|entries| entries.iter().map(|e| e.id).collect::<Vec<_>>());
+        for id in ids {
+            let owner = Some(map.owners.get_or_add(owner));
+            map.set_extras(&id, crate::extras::Extras::new(owner, "".into(), false));
+        }
     }
     let location = Location::File(builder.path.clone());
     let store = builder.start(location, recovered, Box::new(recorder), None, None)?;

@@ -267,7 +267,7 @@ impl TokenStore {
             template.ok_or(Error::UnknownId(*id))??;
         let (secret, new_id) = self.fresh_id(&HashSet::new())?;
         let expires_at = lifetime.map(|l| now.saturating_add(l));
-        let new = Box::new(Entry::new(
+        let mut new = Box::new(Entry::new(
             new_id,
             token::digest(&secret),
             text,
