@@ -151,3 +151,22 @@ def test_a_postgresql_store_is_shared_by_two_replicas(pg_url):
         with pytest.raises(tokencache.Revoked):
             b.validate(issued.secret)
         assert "postgres" in a.location
+
+
+def test_a_live_forked_child_keeps_the_file_lock_until_it_exits(path):
+    # Documented in docs/PYTHON.md ("fork"): the lock is an flock on a descriptor the child
+    # inherits, so the parent cannot reopen the store while a child forked after the open
+    # is alive, even after closing it. Fork before opening (or open in each worker).
+    store = TokenStore(path)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.read(r, 1)
+        os._exit(0)
+    store.close()
+    with pytest.raises(tokencache.LockedError, match="tokens.snap.lock"):
+        TokenStore(path)
+    os.write(w, b"x")
+    os.waitpid(pid, 0)
+    with TokenStore(path) as again:
+        assert again.list() == []
