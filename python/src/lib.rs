@@ -28,6 +28,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<objects::ManualClock>()?;
     m.add_function(wrap_pyfunction!(objects::inspect, m)?)?;
     m.add_function(wrap_pyfunction!(objects::parse_rate_limit, m)?)?;
+    m.add_function(wrap_pyfunction!(fork::_release_inherited_locks, m)?)?;
     m.add("FORMAT_VERSION", tokencache::FORMAT_VERSION)?;
     m.add("DEFAULT_PREFIX", tokencache::PREFIX.trim_end_matches('_'))?;
     Ok(())

@@ -204,7 +204,7 @@ impl TokenStore {
         lock_timeout=None, idle_in_transaction_timeout=None, migrate_schema=true,
         tombstone_horizon=None, ssl_mode=None, ssl_root_cert=None, ssl_client_cert=None
     ))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "Python's keyword arguments")]
     fn new(
         py: Python<'_>,
         path_or_url: &Bound<'_, PyAny>,
@@ -277,6 +277,9 @@ impl TokenStore {
         }
         let generation = fork::generation();
         let store = py.detach(|| builder.open()).map_err(|e| error(py, e))?;
+        if let tokencache::Location::File(file) = store.location() {
+            fork::opened(file);
+        }
         Ok(TokenStore {
             store: Some(store),
             closed: AtomicBool::new(false),
@@ -333,6 +336,7 @@ impl TokenStore {
     /// Issues a token, durably (on disk when this returns). `expires_in`: seconds or a
     /// timedelta; `rate_limit`: `"100/s"`, `"600/min burst 20"`...; `meta`: a dict of str.
     #[pyo3(signature = (name, *, scopes=None, expires_in=None, rate_limit=None, owner=None, meta=None))]
+    #[allow(clippy::too_many_arguments, reason = "Python's keyword arguments")]
     fn issue(
         &self,
         py: Python<'_>,
@@ -508,7 +512,7 @@ impl TokenStore {
     /// Imports a key minted elsewhere by its SHA-256 (64 hex digits), durably; returns its
     /// id. `validate` accepts the key from then on.
     #[pyo3(signature = (sha256, *, name=None, scopes=None, expires_at=None, created_at=None, rate_limit=None, owner=None, meta=None))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "Python's keyword arguments")]
     fn import_key(
         &self,
         py: Python<'_>,

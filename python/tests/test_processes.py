@@ -153,20 +153,25 @@ def test_a_postgresql_store_is_shared_by_two_replicas(pg_url):
         assert "postgres" in a.location
 
 
-def test_a_live_forked_child_keeps_the_file_lock_until_it_exits(path):
-    # Documented in docs/PYTHON.md ("fork"): the lock is an flock on a descriptor the child
-    # inherits, so the parent cannot reopen the store while a child forked after the open
-    # is alive, even after closing it. Fork before opening (or open in each worker).
+def test_a_live_forked_child_does_not_keep_the_parents_store_locked(path):
+    # The lock is an flock on a descriptor the child inherits; the package's after-fork
+    # hook closes the child's copy, so the parent's close releases the store at once.
     store = TokenStore(path)
+    store.issue("x")
     r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        os.write(ready_w, b"r")  # os.fork() ran the after-fork hooks before returning here
         os.read(r, 1)
         os._exit(0)
-    store.close()
-    with pytest.raises(tokencache.LockedError, match="tokens.snap.lock"):
-        TokenStore(path)
-    os.write(w, b"x")
-    os.waitpid(pid, 0)
-    with TokenStore(path) as again:
-        assert again.list() == []
+    assert os.read(ready_r, 1) == b"r"
+    try:
+        with pytest.raises(tokencache.LockedError, match="tokens.snap.lock"):
+            TokenStore(path)  # the parent's own lock stands
+        store.close()
+        with TokenStore(path) as again:  # while the child still lives
+            assert [t.name for t in again.list()] == ["x"]
+    finally:
+        os.write(w, b"x")
+        os.waitpid(pid, 0)

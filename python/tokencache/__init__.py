@@ -20,6 +20,8 @@ integration: :mod:`tokencache.flask`, :mod:`tokencache.fastapi`,
 
 from __future__ import annotations
 
+import os as _os
+
 from ._errors import (
     BadPathError,
     ClosedError,
@@ -53,11 +55,16 @@ from ._native import (
     Token,
     TokenInfo,
     TokenStore,
+    _release_inherited_locks,
     inspect,
     parse_rate_limit,
 )
 
 __version__ = "0.1.0"
+
+# A forked child must not keep the parent's file stores locked (docs/PYTHON.md, "fork").
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_release_inherited_locks)
 
 __all__ = [
     "DEFAULT_PREFIX",
