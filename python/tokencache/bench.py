@@ -260,7 +260,7 @@ def report(rows: List[dict], tokens: int, seconds: float, out) -> None:
       f"{tokens} tokens, mix 95% valid / 2% revoked / 1.5% unknown / 1.5% malformed; "
       f"{seconds:g} s per design and thread count (seed-original: a fifth of it); every call timed")
     p("")
-    p(f"{'design':<21}{'threads':>7}{'valid./s':>11}{'p50':>10}{'p99':>10}{'writes':>8}{'/100 val.':>10}"
+    p(f"{'design':<21}{'threads':>7}{'calls/s':>11}{'p50':>10}{'p99':>10}{'writes':>8}{'/100 val.':>10}"
       f"  {'<0.2 ms':<8}{'1 write':<8}{'60 s':<5}")
     yes = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     for r in rows:
