@@ -1,6 +1,7 @@
 # Type stubs of the tokencache package (the native classes live in tokencache._native).
 from datetime import datetime, timedelta
 from os import PathLike
+from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ._errors import (
@@ -125,7 +126,7 @@ class StoreView:
     def validate(self, token: str, scope: Optional[str] = None) -> Token: ...
     def __len__(self) -> int: ...
     @property
-    def path(self) -> str: ...
+    def path(self) -> Path: ...
 
 class TokenStore:
     """An API-token store (a file, or a PostgreSQL URL). Safe to share between threads;
