@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::credits::{CreditsRecord, Meter};
 use crate::entry;
 use crate::extras::Extras;
 use crate::map::Map;
@@ -46,6 +47,12 @@ pub(crate) enum Change {
     },
     /// The store issues (or issued) tokens under this prefix: it stays accepted.
     Prefix(String),
+    // Journal version 3 appends the variants below.
+    /// The token's credits are now these: set (at issue, `set_credits`), or as spent
+    /// (written behind, with `last_used`).
+    Credits(CreditsRecord),
+    /// The token's credits were removed.
+    NoCredits { id: [u8; 8] },
 }
 
 /// What a record is written from: a [`Change`] whose new token borrows its entry's text.
@@ -85,6 +92,10 @@ pub(crate) enum ChangeRef<'a> {
         limit: Option<RateLimitRecord>,
     },
     Prefix(String),
+    Credits(CreditsRecord),
+    NoCredits {
+        id: [u8; 8],
+    },
 }
 
 /// What [`apply`] changed in memory, for the change feed (a `last_used` is no change).
@@ -202,6 +213,24 @@ pub(crate) fn apply(map: &Map, change: Change) -> Result<Changed, Problem> {
                 .add(&prefix)
                 .map_err(|_| Problem::BadPrefix(prefix))?;
             return Ok(Changed::Nothing);
+        }
+        Change::Credits(record) => {
+            let id = token_id(record.id)?;
+            let meter = Meter::from_record(&record).map_err(|why| Problem::BadCredits {
+                id: id.to_string(),
+                why,
+            })?;
+            // A state written behind is no change for the feed; only loading applies it.
+            map.set_meter(&id, Some(meter));
+            return Ok(Changed::Nothing);
+        }
+        Change::NoCredits { id } => {
+            let id = token_id(id)?;
+            changed = map.with(&id, |e| e.meter().is_some()).unwrap_or(false);
+            if changed {
+                map.set_meter(&id, None);
+            }
+            id
         }
     };
     Ok(if changed {

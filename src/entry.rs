@@ -19,6 +19,7 @@ use std::collections::HashSet;
 use subtle::ConstantTimeEq;
 
 use crate::error::Rejection;
+use crate::credits::{Meter, Spent};
 use crate::extras::{Extras, ExtrasSlot, Unlinked};
 use crate::rate_limit::{Gcra, RateLimit};
 use crate::snapshot::{Problem, Record, RecordRef, Scopes};
@@ -32,8 +33,12 @@ const REVOKED: u64 = 1 << 63;
 /// The owner bit of the status word: the token has an owner, whose shared rate limit
 /// `validate` checks too.
 const OWNED: u64 = 1 << 62;
-/// The expiry bits of the status word (an expiry past the year 146 million is clamped).
-const EXPIRY: u64 = OWNED - 1;
+/// The credits bit of the status word: the token has credits, which `validate` spends.
+const METERED: u64 = 1 << 61;
+/// The flags `verdict` tests in one branch: a token with none of them pays for none.
+const FLAGS: u64 = REVOKED | OWNED | METERED;
+/// The expiry bits of the status word (an expiry past the year 73 million is clamped).
+const EXPIRY: u64 = METERED - 1;
 /// The dirty bit of the `used` word; the other bits hold `last_used << 1`.
 const DIRTY: u64 = 1;
 /// The latest time either word can hold (63 bits of milliseconds: the year 292 million).
@@ -80,13 +85,19 @@ const _: () = {
 };
 
 /// What `verdict` read of an admitted token besides revocation and expiry: whether it has
-/// an owner, whose shared limit `validate` checks too.
+/// an owner, whose shared limit `validate` checks too, and credits, which it spends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Standing {
-    /// No owner.
-    Plain,
-    /// An owner.
-    Owned,
+pub(crate) struct Standing {
+    owned: bool,
+    metered: bool,
+}
+
+impl Standing {
+    /// Neither: the common token.
+    const PLAIN: Standing = Standing {
+        owned: false,
+        metered: false,
+    };
 }
 
 /// What [`Entry::touch`] asks of the caller.
@@ -181,15 +192,15 @@ impl Entry {
     pub(crate) fn verdict(&self, now_ms: u64) -> Result<Standing, Rejection> {
         // Acquire: pairs with the Release in `revoke` and `shorten_expiry`; a validation
         // that starts after `revoke` returned sees it (the persister's reply also orders it).
-        // And with the Release in `mark_owned`, which comes after the extras: a validation
+        // And with the Release in `mark_flags`, which comes after the extras: a validation
         // that sees the owner bit finds the owner.
         let status = self.hot.status.load(Ordering::Acquire);
-        // Most tokens: neither flag, so the word is the expiry itself.
-        if status & (REVOKED | OWNED) == 0 {
+        // Most tokens: no flag, so the word is the expiry itself.
+        if status & FLAGS == 0 {
             if status != NEVER && now_ms >= status {
                 return Err(Rejection::Expired);
             }
-            return Ok(Standing::Plain);
+            return Ok(Standing::PLAIN);
         }
         if status & REVOKED != 0 {
             return Err(Rejection::Revoked);
@@ -198,7 +209,10 @@ impl Entry {
         if expiry != NEVER && now_ms >= expiry {
             return Err(Rejection::Expired);
         }
-        Ok(Standing::Owned)
+        Ok(Standing {
+            owned: status & OWNED != 0,
+            metered: status & METERED != 0,
+        })
     }
 
     /// Spends one request of the owner's shared rate limit at `now_ms`, if the token has an
@@ -209,10 +223,34 @@ impl Entry {
         standing: Standing,
         now_ms: u64,
     ) -> Result<(), std::time::Duration> {
-        match standing {
-            Standing::Plain => Ok(()),
-            Standing::Owned => self.check_owner_rate_slow(now_ms),
+        if standing.owned {
+            self.check_owner_rate_slow(now_ms)
+        } else {
+            Ok(())
         }
+    }
+
+    /// Spends `cost` of the token's credits at `now_ms`, if it has credits as of
+    /// `standing`; a token without costs a bit test.
+    #[inline]
+    pub(crate) fn spend(&self, standing: Standing, cost: u64, now_ms: u64) -> Spent {
+        if !standing.metered {
+            return Spent::Yes { send: false };
+        }
+        self.spend_slow(cost, now_ms)
+    }
+
+    #[inline(never)]
+    fn spend_slow(&self, cost: u64, now_ms: u64) -> Spent {
+        match self.extras().and_then(|x| x.meter.as_deref()) {
+            Some(meter) => meter.spend(cost, now_ms),
+            None => Spent::Yes { send: false },
+        }
+    }
+
+    /// The token's credits meter, if it has credits.
+    pub(crate) fn meter(&self) -> Option<&Meter> {
+        self.extras()?.meter.as_deref()
     }
 
     #[inline(never)]
@@ -246,11 +284,11 @@ impl Entry {
     }
 
     /// Sets the extras of an entry no other thread sees yet (empty ones are kept as none),
-    /// and the owner bit to match.
+    /// and the owner and credits bits to match.
     pub(crate) fn set_extras(&mut self, extras: Option<Extras>) {
-        let owned = owns(&extras);
+        let flags = flags_of(&extras);
         self.extras.set(extras);
-        self.mark_owned(owned);
+        self.mark_flags(flags);
     }
 
     /// Replaces a shared entry's extras and sets the owner bit to match; the old extras
@@ -258,18 +296,23 @@ impl Entry {
     /// Called by the persister only (and while loading), like every other write of the
     /// status word.
     pub(crate) fn replace_extras(&self, extras: Option<Extras>) -> Option<Unlinked> {
-        let owned = owns(&extras);
+        let flags = flags_of(&extras);
         let old = self.extras.replace(extras);
-        self.mark_owned(owned);
+        self.mark_flags(flags);
         old
     }
 
-    fn mark_owned(&self, owned: bool) {
-        // Release: pairs with the Acquire in `check_owner_rate` (the extras first).
-        if owned {
-            self.hot.status.fetch_or(OWNED, Ordering::Release);
-        } else {
-            self.hot.status.fetch_and(!OWNED, Ordering::Release);
+    /// Sets the owner and credits bits to `flags` (the other bits as they are).
+    fn mark_flags(&self, flags: u64) {
+        // Release: pairs with the Acquire in `verdict` (the extras first, so a validation
+        // that sees a bit finds what it stands for).
+        let set = flags & (OWNED | METERED);
+        let clear = !flags & (OWNED | METERED);
+        if set != 0 {
+            self.hot.status.fetch_or(set, Ordering::Release);
+        }
+        if clear != 0 {
+            self.hot.status.fetch_and(!clear, Ordering::Release);
         }
     }
 
@@ -652,6 +695,7 @@ mod tests {
             extras: &[],
             owners: &[],
             prefixes: &[],
+            credits: &[],
         });
         let owned = Body::tokens(3, 5, entries.iter().map(|e| e.to_record(42)).collect());
         assert_eq!(image, encode(&owned));
@@ -670,7 +714,7 @@ mod tests {
         );
         let far = Entry::new(id, [0; 32], text(), 0, Some(u64::MAX), None);
         assert_eq!(far.verdict(u64::MAX - 1), Err(Rejection::Expired));
-        assert!(far.verdict(EXPIRY - 1).is_ok(), "an expiry keeps 62 bits");
+        assert!(far.verdict(EXPIRY - 1).is_ok(), "an expiry keeps 61 bits");
         assert_eq!(far.expires_at(), Some(EXPIRY));
         assert_eq!(far.touch(u64::MAX), Touch::Send);
         assert_eq!(far.last_used(), Some(LATEST));
@@ -774,7 +818,10 @@ mod twins {
     }
 }
 
-/// Whether these extras name an owner (the status word's owner bit).
-fn owns(extras: &Option<Extras>) -> bool {
-    extras.as_ref().is_some_and(|x| x.owner.is_some())
+/// The status word's bits for these extras: owner, credits.
+fn flags_of(extras: &Option<Extras>) -> u64 {
+    let Some(extras) = extras else { return 0 };
+    let owned = if extras.owner.is_some() { OWNED } else { 0 };
+    let metered = if extras.meter.is_some() { METERED } else { 0 };
+    owned | metered
 }

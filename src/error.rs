@@ -200,6 +200,14 @@ pub enum Rejection {
     /// for any token (a revocation elsewhere may not have reached it). Try again later.
     #[error("token store unavailable: this replica is too far behind its database")]
     Unavailable,
+    /// The token has credits ([`Credits`](crate::Credits)) and not enough remain for this
+    /// call's cost; nothing was spent. `retry_after` is the time to the next refill, if the
+    /// credits refill.
+    #[error("usage exceeded: the token's credits are spent")]
+    UsageExceeded {
+        /// How long until the credits refill, if they do.
+        retry_after: Option<Duration>,
+    },
 }
 
 impl Rejection {
@@ -233,6 +241,7 @@ impl Rejection {
             Rejection::RateLimited { .. } => 4,
             Rejection::MissingScope => 5,
             Rejection::Unavailable => 6,
+            Rejection::UsageExceeded { .. } => 7,
         }
     }
 }
@@ -264,7 +273,7 @@ pub(crate) enum Challenge {
 
 /// Every kind of rejection, in [`Rejection::index`] order (which is also the order of the
 /// [`Rejections`](crate::Rejections) counters).
-pub(crate) const REASONS: [Reason; 7] = [
+pub(crate) const REASONS: [Reason; 8] = [
     Reason {
         name: "malformed",
         http_status: 401,
@@ -306,6 +315,12 @@ pub(crate) const REASONS: [Reason; 7] = [
         http_status: 503,
         challenge: Challenge::None,
         advice: "this replica has not reached its database for longer than its max staleness; try again later",
+    },
+    Reason {
+        name: "usage_exceeded",
+        http_status: 429,
+        challenge: Challenge::None,
+        advice: "the token's credits are spent (set more with set_credits, or wait for the refill)",
     },
 ];
 
@@ -362,6 +377,11 @@ mod tests {
             ),
             (Rejection::MissingScope, "missing_scope", 403),
             (Rejection::Unavailable, "unavailable", 503),
+            (
+                Rejection::UsageExceeded { retry_after: None },
+                "usage_exceeded",
+                429,
+            ),
         ];
         assert_eq!(all.len(), REASONS.len());
         let mut seen = [false; REASONS.len()];

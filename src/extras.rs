@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use crate::credits::Meter;
 use crate::owner::{self, Owner, Owners};
 use crate::snapshot::{ExtrasRecord, ExtrasRef, Problem};
 use crate::token::TokenId;
@@ -14,12 +15,16 @@ pub(crate) const MAX_META_BYTES: usize = 4096;
 /// Separates keys and values in packed metadata (none holds it).
 const SEPARATOR: char = '\0';
 
-/// A token's owner, metadata and import mark, as one immutable value.
+/// A token's owner, metadata, import mark and credits, as one immutable value (the
+/// credits' meter spends through atomics of its own).
 pub(crate) struct Extras {
     pub(crate) owner: Option<Arc<Owner>>,
     /// Each key, then its value, each followed by [`SEPARATOR`], in the order given.
     meta: Box<str>,
     pub(crate) imported: bool,
+    /// The token's credits, if it has any (shared by the extras that replace these when
+    /// only the metadata changes).
+    pub(crate) meter: Option<Arc<Meter>>,
 }
 
 impl Extras {
@@ -29,7 +34,14 @@ impl Extras {
             owner,
             meta,
             imported,
+            meter: None,
         }
+    }
+
+    /// The same extras with `meter` as the token's credits.
+    pub(crate) fn with_meter(mut self, meter: Option<Arc<Meter>>) -> Extras {
+        self.meter = meter;
+        self
     }
 
     /// The extras a record describes, checked as `NewToken` checks them (a file or a row
@@ -56,14 +68,14 @@ impl Extras {
         Ok((id, Extras::new(owner, meta, record.imported)))
     }
 
-    /// The same owner and import mark with other metadata.
+    /// The same owner, import mark and credits with other metadata.
     pub(crate) fn with_meta(&self, meta: Box<str>) -> Extras {
-        Extras::new(self.owner.clone(), meta, self.imported)
+        Extras::new(self.owner.clone(), meta, self.imported).with_meter(self.meter.clone())
     }
 
-    /// Whether there is nothing to keep: no owner, no metadata, not imported.
+    /// Whether there is nothing to keep: no owner, no metadata, not imported, no credits.
     pub(crate) fn is_empty(&self) -> bool {
-        self.owner.is_none() && self.meta.is_empty() && !self.imported
+        self.owner.is_none() && self.meta.is_empty() && !self.imported && self.meter.is_none()
     }
 
     /// Whether `other` holds the same owner, metadata and import mark (a replica's own

@@ -76,6 +76,14 @@ pub enum ChangeKind {
     /// The rate limit shared by every token of an owner was set or removed: one event for
     /// the owner, whose `id` is `None` (it changes no token, and an owner may have none).
     OwnerRateLimitSet,
+    /// A token's credits were set or removed (`set_credits`; credits given at issue are
+    /// part of its [`Issued`](ChangeKind::Issued) event).
+    CreditsSet,
+    /// Spending took a token's remaining credits below the threshold set with them
+    /// ([`Credits::alert_below`](crate::Credits::alert_below)): once per crossing, published
+    /// with the write that records that spending (within one flush interval, or at
+    /// `flush`).
+    CreditsLow,
 }
 
 impl ChangeKind {
@@ -92,6 +100,8 @@ impl ChangeKind {
             ChangeKind::MetaSet => "meta_set",
             ChangeKind::Imported => "imported",
             ChangeKind::OwnerRateLimitSet => "owner_rate_limit_set",
+            ChangeKind::CreditsSet => "credits_set",
+            ChangeKind::CreditsLow => "credits_low",
         }
     }
 }

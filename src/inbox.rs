@@ -44,6 +44,8 @@ pub(crate) enum Message {
     SetOwnerRateLimit(String, Option<RateLimit>, Reply),
     /// Replace this token's metadata (packed, checked) durably, then reply.
     SetMeta(TokenId, Box<str>, Reply),
+    /// Set (a new meter, checked) or remove this token's credits durably, then reply.
+    SetCredits(TokenId, Option<Box<crate::credits::Meter>>, Reply),
     /// Delete every token revoked or expired at or before this time (Unix ms) durably, then
     /// reply with how many.
     Purge(u64, Reply),

@@ -263,7 +263,12 @@ impl<S> TokenService<S> {
     fn refuse<B: Default>(&self, refusal: Refusal) -> Response<B> {
         let mut response = Response::new(B::default());
         *response.status_mut() = refusal.status();
-        if let Refusal::Rejected(Rejection::RateLimited { retry_after }) = refusal {
+        let retry_after = match refusal {
+            Refusal::Rejected(Rejection::RateLimited { retry_after }) => Some(retry_after),
+            Refusal::Rejected(Rejection::UsageExceeded { retry_after }) => retry_after,
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
             // Whole seconds, rounded up, so a client that waits that long is admitted.
             let seconds = retry_after.as_nanos().div_ceil(1_000_000_000);
             response

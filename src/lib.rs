@@ -51,6 +51,7 @@
 
 mod change;
 mod clock;
+mod credits;
 mod entry;
 mod error;
 mod extras;
@@ -81,6 +82,7 @@ mod validate;
 mod view;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use credits::{Credits, Refill, MAX_CREDITS, MIN_REFILL_PERIOD};
 pub use error::{Error, Rejection};
 pub use feed::{
     ChangeEvent, ChangeKind, Changes, Feed, FeedError, Origin, DEFAULT_FEED_CAPACITY,
@@ -142,12 +144,13 @@ pub mod __fuzz {
     /// uniqueness and rate limit, then each token's extras, owners' limits and recorded
     /// prefixes loaded onto the tokens). `Ok(tokens)` if it would open; `Err` says why not.
     pub fn check_snapshot(bytes: &[u8]) -> Result<usize, String> {
-        let body = snapshot::decode(bytes).map_err(|e| format!("{e:?}"))?;
+        let mut body = snapshot::decode(bytes).map_err(|e| format!("{e:?}"))?;
+        let beside = body.take_beside();
         let entries = entry::load(body.records).map_err(|e| e.to_string())?;
         let map = crate::map::Map::with_capacity(entries.len());
         map.insert_new(entries)
             .map_err(|e| format!("token {} twice", e.0))?;
-        crate::recover::load_shared(&map, body.extras, body.owners, body.prefixes)
+        crate::recover::load_shared(&map, beside)
             .map_err(|e| e.to_string())?;
         Ok(map.len())
     }
@@ -256,6 +259,7 @@ pub mod __churn {
 #[doc(hidden)]
 pub mod __loom {
     pub use crate::persist::{Recorded, Recorder};
+    pub use crate::credits::{Meter, Spent, Taken};
     pub use crate::rate_limit::Gcra;
     pub use crate::store::{open_recorded, open_recorded_owned};
     pub use crate::sync::bug::{plant, Bug, Planted};

@@ -18,6 +18,7 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::entry::Entry;
+use crate::credits::Meter;
 use crate::extras::{Extras, Unlinked};
 use crate::owner::Owners;
 use crate::token::{Digest, Prefixes, TokenId};
@@ -108,11 +109,29 @@ impl Map {
         removed
     }
 
-    /// Replaces token `id`'s extras (persister, or loading), keeping the digest index in
-    /// step with its import mark. `false` if there is no such token.
+    /// Replaces token `id`'s owner, metadata and import mark (persister, or loading),
+    /// keeping its credits, and the digest index in step with its import mark. `false` if
+    /// there is no such token.
     pub(crate) fn set_extras(&self, id: &TokenId, extras: Extras) -> bool {
+        self.update_extras(id, |old| {
+            extras.with_meter(old.and_then(|x| x.meter.clone()))
+        })
+    }
+
+    /// Replaces token `id`'s credits (persister, or loading), keeping the rest of its
+    /// extras. `false` if there is no such token.
+    pub(crate) fn set_meter(&self, id: &TokenId, meter: Option<Meter>) -> bool {
+        let meter = meter.map(std::sync::Arc::new);
+        self.update_extras(id, |old| match old {
+            Some(old) => old.with_meta(old.packed_meta().into()).with_meter(meter),
+            None => Extras::new(None, "".into(), false).with_meter(meter),
+        })
+    }
+
+    fn update_extras(&self, id: &TokenId, f: impl FnOnce(Option<&Extras>) -> Extras) -> bool {
         let found = self.entries.with(id, |e| {
             let was = e.is_imported();
+            let extras = f(e.extras());
             let now = extras.imported;
             if let Some(old) = e.replace_extras(Some(extras)) {
                 self.entries.retire(old);

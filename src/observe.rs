@@ -18,7 +18,7 @@ use tracing::field::{debug, Empty};
 use crate::validate::Shared;
 
 /// The kinds of change `tokencache_changes_total` counts, as its `kind` label spells them.
-const KINDS: [&str; 9] = [
+const KINDS: [&str; 10] = [
     "issue",
     "revoke",
     "delete",
@@ -28,6 +28,7 @@ const KINDS: [&str; 9] = [
     "import",
     "meta",
     "owner_rate_limit",
+    "credits",
 ];
 
 /// A kind of change a caller (or retention) asked for.
@@ -42,6 +43,7 @@ pub(crate) enum Kind {
     Import = 6,
     Meta = 7,
     OwnerRateLimit = 8,
+    Credits = 9,
 }
 
 /// Changes of one batch by kind, counted once their write succeeded.

@@ -12,7 +12,9 @@ use crate::file;
 use crate::journal::{self, JournalError, Logged, ScanError};
 use crate::map::Map;
 use crate::rate_limit::RateLimit;
-use crate::snapshot::{self, DecodeError, ExtrasRecord, OwnerRecord, Problem};
+use crate::snapshot::{self, Beside, DecodeError, Problem};
+use crate::token::TokenId;
+use crate::credits::Meter;
 
 /// What the files hold.
 pub(crate) struct Recovered {
@@ -76,13 +78,14 @@ pub(crate) struct JournalRead {
 }
 
 /// Loads what a snapshot holds besides its token records into `map`: each token's extras
-/// (refused if no token has the id), owners' limits, recorded prefixes.
-pub(crate) fn load_shared(
-    map: &Map,
-    extras: Vec<ExtrasRecord>,
-    owners: Vec<OwnerRecord>,
-    prefixes: Vec<String>,
-) -> Result<(), Problem> {
+/// and credits (refused if no token has the id), owners' limits, recorded prefixes.
+pub(crate) fn load_shared(map: &Map, beside: Beside) -> Result<(), Problem> {
+    let Beside {
+        extras,
+        owners,
+        prefixes,
+        credits,
+    } = beside;
     for record in extras {
         let (id, extras) = Extras::from_record(record, &map.owners)?;
         if !map.set_extras(&id, extras) {
@@ -102,6 +105,18 @@ pub(crate) fn load_shared(
             .add(&prefix)
             .map_err(|_| Problem::BadPrefix(prefix.clone()))?;
     }
+    for record in credits {
+        let id = TokenId::from_bytes(record.id)
+            .ok_or_else(|| Problem::BadId(String::from_utf8_lossy(&record.id).into()))?;
+        let bad = |why: String| Problem::BadCredits {
+            id: id.to_string(),
+            why,
+        };
+        let meter = Meter::from_record(&record).map_err(bad)?;
+        if !map.set_meter(&id, Some(meter)) {
+            return Err(bad("no token in the file has this id".into()));
+        }
+    }
     Ok(())
 }
 
@@ -113,11 +128,7 @@ pub(crate) fn read(path: &Path) -> Result<Recovered, Error> {
     let (entries, snapshot) = match &bytes {
         Some(bytes) => {
             let mut body = snapshot::decode(bytes).map_err(|e| e.at(path))?;
-            shared = Some((
-                std::mem::take(&mut body.extras),
-                std::mem::take(&mut body.owners),
-                std::mem::take(&mut body.prefixes),
-            ));
+            shared = Some(body.take_beside());
             let read = SnapshotRead {
                 len: bytes.len() as u64,
                 version: snapshot::version_of(bytes).unwrap_or_default(),
@@ -137,8 +148,8 @@ pub(crate) fn read(path: &Path) -> Result<Recovered, Error> {
     let added = map.insert_new(entries);
     // `entry::load` refused any id that appears twice.
     debug_assert!(added.is_ok(), "entry::load let a duplicate id through");
-    if let Some((extras, owners, prefixes)) = shared {
-        load_shared(&map, extras, owners, prefixes)
+    if let Some(beside) = shared {
+        load_shared(&map, beside)
             .map_err(|problem| DecodeError::from(problem).at(path))?;
     }
 
@@ -234,7 +245,7 @@ mod proptests {
     use crate::extras::{Extras, MAX_META_BYTES};
     use crate::map::Map;
     use crate::owner::{self, Owners};
-    use crate::snapshot::ExtrasRecord;
+    use crate::snapshot::{Beside, ExtrasRecord};
     use crate::snapshot::{OwnerRecord, RateLimitRecord, Record};
     use crate::token::{check_prefix, Prefixes, MAX_PREFIXES};
 
@@ -371,7 +382,13 @@ mod proptests {
                     rate_limit: RateLimitRecord { period_ms, count, burst },
                 })
                 .collect();
-            let loaded = crate::recover::load_shared(&map, extras.clone(), owners.clone(), prefixes.clone());
+            let beside = Beside {
+                extras: extras.clone(),
+                owners: owners.clone(),
+                prefixes: prefixes.clone(),
+                credits: Vec::new(),
+            };
+            let loaded = crate::recover::load_shared(&map, beside);
             if loaded.is_ok() {
                 // Everything held is what the records said, on tokens the file holds.
                 for record in &extras {

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use std::sync::Arc;
+
 use crate::clock::{from_ms, millis};
+use crate::credits::{Credits, Meter};
 use crate::entry::{self, Entry};
 use crate::error::{Error, Rejection};
 use crate::extras::{self, Extras};
@@ -39,6 +42,7 @@ pub struct NewToken {
     pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) owner: Option<String>,
     pub(crate) meta: Vec<(String, String)>,
+    pub(crate) credits: Option<Credits>,
 }
 
 impl NewToken {
@@ -52,6 +56,7 @@ impl NewToken {
             rate_limit: None,
             owner: None,
             meta: Vec::new(),
+            credits: None,
         }
     }
 
@@ -93,6 +98,16 @@ impl NewToken {
         self
     }
 
+    /// Gives the token credits: each accepted validation spends 1
+    /// ([`validate_cost`](crate::TokenStore::validate_cost) spends more), and a token with
+    /// too few left is refused with [`Rejection::UsageExceeded`](crate::Rejection::UsageExceeded).
+    /// Changeable later with [`TokenStore::set_credits`](crate::TokenStore::set_credits).
+    /// File stores only, for now (a PostgreSQL store refuses it).
+    pub fn credits(mut self, credits: Credits) -> NewToken {
+        self.credits = Some(credits);
+        self
+    }
+
     /// Adds one metadata pair (the plan, the tenant, an account id...), readable on every
     /// validation with [`ValidToken::meta`](crate::ValidToken::meta). Keys are unique and
     /// 1 to 128 bytes; keys and values take at most 4 KiB per token.
@@ -123,7 +138,8 @@ impl NewToken {
         );
         let meta = extras::pack_meta(&self.meta).map_err(Error::InvalidRequest)?;
         let owner = self.owner.as_deref().map(|name| owners.get_or_add(name));
-        entry.set_extras(Some(Extras::new(owner, meta, imported)));
+        let meter = self.credits.map(|c| Arc::new(Meter::new(c, now)));
+        entry.set_extras(Some(Extras::new(owner, meta, imported).with_meter(meter)));
         Ok(entry)
     }
 
@@ -134,6 +150,9 @@ impl NewToken {
             owner::check_name(owner).map_err(Error::InvalidRequest)?;
         }
         extras::pack_meta(&self.meta).map_err(Error::InvalidRequest)?;
+        if let Some(credits) = &self.credits {
+            credits.check().map_err(Error::InvalidRequest)?;
+        }
         if let Some(limit) = &self.rate_limit {
             limit.check()?;
         }
@@ -201,19 +220,28 @@ pub struct TokenInfo {
     /// Whether it was imported ([`TokenStore::import`](crate::TokenStore::import)): its
     /// digest is of a key minted elsewhere.
     pub imported: bool,
+    /// Its credits, if it has any: the remaining ones as of this moment in memory (in a
+    /// [`StoreView`](crate::StoreView), as last written), a refill that came due counted.
+    pub credits: Option<Credits>,
 }
 
 impl TokenInfo {
-    /// Every token in `map`, oldest first (ties by id, so the order is stable).
-    pub(crate) fn all(map: &Map) -> Vec<TokenInfo> {
-        let mut all =
-            map.with_all(|entries| entries.iter().map(|e| TokenInfo::of(e)).collect::<Vec<_>>());
+    /// Every token in `map` at clock time `now`, oldest first (ties by id, so the order
+    /// is stable).
+    pub(crate) fn all(map: &Map, now: u64) -> Vec<TokenInfo> {
+        let mut all = map.with_all(|entries| {
+            entries
+                .iter()
+                .map(|e| TokenInfo::of(e, now))
+                .collect::<Vec<_>>()
+        });
         all.sort_by_key(|info| (info.created_at, info.id));
         all
     }
 
-    /// The details of one token.
-    pub(crate) fn of(entry: &Entry) -> TokenInfo {
+    /// The details of one token at clock time `now` (its credits: a refill due counts as
+    /// done).
+    pub(crate) fn of(entry: &Entry, now: u64) -> TokenInfo {
         let extras = entry.extras();
         TokenInfo {
             id: entry.id,
@@ -231,6 +259,7 @@ impl TokenInfo {
                     .collect()
             }),
             imported: extras.is_some_and(|x| x.imported),
+            credits: entry.meter().map(|m| m.credits(now)),
         }
     }
 }
@@ -317,6 +346,12 @@ impl ImportedToken {
     /// Adds one metadata pair (see [`NewToken::meta`]).
     pub fn meta(mut self, key: impl Into<String>, value: impl Into<String>) -> ImportedToken {
         self.token = self.token.meta(key, value);
+        self
+    }
+
+    /// Gives the key credits (see [`NewToken::credits`]).
+    pub fn credits(mut self, credits: Credits) -> ImportedToken {
+        self.token = self.token.credits(credits);
         self
     }
 
@@ -472,6 +507,22 @@ pub(crate) fn setting_meta(
     let packed = packed.map_err(Error::InvalidRequest)?;
     Ok(Request::new(
         |reply| Message::SetMeta(*id, packed, reply),
+        drop,
+    ))
+}
+
+/// Prepares setting (`Some`, as of `now`) or removing token `id`'s credits.
+pub(crate) fn setting_credits(
+    id: &TokenId,
+    credits: Option<Credits>,
+    now: u64,
+) -> Result<Request<impl FnOnce(usize)>, Error> {
+    if let Some(credits) = &credits {
+        credits.check().map_err(Error::InvalidRequest)?;
+    }
+    let meter = credits.map(|c| Box::new(Meter::new(c, now)));
+    Ok(Request::new(
+        |reply| Message::SetCredits(*id, meter, reply),
         drop,
     ))
 }

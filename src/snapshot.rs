@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! 0   8  magic      89 54 4B 43 0D 0A 1A 0A  ("\x89TKC\r\n\x1a\n")
-//! 8   4  version    u32, currently 3 (2: no extras, owners or prefixes; 1: no `seq` either;
-//!                   both still read)
+//! 8   4  version    u32, currently 4 (3: no credits; 2: no extras, owners or prefixes
+//!                   either; 1: no `seq` either; all still read)
 //! 12  4  flags      u32, must be 0
 //! 16  8  body_len   u64, bytes after the header
 //! 24  4  body_crc   u32, CRC32 (IEEE) of the body
@@ -20,10 +20,12 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use crate::credits::CreditsRecord;
+
 /// The first eight bytes of every store file.
 pub const MAGIC: [u8; 8] = *b"\x89TKC\r\n\x1a\n";
 /// The format version this build writes, and the newest it reads.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The size of the fixed header in bytes.
 pub const HEADER_LEN: usize = 32;
 
@@ -51,9 +53,41 @@ pub(crate) struct Body {
     pub(crate) owners: Vec<OwnerRecord>,
     /// Every prefix the store has issued tokens under (without the `_` that follows it).
     pub(crate) prefixes: Vec<String>,
+    /// The credits of the tokens that have any, as last spent.
+    pub(crate) credits: Vec<CreditsRecord>,
+}
+
+/// The body of a version 3 snapshot: no credits.
+#[derive(Deserialize)]
+struct BodyV3 {
+    written_at: u64,
+    seq: u64,
+    records: Vec<Record>,
+    extras: Vec<ExtrasRecord>,
+    owners: Vec<OwnerRecord>,
+    prefixes: Vec<String>,
+}
+
+/// What a snapshot holds besides its token records, loaded once the tokens are in.
+#[derive(Debug, Default)]
+pub(crate) struct Beside {
+    pub(crate) extras: Vec<ExtrasRecord>,
+    pub(crate) owners: Vec<OwnerRecord>,
+    pub(crate) prefixes: Vec<String>,
+    pub(crate) credits: Vec<CreditsRecord>,
 }
 
 impl Body {
+    /// Takes what the body holds besides its token records.
+    pub(crate) fn take_beside(&mut self) -> Beside {
+        Beside {
+            extras: std::mem::take(&mut self.extras),
+            owners: std::mem::take(&mut self.owners),
+            prefixes: std::mem::take(&mut self.prefixes),
+            credits: std::mem::take(&mut self.credits),
+        }
+    }
+
     /// A body of tokens only: no extras, no owner limits, no recorded prefix (as every
     /// version 1 or 2 file is).
     pub(crate) fn tokens(written_at: u64, seq: u64, records: Vec<Record>) -> Body {
@@ -64,6 +98,7 @@ impl Body {
             extras: Vec::new(),
             owners: Vec::new(),
             prefixes: Vec::new(),
+            credits: Vec::new(),
         }
     }
 }
@@ -153,6 +188,7 @@ pub(crate) struct BodyRef<'r, 'a> {
     pub(crate) extras: &'r [ExtrasRef<'a>],
     pub(crate) owners: &'r [OwnerRecord],
     pub(crate) prefixes: &'r [&'a str],
+    pub(crate) credits: &'r [CreditsRecord],
 }
 
 /// A [`Record`] borrowing its name and scopes.
@@ -263,6 +299,8 @@ pub(crate) enum Problem {
     BadTime(String),
     #[error("token {id} has extras this version refuses: {why}")]
     BadExtras { id: String, why: String },
+    #[error("token {id} has credits this version refuses: {why}")]
+    BadCredits { id: String, why: String },
     #[error("it records prefix {0:?}, which is not 1 to 16 letters, digits or underscores")]
     BadPrefix(String),
     #[error("it gives sequence number {0}, above 2^63 - 1, which leaves no room for the records after it (no store counts that far: the file is damaged or was made by hand)")]
@@ -385,6 +423,12 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
     let decoded = match u32_at(bytes, 8) {
         1 => decode_body::<BodyV1>(body).map(|v1| Body::tokens(v1.written_at, 0, v1.records)),
         2 => decode_body::<BodyV2>(body).map(|v2| Body::tokens(v2.written_at, v2.seq, v2.records)),
+        3 => decode_body::<BodyV3>(body).map(|v3| Body {
+            extras: v3.extras,
+            owners: v3.owners,
+            prefixes: v3.prefixes,
+            ..Body::tokens(v3.written_at, v3.seq, v3.records)
+        }),
         _ => decode_body::<Body>(body),
     };
     let body = decoded?;
@@ -474,6 +518,14 @@ mod tests {
                 },
             }],
             prefixes: vec!["sk_live".into()],
+            credits: vec![CreditsRecord {
+                id: *b"abcd1234",
+                remaining: 7,
+                period: 3,
+                refill: Some(crate::credits::RefillRecord::Monthly { day: 1, amount: 10 }),
+                alert_below: Some(2),
+                anchor: 5,
+            }],
             written_at: 42,
             seq: 9,
             records: vec![Record {
@@ -530,10 +582,11 @@ mod tests {
     #[test]
     fn future_version_is_named() {
         let mut image = encode(&sample());
-        image[8..12].copy_from_slice(&4u32.to_le_bytes());
+        let next = FORMAT_VERSION + 1;
+        image[8..12].copy_from_slice(&next.to_le_bytes());
         let crc = crc32fast::hash(&image[..28]);
         image[28..32].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode(&image), Err(DecodeError::FutureVersion(4)));
+        assert_eq!(decode(&image), Err(DecodeError::FutureVersion(next)));
     }
 
     #[test]
@@ -575,6 +628,34 @@ mod tests {
         let body = decode(&image).unwrap();
         let expected = Body::tokens(sample.written_at, sample.seq, sample.records);
         assert_eq!(body, expected);
+    }
+
+    #[test]
+    fn a_version_3_file_reads_as_tokens_without_credits() {
+        #[derive(Serialize)]
+        struct V3<'a> {
+            written_at: u64,
+            seq: u64,
+            records: &'a [Record],
+            extras: &'a [ExtrasRecord],
+            owners: &'a [OwnerRecord],
+            prefixes: &'a [String],
+        }
+        let sample = sample();
+        let mut image = encode(&V3 {
+            written_at: sample.written_at,
+            seq: sample.seq,
+            records: &sample.records,
+            extras: &sample.extras,
+            owners: &sample.owners,
+            prefixes: &sample.prefixes,
+        });
+        image[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let crc = crc32fast::hash(&image[..28]);
+        image[28..32].copy_from_slice(&crc.to_le_bytes());
+        let body = decode(&image).unwrap();
+        assert_eq!(body.credits, []);
+        assert_eq!((body.extras, body.prefixes), (sample.extras, sample.prefixes));
     }
 
     #[test]
@@ -690,6 +771,25 @@ mod tests {
             })
         }
 
+        fn credits() -> impl Strategy<Value = CreditsRecord> {
+            use crate::credits::RefillRecord;
+            let refill = prop_oneof![
+                Just(None),
+                any::<(u64, u64)>().prop_map(|(period_ms, amount)| Some(RefillRecord::Every { period_ms, amount })),
+                any::<(u8, u64)>().prop_map(|(day, amount)| Some(RefillRecord::Monthly { day, amount })),
+            ];
+            (any::<([u8; 8], u64, u64, Option<u64>, u64)>(), refill).prop_map(
+                |((id, remaining, period, alert_below, anchor), refill)| CreditsRecord {
+                    id,
+                    remaining,
+                    period,
+                    refill,
+                    alert_below,
+                    anchor,
+                },
+            )
+        }
+
         proptest! {
             #[test]
             fn any_body_round_trips(
@@ -699,8 +799,9 @@ mod tests {
                 extras in proptest::collection::vec(extras(), 0..4),
                 owners in proptest::collection::vec(owner(), 0..3),
                 prefixes in proptest::collection::vec("[a-z_]{1,16}", 0..3),
+                credits in proptest::collection::vec(credits(), 0..3),
             ) {
-                let body = Body { written_at, seq, records, extras, owners, prefixes };
+                let body = Body { written_at, seq, records, extras, owners, prefixes, credits };
                 prop_assert_eq!(decode(&encode(&body)), Ok(body));
             }
 

@@ -148,6 +148,7 @@ impl Counters {
                 rate_limited: reason(4),
                 missing_scope: reason(5),
                 unavailable: reason(6),
+                usage_exceeded: reason(7),
             },
             dirty_sends: self.dirty_sends.load(Relaxed),
             channel_full: self.channel_full.load(Relaxed),
@@ -232,6 +233,8 @@ pub struct Rejections {
     pub missing_scope: u64,
     /// [`Rejection::Unavailable`].
     pub unavailable: u64,
+    /// [`Rejection::UsageExceeded`].
+    pub usage_exceeded: u64,
 }
 
 impl Rejections {
@@ -244,5 +247,6 @@ impl Rejections {
             + self.rate_limited
             + self.missing_scope
             + self.unavailable
+            + self.usage_exceeded
     }
 }

@@ -10,6 +10,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 
 use crate::clock::{from_ms, Clock};
+use crate::credits::Spent;
 use crate::entry::{self, Standing, Touch};
 use crate::error::Rejection;
 use crate::extras::Extras;
@@ -36,13 +37,15 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// The hot path. No allocation, no lock, no I/O, and no write to memory another thread
-    /// reads except `last_used` (at most once per millisecond per token) and a rate-limited
-    /// token's limiter word.
+    /// reads except `last_used` (at most once per millisecond per token), a rate-limited
+    /// token's limiter word, and the credits word of a token that has credits (which
+    /// spends `cost`).
     #[inline(always)]
     pub(crate) fn check(
         &self,
         token: &str,
         scope: Option<&str>,
+        cost: u64,
     ) -> Result<ValidToken<'_>, Rejection> {
         let (valid, now, standing) = admit(&self.map, &*self.clock, token, scope)?;
         let entry = &valid.entry;
@@ -59,6 +62,12 @@ impl Shared {
         // owner's limit refuses has spent the token's quota; the owner's is the one shared.)
         if let Err(retry_after) = entry.check_owner_rate(standing, now) {
             return Err(Rejection::RateLimited { retry_after });
+        }
+        // Credits last of all: a request any limit refuses spends none.
+        match entry.spend(standing, cost, now) {
+            Spent::Yes { send: true } => self.send_dirty(entry.id),
+            Spent::Yes { send: false } => {}
+            Spent::No { retry_after } => return Err(Rejection::UsageExceeded { retry_after }),
         }
         if entry.touch(now) == Touch::Send {
             self.send_dirty(entry.id);

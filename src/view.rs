@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::clock::SystemClock;
+use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Rejection};
 use crate::file;
 use crate::map::Map;
@@ -80,12 +80,12 @@ impl StoreView {
     /// Every token's details, oldest first (revoked and expired ones included), as
     /// [`TokenStore::list`](crate::TokenStore::list) shows them.
     pub fn list(&self) -> Vec<TokenInfo> {
-        TokenInfo::all(&self.map)
+        TokenInfo::all(&self.map, SystemClock.now_ms())
     }
 
     /// A token's details, without its secret.
     pub fn get(&self, id: &TokenId) -> Option<TokenInfo> {
-        self.map.with(id, TokenInfo::of)
+        self.map.with(id, |e| TokenInfo::of(e, SystemClock.now_ms()))
     }
 
     /// How many tokens the files hold, revoked and expired ones included.

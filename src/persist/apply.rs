@@ -81,6 +81,20 @@ impl Persister {
             applied.kinds.add(Kind::Meta, usize::from(extras.is_some()));
             applied.answer(reply, id, extras);
         }
+        for (id, meter, reply) in batch.credits.drain(..) {
+            let change = match &meter {
+                Some(meter) => ChangeRef::Credits(meter.record(id.to_bytes(), meter.state())),
+                None => ChangeRef::NoCredits { id: id.to_bytes() },
+            };
+            let found = map.set_meter(&id, meter.map(|m| *m));
+            if found {
+                map.with(&id, |e| {
+                    events.applied(ChangeKind::CreditsSet, id, events.owner(e), now);
+                });
+            }
+            applied.kinds.add(Kind::Credits, usize::from(found));
+            applied.answer(reply, id, found.then_some(change));
+        }
         for (id, limit, reply) in batch.rate_limits.drain(..) {
             let found = map
                 .with(&id, |e| {
@@ -374,7 +388,10 @@ fn remote_event(change: &crate::change::Change, read_at: u64) -> Option<Remote> 
         Change::OwnerRateLimit { owner, .. } => {
             (ChangeKind::OwnerRateLimitSet, read_at, Some(owner.clone()))
         }
-        Change::Used { .. } | Change::Prefix(_) => return None,
+        // A PostgreSQL store refuses credits, so no row carries them.
+        Change::Used { .. } | Change::Prefix(_) | Change::Credits(_) | Change::NoCredits { .. } => {
+            return None
+        }
     };
     Some(Remote { kind, at, owner })
 }

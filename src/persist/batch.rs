@@ -4,6 +4,7 @@
 
 use super::Persister;
 use crate::change::ChangeRef;
+use crate::credits::Meter;
 use crate::entry::Entry;
 use crate::error::Error;
 use crate::feed::{self, ChangeEvent, ChangeKind};
@@ -26,6 +27,7 @@ pub(super) struct Batch {
     pub(super) owner_deletes: Vec<(String, Reply)>,
     pub(super) owner_limits: Vec<(String, Option<RateLimit>, Reply)>,
     pub(super) metas: Vec<(TokenId, Box<str>, Reply)>,
+    pub(super) credits: Vec<(TokenId, Option<Box<Meter>>, Reply)>,
     pub(super) purges: Vec<(u64, Reply)>,
     pub(super) rotations: Vec<(TokenId, u64, Box<Entry>, Reply)>,
     pub(super) flushes: Vec<Reply>,
@@ -53,6 +55,7 @@ impl Batch {
                 self.owner_limits.push((owner, limit, reply));
             }
             Message::SetMeta(id, meta, reply) => self.metas.push((id, meta, reply)),
+            Message::SetCredits(id, meter, reply) => self.credits.push((id, meter, reply)),
             Message::Purge(cutoff, reply) => self.purges.push((cutoff, reply)),
             Message::Rotate {
                 old,

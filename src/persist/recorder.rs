@@ -116,6 +116,8 @@ impl Sink for Recorder {
                     Some((id_of(*id)?, Some((None, None))))
                 }
                 ChangeRef::Extras(extras) => Some((id_of(extras.id)?, Some((None, None)))),
+                ChangeRef::Credits(credits) => Some((id_of(credits.id)?, Some((None, None)))),
+                ChangeRef::NoCredits { id } => Some((id_of(*id)?, Some((None, None)))),
                 // Changes to all of an owner's tokens, owner limits and prefixes are not
                 // recorded: the models that make them check memory (the files' side is
                 // `tests/crash` and `tests/it/keys.rs`).

@@ -11,7 +11,9 @@ use super::batch::Pending;
 use super::decide::Write;
 use super::Persister;
 use crate::change::ChangeRef;
+use crate::credits::CreditsRecord;
 use crate::entry::Entry;
+use crate::feed::{self, ChangeKind};
 use crate::error::Error;
 use crate::extras::Extras;
 use crate::file::WriteError;
@@ -44,24 +46,53 @@ impl Persister {
         result
     }
 
-    /// `last_used` of every token used since its last write: `(id, time)` for each whose
-    /// time differs from the one on disk. Looks at the tokens whose `Dirty` messages
-    /// arrived, or at every token if `scan`.
-    fn take_used(&mut self, scan: bool) -> Vec<(TokenId, u64)> {
-        let take = |e: &Entry| {
+    /// `last_used` of every token used since its last write, `(id, time)` for each whose
+    /// time differs from the one on disk, and the credits of every token that spent since
+    /// (with an event for each that crossed its alert threshold). Looks at the tokens
+    /// whose `Dirty` messages arrived, or at every token if `scan`.
+    fn take_used(&mut self, scan: bool) -> Used {
+        let mut taken = Used::default();
+        let mut take = |e: &Entry| {
             let used = e.take_for_snapshot();
-            (used != e.persisted_last_used()).then_some((e.id, used))
+            if used != e.persisted_last_used() {
+                taken.times.push((e.id, used));
+            }
+            if let Some(meter) = e.meter() {
+                let credits = meter.take_state();
+                if credits.alert {
+                    taken.alerts.push(e.id);
+                }
+                if credits.state != meter.persisted() {
+                    taken.credits.push((e.id, meter.record(e.id.to_bytes(), credits.state)));
+                }
+            }
         };
         let map = &self.shared.map;
-        let taken = if scan {
+        if scan {
             self.used.clear();
-            map.with_all(|entries| entries.iter().filter_map(|e| take(e)).collect())
+            map.with_all(|entries| entries.iter().for_each(|e| take(e)));
         } else {
-            let ids = self.used.drain();
-            ids.filter_map(|id| map.with(&id, take).flatten()).collect()
-        };
+            for id in self.used.drain() {
+                map.with(&id, &mut take);
+            }
+        }
         self.scan_all = false;
+        self.alert(&taken.alerts);
         taken
+    }
+
+    /// Queues the change feed's events of credits that crossed their alert threshold: they
+    /// go out with the next successful write.
+    fn alert(&mut self, ids: &[TokenId]) {
+        if ids.is_empty() || !self.feed.active() {
+            return;
+        }
+        let now = self.shared.clock.now_ms();
+        let map = &self.shared.map;
+        self.unpublished.extend(ids.iter().map(|&id| {
+            let owner = map.with(&id, feed::owner_of).flatten();
+            feed::local(ChangeKind::CreditsLow, Some(id), owner, now)
+        }));
     }
 
     /// The write phase of an append: one journal record holding `changes`, the pending
@@ -77,7 +108,7 @@ impl Persister {
         let taken = if used {
             self.take_used(scan)
         } else {
-            Vec::new()
+            Used::default()
         };
         if used {
             self.last_attempt_ms = now;
@@ -90,16 +121,20 @@ impl Persister {
             changes.push(ChangeRef::Issue(entry.record(0)));
             if let Some((_, x)) = extras.next_if(|(id, _)| *id == entry.id) {
                 changes.push(ChangeRef::Extras(x.record(entry.id)));
+                if let Some(meter) = &x.meter {
+                    changes.push(ChangeRef::Credits(meter.record(entry.id.to_bytes(), meter.state())));
+                }
             }
         }
         changes.extend(pending.expiries.iter().map(|&(id, at)| ChangeRef::Expire {
             id: id.to_bytes(),
             at,
         }));
-        changes.extend(taken.iter().map(|&(id, at)| ChangeRef::Used {
+        changes.extend(taken.times.iter().map(|&(id, at)| ChangeRef::Used {
             id: id.to_bytes(),
             at,
         }));
+        changes.extend(taken.credits.iter().map(|&(_, record)| ChangeRef::Credits(record)));
         // A backend holding failed changes (a database's: a file store compacts instead of
         // appending while any are pending) writes them even with nothing new.
         let resend = self.definitions_pending;
@@ -123,8 +158,11 @@ impl Persister {
         match written {
             Ok(bytes) => {
                 self.seq = seq;
-                for &(id, at) in &taken {
+                for &(id, at) in &taken.times {
                     map.with(&id, |e| e.mark_persisted(at));
+                }
+                for (id, record) in &taken.credits {
+                    map.with(id, |e| e.meter().map(|m| m.mark_persisted(record.state())));
                 }
                 self.join(pending);
                 self.shared.counters.record_append(bytes);
@@ -149,10 +187,12 @@ impl Persister {
                 // is not trusted again). Nothing is lost: the taken tokens are dirty again.
                 // Pending changes are dropped with their error.
                 self.seq = seq;
-                for &(id, _) in &taken {
+                for &(id, _) in &taken.times {
                     map.with(&id, |e| e.mark_dirty());
                     self.used.insert(id);
                 }
+                // Credits not marked persisted are taken again by the next look at them.
+                self.used.extend(taken.credits.iter().map(|&(id, _)| id));
                 Err(self.failed(error, action, next))
             }
         }
@@ -175,6 +215,23 @@ impl Persister {
         now: u64,
     ) -> Result<(), Error> {
         let taken: Vec<u64> = entries.iter().map(|e| e.take_for_snapshot()).collect();
+        let mut alerts = Vec::new();
+        let mut credits: Vec<CreditsRecord> = entries
+            .iter()
+            .filter_map(|e| {
+                let meter = e.meter()?;
+                let taken = meter.take_state();
+                if taken.alert {
+                    alerts.push(e.id);
+                }
+                Some(meter.record(e.id.to_bytes(), taken.state))
+            })
+            .collect();
+        credits.extend(pending.issues.iter().filter_map(|e| {
+            let meter = e.meter()?;
+            Some(meter.record(e.id.to_bytes(), meter.state()))
+        }));
+        self.alert(&alerts);
         self.used.clear();
         self.scan_all = false;
         // Two rotations of one token in a batch: the earlier expiry wins, as it does in
@@ -199,6 +256,7 @@ impl Persister {
             &shared.map,
             all,
             &records,
+            &credits,
             now,
             self.seq,
         );
@@ -209,6 +267,11 @@ impl Persister {
         drop(records);
         match written {
             Ok(compacted) => {
+                for record in &credits {
+                    let id = TokenId::from_bytes(record.id);
+                    let mark = |e: &Entry| e.meter().map(|m| m.mark_persisted(record.state()));
+                    id.and_then(|id| shared.map.with(&id, mark));
+                }
                 self.written(entries, &taken, pending, compacted.snapshot_bytes, now);
                 match compacted.journal {
                     Ok(bytes) => self.shared.counters.record_compaction_bytes(bytes),
@@ -276,13 +339,14 @@ impl Persister {
     }
 }
 
-/// Writes a snapshot of `records` (of `entries`, in order) with what the tokens share in
-/// `map` (owners' limits, prefixes), covering record `seq`.
+/// Writes a snapshot of `records` (of `entries`, in order) and their `credits` with what
+/// the tokens share in `map` (owners' limits, prefixes), covering record `seq`.
 pub(crate) fn compact<'e>(
     sink: &mut dyn super::Sink,
     map: &Map,
     entries: impl IntoIterator<Item = &'e Entry>,
     records: &[RecordRef<'_>],
+    credits: &[CreditsRecord],
     written_at: u64,
     seq: u64,
 ) -> Result<Compacted, WriteError> {
@@ -297,7 +361,19 @@ pub(crate) fn compact<'e>(
         extras: &extras,
         owners: &owners,
         prefixes: &prefixes,
+        credits,
     })
+}
+
+/// What a write-behind record takes from the tokens used since the last one.
+#[derive(Default)]
+struct Used {
+    /// `last_used` times not on disk.
+    times: Vec<(TokenId, u64)>,
+    /// Credits spent since their last record.
+    credits: Vec<(TokenId, CreditsRecord)>,
+    /// Tokens whose spending crossed their alert threshold.
+    alerts: Vec<TokenId>,
 }
 
 /// The extras of those `entries` that have any, in order, each with its token's id.

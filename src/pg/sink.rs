@@ -410,8 +410,10 @@ fn updated_id(change: &ChangeRef<'_>) -> Option<[u8; 8]> {
         | ChangeRef::Delete { id }
         | ChangeRef::SetRateLimit { id, .. }
         | ChangeRef::Expire { id, .. }
-        | ChangeRef::Used { id, .. } => Some(id),
+        | ChangeRef::Used { id, .. }
+        | ChangeRef::NoCredits { id } => Some(id),
         ChangeRef::Extras(ref extras) => Some(extras.id),
+        ChangeRef::Credits(ref credits) => Some(credits.id),
         ChangeRef::RevokeOwner { .. }
         | ChangeRef::DeleteOwner { .. }
         | ChangeRef::OwnerRateLimit { .. }
@@ -712,6 +714,13 @@ fn define(
         }
         ChangeRef::Prefix(ref prefix) => {
             tx.execute(&st.prefix, &[prefix, &version]).map_err(pg)?;
+        }
+        // `set_credits` and `NewToken::credits` refuse a PostgreSQL store before a change
+        // is made, so none reaches here.
+        ChangeRef::Credits(_) | ChangeRef::NoCredits { .. } => {
+            return Err(io::Error::other(
+                "credits are not kept in PostgreSQL stores yet",
+            ));
         }
     }
     Ok(())

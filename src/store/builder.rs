@@ -395,11 +395,16 @@ fn first_snapshot(
             .iter()
             .map(|e| e.record(e.persisted_last_used()))
             .collect();
+        let credits: Vec<_> = entries
+            .iter()
+            .filter_map(|e| Some(e.meter()?.record(e.id.to_bytes(), e.meter()?.persisted())))
+            .collect();
         crate::persist::compact(
             sink,
             &shared.map,
             entries.iter().copied(),
             &records,
+            &credits,
             now,
             seq,
         )

@@ -23,7 +23,7 @@ impl TokenStore {
         let mut owned: Vec<TokenInfo> = map
             .owned_by(owner)
             .iter()
-            .filter_map(|id| map.with(id, TokenInfo::of))
+            .filter_map(|id| map.with(id, |e| TokenInfo::of(e, self.now())))
             .collect();
         owned.sort_by_key(|info| (info.created_at, info.id));
         owned
@@ -115,6 +115,7 @@ impl TokenStore {
                     break id;
                 }
             };
+            self.refuse_credits_in_a_database(key.token.credits.is_some())?;
             entries.push(key.entry(id, now, &map.owners)?);
         }
         let ids: Vec<TokenId> = entries.iter().map(|e| e.id).collect();

@@ -10,6 +10,7 @@
 mod builder;
 mod handle;
 mod keys;
+mod metered;
 mod subscribe;
 
 use std::collections::HashSet;
@@ -134,14 +135,24 @@ impl TokenStore {
     /// This is the hot path: it does not allocate, block or do I/O.
     #[inline]
     pub fn validate(&self, token: &str) -> Result<ValidToken<'_>, Rejection> {
-        self.counted(self.handle.shared.check(token, None))
+        self.counted(self.handle.shared.check(token, None, 1))
     }
 
     /// Like [`validate`](Self::validate), and also requires the token to grant `scope`
     /// (otherwise [`Rejection::MissingScope`], and `last_used` is not updated).
     #[inline]
     pub fn validate_scope(&self, token: &str, scope: &str) -> Result<ValidToken<'_>, Rejection> {
-        self.counted(self.handle.shared.check(token, Some(scope)))
+        self.counted(self.handle.shared.check(token, Some(scope), 1))
+    }
+
+    /// Like [`validate`](Self::validate), spending `cost` of a token's
+    /// [`Credits`](crate::Credits) instead of 1 (0 checks without spending). A token
+    /// without credits ignores the cost. With too few left the call is refused with
+    /// [`Rejection::UsageExceeded`] and spends nothing; after every check but the credits
+    /// passed (so a refused request never spends).
+    #[inline]
+    pub fn validate_cost(&self, token: &str, cost: u64) -> Result<ValidToken<'_>, Rejection> {
+        self.counted(self.handle.shared.check(token, None, cost))
     }
 
     #[inline]
@@ -188,6 +199,7 @@ impl TokenStore {
         let mut drawn = HashSet::new();
         for new in requests {
             new.check()?;
+            self.refuse_credits_in_a_database(new.credits.is_some())?;
             let (secret, id) = self.fresh_id(&drawn)?;
             drawn.insert(id);
             let digest = token::digest(&secret);
@@ -318,12 +330,12 @@ impl TokenStore {
 
     /// A token's details, without its secret.
     pub fn get(&self, id: &TokenId) -> Option<TokenInfo> {
-        self.handle.shared.map.with(id, TokenInfo::of)
+        self.handle.shared.map.with(id, |e| TokenInfo::of(e, self.now()))
     }
 
     /// Every token's details, oldest first (revoked and expired ones included).
     pub fn list(&self) -> Vec<TokenInfo> {
-        TokenInfo::all(&self.handle.shared.map)
+        TokenInfo::all(&self.handle.shared.map, self.now())
     }
 
     /// Returns once everything observed before the call (every `last_used` this thread
@@ -379,6 +391,11 @@ impl TokenStore {
     }
 
     /// Queues `change` for the persister and waits, blocking, for its answer.
+    /// The store's clock, now (Unix ms).
+    fn now(&self) -> u64 {
+        self.handle.shared.clock.now_ms()
+    }
+
     fn commit<T>(
         &self,
         change: Result<Request<impl FnOnce(usize) -> T>, Error>,

@@ -1,0 +1,54 @@
+//! The calls about metered keys: credits, set and read. Setting credits is one durable
+//! write, as every change to the store is; spending them is `validate`'s (`validate_cost`).
+
+use std::future::Future;
+
+use super::TokenStore;
+use crate::credits::Credits;
+use crate::error::Error;
+use crate::request::setting_credits;
+use crate::token::TokenId;
+
+impl TokenStore {
+    /// Sets (`Some`) or removes (`None`) token `id`'s credits, durably: the remaining
+    /// credits become `credits.remaining()`, and a refill counts its periods from now.
+    /// Validations that start afterwards spend from the new credits. File stores only, for
+    /// now: a PostgreSQL store refuses it ([`Error::InvalidRequest`]).
+    pub fn set_credits(&self, id: &TokenId, credits: Option<Credits>) -> Result<(), Error> {
+        self.refuse_credits_in_a_database(credits.is_some())?;
+        self.commit(setting_credits(id, credits, self.now()))
+    }
+
+    /// [`set_credits`](Self::set_credits), as a future.
+    pub fn set_credits_async(
+        &self,
+        id: &TokenId,
+        credits: Option<Credits>,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        let change = self
+            .refuse_credits_in_a_database(credits.is_some())
+            .and_then(|()| setting_credits(id, credits, self.now()));
+        self.commit_async(change)
+    }
+
+    /// Token `id`'s credits as of now (a refill that came due counted), if it has any;
+    /// `None` for a token without credits or an unknown id.
+    pub fn credits(&self, id: &TokenId) -> Option<Credits> {
+        let now = self.now();
+        self.handle
+            .shared
+            .map
+            .with(id, |e| e.meter().map(|m| m.credits(now)))
+            .flatten()
+    }
+
+    /// Credits live in memory and the files: a PostgreSQL store does not keep them yet.
+    pub(crate) fn refuse_credits_in_a_database(&self, setting: bool) -> Result<(), Error> {
+        if setting && !matches!(self.location(), crate::Location::File(_)) {
+            return Err(Error::InvalidRequest(
+                "credits are kept by file stores only for now; this store is a PostgreSQL database".into(),
+            ));
+        }
+        Ok(())
+    }
+}
