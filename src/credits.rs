@@ -148,9 +148,9 @@ impl Credits {
                 "a refill period must be at least {} s (got {period:?})",
                 MIN_REFILL_PERIOD.as_secs()
             )),
-            Some(Refill::Monthly { day, .. }) if !(1..=31).contains(&day) => Err(format!(
-                "a monthly refill day must be 1 to 31 (got {day})"
-            )),
+            Some(Refill::Monthly { day, .. }) if !(1..=31).contains(&day) => {
+                Err(format!("a monthly refill day must be 1 to 31 (got {day})"))
+            }
             _ => Ok(()),
         }
     }
@@ -277,6 +277,20 @@ impl Meter {
         }
     }
 
+    /// A meter for the replacement `rotate` issues: the same plan (refill periods counted
+    /// from the same start), and the credits this one holds now (a refill that came due
+    /// counted). The two spend apart from then on.
+    pub(crate) fn successor(&self, now_ms: u64) -> Meter {
+        let period = self.plan.period(now_ms) & PERIOD_MASK;
+        let remaining = self.plan.current(self.word.load(Ordering::Relaxed), period);
+        let state = pack(period, remaining);
+        Meter {
+            word: AtomicU64::new(state),
+            plan: self.plan,
+            persisted: AtomicU64::new(state),
+        }
+    }
+
     /// The credits at `now_ms` (a refill due counts as done), with the plan.
     pub fn credits(&self, now_ms: u64) -> Credits {
         let period = self.plan.period(now_ms) & PERIOD_MASK;
@@ -338,7 +352,10 @@ impl Meter {
         };
         credits.check()?;
         if record.period > PERIOD_MASK {
-            return Err(format!("refill period number {} is out of range", record.period));
+            return Err(format!(
+                "refill period number {} is out of range",
+                record.period
+            ));
         }
         let plan = Plan {
             refill,
@@ -388,7 +405,11 @@ impl Plan {
             }
             Refill::Monthly { day, .. } => {
                 let (year, month) = month_of(now_ms, day);
-                let (year, month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+                let (year, month) = if month == 12 {
+                    (year + 1, 1)
+                } else {
+                    (year, month + 1)
+                };
                 refill_day(year, month, day)
             }
         };
@@ -489,7 +510,11 @@ mod tests {
     #[test]
     fn spends_down_to_zero_and_refuses_without_a_refill() {
         let meter = Meter::new(Credits::new(3), 0);
-        assert_eq!(meter.spend(2, 5), Spent::Yes { send: true }, "the first makes it dirty");
+        assert_eq!(
+            meter.spend(2, 5),
+            Spent::Yes { send: true },
+            "the first makes it dirty"
+        );
         assert_eq!(meter.spend(2, 6), Spent::No { retry_after: None });
         assert_eq!(meter.spend(1, 7), SPENT, "already dirty");
         assert_eq!(meter.spend(1, 8), Spent::No { retry_after: None });
@@ -512,7 +537,10 @@ mod tests {
         for n in 0..5 {
             assert_eq!(meter.spend(1, 1_000 + 10 * MINUTE + n), SPENT);
         }
-        assert!(matches!(meter.spend(1, 1_000 + 19 * MINUTE), Spent::No { .. }));
+        assert!(matches!(
+            meter.spend(1, 1_000 + 19 * MINUTE),
+            Spent::No { .. }
+        ));
         assert_eq!(meter.credits(1_000 + 20 * MINUTE).remaining(), 5);
     }
 
@@ -528,7 +556,11 @@ mod tests {
         assert_eq!(ms(2027, 2, 31), ms(2027, 2, 28));
         let feb = plan.period(ms(2027, 2, 28));
         assert_eq!(plan.period(ms(2027, 2, 28) - 1), feb - 1);
-        assert_eq!(plan.period(ms(2027, 3, 30)), feb, "March's comes on the 31st");
+        assert_eq!(
+            plan.period(ms(2027, 3, 30)),
+            feb,
+            "March's comes on the 31st"
+        );
         assert_eq!(plan.period(ms(2027, 3, 31)), feb + 1);
         assert_eq!(
             plan.next_refill(ms(2027, 3, 30)),
@@ -561,14 +593,23 @@ mod tests {
 
     #[test]
     fn a_record_round_trips_and_is_recorded_already() {
-        let credits = Credits::new(7).refill(Refill::monthly(15, 9)).alert_below(2);
+        let credits = Credits::new(7)
+            .refill(Refill::monthly(15, 9))
+            .alert_below(2);
         let meter = Meter::new(credits, 1_700_000_000_000);
         meter.spend(3, 1_700_000_000_001);
         let taken = meter.take_state();
         let record = meter.record(*b"abcd1234", taken.state);
         let back = Meter::from_record(&record).unwrap();
-        assert_eq!(back.take_state().state, back.persisted(), "loaded as recorded");
-        assert_eq!(back.credits(1_700_000_000_002), meter.credits(1_700_000_000_002));
+        assert_eq!(
+            back.take_state().state,
+            back.persisted(),
+            "loaded as recorded"
+        );
+        assert_eq!(
+            back.credits(1_700_000_000_002),
+            meter.credits(1_700_000_000_002)
+        );
         assert_eq!(back.record(record.id, back.state()), record);
     }
 
@@ -579,8 +620,14 @@ mod tests {
             .refill(Refill::every(Duration::from_secs(59), 1))
             .check()
             .is_err());
-        assert!(Credits::new(1).refill(Refill::monthly(0, 1)).check().is_err());
-        assert!(Credits::new(1).refill(Refill::monthly(32, 1)).check().is_err());
+        assert!(Credits::new(1)
+            .refill(Refill::monthly(0, 1))
+            .check()
+            .is_err());
+        assert!(Credits::new(1)
+            .refill(Refill::monthly(32, 1))
+            .check()
+            .is_err());
         assert!(Credits::new(1)
             .refill(Refill::monthly(31, MAX_CREDITS + 1))
             .check()

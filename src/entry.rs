@@ -18,8 +18,8 @@ use std::collections::HashSet;
 
 use subtle::ConstantTimeEq;
 
-use crate::error::Rejection;
 use crate::credits::{Meter, Spent};
+use crate::error::Rejection;
 use crate::extras::{Extras, ExtrasSlot, Unlinked};
 use crate::rate_limit::{Gcra, RateLimit};
 use crate::snapshot::{Problem, Record, RecordRef, Scopes};
@@ -377,12 +377,13 @@ impl Entry {
         self.hot.used.fetch_and(!DIRTY, Ordering::AcqRel) >> 1
     }
 
-    /// Whether `last_used` differs from what the newest snapshot on disk holds.
+    /// Whether `last_used` or the credits differ from what the files hold.
     pub(crate) fn unsaved(&self) -> bool {
         // Acquire on `used`: as in `take_for_snapshot`. `persisted_last_used` is only
         // written by the persister thread, which is the caller, so Relaxed suffices.
         self.hot.used.load(Ordering::Acquire) >> 1
             != self.persisted_last_used.load(Ordering::Relaxed)
+            || self.meter().is_some_and(|m| m.state() != m.persisted())
     }
 
     /// The `last_used` value in the newest snapshot on disk.

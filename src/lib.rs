@@ -150,8 +150,7 @@ pub mod __fuzz {
         let map = crate::map::Map::with_capacity(entries.len());
         map.insert_new(entries)
             .map_err(|e| format!("token {} twice", e.0))?;
-        crate::recover::load_shared(&map, beside)
-            .map_err(|e| e.to_string())?;
+        crate::recover::load_shared(&map, beside).map_err(|e| e.to_string())?;
         Ok(map.len())
     }
 
@@ -258,8 +257,8 @@ pub mod __churn {
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod __loom {
-    pub use crate::persist::{Recorded, Recorder};
     pub use crate::credits::{Meter, Spent, Taken};
+    pub use crate::persist::{Recorded, Recorder};
     pub use crate::rate_limit::Gcra;
     pub use crate::store::{open_recorded, open_recorded_owned};
     pub use crate::sync::bug::{plant, Bug, Planted};

@@ -17,8 +17,8 @@
 use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::entry::Entry;
 use crate::credits::Meter;
+use crate::entry::Entry;
 use crate::extras::{Extras, Unlinked};
 use crate::owner::Owners;
 use crate::token::{Digest, Prefixes, TokenId};

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use crate::change;
+use crate::credits::Meter;
 use crate::entry;
 use crate::error::Error;
 use crate::extras::Extras;
@@ -14,7 +15,6 @@ use crate::map::Map;
 use crate::rate_limit::RateLimit;
 use crate::snapshot::{self, Beside, DecodeError, Problem};
 use crate::token::TokenId;
-use crate::credits::Meter;
 
 /// What the files hold.
 pub(crate) struct Recovered {
@@ -149,8 +149,7 @@ pub(crate) fn read(path: &Path) -> Result<Recovered, Error> {
     // `entry::load` refused any id that appears twice.
     debug_assert!(added.is_ok(), "entry::load let a duplicate id through");
     if let Some(beside) = shared {
-        load_shared(&map, beside)
-            .map_err(|problem| DecodeError::from(problem).at(path))?;
+        load_shared(&map, beside).map_err(|problem| DecodeError::from(problem).at(path))?;
     }
 
     let journal_path = file::journal_path(path);

@@ -655,7 +655,10 @@ mod tests {
         image[28..32].copy_from_slice(&crc.to_le_bytes());
         let body = decode(&image).unwrap();
         assert_eq!(body.credits, []);
-        assert_eq!((body.extras, body.prefixes), (sample.extras, sample.prefixes));
+        assert_eq!(
+            (body.extras, body.prefixes),
+            (sample.extras, sample.prefixes)
+        );
     }
 
     #[test]
@@ -775,8 +778,12 @@ mod tests {
             use crate::credits::RefillRecord;
             let refill = prop_oneof![
                 Just(None),
-                any::<(u64, u64)>().prop_map(|(period_ms, amount)| Some(RefillRecord::Every { period_ms, amount })),
-                any::<(u8, u64)>().prop_map(|(day, amount)| Some(RefillRecord::Monthly { day, amount })),
+                any::<(u64, u64)>().prop_map(|(period_ms, amount)| Some(RefillRecord::Every {
+                    period_ms,
+                    amount
+                })),
+                any::<(u8, u64)>()
+                    .prop_map(|(day, amount)| Some(RefillRecord::Monthly { day, amount })),
             ];
             (any::<([u8; 8], u64, u64, Option<u64>, u64)>(), refill).prop_map(
                 |((id, remaining, period, alert_below, anchor), refill)| CreditsRecord {

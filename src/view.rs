@@ -85,7 +85,8 @@ impl StoreView {
 
     /// A token's details, without its secret.
     pub fn get(&self, id: &TokenId) -> Option<TokenInfo> {
-        self.map.with(id, |e| TokenInfo::of(e, SystemClock.now_ms()))
+        self.map
+            .with(id, |e| TokenInfo::of(e, SystemClock.now_ms()))
     }
 
     /// How many tokens the files hold, revoked and expired ones included.

@@ -13,9 +13,9 @@ use super::Persister;
 use crate::change::ChangeRef;
 use crate::credits::CreditsRecord;
 use crate::entry::Entry;
-use crate::feed::{self, ChangeKind};
 use crate::error::Error;
 use crate::extras::Extras;
+use crate::feed::{self, ChangeKind};
 use crate::file::WriteError;
 use crate::journal;
 use crate::map::Map;
@@ -63,7 +63,9 @@ impl Persister {
                     taken.alerts.push(e.id);
                 }
                 if credits.state != meter.persisted() {
-                    taken.credits.push((e.id, meter.record(e.id.to_bytes(), credits.state)));
+                    taken
+                        .credits
+                        .push((e.id, meter.record(e.id.to_bytes(), credits.state)));
                 }
             }
         };
@@ -122,7 +124,9 @@ impl Persister {
             if let Some((_, x)) = extras.next_if(|(id, _)| *id == entry.id) {
                 changes.push(ChangeRef::Extras(x.record(entry.id)));
                 if let Some(meter) = &x.meter {
-                    changes.push(ChangeRef::Credits(meter.record(entry.id.to_bytes(), meter.state())));
+                    changes.push(ChangeRef::Credits(
+                        meter.record(entry.id.to_bytes(), meter.state()),
+                    ));
                 }
             }
         }
@@ -134,7 +138,12 @@ impl Persister {
             id: id.to_bytes(),
             at,
         }));
-        changes.extend(taken.credits.iter().map(|&(_, record)| ChangeRef::Credits(record)));
+        changes.extend(
+            taken
+                .credits
+                .iter()
+                .map(|&(_, record)| ChangeRef::Credits(record)),
+        );
         // A backend holding failed changes (a database's: a file store compacts instead of
         // appending while any are pending) writes them even with nothing new.
         let resend = self.definitions_pending;

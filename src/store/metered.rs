@@ -46,7 +46,8 @@ impl TokenStore {
     pub(crate) fn refuse_credits_in_a_database(&self, setting: bool) -> Result<(), Error> {
         if setting && !matches!(self.location(), crate::Location::File(_)) {
             return Err(Error::InvalidRequest(
-                "credits are kept by file stores only for now; this store is a PostgreSQL database".into(),
+                "credits are kept by file stores only for now; this store is a PostgreSQL database"
+                    .into(),
             ));
         }
         Ok(())

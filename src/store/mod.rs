@@ -287,10 +287,17 @@ impl TokenStore {
             expires_at,
             rate_limit,
         ));
-        // Owner and metadata pass on; a replacement is ours, so never imported.
+        // Owner, metadata and credits pass on (the credits as they stand now, spent apart
+        // from then on); a replacement is ours, so never imported.
         if let Some(extras) = extras {
             let meta = extras.packed_meta().into();
-            new.set_extras(Some(Extras::new(extras.owner.clone(), meta, false)));
+            let meter = extras
+                .meter
+                .as_ref()
+                .map(|m| std::sync::Arc::new(m.successor(now)));
+            new.set_extras(Some(
+                Extras::new(extras.owner.clone(), meta, false).with_meter(meter),
+            ));
         }
         let until = now.saturating_add(millis(grace));
         let message = |reply| Message::Rotate {
@@ -330,7 +337,10 @@ impl TokenStore {
 
     /// A token's details, without its secret.
     pub fn get(&self, id: &TokenId) -> Option<TokenInfo> {
-        self.handle.shared.map.with(id, |e| TokenInfo::of(e, self.now()))
+        self.handle
+            .shared
+            .map
+            .with(id, |e| TokenInfo::of(e, self.now()))
     }
 
     /// Every token's details, oldest first (revoked and expired ones included).

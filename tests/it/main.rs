@@ -23,6 +23,7 @@ mod async_calls;
 mod axum_service;
 #[cfg(feature = "cli")]
 mod cli;
+mod credits;
 mod faults;
 mod feed;
 mod files;
