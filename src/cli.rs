@@ -22,8 +22,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use tokencache::{
-    redacted_path, NewToken, OwnedToken, RateLimit, RateLimitError, Rejection, StoreView, TokenId,
-    TokenInfo, TokenStore, ValidToken,
+    redacted_path, Credits, NewToken, OwnedToken, RateLimit, RateLimitError, Refill, Rejection,
+    StoreView, TokenId, TokenInfo, TokenStore, ValidToken,
 };
 
 mod import;
@@ -84,6 +84,8 @@ enum Command {
         /// at most 4 KiB in all), e.g. `--meta plan=pro`.
         #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_pair)]
         meta: Vec<(String, String)>,
+        #[command(flatten)]
+        credits: CreditsArgs,
         /// Print the token and its details as one JSON object.
         #[arg(long)]
         json: bool,
@@ -101,6 +103,10 @@ enum Command {
         /// Also require this scope.
         #[arg(long, value_name = "SCOPE")]
         scope: Option<String>,
+        /// Credits to spend, for a token with credits (default 1; 0 checks without
+        /// spending). A read-only check spends nothing.
+        #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "scope")]
+        cost: u64,
         /// Print the outcome as one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -207,6 +213,23 @@ enum Command {
         #[arg(long, conflicts_with_all = ["rate_limit", "burst"], required_unless_present = "rate_limit")]
         none: bool,
     },
+    /// Show a token's credits, or set or remove them (durable when the command returns).
+    ///
+    /// With --credits, the remaining credits become N and a refill counts its periods from
+    /// now; with --clear the token has no credits (validations spend nothing); with
+    /// neither, prints what is left.
+    Credits {
+        /// The token's id, as `list` shows it.
+        id: String,
+        #[command(flatten)]
+        credits: CreditsArgs,
+        /// Remove the token's credits.
+        #[arg(long, conflicts_with = "credits")]
+        clear: bool,
+        /// Print the credits as one JSON object (`null`: none).
+        #[arg(long)]
+        json: bool,
+    },
     /// Replace a token's metadata with the KEY=VALUE pairs given (durable when the command
     /// returns).
     ///
@@ -265,6 +288,46 @@ enum Command {
 }
 
 /// A rate limit given on the command line.
+#[derive(Debug, clap::Args)]
+struct CreditsArgs {
+    /// Credits the token may spend: each validation spends 1 (or `validate --cost`); with
+    /// none left it is refused (`usage_exceeded`, HTTP 429).
+    #[arg(long, value_name = "N")]
+    credits: Option<u64>,
+    /// Refill the credits every DURATION (at least 1m), e.g. "1d", counted from now.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "credits", conflicts_with = "refill_day")]
+    refill_every: Option<Duration>,
+    /// Refill the credits on this day of every month (1-31; the last day of a shorter
+    /// month), at 00:00 UTC.
+    #[arg(long, value_name = "DAY", requires = "credits")]
+    refill_day: Option<u8>,
+    /// The credits after each refill (default: --credits).
+    #[arg(long, value_name = "N", requires = "credits")]
+    refill_amount: Option<u64>,
+    /// Report on the change feed when spending takes the credits below N.
+    #[arg(long, value_name = "N", requires = "credits")]
+    alert_below: Option<u64>,
+}
+
+impl CreditsArgs {
+    /// The credits given, if any (the library checks them when they are set).
+    fn get(&self) -> Option<Credits> {
+        let remaining = self.credits?;
+        let amount = self.refill_amount.unwrap_or(remaining);
+        let mut credits = Credits::new(remaining);
+        if let Some(period) = self.refill_every {
+            credits = credits.refill(Refill::every(period, amount));
+        }
+        if let Some(day) = self.refill_day {
+            credits = credits.refill(Refill::monthly(day, amount));
+        }
+        if let Some(threshold) = self.alert_below {
+            credits = credits.alert_below(threshold);
+        }
+        Some(credits)
+    }
+}
+
 #[derive(Debug, clap::Args)]
 struct LimitArgs {
     /// Requests allowed per period: N/s, N/min, N/h or N/Pms (a period of P milliseconds),
@@ -327,6 +390,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             limit,
             owner,
             meta,
+            credits,
             json,
         } => {
             let mut request = NewToken::new(name).scopes(scopes);
@@ -342,9 +406,21 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             for (key, value) in meta {
                 request = request.meta(key, value);
             }
+            if let Some(credits) = credits.get() {
+                request = request.credits(credits);
+            }
             issue(path, prefix, request, json)
         }
-        Command::Validate { scope, json } => validate(path, scope.as_deref(), json),
+        Command::Validate { scope, cost, json } => validate(path, scope.as_deref(), cost, json),
+        Command::Credits {
+            id,
+            credits,
+            clear,
+            json,
+        } => match (credits.get(), clear) {
+            (None, false) => show_credits(path, &id, json),
+            (credits, _) => set_credits(path, &id, credits),
+        },
         Command::List { owner, json } => list(path, owner.as_deref(), json),
         Command::Revoke { id, owner, json } => match (id, owner) {
             (_, Some(owner)) => revoke_owner(path, &owner, json),
@@ -417,11 +493,11 @@ fn issue(
     Ok(ExitCode::SUCCESS)
 }
 
-fn validate(path: &Path, scope: Option<&str>, json: bool) -> Result<ExitCode, Failure> {
+fn validate(path: &Path, scope: Option<&str>, cost: u64, json: bool) -> Result<ExitCode, Failure> {
     // The store first: a mistyped --store fails at once instead of after a prompt or a read.
     let checker = Checker::open(path)?;
     let token = read_token()?;
-    let outcome = checker.check(&token, scope);
+    let outcome = checker.check(&token, scope, cost);
     let read_only = checker.close()?;
     if read_only {
         eprintln!(
@@ -455,7 +531,12 @@ fn validate(path: &Path, scope: Option<&str>, json: bool) -> Result<ExitCode, Fa
                     "read_only": read_only,
                     "reason": rejection.as_str(),
                 });
-                if let Rejection::RateLimited { retry_after } = rejection {
+                let retry_after = match rejection {
+                    Rejection::RateLimited { retry_after } => Some(retry_after),
+                    Rejection::UsageExceeded { retry_after } => retry_after,
+                    _ => None,
+                };
+                if let Some(retry_after) = retry_after {
                     info["retry_after_ms"] = Value::from(retry_after.as_millis() as u64);
                 }
                 print_json(&info)?;
@@ -487,15 +568,24 @@ impl Checker {
         }
     }
 
-    /// Checks `token` (and `scope`, if given).
-    fn check(&self, token: &str, scope: Option<&str>) -> Result<OwnedToken, Rejection> {
+    /// Checks `token` (and `scope`, if given), spending `cost` of its credits (a store
+    /// opened read-only spends nothing).
+    fn check(&self, token: &str, scope: Option<&str>, cost: u64) -> Result<OwnedToken, Rejection> {
         match (self, scope) {
-            (Checker::Store(store), None) => store.validate(token),
+            (Checker::Store(store), None) => store.validate_cost(token, cost),
             (Checker::Store(store), Some(scope)) => store.validate_scope(token, scope),
             (Checker::View(view), None) => view.validate(token),
             (Checker::View(view), Some(scope)) => view.validate_scope(token, scope),
         }
         .map(ValidToken::into_owned)
+    }
+
+    /// The details of token `id`.
+    fn get(&self, id: &TokenId) -> Option<TokenInfo> {
+        match self {
+            Checker::Store(store) => store.get(id),
+            Checker::View(view) => view.get(id),
+        }
     }
 
     /// Closes the store, if it was opened. Returns whether the check was read-only.
@@ -684,6 +774,34 @@ fn set_owner_limit(
 fn set_meta(path: &Path, id: &str, pairs: &[(String, String)]) -> Result<ExitCode, Failure> {
     let id = change(path, id, |store, id| store.set_meta(id, pairs))?;
     eprintln!("{id} now has {} metadata pair(s)", pairs.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn set_credits(path: &Path, id: &str, credits: Option<Credits>) -> Result<ExitCode, Failure> {
+    let id = change(path, id, |store, id| store.set_credits(id, credits))?;
+    match credits {
+        Some(credits) => eprintln!("{id} now has {} credits", credits.remaining()),
+        None => eprintln!("{id} has no credits now"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show_credits(path: &Path, id: &str, json: bool) -> Result<ExitCode, Failure> {
+    let id: TokenId = id
+        .parse()
+        .map_err(|e: tokencache::ParseIdError| format!("{id:?} is {e}"))?;
+    let checker = Checker::open(path)?;
+    let info = checker.get(&id);
+    checker.close()?;
+    let info = info.ok_or_else(|| format!("no token {id} in {}", redacted_path(path)))?;
+    if json {
+        print_json(&info.credits.as_ref().map_or(Value::Null, credits_json))?;
+    } else {
+        match &info.credits {
+            Some(credits) => print_line(&format!("{} credits left", credits.remaining()))?,
+            None => print_line("no credits: validations spend nothing")?,
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -967,6 +1085,23 @@ fn token_json(token: &TokenInfo) -> Value {
         "owner": token.owner,
         "meta": meta_json(token.meta.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
         "imported": token.imported,
+        "credits": token.credits.as_ref().map(credits_json),
+    })
+}
+
+/// A token's credits as `list --json` and `credits --json` show them.
+fn credits_json(credits: &Credits) -> Value {
+    let refill = credits.refill_plan().map(|refill| match refill {
+        Refill::Every { period, amount } => {
+            json!({ "every_ms": period.as_millis() as u64, "amount": amount })
+        }
+        Refill::Monthly { day, amount } => json!({ "monthly_day": day, "amount": amount }),
+        _ => Value::Null,
+    });
+    json!({
+        "remaining": credits.remaining(),
+        "refill": refill,
+        "alert_below": credits.alert_threshold(),
     })
 }
 

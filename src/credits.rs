@@ -61,6 +61,7 @@ pub struct Credits {
 /// How a token's credits come back: at each refill, the remaining credits become
 /// `amount` (unused credits do not carry over, as with Unkey's refill).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Refill {
     /// Every `period` (at least [`MIN_REFILL_PERIOD`]), counted from when the credits were set.
     Every {
@@ -289,6 +290,25 @@ impl Meter {
             plan: self.plan,
             persisted: AtomicU64::new(state),
         }
+    }
+
+    /// A deliberately broken twin of [`take_state`](Self::take_state): load, then store
+    /// the word without its flags, so a spend in between is undone. For the loom model's
+    /// broken twin only.
+    #[cfg(loom)]
+    pub fn take_state_racy(&self) -> Taken {
+        let word = self.word.load(Ordering::Acquire);
+        self.word.store(word & !(DIRTY | ALERT), Ordering::Release);
+        Taken {
+            state: word & !(DIRTY | ALERT),
+            alert: word & ALERT != 0,
+        }
+    }
+
+    /// Whether a spend is not yet taken (loom models only).
+    #[cfg(loom)]
+    pub fn is_dirty(&self) -> bool {
+        self.word.load(Ordering::Acquire) & DIRTY != 0
     }
 
     /// The credits at `now_ms` (a refill due counts as done), with the plan.

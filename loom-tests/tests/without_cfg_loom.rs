@@ -1,4 +1,4 @@
-//! The loom models in this crate (`write_behind.rs`, `rate_limit.rs`) compile only under
+//! The loom models in this crate (`write_behind.rs`, `rate_limit.rs`, `credits.rs`) compile only under
 //! `--cfg loom`; in a plain `cargo test --workspace` they are empty. This one test is there
 //! to say so in the test output instead of running nothing in silence:
 //!

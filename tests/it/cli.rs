@@ -1603,3 +1603,68 @@ fn a_prefix_names_new_tokens_and_the_store_keeps_accepting_the_old_ones() {
     assert!(stderr(&bad).contains("sk-live!"), "{}", stderr(&bad));
     assert_eq!(stdout(&bad), "");
 }
+
+#[test]
+fn credits_are_given_spent_shown_set_and_cleared() {
+    let dir = common::scratch();
+    let store = dir.path.as_path();
+    let token = issue(
+        store,
+        &[
+            "metered",
+            "--credits",
+            "3",
+            "--refill-day",
+            "1",
+            "--refill-amount",
+            "10",
+            "--alert-below",
+            "1",
+        ],
+    );
+    let listed = &list_json(store)[0]["credits"];
+    assert_eq!(listed["remaining"], 3);
+    assert_eq!(listed["refill"]["monthly_day"], 1);
+    assert_eq!(listed["refill"]["amount"], 10);
+    assert_eq!(listed["alert_below"], 1);
+    let id = listed_ids(store).remove(0);
+    let output = run(store, &["validate", "--cost", "2"], token.as_bytes());
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(verdict(store, &token), "valid");
+    let output = run(store, &["validate", "--json"], token.as_bytes());
+    assert_eq!(output.status.code(), Some(1));
+    let outcome: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(outcome["reason"], "usage_exceeded");
+    assert!(
+        outcome["retry_after_ms"].as_u64().unwrap() > 0,
+        "until the 1st"
+    );
+    let shown = run(store, &["credits", &id], b"");
+    assert_eq!(stdout(&shown), "0 credits left\n");
+    let set = run(
+        store,
+        &["credits", &id, "--credits", "5", "--refill-every", "1d"],
+        b"",
+    );
+    assert_eq!(set.status.code(), Some(0), "{}", stderr(&set));
+    let shown = run(store, &["credits", &id, "--json"], b"");
+    let credits: Value = serde_json::from_str(&stdout(&shown)).unwrap();
+    assert_eq!(credits["remaining"], 5);
+    assert_eq!(credits["refill"]["every_ms"], 86_400_000);
+    let bad = run(
+        store,
+        &["credits", &id, "--credits", "5", "--refill-every", "10s"],
+        b"",
+    );
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("at least 60 s"), "{}", stderr(&bad));
+    let cleared = run(store, &["credits", &id, "--clear"], b"");
+    assert_eq!(cleared.status.code(), Some(0), "{}", stderr(&cleared));
+    assert_eq!(
+        stdout(&run(store, &["credits", &id, "--json"], b"")),
+        "null\n"
+    );
+    for _ in 0..3 {
+        assert_eq!(verdict(store, &token), "valid");
+    }
+}
