@@ -5,13 +5,16 @@
 //! - `validate/floor/{100k,1M}`: SHA-256 of a token plus one probe of a plain hash map
 //!   (std `HashMap`, the same seeded foldhash as the store), the least any digest-keyed
 //!   store can do; `validate/hit` is compared to it.
-//! - `keys/{plain,owner,owner_limit,meta,imported}`: on one store of 100,000 plain tokens
+//! - `keys/{plain,owner,owner_limit,meta,imported,credits}`: on one store of 100,000 plain tokens
 //!   plus 1,024 of each kind, a hit cycling through 1,024 tokens of that kind: without
 //!   owner or metadata; with an owner (no limit); with an owner holding a shared limit
 //!   (each its own owner, so no quota runs out); plain, reading `meta("plan")` of a token
-//!   with three pairs; an imported key (a string not in our format, found by digest).
-//! - `hot_token/{same,distinct}/{1,2}`: validations per second from 1 and 2 threads, all on
-//!   one token (`same`) or one token per thread (`distinct`).
+//!   with three pairs; an imported key (a string not in our format, found by digest); a
+//!   token with credits (each validation spends one).
+//! - `hot_token/{same,same_credits,distinct}/{1,2}`: validations per second from 1 and 2
+//!   threads, all on one token (`same`), all on one token with credits (`same_credits`:
+//!   every validation a compare-exchange on its credits word), or one token per thread
+//!   (`distinct`).
 //! - `clock/*`: `SystemTime::now` against `SystemClock`'s word.
 //! - `flush/{100k,1M}`: one token used, then `flush`: a scan of every token for unsaved
 //!   `last_used` and one journal record (write, fdatasync).
@@ -67,7 +70,8 @@ use criterion::{
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tokencache::{
-    Builder, ImportedToken, IssuedToken, NewToken, RateLimit, Rejection, TokenId, TokenStore,
+    Builder, Credits, ImportedToken, IssuedToken, NewToken, RateLimit, Rejection, TokenId,
+    TokenStore, MAX_CREDITS,
 };
 
 const SIZES: [(usize, &str); 2] = [(100_000, "100k"), (1_000_000, "1M")];
@@ -124,6 +128,8 @@ fn keys(c: &mut Criterion) {
     let plain = kind(&|i| NewToken::new(format!("plain-{i}")).scope("read"));
     let owned = kind(&|i| NewToken::new(format!("owned-{i}")).owner(format!("o-{}", i % 64)));
     let limited = kind(&|i| NewToken::new(format!("limited-{i}")).owner(format!("lim-{i}")));
+    let metered =
+        kind(&|i| NewToken::new(format!("metered-{i}")).credits(Credits::new(MAX_CREDITS)));
     for i in 0..HIT_SET {
         let limit = RateLimit::per_second(1_000_000);
         store
@@ -152,6 +158,7 @@ fn keys(c: &mut Criterion) {
         ("owner", &owned),
         ("owner_limit", &limited),
         ("imported", &imported),
+        ("credits", &metered),
     ] {
         assert!(secrets.iter().all(|s| store.validate(s).is_ok()), "{label}");
         group.bench_function(label, |b| {
@@ -260,6 +267,11 @@ fn validations(store: &TokenStore, token: &str, n: u64) {
 fn hot_token(c: &mut Criterion) {
     let dir = TempDir::new().expect("temp dir");
     let (store, issued) = filled_store(dir.path(), 100_000);
+    // A token with credits that never run out: each validation spends one with a
+    // compare-exchange on its credits word, the one write shared by the threads.
+    let credited = store
+        .issue(NewToken::new("credited").credits(Credits::new(MAX_CREDITS)))
+        .expect("issue");
     let mut group = c.benchmark_group("hot_token");
     for threads in [1usize, 2] {
         group.throughput(Throughput::Elements(threads as u64));
@@ -267,6 +279,12 @@ fn hot_token(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("same", threads), |b| {
             b.iter_custom(|iters| {
                 in_parallel(threads, iters, |i, n| validations(&store, same[i], n))
+            })
+        });
+        let metered = vec![credited.secret(); threads];
+        group.bench_function(BenchmarkId::new("same_credits", threads), |b| {
+            b.iter_custom(|iters| {
+                in_parallel(threads, iters, |i, n| validations(&store, metered[i], n))
             })
         });
         let distinct: Vec<&str> = issued[..threads].iter().map(|t| t.secret()).collect();

@@ -13,9 +13,9 @@ impl TokenStore {
     /// Sets (`Some`) or removes (`None`) token `id`'s credits, durably: the remaining
     /// credits become `credits.remaining()`, and a refill counts its periods from now.
     /// Validations that start afterwards spend from the new credits. File stores only, for
-    /// now: a PostgreSQL store refuses it ([`Error::InvalidRequest`]).
+    /// now: a PostgreSQL store refuses it, removal included ([`Error::InvalidRequest`]).
     pub fn set_credits(&self, id: &TokenId, credits: Option<Credits>) -> Result<(), Error> {
-        self.refuse_credits_in_a_database(credits.is_some())?;
+        self.refuse_credits_in_a_database(true)?;
         self.commit(setting_credits(id, credits, self.now()))
     }
 
@@ -26,7 +26,7 @@ impl TokenStore {
         credits: Option<Credits>,
     ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
         let change = self
-            .refuse_credits_in_a_database(credits.is_some())
+            .refuse_credits_in_a_database(true)
             .and_then(|()| setting_credits(id, credits, self.now()));
         self.commit_async(change)
     }

@@ -236,8 +236,8 @@ fn journal_header(base: u64) -> Vec<u8> {
 fn snapshot_with_seq(seq: u64) -> Vec<u8> {
     let mut body = vec![0, 253];
     body.extend_from_slice(&seq.to_le_bytes());
-    // No records, extras, owner limits or prefixes.
-    body.extend_from_slice(&[0, 0, 0, 0]);
+    // No records, extras, owner limits, prefixes or credits.
+    body.extend_from_slice(&[0, 0, 0, 0, 0]);
     tokencache::__fuzz::frame_body(&body)
 }
 

@@ -24,7 +24,9 @@ use hyper_util::rt::TokioExecutor;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 use common::{manual_store, scratch};
-use tokencache::{MissingTokenLayer, NewToken, OwnedToken, RateLimit, TokenLayer, TokenStore};
+use tokencache::{
+    Credits, MissingTokenLayer, NewToken, OwnedToken, RateLimit, Refill, TokenLayer, TokenStore,
+};
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
@@ -308,6 +310,41 @@ async fn a_rate_limited_token_gets_429_with_retry_after_rounded_up() {
     );
     clock.advance(Duration::from_millis(900));
     assert_eq!(http.get("/me", token.secret()).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spent_credits_get_429_with_the_refill_as_retry_after_or_none() {
+    let s = scratch();
+    let (store, clock) = manual_store(&s.path);
+    let hourly = Credits::new(1).refill(Refill::every(Duration::from_secs(3600), 1));
+    let refilled = store
+        .issue(NewToken::new("hourly").credits(hourly))
+        .unwrap();
+    let once = store
+        .issue(NewToken::new("once").credits(Credits::new(1)))
+        .unwrap();
+    let http = Http::new(serve(&store).await);
+    for token in [&refilled, &once] {
+        assert_eq!(http.get("/me", token.secret()).await.status, StatusCode::OK);
+    }
+    clock.advance(Duration::from_millis(600_500));
+    let answer = http.get("/me", refilled.secret()).await;
+    refused(
+        &answer,
+        StatusCode::TOO_MANY_REQUESTS,
+        None,
+        refilled.secret(),
+    );
+    // 2999.5 s to the refill, rounded up.
+    assert_eq!(answer.retry_after.as_deref(), Some("3000"));
+    let answer = http.get("/me", once.secret()).await;
+    refused(&answer, StatusCode::TOO_MANY_REQUESTS, None, once.secret());
+    assert_eq!(answer.retry_after, None, "no refill, no time to wait for");
+    clock.advance(Duration::from_secs(3000));
+    assert_eq!(
+        http.get("/me", refilled.secret()).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -472,3 +472,27 @@ fn a_schema_3_database_is_upgraded_to_4_on_open_and_keeps_its_tokens() {
     assert_eq!(verdict(&c, owned.secret()), Err(Rejection::Revoked));
     assert_eq!(c.get(&owned.id()).unwrap().meta, [("k".into(), "v".into())]);
 }
+
+/// Credits are kept by file stores only for now: a PostgreSQL store refuses them with an
+/// error that says so, and changes nothing.
+#[test]
+fn credits_are_refused_with_a_reason_and_nothing_changes() {
+    let url = pg::fresh_db();
+    let store = open(&url);
+    let credits = tokencache::Credits::new(10);
+    let refused = store.issue(NewToken::new("metered").credits(credits));
+    assert!(
+        matches!(&refused, Err(tokencache::Error::InvalidRequest(why)) if why.contains("file stores only")),
+        "{refused:?}"
+    );
+    assert!(store.list().is_empty());
+    let plain = store.issue(NewToken::new("plain")).unwrap();
+    assert!(matches!(
+        store.set_credits(&plain.id(), Some(credits)),
+        Err(tokencache::Error::InvalidRequest(_))
+    ));
+    assert!(store.set_credits(&plain.id(), None).is_err());
+    assert_eq!(store.credits(&plain.id()), None);
+    store.validate_cost(plain.secret(), 5).unwrap();
+    store.close().unwrap();
+}
