@@ -177,6 +177,8 @@ def test_a_postgresql_store_refuses_credits(pg_url):
         issued = store.issue("plain")
         with pytest.raises(tokencache.InvalidArgumentError, match="file stores only"):
             store.set_credits(issued.id, Credits(1))
+        with pytest.raises(tokencache.InvalidArgumentError, match="file stores only"):
+            store.set_credits(issued.id, None)  # removal too: the database keeps none
         assert store.credits(issued.id) is None
 
 
