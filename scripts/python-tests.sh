@@ -4,7 +4,7 @@
 #   1. a virtual environment (python3 -m venv) in target/py-venv, with the pinned
 #      python/requirements-dev.txt installed (maturin, pytest, Flask, FastAPI, httpx...);
 #   2. the Rust CLI (`cargo build --features cli`), which the tests of stores shared with
-#      Rust run, unless TOKENCACHE_CLI names one or target/debug/tokencache exists;
+#      Rust run, unless TOKENCACHE_CLI names one;
 #   3. `pip install ./python`: the wheel built by maturin (release profile, abi3), as a user
 #      installs it;
 #   4. pytest over python/tests (a PostgreSQL store too, in a throwaway cluster, when the
@@ -32,7 +32,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r python/requirements-dev.txt
 
-if [ -z "${TOKENCACHE_CLI:-}" ] && [ ! -x target/debug/tokencache ]; then
+# Built even when target/debug/tokencache exists (a no-op when it is fresh): a CLI older than
+# the library would refuse the files the Python package writes (a newer format version).
+if [ -z "${TOKENCACHE_CLI:-}" ]; then
     step "the Rust CLI for the tests of stores shared with Rust (cargo build --features cli)"
     cargo build --features cli --bin tokencache
 fi

@@ -146,3 +146,16 @@ pub(crate) fn meta(value: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(String, St
     }
     Ok(out)
 }
+
+/// Optional credits: a `tokencache.Credits` (checked when it was made), or `None`.
+pub(crate) fn opt_credits(
+    value: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<tokencache::Credits>> {
+    match value.filter(|v| !v.is_none()) {
+        Some(v) => v
+            .cast::<crate::objects::Credits>()
+            .map(|c| Some(c.get().0))
+            .map_err(|_| wrong_type("credits", "a tokencache.Credits or None", v)),
+        None => Ok(None),
+    }
+}

@@ -52,7 +52,7 @@ pub(crate) fn invalid(py: Python<'_>, message: impl Into<String>) -> PyErr {
 /// common answer (a scan of bad tokens, a revoked client), so it costs no import.
 static REJECTIONS: PyOnceLock<Vec<Py<PyType>>> = PyOnceLock::new();
 
-const REJECTION_NAMES: [&str; 7] = [
+const REJECTION_NAMES: [&str; 8] = [
     "Malformed",
     "Unknown",
     "Revoked",
@@ -60,11 +60,12 @@ const REJECTION_NAMES: [&str; 7] = [
     "RateLimited",
     "MissingScope",
     "Unavailable",
+    "UsageExceeded",
 ];
 
 /// The Python exception for a refused token: `Rejected`'s subclass for the reason, its
 /// message the reason and the advice the CLI prints; `RateLimited` carries `retry_after`
-/// in seconds.
+/// in seconds, `UsageExceeded` the seconds to the next refill (or `None`).
 pub(crate) fn rejected(py: Python<'_>, rejection: tokencache::Rejection) -> PyErr {
     use tokencache::Rejection as R;
     let classes = match REJECTIONS.get_or_try_init(py, || {
@@ -84,6 +85,7 @@ pub(crate) fn rejected(py: Python<'_>, rejection: tokencache::Rejection) -> PyEr
         R::RateLimited { .. } => 4,
         R::MissingScope => 5,
         R::Unavailable => 6,
+        R::UsageExceeded { .. } => 7,
         // A reason added in a later Rust release: the base class says it was refused.
         _ => {
             return match class(py, "Rejected") {
@@ -97,6 +99,14 @@ pub(crate) fn rejected(py: Python<'_>, rejection: tokencache::Rejection) -> PyEr
         R::RateLimited { retry_after } => {
             let secs = retry_after.as_secs_f64();
             let message = format!("rate limited: retry after {secs:.3} s");
+            PyErr::from_type(ty, (message, secs))
+        }
+        R::UsageExceeded { retry_after } => {
+            let secs = retry_after.map(|d| d.as_secs_f64());
+            let message = match secs {
+                Some(secs) => format!("{rejection}: the credits refill in {secs:.3} s"),
+                None => format!("{}: {}", rejection, rejection.advice()),
+            };
             PyErr::from_type(ty, (message, secs))
         }
         _ => PyErr::from_type(ty, format!("{}: {}", rejection, rejection.advice())),

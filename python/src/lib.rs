@@ -26,10 +26,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<objects::Changes>()?;
     m.add_class::<objects::StoreView>()?;
     m.add_class::<objects::ManualClock>()?;
+    m.add_class::<objects::Credits>()?;
     m.add_function(wrap_pyfunction!(objects::inspect, m)?)?;
     m.add_function(wrap_pyfunction!(objects::parse_rate_limit, m)?)?;
     m.add_function(wrap_pyfunction!(fork::_release_inherited_locks, m)?)?;
     m.add("FORMAT_VERSION", tokencache::FORMAT_VERSION)?;
+    m.add("MAX_CREDITS", tokencache::MAX_CREDITS)?;
     m.add("DEFAULT_PREFIX", tokencache::PREFIX.trim_end_matches('_'))?;
     Ok(())
 }

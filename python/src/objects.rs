@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::convert;
-use crate::errors::{error, raise, rejected};
+use crate::errors::{error, invalid, raise, rejected};
 use crate::fork;
 
 /// `(key, value)` pairs as a `dict` (insertion order kept).
@@ -184,6 +184,11 @@ impl TokenInfo {
     fn imported(&self) -> bool {
         self.0.imported
     }
+    /// Its `Credits` as of this read, or `None` if it has none.
+    #[getter]
+    fn credits(&self) -> Option<Credits> {
+        self.0.credits.map(Credits)
+    }
 
     fn __repr__(&self) -> String {
         format!(
@@ -207,7 +212,7 @@ pub(crate) struct ChangeEvent(tokencache::ChangeEvent);
 impl ChangeEvent {
     /// What changed: `"issued"`, `"revoked"`, `"deleted"`, `"rotated"`,
     /// `"expiry_shortened"`, `"rate_limit_set"`, `"purged"`, `"meta_set"`, `"imported"`,
-    /// `"owner_rate_limit_set"`.
+    /// `"owner_rate_limit_set"`, `"credits_set"`, `"credits_low"`.
     #[getter]
     fn kind(&self) -> &'static str {
         self.0.kind.as_str()
@@ -503,4 +508,165 @@ pub(crate) fn inspect<'py>(
 #[pyfunction]
 pub(crate) fn parse_rate_limit(text: &Bound<'_, PyAny>) -> PyResult<String> {
     Ok(convert::rate_limit(text)?.to_string())
+}
+
+/// A token's credits (`issue(..., credits=...)`, `set_credits`, `credits`): how many
+/// validations (or how much `cost`) it may still spend, and how they come back. Checked
+/// when made: an `InvalidArgumentError` says what is wrong.
+#[pyclass(frozen, eq, module = "tokencache")]
+#[derive(PartialEq)]
+pub(crate) struct Credits(pub(crate) tokencache::Credits);
+
+#[pymethods]
+impl Credits {
+    /// `remaining` credits; `refill_every` (seconds or a timedelta, at least 60 s) or
+    /// `refill_day` (1-31, at 00:00 UTC) brings them back to `refill_amount` (default
+    /// `remaining`); `alert_below` reports `"credits_low"` on the change feed when spending
+    /// crosses below it.
+    #[new]
+    #[pyo3(signature = (remaining, *, refill_every=None, refill_day=None, refill_amount=None, alert_below=None))]
+    fn new(
+        py: Python<'_>,
+        remaining: &Bound<'_, PyAny>,
+        refill_every: Option<&Bound<'_, PyAny>>,
+        refill_day: Option<&Bound<'_, PyAny>>,
+        refill_amount: Option<&Bound<'_, PyAny>>,
+        alert_below: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Credits> {
+        let remaining = count("remaining", remaining)?;
+        let mut credits = tokencache::Credits::new(remaining);
+        let every = convert::opt_duration("refill_every", refill_every)?;
+        let day = match refill_day.filter(|d| !d.is_none()) {
+            Some(d) => Some(count("refill_day", d)?),
+            None => None,
+        };
+        let amount = match refill_amount.filter(|a| !a.is_none()) {
+            Some(a) => Some(count("refill_amount", a)?),
+            None => None,
+        };
+        let amount_or_remaining = amount.unwrap_or(remaining);
+        if amount_or_remaining > tokencache::MAX_CREDITS {
+            return Err(invalid(
+                py,
+                format!(
+                    "credits must be at most {} (got {amount_or_remaining})",
+                    tokencache::MAX_CREDITS
+                ),
+            ));
+        }
+        match (every, day) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    py,
+                    "give refill_every or refill_day, not both: credits refill one way",
+                ))
+            }
+            (Some(period), None) => {
+                if period < tokencache::MIN_REFILL_PERIOD {
+                    return Err(invalid(
+                        py,
+                        format!(
+                            "refill_every must be at least {} s (got {} s)",
+                            tokencache::MIN_REFILL_PERIOD.as_secs(),
+                            period.as_secs_f64()
+                        ),
+                    ));
+                }
+                credits = credits.refill(tokencache::Refill::every(period, amount_or_remaining));
+            }
+            (None, Some(day)) => {
+                if !(1..=31).contains(&day) {
+                    return Err(invalid(
+                        py,
+                        format!("refill_day must be 1 to 31 (got {day}); a shorter month refills on its last day"),
+                    ));
+                }
+                credits =
+                    credits.refill(tokencache::Refill::monthly(day as u8, amount_or_remaining));
+            }
+            (None, None) if amount.is_some() => {
+                return Err(invalid(
+                    py,
+                    "refill_amount needs refill_every or refill_day to say when credits refill",
+                ))
+            }
+            (None, None) => {}
+        }
+        if let Some(threshold) = alert_below.filter(|a| !a.is_none()) {
+            credits = credits.alert_below(count("alert_below", threshold)?);
+        }
+        Ok(Credits(credits))
+    }
+
+    /// The credits left (as given, or as read from the store at that moment).
+    #[getter]
+    fn remaining(&self) -> u64 {
+        self.0.remaining()
+    }
+
+    /// The refill period in seconds (a float), or `None`.
+    #[getter]
+    fn refill_every(&self) -> Option<f64> {
+        match self.0.refill_plan() {
+            Some(tokencache::Refill::Every { period, .. }) => Some(period.as_secs_f64()),
+            _ => None,
+        }
+    }
+
+    /// The day of the month of a monthly refill, or `None`.
+    #[getter]
+    fn refill_day(&self) -> Option<u8> {
+        match self.0.refill_plan() {
+            Some(tokencache::Refill::Monthly { day, .. }) => Some(day),
+            _ => None,
+        }
+    }
+
+    /// The credits after each refill, or `None` without a refill.
+    #[getter]
+    fn refill_amount(&self) -> Option<u64> {
+        self.0.refill_plan().map(|r| r.amount())
+    }
+
+    /// The low-credit alert's threshold, or `None`.
+    #[getter]
+    fn alert_below(&self) -> Option<u64> {
+        self.0.alert_threshold()
+    }
+
+    fn __repr__(&self) -> String {
+        let mut parts = vec![self.0.remaining().to_string()];
+        if let Some(s) = self.refill_every() {
+            parts.push(format!("refill_every={s}"));
+        }
+        if let Some(d) = self.refill_day() {
+            parts.push(format!("refill_day={d}"));
+        }
+        if let Some(a) = self.refill_amount() {
+            parts.push(format!("refill_amount={a}"));
+        }
+        if let Some(t) = self.alert_below() {
+            parts.push(format!("alert_below={t}"));
+        }
+        format!("Credits({})", parts.join(", "))
+    }
+}
+
+/// A count of credits (or a day): an `int`, not negative (a `bool` or a float is a
+/// `TypeError`; a negative or huge int an `InvalidArgumentError`).
+pub(crate) fn count(what: &str, value: &Bound<'_, PyAny>) -> PyResult<u64> {
+    if !value.is_instance_of::<pyo3::types::PyInt>()
+        || value.is_instance_of::<pyo3::types::PyBool>()
+    {
+        return Err(crate::errors::wrong_type(what, "an int", value));
+    }
+    value.extract::<u64>().map_err(|_| {
+        invalid(
+            value.py(),
+            format!(
+                "{what} must be 0 to {} (got {value})",
+                tokencache::MAX_CREDITS
+            ),
+        )
+    })
 }

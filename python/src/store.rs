@@ -12,7 +12,7 @@ use pyo3::types::{PyDict, PyString};
 use crate::convert;
 use crate::errors::{error, invalid, raise, rejected, wrong_type};
 use crate::fork;
-use crate::objects::{Changes, IssuedToken, ManualClock, Token, TokenInfo};
+use crate::objects::{Changes, Credits, IssuedToken, ManualClock, Token, TokenInfo};
 
 /// The text of a token argument: `None` for a `str` that cannot be UTF-8 (a lone
 /// surrogate), which no token is; a `TypeError` for anything but a `str`.
@@ -49,16 +49,17 @@ impl Drop for TokenStore {
 }
 
 /// The keyword arguments of `issue` (and the keys of each `issue_many` item).
-const ISSUE_KEYS: [&str; 6] = [
+const ISSUE_KEYS: [&str; 7] = [
     "name",
     "scopes",
     "expires_in",
     "rate_limit",
     "owner",
     "meta",
+    "credits",
 ];
 /// The keyword arguments of `import_key` (and the keys of each `import_many` item).
-const IMPORT_KEYS: [&str; 8] = [
+const IMPORT_KEYS: [&str; 9] = [
     "sha256",
     "name",
     "scopes",
@@ -67,6 +68,7 @@ const IMPORT_KEYS: [&str; 8] = [
     "rate_limit",
     "owner",
     "meta",
+    "credits",
 ];
 
 impl TokenStore {
@@ -110,6 +112,7 @@ impl TokenStore {
         rate_limit: Option<&Bound<'_, PyAny>>,
         owner: Option<&Bound<'_, PyAny>>,
         meta: Option<&Bound<'_, PyAny>>,
+        credits: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<tokencache::NewToken> {
         let mut new = tokencache::NewToken::new(convert::string("name", name)?)
             .scopes(convert::scopes(scopes)?);
@@ -124,6 +127,9 @@ impl TokenStore {
         }
         for (k, v) in convert::meta(meta)? {
             new = new.meta(k, v);
+        }
+        if let Some(credits) = convert::opt_credits(credits)? {
+            new = new.credits(credits);
         }
         Ok(new)
     }
@@ -154,6 +160,9 @@ impl TokenStore {
         }
         for (k, v) in convert::meta(get("meta").as_ref())? {
             key = key.meta(k, v);
+        }
+        if let Some(credits) = convert::opt_credits(get("credits").as_ref())? {
+            key = key.credits(credits);
         }
         Ok(key)
     }
@@ -288,22 +297,34 @@ impl TokenStore {
     }
 
     /// Checks `token` (and that it grants `scope`, if given) and returns the accepted
-    /// `Token`, or raises a `Rejected` subclass. Lock-free in Rust; holds the GIL (about
-    /// half a microsecond, less than releasing and taking it back would cost).
-    #[pyo3(signature = (token, scope=None))]
+    /// `Token`, or raises a `Rejected` subclass. A token with credits spends `cost` of them
+    /// (default 1; 0 checks without spending; only without `scope`). Lock-free in Rust;
+    /// holds the GIL (about half a microsecond, less than releasing and taking it back
+    /// would cost).
+    #[pyo3(signature = (token, scope=None, *, cost=None))]
     fn validate(
         &self,
         py: Python<'_>,
         token: &Bound<'_, PyAny>,
         scope: Option<&str>,
+        cost: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Token> {
         let store = self.live(py)?;
+        let cost = match cost.filter(|c| !c.is_none()) {
+            Some(_) if scope.is_some() => return Err(invalid(
+                py,
+                "validate takes a scope or a cost, not both: a scoped validation spends 1 credit",
+            )),
+            Some(c) => Some(crate::objects::count("cost", c)?),
+            None => None,
+        };
         let Some(text) = token_text(token)? else {
             return Err(rejected(py, tokencache::Rejection::Malformed));
         };
-        let result = match scope {
-            Some(scope) => store.validate_scope(&text, scope),
-            None => store.validate(&text),
+        let result = match (scope, cost) {
+            (Some(scope), _) => store.validate_scope(&text, scope),
+            (None, Some(cost)) => store.validate_cost(&text, cost),
+            (None, None) => store.validate(&text),
         };
         result
             .map(|t| Token(t.into_owned()))
@@ -334,8 +355,9 @@ impl TokenStore {
     }
 
     /// Issues a token, durably (on disk when this returns). `expires_in`: seconds or a
-    /// timedelta; `rate_limit`: `"100/s"`, `"600/min burst 20"`...; `meta`: a dict of str.
-    #[pyo3(signature = (name, *, scopes=None, expires_in=None, rate_limit=None, owner=None, meta=None))]
+    /// timedelta; `rate_limit`: `"100/s"`, `"600/min burst 20"`...; `meta`: a dict of str;
+    /// `credits`: a `Credits` (file stores only).
+    #[pyo3(signature = (name, *, scopes=None, expires_in=None, rate_limit=None, owner=None, meta=None, credits=None))]
     #[allow(clippy::too_many_arguments, reason = "Python's keyword arguments")]
     fn issue(
         &self,
@@ -346,9 +368,10 @@ impl TokenStore {
         rate_limit: Option<&Bound<'_, PyAny>>,
         owner: Option<&Bound<'_, PyAny>>,
         meta: Option<&Bound<'_, PyAny>>,
+        credits: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<IssuedToken> {
         let store = self.live(py)?;
-        let new = Self::new_token(name, scopes, expires_in, rate_limit, owner, meta)?;
+        let new = Self::new_token(name, scopes, expires_in, rate_limit, owner, meta, credits)?;
         let issued = py.detach(|| store.issue(new)).map_err(|e| error(py, e))?;
         Ok(IssuedToken::of(&issued))
     }
@@ -374,6 +397,7 @@ impl TokenStore {
                 get("rate_limit").as_ref(),
                 get("owner").as_ref(),
                 get("meta").as_ref(),
+                get("credits").as_ref(),
             )?);
         }
         let issued = py
@@ -434,6 +458,29 @@ impl TokenStore {
         let limit = convert::opt_rate_limit(rate_limit)?;
         py.detach(|| store.set_rate_limit(&id, limit))
             .map_err(|e| error(py, e))
+    }
+
+    /// Sets (a `Credits`) or removes (`None`) token `id`'s credits, durably; a refill counts
+    /// its periods from now. File stores only (a PostgreSQL store raises
+    /// `InvalidArgumentError`).
+    fn set_credits(
+        &self,
+        py: Python<'_>,
+        id: &Bound<'_, PyAny>,
+        credits: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let store = self.live(py)?;
+        let id = convert::token_id(id)?;
+        let credits = convert::opt_credits(credits)?;
+        py.detach(|| store.set_credits(&id, credits))
+            .map_err(|e| error(py, e))
+    }
+
+    /// Token `id`'s `Credits` as of now (a refill that came due counted), or `None` for a
+    /// token without credits or an unknown id.
+    fn credits(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<Option<Credits>> {
+        let store = self.live(py)?;
+        Ok(store.credits(&convert::token_id(id)?).map(Credits))
     }
 
     /// Token `id`'s details, or `None`.
@@ -511,7 +558,7 @@ impl TokenStore {
 
     /// Imports a key minted elsewhere by its SHA-256 (64 hex digits), durably; returns its
     /// id. `validate` accepts the key from then on.
-    #[pyo3(signature = (sha256, *, name=None, scopes=None, expires_at=None, created_at=None, rate_limit=None, owner=None, meta=None))]
+    #[pyo3(signature = (sha256, *, name=None, scopes=None, expires_at=None, created_at=None, rate_limit=None, owner=None, meta=None, credits=None))]
     #[allow(clippy::too_many_arguments, reason = "Python's keyword arguments")]
     fn import_key(
         &self,
@@ -524,6 +571,7 @@ impl TokenStore {
         rate_limit: Option<&Bound<'_, PyAny>>,
         owner: Option<&Bound<'_, PyAny>>,
         meta: Option<&Bound<'_, PyAny>>,
+        credits: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<String> {
         let store = self.live(py)?;
         let item = PyDict::new(py);
@@ -536,6 +584,7 @@ impl TokenStore {
             ("rate_limit", rate_limit),
             ("owner", owner),
             ("meta", meta),
+            ("credits", credits),
         ] {
             if let Some(v) = v {
                 item.set_item(k, v)?;
@@ -618,6 +667,7 @@ impl TokenStore {
             ("rate_limited", rj.rate_limited),
             ("missing_scope", rj.missing_scope),
             ("unavailable", rj.unavailable),
+            ("usage_exceeded", rj.usage_exceeded),
         ] {
             r.set_item(k, v)?;
         }

@@ -68,7 +68,8 @@ def test_every_rejection_is_its_own_subclass_of_rejected(path, tmp_path):
         assert 3500 < caught.value.retry_after <= 3600
         stats = store.stats()
         assert stats["rejections"] == {"malformed": 1, "unknown": 1, "revoked": 1, "expired": 1,
-                                       "rate_limited": 1, "missing_scope": 1, "unavailable": 0}
+                                       "rate_limited": 1, "missing_scope": 1, "unavailable": 0,
+                                       "usage_exceeded": 0}
 
 
 def test_delete_purge_rotate_and_limits(store):

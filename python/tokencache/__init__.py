@@ -13,9 +13,10 @@ the Rust library and CLI.
 
 Refusals raise :class:`Rejected` subclasses (:class:`Malformed`, :class:`Unknown`,
 :class:`Revoked`, :class:`Expired`, :class:`RateLimited`, :class:`MissingScope`,
-:class:`Unavailable`); failed operations raise :class:`Error` subclasses. Framework
+:class:`Unavailable`, :class:`UsageExceeded`); failed operations raise :class:`Error` subclasses. Framework
 integration: :mod:`tokencache.flask`, :mod:`tokencache.fastapi`,
-:mod:`tokencache.middleware`. Details: docs/PYTHON.md.
+:mod:`tokencache.middleware`. A token's :class:`Credits` meter its use
+(``issue(..., credits=Credits(1000, refill_every=86400))``, ``validate(token, cost=5)``). Details: docs/PYTHON.md.
 """
 
 from __future__ import annotations
@@ -42,12 +43,15 @@ from ._errors import (
     Unavailable,
     Unknown,
     UnknownIdError,
+    UsageExceeded,
 )
 from ._native import (
     DEFAULT_PREFIX,
     FORMAT_VERSION,
+    MAX_CREDITS,
     ChangeEvent,
     Changes,
+    Credits,
     IssuedToken,
     ManualClock,
     Missed,
@@ -69,10 +73,12 @@ if hasattr(_os, "register_at_fork"):
 __all__ = [
     "DEFAULT_PREFIX",
     "FORMAT_VERSION",
+    "MAX_CREDITS",
     "BadPathError",
     "ChangeEvent",
     "Changes",
     "ClosedError",
+    "Credits",
     "CorruptError",
     "DatabaseError",
     "Error",
@@ -97,6 +103,7 @@ __all__ = [
     "Unavailable",
     "Unknown",
     "UnknownIdError",
+    "UsageExceeded",
     "inspect",
     "parse_rate_limit",
 ]

@@ -24,11 +24,14 @@ from ._errors import (
     Unavailable as Unavailable,
     Unknown as Unknown,
     UnknownIdError as UnknownIdError,
+    UsageExceeded as UsageExceeded,
 )
 
 __version__: str
 FORMAT_VERSION: int
 DEFAULT_PREFIX: str
+#: The most credits a token holds at once (2**38 - 1).
+MAX_CREDITS: int
 
 #: Seconds (int or float, not negative) or a timedelta.
 Seconds = Union[int, float, timedelta]
@@ -58,6 +61,31 @@ class IssuedToken:
     @property
     def id(self) -> str: ...
 
+class Credits:
+    """A token's credits: ``remaining`` validations (or cost), refilled to
+    ``refill_amount`` (default ``remaining``) every ``refill_every`` (at least 60 s) or on
+    ``refill_day`` of each month at 00:00 UTC; ``alert_below`` puts ``"credits_low"`` on
+    the change feed when spending crosses below it. Equal when all fields are."""
+    def __init__(
+        self,
+        remaining: int,
+        *,
+        refill_every: Optional[Seconds] = None,
+        refill_day: Optional[int] = None,
+        refill_amount: Optional[int] = None,
+        alert_below: Optional[int] = None,
+    ) -> None: ...
+    @property
+    def remaining(self) -> int: ...
+    @property
+    def refill_every(self) -> Optional[float]: ...
+    @property
+    def refill_day(self) -> Optional[int]: ...
+    @property
+    def refill_amount(self) -> Optional[int]: ...
+    @property
+    def alert_below(self) -> Optional[int]: ...
+
 class TokenInfo:
     """A token's details (never its secret). Times in UTC."""
     @property
@@ -82,6 +110,8 @@ class TokenInfo:
     def meta(self) -> Dict[str, str]: ...
     @property
     def imported(self) -> bool: ...
+    @property
+    def credits(self) -> Optional[Credits]: ...
 
 class ChangeEvent:
     """One durable change from the change feed."""
@@ -151,7 +181,11 @@ class TokenStore:
         ssl_root_cert: Optional[Union[str, "PathLike[str]"]] = None,
         ssl_client_cert: Optional[Tuple[str, str]] = None,
     ) -> None: ...
-    def validate(self, token: str, scope: Optional[str] = None) -> Token: ...
+    def validate(
+        self, token: str, scope: Optional[str] = None, *, cost: Optional[int] = None
+    ) -> Token:
+        """``cost`` (default 1) is spent from a token's credits; not with ``scope``."""
+        ...
     def issue(
         self,
         name: str,
@@ -161,6 +195,7 @@ class TokenStore:
         rate_limit: Optional[str] = None,
         owner: Optional[str] = None,
         meta: Optional[Meta] = None,
+        credits: Optional[Credits] = None,
     ) -> IssuedToken: ...
     def issue_many(self, requests: Iterable[Mapping[str, Any]]) -> List[IssuedToken]: ...
     def revoke(self, id: str) -> None: ...
@@ -176,6 +211,8 @@ class TokenStore:
     def set_owner_rate_limit(self, owner: str, rate_limit: Optional[str]) -> None: ...
     def owner_rate_limit(self, owner: str) -> Optional[str]: ...
     def set_meta(self, id: str, meta: Meta) -> None: ...
+    def set_credits(self, id: str, credits: Optional[Credits]) -> None: ...
+    def credits(self, id: str) -> Optional[Credits]: ...
     def import_key(
         self,
         sha256: str,
@@ -187,6 +224,7 @@ class TokenStore:
         rate_limit: Optional[str] = None,
         owner: Optional[str] = None,
         meta: Optional[Meta] = None,
+        credits: Optional[Credits] = None,
     ) -> str: ...
     def import_many(self, keys: Iterable[Mapping[str, Any]]) -> List[str]: ...
     def subscribe(self, capacity: Optional[int] = None) -> Changes: ...

@@ -7,6 +7,8 @@ docstrings, class attributes and ordinary pickling.
 
 from __future__ import annotations
 
+from typing import Optional
+
 
 class Rejected(Exception):
     """``validate`` refused the token. Catch this to catch every reason.
@@ -71,6 +73,24 @@ class Unavailable(Rejected):
 
     reason = "unavailable"
     http_status = 503
+
+
+class UsageExceeded(Rejected):
+    """The token has credits and too few remain for this call's cost; nothing was spent.
+    ``retry_after`` is the wait in seconds (a float) until the credits refill, or ``None``
+    if they never do."""
+
+    reason = "usage_exceeded"
+    http_status = 429
+
+    def __init__(
+        self, message: str = "usage exceeded", retry_after: Optional[float] = None
+    ) -> None:
+        super().__init__(message, retry_after)
+        self.retry_after = None if retry_after is None else float(retry_after)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class Error(Exception):

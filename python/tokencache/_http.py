@@ -7,6 +7,7 @@ header and the refusal for each reason, as the Rust tower layer (docs/LAYER.md) 
 | malformed, unknown, revoked or expired | 401 | ``… error="invalid_token", error_description="…"`` |
 | the token lacks the required scope | 403 | ``… error="insufficient_scope", scope="…"`` |
 | over its rate limit | 429 | ``Retry-After: <seconds, rounded up>`` |
+| its credits are spent | 429 | ``Retry-After: <seconds to the refill, rounded up>`` if they refill |
 | replica too stale to vouch | 503 | none |
 | two Authorization headers (ASGI only: WSGI servers merge them) | 400 | ``… error="invalid_request"`` |
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import List, Optional, Tuple
 
-from ._errors import Rejected, RateLimited
+from ._errors import Rejected, RateLimited, UsageExceeded
 
 #: ``error_description`` of the 401 for each reason, as the Rust layer words it.
 _DESCRIPTIONS = {
@@ -79,6 +80,11 @@ def refusal(rejected: Rejected, scope: Optional[str] = None, realm: str = "api")
     realm = _quotable(realm)
     reason = rejected.reason
     if isinstance(rejected, RateLimited):
+        seconds = max(0, math.ceil(rejected.retry_after))
+        return Refusal(429, [("Retry-After", str(seconds))], reason)
+    if isinstance(rejected, UsageExceeded):
+        if rejected.retry_after is None:
+            return Refusal(429, [], reason)
         seconds = max(0, math.ceil(rejected.retry_after))
         return Refusal(429, [("Retry-After", str(seconds))], reason)
     if reason == "missing_scope":
