@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyDelta, PyDict, PyString};
 
-use crate::errors::{invalid, wrong_type};
+use crate::errors::{invalid, rejected, wrong_type};
 
 /// A duration given as seconds (`int` or `float`, finite, not negative) or a `timedelta`
 /// (not negative).
@@ -147,15 +148,13 @@ pub(crate) fn meta(value: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(String, St
     Ok(out)
 }
 
-/// Optional credits: a `tokencache.Credits` (checked when it was made), or `None`.
-pub(crate) fn opt_credits(
-    value: Option<&Bound<'_, PyAny>>,
-) -> PyResult<Option<tokencache::Credits>> {
-    match value.filter(|v| !v.is_none()) {
-        Some(v) => v
-            .cast::<crate::objects::Credits>()
-            .map(|c| Some(c.get().0))
-            .map_err(|_| wrong_type("credits", "a tokencache.Credits or None", v)),
-        None => Ok(None),
+/// The text of a token argument: `Malformed` for a `str` that cannot be UTF-8 (a lone
+/// surrogate), which no token is; a `TypeError` for anything but a `str`.
+pub(crate) fn token_text(token: &Bound<'_, PyAny>) -> PyResult<PyBackedStr> {
+    if !token.is_instance_of::<PyString>() {
+        return Err(wrong_type("token", "str", token));
     }
+    token
+        .extract::<PyBackedStr>()
+        .map_err(|_| rejected(token.py(), tokencache::Rejection::Malformed))
 }

@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::convert;
-use crate::errors::{error, invalid, raise, rejected};
+use crate::errors::{error, invalid, raise, rejected, wrong_type};
 use crate::fork;
 
 /// `(key, value)` pairs as a `dict` (insertion order kept).
@@ -415,9 +415,7 @@ impl StoreView {
         token: &Bound<'_, PyAny>,
         scope: Option<&str>,
     ) -> PyResult<Token> {
-        let Some(text) = crate::store::token_text(token)? else {
-            return Err(rejected(py, tokencache::Rejection::Malformed));
-        };
+        let text = convert::token_text(token)?;
         let result = match scope {
             Some(scope) => self.0.validate_scope(&text, scope),
             None => self.0.validate(&text),
@@ -516,6 +514,22 @@ pub(crate) fn parse_rate_limit(text: &Bound<'_, PyAny>) -> PyResult<String> {
 #[pyclass(frozen, eq, module = "tokencache")]
 #[derive(PartialEq)]
 pub(crate) struct Credits(pub(crate) tokencache::Credits);
+
+impl Credits {
+    /// An optional credits argument: a `tokencache.Credits` (checked when it was made), or
+    /// `None`.
+    pub(crate) fn from_arg(
+        value: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<tokencache::Credits>> {
+        match value.filter(|v| !v.is_none()) {
+            Some(v) => v
+                .cast::<Credits>()
+                .map(|c| Some(c.get().0))
+                .map_err(|_| wrong_type("credits", "a tokencache.Credits or None", v)),
+            None => Ok(None),
+        }
+    }
+}
 
 #[pymethods]
 impl Credits {

@@ -6,22 +6,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use pyo3::prelude::*;
-use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::PyDict;
 
 use crate::convert;
 use crate::errors::{error, invalid, raise, rejected, wrong_type};
 use crate::fork;
 use crate::objects::{Changes, Credits, IssuedToken, ManualClock, Token, TokenInfo};
-
-/// The text of a token argument: `None` for a `str` that cannot be UTF-8 (a lone
-/// surrogate), which no token is; a `TypeError` for anything but a `str`.
-pub(crate) fn token_text(token: &Bound<'_, PyAny>) -> PyResult<Option<PyBackedStr>> {
-    if !token.is_instance_of::<PyString>() {
-        return Err(wrong_type("token", "str", token));
-    }
-    Ok(token.extract::<PyBackedStr>().ok())
-}
 
 /// An API-token store: in memory, validated without locks, persisted to a file and its
 /// journal (or to PostgreSQL with a `postgres://` URL). See `tokencache/__init__.pyi`.
@@ -128,7 +118,7 @@ impl TokenStore {
         for (k, v) in convert::meta(meta)? {
             new = new.meta(k, v);
         }
-        if let Some(credits) = convert::opt_credits(credits)? {
+        if let Some(credits) = Credits::from_arg(credits)? {
             new = new.credits(credits);
         }
         Ok(new)
@@ -161,7 +151,7 @@ impl TokenStore {
         for (k, v) in convert::meta(get("meta").as_ref())? {
             key = key.meta(k, v);
         }
-        if let Some(credits) = convert::opt_credits(get("credits").as_ref())? {
+        if let Some(credits) = Credits::from_arg(get("credits").as_ref())? {
             key = key.credits(credits);
         }
         Ok(key)
@@ -318,9 +308,7 @@ impl TokenStore {
             Some(c) => Some(crate::objects::count("cost", c)?),
             None => None,
         };
-        let Some(text) = token_text(token)? else {
-            return Err(rejected(py, tokencache::Rejection::Malformed));
-        };
+        let text = convert::token_text(token)?;
         let result = match (scope, cost) {
             (Some(scope), _) => store.validate_scope(&text, scope),
             (None, Some(cost)) => store.validate_cost(&text, cost),
@@ -341,9 +329,7 @@ impl TokenStore {
         scope: Option<&str>,
     ) -> PyResult<Token> {
         let store = self.live(py)?;
-        let Some(text) = token_text(token)? else {
-            return Err(rejected(py, tokencache::Rejection::Malformed));
-        };
+        let text = convert::token_text(token)?;
         let result = py.detach(|| {
             match scope {
                 Some(scope) => store.validate_scope(&text, scope),
@@ -471,7 +457,7 @@ impl TokenStore {
     ) -> PyResult<()> {
         let store = self.live(py)?;
         let id = convert::token_id(id)?;
-        let credits = convert::opt_credits(credits)?;
+        let credits = Credits::from_arg(credits)?;
         py.detach(|| store.set_credits(&id, credits))
             .map_err(|e| error(py, e))
     }
