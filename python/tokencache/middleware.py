@@ -28,14 +28,13 @@ _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
             429: "Too Many Requests", 503: "Service Unavailable"}
 
 
-class TokenMiddleware:
-    """WSGI middleware checking ``Authorization: Bearer`` on every request but ``exempt``
-    paths. (A WSGI server joins repeated headers into one, so two Authorization headers
-    reach it as one malformed token.)"""
+class _Guard:
+    """What both middlewares hold: the wrapped app, the store, the scope every request
+    needs (if any), the realm of the challenges, and the paths let through unchecked."""
 
     def __init__(
         self,
-        app: Callable[..., Iterable[bytes]],
+        app: Callable[..., Any],
         store: TokenStore,
         scope: Optional[str] = None,
         *,
@@ -47,6 +46,12 @@ class TokenMiddleware:
         self.scope = scope
         self.realm = realm
         self.exempt = frozenset(exempt)
+
+
+class TokenMiddleware(_Guard):
+    """WSGI middleware checking ``Authorization: Bearer`` on every request but ``exempt``
+    paths. (A WSGI server joins repeated headers into one, so two Authorization headers
+    reach it as one malformed token.)"""
 
     def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO", "") in self.exempt:
@@ -72,24 +77,9 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
-class AsgiTokenMiddleware:
+class AsgiTokenMiddleware(_Guard):
     """ASGI middleware checking ``Authorization: Bearer`` on every HTTP request but
     ``exempt`` paths; two Authorization headers are refused with 400."""
-
-    def __init__(
-        self,
-        app: Callable[[Scope, Receive, Send], Awaitable[None]],
-        store: TokenStore,
-        scope: Optional[str] = None,
-        *,
-        realm: str = "api",
-        exempt: Iterable[str] = (),
-    ) -> None:
-        self.app = app
-        self.store = store
-        self.scope = scope
-        self.realm = realm
-        self.exempt = frozenset(exempt)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path", "") in self.exempt:
