@@ -787,9 +787,7 @@ fn set_credits(path: &Path, id: &str, credits: Option<Credits>) -> Result<ExitCo
 }
 
 fn show_credits(path: &Path, id: &str, json: bool) -> Result<ExitCode, Failure> {
-    let id: TokenId = id
-        .parse()
-        .map_err(|e: tokencache::ParseIdError| format!("{id:?} is {e}"))?;
+    let id = parse_id(id)?;
     let checker = Checker::open(path)?;
     let info = checker.get(&id);
     checker.close()?;

@@ -501,6 +501,13 @@ impl From<Problem> for DecodeError {
 mod tests {
     use super::*;
 
+    /// Gives `image` header version `version`, its header checksum made to match.
+    fn restamp(image: &mut [u8], version: u32) {
+        image[8..12].copy_from_slice(&version.to_le_bytes());
+        let crc = crc32fast::hash(&image[..28]);
+        image[28..32].copy_from_slice(&crc.to_le_bytes());
+    }
+
     fn sample() -> Body {
         Body {
             extras: vec![ExtrasRecord {
@@ -583,9 +590,7 @@ mod tests {
     fn future_version_is_named() {
         let mut image = encode(&sample());
         let next = FORMAT_VERSION + 1;
-        image[8..12].copy_from_slice(&next.to_le_bytes());
-        let crc = crc32fast::hash(&image[..28]);
-        image[28..32].copy_from_slice(&crc.to_le_bytes());
+        restamp(&mut image, next);
         assert_eq!(decode(&image), Err(DecodeError::FutureVersion(next)));
     }
 
@@ -601,9 +606,7 @@ mod tests {
             written_at: sample.written_at,
             records: &sample.records,
         });
-        image[8..12].copy_from_slice(&1u32.to_le_bytes());
-        let crc = crc32fast::hash(&image[..28]);
-        image[28..32].copy_from_slice(&crc.to_le_bytes());
+        restamp(&mut image, 1);
         let body = decode(&image).unwrap();
         assert_eq!((body.seq, body.records), (0, sample.records));
     }
@@ -622,9 +625,7 @@ mod tests {
             seq: sample.seq,
             records: &sample.records,
         });
-        image[8..12].copy_from_slice(&2u32.to_le_bytes());
-        let crc = crc32fast::hash(&image[..28]);
-        image[28..32].copy_from_slice(&crc.to_le_bytes());
+        restamp(&mut image, 2);
         let body = decode(&image).unwrap();
         let expected = Body::tokens(sample.written_at, sample.seq, sample.records);
         assert_eq!(body, expected);
@@ -650,9 +651,7 @@ mod tests {
             owners: &sample.owners,
             prefixes: &sample.prefixes,
         });
-        image[8..12].copy_from_slice(&3u32.to_le_bytes());
-        let crc = crc32fast::hash(&image[..28]);
-        image[28..32].copy_from_slice(&crc.to_le_bytes());
+        restamp(&mut image, 3);
         let body = decode(&image).unwrap();
         assert_eq!(body.credits, []);
         assert_eq!(
