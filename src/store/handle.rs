@@ -166,8 +166,13 @@ impl Handle {
     fn release(&self, persister: JoinHandle<()>) {
         // The thread catches its own panic, so joining only waits for it to end.
         let _ = persister.join();
-        // Dropping the file releases the OS lock.
-        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
+        // Unlocked explicitly, not only by the drop: a child process forked meanwhile (by any
+        // thread) holds a copy of the descriptor until it execs or exits, and the lock
+        // belongs to the open file, so closing this copy alone would leave the store
+        // `Locked` for a moment after `close` returned.
+        if let Some(lock) = self.lock.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = lock.unlock();
+        }
     }
 
     /// The persister's answer to a queued request.
