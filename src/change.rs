@@ -55,6 +55,21 @@ pub(crate) enum Change {
     NoCredits { id: [u8; 8] },
 }
 
+/// What one catch-up of a PostgreSQL store read (`pg/listen.rs`), for the persister to
+/// apply.
+#[cfg(all(feature = "postgres", not(loom)))]
+pub(crate) struct Read {
+    /// The changes the rows make.
+    pub(crate) changes: Vec<Change>,
+    /// The clock time (Unix ms) of the catch-up: memory is current as of then once the
+    /// changes are applied.
+    pub(crate) at: u64,
+    /// The version of the database's history the rows are as of; `None` after the
+    /// database went back in its history (a version read before then may name another
+    /// commit now).
+    pub(crate) version: Option<i64>,
+}
+
 /// What a record is written from: a [`Change`] whose new token borrows its entry's text.
 /// Encodes to exactly the bytes the owned form decodes.
 #[derive(Debug, Serialize)]

@@ -59,10 +59,9 @@ pub(crate) enum Message {
     /// Reply once everything observed before the call is on disk.
     Flush(Reply),
     /// PostgreSQL stores: the rows other replicas (and this one) committed since the last
-    /// catch-up, as changes to apply to memory, and the clock time (Unix ms) of the
-    /// catch-up that read them (memory is current as of then once they are applied).
+    /// catch-up, as changes to apply to memory.
     #[cfg(all(feature = "postgres", not(loom)))]
-    Remote(Vec<crate::change::Change>, u64),
+    Remote(crate::change::Read),
     /// The clock jumped: re-check the deadline, then acknowledge.
     Tick(Sender<()>),
     /// Write what is pending, reply, and stop.

@@ -198,7 +198,8 @@ impl Persister {
     }
 
     /// PostgreSQL stores: applies what other replicas committed (as journal replay does;
-    /// this replica's own changes come back too, and change nothing), then notes how
+    /// this replica's own changes come back too, and change nothing; a row read before
+    /// this replica's own later write to it is not applied, see `Sink::overrides`), then notes how
     /// current memory is. If `recording`, each change that changed memory is published to
     /// the feed at once (it is durable: committed), with origin `Replica`; this replica's
     /// own changes coming back change nothing, so they are not published twice.
@@ -207,7 +208,9 @@ impl Persister {
         use crate::change::{Change, Changed};
         let map = &self.shared.map;
         let mut events = Vec::new();
-        for (changes, at) in batch.remote.drain(..) {
+        for read in batch.remote.drain(..) {
+            let (changes, at) = (read.changes, read.at);
+            self.sink.reading(read.version);
             // The tokens this group (one transaction) adds: their extras come with them.
             let mut arrived = HashSet::new();
             let first = events.len();

@@ -67,6 +67,11 @@ pub(crate) trait Sink: Send + 'static {
     fn overrides(&self, _change: &crate::change::Change) -> bool {
         false
     }
+    /// PostgreSQL stores: the changes [`overrides`](Self::overrides) is asked about next
+    /// were read from the database as of `version` (`None`: a history other than the one
+    /// this sink's writes took their versions from).
+    #[cfg(all(feature = "postgres", not(loom)))]
+    fn reading(&mut self, _version: Option<i64>) {}
 }
 
 /// A failed append, in its backend's words.

@@ -33,9 +33,9 @@ pub(super) struct Batch {
     pub(super) flushes: Vec<Reply>,
     pub(super) ticks: Vec<Sender<()>>,
     pub(super) shutdown: Option<Reply>,
-    /// Rows other replicas committed, with the time of the catch-up that read them.
+    /// Rows other replicas committed, as the catch-ups read them.
     #[cfg(all(feature = "postgres", not(loom)))]
-    pub(super) remote: Vec<(Vec<crate::change::Change>, u64)>,
+    pub(super) remote: Vec<crate::change::Read>,
 }
 
 impl Batch {
@@ -67,7 +67,7 @@ impl Batch {
             Message::Tick(ack) => self.ticks.push(ack),
             Message::Shutdown(reply) => self.shutdown = Some(reply),
             #[cfg(all(feature = "postgres", not(loom)))]
-            Message::Remote(changes, at) => self.remote.push((changes, at)),
+            Message::Remote(read) => self.remote.push(read),
         }
     }
 }

@@ -36,7 +36,7 @@ use super::prune::{self, Horizon, Pruned};
 use super::rows::{self, COLUMNS};
 use super::sink::{self, Statements};
 use super::CHANNEL;
-use crate::change::{Change, ChangeRef};
+use crate::change::{Change, ChangeRef, Read};
 use crate::clock::millis;
 use crate::inbox::Message;
 use crate::sync::Arc;
@@ -319,7 +319,7 @@ impl Listener {
             self.read_row(row, &mut changes);
         }
         changes.extend(used.iter().filter_map(rows::used));
-        if !self.send(changes, at) {
+        if !self.send(changes, at, Some(now.version)) {
             return Ok(false);
         }
         self.last_seen = now;
@@ -375,12 +375,15 @@ impl Listener {
         }
     }
 
-    /// Hands `changes` to the persister; `false` if the store is closed.
-    fn send(&self, changes: Vec<Change>, at: u64) -> bool {
-        self.shared
-            .inbox
-            .request(Message::Remote(changes, at))
-            .is_ok()
+    /// Hands `changes`, read at clock time `at` as of `version`, to the persister; `false`
+    /// if the store is closed.
+    fn send(&self, changes: Vec<Change>, at: u64, version: Option<i64>) -> bool {
+        let read = Read {
+            changes,
+            at,
+            version,
+        };
+        self.shared.inbox.request(Message::Remote(read)).is_ok()
     }
 
     /// After the database went back (`went_back`), or removed tombstones memory had not
@@ -416,6 +419,9 @@ impl Listener {
             used_since: history.get(4),
         };
         let found = tx.query(&query.all, &[])?;
+        // After the database went back, this replica's own writes took versions of
+        // another history: none can be compared with this one.
+        let as_of = (!went_back).then_some(now.version);
         let mut changes = self.shared_since(&mut tx, query, -1)?;
         let table_prefixes: HashSet<String> = changes
             .iter()
@@ -515,7 +521,7 @@ impl Listener {
                 // The history check fails again at the next catch-up (this replica's
                 // position is unchanged), which reloads and writes back again.
                 tracing::error!(store = %self.name.display(), %error, "writing back what the database lost failed; will try again at the next catch-up");
-                if !self.send(changes, at) {
+                if !self.send(changes, at, as_of) {
                     return Ok(false);
                 }
                 return Ok(true);
@@ -523,7 +529,7 @@ impl Listener {
             let prefixes = prefixes_lost.len();
             tracing::warn!(store = %self.name.display(), restored, revoked, deleted, prefixes, "wrote back what the database lost: tokens, revocations, deletions and prefixes this replica held");
         }
-        if !self.send(changes, at) {
+        if !self.send(changes, at, as_of) {
             return Ok(false);
         }
         self.last_seen = now;

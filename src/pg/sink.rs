@@ -105,7 +105,7 @@ const REVOKE_OWNER: &str = "UPDATE tokencache_tokens SET revoked_at = $2, versio
 /// Every token of owner `$1` as a tombstone, as [`DELETE`] makes one, but the batch's own
 /// new tokens (`$4`).
 const DELETE_OWNER: &str = "UPDATE tokencache_tokens SET deleted = true, version = $2, \
-    deleted_at = $3 WHERE owner = $1 AND NOT deleted AND id <> ALL($4)";
+    deleted_at = $3 WHERE owner = $1 AND NOT deleted AND id <> ALL($4) RETURNING id";
 /// An owner's shared limit set (or, NULLs, removed) as version `$5`.
 const OWNER_LIMIT: &str = "INSERT INTO tokencache_owners \
     (owner, rate_period_ms, rate_count, rate_burst, version) VALUES ($1, $2, $3, $4, $5) \
@@ -182,6 +182,31 @@ pub(crate) struct PgSink {
     /// whose delete is among `retry` (its extras come before its issue, see
     /// `rows::changes`).
     held_back: Cell<Option<[u8; 8]>>,
+    /// What this replica's committed transactions moved (rows, owners' limits), with the
+    /// version each last took, until a catch-up reads the database as of that version.
+    /// A catch-up that read it as of an older version holds it as it was before the
+    /// write: applied after it, its old rate limit (a full quota again), metadata or live
+    /// row (a token deleted here validating again) would undo the write in memory until
+    /// the next catch-up. Such changes are skipped ([`overrides`](Sink::overrides)); the
+    /// write moved the row's version past the catch-up's, so the next one reads it again.
+    fresh: HashMap<Moved, i64>,
+}
+
+/// What one of this replica's transactions moved to its version that a catch-up read
+/// before it must not undo in memory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum Moved {
+    /// A token's row whose rate limit or extras the transaction set, or that it deleted.
+    Row([u8; 8]),
+    /// An owner's shared rate limit.
+    Owner(String),
+}
+
+/// What a transaction committed: its version (`None`: it wrote only `last_used`, which
+/// takes none) and what it moved to it.
+pub(super) struct Committed {
+    pub(super) version: Option<i64>,
+    pub(super) moved: Vec<Moved>,
 }
 
 /// Where `open` leaves the listener's thread for the sink to join.
@@ -204,6 +229,7 @@ impl PgSink {
             clock,
             listener,
             held_back: Cell::new(None),
+            fresh: HashMap::new(),
         }
     }
 
@@ -237,9 +263,13 @@ impl Sink for PgSink {
             .and_then(|(client, st)| write(client, st, &retry, changes, now, false));
         self.retry = retry;
         match written {
-            Ok(()) => {
+            Ok(committed) => {
                 self.retry.clear();
                 self.held_back.set(None);
+                if let Some(version) = committed.version {
+                    self.fresh
+                        .extend(committed.moved.into_iter().map(|moved| (moved, version)));
+                }
                 Ok(0)
             }
             Err(error) => {
@@ -311,7 +341,15 @@ impl Sink for PgSink {
     /// token of an owner whose `delete_owner` failed (held back by its extras, which come
     /// first: its issue and extras are skipped, its revocation is not). A failed
     /// `revoke_owner` needs nothing here: a live row does not make a token live again.
+    ///
+    /// Nor may a row read before this replica's own later write to it (see
+    /// [`fresh`](PgSink::fresh)): its issue (the token was deleted here since), rate
+    /// limit, extras or owner's limit is skipped. Revocations, expiries, deletions and
+    /// `last_used` only ever move one way, so an older row cannot undo them.
     fn overrides(&self, change: &Change) -> bool {
+        if self.read_before_own_write(change) {
+            return true;
+        }
         if let Change::Extras(extras) = change {
             if let Some(owner) = &extras.owner {
                 let deleting = self.retry.iter().any(
@@ -341,6 +379,31 @@ impl Sink for PgSink {
             ) => owner == mine,
             _ => false,
         })
+    }
+
+    /// Forgets the writes a catch-up read as of `version` already saw; after the database
+    /// went back (`None`), every write: their versions belong to the history it left.
+    fn reading(&mut self, version: Option<i64>) {
+        match version {
+            Some(version) => self.fresh.retain(|_, written| *written > version),
+            None => self.fresh.clear(),
+        }
+    }
+}
+
+impl PgSink {
+    /// Whether `change` was read before a write of this replica that moved its row or
+    /// owner (the catch-up's version is below the write's: [`reading`](Sink::reading)
+    /// keeps in `fresh` only writes newer than the catch-up being applied).
+    fn read_before_own_write(&self, change: &Change) -> bool {
+        let moved = match change {
+            Change::Issue(record) => Moved::Row(record.id),
+            Change::SetRateLimit { id, .. } => Moved::Row(*id),
+            Change::Extras(extras) => Moved::Row(extras.id),
+            Change::OwnerRateLimit { owner, .. } => Moved::Owner(owner.clone()),
+            _ => return false,
+        };
+        self.fresh.contains_key(&moved)
     }
 }
 
@@ -431,7 +494,7 @@ pub(super) fn write(
     changes: &[ChangeRef<'_>],
     now: u64,
     restore: bool,
-) -> io::Result<()> {
+) -> io::Result<Committed> {
     let is_used = |c: &&ChangeRef<'_>| matches!(c, ChangeRef::Used { .. });
     let definitions: Vec<&ChangeRef<'_>> = retry
         .iter()
@@ -444,8 +507,12 @@ pub(super) fn write(
             _ => None,
         })
         .unzip();
+    let mut committed = Committed {
+        version: None,
+        moved: Vec::new(),
+    };
     if definitions.is_empty() && used_ids.is_empty() {
-        return Ok(());
+        return Ok(committed);
     }
     let mut tx = client.transaction().map_err(pg)?;
     let version: Option<i64> = match definitions.is_empty() {
@@ -526,7 +593,7 @@ pub(super) fn write(
             new_text: &new_text,
         };
         for change in &definitions {
-            define(&mut tx, st, change, &batch)?;
+            define(&mut tx, st, change, &batch, &mut committed.moved)?;
         }
         let payload = version.to_string();
         tx.execute(&st.notify, &[&CHANNEL, &payload]).map_err(pg)?;
@@ -534,7 +601,9 @@ pub(super) fn write(
     if !used_ids.is_empty() {
         tx.execute(&st.used, &[&used_ids, &used_at]).map_err(pg)?;
     }
-    tx.commit().map_err(pg)
+    tx.commit().map_err(pg)?;
+    committed.version = version;
+    Ok(committed)
 }
 
 /// Inserts every new token among `changes` as version `version`, in one statement. An id
@@ -635,14 +704,22 @@ struct Batch<'b> {
 }
 
 /// Writes one change to existing tokens' definitions (or to what they share: owners'
-/// limits, prefixes) as version `batch.version`.
+/// limits, prefixes) as version `batch.version`, noting in `moved` what a catch-up read
+/// before must not undo (see [`PgSink::fresh`]): only rows the statement did move, since
+/// skipping a row's older state is safe only if the row is read again.
 fn define(
     tx: &mut Transaction<'_>,
     st: &Statements,
     change: &ChangeRef<'_>,
     batch: &Batch<'_>,
+    moved: &mut Vec<Moved>,
 ) -> io::Result<()> {
     let (version, now) = (batch.version, batch.now);
+    let mut row_if = |count: u64, id: [u8; 8]| {
+        if count > 0 {
+            moved.push(Moved::Row(id));
+        }
+    };
     match *change {
         ChangeRef::Issue(_) | ChangeRef::Used { .. } => {}
         ChangeRef::Revoke { id, at } => {
@@ -650,21 +727,25 @@ fn define(
                 .map_err(pg)?;
         }
         ChangeRef::Delete { id } => {
-            tx.execute(&st.delete, &[&id_text(id), &version, &sql_time(now)])
+            let count = tx
+                .execute(&st.delete, &[&id_text(id), &version, &sql_time(now)])
                 .map_err(pg)?;
+            row_if(count, id);
         }
         ChangeRef::SetRateLimit { id, limit } => {
-            tx.execute(
-                &st.limit,
-                &[
-                    &id_text(id),
-                    &limit.map(|l| sql_time(l.period_ms)),
-                    &limit.map(|l| i64::from(l.count)),
-                    &limit.map(|l| i64::from(l.burst)),
-                    &version,
-                ],
-            )
-            .map_err(pg)?;
+            let count = tx
+                .execute(
+                    &st.limit,
+                    &[
+                        &id_text(id),
+                        &limit.map(|l| sql_time(l.period_ms)),
+                        &limit.map(|l| i64::from(l.count)),
+                        &limit.map(|l| i64::from(l.burst)),
+                        &version,
+                    ],
+                )
+                .map_err(pg)?;
+            row_if(count, id);
         }
         ChangeRef::Expire { id, at } => {
             tx.execute(&st.expire, &[&id_text(id), &sql_time(at), &version])
@@ -673,17 +754,19 @@ fn define(
         // A new token's extras went in with its row (`issue`).
         ChangeRef::Extras(ref extras) if batch.new.contains(&extras.id) => {}
         ChangeRef::Extras(ref extras) => {
-            tx.execute(
-                &st.extras,
-                &[
-                    &id_text(extras.id),
-                    &extras.owner.as_deref(),
-                    &rows::meta_json(&extras.meta),
-                    &extras.imported,
-                    &version,
-                ],
-            )
-            .map_err(pg)?;
+            let count = tx
+                .execute(
+                    &st.extras,
+                    &[
+                        &id_text(extras.id),
+                        &extras.owner.as_deref(),
+                        &rows::meta_json(&extras.meta),
+                        &extras.imported,
+                        &version,
+                    ],
+                )
+                .map_err(pg)?;
+            row_if(count, extras.id);
         }
         ChangeRef::RevokeOwner { ref owner, at } => {
             tx.execute(
@@ -693,11 +776,17 @@ fn define(
             .map_err(pg)?;
         }
         ChangeRef::DeleteOwner { ref owner } => {
-            tx.execute(
-                &st.delete_owner,
-                &[owner, &version, &sql_time(now), &batch.new_text],
-            )
-            .map_err(pg)?;
+            let deleted = tx
+                .query(
+                    &st.delete_owner,
+                    &[owner, &version, &sql_time(now), &batch.new_text],
+                )
+                .map_err(pg)?;
+            let ids = deleted.iter().filter_map(|row| {
+                let id: String = row.get(0);
+                <[u8; 8]>::try_from(id.as_bytes()).ok()
+            });
+            moved.extend(ids.map(Moved::Row));
         }
         ChangeRef::OwnerRateLimit { ref owner, limit } => {
             tx.execute(
@@ -711,6 +800,7 @@ fn define(
                 ],
             )
             .map_err(pg)?;
+            moved.push(Moved::Owner(owner.clone()));
         }
         ChangeRef::Prefix(ref prefix) => {
             tx.execute(&st.prefix, &[prefix, &version]).map_err(pg)?;

@@ -13,7 +13,7 @@
 //!
 //! Modules gated by a feature build only with it, as the separate binaries' `required-features`
 //! did: `cli` and `stress` need `cli`, `layer` needs `axum`, `axum_service` (the example's
-//! `/metrics`) `axum` and `metrics`, `pg`, `pg_keys` and `pg_tls` need `postgres`.
+//! `/metrics`) `axum` and `metrics`, `pg`, `pg_catch_up`, `pg_keys` and `pg_tls` need `postgres`.
 
 mod common;
 
@@ -37,6 +37,8 @@ mod lock;
 mod model;
 #[cfg(feature = "postgres")]
 mod pg;
+#[cfg(feature = "postgres")]
+mod pg_catch_up;
 #[cfg(feature = "postgres")]
 mod pg_keys;
 #[cfg(feature = "postgres")]
