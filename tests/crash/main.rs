@@ -2,7 +2,8 @@
 //!
 //! A child process (this test binary, re-executed) opens a store with a 50 ms flush interval
 //! on the real clock, under the prefix `sk_live` or the default one at random, and loops:
-//! issue (some tokens with an owner; each with a metadata counter), import a foreign key,
+//! issue (some tokens with an owner, half with credits; each with a metadata counter),
+//! import a foreign key,
 //! validate in bursts, revoke, delete, rotate, set metadata, revoke or delete every token
 //! of an owner. It prints
 //! each change only after the call returned. The parent kills it with SIGKILL at a random moment, reopens the
@@ -10,8 +11,11 @@
 //! survived (tokens issued under `sk_live` and imported keys validate, metadata reads back,
 //! an owner's revoked or deleted tokens stay so), that a change cut short by the kill is all
 //! or nothing (an owner's tokens are all revoked, or none), that the file opens, that no
-//! temp file is left to trip a later open, and that `last_used` on disk is at most about one
-//! flush interval behind the kill.
+//! temp file is left to trip a later open, and that `last_used` and the credits spent on
+//! disk are at most about one flush interval behind the kill (every validation spends one
+//! credit of a token that has credits: the credits on disk are never below what was
+//! granted less the spending acknowledged and the burst in flight, nor above it less the
+//! spending acknowledged more than an interval before the kill).
 //!
 //! `TOKENCACHE_CRASH_ROUNDS` (default 200) sets the number of kills,
 //! `TOKENCACHE_CRASH_SEED` replays a run (the seed is printed).
@@ -39,7 +43,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{in_child, scratch, spawn_child_test};
 use tokencache::__fault::{FaultPlan, FaultStep};
-use tokencache::{Clock, ImportedToken, NewToken, Rejection, TokenId, TokenStore};
+use tokencache::{Clock, Credits, ImportedToken, NewToken, Rejection, TokenId, TokenStore};
 
 const PATH_VAR: &str = "TOKENCACHE_TEST_PATH";
 const SEED_VAR: &str = "TOKENCACHE_CHILD_SEED";
@@ -62,6 +66,10 @@ const OWNERS: [&str; 3] = ["acme", "globex", "initech"];
 const OTHER_PREFIX: &str = "sk_live";
 /// The metadata key holding each token's counter (bumped by `set_meta`).
 const META_KEY: &str = "rev";
+/// The credits half the issued tokens get: more than a child ever spends.
+const GRANT: u64 = 1_000_000_000;
+/// Validations in one burst (the last one stamped and reported).
+const BURST: u64 = 201;
 
 /// A token the child may still use: its id, secret (or foreign key) and owner.
 struct Live {
@@ -155,8 +163,19 @@ fn child_work_until_killed() {
             if let Some(owner) = owner {
                 new = new.owner(owner);
             }
+            let metered = rng.below(2) == 0;
+            if metered {
+                new = new.credits(Credits::new(GRANT));
+            }
             let token = store.issue(new).unwrap();
-            println!("@I {} {} {}", token.id(), token.secret(), shown(owner));
+            let credits = metered.then_some(GRANT);
+            println!(
+                "@I {} {} {} {}",
+                token.id(),
+                token.secret(),
+                shown(owner),
+                shown_credits(credits)
+            );
             live.push(Live {
                 id: token.id(),
                 secret: token.secret().to_string(),
@@ -176,7 +195,7 @@ fn child_work_until_killed() {
                 import = import.owner(owner);
             }
             let id = store.import(import).unwrap();
-            println!("@P {id} {key} {}", shown(owner));
+            println!("@P {id} {key} {} -", shown(owner));
             live.push(Live {
                 id,
                 secret: key,
@@ -186,7 +205,7 @@ fn child_work_until_killed() {
         }
         if !live.is_empty() {
             let token = &live[rng.below(live.len() as u64) as usize];
-            for _ in 0..200 {
+            for _ in 1..BURST {
                 store.validate(&token.secret).unwrap();
             }
             // `validate` stamps last_used with a later read of the same clock (the store's
@@ -235,7 +254,15 @@ fn child_work_until_killed() {
             // The old token keeps validating for the hour of grace; the new one keeps its
             // owner and metadata (and is native, if the old one was imported).
             let new = store.rotate(&old.id, Duration::from_secs(3600)).unwrap();
-            println!("@T {} {} {}", old.id, new.id(), new.secret());
+            // The replacement holds what the old token had left (and spends apart).
+            let credits = store.credits(&new.id()).map(|c| c.remaining());
+            println!(
+                "@T {} {} {} {}",
+                old.id,
+                new.id(),
+                new.secret(),
+                shown_credits(credits)
+            );
             live.push(Live {
                 id: new.id(),
                 secret: new.secret().to_string(),
@@ -251,13 +278,18 @@ fn child_work_until_killed() {
                 let token = store
                     .issue(NewToken::new("last").meta(META_KEY, "0"))
                     .unwrap();
-                println!("@I {} {} -", token.id(), token.secret());
+                println!("@I {} {} - -", token.id(), token.secret());
                 let _ = store.close();
                 unreachable!("close compacted without reaching the crash step");
             }
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Credits as a child line shows them: the remaining count, or `-` for none.
+fn shown_credits(credits: Option<u64>) -> String {
+    credits.map_or("-".into(), |c| c.to_string())
 }
 
 /// What a token is, as `validate` shows it.
@@ -281,6 +313,11 @@ struct Known {
     meta: String,
     /// A `set_meta` to this value was started but not acknowledged.
     meta_intent: Option<String>,
+    /// The credits left as the parent knows them exactly (given at issue or rotation, or
+    /// read back and spent by the parent's own check), before this round's child spent.
+    credits: Option<u64>,
+    /// Learned from this round's child: only its tokens can have a burst in flight.
+    fresh: bool,
 }
 
 /// A `revoke_owner` or `delete_owner` started but not acknowledged: the owner, what it
@@ -336,6 +373,15 @@ struct Torture {
     owner_intent: Option<OwnerIntent>,
     last_used_checks: usize,
     max_lag_ms: u64,
+    /// Tokens with credits whose spending more than an interval before a kill was checked
+    /// to be on disk.
+    credit_checks: usize,
+    /// Tokens with credits no child spent from, found exactly as the parent left them.
+    credit_exact_checks: usize,
+    /// The most spending acknowledged but not on disk (credits given back by the crash).
+    max_given_back: u64,
+    /// How long before the kill the oldest acknowledged spending missing from disk was.
+    max_given_back_ms: u64,
     cut_short: usize,
     rounds_with_temps: usize,
     killed_before_ready: usize,
@@ -363,6 +409,7 @@ impl Torture {
         owner: Option<String>,
         imported: bool,
         meta: String,
+        credits: Option<u64>,
     ) {
         let known = Known {
             secret: secret.to_string(),
@@ -372,6 +419,8 @@ impl Torture {
             imported,
             meta,
             meta_intent: None,
+            credits,
+            fresh: true,
         };
         self.known.insert(id.to_string(), known);
     }
@@ -384,20 +433,21 @@ impl Torture {
             let owner_of = |shown: &str| (shown != "-").then(|| shown.to_string());
             match parts[..] {
                 ["READY"] => {}
-                ["I", id, secret, owner] | ["P", id, secret, owner] => {
+                ["I", id, secret, owner, credits] | ["P", id, secret, owner, credits] => {
                     let imported = parts[0] == "P";
                     if imported {
                         self.acked_imports += 1;
                     } else {
                         self.acked_issues += 1;
                     }
-                    self.learn(id, secret, owner_of(owner), imported, "0".into());
+                    let credits = credits.parse().ok();
+                    self.learn(id, secret, owner_of(owner), imported, "0".into(), credits);
                 }
-                ["T", old, id, secret] => {
+                ["T", old, id, secret, credits] => {
                     self.acked_rotations += 1;
                     let old = &self.known[old];
                     let (owner, meta) = (old.owner.clone(), old.meta.clone());
-                    self.learn(id, secret, owner, false, meta);
+                    self.learn(id, secret, owner, false, meta, credits.parse().ok());
                 }
                 ["m", id, value] => {
                     self.known.get_mut(id).unwrap().meta_intent = Some(value.to_string());
@@ -540,6 +590,8 @@ impl Torture {
             }
         }
 
+        self.check_credits(&store, round, &validated);
+
         // Every acknowledged issue, import and rotation validates (under either prefix);
         // every acknowledged revoke stays revoked and every acknowledged delete stays
         // deleted; owner and metadata read back.
@@ -561,6 +613,11 @@ impl Torture {
                 ),
             };
             seen_states.insert(id.clone(), seen);
+            token.fresh = false;
+            if seen == State::Live {
+                // This validation spent one: the close below writes what is left.
+                token.credits = token.credits.map(|c| c - 1);
+            }
             if token.secret.starts_with(OTHER_PREFIX) && token.state == State::Live {
                 self.prefixed_checks += 1;
             }
@@ -635,6 +692,85 @@ impl Torture {
         store.close().unwrap();
         // The close compacted: the next round's child starts from a fresh snapshot.
         self.snapshot_seq = tokencache::inspect(path).unwrap().snapshot_seq;
+    }
+}
+
+impl Torture {
+    /// The credits on disk after the crash, read before the parent spends any: for a token
+    /// of this round's child, never below what it had less the spending acknowledged and a
+    /// burst in flight, and (after a kill) never above it less the spending acknowledged
+    /// more than an interval (plus slack) before the kill; any other token exactly as the
+    /// parent left it. Each token's figure becomes what the parent knows.
+    fn check_credits(
+        &mut self,
+        store: &TokenStore,
+        round: &Round,
+        validated: &HashMap<String, Vec<u64>>,
+    ) {
+        let (n, seed) = (round.round, round.seed);
+        for (id, token) in &mut self.known {
+            let Some(before) = token.credits else {
+                continue;
+            };
+            let Some(credits) = store.credits(&id.parse().unwrap()) else {
+                assert!(
+                    store.get(&id.parse().unwrap()).is_none(),
+                    "round {n} (seed {seed}): token {id} lost its credits"
+                );
+                continue;
+            };
+            let left = credits.remaining();
+            token.credits = Some(left);
+            if !token.fresh {
+                self.credit_exact_checks += 1;
+                assert_eq!(
+                    left, before,
+                    "round {n} (seed {seed}): token {id} no child spent from changed its credits"
+                );
+                continue;
+            }
+            let mut bursts = validated.get(id).cloned().unwrap_or_default();
+            bursts.sort_unstable();
+            let acknowledged = bursts.len() as u64 * BURST;
+            assert!(
+                left + acknowledged + BURST >= before,
+                "round {n} (seed {seed}): token {id} had {before} credits and the child \
+                 acknowledged {acknowledged} spent (and a burst of {BURST} may have been in \
+                 flight), but {left} are left: more was taken than spent"
+            );
+            let Some(killed_at) = round.killed_at else {
+                assert!(
+                    left <= before,
+                    "round {n} (seed {seed}): token {id} gained credits"
+                );
+                continue;
+            };
+            let deadline = killed_at.saturating_sub(FLUSH_INTERVAL.as_millis() as u64 + SLACK_MS);
+            let required = bursts.iter().filter(|&&t| t <= deadline).count() as u64 * BURST;
+            if required > 0 {
+                self.credit_checks += 1;
+            }
+            assert!(
+                left <= before - required,
+                "round {n} (seed {seed}): token {id} spent {required} credits more than \
+                 {} ms before the kill, but the files hold {left} of {before}",
+                FLUSH_INTERVAL.as_millis() as u64 + SLACK_MS
+            );
+            // Spending acknowledged but not on disk: the newest bursts.
+            let given_back = (left + acknowledged).saturating_sub(before);
+            self.max_given_back = self.max_given_back.max(given_back);
+            let missing = given_back.div_ceil(BURST) as usize;
+            if let Some(&oldest) = bursts
+                .len()
+                .checked_sub(missing)
+                .and_then(|i| bursts.get(i))
+            {
+                if missing > 0 {
+                    let ms = killed_at.saturating_sub(oldest);
+                    self.max_given_back_ms = self.max_given_back_ms.max(ms);
+                }
+            }
+        }
     }
 }
 
@@ -731,6 +867,9 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         "crash torture: {rounds} kills in {:.1} s; {} acknowledged issues, {} rotations, {} \
          revokes and {} deletes all survived; {} rounds ran a compaction; {} last_used bounds \
          checked, the newest validation of a checked token was at most {} ms ahead of disk; \
+         {} tokens' credits spent an interval before a kill found on disk, at most {} spent \
+         credits given back, \
+         the oldest of them {} ms before the kill, {} checked exact; \
          {} rounds left temp files (removed by open); {} kills before the store opened; {} \
          revokes or deletes cut short by the kill; {} imports, {} set_meta, {} revoke_owner \
          and {} delete_owner (reaching {} tokens) acknowledged and kept, {} owner changes cut \
@@ -744,6 +883,10 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         t.rounds_with_compactions,
         t.last_used_checks,
         t.max_lag_ms,
+        t.credit_checks,
+        t.max_given_back,
+        t.max_given_back_ms,
+        t.credit_exact_checks,
         t.rounds_with_temps,
         t.killed_before_ready,
         t.cut_short,
@@ -762,6 +905,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         assert!(t.acked_imports > 0 && t.acked_metas > 0 && t.prefixed_checks > 0);
         assert!(t.acked_owner_revokes > 0 && t.owner_tokens > 0);
         assert!(t.rounds_with_compactions > 0, "no compaction ran");
+        assert!(t.credit_checks > 0 && t.credit_exact_checks > 0);
     }
 }
 
@@ -836,6 +980,10 @@ impl Torture {
         self.prefixed_checks += other.prefixed_checks;
         self.last_used_checks += other.last_used_checks;
         self.max_lag_ms = self.max_lag_ms.max(other.max_lag_ms);
+        self.credit_checks += other.credit_checks;
+        self.credit_exact_checks += other.credit_exact_checks;
+        self.max_given_back = self.max_given_back.max(other.max_given_back);
+        self.max_given_back_ms = self.max_given_back_ms.max(other.max_given_back_ms);
         self.cut_short += other.cut_short;
         self.rounds_with_temps += other.rounds_with_temps;
         self.killed_before_ready += other.killed_before_ready;
