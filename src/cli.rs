@@ -105,7 +105,7 @@ enum Command {
         scope: Option<String>,
         /// Credits to spend, for a token with credits (default 1; 0 checks without
         /// spending). A read-only check spends nothing.
-        #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "scope")]
+        #[arg(long, value_name = "N", default_value_t = 1)]
         cost: u64,
         /// Print the outcome as one JSON object on stdout.
         #[arg(long)]
@@ -573,7 +573,7 @@ impl Checker {
     fn check(&self, token: &str, scope: Option<&str>, cost: u64) -> Result<OwnedToken, Rejection> {
         match (self, scope) {
             (Checker::Store(store), None) => store.validate_cost(token, cost),
-            (Checker::Store(store), Some(scope)) => store.validate_scope(token, scope),
+            (Checker::Store(store), Some(scope)) => store.validate_scope_cost(token, scope, cost),
             (Checker::View(view), None) => view.validate(token),
             (Checker::View(view), Some(scope)) => view.validate_scope(token, scope),
         }

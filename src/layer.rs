@@ -73,6 +73,8 @@ pub struct TokenLayer {
 struct Config {
     source: Source,
     scope: Option<Box<str>>,
+    /// The credits each request spends from a token that has credits.
+    cost: u64,
     realm: Box<str>,
 }
 
@@ -175,6 +177,7 @@ impl TokenLayer {
             config: Arc::new(Config {
                 source: Source::Bearer(Box::new(Challenges::new(&realm, None))),
                 scope: None,
+                cost: 1,
                 realm,
             }),
         }
@@ -185,6 +188,14 @@ impl TokenLayer {
         let config = Arc::make_mut(&mut self.config);
         config.scope = Some(scope.into().into_boxed_str());
         config.rechallenge();
+        self
+    }
+
+    /// Each request spends `cost` of the token's [`Credits`](crate::Credits) instead of 1
+    /// (0: none), as [`TokenStore::validate_cost`] does: the price of the routes behind
+    /// this layer. A token without credits ignores it; one with too few left gets 429.
+    pub fn cost(mut self, cost: u64) -> TokenLayer {
+        Arc::make_mut(&mut self.config).cost = cost;
         self
     }
 
@@ -251,9 +262,10 @@ impl<S> TokenService<S> {
         let token = std::str::from_utf8(token)
             .map_err(|_| Refusal::Rejected(Rejection::Malformed))?
             .trim();
+        let cost = self.config.cost;
         let result = match &self.config.scope {
-            Some(scope) => self.store.validate_scope(token, scope),
-            None => self.store.validate(token),
+            Some(scope) => self.store.validate_scope_cost(token, scope, cost),
+            None => self.store.validate_cost(token, cost),
         };
         result
             .map(ValidToken::into_owned)

@@ -288,9 +288,9 @@ impl TokenStore {
 
     /// Checks `token` (and that it grants `scope`, if given) and returns the accepted
     /// `Token`, or raises a `Rejected` subclass. A token with credits spends `cost` of them
-    /// (default 1; 0 checks without spending; only without `scope`). Lock-free in Rust;
-    /// holds the GIL (about half a microsecond, less than releasing and taking it back
-    /// would cost).
+    /// (default 1; 0 checks without spending), once every other check passed. Lock-free in
+    /// Rust; holds the GIL (about half a microsecond, less than releasing and taking it
+    /// back would cost).
     #[pyo3(signature = (token, scope=None, *, cost=None))]
     fn validate(
         &self,
@@ -301,18 +301,13 @@ impl TokenStore {
     ) -> PyResult<Token> {
         let store = self.live(py)?;
         let cost = match cost.filter(|c| !c.is_none()) {
-            Some(_) if scope.is_some() => return Err(invalid(
-                py,
-                "validate takes a scope or a cost, not both: a scoped validation spends 1 credit",
-            )),
-            Some(c) => Some(crate::objects::count("cost", c)?),
-            None => None,
+            Some(c) => crate::objects::count("cost", c)?,
+            None => 1,
         };
         let text = convert::token_text(token)?;
-        let result = match (scope, cost) {
-            (Some(scope), _) => store.validate_scope(&text, scope),
-            (None, Some(cost)) => store.validate_cost(&text, cost),
-            (None, None) => store.validate(&text),
+        let result = match scope {
+            Some(scope) => store.validate_scope_cost(&text, scope, cost),
+            None => store.validate_cost(&text, cost),
         };
         result
             .map(|t| Token(t.into_owned()))

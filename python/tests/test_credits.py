@@ -43,13 +43,15 @@ def test_cost_is_spent_whole_or_not_at_all(store):
     store.validate(issued.secret, cost=0)  # checks without spending
     store.validate(issued.secret, "read")  # a scoped validation spends 1
     assert store.credits(issued.id).remaining == 1
-    with pytest.raises(ValueError, match="not both"):
-        store.validate(issued.secret, "read", cost=1)
+    with pytest.raises(tokencache.MissingScope):
+        store.validate(issued.secret, "write", cost=1)  # refused before it spends
     with pytest.raises(ValueError, match="cost"):
         store.validate(issued.secret, cost=-1)
     with pytest.raises(TypeError, match="cost must be an int"):
         store.validate(issued.secret, cost=1.5)
     assert store.credits(issued.id).remaining == 1
+    store.validate(issued.secret, "read", cost=1)
+    assert store.credits(issued.id).remaining == 0
 
 
 def test_set_and_clear_credits_durably_with_feed_events(store):
@@ -222,6 +224,54 @@ def test_flask_and_middleware_answer_429_with_retry_after_when_credits_refill(pa
         assert r.status_code == 429 and r.headers["Retry-After"] == "3600"
         r = wsgi.get("/y", headers=_bearer(spent))
         assert r.status_code == 429 and "Retry-After" not in r.headers
+
+
+def test_each_integration_spends_its_cost_per_request(store):
+    from fastapi import Depends, FastAPI
+    from fastapi.testclient import TestClient
+    from flask import Flask, g
+    from werkzeug.test import Client
+    from werkzeug.wrappers import Response
+
+    from tokencache.fastapi import TokenDependency
+    from tokencache.flask import require_token
+    from tokencache.middleware import AsgiTokenMiddleware, TokenMiddleware
+
+    flask_app = Flask(__name__)
+
+    @flask_app.get("/report")
+    @require_token("write", store=store, cost=5)
+    def report() -> str:
+        return g.token.name
+
+    fastapi_app = FastAPI()
+    priced = TokenDependency(store, "write", cost=5)
+
+    @fastapi_app.get("/report")
+    def fastapi_report(token=Depends(priced)) -> str:
+        return token.name
+
+    def plain(environ, start_response):
+        return Response("ok")(environ, start_response)
+
+    async def asgi_plain(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    clients = {
+        "flask": flask_app.test_client(),
+        "fastapi": TestClient(fastapi_app),
+        "wsgi": Client(TokenMiddleware(plain, store, "write", cost=5)),
+        "asgi": TestClient(AsgiTokenMiddleware(asgi_plain, store, "write", cost=5)),
+    }
+    for name, client in clients.items():
+        writer = store.issue(name, scopes=["write"], credits=Credits(12))
+        reader = store.issue(name, credits=Credits(12))
+        codes = [client.get("/report", headers=_bearer(writer)).status_code for _ in range(3)]
+        assert codes == [200, 200, 429], name
+        assert store.credits(writer.id).remaining == 2, name
+        assert client.get("/report", headers=_bearer(reader)).status_code == 403, name
+        assert store.credits(reader.id).remaining == 12, name
 
 
 def test_credits_set_in_python_are_spent_by_the_rust_cli_and_back(cli, path):

@@ -184,7 +184,8 @@ class TokenStore:
     def validate(
         self, token: str, scope: Optional[str] = None, *, cost: Optional[int] = None
     ) -> Token:
-        """``cost`` (default 1) is spent from a token's credits; not with ``scope``."""
+        """``cost`` (default 1) is spent from a token's credits, once every other check
+        (``scope`` included) passed."""
         ...
     def issue(
         self,

@@ -29,12 +29,16 @@ from ._native import Token, TokenStore
 
 class TokenDependency:
     """A FastAPI dependency (``Depends(TokenDependency(store, scope="write"))``) returning
-    the accepted :class:`Token`, or raising ``HTTPException`` with the refusal."""
+    the accepted :class:`Token`, or raising ``HTTPException`` with the refusal. Each
+    request spends ``cost`` of a token's credits (a token without credits ignores it)."""
 
-    def __init__(self, store: TokenStore, scope: Optional[str] = None, realm: str = "api") -> None:
+    def __init__(
+        self, store: TokenStore, scope: Optional[str] = None, realm: str = "api", cost: int = 1
+    ) -> None:
         self.store = store
         self.scope = scope
         self.realm = realm
+        self.cost = cost
 
     async def __call__(self, request: Request) -> Token:
         values = request.headers.getlist("authorization")
@@ -44,14 +48,16 @@ class TokenDependency:
         if token is None:
             raise _exception(_http.missing(self.realm))
         try:
-            return self.store.validate(token, self.scope)
+            return self.store.validate(token, self.scope, cost=self.cost)
         except Rejected as rejected:
             raise _exception(_http.refusal(rejected, self.scope, self.realm)) from None
 
 
-def require_token(store: TokenStore, scope: Optional[str] = None, realm: str = "api") -> TokenDependency:
+def require_token(
+    store: TokenStore, scope: Optional[str] = None, realm: str = "api", cost: int = 1
+) -> TokenDependency:
     """``Depends(require_token(store, "write"))``: the same as :class:`TokenDependency`."""
-    return TokenDependency(store, scope, realm)
+    return TokenDependency(store, scope, realm, cost)
 
 
 def _exception(refusal: _http.Refusal) -> HTTPException:

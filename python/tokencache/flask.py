@@ -41,10 +41,15 @@ def _answer(refusal: _http.Refusal) -> Response:
 
 
 def require_token(
-    scope: Optional[str] = None, *, store: Optional[TokenStore] = None, realm: str = "api"
+    scope: Optional[str] = None,
+    *,
+    store: Optional[TokenStore] = None,
+    realm: str = "api",
+    cost: int = 1,
 ) -> Callable[[F], F]:
     """A view decorator that admits only requests with a valid bearer token (granting
-    ``scope``, if given). The token is in ``flask.g.token``."""
+    ``scope``, if given). The token is in ``flask.g.token``. Each request spends ``cost``
+    of a token's credits (the view's price; a token without credits ignores it)."""
     if callable(scope):
         raise TypeError(
             "require_token needs parentheses: @require_token() or @require_token(\"scope\")"
@@ -62,7 +67,7 @@ def require_token(
             if token is None:
                 return _answer(_http.missing(realm))
             try:
-                g.token = chosen.validate(token, scope)
+                g.token = chosen.validate(token, scope, cost=cost)
             except Rejected as rejected:
                 return _answer(_http.refusal(rejected, scope, realm))
             return view(*args, **kwargs)

@@ -30,7 +30,8 @@ _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
 
 class _Guard:
     """What both middlewares hold: the wrapped app, the store, the scope every request
-    needs (if any), the realm of the challenges, and the paths let through unchecked."""
+    needs (if any), the realm of the challenges, the paths let through unchecked, and the
+    credits each request spends from a token that has credits."""
 
     def __init__(
         self,
@@ -40,12 +41,14 @@ class _Guard:
         *,
         realm: str = "api",
         exempt: Iterable[str] = (),
+        cost: int = 1,
     ) -> None:
         self.app = app
         self.store = store
         self.scope = scope
         self.realm = realm
         self.exempt = frozenset(exempt)
+        self.cost = cost
 
 
 class TokenMiddleware(_Guard):
@@ -60,7 +63,7 @@ class TokenMiddleware(_Guard):
         if token is None:
             return _wsgi_refuse(_http.missing(self.realm), start_response)
         try:
-            environ[ENVIRON_KEY] = self.store.validate(token, self.scope)
+            environ[ENVIRON_KEY] = self.store.validate(token, self.scope, cost=self.cost)
         except Rejected as rejected:
             return _wsgi_refuse(_http.refusal(rejected, self.scope, self.realm), start_response)
         return self.app(environ, start_response)
@@ -94,7 +97,7 @@ class AsgiTokenMiddleware(_Guard):
             await _asgi_refuse(_http.missing(self.realm), send)
             return
         try:
-            accepted = self.store.validate(token, self.scope)
+            accepted = self.store.validate(token, self.scope, cost=self.cost)
         except Rejected as rejected:
             await _asgi_refuse(_http.refusal(rejected, self.scope, self.realm), send)
             return

@@ -155,6 +155,19 @@ impl TokenStore {
         self.counted(self.handle.shared.check(token, None, cost))
     }
 
+    /// [`validate_scope`](Self::validate_scope) and [`validate_cost`](Self::validate_cost)
+    /// in one: requires `scope`, then spends `cost` of a token's credits (a token that
+    /// lacks the scope spends nothing).
+    #[inline]
+    pub fn validate_scope_cost(
+        &self,
+        token: &str,
+        scope: &str,
+        cost: u64,
+    ) -> Result<ValidToken<'_>, Rejection> {
+        self.counted(self.handle.shared.check(token, Some(scope), cost))
+    }
+
     #[inline]
     fn counted<'a>(
         &self,

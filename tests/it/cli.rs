@@ -1658,6 +1658,29 @@ fn credits_are_given_spent_shown_set_and_cleared() {
     );
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
     assert!(stderr(&bad).contains("at least 60 s"), "{}", stderr(&bad));
+    // A scope and a cost together: the scope is checked first, then the cost is spent.
+    let refused = run(
+        store,
+        &["validate", "--scope", "admin", "--cost", "4", "--json"],
+        token.as_bytes(),
+    );
+    let outcome: Value = serde_json::from_str(&stdout(&refused)).unwrap();
+    assert_eq!(outcome["reason"], "missing_scope");
+    let scoped = run(
+        store,
+        &["validate", "--scope", "admin", "--cost", "4"],
+        issue(store, &["scoped", "--scope", "admin", "--credits", "10"]).as_bytes(),
+    );
+    assert_eq!(scoped.status.code(), Some(0), "{}", stderr(&scoped));
+    let lefts: Vec<u64> = list_json(store)
+        .iter()
+        .map(|t| t["credits"]["remaining"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        lefts,
+        [5, 6],
+        "the refused check spent nothing, the scoped one 4"
+    );
     let cleared = run(store, &["credits", &id, "--clear"], b"");
     assert_eq!(cleared.status.code(), Some(0), "{}", stderr(&cleared));
     assert_eq!(

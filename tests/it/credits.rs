@@ -124,6 +124,35 @@ fn validate_cost_spends_the_cost_and_zero_only_checks() {
 }
 
 #[test]
+fn validate_scope_cost_checks_the_scope_before_it_spends() {
+    let dir = scratch();
+    let store = TokenStore::open(&dir.path).unwrap();
+    let token = store
+        .issue(
+            NewToken::new("m")
+                .scopes(["read"])
+                .credits(Credits::new(10)),
+        )
+        .unwrap();
+    assert_eq!(
+        store.validate_scope_cost(token.secret(), "write", 4).err(),
+        Some(Rejection::MissingScope)
+    );
+    assert_eq!(store.credits(&token.id()).unwrap().remaining(), 10);
+    store
+        .validate_scope_cost(token.secret(), "read", 4)
+        .unwrap();
+    store
+        .validate_scope_cost(token.secret(), "read", 6)
+        .unwrap();
+    assert!(matches!(
+        store.validate_scope_cost(token.secret(), "read", 1),
+        Err(Rejection::UsageExceeded { retry_after: None })
+    ));
+    assert_eq!(store.credits(&token.id()).unwrap().remaining(), 0);
+}
+
+#[test]
 fn set_credits_replaces_or_removes_them_durably_and_refuses_bad_ones() {
     let dir = scratch();
     let store = TokenStore::open(&dir.path).unwrap();

@@ -51,6 +51,13 @@ fn app(store: &TokenStore) -> Router {
             .header(X_API_KEY)
             .require_scope("write"),
     );
+    // Each report costs 5 credits of a token that has credits, and needs scope `write`.
+    let reports = Router::new().route("/reports", get(me)).route_layer(
+        TokenLayer::new(store.clone())
+            .realm("test")
+            .require_scope("write")
+            .cost(5),
+    );
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/unguarded", get(me))
@@ -58,6 +65,7 @@ fn app(store: &TokenStore) -> Router {
         .merge(writers)
         .merge(keyed)
         .merge(keyed_writers)
+        .merge(reports)
 }
 
 async fn serve(store: &TokenStore) -> SocketAddr {
@@ -345,6 +353,61 @@ async fn spent_credits_get_429_with_the_refill_as_retry_after_or_none() {
         http.get("/me", refilled.secret()).await.status,
         StatusCode::OK
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_with_a_cost_spends_it_per_request_after_the_scope_check() {
+    let s = scratch();
+    let store = TokenStore::open(&s.path).unwrap();
+    let writer = store
+        .issue(
+            NewToken::new("writer")
+                .scopes(["write"])
+                .credits(Credits::new(12)),
+        )
+        .unwrap();
+    let reader = store
+        .issue(NewToken::new("reader").credits(Credits::new(12)))
+        .unwrap();
+    let unmetered = store
+        .issue(NewToken::new("unmetered").scopes(["write"]))
+        .unwrap();
+    let http = Http::new(serve(&store).await);
+    let left = |token: &tokencache::IssuedToken| store.credits(&token.id()).unwrap().remaining();
+
+    for expected in [7, 2] {
+        assert_eq!(
+            http.get("/reports", writer.secret()).await.status,
+            StatusCode::OK
+        );
+        assert_eq!(left(&writer), expected);
+    }
+    let answer = http.get("/reports", writer.secret()).await;
+    refused(
+        &answer,
+        StatusCode::TOO_MANY_REQUESTS,
+        None,
+        writer.secret(),
+    );
+    assert_eq!(left(&writer), 2, "a refused request spends nothing");
+    // The other routes keep costing 1.
+    assert_eq!(
+        http.get("/me", writer.secret()).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(left(&writer), 1);
+
+    // A token without the scope is refused before it spends.
+    let answer = http.get("/reports", reader.secret()).await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    assert_eq!(left(&reader), 12);
+    // A token without credits ignores the cost.
+    for _ in 0..3 {
+        assert_eq!(
+            http.get("/reports", unmetered.secret()).await.status,
+            StatusCode::OK
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
