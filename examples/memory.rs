@@ -4,11 +4,15 @@
 //! `read`), closes it, then counts the live heap bytes `TokenStore::open` keeps while the
 //! store is open: the map, the entries, names and scopes, the persister's channel.
 //!
-//! `cargo run --release --example memory [-- <tokens>]`
+//! `cargo run --release --example memory [-- <tokens> [credits]]`: with `credits`, every
+//! token has credits (`Credits::new(1000)`, refilled daily), which live in their own
+//! allocation beside the entry.
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use tokencache::{NewToken, TokenStore};
+use std::time::Duration;
+
+use tokencache::{Credits, NewToken, Refill, TokenStore};
 
 #[path = "../tests/process_wide/counting.rs"]
 mod counting;
@@ -23,10 +27,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(arg) => arg.parse().map_err(|e| format!("tokens: {e}: {arg:?}"))?,
         None => 1_000_000,
     };
+    let metered = match std::env::args().nth(2).as_deref() {
+        None => false,
+        Some("credits") => true,
+        Some(other) => {
+            return Err(format!("unknown option {other:?}; say `credits` or nothing").into())
+        }
+    };
+    let daily = Credits::new(1000).refill(Refill::every(Duration::from_secs(86_400), 1000));
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("tokens.snap");
     let store = TokenStore::open(&path)?;
-    store.issue_many((0..count).map(|i| NewToken::new(format!("token-{i}")).scope("read")))?;
+    store.issue_many((0..count).map(|i| {
+        let token = NewToken::new(format!("token-{i}")).scope("read");
+        match metered {
+            true => token.credits(daily.clone()),
+            false => token,
+        }
+    }))?;
     store.close()?;
     let file_bytes = std::fs::metadata(&path)?.len();
 
@@ -39,7 +57,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let per_token = held as f64 / tokens as f64;
     println!("tokens           {tokens}");
     println!("heap held        {held} bytes");
-    println!("heap per token   {per_token:.1} bytes (target: <= 200)");
+    let target = match metered {
+        false => " (target: <= 200)",
+        true => " (with credits)",
+    };
+    println!("heap per token   {per_token:.1} bytes{target}");
     println!(
         "file per token   {:.1} bytes",
         file_bytes as f64 / tokens as f64
