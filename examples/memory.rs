@@ -41,7 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     store.issue_many((0..count).map(|i| {
         let token = NewToken::new(format!("token-{i}")).scope("read");
         match metered {
-            true => token.credits(daily.clone()),
+            true => token.credits(daily),
             false => token,
         }
     }))?;
