@@ -204,3 +204,140 @@ fn another_replicas_change_read_in_the_same_stopped_catch_up_still_arrives() {
     assert_eq!(seen.meta, vec![("plan".to_owned(), "pro".to_owned())]);
     assert_eq!(seen.rate_limit, Some(RateLimit::per_minute(1)));
 }
+
+/// What the test knows of one token: A's and B's writes, in commit order.
+struct Model {
+    token: tokencache::IssuedToken,
+    limit: Option<RateLimit>,
+    meta: Vec<(String, String)>,
+    revoked: bool,
+    deleted: bool,
+    /// B set metadata this round that no later write of A replaced: its arrival in A is a
+    /// replica event, the only kind this round may bring.
+    meta_from_b: bool,
+}
+
+/// Rounds of writes on both replicas around a stopped catch-up of A: B changes some rows
+/// (which the stopped catch-up reads), then A writes rate limits, metadata, revocations and
+/// deletions at random. After each release A holds exactly what the model says (its own
+/// later writes over the rows read before them, B's writes it did not overwrite), B agrees,
+/// and no row set A's memory back even for a moment: the only replica events are B's
+/// metadata arriving. `TOKENCACHE_CATCH_UP_SEED` replays a run.
+#[test]
+fn random_writes_around_a_stopped_catch_up_end_as_the_model_says() {
+    let seed: u64 = std::env::var("TOKENCACHE_CATCH_UP_SEED")
+        .map(|s| s.parse().expect("a number"))
+        .unwrap_or_else(|_| Utc::now().timestamp_micros() as u64);
+    println!("seed {seed} (TOKENCACHE_CATCH_UP_SEED={seed} replays it)");
+    let mut rng = seed | 1;
+    let mut next = move |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    let url = pg::fresh_db();
+    let a = open(&url);
+    let b = open(&url);
+    let first = issue_settled(&a, NewToken::new("first"));
+    let before = Utc::now();
+    thread::sleep(Duration::from_millis(5));
+    b.set_meta(&first.id(), &[("by", "b")]).unwrap(); // B's writer connects now
+    caught_up_since(&a, before);
+    caught_up_since(&b, before);
+    let changes = a.subscribe();
+    let mut tokens: Vec<Model> = Vec::new();
+    let limits = [
+        None,
+        Some(RateLimit::per_minute(1)),
+        Some(RateLimit::per_second(50).burst(5)),
+    ];
+
+    for round in 0..6 {
+        let before = Utc::now();
+        thread::sleep(Duration::from_millis(5));
+        let names = (0..4).map(|i| NewToken::new(format!("r{round}-{i}")));
+        for token in a.issue_many(names).unwrap() {
+            tokens.push(Model {
+                token,
+                limit: None,
+                meta: Vec::new(),
+                revoked: false,
+                deleted: false,
+                meta_from_b: false,
+            });
+        }
+        caught_up_since(&a, before);
+        caught_up_since(&b, before);
+        let live: Vec<usize> = (0..tokens.len()).filter(|&i| !tokens[i].deleted).collect();
+
+        let held = Held::prefixes(&url);
+        for _ in 0..1 + next(3) {
+            let t = &mut tokens[live[next(live.len())]];
+            let meta = vec![("by".to_owned(), format!("b{round}"))];
+            b.set_meta(&t.token.id(), &meta).unwrap();
+            (t.meta, t.meta_from_b) = (meta, true);
+        }
+        let stopped = held.stopping(&url, 2);
+        for _ in 0..6 {
+            let live: Vec<usize> = (0..tokens.len()).filter(|&i| !tokens[i].deleted).collect();
+            let t = &mut tokens[live[next(live.len())]];
+            let id = t.token.id();
+            match next(4) {
+                0 => {
+                    let limit = limits[next(limits.len())];
+                    a.set_rate_limit(&id, limit).unwrap();
+                    t.limit = limit;
+                }
+                1 => {
+                    let meta = vec![("by".to_owned(), format!("a{round}"))];
+                    a.set_meta(&id, &meta).unwrap();
+                    (t.meta, t.meta_from_b) = (meta, false);
+                }
+                2 => {
+                    a.revoke(&id).unwrap();
+                    t.revoked = true;
+                }
+                _ => {
+                    a.delete(&id).unwrap();
+                    (t.deleted, t.meta_from_b) = (true, false);
+                }
+            }
+        }
+        held.release();
+        caught_up_since(&a, stopped);
+
+        for t in &tokens {
+            let id = t.token.id();
+            let held = a.get(&id);
+            let context = format!("round {round}, token {id} (seed {seed})");
+            match (&held, t.deleted) {
+                (None, true) => continue,
+                (Some(_), true) => panic!("{context}: deleted, but A holds it"),
+                (None, false) => panic!("{context}: A lost it"),
+                (Some(_), false) => {}
+            }
+            let held = held.unwrap();
+            assert_eq!(held.rate_limit, t.limit, "{context}");
+            assert_eq!(held.meta, t.meta, "{context}");
+            assert_eq!(held.revoked_at.is_some(), t.revoked, "{context}");
+        }
+        for event in replica_events(&changes) {
+            let from_b = tokens
+                .iter()
+                .any(|t| Some(t.token.id()) == event.id && t.meta_from_b);
+            assert!(
+                event.kind == tokencache::ChangeKind::MetaSet && from_b,
+                "round {round} (seed {seed}): a row of A's own changed A's memory: {event:?}"
+            );
+        }
+        tokens.iter_mut().for_each(|t| t.meta_from_b = false);
+        let definitions = |store: &TokenStore| {
+            let mut listed = store.list();
+            listed.iter_mut().for_each(|t| t.last_used = None);
+            listed
+        };
+        pg::within(BOUND, || definitions(&a) == definitions(&b))
+            .unwrap_or_else(|| panic!("round {round} (seed {seed}): B disagrees with A"));
+    }
+}
