@@ -199,10 +199,11 @@ impl Persister {
 
     /// PostgreSQL stores: applies what other replicas committed (as journal replay does;
     /// this replica's own changes come back too, and change nothing; a row read before
-    /// this replica's own later write to it is not applied, see `Sink::overrides`), then notes how
-    /// current memory is. If `recording`, each change that changed memory is published to
-    /// the feed at once (it is durable: committed), with origin `Replica`; this replica's
-    /// own changes coming back change nothing, so they are not published twice.
+    /// this replica's own later write to it is not applied, see `Sink::overrides`), then
+    /// notes how current memory is. If `recording`, each change that changed memory is
+    /// published to the feed at once (it is durable: committed), with origin `Replica`;
+    /// this replica's own changes coming back change nothing, so they are not published
+    /// twice.
     #[cfg(all(feature = "postgres", not(loom)))]
     fn apply_remote(&mut self, batch: &mut Batch, recording: bool) {
         use crate::change::{Change, Changed};
