@@ -79,14 +79,23 @@ fn caught_up_since(store: &TokenStore, since: DateTime<Utc>) {
     .expect("a catch-up after the lock was released");
 }
 
+/// Runs `write` (a change committed through one of `stores`), then waits until each of
+/// `stores` applied a catch-up that started after it: their listeners are idle again. The
+/// pause first lets the stores' whole-millisecond clock move past the time noted.
+fn settled<T>(stores: &[&TokenStore], write: impl FnOnce() -> T) -> T {
+    let before = Utc::now();
+    thread::sleep(Duration::from_millis(5));
+    let written = write();
+    for store in stores {
+        caught_up_since(store, before);
+    }
+    written
+}
+
 /// Issues `request` on `store` and waits until its catch-up of its own issue is over: the
 /// store's writer is connected, its prefix recorded, and its listener idle.
 fn issue_settled(store: &TokenStore, request: NewToken) -> tokencache::IssuedToken {
-    let before = Utc::now();
-    thread::sleep(Duration::from_millis(5));
-    let issued = store.issue(request).unwrap();
-    caught_up_since(store, before);
-    issued
+    settled(&[store], || store.issue(request).unwrap())
 }
 
 /// Every event another replica's rows made in `store`: none may come from this replica's
@@ -185,11 +194,9 @@ fn another_replicas_change_read_in_the_same_stopped_catch_up_still_arrives() {
     let b = open(&url);
     let token = issue_settled(&a, NewToken::new("shared"));
     pg::within(BOUND, || b.get(&token.id()).is_some()).expect("B has the token");
-    let before = Utc::now();
-    thread::sleep(Duration::from_millis(5));
-    b.set_meta(&token.id(), &[("plan", "free")]).unwrap();
-    caught_up_since(&a, before);
-    caught_up_since(&b, before);
+    settled(&[&a, &b], || {
+        b.set_meta(&token.id(), &[("plan", "free")]).unwrap();
+    });
 
     let held = Held::prefixes(&url);
     b.set_meta(&token.id(), &[("plan", "pro")]).unwrap();
@@ -240,11 +247,10 @@ fn random_writes_around_a_stopped_catch_up_end_as_the_model_says() {
     let a = open(&url);
     let b = open(&url);
     let first = issue_settled(&a, NewToken::new("first"));
-    let before = Utc::now();
-    thread::sleep(Duration::from_millis(5));
-    b.set_meta(&first.id(), &[("by", "b")]).unwrap(); // B's writer connects now
-    caught_up_since(&a, before);
-    caught_up_since(&b, before);
+    // B's writer connects now.
+    settled(&[&a, &b], || {
+        b.set_meta(&first.id(), &[("by", "b")]).unwrap()
+    });
     let changes = a.subscribe();
     let mut tokens: Vec<Model> = Vec::new();
     let limits = [
@@ -254,10 +260,8 @@ fn random_writes_around_a_stopped_catch_up_end_as_the_model_says() {
     ];
 
     for round in 0..6 {
-        let before = Utc::now();
-        thread::sleep(Duration::from_millis(5));
         let names = (0..4).map(|i| NewToken::new(format!("r{round}-{i}")));
-        for token in a.issue_many(names).unwrap() {
+        for token in settled(&[&a, &b], || a.issue_many(names).unwrap()) {
             tokens.push(Model {
                 token,
                 limit: None,
@@ -267,8 +271,6 @@ fn random_writes_around_a_stopped_catch_up_end_as_the_model_says() {
                 meta_from_b: false,
             });
         }
-        caught_up_since(&a, before);
-        caught_up_since(&b, before);
         let live: Vec<usize> = (0..tokens.len()).filter(|&i| !tokens[i].deleted).collect();
 
         let held = Held::prefixes(&url);
@@ -332,12 +334,7 @@ fn random_writes_around_a_stopped_catch_up_end_as_the_model_says() {
             );
         }
         tokens.iter_mut().for_each(|t| t.meta_from_b = false);
-        let definitions = |store: &TokenStore| {
-            let mut listed = store.list();
-            listed.iter_mut().for_each(|t| t.last_used = None);
-            listed
-        };
-        pg::within(BOUND, || definitions(&a) == definitions(&b))
+        pg::within(BOUND, || pg::definitions(&a) == pg::definitions(&b))
             .unwrap_or_else(|| panic!("round {round} (seed {seed}): B disagrees with A"));
     }
 }

@@ -303,6 +303,14 @@ pub fn connect(url: &str) -> postgres::Client {
     }
 }
 
+/// Every token `store` lists, without `last_used`: what two replicas agree on once their
+/// catch-ups are done (`last_used` reaches the others only with a flush).
+pub fn definitions(store: &tokencache::TokenStore) -> Vec<tokencache::TokenInfo> {
+    let mut listed = store.list();
+    listed.iter_mut().for_each(|t| t.last_used = None);
+    listed
+}
+
 /// Polls `check` every millisecond until it holds; how long that took, or `None` after `limit`.
 pub fn within(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
