@@ -13,6 +13,7 @@ use crate::map::Map;
 use crate::rate_limit::RateLimit;
 use crate::snapshot::{ExtrasRecord, ExtrasRef, Problem, RateLimitRecord, Record, RecordRef};
 use crate::token::TokenId;
+use crate::usage::UsageRecord;
 
 /// One change to the store, as a journal record holds it and as a row another replica
 /// committed becomes (`pg/rows.rs`). Times are Unix ms.
@@ -53,6 +54,9 @@ pub(crate) enum Change {
     Credits(CreditsRecord),
     /// The token's credits were removed.
     NoCredits { id: [u8; 8] },
+    // Journal version 4 appends the variants below.
+    /// The token's usage counts (written behind, with `last_used`).
+    Usage(UsageRecord),
 }
 
 /// What one catch-up of a PostgreSQL store read (`pg/listen.rs`), for the persister to
@@ -111,6 +115,7 @@ pub(crate) enum ChangeRef<'a> {
     NoCredits {
         id: [u8; 8],
     },
+    Usage(UsageRecord),
 }
 
 /// What [`apply`] changed in memory, for the change feed (a `last_used` is no change).
@@ -169,12 +174,9 @@ pub(crate) fn apply(map: &Map, change: Change) -> Result<Changed, Problem> {
                 ),
                 None => None,
             };
-            map.with(&id, |e| {
-                if e.rate_limit() != limit {
-                    e.set_rate_limit(limit);
-                    changed = true;
-                }
-            });
+            if map.with(&id, |e| e.rate_limit() != limit) == Some(true) {
+                changed = map.set_rate_limit(&id, limit);
+            }
             id
         }
         Change::Expire { id, at } => {
@@ -195,7 +197,7 @@ pub(crate) fn apply(map: &Map, change: Change) -> Result<Changed, Problem> {
             changed = map
                 .with(&id, |e| match e.extras() {
                     Some(old) => !old.same_as(&extras),
-                    None => !extras.is_empty(),
+                    None => extras.is_recorded(),
                 })
                 .unwrap_or(false);
             map.set_extras(&id, extras);
@@ -237,6 +239,14 @@ pub(crate) fn apply(map: &Map, change: Change) -> Result<Changed, Problem> {
             })?;
             // A state written behind is no change for the feed; only loading applies it.
             map.set_meter(&id, Some(meter));
+            return Ok(Changed::Nothing);
+        }
+        Change::Usage(record) => {
+            let id = token_id(record.id)?;
+            // A record of a token deleted later is skipped.
+            if map.contains(&id) {
+                map.usage.lock().replay(id, &record);
+            }
             return Ok(Changed::Nothing);
         }
         Change::NoCredits { id } => {

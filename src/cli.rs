@@ -23,7 +23,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use tokencache::{
     redacted_path, Credits, NewToken, OwnedToken, RateLimit, RateLimitError, Refill, Rejection,
-    StoreView, TokenId, TokenInfo, TokenStore, ValidToken,
+    StoreView, TokenId, TokenInfo, TokenStore, Usage, ValidToken,
 };
 
 mod import;
@@ -230,6 +230,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show a token's accepted validations: the total, and each UTC day of the last 30 it
+    /// was used.
+    ///
+    /// Exact when no other process has the store open; while a service has it open, as
+    /// that service last wrote them (at most one flush interval behind).
+    Usage {
+        /// The token's id, as `list` shows it.
+        id: String,
+        /// Print one JSON object: `{"id", "total", "days": [{"date", "count"}]}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Replace a token's metadata with the KEY=VALUE pairs given (durable when the command
     /// returns).
     ///
@@ -421,6 +433,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             (None, false) => show_credits(path, &id, json),
             (credits, _) => set_credits(path, &id, credits),
         },
+        Command::Usage { id, json } => show_usage(path, &id, json),
         Command::List { owner, json } => list(path, owner.as_deref(), json),
         Command::Revoke { id, owner, json } => match (id, owner) {
             (_, Some(owner)) => revoke_owner(path, &owner, json),
@@ -585,6 +598,13 @@ impl Checker {
         match self {
             Checker::Store(store) => store.get(id),
             Checker::View(view) => view.get(id),
+        }
+    }
+
+    fn usage(&self, id: &TokenId) -> Option<Usage> {
+        match self {
+            Checker::Store(store) => store.usage(id).ok(),
+            Checker::View(view) => view.usage(id),
         }
     }
 
@@ -798,6 +818,28 @@ fn show_credits(path: &Path, id: &str, json: bool) -> Result<ExitCode, Failure> 
         match &info.credits {
             Some(credits) => print_line(&format!("{} credits left", credits.remaining()))?,
             None => print_line("no credits: validations spend nothing")?,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show_usage(path: &Path, id: &str, json: bool) -> Result<ExitCode, Failure> {
+    let id = parse_id(id)?;
+    let checker = Checker::open(path)?;
+    let usage = checker.usage(&id);
+    checker.close()?;
+    let usage = usage.ok_or_else(|| format!("no token {id} in {}", redacted_path(path)))?;
+    if json {
+        let days: Vec<Value> = usage
+            .days
+            .iter()
+            .map(|(date, count)| json!({ "date": date.to_string(), "count": count }))
+            .collect();
+        print_json(&json!({ "id": id.as_str(), "total": usage.total, "days": days }))?;
+    } else {
+        print_line(&format!("{} validations in all", usage.total))?;
+        for (date, count) in &usage.days {
+            print_line(&format!("{date}  {count}"))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -1084,6 +1126,7 @@ fn token_json(token: &TokenInfo) -> Value {
         "meta": meta_json(token.meta.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
         "imported": token.imported,
         "credits": token.credits.as_ref().map(credits_json),
+        "uses": token.uses,
     })
 }
 

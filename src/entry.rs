@@ -25,6 +25,7 @@ use crate::rate_limit::{Gcra, RateLimit};
 use crate::snapshot::{Problem, Record, RecordRef, Scopes};
 use crate::sync::{AtomicU64, Ordering};
 use crate::token::{Digest, TokenId};
+use crate::usage::Uses;
 
 /// `0` in a time word means "never".
 const NEVER: u64 = 0;
@@ -71,10 +72,10 @@ pub(crate) struct Entry {
     revoked_at: AtomicU64,
     /// The `last_used` value in the newest snapshot on disk. Only the persister touches it.
     persisted_last_used: AtomicU64,
-    /// The rate limit as set, for `get`, `list` and snapshots; written by the persister
-    /// only, never read on the hot path (which reads `hot.limiter`).
-    rate_limit: RateLimitCell,
-    /// Owner, metadata, import mark: null for most tokens; swapped whole by the persister.
+    /// Accepted validations not yet in a thread's tally (see [`crate::usage`]).
+    pub(crate) uses: Uses,
+    /// Owner, metadata, import mark, credits, the rate limit as set: null for most tokens;
+    /// swapped whole by the persister.
     extras: ExtrasSlot,
 }
 
@@ -119,7 +120,7 @@ impl Entry {
         expires_at: Option<u64>,
         rate_limit: Option<RateLimit>,
     ) -> Entry {
-        Entry {
+        let mut entry = Entry {
             hot: Hot {
                 digest,
                 // An expiry of 0 (1970) means expired, not "never".
@@ -132,9 +133,13 @@ impl Entry {
             created_at,
             revoked_at: AtomicU64::new(NEVER),
             persisted_last_used: AtomicU64::new(NEVER),
-            rate_limit: RateLimitCell::new(rate_limit),
+            uses: Uses::default(),
             extras: ExtrasSlot::default(),
-        }
+        };
+        entry
+            .extras
+            .set(Some(Extras::default().with_rate_limit(rate_limit)));
+        entry
     }
 
     /// The SHA-256 digest the token is stored under.
@@ -284,8 +289,10 @@ impl Entry {
     }
 
     /// Sets the extras of an entry no other thread sees yet (empty ones are kept as none),
-    /// and the owner and credits bits to match.
+    /// keeping its rate limit, and the owner and credits bits to match.
     pub(crate) fn set_extras(&mut self, extras: Option<Extras>) {
+        let limit = self.rate_limit();
+        let extras = Some(extras.unwrap_or_default().with_rate_limit(limit));
         let flags = flags_of(&extras);
         self.extras.set(extras);
         self.mark_flags(flags);
@@ -377,13 +384,15 @@ impl Entry {
         self.hot.used.fetch_and(!DIRTY, Ordering::AcqRel) >> 1
     }
 
-    /// Whether `last_used` or the credits differ from what the files hold.
+    /// Whether `last_used`, the credits or the shared usage count differ from what the
+    /// files hold.
     pub(crate) fn unsaved(&self) -> bool {
         // Acquire on `used`: as in `take_for_snapshot`. `persisted_last_used` is only
         // written by the persister thread, which is the caller, so Relaxed suffices.
         self.hot.used.load(Ordering::Acquire) >> 1
             != self.persisted_last_used.load(Ordering::Relaxed)
             || self.meter().is_some_and(|m| m.state() != m.persisted())
+            || self.uses.peek().is_some()
     }
 
     /// The `last_used` value in the newest snapshot on disk.
@@ -473,13 +482,13 @@ impl Entry {
 
     /// The token's rate limit, as set.
     pub(crate) fn rate_limit(&self) -> Option<RateLimit> {
-        self.rate_limit.get()
+        self.extras()?.rate_limit
     }
 
-    /// Replaces the token's rate limit (a full burst is available again). Called by the
-    /// persister only, so the two places it lives are never written concurrently.
-    pub(crate) fn set_rate_limit(&self, limit: Option<RateLimit>) {
-        self.rate_limit.set(limit);
+    /// Makes validation enforce `limit` (a full burst is available again). Called by the
+    /// persister only, through `Map::set_rate_limit`, which keeps the limit as set in the
+    /// extras in step.
+    pub(crate) fn set_limiter(&self, limit: Option<RateLimit>) {
         self.hot.limiter.set(limit);
     }
 
@@ -561,45 +570,6 @@ pub(crate) fn name_of(text: &str) -> &str {
 /// The scopes in a packed text.
 pub(crate) fn scopes_of(text: &str) -> impl Iterator<Item = &str> {
     text.split(SEPARATOR).skip(1)
-}
-
-/// The rate limit as set: swapped whole, read without a lock (the loom build uses a lock).
-#[cfg(not(loom))]
-struct RateLimitCell(arc_swap::ArcSwapOption<RateLimit>);
-
-#[cfg(not(loom))]
-impl RateLimitCell {
-    fn new(limit: Option<RateLimit>) -> Self {
-        RateLimitCell(arc_swap::ArcSwapOption::from(
-            limit.map(std::sync::Arc::new),
-        ))
-    }
-
-    fn get(&self) -> Option<RateLimit> {
-        self.0.load().as_deref().copied()
-    }
-
-    fn set(&self, limit: Option<RateLimit>) {
-        self.0.store(limit.map(std::sync::Arc::new));
-    }
-}
-
-#[cfg(loom)]
-struct RateLimitCell(crate::sync::Mutex<Option<RateLimit>>);
-
-#[cfg(loom)]
-impl RateLimitCell {
-    fn new(limit: Option<RateLimit>) -> Self {
-        RateLimitCell(crate::sync::Mutex::new(limit))
-    }
-
-    fn get(&self) -> Option<RateLimit> {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn set(&self, limit: Option<RateLimit>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = limit;
-    }
 }
 
 /// The entries a store file's records describe, each record checked by [`load_one`], and
@@ -697,6 +667,7 @@ mod tests {
             owners: &[],
             prefixes: &[],
             credits: &[],
+            usage: &[],
         });
         let owned = Body::tokens(3, 5, entries.iter().map(|e| e.to_record(42)).collect());
         assert_eq!(image, encode(&owned));

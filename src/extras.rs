@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::credits::Meter;
 use crate::owner::{self, Owner, Owners};
+use crate::rate_limit::RateLimit;
 use crate::snapshot::{ExtrasRecord, ExtrasRef, Problem};
 use crate::token::TokenId;
 
@@ -15,8 +16,9 @@ pub(crate) const MAX_META_BYTES: usize = 4096;
 /// Separates keys and values in packed metadata (none holds it).
 const SEPARATOR: char = '\0';
 
-/// A token's owner, metadata, import mark and credits, as one immutable value (the
-/// credits' meter spends through atomics of its own).
+/// A token's owner, metadata, import mark, credits and rate limit as set, as one immutable
+/// value (the credits' meter spends through atomics of its own).
+#[derive(Default)]
 pub(crate) struct Extras {
     pub(crate) owner: Option<Arc<Owner>>,
     /// Each key, then its value, each followed by [`SEPARATOR`], in the order given.
@@ -25,6 +27,10 @@ pub(crate) struct Extras {
     /// The token's credits, if it has any (shared by the extras that replace these when
     /// only the metadata changes).
     pub(crate) meter: Option<Arc<Meter>>,
+    /// The rate limit as set, for `get`, `list` and snapshots (validation reads the
+    /// entry's limiter, which holds it in the form it enforces). Kept here, not in the
+    /// entry, because few tokens have one and the entry's second cache line is full.
+    pub(crate) rate_limit: Option<RateLimit>,
 }
 
 impl Extras {
@@ -35,6 +41,7 @@ impl Extras {
             meta,
             imported,
             meter: None,
+            rate_limit: None,
         }
     }
 
@@ -68,14 +75,30 @@ impl Extras {
         Ok((id, Extras::new(owner, meta, record.imported)))
     }
 
-    /// The same owner, import mark and credits with other metadata.
-    pub(crate) fn with_meta(&self, meta: Box<str>) -> Extras {
-        Extras::new(self.owner.clone(), meta, self.imported).with_meter(self.meter.clone())
+    /// The same extras with `limit` as the token's rate limit as set.
+    pub(crate) fn with_rate_limit(mut self, limit: Option<RateLimit>) -> Extras {
+        self.rate_limit = limit;
+        self
     }
 
-    /// Whether there is nothing to keep: no owner, no metadata, not imported, no credits.
+    /// The same owner, import mark, credits and rate limit with other metadata.
+    pub(crate) fn with_meta(&self, meta: Box<str>) -> Extras {
+        Extras::new(self.owner.clone(), meta, self.imported)
+            .with_meter(self.meter.clone())
+            .with_rate_limit(self.rate_limit)
+    }
+
+    /// Whether there is nothing to keep: no owner, no metadata, not imported, no credits,
+    /// no rate limit.
     pub(crate) fn is_empty(&self) -> bool {
-        self.owner.is_none() && self.meta.is_empty() && !self.imported && self.meter.is_none()
+        !self.is_recorded() && self.rate_limit.is_none()
+    }
+
+    /// Whether files and rows hold these extras as an extras record (with the credits
+    /// after it): an owner, metadata, the import mark or credits. The rate limit travels
+    /// in the token's own record.
+    pub(crate) fn is_recorded(&self) -> bool {
+        self.owner.is_some() || !self.meta.is_empty() || self.imported || self.meter.is_some()
     }
 
     /// Whether `other` holds the same owner, metadata and import mark (a replica's own

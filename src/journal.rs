@@ -6,8 +6,8 @@
 //! ```text
 //! header (32 bytes)
 //! 0   8  magic      89 54 4B 4A 0D 0A 1A 0A  ("\x89TKJ\r\n\x1a\n")
-//! 8   4  version    u32, currently 3 (2: no credits changes; 1: no extras, owner or prefix
-//!                   changes either; both still read)
+//! 8   4  version    u32, currently 4 (3: no usage counts; 2: no credits changes either;
+//!                   1: no extras, owner or prefix changes either; all still read)
 //! 12  4  flags      u32, must be 0
 //! 16  8  base       u64, the sequence number the first record follows
 //! 24  4  reserved   u32, must be 0
@@ -33,7 +33,7 @@ use crate::snapshot::{self, u32_at, u64_at, DecodeError, Problem, MAX_SEQ};
 /// The first eight bytes of every journal file.
 pub(crate) const MAGIC: [u8; 8] = *b"\x89TKJ\r\n\x1a\n";
 /// The journal format version this build writes, and the newest it reads.
-pub(crate) const VERSION: u32 = 3;
+pub(crate) const VERSION: u32 = 4;
 /// The size of the journal's header in bytes.
 pub(crate) const HEADER_LEN: usize = 32;
 /// The size of a record's frame before its payload.

@@ -78,6 +78,7 @@ mod store;
 mod sync;
 mod tls;
 mod token;
+mod usage;
 mod validate;
 mod view;
 
@@ -102,6 +103,7 @@ pub use stats::{Rejections, Stats};
 pub use store::{Builder, TokenStore, DEFAULT_FLUSH_INTERVAL};
 pub use tls::SslMode;
 pub use token::{IssuedToken, ParseIdError, TokenId, PREFIX, TOKEN_LEN};
+pub use usage::Usage;
 pub use validate::{OwnedToken, ValidToken};
 pub use view::StoreView;
 
@@ -262,4 +264,5 @@ pub mod __loom {
     pub use crate::rate_limit::Gcra;
     pub use crate::store::{open_recorded, open_recorded_owned};
     pub use crate::sync::bug::{plant, Bug, Planted};
+    pub use crate::usage::model as usage;
 }

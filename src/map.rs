@@ -21,7 +21,9 @@ use crate::credits::Meter;
 use crate::entry::Entry;
 use crate::extras::{Extras, Unlinked};
 use crate::owner::Owners;
+use crate::rate_limit::RateLimit;
 use crate::token::{Digest, Prefixes, TokenId};
+use crate::usage::Counter;
 
 /// The tokens, by id, and what they share.
 pub(crate) struct Map {
@@ -34,6 +36,8 @@ pub(crate) struct Map {
     pub(crate) owners: Owners,
     /// The prefixes tokens are accepted under.
     pub(crate) prefixes: Prefixes,
+    /// The tokens' usage counts.
+    pub(crate) usage: Counter,
 }
 
 impl Map {
@@ -44,6 +48,7 @@ impl Map {
             imported_count: AtomicUsize::new(0),
             owners: Owners::default(),
             prefixes: Prefixes::default(),
+            usage: Counter::new(),
         }
     }
 
@@ -110,12 +115,25 @@ impl Map {
     }
 
     /// Replaces token `id`'s owner, metadata and import mark (persister, or loading),
-    /// keeping its credits, and the digest index in step with its import mark. `false` if
-    /// there is no such token.
+    /// keeping its credits and rate limit, and the digest index in step with its import
+    /// mark. `false` if there is no such token.
     pub(crate) fn set_extras(&self, id: &TokenId, extras: Extras) -> bool {
         self.update_extras(id, |old| {
-            extras.with_meter(old.and_then(|x| x.meter.clone()))
+            extras
+                .with_meter(old.and_then(|x| x.meter.clone()))
+                .with_rate_limit(old.and_then(|x| x.rate_limit))
         })
+    }
+
+    /// Replaces token `id`'s rate limit (persister, or loading): the limit as set, kept in
+    /// its extras, then the one validation enforces, with a full burst. `false` if there
+    /// is no such token.
+    pub(crate) fn set_rate_limit(&self, id: &TokenId, limit: Option<RateLimit>) -> bool {
+        let found = self.update_extras(id, |old| {
+            old.map_or_else(Extras::default, |x| x.with_meta(x.packed_meta().into()))
+                .with_rate_limit(limit)
+        });
+        found && self.entries.with(id, |e| e.set_limiter(limit)).is_some()
     }
 
     /// Replaces token `id`'s credits (persister, or loading), keeping the rest of its

@@ -85,6 +85,7 @@ pub(crate) fn load_shared(map: &Map, beside: Beside) -> Result<(), Problem> {
         owners,
         prefixes,
         credits,
+        usage,
     } = beside;
     for record in extras {
         let (id, extras) = Extras::from_record(record, &map.owners)?;
@@ -116,6 +117,15 @@ pub(crate) fn load_shared(map: &Map, beside: Beside) -> Result<(), Problem> {
         if !map.set_meter(&id, Some(meter)) {
             return Err(bad("no token in the file has this id".into()));
         }
+    }
+    let mut book = map.usage.lock();
+    for record in usage {
+        let id = TokenId::from_bytes(record.id)
+            .ok_or_else(|| Problem::BadId(String::from_utf8_lossy(&record.id).into()))?;
+        if !map.contains(&id) {
+            return Err(Problem::BadUsage(id.to_string()));
+        }
+        book.replay(id, &record);
     }
     Ok(())
 }
@@ -386,6 +396,7 @@ mod proptests {
                 owners: owners.clone(),
                 prefixes: prefixes.clone(),
                 credits: Vec::new(),
+                usage: Vec::new(),
             };
             let loaded = crate::recover::load_shared(&map, beside);
             if loaded.is_ok() {

@@ -223,25 +223,41 @@ pub struct TokenInfo {
     /// Its credits, if it has any: the remaining ones as of this moment in memory (in a
     /// [`StoreView`](crate::StoreView), as last written), a refill that came due counted.
     pub credits: Option<Credits>,
+    /// Its accepted validations since it was issued, untaken counts included (in a
+    /// [`StoreView`](crate::StoreView), as last written); `None` if the store does not
+    /// count ([`Builder::usage_days`](crate::Builder::usage_days) is 0, or a PostgreSQL
+    /// store). Per-day counts: [`TokenStore::usage`](crate::TokenStore::usage).
+    pub uses: Option<u64>,
 }
 
 impl TokenInfo {
     /// Every token in `map` at clock time `now`, oldest first (ties by id, so the order
     /// is stable).
     pub(crate) fn all(map: &Map, now: u64) -> Vec<TokenInfo> {
+        let counts = map.usage.lock();
+        let uses = counts.totals();
         let mut all = map.with_all(|entries| {
             entries
                 .iter()
-                .map(|e| TokenInfo::of(e, now))
+                .map(|e| TokenInfo::of(e, now, uses.as_ref().map(|total| total(e))))
                 .collect::<Vec<_>>()
         });
         all.sort_by_key(|info| (info.created_at, info.id));
         all
     }
 
+    /// The details of token `id` in `map` at clock time `now`.
+    pub(crate) fn get(map: &Map, id: &TokenId, now: u64) -> Option<TokenInfo> {
+        let counts = map.usage.lock();
+        let uses = counts.totals();
+        map.with(id, |e| {
+            TokenInfo::of(e, now, uses.as_ref().map(|total| total(e)))
+        })
+    }
+
     /// The details of one token at clock time `now` (its credits: a refill due counts as
-    /// done).
-    pub(crate) fn of(entry: &Entry, now: u64) -> TokenInfo {
+    /// done), with its total `uses` if the store counts them.
+    fn of(entry: &Entry, now: u64, uses: Option<u64>) -> TokenInfo {
         let extras = entry.extras();
         TokenInfo {
             id: entry.id,
@@ -260,6 +276,7 @@ impl TokenInfo {
             }),
             imported: extras.is_some_and(|x| x.imported),
             credits: entry.meter().map(|m| m.credits(now)),
+            uses,
         }
     }
 }

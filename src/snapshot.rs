@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! 0   8  magic      89 54 4B 43 0D 0A 1A 0A  ("\x89TKC\r\n\x1a\n")
-//! 8   4  version    u32, currently 4 (3: no credits; 2: no extras, owners or prefixes
-//!                   either; 1: no `seq` either; all still read)
+//! 8   4  version    u32, currently 5 (4: no usage counts; 3: no credits either; 2: no
+//!                   extras, owners or prefixes either; 1: no `seq` either; all still read)
 //! 12  4  flags      u32, must be 0
 //! 16  8  body_len   u64, bytes after the header
 //! 24  4  body_crc   u32, CRC32 (IEEE) of the body
@@ -21,11 +21,12 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use crate::credits::CreditsRecord;
+pub(crate) use crate::usage::UsageRecord;
 
 /// The first eight bytes of every store file.
 pub const MAGIC: [u8; 8] = *b"\x89TKC\r\n\x1a\n";
 /// The format version this build writes, and the newest it reads.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// The size of the fixed header in bytes.
 pub const HEADER_LEN: usize = 32;
 
@@ -55,6 +56,20 @@ pub(crate) struct Body {
     pub(crate) prefixes: Vec<String>,
     /// The credits of the tokens that have any, as last spent.
     pub(crate) credits: Vec<CreditsRecord>,
+    /// The usage counts of the tokens ever used.
+    pub(crate) usage: Vec<UsageRecord>,
+}
+
+/// The body of a version 4 snapshot: no usage counts.
+#[derive(Deserialize)]
+struct BodyV4 {
+    written_at: u64,
+    seq: u64,
+    records: Vec<Record>,
+    extras: Vec<ExtrasRecord>,
+    owners: Vec<OwnerRecord>,
+    prefixes: Vec<String>,
+    credits: Vec<CreditsRecord>,
 }
 
 /// The body of a version 3 snapshot: no credits.
@@ -75,6 +90,7 @@ pub(crate) struct Beside {
     pub(crate) owners: Vec<OwnerRecord>,
     pub(crate) prefixes: Vec<String>,
     pub(crate) credits: Vec<CreditsRecord>,
+    pub(crate) usage: Vec<UsageRecord>,
 }
 
 impl Body {
@@ -85,6 +101,7 @@ impl Body {
             owners: std::mem::take(&mut self.owners),
             prefixes: std::mem::take(&mut self.prefixes),
             credits: std::mem::take(&mut self.credits),
+            usage: std::mem::take(&mut self.usage),
         }
     }
 
@@ -99,6 +116,7 @@ impl Body {
             owners: Vec::new(),
             prefixes: Vec::new(),
             credits: Vec::new(),
+            usage: Vec::new(),
         }
     }
 }
@@ -189,6 +207,7 @@ pub(crate) struct BodyRef<'r, 'a> {
     pub(crate) owners: &'r [OwnerRecord],
     pub(crate) prefixes: &'r [&'a str],
     pub(crate) credits: &'r [CreditsRecord],
+    pub(crate) usage: &'r [UsageRecord],
 }
 
 /// A [`Record`] borrowing its name and scopes.
@@ -299,6 +318,8 @@ pub(crate) enum Problem {
     BadTime(String),
     #[error("token {id} has extras this version refuses: {why}")]
     BadExtras { id: String, why: String },
+    #[error("the file counts uses of token {0}, which it does not hold")]
+    BadUsage(String),
     #[error("token {id} has credits this version refuses: {why}")]
     BadCredits { id: String, why: String },
     #[error("it records prefix {0:?}, which is not 1 to 16 letters, digits or underscores")]
@@ -429,6 +450,13 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
             prefixes: v3.prefixes,
             ..Body::tokens(v3.written_at, v3.seq, v3.records)
         }),
+        4 => decode_body::<BodyV4>(body).map(|v4| Body {
+            extras: v4.extras,
+            owners: v4.owners,
+            prefixes: v4.prefixes,
+            credits: v4.credits,
+            ..Body::tokens(v4.written_at, v4.seq, v4.records)
+        }),
         _ => decode_body::<Body>(body),
     };
     let body = decoded?;
@@ -532,6 +560,11 @@ mod tests {
                 refill: Some(crate::credits::RefillRecord::Monthly { day: 1, amount: 10 }),
                 alert_below: Some(2),
                 anchor: 5,
+            }],
+            usage: vec![UsageRecord {
+                id: *b"abcd1234",
+                total: 12,
+                days: vec![(20_000, 5), (20_001, 7)],
             }],
             written_at: 42,
             seq: 9,
@@ -806,8 +839,13 @@ mod tests {
                 owners in proptest::collection::vec(owner(), 0..3),
                 prefixes in proptest::collection::vec("[a-z_]{1,16}", 0..3),
                 credits in proptest::collection::vec(credits(), 0..3),
+                usage in proptest::collection::vec(
+                    any::<([u8; 8], u64, Vec<(u32, u64)>)>()
+                        .prop_map(|(id, total, days)| UsageRecord { id, total, days }),
+                    0..3,
+                ),
             ) {
-                let body = Body { written_at, seq, records, extras, owners, prefixes, credits };
+                let body = Body { written_at, seq, records, extras, owners, prefixes, credits, usage };
                 prop_assert_eq!(decode(&encode(&body)), Ok(body));
             }
 

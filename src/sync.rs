@@ -8,13 +8,13 @@
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
     atomic::{fence, AtomicBool, AtomicU64, Ordering},
-    Arc, Mutex, RwLock,
+    Arc, Mutex, MutexGuard, RwLock,
 };
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{
     atomic::{AtomicBool, AtomicU64, Ordering},
-    Arc, Mutex, RwLock,
+    Arc, Mutex, MutexGuard, RwLock,
 };
 
 /// Thread spawning for the persister.
@@ -255,6 +255,9 @@ pub mod bug {
         PersistedFromMemory,
         /// An async request that finds the channel full leaves no waker, so nothing wakes it.
         AsyncWithoutWaker,
+        /// A thread gives its tally slot to another token without checking that the
+        /// sweeper took the slot's counts.
+        ClaimDirtySlot,
     }
 
     std::thread_local! {

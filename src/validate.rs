@@ -38,8 +38,8 @@ pub(crate) struct Shared {
 impl Shared {
     /// The hot path. No allocation, no lock, no I/O, and no write to memory another thread
     /// reads except `last_used` (at most once per millisecond per token), a rate-limited
-    /// token's limiter word, and the credits word of a token that has credits (which
-    /// spends `cost`).
+    /// token's limiter word, the credits word of a token that has credits (which spends
+    /// `cost`), and a token's usage word when this thread's tally slot for it is busy.
     #[inline(always)]
     pub(crate) fn check(
         &self,
@@ -69,7 +69,10 @@ impl Shared {
             Spent::Yes { send: false } => {}
             Spent::No { retry_after } => return Err(Rejection::UsageExceeded { retry_after }),
         }
-        if entry.touch(now) == Touch::Send {
+        // Counted before `touch`: a round that clears the dirty bit after `touch` set it
+        // finds the count too (docs/DESIGN.md, "Usage counts").
+        let first_shared_count = self.map.usage.count(entry, now);
+        if entry.touch(now) == Touch::Send || first_shared_count {
             self.send_dirty(entry.id);
         }
         Ok(valid)

@@ -85,8 +85,14 @@ impl StoreView {
 
     /// A token's details, without its secret.
     pub fn get(&self, id: &TokenId) -> Option<TokenInfo> {
-        self.map
-            .with(id, |e| TokenInfo::of(e, SystemClock.now_ms()))
+        TokenInfo::get(&self.map, id, SystemClock.now_ms())
+    }
+
+    /// A token's accepted validations as last written to the files, with the days within
+    /// the default 30 up to today (see [`TokenStore::usage`](crate::TokenStore::usage)).
+    pub fn usage(&self, id: &TokenId) -> Option<crate::Usage> {
+        let counts = self.map.usage.lock();
+        self.map.with(id, |e| counts.usage(e, SystemClock.now_ms()))
     }
 
     /// How many tokens the files hold, revoked and expired ones included.

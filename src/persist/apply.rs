@@ -96,12 +96,12 @@ impl Persister {
             applied.answer(reply, id, found.then_some(change));
         }
         for (id, limit, reply) in batch.rate_limits.drain(..) {
-            let found = map
-                .with(&id, |e| {
-                    e.set_rate_limit(limit);
+            let found = map.set_rate_limit(&id, limit);
+            if found {
+                map.with(&id, |e| {
                     events.applied(ChangeKind::RateLimitSet, id, events.owner(e), now);
-                })
-                .is_some();
+                });
+            }
             applied.kinds.add(Kind::RateLimit, usize::from(found));
             let change = ChangeRef::SetRateLimit {
                 id: id.to_bytes(),
@@ -392,10 +392,12 @@ fn remote_event(change: &crate::change::Change, read_at: u64) -> Option<Remote> 
         Change::OwnerRateLimit { owner, .. } => {
             (ChangeKind::OwnerRateLimitSet, read_at, Some(owner.clone()))
         }
-        // A PostgreSQL store refuses credits, so no row carries them.
-        Change::Used { .. } | Change::Prefix(_) | Change::Credits(_) | Change::NoCredits { .. } => {
-            return None
-        }
+        // A PostgreSQL store refuses credits and counts no uses, so no row carries them.
+        Change::Used { .. }
+        | Change::Prefix(_)
+        | Change::Credits(_)
+        | Change::NoCredits { .. }
+        | Change::Usage(_) => return None,
     };
     Some(Remote { kind, at, owner })
 }

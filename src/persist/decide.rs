@@ -35,7 +35,7 @@ pub(crate) struct Facts<'a> {
     pub(crate) unwritten_changes: bool,
     /// A dirty id was dropped or a write failed: look at every token.
     pub(crate) scan_all: bool,
-    /// Some tokens' `Dirty` messages arrived since their last write.
+    /// Some tokens' `Dirty` messages arrived since their last write, or usage counts wait.
     pub(crate) used_known: bool,
     /// The newest snapshot's size.
     pub(crate) snapshot_len: u64,
@@ -93,7 +93,7 @@ impl Persister {
             closing: batch.shutdown.is_some(),
             unwritten_changes: self.definitions_pending,
             scan_all: self.scan_all,
-            used_known: !self.used.is_empty(),
+            used_known: !self.used.is_empty() || self.counts_waiting,
             snapshot_len: self.snapshot_len,
             compaction_floor: self.compaction_floor,
             unsaved_anywhere: &unsaved_anywhere,
@@ -101,10 +101,10 @@ impl Persister {
         self.sink.decide(&facts)
     }
 
-    /// Whether any token's `last_used` differs from the one on disk (a scan, for `close`).
+    /// Whether any token's `last_used`, credits or usage counts differ from the ones on
+    /// disk (a scan, for `close`).
     fn unsaved_anywhere(&self) -> bool {
-        self.shared
-            .map
-            .with_all(|entries| entries.iter().any(|e| e.unsaved()))
+        let map = &self.shared.map;
+        map.usage.lock().pending() || map.with_all(|entries| entries.iter().any(|e| e.unsaved()))
     }
 }

@@ -58,7 +58,7 @@ pub(crate) use backend::{AppendFailed, Compacted, Facts, Write};
 use batch::{Applied, Batch, Events};
 #[cfg(loom)]
 pub use recorder::{Recorded, Recorder};
-pub(crate) use write::compact;
+pub(crate) use write::{compact, Behind};
 
 /// The persister's state; [`Persister::run`] is the thread's body.
 pub(crate) struct Persister {
@@ -86,6 +86,9 @@ pub(crate) struct Persister {
     used: HashSet<TokenId>,
     /// A dirty id was dropped (channel full) or a write failed: look at every token.
     scan_all: bool,
+    /// The last round took usage counts (or failed to write them): the next timed round
+    /// sweeps the tallies again.
+    counts_waiting: bool,
     /// A change made in memory is not yet on disk (its write failed).
     definitions_pending: bool,
     /// Publishes the counters (with the `metrics` feature).
@@ -137,6 +140,7 @@ impl Persister {
             seq: start.seq,
             used: HashSet::new(),
             scan_all: false,
+            counts_waiting: false,
             definitions_pending: false,
             published: Publisher::new(),
             feed: start.feed,
@@ -191,7 +195,7 @@ impl Persister {
 
     /// Whether a `last_used` or a change waits for the next timed write.
     fn waiting(&self) -> bool {
-        !self.used.is_empty() || self.scan_all || self.definitions_pending
+        !self.used.is_empty() || self.scan_all || self.definitions_pending || self.counts_waiting
     }
 
     /// How long to sleep: until the next timed write is due if something waits for one,

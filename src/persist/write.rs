@@ -22,6 +22,7 @@ use crate::map::Map;
 use crate::observe::Op;
 use crate::snapshot::{self, BodyRef, ExtrasRef, RecordRef};
 use crate::token::TokenId;
+use crate::usage::UsageRecord;
 
 impl Persister {
     /// The write phase: carries out what the decide phase chose. A change memory already
@@ -47,12 +48,16 @@ impl Persister {
     }
 
     /// `last_used` of every token used since its last write, `(id, time)` for each whose
-    /// time differs from the one on disk, and the credits of every token that spent since
-    /// (with an event for each that crossed its alert threshold). Looks at the tokens
-    /// whose `Dirty` messages arrived, or at every token if `scan`.
+    /// time differs from the one on disk, the credits of every token that spent since
+    /// (with an event for each that crossed its alert threshold), and the usage counts
+    /// of every token counted since. Looks at the tokens whose `Dirty` messages arrived,
+    /// or at every token if `scan`, and at every thread's tally.
     fn take_used(&mut self, scan: bool) -> Used {
         let mut taken = Used::default();
+        let map = &self.shared.map;
+        let mut counts = map.usage.lock();
         let mut take = |e: &Entry| {
+            counts.take(e);
             let used = e.take_for_snapshot();
             if used != e.persisted_last_used() {
                 taken.times.push((e.id, used));
@@ -69,7 +74,6 @@ impl Persister {
                 }
             }
         };
-        let map = &self.shared.map;
         if scan {
             self.used.clear();
             map.with_all(|entries| entries.iter().for_each(|e| take(e)));
@@ -78,6 +82,12 @@ impl Persister {
                 map.with(&id, &mut take);
             }
         }
+        counts.sweep();
+        taken.usage = counts.book().take_unsaved();
+        drop(counts);
+        // A round that took counts looks again one interval later: a count stored just
+        // after this sweep may have no `Dirty` message of its own to wake the persister.
+        self.counts_waiting = !taken.usage.is_empty();
         self.scan_all = false;
         self.alert(&taken.alerts);
         taken
@@ -144,6 +154,7 @@ impl Persister {
                 .iter()
                 .map(|&(_, record)| ChangeRef::Credits(record)),
         );
+        changes.extend(taken.usage.iter().cloned().map(ChangeRef::Usage));
         // A backend holding failed changes (a database's: a file store compacts instead of
         // appending while any are pending) writes them even with nothing new.
         let resend = self.definitions_pending;
@@ -202,6 +213,7 @@ impl Persister {
                 }
                 // Credits not marked persisted are taken again by the next look at them.
                 self.used.extend(taken.credits.iter().map(|&(id, _)| id));
+                self.unwritten_usage(&taken.usage);
                 Err(self.failed(error, action, next))
             }
         }
@@ -241,6 +253,12 @@ impl Persister {
             Some(meter.record(e.id.to_bytes(), meter.state()))
         }));
         self.alert(&alerts);
+        let usage = {
+            let mut counts = self.shared.map.usage.lock();
+            entries.iter().for_each(|e| counts.take(e));
+            counts.sweep();
+            counts.book().take_all(|id| self.shared.map.contains(id))
+        };
         self.used.clear();
         self.scan_all = false;
         // Two rotations of one token in a batch: the earlier expiry wins, as it does in
@@ -265,7 +283,10 @@ impl Persister {
             &shared.map,
             all,
             &records,
-            &credits,
+            Behind {
+                credits: &credits,
+                usage: &usage,
+            },
             now,
             self.seq,
         );
@@ -302,6 +323,7 @@ impl Persister {
                 for entry in entries.iter().filter(|e| e.unsaved()) {
                     entry.mark_dirty();
                 }
+                self.unwritten_usage(&usage);
                 self.scan_all = true;
                 let what = if replaced.is_some() {
                     self.definitions_pending = true;
@@ -336,6 +358,12 @@ impl Persister {
         self.shared.counters.record_compaction(bytes, now);
     }
 
+    /// The write of `usage` failed: its counts are unsaved again, for the next round.
+    fn unwritten_usage(&mut self, usage: &[UsageRecord]) {
+        self.shared.map.usage.lock().book().unwritten(usage);
+        self.counts_waiting |= !usage.is_empty();
+    }
+
     /// The pending changes join memory: their write succeeded.
     fn join(&self, pending: Pending) {
         let map = &self.shared.map;
@@ -348,14 +376,22 @@ impl Persister {
     }
 }
 
-/// Writes a snapshot of `records` (of `entries`, in order) and their `credits` with what
-/// the tokens share in `map` (owners' limits, prefixes), covering record `seq`.
+/// What a snapshot holds of what is written behind, besides `last_used`.
+pub(crate) struct Behind<'a> {
+    /// The credits of the tokens that have any.
+    pub(crate) credits: &'a [CreditsRecord],
+    /// Every used token's usage counts.
+    pub(crate) usage: &'a [UsageRecord],
+}
+
+/// Writes a snapshot of `records` (of `entries`, in order) and what was written behind of
+/// them with what the tokens share in `map` (owners' limits, prefixes), covering `seq`.
 pub(crate) fn compact<'e>(
     sink: &mut dyn super::Sink,
     map: &Map,
     entries: impl IntoIterator<Item = &'e Entry>,
     records: &[RecordRef<'_>],
-    credits: &[CreditsRecord],
+    behind: Behind<'_>,
     written_at: u64,
     seq: u64,
 ) -> Result<Compacted, WriteError> {
@@ -370,7 +406,8 @@ pub(crate) fn compact<'e>(
         extras: &extras,
         owners: &owners,
         prefixes: &prefixes,
-        credits,
+        credits: behind.credits,
+        usage: behind.usage,
     })
 }
 
@@ -383,13 +420,15 @@ struct Used {
     credits: Vec<(TokenId, CreditsRecord)>,
     /// Tokens whose spending crossed their alert threshold.
     alerts: Vec<TokenId>,
+    /// Usage counts not on disk.
+    usage: Vec<UsageRecord>,
 }
 
 /// The extras of those `entries` that have any, in order, each with its token's id.
 fn extras_of<'e>(entries: impl IntoIterator<Item = &'e Entry>) -> Vec<(TokenId, Arc<Extras>)> {
     entries
         .into_iter()
-        .filter_map(|e| Some((e.id, e.extras_arc()?)))
+        .filter_map(|e| Some((e.id, e.extras_arc().filter(|x| x.is_recorded())?)))
         .collect()
 }
 

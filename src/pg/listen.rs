@@ -498,7 +498,7 @@ impl Listener {
                 let restore: Vec<_> = entries
                     .iter()
                     .filter(|e| lost.contains(&e.id.to_bytes()))
-                    .map(|e| (e, e.extras_arc()))
+                    .map(|e| (e, e.extras_arc().filter(|x| x.is_recorded())))
                     .collect();
                 let mut back: Vec<ChangeRef<'_>> = Vec::new();
                 for (e, extras) in &restore {

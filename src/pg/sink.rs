@@ -477,6 +477,7 @@ fn updated_id(change: &ChangeRef<'_>) -> Option<[u8; 8]> {
         | ChangeRef::NoCredits { id } => Some(id),
         ChangeRef::Extras(ref extras) => Some(extras.id),
         ChangeRef::Credits(ref credits) => Some(credits.id),
+        ChangeRef::Usage(ref usage) => Some(usage.id),
         ChangeRef::RevokeOwner { .. }
         | ChangeRef::DeleteOwner { .. }
         | ChangeRef::OwnerRateLimit { .. }
@@ -810,6 +811,12 @@ fn define(
         ChangeRef::Credits(_) | ChangeRef::NoCredits { .. } => {
             return Err(io::Error::other(
                 "credits are not kept in PostgreSQL stores yet",
+            ));
+        }
+        // A PostgreSQL store does not count (`Counter::keep_days` is 0 for it).
+        ChangeRef::Usage(_) => {
+            return Err(io::Error::other(
+                "usage counts are not kept in PostgreSQL stores yet",
             ));
         }
     }

@@ -23,7 +23,7 @@ impl TokenStore {
         let mut owned: Vec<TokenInfo> = map
             .owned_by(owner)
             .iter()
-            .filter_map(|id| map.with(id, |e| TokenInfo::of(e, self.now())))
+            .filter_map(|id| TokenInfo::get(map, id, self.now()))
             .collect();
         owned.sort_by_key(|info| (info.created_at, info.id));
         owned

@@ -42,6 +42,31 @@ impl TokenStore {
             .flatten()
     }
 
+    /// Token `id`'s accepted validations: the total, and each UTC day of the last
+    /// [`usage_days`](crate::Builder::usage_days) it was used. Exact: every validation
+    /// that returned before this call is counted, whichever thread made it (the counts not
+    /// yet written are added in). Takes the counts' lock; does not wait for the persister.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownId`] if the store holds no such token; [`Error::InvalidRequest`]
+    /// if the store does not count (`usage_days(0)`, or a PostgreSQL store).
+    pub fn usage(&self, id: &TokenId) -> Result<crate::Usage, Error> {
+        let map = &self.handle.shared.map;
+        if !map.usage.is_on() {
+            let why = if matches!(self.location(), crate::Location::File(_)) {
+                "this store counts no uses: it was opened with usage_days(0)"
+            } else {
+                "usage counts are kept by file stores only for now; this store is a PostgreSQL database"
+            };
+            return Err(Error::InvalidRequest(why.into()));
+        }
+        let now = self.now();
+        let counts = map.usage.lock();
+        map.with(id, |e| counts.usage(e, now))
+            .ok_or(Error::UnknownId(*id))
+    }
+
     /// Credits live in memory and the files: a PostgreSQL store does not keep them yet.
     pub(crate) fn refuse_credits_in_a_database(&self, setting: bool) -> Result<(), Error> {
         if setting && !matches!(self.location(), crate::Location::File(_)) {

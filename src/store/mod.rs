@@ -350,10 +350,7 @@ impl TokenStore {
 
     /// A token's details, without its secret.
     pub fn get(&self, id: &TokenId) -> Option<TokenInfo> {
-        self.handle
-            .shared
-            .map
-            .with(id, |e| TokenInfo::of(e, self.now()))
+        TokenInfo::get(&self.handle.shared.map, id, self.now())
     }
 
     /// Every token's details, oldest first (revoked and expired ones included).

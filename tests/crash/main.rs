@@ -316,6 +316,8 @@ struct Known {
     /// The credits left as the parent knows them exactly (given at issue or rotation, or
     /// read back and spent by the parent's own check), before this round's child spent.
     credits: Option<u64>,
+    /// Accepted validations as the files held them when the parent last closed the store.
+    uses: u64,
     /// Learned from this round's child: only its tokens can have a burst in flight.
     fresh: bool,
 }
@@ -382,6 +384,14 @@ struct Torture {
     max_given_back: u64,
     /// How long before the kill the oldest acknowledged spending missing from disk was.
     max_given_back_ms: u64,
+    /// Tokens whose validations more than an interval before a kill were found counted.
+    uses_checks: usize,
+    /// Tokens no child validated, found with exactly the counts the parent left.
+    uses_exact_checks: usize,
+    /// The most acknowledged validations a crash left uncounted.
+    max_uncounted: u64,
+    /// How long before the kill the oldest of them was acknowledged.
+    max_uncounted_ms: u64,
     cut_short: usize,
     rounds_with_temps: usize,
     killed_before_ready: usize,
@@ -420,6 +430,7 @@ impl Torture {
             meta,
             meta_intent: None,
             credits,
+            uses: 0,
             fresh: true,
         };
         self.known.insert(id.to_string(), known);
@@ -591,6 +602,7 @@ impl Torture {
         }
 
         self.check_credits(&store, round, &validated);
+        self.check_uses(&store, round, &validated);
 
         // Every acknowledged issue, import and rotation validates (under either prefix);
         // every acknowledged revoke stays revoked and every acknowledged delete stays
@@ -689,6 +701,12 @@ impl Torture {
                     .collect::<Vec<_>>()
             );
         }
+        // The parent's own validations above counted too; close writes every count.
+        for (id, token) in &mut self.known {
+            if let Ok(usage) = store.usage(&id.parse().unwrap()) {
+                token.uses = usage.total;
+            }
+        }
         store.close().unwrap();
         // The close compacted: the next round's child starts from a fresh snapshot.
         self.snapshot_seq = tokencache::inspect(path).unwrap().snapshot_seq;
@@ -769,6 +787,69 @@ impl Torture {
                     let ms = killed_at.saturating_sub(oldest);
                     self.max_given_back_ms = self.max_given_back_ms.max(ms);
                 }
+            }
+        }
+    }
+}
+
+impl Torture {
+    /// The usage counts on disk after the crash, read before the parent validates any: for
+    /// a token of this round's child, never above what it had plus the validations
+    /// acknowledged and a burst in flight, and (after a kill) never below what it had plus
+    /// the validations acknowledged more than an interval (plus slack) before the kill; any
+    /// other token exactly as the parent left it.
+    fn check_uses(
+        &mut self,
+        store: &TokenStore,
+        round: &Round,
+        validated: &HashMap<String, Vec<u64>>,
+    ) {
+        let (n, seed) = (round.round, round.seed);
+        for (id, token) in &self.known {
+            let Ok(usage) = store.usage(&id.parse().unwrap()) else {
+                continue; // deleted: the state check says if rightly
+            };
+            let (counted, before) = (usage.total, token.uses);
+            if !token.fresh {
+                self.uses_exact_checks += 1;
+                assert_eq!(
+                    counted, before,
+                    "round {n} (seed {seed}): token {id} no child validated changed its counts"
+                );
+                continue;
+            }
+            let mut bursts = validated.get(id).cloned().unwrap_or_default();
+            bursts.sort_unstable();
+            let acknowledged = bursts.len() as u64 * BURST;
+            assert!(
+                counted <= before + acknowledged + BURST,
+                "round {n} (seed {seed}): token {id} counts {counted} validations, but {before} \
+                 were on disk and the child acknowledged {acknowledged} (and a burst of {BURST} \
+                 may have been in flight)"
+            );
+            let Some(killed_at) = round.killed_at else {
+                continue;
+            };
+            let deadline = killed_at.saturating_sub(FLUSH_INTERVAL.as_millis() as u64 + SLACK_MS);
+            let required = bursts.iter().filter(|&&t| t <= deadline).count() as u64 * BURST;
+            if required > 0 {
+                self.uses_checks += 1;
+            }
+            assert!(
+                counted >= before + required,
+                "round {n} (seed {seed}): token {id} was validated {required} times more than \
+                 {} ms before the kill, but the files count {counted} of them over {before}",
+                FLUSH_INTERVAL.as_millis() as u64 + SLACK_MS
+            );
+            let uncounted = (before + acknowledged).saturating_sub(counted);
+            self.max_uncounted = self.max_uncounted.max(uncounted);
+            let missing = uncounted.div_ceil(BURST) as usize;
+            let oldest = bursts
+                .len()
+                .checked_sub(missing)
+                .and_then(|i| bursts.get(i));
+            if let (true, Some(&oldest)) = (missing > 0, oldest) {
+                self.max_uncounted_ms = self.max_uncounted_ms.max(killed_at.saturating_sub(oldest));
             }
         }
     }
@@ -870,6 +951,9 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
          {} tokens' credits spent an interval before a kill found on disk, at most {} spent \
          credits given back, \
          the oldest of them {} ms before the kill, {} checked exact; \
+         {} tokens' validations an interval before a kill found counted, at most {} \
+         acknowledged validations uncounted, the oldest {} ms before the kill, {} counts \
+         checked exact; \
          {} rounds left temp files (removed by open); {} kills before the store opened; {} \
          revokes or deletes cut short by the kill; {} imports, {} set_meta, {} revoke_owner \
          and {} delete_owner (reaching {} tokens) acknowledged and kept, {} owner changes cut \
@@ -887,6 +971,10 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         t.max_given_back,
         t.max_given_back_ms,
         t.credit_exact_checks,
+        t.uses_checks,
+        t.max_uncounted,
+        t.max_uncounted_ms,
+        t.uses_exact_checks,
         t.rounds_with_temps,
         t.killed_before_ready,
         t.cut_short,
@@ -906,6 +994,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         assert!(t.acked_owner_revokes > 0 && t.owner_tokens > 0);
         assert!(t.rounds_with_compactions > 0, "no compaction ran");
         assert!(t.credit_checks > 0 && t.credit_exact_checks > 0);
+        assert!(t.uses_checks > 0 && t.uses_exact_checks > 0);
     }
 }
 
@@ -984,6 +1073,10 @@ impl Torture {
         self.credit_exact_checks += other.credit_exact_checks;
         self.max_given_back = self.max_given_back.max(other.max_given_back);
         self.max_given_back_ms = self.max_given_back_ms.max(other.max_given_back_ms);
+        self.uses_checks += other.uses_checks;
+        self.uses_exact_checks += other.uses_exact_checks;
+        self.max_uncounted = self.max_uncounted.max(other.max_uncounted);
+        self.max_uncounted_ms = self.max_uncounted_ms.max(other.max_uncounted_ms);
         self.cut_short += other.cut_short;
         self.rounds_with_temps += other.rounds_with_temps;
         self.killed_before_ready += other.killed_before_ready;

@@ -232,12 +232,12 @@ fn journal_header(base: u64) -> Vec<u8> {
 
 /// A store file (the current version, checksummed) holding no token and covering journal
 /// records up to `seq`: bincode's varints, `written_at` 0, `seq` as `253` and 8 bytes,
-/// then four empty lists.
+/// then six empty lists.
 fn snapshot_with_seq(seq: u64) -> Vec<u8> {
     let mut body = vec![0, 253];
     body.extend_from_slice(&seq.to_le_bytes());
-    // No records, extras, owner limits, prefixes or credits.
-    body.extend_from_slice(&[0, 0, 0, 0, 0]);
+    // No records, extras, owner limits, prefixes, credits or usage counts.
+    body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
     tokencache::__fuzz::frame_body(&body)
 }
 

@@ -1111,18 +1111,18 @@ fn an_owner_limit_is_shared_by_the_owners_tokens() {
     store.close().unwrap();
 }
 
-/// Rewrites the store file at `path` as a version 2 snapshot: a version 4 body with no
-/// extras, owners, prefixes or credits ends in their four empty lists (one 0 byte each),
-/// and is otherwise the version 2 body.
+/// Rewrites the store file at `path` as a version 2 snapshot: a version 5 body with no
+/// extras, owners, prefixes, credits or usage counts ends in their five empty lists (one
+/// 0 byte each), and is otherwise the version 2 body.
 fn downgrade_snapshot(path: &Path) {
     let mut image = std::fs::read(path).unwrap();
-    assert_eq!(&image[8..12], &4u32.to_le_bytes());
+    assert_eq!(&image[8..12], &5u32.to_le_bytes());
     assert_eq!(
-        &image[image.len() - 4..],
-        &[0, 0, 0, 0],
+        &image[image.len() - 5..],
+        &[0, 0, 0, 0, 0],
         "a body with extras"
     );
-    image.truncate(image.len() - 4);
+    image.truncate(image.len() - 5);
     let body_len = (image.len() - 32) as u64;
     image[8..12].copy_from_slice(&2u32.to_le_bytes());
     image[16..24].copy_from_slice(&body_len.to_le_bytes());
@@ -1136,7 +1136,7 @@ fn downgrade_snapshot(path: &Path) {
 /// Rewrites the journal's header to version 1 (its records use only version 1 changes).
 fn downgrade_journal(path: &Path) {
     let mut image = std::fs::read(path).unwrap();
-    assert_eq!(&image[8..12], &3u32.to_le_bytes());
+    assert_eq!(&image[8..12], &4u32.to_le_bytes());
     image[8..12].copy_from_slice(&1u32.to_le_bytes());
     let header_crc = crc32fast::hash(&image[..28]);
     image[28..32].copy_from_slice(&header_crc.to_le_bytes());
@@ -1170,7 +1170,7 @@ fn a_version_2_store_opens_and_is_upgraded() {
     let journal = std::fs::read(journal_path(&old.path)).unwrap();
     assert_eq!(
         &journal[8..12],
-        &3u32.to_le_bytes(),
+        &4u32.to_le_bytes(),
         "the version 1 journal was replaced by one of the current version"
     );
     assert_eq!(
@@ -1218,7 +1218,7 @@ fn the_fuzz_seeds_of_the_new_changes_load_all_the_way() {
         bytes[1..].to_vec()
     };
     let snapshot =
-        tokencache::__fuzz::frame_body(&read("snapshot_decode/framed_v4_extras_owners_prefixes"));
+        tokencache::__fuzz::frame_body(&read("snapshot_decode/framed_v5_extras_owners_prefixes"));
     assert_eq!(tokencache::__fuzz::check_snapshot(&snapshot), Ok(2));
     let journal = |name: &str| {
         let payload = read(&format!("journal_replay/{name}"));

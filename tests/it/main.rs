@@ -49,4 +49,5 @@ mod shutdown;
 mod store;
 #[cfg(feature = "cli")]
 mod stress;
+mod usage;
 mod view;
