@@ -26,8 +26,9 @@ use tokencache::__loom::usage::{Tally, Uses};
 use tokencache::__loom::{plant, Bug};
 
 const DAY: u64 = 20_000;
-/// Three tokens for a tally of two slots (under loom): the third needs a slot back.
-const KEYS: [u64; 3] = [11, 22, 33];
+/// Three tokens for a tally of two slots (under loom): the third needs a slot back, and
+/// the first comes again.
+const KEYS: [u64; 4] = [11, 22, 33, 11];
 
 fn model(bound: usize, f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
@@ -56,8 +57,8 @@ fn twin_claiming_a_slot_with_untaken_counts_gives_them_to_another_token() {
     model(3, sweep_racing_counts);
 }
 
-/// The owner counts each key once (the third key only once a slot is clean, else on the
-/// fallback, as `validate` does), while the sweeper sweeps; a final sweep after both.
+/// The owner counts each of `KEYS` (on the fallback when no slot is clean, as `validate`
+/// does), while the sweeper sweeps twice; a final sweep after both.
 fn sweep_racing_counts() {
     let tally = Arc::new(Tally::default());
     let swept = Arc::new(Mutex::new(BTreeMap::<u64, u64>::new()));
@@ -75,7 +76,10 @@ fn sweep_racing_counts() {
     };
     let sweeper = {
         let (tally, swept) = (tally.clone(), swept.clone());
-        thread::spawn(move || sweep_into(&tally, &swept))
+        thread::spawn(move || {
+            sweep_into(&tally, &swept);
+            sweep_into(&tally, &swept);
+        })
     };
     let fallback = owner.join().unwrap();
     sweeper.join().unwrap();
@@ -84,7 +88,10 @@ fn sweep_racing_counts() {
     for (key, n) in fallback {
         *counted.entry(key).or_insert(0) += n;
     }
-    let expected: BTreeMap<u64, u64> = KEYS.iter().map(|&k| (k, 1)).collect();
+    let mut expected = BTreeMap::new();
+    for key in KEYS {
+        *expected.entry(key).or_insert(0) += 1;
+    }
     assert_eq!(counted, expected, "counts per token");
 }
 

@@ -189,6 +189,12 @@ impl TokenInfo {
     fn credits(&self) -> Option<Credits> {
         self.0.credits.map(Credits)
     }
+    /// Its accepted validations since it was issued, or `None` if the store does not
+    /// count them (`usage_days=0`, or a PostgreSQL store).
+    #[getter]
+    fn uses(&self) -> Option<u64> {
+        self.0.uses
+    }
 
     fn __repr__(&self) -> String {
         format!(

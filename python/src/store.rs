@@ -201,7 +201,8 @@ impl TokenStore {
         path_or_url, *, flush_interval=None, retention=None, prefix=None, clock=None,
         compaction_floor=None, channel_capacity=None, max_staleness=None, poll_interval=None,
         lock_timeout=None, idle_in_transaction_timeout=None, migrate_schema=true,
-        tombstone_horizon=None, ssl_mode=None, ssl_root_cert=None, ssl_client_cert=None
+        tombstone_horizon=None, ssl_mode=None, ssl_root_cert=None, ssl_client_cert=None,
+        usage_days=None
     ))]
     #[allow(clippy::too_many_arguments, reason = "Python's keyword arguments")]
     fn new(
@@ -222,6 +223,7 @@ impl TokenStore {
         ssl_mode: Option<String>,
         ssl_root_cert: Option<PathBuf>,
         ssl_client_cert: Option<(PathBuf, PathBuf)>,
+        usage_days: Option<u32>,
     ) -> PyResult<TokenStore> {
         let path: PathBuf = path_or_url
             .extract()
@@ -244,6 +246,9 @@ impl TokenStore {
         }
         if let Some(capacity) = channel_capacity {
             builder = builder.channel_capacity(capacity);
+        }
+        if let Some(days) = usage_days {
+            builder = builder.usage_days(days);
         }
         if let Some(d) = convert::opt_duration("max_staleness", max_staleness)? {
             builder = builder.max_staleness(d);
@@ -462,6 +467,20 @@ impl TokenStore {
     fn credits(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<Option<Credits>> {
         let store = self.live(py)?;
         Ok(store.credits(&convert::token_id(id)?).map(Credits))
+    }
+
+    /// Token `id`'s accepted validations: `(total, [(date, count), ...])`, each UTC day
+    /// of the last `usage_days` it was used, oldest first. Exact: every validation that
+    /// returned before the call is counted.
+    fn usage(
+        &self,
+        py: Python<'_>,
+        id: &Bound<'_, PyAny>,
+    ) -> PyResult<(u64, Vec<(chrono::NaiveDate, u64)>)> {
+        let store = self.live(py)?;
+        let id = convert::token_id(id)?;
+        let usage = py.detach(|| store.usage(&id)).map_err(|e| error(py, e))?;
+        Ok((usage.total, usage.days))
     }
 
     /// Token `id`'s details, or `None`.

@@ -290,3 +290,26 @@ def test_credits_set_in_python_are_spent_by_the_rust_cli_and_back(cli, path):
     with TokenStore(path) as store:
         assert store.credits(issued.id) == Credits(0, refill_every=3600, refill_amount=10,
                                                    alert_below=2)
+
+
+def test_usage_counts_accepted_validations_per_utc_day_through_a_reopen(path):
+    from datetime import datetime, timezone
+
+    store = TokenStore(path)
+    issued = store.issue("counted", credits=Credits(4))
+    for _ in range(4):
+        store.validate(issued.secret)
+    with pytest.raises(UsageExceeded):
+        store.validate(issued.secret)  # refused: not counted
+    today = datetime.now(timezone.utc).date()
+    assert store.usage(issued.id) == (4, [(today, 4)])
+    assert store.get(issued.id).uses == 4
+    store.close()
+    store = TokenStore(path)
+    assert store.usage(issued.id) == (4, [(today, 4)])
+    store.close()
+    quiet = TokenStore(path, usage_days=0)
+    assert quiet.get(issued.id).uses is None
+    with pytest.raises(tokencache.InvalidArgumentError):
+        quiet.usage(issued.id)
+    quiet.close()

@@ -1,5 +1,5 @@
 # Type stubs of the tokencache package (the native classes live in tokencache._native).
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from os import PathLike
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -112,6 +112,8 @@ class TokenInfo:
     def imported(self) -> bool: ...
     @property
     def credits(self) -> Optional[Credits]: ...
+    @property
+    def uses(self) -> Optional[int]: ...
 
 class ChangeEvent:
     """One durable change from the change feed."""
@@ -180,6 +182,7 @@ class TokenStore:
         ssl_mode: Optional[str] = None,
         ssl_root_cert: Optional[Union[str, "PathLike[str]"]] = None,
         ssl_client_cert: Optional[Tuple[str, str]] = None,
+        usage_days: Optional[int] = None,
     ) -> None: ...
     def validate(
         self, token: str, scope: Optional[str] = None, *, cost: Optional[int] = None
@@ -214,6 +217,7 @@ class TokenStore:
     def set_meta(self, id: str, meta: Meta) -> None: ...
     def set_credits(self, id: str, credits: Optional[Credits]) -> None: ...
     def credits(self, id: str) -> Optional[Credits]: ...
+    def usage(self, id: str) -> Tuple[int, List[Tuple[date, int]]]: ...
     def import_key(
         self,
         sha256: str,

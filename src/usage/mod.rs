@@ -45,7 +45,7 @@ pub(crate) const DEFAULT_DAYS: u32 = 30;
 /// for _ in 0..3 {
 ///     store.validate(issued.secret())?;
 /// }
-/// let usage = store.usage(issued.id())?;
+/// let usage = store.usage(&issued.id())?;
 /// assert_eq!(usage.total, 3);
 /// assert_eq!(usage.days.len(), 1); // all today
 /// # Ok(()) }
@@ -242,6 +242,6 @@ pub(crate) fn date_of(day: u32) -> Option<NaiveDate> {
 
 /// Model-checking hooks: the slot protocol and the shared word, alone.
 #[cfg(loom)]
-pub(crate) mod model {
+pub mod model {
     pub use super::tally::{Taken, Tally, Uses};
 }

@@ -54,8 +54,11 @@ struct Slot {
 /// Counts the sweeper took from one slot: `n` validations of token `key` on `day`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Taken {
+    /// The token id's bytes as a word.
     pub key: u64,
+    /// The UTC day, days since 1970.
     pub day: u64,
+    /// How many validations.
     pub n: u64,
 }
 
@@ -213,6 +216,7 @@ impl Uses {
 /// can both store the same word, and one is lost).
 #[cfg(loom)]
 impl Uses {
+    /// [`Uses::add`] done wrong, for loom to catch.
     pub fn add_racy(&self, day: u64) -> bool {
         let word = self.0.load(Ordering::Relaxed);
         let next = if word == 0 {
