@@ -52,6 +52,8 @@
 //! that the command line filters out builds nothing.
 //!
 //! `cargo bench --bench store` (about 8 minutes); one group: `cargo bench --bench store -- hot_token`.
+//! `TOKENCACHE_BENCH_USAGE_DAYS=0 cargo bench --bench store -- validate`: the same stores
+//! without usage counting (`Builder::usage_days(0)`).
 //! `TOKENCACHE_BENCH_RECORDER=1 cargo bench --features metrics --bench store -- validate`:
 //! the same with a metrics recorder installed.
 
@@ -92,6 +94,16 @@ fn quiet(dir: &Path) -> Builder {
     TokenStore::builder(dir.join(STORE))
         .flush_interval(NEVER)
         .compaction_floor(u64::MAX)
+        .usage_days(usage_days())
+}
+
+/// `TOKENCACHE_BENCH_USAGE_DAYS` (default 30, the store's default; 0: no counting), to
+/// measure what counting costs against the same build without it.
+fn usage_days() -> u32 {
+    std::env::var("TOKENCACHE_BENCH_USAGE_DAYS")
+        .ok()
+        .and_then(|days| days.parse().ok())
+        .unwrap_or(30)
 }
 
 /// A quiet store of `count` tokens (issued in one journal record) and every secret.

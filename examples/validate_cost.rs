@@ -58,7 +58,14 @@ fn floor(
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let store = TokenStore::open(dir.path().join("tokens.snap"))?;
+    // `TOKENCACHE_BENCH_USAGE_DAYS=0`: the same build without usage counting.
+    let days = std::env::var("TOKENCACHE_BENCH_USAGE_DAYS")
+        .ok()
+        .and_then(|days| days.parse().ok())
+        .unwrap_or(30);
+    let store = TokenStore::builder(dir.path().join("tokens.snap"))
+        .usage_days(days)
+        .open()?;
     let issued = store.issue_many((0..TOKENS).map(|i| NewToken::new(format!("token-{i}"))))?;
     let all = std::env::var("VALIDATE_COST_ALL").is_ok_and(|v| v == "1");
     let (spread, rounds) = if all {

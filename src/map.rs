@@ -111,6 +111,11 @@ impl Map {
         if let (true, Some(digest)) = (removed, imported) {
             self.unindex(&digest);
         }
+        if removed {
+            // Counts a tally still holds may bring the id back into the book; the next
+            // snapshot keeps only the tokens the map holds.
+            self.usage.lock().book().forget(id);
+        }
         removed
     }
 

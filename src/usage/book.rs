@@ -141,6 +141,11 @@ impl Book {
         }
     }
 
+    /// Forgets `id`'s counts (the token was deleted).
+    pub(crate) fn forget(&mut self, id: &TokenId) {
+        self.tokens.remove(id);
+    }
+
     /// Whether any count is not on disk.
     pub(crate) fn has_unsaved(&self) -> bool {
         self.tokens.values().any(|c| c.unsaved_from.is_some())

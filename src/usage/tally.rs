@@ -161,7 +161,7 @@ impl Tally {
 /// in the rest.
 #[inline]
 fn index(key: u64) -> usize {
-    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % SLOTS
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SLOTS.trailing_zeros())) as usize
 }
 
 /// The bits of a [`Uses`] word below the day.
