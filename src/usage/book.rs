@@ -30,8 +30,9 @@ pub(crate) struct Book {
 #[derive(Default)]
 struct Counts {
     total: u64,
-    /// Oldest first, at most the days kept.
-    days: Vec<(u32, u64)>,
+    /// Oldest first, at most the days kept: a boxed slice of exactly the days held (most
+    /// tokens hold one), reallocated when a day is added, once a day at most.
+    days: Box<[(u32, u64)]>,
     /// The oldest day counted since the last record was written; `None`: all on disk.
     unsaved_from: Option<u32>,
 }
@@ -40,21 +41,31 @@ impl Counts {
     /// `n` more on `day`, keeping `keep` days up to the newest.
     fn add(&mut self, day: u32, n: u64, keep: u32) {
         self.total += n;
+        self.unsaved_from = Some(self.unsaved_from.map_or(day, |d| d.min(day)));
         match self.days.binary_search_by_key(&day, |&(d, _)| d) {
             Ok(at) => self.days[at].1 += n,
-            Err(at) => self.days.insert(at, (day, n)),
+            Err(at) => {
+                let mut days = std::mem::take(&mut self.days).into_vec();
+                days.insert(at, (day, n));
+                // Drop the days older than the `keep` up to the newest.
+                let newest = days.last().map_or(day, |&(d, _)| d);
+                let oldest = newest.saturating_sub(keep.saturating_sub(1));
+                days.retain(|&(d, _)| d >= oldest);
+                self.days = days.into_boxed_slice();
+            }
         }
-        self.unsaved_from = Some(self.unsaved_from.map_or(day, |d| d.min(day)));
-        self.prune(keep);
     }
 
-    /// Drops the days older than the `keep` up to the newest.
-    fn prune(&mut self, keep: u32) {
-        let Some(&(newest, _)) = self.days.last() else {
-            return;
-        };
-        let oldest = newest.saturating_sub(keep.saturating_sub(1));
-        self.days.retain(|&(d, _)| d >= oldest);
+    /// Sets `day` to at least `n` (a record read back).
+    fn at_least(&mut self, day: u32, n: u64) {
+        match self.days.binary_search_by_key(&day, |&(d, _)| d) {
+            Ok(at) => self.days[at].1 = self.days[at].1.max(n),
+            Err(at) => {
+                let mut days = std::mem::take(&mut self.days).into_vec();
+                days.insert(at, (day, n));
+                self.days = days.into_boxed_slice();
+            }
+        }
     }
 }
 
@@ -119,7 +130,7 @@ impl Book {
                 UsageRecord {
                     id: id.to_bytes(),
                     total: counts.total,
-                    days: counts.days.clone(),
+                    days: counts.days.to_vec(),
                 }
             })
             .collect();
@@ -134,10 +145,7 @@ impl Book {
         let counts = self.tokens.entry(id).or_default();
         counts.total = counts.total.max(record.total);
         for &(day, n) in &record.days {
-            match counts.days.binary_search_by_key(&day, |&(d, _)| d) {
-                Ok(at) => counts.days[at].1 = counts.days[at].1.max(n),
-                Err(at) => counts.days.insert(at, (day, n)),
-            }
+            counts.at_least(day, n);
         }
     }
 
