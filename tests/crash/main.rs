@@ -747,9 +747,8 @@ impl Torture {
                 );
                 continue;
             }
-            let mut bursts = validated.get(id).cloned().unwrap_or_default();
-            bursts.sort_unstable();
-            let acknowledged = bursts.len() as u64 * BURST;
+            let bursts = Bursts::of(validated, id);
+            let acknowledged = bursts.acknowledged();
             assert!(
                 left + acknowledged + BURST >= before,
                 "round {n} (seed {seed}): token {id} had {before} credits and the child \
@@ -763,8 +762,7 @@ impl Torture {
                 );
                 continue;
             };
-            let deadline = killed_at.saturating_sub(FLUSH_INTERVAL.as_millis() as u64 + SLACK_MS);
-            let required = bursts.iter().filter(|&&t| t <= deadline).count() as u64 * BURST;
+            let required = bursts.required(killed_at);
             if required > 0 {
                 self.credit_checks += 1;
             }
@@ -777,17 +775,8 @@ impl Torture {
             // Spending acknowledged but not on disk: the newest bursts.
             let given_back = (left + acknowledged).saturating_sub(before);
             self.max_given_back = self.max_given_back.max(given_back);
-            let missing = given_back.div_ceil(BURST) as usize;
-            if let Some(&oldest) = bursts
-                .len()
-                .checked_sub(missing)
-                .and_then(|i| bursts.get(i))
-            {
-                if missing > 0 {
-                    let ms = killed_at.saturating_sub(oldest);
-                    self.max_given_back_ms = self.max_given_back_ms.max(ms);
-                }
-            }
+            let age = bursts.oldest_missing_ms(given_back, killed_at);
+            self.max_given_back_ms = self.max_given_back_ms.max(age);
         }
     }
 }
@@ -818,9 +807,8 @@ impl Torture {
                 );
                 continue;
             }
-            let mut bursts = validated.get(id).cloned().unwrap_or_default();
-            bursts.sort_unstable();
-            let acknowledged = bursts.len() as u64 * BURST;
+            let bursts = Bursts::of(validated, id);
+            let acknowledged = bursts.acknowledged();
             assert!(
                 counted <= before + acknowledged + BURST,
                 "round {n} (seed {seed}): token {id} counts {counted} validations, but {before} \
@@ -830,8 +818,7 @@ impl Torture {
             let Some(killed_at) = round.killed_at else {
                 continue;
             };
-            let deadline = killed_at.saturating_sub(FLUSH_INTERVAL.as_millis() as u64 + SLACK_MS);
-            let required = bursts.iter().filter(|&&t| t <= deadline).count() as u64 * BURST;
+            let required = bursts.required(killed_at);
             if required > 0 {
                 self.uses_checks += 1;
             }
@@ -843,14 +830,42 @@ impl Torture {
             );
             let uncounted = (before + acknowledged).saturating_sub(counted);
             self.max_uncounted = self.max_uncounted.max(uncounted);
-            let missing = uncounted.div_ceil(BURST) as usize;
-            let oldest = bursts
-                .len()
-                .checked_sub(missing)
-                .and_then(|i| bursts.get(i));
-            if let (true, Some(&oldest)) = (missing > 0, oldest) {
-                self.max_uncounted_ms = self.max_uncounted_ms.max(killed_at.saturating_sub(oldest));
-            }
+            let age = bursts.oldest_missing_ms(uncounted, killed_at);
+            self.max_uncounted_ms = self.max_uncounted_ms.max(age);
+        }
+    }
+}
+
+/// A token's bursts of validations this round's child acknowledged (each `BURST`
+/// validations, at the time it reported), oldest first.
+struct Bursts(Vec<u64>);
+
+impl Bursts {
+    fn of(validated: &HashMap<String, Vec<u64>>, id: &str) -> Bursts {
+        let mut bursts = validated.get(id).cloned().unwrap_or_default();
+        bursts.sort_unstable();
+        Bursts(bursts)
+    }
+
+    /// The validations acknowledged.
+    fn acknowledged(&self) -> u64 {
+        self.0.len() as u64 * BURST
+    }
+
+    /// The validations acknowledged more than an interval (plus slack) before `killed_at`:
+    /// the files must hold them.
+    fn required(&self, killed_at: u64) -> u64 {
+        let deadline = killed_at.saturating_sub(FLUSH_INTERVAL.as_millis() as u64 + SLACK_MS);
+        self.0.iter().filter(|&&t| t <= deadline).count() as u64 * BURST
+    }
+
+    /// How long before `killed_at` the oldest of the newest bursts that `missing`
+    /// validations span was acknowledged (0 if none is missing).
+    fn oldest_missing_ms(&self, missing: u64, killed_at: u64) -> u64 {
+        let bursts = missing.div_ceil(BURST) as usize;
+        match self.0.len().checked_sub(bursts).and_then(|i| self.0.get(i)) {
+            Some(&oldest) if bursts > 0 => killed_at.saturating_sub(oldest),
+            _ => 0,
         }
     }
 }
