@@ -358,7 +358,9 @@ impl Persister {
         self.shared.counters.record_compaction(bytes, now);
     }
 
-    /// The write of `usage` failed: its counts are unsaved again, for the next round.
+    /// The write of `usage` failed: its counts are unsaved again, for the next round. (A
+    /// file store's next write after a failure is a compaction, which writes every count
+    /// anyway; this keeps the book true for a sink that appends again.)
     fn unwritten_usage(&mut self, usage: &[UsageRecord]) {
         self.shared.map.usage.lock().book().unwritten(usage);
         self.counts_waiting |= !usage.is_empty();

@@ -1691,3 +1691,38 @@ fn credits_are_given_spent_shown_set_and_cleared() {
         assert_eq!(verdict(store, &token), "valid");
     }
 }
+
+#[test]
+fn usage_shows_the_accepted_validations_per_day_and_list_json_their_total() {
+    let dir = common::scratch();
+    let store = dir.path.as_path();
+    let token = issue(store, &["counted", "--credits", "2"]);
+    let id = listed_ids(store).remove(0);
+    for expected in ["valid", "valid", "usage_exceeded"] {
+        assert_eq!(verdict(store, &token), expected);
+    }
+    assert_eq!(
+        list_json(store)[0]["uses"],
+        2,
+        "the refused one is not counted"
+    );
+    let shown = run(store, &["usage", &id, "--json"], b"");
+    assert_eq!(shown.status.code(), Some(0), "{}", stderr(&shown));
+    let usage: Value = serde_json::from_str(&stdout(&shown)).unwrap();
+    assert_eq!(usage["id"], id.as_str());
+    assert_eq!(usage["total"], 2);
+    let today = chrono::Utc::now().date_naive().to_string();
+    assert_eq!(
+        usage["days"],
+        serde_json::json!([{ "date": today, "count": 2 }])
+    );
+    let text = stdout(&run(store, &["usage", &id], b""));
+    assert_eq!(text, format!("2 validations in all\n{today}  2\n"));
+    let unknown = run(store, &["usage", "zzzzzzzz"], b"");
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        stderr(&unknown).contains("no token zzzzzzzz"),
+        "{}",
+        stderr(&unknown)
+    );
+}
