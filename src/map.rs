@@ -66,9 +66,10 @@ impl Map {
         self.imported_count.load(Ordering::Relaxed) != 0
     }
 
-    /// The imported key whose digest is `digest`, lent.
-    pub(crate) fn read_imported(&self, digest: &Digest) -> Option<Lent<'_>> {
-        self.entries.read(&self.imported.get(digest)?)
+    /// The imported key whose digest is `digest`, lent, with its id.
+    pub(crate) fn read_imported(&self, digest: &Digest) -> Option<(TokenId, Lent<'_>)> {
+        let id = self.imported.get(digest)?;
+        Some((id, self.entries.read(&id)?))
     }
 
     /// Runs `f` on the entry, if there is one.

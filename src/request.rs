@@ -239,7 +239,7 @@ impl TokenInfo {
         let mut all = map.with_all(|entries| {
             entries
                 .iter()
-                .map(|e| TokenInfo::of(e, now, uses.as_ref().map(|total| total(e))))
+                .map(|e| TokenInfo::of(e, now, uses.as_ref().map(|total| total(&e.id, &e.uses))))
                 .collect::<Vec<_>>()
         });
         all.sort_by_key(|info| (info.created_at, info.id));
@@ -248,11 +248,21 @@ impl TokenInfo {
 
     /// The details of token `id` in `map` at clock time `now`.
     pub(crate) fn get(map: &Map, id: &TokenId, now: u64) -> Option<TokenInfo> {
+        TokenInfo::some(map, std::slice::from_ref(id), now).pop()
+    }
+
+    /// The details of the tokens `ids` that `map` holds, in that order, at clock time
+    /// `now` (one look at the threads' tallies for all of them).
+    pub(crate) fn some(map: &Map, ids: &[TokenId], now: u64) -> Vec<TokenInfo> {
         let counts = map.usage.lock();
         let uses = counts.totals();
-        map.with(id, |e| {
-            TokenInfo::of(e, now, uses.as_ref().map(|total| total(e)))
-        })
+        ids.iter()
+            .filter_map(|id| {
+                map.with(id, |e| {
+                    TokenInfo::of(e, now, uses.as_ref().map(|total| total(&e.id, &e.uses)))
+                })
+            })
+            .collect()
     }
 
     /// The details of one token at clock time `now` (its credits: a refill due counts as

@@ -47,7 +47,12 @@ impl Shared {
         scope: Option<&str>,
         cost: u64,
     ) -> Result<ValidToken<'_>, Rejection> {
-        let (valid, now, standing) = admit(&self.map, &*self.clock, token, scope)?;
+        let Admitted {
+            valid,
+            id,
+            now,
+            standing,
+        } = admit(&self.map, &*self.clock, token, scope)?;
         let entry = &valid.entry;
         // A plain field read when the policy is off (the default, and every file store).
         if self.max_staleness_ms != 0 && self.too_stale(now) {
@@ -65,15 +70,15 @@ impl Shared {
         }
         // Credits last of all: a request any limit refuses spends none.
         match entry.spend(standing, cost, now) {
-            Spent::Yes { send: true } => self.send_dirty(entry.id),
+            Spent::Yes { send: true } => self.send_dirty(id),
             Spent::Yes { send: false } => {}
             Spent::No { retry_after } => return Err(Rejection::UsageExceeded { retry_after }),
         }
         // Counted before `touch`: a round that clears the dirty bit after `touch` set it
         // finds the count too (docs/DESIGN.md, "Usage counts").
-        let first_shared_count = self.map.usage.count(entry, now);
+        let first_shared_count = self.map.usage.count(&id, &entry.uses, now);
         if entry.touch(now) == Touch::Send || first_shared_count {
-            self.send_dirty(entry.id);
+            self.send_dirty(id);
         }
         Ok(valid)
     }
@@ -120,11 +125,23 @@ impl Shared {
 /// hostile megabyte costs no hash.
 pub(crate) const MAX_IMPORTED_LEN: usize = 1024;
 
+/// A token that passed [`admit`].
+pub(crate) struct Admitted<'m> {
+    /// The token, lent from the map.
+    pub(crate) valid: ValidToken<'m>,
+    /// Its id, as looked up: read from the string, or from the index of imported keys, so
+    /// the hot path need not load it from the entry's second cache line.
+    pub(crate) id: TokenId,
+    /// The clock time it was judged at.
+    pub(crate) now: u64,
+    /// The status word it was judged by.
+    pub(crate) standing: Standing,
+}
+
 /// The checks of a validation that only read: shape, prefix and checksum, digest,
 /// revocation and expiry at the clock's time, then `scope`. A string that is not one of
 /// ours (or whose id is unknown) is looked up by digest among imported keys, if the store
-/// holds any. Returns the token, lent from `map`, the time it was judged at, and the
-/// status word it was judged by. Writes nothing: the store's hot path and a [`StoreView`] share it.
+/// holds any. Writes nothing: the store's hot path and a [`StoreView`] share it.
 ///
 /// [`StoreView`]: crate::StoreView
 #[inline(always)]
@@ -133,13 +150,13 @@ pub(crate) fn admit<'m>(
     clock: &dyn Clock,
     token: &str,
     scope: Option<&str>,
-) -> Result<(ValidToken<'m>, u64, Standing), Rejection> {
-    let entry = match token::parse(token, &map.prefixes) {
+) -> Result<Admitted<'m>, Rejection> {
+    let (id, entry) = match token::parse(token, &map.prefixes) {
         Some(id) => {
             // Hash before the lookup so an unknown id pays for the hash like a known one.
             let digest = token::digest(token);
             match map.read(&id) {
-                Some(entry) if entry.digest_matches(&digest) => entry,
+                Some(entry) if entry.digest_matches(&digest) => (id, entry),
                 _ => imported(map, &digest)?,
             }
         }
@@ -153,17 +170,23 @@ pub(crate) fn admit<'m>(
     if scope.is_some_and(|scope| !entry.has_scope(scope)) {
         return Err(Rejection::MissingScope);
     }
-    Ok((ValidToken { entry }, now, standing))
+    Ok(Admitted {
+        valid: ValidToken { entry },
+        id,
+        now,
+        standing,
+    })
 }
 
-/// The imported key with this digest (compared in constant time), or `Unknown`.
+/// The imported key with this digest (compared in constant time), with its id, or
+/// `Unknown`.
 #[cold]
-fn imported<'m>(map: &'m Map, digest: &token::Digest) -> Result<Lent<'m>, Rejection> {
+fn imported<'m>(map: &'m Map, digest: &token::Digest) -> Result<(TokenId, Lent<'m>), Rejection> {
     if !map.has_imported() {
         return Err(Rejection::Unknown);
     }
     map.read_imported(digest)
-        .filter(|entry| entry.digest_matches(digest))
+        .filter(|(_, entry)| entry.digest_matches(digest))
         .ok_or(Rejection::Unknown)
 }
 

@@ -92,7 +92,8 @@ impl StoreView {
     /// the default 30 up to today (see [`TokenStore::usage`](crate::TokenStore::usage)).
     pub fn usage(&self, id: &TokenId) -> Option<crate::Usage> {
         let counts = self.map.usage.lock();
-        self.map.with(id, |e| counts.usage(e, SystemClock.now_ms()))
+        self.map
+            .with(id, |e| counts.usage(&e.id, &e.uses, SystemClock.now_ms()))
     }
 
     /// How many tokens the files hold, revoked and expired ones included.
@@ -116,13 +117,13 @@ impl StoreView {
     /// `last_used`, no count) and does not check the rate limit: a token's quota lives in the
     /// memory of the process that has the store open.
     pub fn validate(&self, token: &str) -> Result<ValidToken<'_>, Rejection> {
-        validate::admit(&self.map, &SystemClock, token, None).map(|(valid, ..)| valid)
+        validate::admit(&self.map, &SystemClock, token, None).map(|a| a.valid)
     }
 
     /// Like [`validate`](Self::validate), and also requires the token to grant `scope`
     /// (otherwise [`Rejection::MissingScope`]).
     pub fn validate_scope(&self, token: &str, scope: &str) -> Result<ValidToken<'_>, Rejection> {
-        validate::admit(&self.map, &SystemClock, token, Some(scope)).map(|(valid, ..)| valid)
+        validate::admit(&self.map, &SystemClock, token, Some(scope)).map(|a| a.valid)
     }
 }
 

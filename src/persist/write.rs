@@ -57,7 +57,7 @@ impl Persister {
         let map = &self.shared.map;
         let mut counts = map.usage.lock();
         let mut take = |e: &Entry| {
-            counts.take(e);
+            counts.take(e.id, &e.uses);
             let used = e.take_for_snapshot();
             if used != e.persisted_last_used() {
                 taken.times.push((e.id, used));
@@ -255,7 +255,7 @@ impl Persister {
         self.alert(&alerts);
         let usage = {
             let mut counts = self.shared.map.usage.lock();
-            entries.iter().for_each(|e| counts.take(e));
+            entries.iter().for_each(|e| counts.take(e.id, &e.uses));
             counts.sweep();
             counts.book().take_all(|id| self.shared.map.contains(id))
         };

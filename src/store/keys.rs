@@ -20,11 +20,7 @@ impl TokenStore {
     /// A scan of every token.
     pub fn owned_by(&self, owner: &str) -> Vec<TokenInfo> {
         let map = &self.handle.shared.map;
-        let mut owned: Vec<TokenInfo> = map
-            .owned_by(owner)
-            .iter()
-            .filter_map(|id| TokenInfo::get(map, id, self.now()))
-            .collect();
+        let mut owned = TokenInfo::some(map, &map.owned_by(owner), self.now());
         owned.sort_by_key(|info| (info.created_at, info.id));
         owned
     }

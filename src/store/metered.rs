@@ -63,7 +63,7 @@ impl TokenStore {
         }
         let now = self.now();
         let counts = map.usage.lock();
-        map.with(id, |e| counts.usage(e, now))
+        map.with(id, |e| counts.usage(id, &e.uses, now))
             .ok_or(Error::UnknownId(*id))
     }
 

@@ -22,7 +22,6 @@ pub(crate) use book::{Book, UsageRecord};
 pub(crate) use tally::Uses;
 use tally::{Taken, Tally};
 
-use crate::entry::Entry;
 use crate::sync::{Mutex, MutexGuard};
 use crate::token::TokenId;
 
@@ -88,20 +87,21 @@ impl Counter {
         self.keep.load(Ordering::Relaxed) != 0
     }
 
-    /// Counts one accepted validation of `entry` at `now_ms` (the hot path: no lock, no
+    /// Counts one accepted validation of token `id`, whose shared word is `uses`, at
+    /// `now_ms` (the hot path: no lock, no
     /// allocation after a thread's first validation, no shared write unless the thread's
     /// slot is busy). `true` if the caller must send the token's id to the persister.
     #[inline]
-    pub(crate) fn count(&self, entry: &Entry, now_ms: u64) -> bool {
+    pub(crate) fn count(&self, id: &TokenId, uses: &Uses, now_ms: u64) -> bool {
         // Relaxed: set before the store is shared.
         if self.keep.load(Ordering::Relaxed) == 0 {
             return false;
         }
         let day = now_ms / DAY_MS;
-        if self.tallies.get_or_default().count(key(&entry.id), day) {
+        if self.tallies.get_or_default().count(key(id), day) {
             return false;
         }
-        entry.uses.add(day)
+        uses.add(day)
     }
 
     /// The book, locked: while it is held no count moves from a tally or a word into it.
@@ -137,18 +137,19 @@ impl Locked<'_> {
         }
     }
 
-    /// Moves `entry`'s shared count into the book.
-    pub(crate) fn take(&mut self, entry: &Entry) {
-        if let Some((day, n)) = entry.uses.take() {
+    /// Moves token `id`'s shared count `uses` into the book.
+    pub(crate) fn take(&mut self, id: TokenId, uses: &Uses) {
+        if let Some((day, n)) = uses.take() {
             let keep = self.keep();
-            self.book.add(entry.id, day32(day), n, keep);
+            self.book.add(id, day32(day), n, keep);
         }
     }
 
-    /// Token `entry`'s counts as of now, untaken ones included, keeping the days within
+    /// Token `id`'s counts as of now (its shared word is `uses`), untaken ones included,
+    /// keeping the days within
     /// the days kept up to `now_ms`.
-    pub(crate) fn usage(&self, entry: &Entry, now_ms: u64) -> Usage {
-        let (total, days) = self.book.get(&entry.id);
+    pub(crate) fn usage(&self, id: &TokenId, uses: &Uses, now_ms: u64) -> Usage {
+        let (total, days) = self.book.get(id);
         let mut days = days.to_vec();
         let mut total = total;
         let mut add = |day: u64, n: u64| {
@@ -159,7 +160,7 @@ impl Locked<'_> {
                 Err(at) => days.insert(at, (day, n)),
             }
         };
-        let key = key(&entry.id);
+        let key = key(id);
         for tally in self.counter.tallies.iter() {
             tally.peek(|t: Taken| {
                 if t.key == key {
@@ -167,7 +168,7 @@ impl Locked<'_> {
                 }
             });
         }
-        if let Some((day, n)) = entry.uses.peek() {
+        if let Some((day, n)) = uses.peek() {
             add(day, n);
         }
         let today = day32(now_ms / DAY_MS);
@@ -184,7 +185,7 @@ impl Locked<'_> {
 
     /// Every token's total for `get` and `list`: `None` if the store does not count.
     /// One pass over the tallies, then a lookup per token.
-    pub(crate) fn totals(&self) -> Option<impl Fn(&Entry) -> u64 + '_> {
+    pub(crate) fn totals(&self) -> Option<impl Fn(&TokenId, &Uses) -> u64 + '_> {
         if !self.counter.is_on() {
             return None;
         }
@@ -192,10 +193,10 @@ impl Locked<'_> {
         for tally in self.counter.tallies.iter() {
             tally.peek(|t| *untaken.entry(t.key).or_default() += t.n);
         }
-        Some(move |entry: &Entry| {
-            let in_book = self.book.get(&entry.id).0;
-            let shared = entry.uses.peek().map_or(0, |(_, n)| n);
-            in_book + untaken.get(&key(&entry.id)).copied().unwrap_or(0) + shared
+        Some(move |id: &TokenId, uses: &Uses| {
+            let in_book = self.book.get(id).0;
+            let shared = uses.peek().map_or(0, |(_, n)| n);
+            in_book + untaken.get(&key(id)).copied().unwrap_or(0) + shared
         })
     }
 

@@ -21,10 +21,12 @@
 
 use crate::sync::{AtomicU64, Ordering};
 
-/// Slots per thread: a thread validating many more distinct tokens than this between two
-/// sweeps counts the rest on their shared words.
+/// Slots per thread (a power of two): a thread validating more distinct tokens than about
+/// this between two sweeps counts the rest on their shared words. 2,048 slots of 32 bytes
+/// are 64 KiB per validating thread: enough for `validate/hit`'s 1,024 tokens to count
+/// with no read-modify-write (docs/BENCHMARKS.md, "Usage counts").
 #[cfg(not(loom))]
-const SLOTS: usize = 64;
+const SLOTS: usize = 2048;
 #[cfg(loom)]
 const SLOTS: usize = 2;
 /// Slots a token may take, from its own on: a few tokens never find them all busy.
@@ -35,7 +37,8 @@ const PROBES: usize = 2;
 
 /// One thread's counts of accepted validations, by token, not yet taken.
 pub struct Tally {
-    slots: [Slot; SLOTS],
+    /// On the heap, made directly there (64 KiB is too much for some threads' stacks).
+    slots: Box<[Slot]>,
 }
 
 /// Counts of one token on one day in a [`Tally`].
@@ -65,7 +68,7 @@ pub struct Taken {
 impl Default for Tally {
     fn default() -> Tally {
         Tally {
-            slots: std::array::from_fn(|_| Slot::default()),
+            slots: (0..SLOTS).map(|_| Slot::default()).collect(),
         }
     }
 }
@@ -93,7 +96,7 @@ impl Tally {
     /// The slots `key` may sit in, starting at its own.
     #[inline]
     fn probe(&self, first: usize) -> impl Iterator<Item = &Slot> {
-        (0..PROBES).map(move |i| &self.slots[(first + i) % SLOTS])
+        (0..PROBES).map(move |i| &self.slots[(first + i) & (SLOTS - 1)])
     }
 
     /// Gives the first slot whose counts were all taken to `key` on `day`, counting one;
@@ -119,7 +122,7 @@ impl Tally {
     /// Takes every untaken count, calling `f` with each. Only one thread may sweep a tally
     /// at a time (the book's lock).
     pub fn sweep(&self, mut f: impl FnMut(Taken)) {
-        for slot in &self.slots {
+        for slot in self.slots.iter() {
             // Relaxed: only the sweeper writes `taken`, and sweeps are serialized.
             let taken = slot.taken.load(Ordering::Relaxed);
             // Acquire: pairs with the owner's Release store; the key and day it wrote
@@ -143,7 +146,7 @@ impl Tally {
     /// The untaken counts, without taking them (the sweeper's lock held, so `taken` stands
     /// still and no slot changes key under counts the loads below find untaken).
     pub fn peek(&self, mut f: impl FnMut(Taken)) {
-        for slot in &self.slots {
+        for slot in self.slots.iter() {
             let taken = slot.taken.load(Ordering::Relaxed);
             let count = slot.count.load(Ordering::Acquire);
             if count != taken {
