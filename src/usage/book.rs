@@ -42,30 +42,35 @@ impl Counts {
     fn add(&mut self, day: u32, n: u64, keep: u32) {
         self.total += n;
         self.unsaved_from = Some(self.unsaved_from.map_or(day, |d| d.min(day)));
-        match self.days.binary_search_by_key(&day, |&(d, _)| d) {
-            Ok(at) => self.days[at].1 += n,
-            Err(at) => {
-                let mut days = std::mem::take(&mut self.days).into_vec();
-                days.insert(at, (day, n));
-                // Drop the days older than the `keep` up to the newest.
-                let newest = days.last().map_or(day, |&(d, _)| d);
-                let oldest = newest.saturating_sub(keep.saturating_sub(1));
-                days.retain(|&(d, _)| d >= oldest);
-                self.days = days.into_boxed_slice();
-            }
-        }
+        // A `Vec` from the box and back costs nothing unless a day is inserted.
+        let mut days = std::mem::take(&mut self.days).into_vec();
+        merge_day(&mut days, day, n, |a, b| a + b);
+        // Drop the days older than the `keep` up to the newest.
+        let newest = days.last().map_or(day, |&(d, _)| d);
+        let oldest = newest.saturating_sub(keep.saturating_sub(1));
+        days.retain(|&(d, _)| d >= oldest);
+        self.days = days.into_boxed_slice();
     }
 
     /// Sets `day` to at least `n` (a record read back).
     fn at_least(&mut self, day: u32, n: u64) {
-        match self.days.binary_search_by_key(&day, |&(d, _)| d) {
-            Ok(at) => self.days[at].1 = self.days[at].1.max(n),
-            Err(at) => {
-                let mut days = std::mem::take(&mut self.days).into_vec();
-                days.insert(at, (day, n));
-                self.days = days.into_boxed_slice();
-            }
-        }
+        let mut days = std::mem::take(&mut self.days).into_vec();
+        merge_day(&mut days, day, n, u64::max);
+        self.days = days.into_boxed_slice();
+    }
+}
+
+/// Combines `n` into `day`'s count in `days` (oldest first) with `combine`, or inserts the
+/// day in its place.
+pub(crate) fn merge_day(
+    days: &mut Vec<(u32, u64)>,
+    day: u32,
+    n: u64,
+    combine: fn(u64, u64) -> u64,
+) {
+    match days.binary_search_by_key(&day, |&(d, _)| d) {
+        Ok(at) => days[at].1 = combine(days[at].1, n),
+        Err(at) => days.insert(at, (day, n)),
     }
 }
 

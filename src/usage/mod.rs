@@ -154,11 +154,7 @@ impl Locked<'_> {
         let mut total = total;
         let mut add = |day: u64, n: u64| {
             total += n;
-            let day = day32(day);
-            match days.binary_search_by_key(&day, |&(d, _)| d) {
-                Ok(at) => days[at].1 += n,
-                Err(at) => days.insert(at, (day, n)),
-            }
+            book::merge_day(&mut days, day32(day), n, |a, b| a + b);
         };
         let key = key(id);
         for tally in self.counter.tallies.iter() {

@@ -121,7 +121,18 @@ impl Tally {
 
     /// Takes every untaken count, calling `f` with each. Only one thread may sweep a tally
     /// at a time (the book's lock).
-    pub fn sweep(&self, mut f: impl FnMut(Taken)) {
+    pub fn sweep(&self, f: impl FnMut(Taken)) {
+        self.each_untaken(true, f);
+    }
+
+    /// The untaken counts, without taking them (the sweeper's lock held, so `taken` stands
+    /// still and no slot changes key under counts the loads below find untaken).
+    pub fn peek(&self, f: impl FnMut(Taken)) {
+        self.each_untaken(false, f);
+    }
+
+    /// Calls `f` with each slot's untaken counts, marking them taken if `take`.
+    fn each_untaken(&self, take: bool, mut f: impl FnMut(Taken)) {
         for slot in self.slots.iter() {
             // Relaxed: only the sweeper writes `taken`, and sweeps are serialized.
             let taken = slot.taken.load(Ordering::Relaxed);
@@ -133,29 +144,15 @@ impl Tally {
             }
             let key = slot.key.load(Ordering::Relaxed);
             let day = slot.day.load(Ordering::Relaxed);
-            // Release: pairs with the owner's Acquire in `claim`.
-            slot.taken.store(count, Ordering::Release);
+            if take {
+                // Release: pairs with the owner's Acquire in `claim`.
+                slot.taken.store(count, Ordering::Release);
+            }
             f(Taken {
                 key,
                 day,
                 n: count - taken,
             });
-        }
-    }
-
-    /// The untaken counts, without taking them (the sweeper's lock held, so `taken` stands
-    /// still and no slot changes key under counts the loads below find untaken).
-    pub fn peek(&self, mut f: impl FnMut(Taken)) {
-        for slot in self.slots.iter() {
-            let taken = slot.taken.load(Ordering::Relaxed);
-            let count = slot.count.load(Ordering::Acquire);
-            if count != taken {
-                f(Taken {
-                    key: slot.key.load(Ordering::Relaxed),
-                    day: slot.day.load(Ordering::Relaxed),
-                    n: count - taken,
-                });
-            }
         }
     }
 }
